@@ -1,0 +1,8 @@
+"""``python -m proxy`` is ``skillscale proxy``."""
+
+import sys
+
+from skillscale.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["proxy", *sys.argv[1:]]))

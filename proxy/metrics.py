@@ -1,0 +1,103 @@
+"""Prometheus metrics of the proxy, served over HTTP at ``/metrics``.
+
+Counting is per *message* (not per frame). The forwarding loop accumulates
+counts per batch in plain dicts and flushes them once per batch, so the cost
+of a labelled Prometheus child lookup is paid per topic per batch, not per
+message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import Counter as PromCounter
+
+from skillscale.protocol import REPLY_TOPIC_PREFIX
+
+MAX_TOPIC_LABELS = 500
+"""Distinct topic label values kept before new ones fold into ``_other``."""
+
+DOWNSTREAM = "downstream"
+"""Messages from publishers to subscribers (requests, replies)."""
+UPSTREAM = "upstream"
+"""Subscription messages from subscribers towards publishers."""
+
+
+class ProxyMetrics:
+    """The proxy's counters and gauges on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.messages = PromCounter(
+            "skillscale_proxy_messages",
+            "Messages forwarded by the proxy, by topic and direction.",
+            ["topic", "direction"],
+            registry=self.registry,
+        )
+        self.bytes = PromCounter(
+            "skillscale_proxy_bytes",
+            "Payload bytes forwarded by the proxy, by topic and direction.",
+            ["topic", "direction"],
+            registry=self.registry,
+        )
+        self.dropped = PromCounter(
+            "skillscale_proxy_dropped",
+            "Messages the proxy could not deliver, by topic and reason.",
+            ["topic", "reason"],
+            registry=self.registry,
+        )
+        self.subscriptions = Gauge(
+            "skillscale_proxy_subscriptions",
+            "Distinct topic prefixes currently subscribed at the proxy.",
+            registry=self.registry,
+        )
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def topic_label(self, topic: bytes) -> str:
+        """A bounded-cardinality label for a topic frame."""
+        if topic.startswith(REPLY_TOPIC_PREFIX.encode()):
+            # One label for all reply topics: they are per client.
+            return REPLY_TOPIC_PREFIX + "*"
+        try:
+            label = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return "_invalid"
+        if label in self._known:
+            return label
+        with self._lock:
+            if len(self._known) >= MAX_TOPIC_LABELS:
+                return "_other"
+            self._known.add(label)
+        return label
+
+    def flush(self, direction: str, messages: Counter[bytes], sizes: Counter[bytes]) -> None:
+        """Add one batch's per-topic counts."""
+        for topic, count in messages.items():
+            label = self.topic_label(topic)
+            self.messages.labels(label, direction).inc(count)
+            self.bytes.labels(label, direction).inc(sizes[topic])
+
+    def drop(self, topic: bytes, reason: str) -> None:
+        """Record one undeliverable message."""
+        self.dropped.labels(self.topic_label(topic), reason).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 = any free port); return the port."""
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

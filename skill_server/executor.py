@@ -1,0 +1,231 @@
+"""Running a skill's entry point as an isolated child process.
+
+Each run gets an argument vector (never a shell command line), its input on
+stdin, the skill folder as its working directory, a scrubbed environment, a
+new session (so the timeout can kill the whole process group, grandchildren
+included), and bounded stdout/stderr. A skill that writes past the output
+bound is killed at once rather than buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from skillscale.skill_format import Skill
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+INTENT_ENV_MAX = 32 * 1024
+"""Inputs up to this size are also passed in ``SKILLSCALE_INTENT``.
+
+Linux rejects a single environment string over 128 KiB (``MAX_ARG_STRLEN``)
+with E2BIG at exec; the reference crashed there. Larger inputs travel on
+stdin only and ``SKILLSCALE_INTENT_ON_STDIN_ONLY=1`` says so.
+"""
+PASS_THROUGH_ENV = ("LANG", "LC_ALL", "TZ", "TMPDIR", "HOME")
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class ExecutionLimits:
+    """Bounds applied to one run."""
+
+    timeout: float
+    """Seconds before the process group is killed."""
+    max_stdout: int = 4 * 1024 * 1024
+    max_stderr: int = 64 * 1024
+    pipe_grace: float = 0.5
+    """Seconds to keep reading pipes after the process exits (for output
+    still in flight); descendants that outlive it are killed before that."""
+
+
+@dataclass
+class ExecutionResult:
+    """What happened in one run."""
+
+    exit_code: int | None
+    """The exit status, or ``-N`` for death by signal N."""
+    stdout: bytes
+    stderr: bytes
+    elapsed_ms: float
+    timed_out: bool = False
+    stdout_overflow: bool = False
+    stderr_truncated: bool = False
+    start_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Exit 0 within the limits."""
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.stdout_overflow
+            and self.start_error is None
+        )
+
+
+def scrubbed_env(python: str, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment a skill sees: a short allow-list plus ``extra``.
+
+    Nothing of the server's own environment (API keys, tokens, cloud
+    credentials) reaches a skill unless listed here.
+    """
+    env = {k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ}
+    python_dir = str(Path(python).parent)
+    env["PATH"] = f"{python_dir}:{SAFE_PATH}"
+    env.setdefault("LANG", "C.UTF-8")
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+class SubprocessExecutor:
+    """Runs ``scripts/run.py`` with ``python`` and ``scripts/run.sh`` with bash."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+        self.bash = shutil.which("bash") or "/bin/sh"
+
+    def argv(self, entrypoint: Path) -> list[str]:
+        """The argument vector for an entry point."""
+        if entrypoint.suffix == ".py":
+            return [self.python, str(entrypoint)]
+        return [self.bash, str(entrypoint)]
+
+    async def run(
+        self,
+        skill: Skill,
+        data: bytes,
+        limits: ExecutionLimits,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecutionResult:
+        """Run ``skill`` on ``data``; never raises for anything the skill does."""
+        assert skill.entrypoint is not None, "instruction-only skills are not executed"
+        extra = {
+            "SKILLSCALE_SKILL": skill.name,
+            "SKILLSCALE_SKILL_DIR": str(skill.path),
+            **(env or {}),
+        }
+        if len(data) <= INTENT_ENV_MAX:
+            extra["SKILLSCALE_INTENT"] = data.decode("utf-8", errors="replace")
+        else:
+            extra["SKILLSCALE_INTENT_ON_STDIN_ONLY"] = "1"
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(skill.entrypoint),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=str(skill.path),
+                env=scrubbed_env(self.python, extra),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
+        return await _Run(proc, limits, started).complete(data)
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+class _Run:
+    """The bookkeeping of one child: its pipes, limits and process group."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, limits: ExecutionLimits, started: float):
+        self.proc = proc
+        self.limits = limits
+        self.started = started
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.overflow = False
+        self.stderr_truncated = False
+
+    def kill_group(self) -> None:
+        # The child is a session leader, so its pid is the group id; killing
+        # the group takes grandchildren with it (the reference killed only
+        # the shell and left orphans running).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def complete(self, data: bytes) -> ExecutionResult:
+        proc = self.proc
+        assert proc.stdin and proc.stdout and proc.stderr
+        tasks = [
+            asyncio.create_task(self._feed(proc.stdin, data)),
+            asyncio.create_task(self._read_stdout(proc.stdout)),
+            asyncio.create_task(self._read_stderr(proc.stderr)),
+        ]
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=self.limits.timeout)
+            except asyncio.TimeoutError:
+                timed_out = not self.overflow
+                self.kill_group()
+                await proc.wait()
+            # Descendants still holding our pipes would keep them open forever.
+            self.kill_group()
+            _done, pending = await asyncio.wait(tasks, timeout=self.limits.pipe_grace)
+            for task in pending:
+                task.cancel()
+        finally:
+            # Cancelled (server stopping) or not: no process and no task outlives the run.
+            self.kill_group()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return ExecutionResult(
+            exit_code=proc.returncode,
+            stdout=bytes(self.stdout),
+            stderr=bytes(self.stderr),
+            elapsed_ms=_ms(self.started),
+            timed_out=timed_out,
+            stdout_overflow=self.overflow,
+            stderr_truncated=self.stderr_truncated,
+        )
+
+    @staticmethod
+    async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+        # A skill may never read stdin; a full pipe then blocks this writer,
+        # not the run, and the error when the child exits is expected.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if data:
+                stdin.write(data)
+                await stdin.drain()
+            stdin.close()
+            await stdin.wait_closed()
+
+    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
+        limit = self.limits.max_stdout
+        while chunk := await stream.read(READ_CHUNK):
+            room = limit - len(self.stdout)
+            if len(chunk) > room:
+                self.stdout += chunk[:room]
+                self.overflow = True
+                self.kill_group()
+                return
+            self.stdout += chunk
+
+    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
+        # Keep the *tail* of stderr: the traceback is at the end.
+        limit = self.limits.max_stderr
+        while chunk := await stream.read(READ_CHUNK):
+            self.stderr += chunk
+            if len(self.stderr) > limit:
+                del self.stderr[: len(self.stderr) - limit]
+                self.stderr_truncated = True

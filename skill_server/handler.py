@@ -1,0 +1,257 @@
+"""The request pipeline of a skill server, free of sockets.
+
+``decode`` turns a payload frame into a :class:`Request` or a ready error
+reply; ``process`` resolves the intent to a skill, runs it and builds exactly
+one reply. Neither raises for anything a caller or a skill does, so the
+server loop around them cannot be crashed from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from skill_server.executor import ExecutionLimits, ExecutionResult, SubprocessExecutor
+from skill_server.matcher import closest
+from skill_server.registry import SkillRegistry
+from skillscale.errors import ErrorCode, RequestError
+from skillscale.protocol import IntentMode, ParsedIntent, Reply, Request, Trace, parse_intent
+from skillscale.skill_format import Skill
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_CHARS = 2000
+_SALVAGE = {
+    key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"([A-Za-z0-9_.:/\-]{1,256})"')
+    for key in ("reply_to", "request_id")
+}
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """Per-server limits and identity."""
+
+    server_id: str
+    topics: frozenset[str]
+    default_timeout: float = 30.0
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_output_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A request refused before processing, with the reply to send (if any)."""
+
+    reply_to: str | None
+    reply: Reply
+
+
+class RequestHandler:
+    """Decodes, matches, executes and replies."""
+
+    def __init__(
+        self, registry: SkillRegistry, executor: SubprocessExecutor, config: HandlerConfig
+    ) -> None:
+        self.registry = registry
+        self.executor = executor
+        self.config = config
+
+    # -- decoding --------------------------------------------------------
+
+    def decode(self, payload: bytes) -> Request | Rejection:
+        """Parse a payload; on failure salvage ``reply_to`` to say why."""
+        if len(payload) > self.config.max_request_bytes:
+            return self.reject(
+                payload,
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"request is {len(payload)} bytes; this server accepts at most "
+                f"{self.config.max_request_bytes} bytes",
+            )
+        try:
+            request = Request.from_bytes(payload)
+        except RequestError as exc:
+            return self.reject(payload, ErrorCode.BAD_REQUEST, exc.message)
+        if request.reply_to in self.config.topics:
+            # Answering onto a request topic would feed our own reply back in.
+            return Rejection(
+                None,
+                self._failure(
+                    request.request_id, ErrorCode.BAD_REQUEST, "reply_to names a request topic"
+                ),
+            )
+        return request
+
+    def reject(self, payload: bytes, code: ErrorCode, message: str) -> Rejection:
+        found = {k: rx.search(payload) for k, rx in _SALVAGE.items()}
+        reply_to = found["reply_to"].group(1).decode() if found["reply_to"] else None
+        if reply_to in self.config.topics:
+            reply_to = None  # never answer onto a request topic
+        request_id = found["request_id"].group(1).decode() if found["request_id"] else ""
+        return Rejection(reply_to, self._failure(request_id, code, message))
+
+    # -- processing ------------------------------------------------------
+
+    async def process(self, request: Request, received_at: float | None = None) -> Reply:
+        """Produce the one reply for ``request``; never raises."""
+        started = time.monotonic()
+        queue_ms = round((started - received_at) * 1000, 3) if received_at else None
+        try:
+            reply = await self._process(request)
+        except Exception as exc:  # a bug of ours must still produce a reply
+            log.exception("internal error on request %s", request.request_id)
+            reply = self._failure(
+                request.request_id, ErrorCode.INTERNAL, f"internal server error: {exc}"
+            )
+        reply.elapsed_ms = round((time.monotonic() - started) * 1000, 3)
+        if reply.trace is None:
+            reply.trace = Trace()
+        reply.trace.server_id = self.config.server_id
+        reply.trace.queue_ms = queue_ms
+        return reply
+
+    async def _process(self, request: Request) -> Reply:
+        rid = request.request_id
+        if request.deadline is not None and request.deadline <= time.time():
+            return self._failure(
+                rid, ErrorCode.DEADLINE_EXCEEDED, "the caller's deadline passed before work began"
+            )
+        try:
+            intent = parse_intent(request.intent)
+        except RequestError as exc:
+            return self._failure(rid, ErrorCode.BAD_REQUEST, exc.message)
+        resolved = self._resolve(rid, intent)
+        if isinstance(resolved, Reply):
+            return resolved
+        skill, trace = resolved
+        if skill.entrypoint is None:
+            # Instruction-only skill: activation discloses its body.
+            return self._success(rid, skill, skill.body, trace)
+        timeout = skill.timeout or self.config.default_timeout
+        if request.deadline is not None:
+            timeout = min(timeout, max(0.001, request.deadline - time.time()))
+        limits = ExecutionLimits(timeout=timeout, max_stdout=self.config.max_output_bytes)
+        result = await self.executor.run(
+            skill,
+            intent.input.encode("utf-8", errors="surrogatepass"),
+            limits,
+            env={"SKILLSCALE_REQUEST_ID": rid, "SKILLSCALE_TASK": intent.task[:4096]},
+        )
+        return self._from_result(rid, skill, result, limits, trace)
+
+    def _resolve(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
+        if intent.mode is not IntentMode.TASK:
+            assert intent.skill is not None
+            skill = self.registry.get(intent.skill)
+            if skill is None:
+                return self._failure(
+                    rid,
+                    ErrorCode.SKILL_NOT_FOUND,
+                    f"no skill named {intent.skill!r} here; available: "
+                    + (", ".join(self.registry.names) or "none"),
+                )
+            return skill, Trace(matcher_mode=intent.mode.value, skill_name=skill.name)
+        if not intent.task.strip():
+            return self._failure(rid, ErrorCode.BAD_REQUEST, "the intent is empty")
+        result = self.registry.matcher.match(intent.task)
+        candidates = [{"skill": c.skill.name, "score": c.score} for c in closest(result)]
+        if result.best is None:
+            near = ", ".join(f"{c['skill']} ({c['score']})" for c in candidates) or "none"
+            return self._failure(
+                rid,
+                ErrorCode.NO_MATCH,
+                f"no skill matched the task well enough (threshold {result.threshold}); "
+                f"closest: {near}",
+                trace=Trace(matcher_mode="keyword", candidates=candidates),
+            )
+        best = result.best
+        return best.skill, Trace(
+            matcher_mode="keyword",
+            skill_name=best.skill.name,
+            score=best.score,
+            candidates=candidates,
+        )
+
+    def _from_result(
+        self,
+        rid: str,
+        skill: Skill,
+        result: ExecutionResult,
+        limits: ExecutionLimits,
+        trace: Trace,
+    ) -> Reply:
+        stderr = result.stderr.decode("utf-8", errors="replace")
+        trace.exit_code = result.exit_code
+        trace.elapsed_ms = result.elapsed_ms
+        trace.stderr = stderr[-STDERR_TAIL_CHARS:] or None
+        if result.start_error is not None:
+            return self._failure(
+                rid, ErrorCode.EXEC_FAILED, f"could not start skill {skill.name!r}: "
+                f"{result.start_error}", trace=trace, skill=skill
+            )
+        if result.stdout_overflow:
+            return self._failure(
+                rid,
+                ErrorCode.OUTPUT_TOO_LARGE,
+                f"skill {skill.name!r} wrote more than {limits.max_stdout} bytes and was stopped",
+                trace=trace,
+                skill=skill,
+            )
+        if result.timed_out:
+            return self._failure(
+                rid,
+                ErrorCode.TIMEOUT,
+                f"skill {skill.name!r} ran past its {limits.timeout:g} s limit and was killed "
+                "with its process group",
+                trace=trace,
+                skill=skill,
+            )
+        if result.exit_code != 0:
+            how = (
+                f"was killed by signal {-result.exit_code}"
+                if result.exit_code is not None and result.exit_code < 0
+                else f"exited with status {result.exit_code}"
+            )
+            last = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
+            detail = f": {last[:300]}" if last else ""
+            return self._failure(
+                rid, ErrorCode.EXEC_FAILED, f"skill {skill.name!r} {how}{detail}",
+                trace=trace, skill=skill,
+            )
+        try:
+            content = result.stdout.decode("utf-8")
+        except UnicodeDecodeError:
+            content = result.stdout.decode("utf-8", errors="replace")
+            trace.invalid_utf8 = True
+        return self._success(rid, skill, content, trace)
+
+    def _success(self, rid: str, skill: Skill, content: str, trace: Trace) -> Reply:
+        return Reply(
+            request_id=rid,
+            status="success",
+            content=content,
+            skill=skill.name,
+            skill_version=skill.version,
+            server_id=self.config.server_id,
+            trace=trace,
+        )
+
+    def _failure(
+        self,
+        rid: str,
+        code: ErrorCode,
+        message: str,
+        *,
+        trace: Trace | None = None,
+        skill: Skill | None = None,
+    ) -> Reply:
+        return Reply.failure(
+            rid,
+            code,
+            message,
+            trace=trace,
+            server_id=self.config.server_id,
+            skill=skill.name if skill else None,
+            skill_version=skill.version if skill else None,
+        )

@@ -1,0 +1,482 @@
+"""The ``skillscale`` command line.
+
+Every flag has an environment-variable twin (``SKILLSCALE_*``) shown in
+``--help``; durations are seconds, sizes bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from skillscale.discovery import SkillDiscovery, default_skills_dirs
+from skillscale.errors import SkillScaleError
+from skillscale.protocol import topic_for_category
+from skillscale.skill_format import SkillFormatError, load_skill
+from skillscale.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
+
+log = logging.getLogger("skillscale")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(name, default)
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    if seconds > 86_400:
+        # The reference used milliseconds for the same setting.
+        raise argparse.ArgumentTypeError(f"{value} s is over a day: durations are in seconds")
+    return seconds
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _dirs(values: list[str] | None) -> list[Path]:
+    return [Path(v).expanduser() for v in values] if values else default_skills_dirs()
+
+
+def _print_ready(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload), flush=True)
+
+
+# -- proxy -------------------------------------------------------------------
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy.proxy import Proxy, ProxyConfig
+    from skillscale.runtime import install_stop_signals, run, setup_logging
+
+    setup_logging()
+    config = ProxyConfig(
+        xsub_bind=args.xsub_bind,
+        xpub_bind=args.xpub_bind,
+        metrics_host=args.metrics_host,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with Proxy(config) as proxy:
+            _print_ready(
+                {
+                    "event": "ready",
+                    "role": "proxy",
+                    "xsub": proxy.xsub_endpoint,
+                    "xpub": proxy.xpub_endpoint,
+                    "metrics": proxy.metrics_url,
+                }
+            )
+            await stop.wait()
+
+    run(main)
+    return EXIT_OK
+
+
+# -- server ------------------------------------------------------------------
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from skill_server.server import ServerConfig, SkillServer
+    from skillscale.runtime import install_stop_signals, run, setup_logging
+
+    setup_logging()
+    dirs = _dirs(args.skills_dir)
+    topics = args.topic or ([topic_for_category(dirs[0].resolve().name)] if len(dirs) == 1 else [])
+    if not topics:
+        print("error: give --topic when serving several skill folders", file=sys.stderr)
+        return EXIT_USAGE
+    config = ServerConfig(
+        topics=topics,
+        skills_dirs=dirs,
+        proxy_xsub=args.proxy_xsub,
+        proxy_xpub=args.proxy_xpub,
+        workers=args.workers,
+        queue_size=args.queue_size,
+        default_timeout=args.timeout,
+        max_request_bytes=args.max_request_bytes,
+        max_output_bytes=args.max_output_bytes,
+        grace=args.grace,
+        python=args.python,
+    )
+    if args.server_id:
+        config.server_id = args.server_id
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with SkillServer(config) as server:
+            _print_ready(
+                {
+                    "event": "ready",
+                    "role": "server",
+                    "server_id": config.server_id,
+                    "topics": config.topics,
+                    "skills": server.registry.names,
+                }
+            )
+            await stop.wait()
+
+    run(main)
+    return EXIT_OK
+
+
+# -- up ----------------------------------------------------------------------
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from skillscale.runtime import install_stop_signals, run, setup_logging
+    from skillscale.supervisor import Fabric, FabricConfig
+
+    setup_logging()
+    config = FabricConfig(
+        skills_dirs=_dirs(args.skills_dir),
+        host=args.host,
+        xsub_port=args.xsub_port,
+        xpub_port=args.xpub_port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        workers=args.workers,
+        timeout=args.timeout,
+        grace=args.grace,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with Fabric(config) as fabric:
+            info = fabric.endpoints()
+            if args.json:
+                _print_ready(info)
+            else:
+                _print_banner(info)
+            await fabric.wait(stop)
+        if not args.json:
+            print("SkillScale stopped.", flush=True)
+
+    try:
+        run(main)
+    except SkillScaleError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _print_banner(info: dict[str, Any]) -> None:
+    lines = [
+        "SkillScale fabric is up.",
+        f"  proxy    publishers connect to  {info['xsub']}",
+        f"           subscribers connect to {info['xpub']}",
+        f"           metrics                {info['metrics'] or 'off'}",
+    ]
+    first_topic = None
+    for server in info["servers"]:
+        topics = ", ".join(server["topics"] or [])
+        first_topic = first_topic or (server["topics"] or [None])[0]
+        lines.append(f"  server   {topics:<24} skills: {', '.join(server['skills'] or [])}")
+    if first_topic:
+        lines.append(f'Try:  skillscale invoke {first_topic} "summarize: <your text>"')
+    lines.append("Press Ctrl-C to stop.")
+    print("\n".join(lines), flush=True)
+
+
+# -- invoke --------------------------------------------------------------------
+
+
+def _read_data(spec: str) -> str:
+    if spec == "-":
+        return sys.stdin.read()
+    if spec.startswith("@"):
+        return Path(spec[1:]).expanduser().read_text(encoding="utf-8", errors="replace")
+    return spec
+
+
+def _cmd_invoke(args: argparse.Namespace) -> int:
+    from skillscale.client import SkillScaleClient
+    from skillscale.runtime import run, setup_logging
+
+    setup_logging("WARNING")
+    data = _read_data(args.data) if args.data is not None else None
+    if args.skill:
+        intent: str = json.dumps(
+            {"skill": args.skill, "data": data if data is not None else (args.text or "")}
+        )
+    elif data is not None:
+        intent = json.dumps({"task": args.text or "", "data": data})
+    elif args.text:
+        intent = args.text
+    else:
+        print("error: give TEXT, --data or --skill", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def main() -> int:
+        async with SkillScaleClient(
+            args.proxy_xsub, args.proxy_xpub, timeout=args.timeout
+        ) as client:
+            reply = await client.call(args.topic, intent)
+        if args.json:
+            print(reply.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+        elif reply.ok:
+            sys.stdout.write(reply.content if reply.content.endswith("\n") else reply.content + "\n")
+        else:
+            code = reply.error_code.value if reply.error_code else "error"
+            print(f"error [{code}]: {reply.error}", file=sys.stderr)
+        return EXIT_OK if reply.ok else EXIT_FAIL
+
+    try:
+        return run(main)
+    except SkillScaleError as exc:
+        print(f"error [{exc.code.value}]: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+# -- skills ----------------------------------------------------------------------
+
+
+def _cmd_skills(args: argparse.Namespace) -> int:
+    if args.skills_cmd == "validate":
+        return _skills_validate(args)
+    catalog = SkillDiscovery(_dirs(args.skills_dir)).scan()
+    if args.skills_cmd == "show":
+        skill = catalog.skills.get(args.name)
+        if skill is None:
+            print(f"error: no skill named {args.name!r}", file=sys.stderr)
+            return EXIT_FAIL
+        info = skill.summary() | {"topic": topic_for_category(catalog.category_of[skill.name])}
+        if args.json:
+            print(json.dumps(info | {"body": skill.body}, indent=2))
+        else:
+            for key, value in info.items():
+                if value not in (None, {}, ""):
+                    print(f"{key:12} {value}")
+            print("\n" + skill.body)
+        return EXIT_OK
+    topics = catalog.topics()
+    if args.json:
+        print(
+            json.dumps(
+                {topic: [s.summary() for s in skills] for topic, skills in topics.items()},
+                indent=2,
+            )
+        )
+    else:
+        for topic, skills in topics.items():
+            print(topic)
+            for skill in skills:
+                print(f"  {skill.name:<24} {skill.description[:90]}")
+        for problem in catalog.problems:
+            print(f"warning: {problem.path}: {problem.message}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _skills_validate(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.paths] or _dirs(args.skills_dir)
+    failures = 0
+    for path in paths:
+        if (path / "SKILL.md").is_file():
+            try:
+                skill = load_skill(path)
+                print(f"ok    {skill.name}  ({skill.path})")
+            except SkillFormatError as exc:
+                failures += 1
+                for problem in exc.problems:
+                    print(f"FAIL  {exc.path}: {problem}")
+            continue
+        catalog = SkillDiscovery([path]).scan()
+        for skill in catalog.skills.values():
+            print(f"ok    {skill.name}  ({skill.path})")
+        for problem in catalog.problems:
+            failures += 1
+            print(f"FAIL  {problem.path}: {problem.message}")
+    return EXIT_FAIL if failures else EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="skillscale",
+        description="SkillScale: a ZeroMQ skill execution fabric for AI agents.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_skills_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--skills-dir",
+            action="append",
+            metavar="DIR",
+            help="skill root (repeatable) [env SKILLSCALE_SKILLS_DIR, os.pathsep-separated; "
+            "default ./skills, else the bundled skills]",
+        )
+
+    def add_proxy_endpoints(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--proxy-xsub",
+            default=_env("SKILLSCALE_PROXY_XSUB", DEFAULT_PROXY_XSUB),
+            help="proxy endpoint publishers connect to [env SKILLSCALE_PROXY_XSUB; "
+            "default %(default)s]",
+        )
+        p.add_argument(
+            "--proxy-xpub",
+            default=_env("SKILLSCALE_PROXY_XPUB", DEFAULT_PROXY_XPUB),
+            help="proxy endpoint subscribers connect to [env SKILLSCALE_PROXY_XPUB; "
+            "default %(default)s]",
+        )
+
+    def add_server_tuning(p: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+        p.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=_env("SKILLSCALE_WORKERS", None),
+            help="skills run at once per server [env SKILLSCALE_WORKERS; default: cores, min 2]",
+        )
+        p.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=_env("SKILLSCALE_TIMEOUT", 30.0 if with_defaults else None),
+            help="default skill time limit in SECONDS (a skill's metadata.timeout wins) "
+            "[env SKILLSCALE_TIMEOUT; default 30]",
+        )
+        p.add_argument(
+            "--grace",
+            type=float,
+            default=float(_env("SKILLSCALE_GRACE", 10.0)),
+            help="seconds in-flight work may take to finish at stop [env SKILLSCALE_GRACE; "
+            "default %(default)s]",
+        )
+
+    p_up = sub.add_parser("up", help="start a proxy and one server per skill category")
+    add_skills_dir(p_up)
+    p_up.add_argument(
+        "--host",
+        default=_env("SKILLSCALE_HOST", "127.0.0.1"),
+        help="interface to bind [env SKILLSCALE_HOST; default %(default)s]",
+    )
+    p_up.add_argument("--xsub-port", type=int, default=int(_env("SKILLSCALE_XSUB_PORT", 5444)),
+                      help="publisher port, 0 = any free [env SKILLSCALE_XSUB_PORT; default 5444]")
+    p_up.add_argument("--xpub-port", type=int, default=int(_env("SKILLSCALE_XPUB_PORT", 5555)),
+                      help="subscriber port, 0 = any free [env SKILLSCALE_XPUB_PORT; default 5555]")
+    p_up.add_argument(
+        "--metrics-port", type=int, default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
+        help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; default 9100]",
+    )
+    add_server_tuning(p_up, with_defaults=False)
+    p_up.add_argument("--json", action="store_true", help="print endpoints as one JSON line")
+    p_up.set_defaults(func=_cmd_up)
+
+    p_proxy = sub.add_parser("proxy", help="run the XSUB/XPUB bus proxy")
+    p_proxy.add_argument("--xsub-bind", default=_env("SKILLSCALE_XSUB_BIND", "tcp://*:5444"),
+                         help="publisher side [env SKILLSCALE_XSUB_BIND; default %(default)s]")
+    p_proxy.add_argument("--xpub-bind", default=_env("SKILLSCALE_XPUB_BIND", "tcp://*:5555"),
+                         help="subscriber side [env SKILLSCALE_XPUB_BIND; default %(default)s]")
+    p_proxy.add_argument(
+        "--metrics-host", default=_env("SKILLSCALE_METRICS_HOST", "0.0.0.0"),  # noqa: S104
+        help="metrics interface [env SKILLSCALE_METRICS_HOST; default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--metrics-port", type=int, default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
+        help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; "
+        "default %(default)s]",
+    )
+    p_proxy.set_defaults(func=_cmd_proxy)
+
+    p_server = sub.add_parser("server", help="run a skill server for one or more topics")
+    p_server.add_argument(
+        "--topic", action="append",
+        default=[t for t in _env("SKILLSCALE_TOPIC", "").split(",") if t] or None,
+        help="topic to serve, whole-name match (repeatable) [env SKILLSCALE_TOPIC, "
+        "comma-separated; default TOPIC_<SKILLS DIR NAME>]",
+    )
+    add_skills_dir(p_server)
+    add_proxy_endpoints(p_server)
+    add_server_tuning(p_server, with_defaults=True)
+    p_server.add_argument(
+        "--queue-size", type=_positive_int, default=int(_env("SKILLSCALE_QUEUE_SIZE", 256)),
+        help="requests waiting beyond the workers before 'overloaded' "
+        "[env SKILLSCALE_QUEUE_SIZE; default %(default)s]",
+    )
+    p_server.add_argument(
+        "--max-request-bytes", type=_positive_int,
+        default=int(_env("SKILLSCALE_MAX_REQUEST_BYTES", 8 * 1024 * 1024)),
+        help="largest request accepted [env SKILLSCALE_MAX_REQUEST_BYTES; default 8 MiB]",
+    )
+    p_server.add_argument(
+        "--max-output-bytes", type=_positive_int,
+        default=int(_env("SKILLSCALE_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)),
+        help="largest skill output kept [env SKILLSCALE_MAX_OUTPUT_BYTES; default 4 MiB]",
+    )
+    p_server.add_argument("--python", default=_env("SKILLSCALE_PYTHON", None),
+                          help="interpreter for scripts/run.py [env SKILLSCALE_PYTHON; "
+                          "default: this one]")
+    p_server.add_argument("--server-id", default=_env("SKILLSCALE_SERVER_ID", None),
+                          help="id shown in replies [env SKILLSCALE_SERVER_ID]")
+    p_server.set_defaults(func=_cmd_server)
+
+    p_invoke = sub.add_parser("invoke", help="send one intent and print the reply")
+    p_invoke.add_argument("topic", help="e.g. TOPIC_DATA_PROCESSING")
+    p_invoke.add_argument("text", nargs="?", help="task text (matched to a skill)")
+    p_invoke.add_argument("--skill", help="run this skill explicitly")
+    p_invoke.add_argument("--data", help="skill input: literal text, @file, or - for stdin")
+    p_invoke.add_argument(
+        "--timeout", type=_seconds, default=float(_env("SKILLSCALE_CLIENT_TIMEOUT", 60.0)),
+        help="seconds to wait for the reply [env SKILLSCALE_CLIENT_TIMEOUT; default %(default)s]",
+    )
+    p_invoke.add_argument("--json", action="store_true", help="print the whole reply as JSON")
+    add_proxy_endpoints(p_invoke)
+    p_invoke.set_defaults(func=_cmd_invoke)
+
+    p_skills = sub.add_parser("skills", help="list, show or validate skills")
+    skills_sub = p_skills.add_subparsers(dest="skills_cmd", required=True)
+    p_list = skills_sub.add_parser("list", help="skills by topic")
+    p_show = skills_sub.add_parser("show", help="one skill in full")
+    p_show.add_argument("name")
+    p_validate = skills_sub.add_parser("validate", help="check skills against the spec")
+    p_validate.add_argument("paths", nargs="*", help="skill folders or roots")
+    for p in (p_list, p_show, p_validate):
+        add_skills_dir(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p_skills.set_defaults(func=_cmd_skills)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``skillscale`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("workers",):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, _positive_int(value))
+    if isinstance(getattr(args, "timeout", None), str):
+        args.timeout = _seconds(args.timeout)
+    if getattr(args, "workers", 0) is None and args.command == "server":
+        from skill_server.server import default_workers
+
+        args.workers = default_workers()
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

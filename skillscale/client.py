@@ -1,0 +1,337 @@
+"""The SDK client: send intents to topics, await exactly one reply each.
+
+One PUB socket sends requests to the proxy's XSUB side; one SUB socket,
+subscribed to this client's unguessable reply topic, receives replies. A
+single reader task correlates replies to waiting calls by ``request_id``.
+``connect`` returns only after a probe has made the round trip through the
+proxy, so the first request cannot fall into ZeroMQ's slow-joiner window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from concurrent.futures import Future as ConcurrentFuture
+from types import TracebackType
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+
+from skillscale.errors import (
+    ErrorCode,
+    RequestError,
+    SkillScaleError,
+    SkillTimeoutError,
+    UnavailableError,
+    error_for_code,
+)
+from skillscale.protocol import Reply, Request, new_reply_topic, new_request_id
+from skillscale.transport import (
+    Frames,
+    SocketPair,
+    await_roundtrip,
+    proxy_xpub_endpoint,
+    proxy_xsub_endpoint,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IntentLike = str | dict[str, Any]
+
+
+class SkillScaleClient:
+    """Async client; ``async with SkillScaleClient() as client: ...``.
+
+    ``timeout`` is the default seconds to wait for a reply; every call may
+    override it. ``max_in_flight`` bounds concurrent calls (extra calls wait
+    for a slot, within their own timeout).
+    """
+
+    def __init__(
+        self,
+        proxy_xsub: str | None = None,
+        proxy_xpub: str | None = None,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_in_flight: int = 1024,
+        hwm: int = 10_000,
+    ) -> None:
+        self.proxy_xsub = proxy_xsub or proxy_xsub_endpoint()
+        self.proxy_xpub = proxy_xpub or proxy_xpub_endpoint()
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.reply_topic = new_reply_topic()
+        self._hwm = hwm
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._pub: SocketPair | None = None
+        self._sub: SocketPair | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._probe = (self.reply_topic + ".probe").encode()
+        self._reply_topic_b = self.reply_topic.encode()
+
+    async def __aenter__(self) -> SkillScaleClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful ``connect`` and ``close``."""
+        return self._reader is not None
+
+    async def connect(self) -> None:
+        """Connect to the proxy and wait until the bus path is proven live."""
+        if self._reader is not None:
+            return
+        self._ctx = zmq.asyncio.Context()
+        self._pub = SocketPair(self._ctx, zmq.PUB)
+        self._sub = SocketPair(self._ctx, zmq.SUB)
+        self._pub.set(zmq.SNDHWM, self._hwm)
+        self._sub.set(zmq.RCVHWM, self._hwm)
+        self._sub.set(zmq.SUBSCRIBE, self._reply_topic_b)
+        self._pub.async_sock.connect(self.proxy_xsub)
+        self._sub.async_sock.connect(self.proxy_xpub)
+        try:
+            await await_roundtrip(
+                self._pub,
+                self._sub,
+                self._probe,
+                timeout=self.connect_timeout,
+                what=f"proxy at {self.proxy_xsub} / {self.proxy_xpub}",
+            )
+        except TimeoutError as exc:
+            await self._teardown()
+            raise UnavailableError(
+                f"cannot reach the SkillScale proxy ({exc}); is `skillscale up` running?",
+                code=ErrorCode.NO_SERVER,
+            ) from None
+        except BaseException:
+            await self._teardown()
+            raise
+        self._reader = asyncio.create_task(self._read_replies(), name="skillscale-client-reader")
+
+    async def close(self) -> None:
+        """Fail waiting calls, close sockets and the context."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    UnavailableError("client closed before the reply arrived")
+                )
+        self._pending.clear()
+        for pair in (self._pub, self._sub):
+            if pair is not None:
+                pair.close(0)
+        self._pub = self._sub = None
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.term()
+
+    # -- calls -----------------------------------------------------------
+
+    async def call(
+        self, topic: str, intent: IntentLike, *, timeout: float | None = None
+    ) -> Reply:
+        """Send one request and return its reply, success or error.
+
+        Raises :class:`SkillTimeoutError` if no reply comes within
+        ``timeout`` seconds and :class:`UnavailableError` if not connected.
+        """
+        if self._pub is None or self._reader is None:
+            raise UnavailableError("client is not connected; use `async with` or connect()")
+        wait = self.timeout if timeout is None else timeout
+        if wait <= 0:
+            raise RequestError("timeout must be positive (seconds)")
+        start = time.monotonic()
+        request = Request(
+            request_id=new_request_id(),
+            reply_to=self.reply_topic,
+            intent=intent if isinstance(intent, str) else json.dumps(intent),
+            timestamp=time.time(),
+            deadline=time.time() + wait,
+        )
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=wait)
+        except asyncio.TimeoutError:
+            raise SkillTimeoutError(
+                f"no free request slot within {wait:g} s", request_id=request.request_id
+            ) from None
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        try:
+            self._pub.send([topic.encode(), request.to_bytes()])
+            remaining = wait - (time.monotonic() - start)
+            return await asyncio.wait_for(future, timeout=max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            raise SkillTimeoutError(
+                f"no reply on {topic} within {wait:g} s", request_id=request.request_id
+            ) from None
+        finally:
+            self._pending.pop(request.request_id, None)
+            self._slots.release()
+
+    async def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
+        """Send an intent (any form) and return the skill's content.
+
+        Error replies raise the :class:`SkillScaleError` subclass of their
+        ``error_code``.
+        """
+        reply = await self.call(topic, intent, timeout=timeout)
+        if reply.ok:
+            return reply.content
+        raise error_for_code(
+            reply.error_code,
+            reply.error or "the server replied with an error and no message",
+            request_id=reply.request_id,
+            trace=reply.trace.model_dump(exclude_none=True) if reply.trace else None,
+        )
+
+    async def invoke_skill(
+        self,
+        topic: str,
+        skill: str,
+        data: Any = "",
+        *,
+        task: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Run the named ``skill`` with ``data`` as its input."""
+        intent: dict[str, Any] = {"skill": skill, "data": data}
+        if task is not None:
+            intent["task"] = task
+        return await self.invoke(topic, json.dumps(intent), timeout=timeout)
+
+    async def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
+        """Let the topic's server match ``task`` to a skill and run it."""
+        return await self.invoke(topic, json.dumps({"task": task}), timeout=timeout)
+
+    async def invoke_parallel(
+        self,
+        requests: Iterable[tuple[str, IntentLike]],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = True,
+    ) -> list[str | SkillScaleError]:
+        """Run many ``(topic, intent)`` calls concurrently, results in order.
+
+        With ``return_exceptions`` (the default) a failed call yields its
+        :class:`SkillScaleError` in place; otherwise the first failure raises.
+        """
+        calls = [self.invoke(topic, intent, timeout=timeout) for topic, intent in requests]
+        results = await asyncio.gather(*calls, return_exceptions=return_exceptions)
+        out: list[str | SkillScaleError] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, SkillScaleError):
+                raise result
+            out.append(result)
+        return out
+
+    # -- the reader --------------------------------------------------------
+
+    async def _read_replies(self) -> None:
+        assert self._sub is not None
+        sub = self._sub
+        while True:
+            await sub.wait_readable()
+            for frames in sub.drain(256):
+                self._on_message(frames)
+
+    def _on_message(self, frames: Frames) -> None:
+        if len(frames) != 2 or bytes(frames[0]) != self._reply_topic_b:
+            return  # late probes, or noise on a longer topic sharing our prefix
+        try:
+            reply = Reply.from_bytes(bytes(frames[1]))
+        except ValidationError as exc:
+            log.warning("discarding malformed reply: %s", exc.errors()[:1])
+            return
+        future = self._pending.get(reply.request_id)
+        if future is None or future.done():
+            log.debug("reply %s arrived after its caller stopped waiting", reply.request_id)
+            return
+        future.set_result(reply)
+
+
+class SyncSkillScaleClient:
+    """A blocking wrapper for scripts: runs a client on a private event loop thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client: SkillScaleClient = self._run(self._make(args, kwargs))
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    @staticmethod
+    async def _make(args: Sequence[Any], kwargs: dict[str, Any]) -> SkillScaleClient:
+        # Created on the loop thread so its asyncio primitives bind there.
+        return SkillScaleClient(*args, **kwargs)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: ConcurrentFuture[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def __enter__(self) -> SyncSkillScaleClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
+        """Blocking :meth:`SkillScaleClient.invoke`."""
+        return self._run(self._client.invoke(topic, intent, timeout=timeout))
+
+    def call(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> Reply:
+        """Blocking :meth:`SkillScaleClient.call`."""
+        return self._run(self._client.call(topic, intent, timeout=timeout))
+
+    def invoke_skill(
+        self, topic: str, skill: str, data: Any = "", *, timeout: float | None = None
+    ) -> str:
+        """Blocking :meth:`SkillScaleClient.invoke_skill`."""
+        return self._run(self._client.invoke_skill(topic, skill, data, timeout=timeout))
+
+    def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
+        """Blocking :meth:`SkillScaleClient.invoke_task`."""
+        return self._run(self._client.invoke_task(topic, task, timeout=timeout))
+
+    def close(self) -> None:
+        """Close the client and stop its loop thread."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

@@ -1,0 +1,52 @@
+"""Process plumbing for the command-line roles: loop, signals, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def setup_logging(default: str = "INFO") -> None:
+    """Log to stderr at ``SKILLSCALE_LOG_LEVEL`` (default ``default``)."""
+    level = os.environ.get("SKILLSCALE_LOG_LEVEL", default).upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` on uvloop when installed (``SKILLSCALE_NO_UVLOOP=1`` opts out)."""
+    if not os.environ.get("SKILLSCALE_NO_UVLOOP"):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            result: T = uvloop.run(main())
+            return result
+    return asyncio.run(main())
+
+
+def install_stop_signals(stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
+    """SIGINT/SIGTERM set ``stop``; a second one sets ``force`` (if given)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set() and force is not None:
+            force.set()
+        stop.set()
+        logging.getLogger("skillscale").info(
+            "received %s; stopping", signal.Signals(signum).name
+        )
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)

@@ -1,0 +1,106 @@
+"""Helpers for skill scripts (``scripts/run.py``) running under a skill server.
+
+A skill receives its input on stdin (and, for small inputs, in the
+``SKILLSCALE_INTENT`` environment variable) and writes its answer, usually
+markdown, to stdout; exit status 0 means success. These helpers cover what
+every bundled skill needs: reading the input robustly, separating a leading
+instruction ("summarize: ...") from the payload, pulling code out of a
+markdown fence, and rendering markdown tables.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_INSTRUCTION_RE = re.compile(r"\A\s*([^\n:]{1,120}?):[ \t]*(?:\n|(?=\S))")
+MAX_INSTRUCTION_WORDS = 12
+
+
+def read_input() -> str:
+    """The skill's input: stdin (invalid UTF-8 replaced), else ``SKILLSCALE_INTENT``."""
+    data = sys.stdin.buffer.read() if not sys.stdin.closed else b""
+    text = data.decode("utf-8", errors="replace")
+    if not text.strip():
+        text = os.environ.get("SKILLSCALE_INTENT", "")
+    return text
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """The input as a JSON object, if it is one."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        value = json.loads(stripped)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def split_instruction(text: str) -> tuple[str, str]:
+    """Split ``"summarize this article: <text>"`` into (instruction, payload).
+
+    An instruction is a short phrase (at most 12 words, on the first line)
+    ending in a colon. Without one, the instruction is empty and the whole
+    text is the payload.
+    """
+    match = _INSTRUCTION_RE.match(text)
+    if match:
+        phrase = match.group(1).strip()
+        words = phrase.split()
+        if 0 < len(words) <= MAX_INSTRUCTION_WORDS and not phrase.startswith(("http", "{")):
+            return phrase, text[match.end() :].strip("\n")
+    return "", text
+
+
+def extract_code(text: str) -> str:
+    """Python source from an input that may wrap it in prose or a fence."""
+    fences = _FENCE_RE.findall(text)
+    if fences:
+        python = [body for lang, body in fences if lang.lower() in ("python", "py", "")]
+        return (python or [fences[0][1]])[0]
+    if _parses(text):
+        return text
+    # "analyze this code:\n<code>" or "check: def f(): ..." - drop the lead-in.
+    instruction, payload = split_instruction(text)
+    if instruction and _parses(payload):
+        return payload
+    first, _, rest = text.partition("\n")
+    if rest and _parses(rest):
+        return rest
+    return text
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table; ``|`` in cells is escaped."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(h) for h in headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """Report a problem with the input on stderr and exit non-zero."""
+    print(message, file=sys.stderr)
+    raise SystemExit(status)

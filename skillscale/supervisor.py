@@ -1,0 +1,240 @@
+"""``skillscale up``: a proxy plus one skill server per category, supervised.
+
+Each role runs as its own process (so a laptop's cores are all used, and a
+role is exactly what it would be in a container). Children announce that
+they are ready with one JSON line on stdout; the supervisor waits for it,
+restarts a child that dies (with backoff), and on stop sends SIGTERM to the
+servers first (they drain), then the proxy, killing whatever outlives the
+grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from skillscale.discovery import SkillDiscovery
+from skillscale.errors import ConfigError
+from skillscale.protocol import topic_for_category
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+MAX_RESTARTS = 5
+
+
+@dataclass
+class FabricConfig:
+    """What ``skillscale up`` starts. Durations in seconds."""
+
+    skills_dirs: list[Path]
+    host: str = "127.0.0.1"
+    xsub_port: int = 5444
+    xpub_port: int = 5555
+    metrics_port: int | None = 9100
+    workers: int | None = None
+    timeout: float | None = None
+    grace: float = 10.0
+    extra_server_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Child:
+    """One supervised role process."""
+
+    name: str
+    argv: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    ready: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+    drain: asyncio.Task[None] | None = None
+
+
+class Fabric:
+    """The supervisor role; ``async with Fabric(cfg) as fabric: await fabric.wait(stop)``."""
+
+    def __init__(self, config: FabricConfig) -> None:
+        self.config = config
+        self.proxy: Child | None = None
+        self.servers: list[Child] = []
+        self._stopping = False
+
+    async def __aenter__(self) -> Fabric:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _plan_servers(self, proxy_ready: dict[str, Any]) -> list[Child]:
+        catalog = SkillDiscovery(self.config.skills_dirs).scan()
+        for problem in catalog.problems:
+            log.warning("skill problem at %s: %s", problem.path, problem.message)
+        categories = catalog.categories()
+        if not categories:
+            raise ConfigError(
+                "no valid skills found under " + ", ".join(map(str, self.config.skills_dirs))
+            )
+        children = []
+        for category, folder in categories.items():
+            argv = [
+                sys.executable, "-m", "skillscale", "server",
+                "--topic", topic_for_category(category),
+                "--skills-dir", str(folder),
+                "--proxy-xsub", proxy_ready["xsub"],
+                "--proxy-xpub", proxy_ready["xpub"],
+                "--grace", str(self.config.grace),
+            ]  # fmt: skip
+            if self.config.workers is not None:
+                argv += ["--workers", str(self.config.workers)]
+            if self.config.timeout is not None:
+                argv += ["--timeout", str(self.config.timeout)]
+            children.append(Child(f"server:{category}", argv + self.config.extra_server_args))
+        return children
+
+    async def start(self) -> None:
+        """Start the proxy, then every server, each proven ready."""
+        cfg = self.config
+        proxy_argv = [
+            sys.executable, "-m", "skillscale", "proxy",
+            "--xsub-bind", f"tcp://{cfg.host}:{cfg.xsub_port}",
+            "--xpub-bind", f"tcp://{cfg.host}:{cfg.xpub_port}",
+            "--metrics-host", cfg.host,
+            "--metrics-port", str(-1 if cfg.metrics_port is None else cfg.metrics_port),
+        ]  # fmt: skip
+        self.proxy = Child("proxy", proxy_argv)
+        try:
+            await self._spawn(self.proxy)
+            # A restarted proxy must come back on the same ports.
+            self.proxy.argv[self.proxy.argv.index("--xsub-bind") + 1] = self.proxy.ready["xsub"]
+            self.proxy.argv[self.proxy.argv.index("--xpub-bind") + 1] = self.proxy.ready["xpub"]
+            self.servers = self._plan_servers(self.proxy.ready)
+            await asyncio.gather(*(self._spawn(child) for child in self.servers))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _spawn(self, child: Child) -> None:
+        child.proc = await asyncio.create_subprocess_exec(
+            *child.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        assert child.proc.stdout is not None
+        stdout = child.proc.stdout
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = await asyncio.wait_for(stdout.readline(), timeout=max(remaining, 0.01))
+            except asyncio.TimeoutError:
+                raise ConfigError(f"{child.name} did not become ready in {READY_TIMEOUT:g} s") from None
+            if not line:
+                code = await child.proc.wait()
+                raise ConfigError(f"{child.name} exited with status {code} before it was ready")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "ready":
+                child.ready = event
+                break
+        # Keep reading so a chatty child can never block on a full pipe.
+        child.drain = asyncio.create_task(_discard(stdout), name=f"drain-{child.name}")
+
+    def endpoints(self) -> dict[str, Any]:
+        """What the fabric exposes, for printing and for tests."""
+        assert self.proxy is not None
+        return {
+            "event": "ready",
+            "role": "fabric",
+            "xsub": self.proxy.ready.get("xsub"),
+            "xpub": self.proxy.ready.get("xpub"),
+            "metrics": self.proxy.ready.get("metrics"),
+            "servers": [
+                {"topics": s.ready.get("topics"), "skills": s.ready.get("skills"), "pid": s.proc.pid}
+                for s in self.servers
+                if s.proc is not None
+            ],
+        }
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Supervise until ``stop`` is set: restart children that die."""
+        while not stop.is_set():
+            children = [c for c in [self.proxy, *self.servers] if c and c.proc]
+            waits = {asyncio.ensure_future(c.proc.wait()): c for c in children if c.proc}
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [stopper, *waits], return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for fut in [stopper, *waits]:
+                    fut.cancel()
+                await asyncio.gather(stopper, *waits, return_exceptions=True)
+            for fut in done:
+                child = waits.get(fut)
+                if child is None or stop.is_set():
+                    continue
+                await self._restart(child)
+
+    async def _restart(self, child: Child) -> None:
+        assert child.proc is not None
+        code = child.proc.returncode
+        if child.restarts >= MAX_RESTARTS:
+            raise ConfigError(f"{child.name} died {child.restarts + 1} times (last status {code})")
+        child.restarts += 1
+        delay = min(0.5 * 2**child.restarts, 8.0)
+        log.error("%s exited with status %s; restart %d in %.1f s", child.name, code,
+                  child.restarts, delay)
+        await asyncio.sleep(delay)  # restart backoff, not a hot path
+        await self._spawn(child)
+
+    async def stop(self) -> None:
+        """SIGTERM servers, then the proxy; SIGKILL what outlives the grace."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self._terminate([c for c in self.servers if c.proc], self.config.grace + 2)
+        if self.proxy is not None and self.proxy.proc is not None:
+            await self._terminate([self.proxy], 5.0)
+        for child in [*self.servers, self.proxy]:
+            if child is not None and child.drain is not None:
+                child.drain.cancel()
+                await asyncio.gather(child.drain, return_exceptions=True)
+
+    @staticmethod
+    async def _terminate(children: list[Child], grace: float) -> None:
+        procs = [c.proc for c in children if c.proc is not None and c.proc.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        if not procs:
+            return
+        _, pending = await asyncio.wait(
+            [asyncio.ensure_future(p.wait()) for p in procs], timeout=grace
+        )
+        for proc in procs:
+            if proc.returncode is None:
+                log.warning("pid %d ignored SIGTERM for %.0f s; killing", proc.pid, grace)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for fut in pending:
+            await fut
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass
