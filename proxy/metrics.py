@@ -15,10 +15,12 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client import Counter as PromCounter
 
-from skillscale.protocol import REPLY_TOPIC_PREFIX
+from skillscale.protocol import PROBE_TOPIC_PREFIX, REPLY_TOPIC_PREFIX
 
 MAX_TOPIC_LABELS = 500
 """Distinct topic label values kept before new ones fold into ``_other``."""
+
+_FOLDED_PREFIXES = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode())
 
 DOWNSTREAM = "downstream"
 """Messages from publishers to subscribers (requests, replies)."""
@@ -61,9 +63,10 @@ class ProxyMetrics:
 
     def topic_label(self, topic: bytes) -> str:
         """A bounded-cardinality label for a topic frame."""
-        if topic.startswith(REPLY_TOPIC_PREFIX.encode()):
-            # One label for all reply topics: they are per client.
-            return REPLY_TOPIC_PREFIX + "*"
+        for prefix in _FOLDED_PREFIXES:
+            if topic.startswith(prefix):
+                # One label for each family of per-peer topics (replies, probes).
+                return prefix.decode() + "*"
         try:
             label = topic.decode("utf-8")
         except UnicodeDecodeError:

@@ -12,6 +12,8 @@ Two adjustments make the threshold meaningful on tiny catalogues:
 * IDF is computed as if the catalogue had ``VIRTUAL_DOCS`` extra documents
   that contain none of the words, so a word unique to the only skill still
   counts, while a word every skill shares counts little.
+* A coordination factor scales the score by the share of the instruction's
+  words the skill matches, so one shared word cannot carry a long request.
 * In ``"summarize: <long text>"`` the instruction before the first colon or
   line break is what names the task; words from the payload after it count
   at ``PAYLOAD_WEIGHT`` and only the first ``PAYLOAD_CHARS`` are read.
@@ -91,6 +93,7 @@ def query_terms(text: str) -> dict[str, float]:
         pos = text.find(sep, 0, HEAD_CHARS)
         if pos != -1:
             head_end = min(head_end, pos)
+    head_end = min(head_end, HEAD_CHARS * 2)
     head, tail = text[:head_end], text[head_end : head_end + PAYLOAD_CHARS]
     if not tokenize(head):  # e.g. text starting with ":" or a blank line
         head, tail = text[: HEAD_CHARS * 2], text[HEAD_CHARS * 2 : PAYLOAD_CHARS]
@@ -172,7 +175,10 @@ class KeywordMatcher:
     def _score(self, index: int, terms: dict[str, float]) -> float:
         fields, lengths = self._fields[index], self._lengths[index]
         score = 0.0
+        head_total = head_matched = 0
         for term, q_weight in terms.items():
+            is_head = q_weight == 1.0
+            head_total += is_head
             idf = self._idf.get(term)
             if idf is None:
                 continue
@@ -183,8 +189,11 @@ class KeywordMatcher:
                     norm = 1 - B + B * lengths[field] / self._avg[field]
                     tf += weight * count / norm
             if tf:
+                head_matched += is_head
                 score += q_weight * idf * tf * (K1 + 1) / (tf + K1)
-        return score
+        # Lucene's classic "coord" factor: a skill that explains one word of a
+        # five-word instruction is a weaker match than one that explains all.
+        return score * (head_matched / head_total if head_total else 1.0)
 
 
 def closest(result: MatchResult, limit: int = 3) -> Sequence[Candidate]:

@@ -36,7 +36,7 @@ from skill_server.handler import HandlerConfig, Rejection, RequestHandler
 from skill_server.matcher import DEFAULT_THRESHOLD
 from skill_server.registry import SkillRegistry
 from skillscale.errors import ErrorCode
-from skillscale.protocol import Reply, Request
+from skillscale.protocol import PROBE_TOPIC_PREFIX, Reply, Request
 from skillscale.transport import (
     Frames,
     SocketPair,
@@ -102,7 +102,7 @@ class SkillServer:
             ),
         )
         self._topics = {t.encode() for t in config.topics}
-        self._probe = f"_SKILLSCALE_PROBE_{config.server_id}".encode()
+        self._probe = f"{PROBE_TOPIC_PREFIX}{config.server_id}".encode()
         self._queue: asyncio.Queue[tuple[Request, float]] = asyncio.Queue(config.queue_size)
         self._ctx: zmq.asyncio.Context | None = None
         self._sub: SocketPair | None = None

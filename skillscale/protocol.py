@@ -26,6 +26,8 @@ from skillscale.errors import ErrorCode, RequestError
 
 REPLY_TOPIC_PREFIX = "AGENT_REPLY_"
 TOPIC_PREFIX = "TOPIC_"
+PROBE_TOPIC_PREFIX = "_SKILLSCALE_PROBE_"
+"""Topics servers use to prove their bus path at start."""
 
 SKILL_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){0,62}[a-z0-9]$|^[a-z0-9]$")
 """Agent Skills name rule: 1-64 of ``[a-z0-9-]``, no leading/trailing/double ``-``."""

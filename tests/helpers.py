@@ -1,0 +1,191 @@
+"""Starting real role processes for integration tests, and a bare reference client."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_SKILLS = Path(__file__).resolve().parent / "fixtures" / "skills"
+BUNDLED_SKILLS = ROOT / "skills"
+
+
+def role_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("SKILLSCALE_LOG_LEVEL", "WARNING")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class RoleProcess:
+    """A ``python -m skillscale ...`` child that reports readiness as a JSON line."""
+
+    def __init__(self, *args: str, ready_timeout: float = 30.0, env: dict[str, str] | None = None):
+        self.args = [sys.executable, "-m", "skillscale", *args]
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env or role_env(),
+            cwd=ROOT,
+        )
+        self.ready: dict[str, Any] = self._await_ready(ready_timeout)
+
+    def _await_ready(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        buffer = b""
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.kill()
+                    raise TimeoutError(f"{self.args} not ready within {timeout} s")
+                if not sel.select(remaining):
+                    continue
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    code = self.proc.wait()
+                    raise RuntimeError(f"{self.args} exited with {code} before ready")
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict) and event.get("event") == "ready":
+                        return event
+        finally:
+            sel.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; SIGKILL if it will not stop."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+def start_proxy() -> RoleProcess:
+    return RoleProcess(
+        "proxy",
+        "--xsub-bind", "tcp://127.0.0.1:0",
+        "--xpub-bind", "tcp://127.0.0.1:0",
+        "--metrics-host", "127.0.0.1",
+        "--metrics-port", "0",
+    )  # fmt: skip
+
+
+def start_server(proxy: RoleProcess, skills_dir: Path, *topics: str, **options: Any) -> RoleProcess:
+    args = [
+        "server",
+        "--skills-dir", str(skills_dir),
+        "--proxy-xsub", proxy.ready["xsub"],
+        "--proxy-xpub", proxy.ready["xpub"],
+    ]  # fmt: skip
+    for topic in topics:
+        args += ["--topic", topic]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return RoleProcess(*args)
+
+
+class ReferenceClient:
+    """Speaks only the reference protocol: ``[topic, json]`` out, ``AGENT_REPLY_<8 hex>`` in.
+
+    Tracks its sockets and context and closes them with linger 0.
+    """
+
+    def __init__(self, xsub: str, xpub: str) -> None:
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.sub = self.ctx.socket(zmq.SUB)
+        for sock in (self.pub, self.sub):
+            sock.setsockopt(zmq.LINGER, 0)
+        self.reply_topic = "AGENT_REPLY_" + secrets.token_hex(4)
+        self.sub.setsockopt_string(zmq.SUBSCRIBE, self.reply_topic)
+        self.pub.connect(xsub)
+        self.sub.connect(xpub)
+        self._await_path()
+
+    def _await_path(self, timeout: float = 10.0) -> None:
+        # Plain pub/sub messages to our own reply topic until one comes back:
+        # the event that the path is live (the reference slept 0.5 s instead).
+        deadline = time.monotonic() + timeout
+        probe = (self.reply_topic + "_probe").encode()
+        while time.monotonic() < deadline:
+            self.pub.send_multipart([probe, b"{}"])
+            if self.sub.poll(50):
+                topic, _ = self.sub.recv_multipart()
+                if topic == probe:
+                    while self.sub.poll(0):
+                        self.sub.recv_multipart()
+                    return
+        raise TimeoutError("reference client: no round trip through the proxy")
+
+    def send(self, topic: str, intent: str, *, request_id: str | None = None) -> str:
+        rid = request_id or uuid.uuid4().hex[:8]
+        payload = {
+            "request_id": rid,
+            "reply_to": self.reply_topic,
+            "intent": intent,
+            "timestamp": time.time(),
+        }
+        self.pub.send_multipart([topic.encode(), json.dumps(payload).encode()])
+        return rid
+
+    def send_raw(self, frames: list[bytes]) -> None:
+        self.pub.send_multipart(frames)
+
+    def recv(self, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.sub.poll(int(remaining * 1000)):
+                raise TimeoutError("reference client: no reply")
+            topic, payload = self.sub.recv_multipart()
+            if topic.decode() == self.reply_topic:
+                reply: dict[str, Any] = json.loads(payload)
+                return reply
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.sub.close(0)
+        self.ctx.term()
