@@ -220,7 +220,7 @@ class SkillServer:
         received_at = time.monotonic()
         if len(frames) != 2:
             decoded: Request | Rejection = self.handler.reject(
-                bytes(frames[-1]) if len(frames) > 1 else b"",
+                b"\n".join(bytes(f) for f in frames[1:]),
                 ErrorCode.BAD_REQUEST,
                 f"a request is 2 frames [topic, json]; got {len(frames)}",
             )

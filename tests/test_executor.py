@@ -1,0 +1,102 @@
+"""The subprocess executor against real child processes (no bus)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from skill_server.executor import ExecutionLimits, SubprocessExecutor
+from skillscale.discovery import SkillDiscovery
+from tests.helpers import FIXTURE_SKILLS
+
+CATALOG = SkillDiscovery([FIXTURE_SKILLS / "testing"]).scan()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; only its parent can reap it.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def executor() -> SubprocessExecutor:
+    return SubprocessExecutor()
+
+
+async def test_echo_round_trip(executor: SubprocessExecutor) -> None:
+    result = await executor.run(CATALOG.skills["echo"], "héllo".encode(), ExecutionLimits(10))
+    assert result.ok and result.stdout.decode() == "héllo" and result.exit_code == 0
+
+
+async def test_shell_entry_point_runs_without_a_shell_command_line(
+    executor: SubprocessExecutor,
+) -> None:
+    result = await executor.run(CATALOG.skills["echo-sh"], b"$(id); x", ExecutionLimits(10))
+    assert result.ok and result.stdout == b"sh:$(id); x"
+
+
+async def test_timeout_kills_the_whole_process_group(
+    executor: SubprocessExecutor, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    started = time.monotonic()
+    result = await executor.run(CATALOG.skills["hang"], str(pid_file).encode(), ExecutionLimits(1.0))
+    assert result.timed_out and not result.ok
+    assert time.monotonic() - started < 5
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting on the kernel to finish a kill, bounded
+    assert not pid_alive(grandchild)
+
+
+async def test_output_past_the_bound_kills_the_skill(executor: SubprocessExecutor) -> None:
+    result = await executor.run(
+        CATALOG.skills["flood"], b"", ExecutionLimits(10, max_stdout=1024 * 1024)
+    )
+    assert result.stdout_overflow and not result.ok
+    assert len(result.stdout) == 1024 * 1024
+
+
+async def test_crash_reports_status_and_stderr_tail(executor: SubprocessExecutor) -> None:
+    result = await executor.run(CATALOG.skills["crash"], b"", ExecutionLimits(10))
+    assert result.exit_code == 3 and not result.ok
+    assert b"RuntimeError: fixture crash" in result.stderr
+
+
+async def test_large_input_to_a_skill_that_never_reads_stdin(executor: SubprocessExecutor) -> None:
+    result = await executor.run(CATALOG.skills["noread"], b"x" * (300 * 1024), ExecutionLimits(10))
+    assert result.ok, result
+    assert result.stdout.strip() == b"intent-env=0 stdin-only=1"
+
+
+async def test_small_input_is_also_in_the_environment(executor: SubprocessExecutor) -> None:
+    result = await executor.run(CATALOG.skills["noread"], b"abc", ExecutionLimits(10))
+    assert result.stdout.strip() == b"intent-env=3 stdin-only=0"
+
+
+async def test_environment_is_scrubbed(
+    executor: SubprocessExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "also-secret")
+    result = await executor.run(CATALOG.skills["envdump"], b"", ExecutionLimits(10))
+    names = set(result.stdout.decode().split())
+    assert "OPENAI_API_KEY" not in names and "AWS_SECRET_ACCESS_KEY" not in names
+    assert {"PATH", "SKILLSCALE_SKILL", "SKILLSCALE_SKILL_DIR"} <= names
+
+
+async def test_missing_interpreter_is_a_start_error() -> None:
+    executor = SubprocessExecutor(python="/nonexistent/python")
+    result = await executor.run(CATALOG.skills["echo"], b"", ExecutionLimits(10))
+    assert result.start_error and not result.ok
