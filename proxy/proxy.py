@@ -86,8 +86,8 @@ class Proxy:
         except zmq.ZMQError:
             self._close_sockets()
             raise
-        self.xsub_endpoint = connectable(self._xsub.async_sock.last_endpoint.decode())
-        self.xpub_endpoint = connectable(self._xpub.async_sock.last_endpoint.decode())
+        self.xsub_endpoint = connectable(self._xsub.last_endpoint())
+        self.xpub_endpoint = connectable(self._xpub.last_endpoint())
         self._xsub.send([b"\x01"])  # subscribe to everything (see module doc)
         if cfg.metrics_port is not None:
             port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)

@@ -187,8 +187,11 @@ class RequestHandler:
         trace.stderr = stderr[-STDERR_TAIL_CHARS:] or None
         if result.start_error is not None:
             return self._failure(
-                rid, ErrorCode.EXEC_FAILED, f"could not start skill {skill.name!r}: "
-                f"{result.start_error}", trace=trace, skill=skill
+                rid,
+                ErrorCode.EXEC_FAILED,
+                f"could not start skill {skill.name!r}: {result.start_error}",
+                trace=trace,
+                skill=skill,
             )
         if result.stdout_overflow:
             return self._failure(
@@ -216,8 +219,11 @@ class RequestHandler:
             last = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
             detail = f": {last[:300]}" if last else ""
             return self._failure(
-                rid, ErrorCode.EXEC_FAILED, f"skill {skill.name!r} {how}{detail}",
-                trace=trace, skill=skill,
+                rid,
+                ErrorCode.EXEC_FAILED,
+                f"skill {skill.name!r} {how}{detail}",
+                trace=trace,
+                skill=skill,
             )
         try:
             content = result.stdout.decode("utf-8")

@@ -50,7 +50,9 @@ def parse_agents_md(text: str) -> list[AgentsMdEntry]:
     return entries
 
 
-def resolve_location(entry: AgentsMdEntry, agents_md: Path, home: Path | None = None) -> Path | None:
+def resolve_location(
+    entry: AgentsMdEntry, agents_md: Path, home: Path | None = None
+) -> Path | None:
     """Find the skill directory an entry points at, or None."""
     base = agents_md.parent
     location = entry.location.strip()

@@ -233,7 +233,9 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
         if args.json:
             print(reply.model_dump_json(by_alias=True, exclude_none=True, indent=2))
         elif reply.ok:
-            sys.stdout.write(reply.content if reply.content.endswith("\n") else reply.content + "\n")
+            sys.stdout.write(
+                reply.content if reply.content.endswith("\n") else reply.content + "\n"
+            )
         else:
             code = reply.error_code.value if reply.error_code else "error"
             print(f"error [{code}]: {reply.error}", file=sys.stderr)
@@ -295,8 +297,8 @@ def _skills_validate(args: argparse.Namespace) -> int:
                 print(f"ok    {skill.name}  ({skill.path})")
             except SkillFormatError as exc:
                 failures += 1
-                for problem in exc.problems:
-                    print(f"FAIL  {exc.path}: {problem}")
+                for message in exc.problems:
+                    print(f"FAIL  {exc.path}: {message}")
             continue
         catalog = SkillDiscovery([path]).scan()
         for skill in catalog.skills.values():
@@ -370,12 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("SKILLSCALE_HOST", "127.0.0.1"),
         help="interface to bind [env SKILLSCALE_HOST; default %(default)s]",
     )
-    p_up.add_argument("--xsub-port", type=int, default=int(_env("SKILLSCALE_XSUB_PORT", 5444)),
-                      help="publisher port, 0 = any free [env SKILLSCALE_XSUB_PORT; default 5444]")
-    p_up.add_argument("--xpub-port", type=int, default=int(_env("SKILLSCALE_XPUB_PORT", 5555)),
-                      help="subscriber port, 0 = any free [env SKILLSCALE_XPUB_PORT; default 5555]")
     p_up.add_argument(
-        "--metrics-port", type=int, default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
+        "--xsub-port",
+        type=int,
+        default=int(_env("SKILLSCALE_XSUB_PORT", 5444)),
+        help="publisher port, 0 = any free [env SKILLSCALE_XSUB_PORT; default 5444]",
+    )
+    p_up.add_argument(
+        "--xpub-port",
+        type=int,
+        default=int(_env("SKILLSCALE_XPUB_PORT", 5555)),
+        help="subscriber port, 0 = any free [env SKILLSCALE_XPUB_PORT; default 5555]",
+    )
+    p_up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
         help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; default 9100]",
     )
     add_server_tuning(p_up, with_defaults=False)
@@ -383,16 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.set_defaults(func=_cmd_up)
 
     p_proxy = sub.add_parser("proxy", help="run the XSUB/XPUB bus proxy")
-    p_proxy.add_argument("--xsub-bind", default=_env("SKILLSCALE_XSUB_BIND", "tcp://*:5444"),
-                         help="publisher side [env SKILLSCALE_XSUB_BIND; default %(default)s]")
-    p_proxy.add_argument("--xpub-bind", default=_env("SKILLSCALE_XPUB_BIND", "tcp://*:5555"),
-                         help="subscriber side [env SKILLSCALE_XPUB_BIND; default %(default)s]")
     p_proxy.add_argument(
-        "--metrics-host", default=_env("SKILLSCALE_METRICS_HOST", "0.0.0.0"),  # noqa: S104
+        "--xsub-bind",
+        default=_env("SKILLSCALE_XSUB_BIND", "tcp://*:5444"),
+        help="publisher side [env SKILLSCALE_XSUB_BIND; default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--xpub-bind",
+        default=_env("SKILLSCALE_XPUB_BIND", "tcp://*:5555"),
+        help="subscriber side [env SKILLSCALE_XPUB_BIND; default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--metrics-host",
+        default=_env("SKILLSCALE_METRICS_HOST", "0.0.0.0"),  # noqa: S104
         help="metrics interface [env SKILLSCALE_METRICS_HOST; default %(default)s]",
     )
     p_proxy.add_argument(
-        "--metrics-port", type=int, default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
+        "--metrics-port",
+        type=int,
+        default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
         help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; "
         "default %(default)s]",
     )
@@ -400,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_server = sub.add_parser("server", help="run a skill server for one or more topics")
     p_server.add_argument(
-        "--topic", action="append",
+        "--topic",
+        action="append",
         default=[t for t in _env("SKILLSCALE_TOPIC", "").split(",") if t] or None,
         help="topic to serve, whole-name match (repeatable) [env SKILLSCALE_TOPIC, "
         "comma-separated; default TOPIC_<SKILLS DIR NAME>]",
@@ -409,25 +431,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_proxy_endpoints(p_server)
     add_server_tuning(p_server, with_defaults=True)
     p_server.add_argument(
-        "--queue-size", type=_positive_int, default=int(_env("SKILLSCALE_QUEUE_SIZE", 256)),
+        "--queue-size",
+        type=_positive_int,
+        default=int(_env("SKILLSCALE_QUEUE_SIZE", 256)),
         help="requests waiting beyond the workers before 'overloaded' "
         "[env SKILLSCALE_QUEUE_SIZE; default %(default)s]",
     )
     p_server.add_argument(
-        "--max-request-bytes", type=_positive_int,
+        "--max-request-bytes",
+        type=_positive_int,
         default=int(_env("SKILLSCALE_MAX_REQUEST_BYTES", 8 * 1024 * 1024)),
         help="largest request accepted [env SKILLSCALE_MAX_REQUEST_BYTES; default 8 MiB]",
     )
     p_server.add_argument(
-        "--max-output-bytes", type=_positive_int,
+        "--max-output-bytes",
+        type=_positive_int,
         default=int(_env("SKILLSCALE_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)),
         help="largest skill output kept [env SKILLSCALE_MAX_OUTPUT_BYTES; default 4 MiB]",
     )
-    p_server.add_argument("--python", default=_env("SKILLSCALE_PYTHON", None),
-                          help="interpreter for scripts/run.py [env SKILLSCALE_PYTHON; "
-                          "default: this one]")
-    p_server.add_argument("--server-id", default=_env("SKILLSCALE_SERVER_ID", None),
-                          help="id shown in replies [env SKILLSCALE_SERVER_ID]")
+    p_server.add_argument(
+        "--python",
+        default=_env("SKILLSCALE_PYTHON", None),
+        help="interpreter for scripts/run.py [env SKILLSCALE_PYTHON; default: this one]",
+    )
+    p_server.add_argument(
+        "--server-id",
+        default=_env("SKILLSCALE_SERVER_ID", None),
+        help="id shown in replies [env SKILLSCALE_SERVER_ID]",
+    )
     p_server.set_defaults(func=_cmd_server)
 
     p_invoke = sub.add_parser("invoke", help="send one intent and print the reply")
@@ -436,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_invoke.add_argument("--skill", help="run this skill explicitly")
     p_invoke.add_argument("--data", help="skill input: literal text, @file, or - for stdin")
     p_invoke.add_argument(
-        "--timeout", type=_seconds, default=float(_env("SKILLSCALE_CLIENT_TIMEOUT", 60.0)),
+        "--timeout",
+        type=_seconds,
+        default=float(_env("SKILLSCALE_CLIENT_TIMEOUT", 60.0)),
         help="seconds to wait for the reply [env SKILLSCALE_CLIENT_TIMEOUT; default %(default)s]",
     )
     p_invoke.add_argument("--json", action="store_true", help="print the whole reply as JSON")

@@ -139,9 +139,7 @@ class SkillScaleClient:
     async def _teardown(self) -> None:
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(
-                    UnavailableError("client closed before the reply arrived")
-                )
+                future.set_exception(UnavailableError("client closed before the reply arrived"))
         self._pending.clear()
         for pair in (self._pub, self._sub):
             if pair is not None:
@@ -153,9 +151,7 @@ class SkillScaleClient:
 
     # -- calls -----------------------------------------------------------
 
-    async def call(
-        self, topic: str, intent: IntentLike, *, timeout: float | None = None
-    ) -> Reply:
+    async def call(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> Reply:
         """Send one request and return its reply, success or error.
 
         Raises :class:`SkillTimeoutError` if no reply comes within

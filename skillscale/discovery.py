@@ -45,9 +45,7 @@ class Catalog:
         """Topic name -> skills of that category, both sorted."""
         out: dict[str, list[Skill]] = {}
         for name in sorted(self.skills):
-            out.setdefault(topic_for_category(self.category_of[name]), []).append(
-                self.skills[name]
-            )
+            out.setdefault(topic_for_category(self.category_of[name]), []).append(self.skills[name])
         return dict(sorted(out.items()))
 
     def categories(self) -> dict[str, Path]:

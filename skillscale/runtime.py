@@ -44,9 +44,7 @@ def install_stop_signals(stop: asyncio.Event, force: asyncio.Event | None = None
         if stop.is_set() and force is not None:
             force.set()
         stop.set()
-        logging.getLogger("skillscale").info(
-            "received %s; stopping", signal.Signals(signum).name
-        )
+        logging.getLogger("skillscale").info("received %s; stopping", signal.Signals(signum).name)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)

@@ -115,7 +115,9 @@ def validate_frontmatter(data: dict[str, Any], dir_name: str | None) -> list[str
     unknown = sorted(str(k) for k in data if k not in ALLOWED_KEYS)
     if unknown:
         problems.append(
-            "unknown frontmatter keys " + ", ".join(unknown) + " (put fabric settings under metadata)"
+            "unknown frontmatter keys "
+            + ", ".join(unknown)
+            + " (put fabric settings under metadata)"
         )
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -172,9 +174,7 @@ def load_skill(directory: Path) -> Skill:
     if problems:
         raise SkillFormatError(directory, problems)
     metadata = {str(k): _scalar_str(v) for k, v in (data.get("metadata") or {}).items()}
-    entrypoint = next(
-        (directory / rel for rel in ENTRYPOINTS if (directory / rel).is_file()), None
-    )
+    entrypoint = next((directory / rel for rel in ENTRYPOINTS if (directory / rel).is_file()), None)
     return Skill(
         name=data["name"],
         description=" ".join(str(data["description"]).split()),

@@ -65,14 +65,15 @@ def extract_code(text: str) -> str:
     fences = _FENCE_RE.findall(text)
     if fences:
         python = [body for lang, body in fences if lang.lower() in ("python", "py", "")]
-        return (python or [fences[0][1]])[0]
+        chosen: str = (python or [fences[0][1]])[0]
+        return chosen
     if _parses(text):
         return text
     # "analyze this code:\n<code>" or "check: def f(): ..." - drop the lead-in.
     instruction, payload = split_instruction(text)
     if instruction and _parses(payload):
         return payload
-    first, _, rest = text.partition("\n")
+    _first, _, rest = text.partition("\n")
     if rest and _parses(rest):
         return rest
     return text

@@ -129,8 +129,13 @@ class Fabric:
             raise
 
     async def _spawn(self, child: Child) -> None:
+        # A session of its own: a terminal's Ctrl-C reaches only the
+        # supervisor, which then stops servers before the proxy, in order.
         child.proc = await asyncio.create_subprocess_exec(
-            *child.argv, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+            *child.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         assert child.proc.stdout is not None
         stdout = child.proc.stdout
@@ -140,7 +145,9 @@ class Fabric:
             try:
                 line = await asyncio.wait_for(stdout.readline(), timeout=max(remaining, 0.01))
             except asyncio.TimeoutError:
-                raise ConfigError(f"{child.name} did not become ready in {READY_TIMEOUT:g} s") from None
+                raise ConfigError(
+                    f"{child.name} did not become ready in {READY_TIMEOUT:g} s"
+                ) from None
             if not line:
                 code = await child.proc.wait()
                 raise ConfigError(f"{child.name} exited with status {code} before it was ready")
@@ -163,8 +170,13 @@ class Fabric:
             "xsub": self.proxy.ready.get("xsub"),
             "xpub": self.proxy.ready.get("xpub"),
             "metrics": self.proxy.ready.get("metrics"),
+            "proxy_pid": self.proxy.proc.pid if self.proxy.proc else None,
             "servers": [
-                {"topics": s.ready.get("topics"), "skills": s.ready.get("skills"), "pid": s.proc.pid}
+                {
+                    "topics": s.ready.get("topics"),
+                    "skills": s.ready.get("skills"),
+                    "pid": s.proc.pid,
+                }
                 for s in self.servers
                 if s.proc is not None
             ],
@@ -177,9 +189,7 @@ class Fabric:
             waits = {asyncio.ensure_future(c.proc.wait()): c for c in children if c.proc}
             stopper = asyncio.ensure_future(stop.wait())
             try:
-                done, _ = await asyncio.wait(
-                    [stopper, *waits], return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for fut in [stopper, *waits]:
                     fut.cancel()
@@ -197,8 +207,13 @@ class Fabric:
             raise ConfigError(f"{child.name} died {child.restarts + 1} times (last status {code})")
         child.restarts += 1
         delay = min(0.5 * 2**child.restarts, 8.0)
-        log.error("%s exited with status %s; restart %d in %.1f s", child.name, code,
-                  child.restarts, delay)
+        log.error(
+            "%s exited with status %s; restart %d in %.1f s",
+            child.name,
+            code,
+            child.restarts,
+            delay,
+        )
         await asyncio.sleep(delay)  # restart backoff, not a hot path
         await self._spawn(child)
 

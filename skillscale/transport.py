@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -76,7 +76,8 @@ class SocketPair:
     async def wait_readable(self, timeout: float | None = None) -> bool:
         """Wait until a message can be received (or ``timeout`` seconds pass)."""
         timeout_ms = None if timeout is None else max(0, int(timeout * 1000))
-        events = await self.async_sock.poll(timeout_ms, zmq.POLLIN)
+        # pyzmq's annotations give Socket.poll the Poller's signature.
+        events: int = await cast(Any, self.async_sock).poll(timeout_ms, zmq.POLLIN)
         return bool(events & zmq.POLLIN)
 
     def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
@@ -93,6 +94,11 @@ class SocketPair:
     def send(self, frames: Frames, *, copy: bool = True) -> None:
         """Send without blocking; raises ``zmq.Again`` only where HWM can push back."""
         self.sync.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+
+    def last_endpoint(self) -> str:
+        """The endpoint of the last bind or connect, with a real port for ``*``."""
+        raw = self.async_sock.getsockopt(zmq.LAST_ENDPOINT)
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def close(self, linger_ms: int | None = None) -> None:
         """Close the socket (idempotent)."""

@@ -37,9 +37,7 @@ def bundled_servers(proxy: RoleProcess) -> Iterator[list[RoleProcess]]:
 
 @pytest.fixture(scope="module")
 def testing_server(proxy: RoleProcess) -> Iterator[RoleProcess]:
-    server = start_server(
-        proxy, FIXTURE_SKILLS / "testing", "TOPIC_TESTING", timeout=5, workers=4
-    )
+    server = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_TESTING", timeout=5, workers=4)
     yield server
     server.close()
 

@@ -31,7 +31,7 @@ CSV = """id,region,revenue,units
 3,north,1100,9
 """
 
-CODE_SAMPLE = '''
+CODE_SAMPLE = """
 import os
 import json
 
@@ -57,13 +57,17 @@ def _unused_helper():
 def simple():
     temp = 5
     return os.getcwd()
-'''
+"""
 
 
-async def test_text_summarizer_by_task(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
+async def test_text_summarizer_by_task(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
     reply = await client.call(DATA, "summarize: " + ARTICLE)
     assert reply.ok, reply.error
-    assert reply.skill == "text-summarizer" and reply.trace and reply.trace.matcher_mode == "keyword"
+    assert (
+        reply.skill == "text-summarizer" and reply.trace and reply.trace.matcher_mode == "keyword"
+    )
     summary = reply.content.split("## Statistics")[0]
     assert "## Summary" in summary and "ZeroMQ" in summary
     assert summary.count(".") < ARTICLE.count(".")
@@ -71,7 +75,9 @@ async def test_text_summarizer_by_task(client: SkillScaleClient, bundled_servers
     assert "`zeromq`" in reply.content
 
 
-async def test_text_summarizer_fixed_length(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
+async def test_text_summarizer_fixed_length(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
     content = await client.invoke_skill(DATA, "text-summarizer", {"text": ARTICLE, "sentences": 1})
     assert "1 of 7 sentences" in content
 
@@ -95,12 +101,16 @@ async def test_csv_analyzer(client: SkillScaleClient, bundled_servers: list[Role
     assert "north (3)" in content
 
 
-async def test_csv_analyzer_rejects_non_tables(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
+async def test_csv_analyzer_rejects_non_tables(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
     reply = await client.call(DATA, json.dumps({"skill": "csv-analyzer", "data": "just words"}))
     assert reply.error_code is ErrorCode.EXEC_FAILED
 
 
-async def test_code_complexity(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
+async def test_code_complexity(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
     reply = await client.call(CODE, "analyze the complexity of this code:\n" + CODE_SAMPLE)
     assert reply.ok and reply.skill == "code-complexity", reply.error
     # tangled: 1 + if + for + if + and/or(2) + while + except + if = 9; the if in the
@@ -110,13 +120,19 @@ async def test_code_complexity(client: SkillScaleClient, bundled_servers: list[R
     assert "6 parameters" in reply.content
 
 
-async def test_code_complexity_rejects_non_python(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
+async def test_code_complexity_rejects_non_python(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
     reply = await client.call(CODE, json.dumps({"skill": "code-complexity", "data": "def (:"}))
     assert reply.error_code is ErrorCode.EXEC_FAILED and "could not parse" in (reply.error or "")
 
 
-async def test_dead_code_detector(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
-    reply = await client.call(CODE, "find dead code in this file:\n```python\n" + CODE_SAMPLE + "```")
+async def test_dead_code_detector(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
+    reply = await client.call(
+        CODE, "find dead code in this file:\n```python\n" + CODE_SAMPLE + "```"
+    )
     assert reply.ok and reply.skill == "dead-code-detector", reply.error
     content = reply.content
     assert "| 21 | unreachable code |" in content
@@ -126,6 +142,8 @@ async def test_dead_code_detector(client: SkillScaleClient, bundled_servers: lis
     assert "unused import | `json`" not in content
 
 
-async def test_slash_activation_across_topics(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
+async def test_slash_activation_across_topics(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
     content = await client.invoke(CODE, "/code-complexity def f():\n    return 1\n")
     assert "`f`" in content

@@ -50,7 +50,9 @@ async def test_invoke_helpers(client: SkillScaleClient, testing_server: RoleProc
     assert "Haiku" in await client.invoke(T, "/guide")
 
 
-async def test_no_match_lists_closest(client: SkillScaleClient, testing_server: RoleProcess) -> None:
+async def test_no_match_lists_closest(
+    client: SkillScaleClient, testing_server: RoleProcess
+) -> None:
     reply = await client.call(T, "what is the weather in Paris?")
     assert not reply.ok and reply.error_code is ErrorCode.NO_MATCH
     assert reply.error and "threshold" in reply.error
@@ -79,7 +81,9 @@ async def test_two_clients_do_not_see_each_others_replies(
     assert (ra, rb) == ("from-a", "from-b")
 
 
-def test_reference_client_protocol(ref_client: ReferenceClient, testing_server: RoleProcess) -> None:
+def test_reference_client_protocol(
+    ref_client: ReferenceClient, testing_server: RoleProcess
+) -> None:
     rid = ref_client.send(T, json.dumps({"skill": "echo", "data": "ref"}))
     reply = ref_client.recv()
     assert reply["request_id"] == rid
@@ -93,7 +97,9 @@ def test_reference_client_protocol(ref_client: ReferenceClient, testing_server: 
     reply = ref_client.recv()
     while reply["request_id"] != rid:
         reply = ref_client.recv()
-    assert reply["status"] == "error" and reply["error"] and reply["error_code"] == "skill_not_found"
+    assert (
+        reply["status"] == "error" and reply["error"] and reply["error_code"] == "skill_not_found"
+    )
 
 
 def test_sync_client(proxy: RoleProcess, testing_server: RoleProcess) -> None:
@@ -103,7 +109,9 @@ def test_sync_client(proxy: RoleProcess, testing_server: RoleProcess) -> None:
             c.invoke(T, "/missing-skill")
 
 
-async def test_client_timeout_is_typed(client: SkillScaleClient, testing_server: RoleProcess) -> None:
+async def test_client_timeout_is_typed(
+    client: SkillScaleClient, testing_server: RoleProcess
+) -> None:
     started = time.monotonic()
     with pytest.raises(SkillTimeoutError) as info:
         await client.invoke(T, skill("slow", "3"), timeout=0.5)
@@ -189,7 +197,9 @@ async def test_ten_megabyte_payload_is_refused(
     await assert_still_serving(client)
 
 
-async def test_large_input_within_limits(client: SkillScaleClient, testing_server: RoleProcess) -> None:
+async def test_large_input_within_limits(
+    client: SkillScaleClient, testing_server: RoleProcess
+) -> None:
     data = "y" * (3 * 1024 * 1024)
     assert await client.invoke_skill(T, "echo", data) == data
     reply = await client.call(T, skill("noread", "z" * (200 * 1024)))
@@ -231,7 +241,9 @@ async def test_invalid_utf8_output(client: SkillScaleClient, testing_server: Rol
     await assert_still_serving(client)
 
 
-async def test_fifty_megabytes_of_output(client: SkillScaleClient, testing_server: RoleProcess) -> None:
+async def test_fifty_megabytes_of_output(
+    client: SkillScaleClient, testing_server: RoleProcess
+) -> None:
     reply = await client.call(T, skill("flood"))
     assert reply.error_code is ErrorCode.OUTPUT_TOO_LARGE and reply.content == ""
     await assert_still_serving(client)
@@ -242,8 +254,13 @@ async def test_caller_deadline_already_passed(
 ) -> None:
     ref = ReferenceClient(proxy.ready["xsub"], proxy.ready["xpub"])
     try:
-        payload = {"request_id": "late", "reply_to": ref.reply_topic, "intent": "/echo x",
-                   "timestamp": time.time(), "deadline": time.time() - 1}
+        payload = {
+            "request_id": "late",
+            "reply_to": ref.reply_topic,
+            "intent": "/echo x",
+            "timestamp": time.time(),
+            "deadline": time.time() - 1,
+        }
         ref.send_raw([T.encode(), json.dumps(payload).encode()])
         reply = ref.recv()
         assert reply["error_code"] == "deadline_exceeded"
@@ -270,7 +287,9 @@ async def test_proxy_metrics_count_messages(
         await client.invoke_skill(T, "echo", str(i))
     after = await scrape()
     assert after[key] - before == 5
-    assert after['skillscale_proxy_messages_total{direction="downstream",topic="AGENT_REPLY_*"}'] >= 5
+    assert (
+        after['skillscale_proxy_messages_total{direction="downstream",topic="AGENT_REPLY_*"}'] >= 5
+    )
     assert after["skillscale_proxy_subscriptions"] >= 2
     assert 'skillscale_proxy_bytes_total{direction="downstream",topic="TOPIC_TESTING"}' in after
 

@@ -50,7 +50,9 @@ async def test_timeout_kills_the_whole_process_group(
 ) -> None:
     pid_file = tmp_path / "grandchild.pid"
     started = time.monotonic()
-    result = await executor.run(CATALOG.skills["hang"], str(pid_file).encode(), ExecutionLimits(1.0))
+    result = await executor.run(
+        CATALOG.skills["hang"], str(pid_file).encode(), ExecutionLimits(1.0)
+    )
     assert result.timed_out and not result.ok
     assert time.monotonic() - started < 5
     grandchild = int(pid_file.read_text())

@@ -29,8 +29,12 @@ from skillscale.protocol import (
 
 def test_reference_request_parses_without_extensions() -> None:
     raw = json.dumps(
-        {"request_id": "a1b2c3d4", "reply_to": "AGENT_REPLY_9f8e7d6c", "intent": "hi",
-         "timestamp": 1739836800.123}
+        {
+            "request_id": "a1b2c3d4",
+            "reply_to": "AGENT_REPLY_9f8e7d6c",
+            "intent": "hi",
+            "timestamp": 1739836800.123,
+        }
     ).encode()
     request = Request.from_bytes(raw)
     assert request.request_id == "a1b2c3d4"

@@ -23,7 +23,10 @@ def test_bundled_skills_are_valid_and_executable() -> None:
     catalog = SkillDiscovery([BUNDLED_SKILLS]).scan()
     assert catalog.problems == []
     assert sorted(catalog.skills) == [
-        "code-complexity", "csv-analyzer", "dead-code-detector", "text-summarizer"
+        "code-complexity",
+        "csv-analyzer",
+        "dead-code-detector",
+        "text-summarizer",
     ]
     assert list(catalog.topics()) == ["TOPIC_CODE_ANALYSIS", "TOPIC_DATA_PROCESSING"]
     for skill in catalog.skills.values():

@@ -7,9 +7,18 @@ from dataclasses import dataclass
 
 from skillscale.skillkit import extract_code, fail, json_object, md_table, read_input
 
-NESTING_NODES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try,
-                 ast.Match) + ((ast.TryStar,) if hasattr(ast, "TryStar") else ())
+NESTING_NODES = (
+    ast.If,
+    ast.For,
+    ast.AsyncFor,
+    ast.While,
+    ast.With,
+    ast.AsyncWith,
+    ast.Try,
+    ast.Match,
+) + ((ast.TryStar,) if hasattr(ast, "TryStar") else ())
 FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
+DECISION_NODES = (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While, ast.ExceptHandler)
 
 
 def rank(complexity: int) -> str:
@@ -32,9 +41,7 @@ def own_nodes(func: ast.AST):
 def cyclomatic(func: ast.AST) -> int:
     score = 1
     for node in own_nodes(func):
-        if isinstance(node, (ast.If, ast.IfExp, ast.For, ast.AsyncFor, ast.While)):
-            score += 1
-        elif isinstance(node, ast.ExceptHandler):
+        if isinstance(node, DECISION_NODES):
             score += 1
         elif isinstance(node, ast.BoolOp):
             score += len(node.values) - 1
@@ -77,9 +84,16 @@ def collect(tree: ast.Module) -> list[Function]:
                 if params and args.args and args.args[0].arg in ("self", "cls") and prefix:
                     params -= 1
                 qualified = f"{prefix}{child.name}"
-                found.append(Function(qualified, child.lineno,
-                                      (child.end_lineno or child.lineno) - child.lineno + 1,
-                                      params, cyclomatic(child), nesting(child)))
+                found.append(
+                    Function(
+                        qualified,
+                        child.lineno,
+                        (child.end_lineno or child.lineno) - child.lineno + 1,
+                        params,
+                        cyclomatic(child),
+                        nesting(child),
+                    )
+                )
                 visit(child, qualified + ".")
             elif isinstance(child, ast.ClassDef):
                 visit(child, f"{prefix}{child.name}.")
@@ -93,7 +107,9 @@ def collect(tree: ast.Module) -> list[Function]:
 def main() -> None:
     raw = read_input()
     obj = json_object(raw)
-    source = obj["code"] if obj is not None and isinstance(obj.get("code"), str) else extract_code(raw)
+    source = (
+        obj["code"] if obj is not None and isinstance(obj.get("code"), str) else extract_code(raw)
+    )
     if not source.strip():
         fail("no Python source: send the code on stdin")
     try:
@@ -104,8 +120,10 @@ def main() -> None:
     lines = len(source.splitlines())
     out = ["## Code Complexity", ""]
     if not functions:
-        out.append(f"{lines} lines, no functions or methods: module-level code only "
-                   f"(complexity {cyclomatic(tree)}).")
+        out.append(
+            f"{lines} lines, no functions or methods: module-level code only "
+            f"(complexity {cyclomatic(tree)})."
+        )
         print("\n".join(out))
         return
     complexities = [f.complexity for f in functions]
@@ -113,11 +131,24 @@ def main() -> None:
     worst = max(functions, key=lambda f: (f.complexity, f.depth))
     out += [
         f"**{len(functions)} functions** in {lines} lines; average complexity "
-        f"**{average:.1f} ({rank(round(average))})**, highest **{worst.complexity}** in `{worst.name}`.",
+        f"**{average:.1f} ({rank(round(average))})**, "
+        f"highest **{worst.complexity}** in `{worst.name}`.",
         "",
-        md_table(("Function", "Line", "Complexity", "Rank", "Nesting", "Lines", "Params"),
-                 [(f"`{f.name}`", f.line, f.complexity, rank(f.complexity), f.depth, f.length, f.params)
-                  for f in sorted(functions, key=lambda f: (-f.complexity, f.line))]),
+        md_table(
+            ("Function", "Line", "Complexity", "Rank", "Nesting", "Lines", "Params"),
+            [
+                (
+                    f"`{f.name}`",
+                    f.line,
+                    f.complexity,
+                    rank(f.complexity),
+                    f.depth,
+                    f.length,
+                    f.params,
+                )
+                for f in sorted(functions, key=lambda f: (-f.complexity, f.line))
+            ],
+        ),
         "",
         "### Hotspots",
         "",
@@ -126,16 +157,23 @@ def main() -> None:
     for f in sorted(functions, key=lambda f: (-f.complexity, f.line)):
         reasons = []
         if f.complexity > 10:
-            reasons.append(f"complexity {f.complexity} (rank {rank(f.complexity)}): split into smaller functions")
+            reasons.append(
+                f"complexity {f.complexity} (rank {rank(f.complexity)}): "
+                "split into smaller functions"
+            )
         if f.depth > 4:
-            reasons.append(f"nesting depth {f.depth}: use early returns or extract the inner blocks")
+            reasons.append(
+                f"nesting depth {f.depth}: use early returns or extract the inner blocks"
+            )
         if f.params > 5:
             reasons.append(f"{f.params} parameters: group related ones into an object")
         if f.length > 60:
             reasons.append(f"{f.length} lines long")
         if reasons:
             hotspots.append(f"- `{f.name}` (line {f.line}): " + "; ".join(reasons))
-    out += hotspots or ["None: every function is within complexity 10, nesting 4, 5 parameters and 60 lines."]
+    out += hotspots or [
+        "None: every function is within complexity 10, nesting 4, 5 parameters and 60 lines."
+    ]
     print("\n".join(out))
 
 

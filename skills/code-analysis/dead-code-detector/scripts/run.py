@@ -27,16 +27,26 @@ def loaded_names(tree: ast.AST) -> set[str]:
             names.add(node.id)
         elif isinstance(node, ast.Attribute):
             names.add(node.attr)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.isidentifier()
+        ):
             names.add(node.value)  # __all__ entries, getattr(obj, "name"), string annotations
     return names
 
 
 def dunder_all(tree: ast.Module) -> set[str]:
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            if isinstance(node.value, (ast.List, ast.Tuple)):
-                return {e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        names_all = isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        )
+        if names_all and isinstance(node.value, (ast.List, ast.Tuple)):
+            return {
+                e.value
+                for e in node.value.elts
+                if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            }
     return set()
 
 
@@ -53,8 +63,14 @@ def unused_imports(tree: ast.Module, used: set[str], exported: set[str]) -> list
                 if alias.asname and alias.asname == alias.name:
                     continue  # explicit re-export
                 if bound not in used and bound not in exported:
-                    source = alias.name if isinstance(node, ast.Import) else f"{node.module or '.'}.{alias.name}"
-                    findings.append(Finding("unused import", node.lineno, bound, f"`{source}` is never used"))
+                    source = (
+                        alias.name
+                        if isinstance(node, ast.Import)
+                        else f"{node.module or '.'}.{alias.name}"
+                    )
+                    findings.append(
+                        Finding("unused import", node.lineno, bound, f"`{source}` is never used")
+                    )
     return findings
 
 
@@ -81,13 +97,23 @@ def unused_locals(tree: ast.Module) -> list[Finding]:
     for func in ast.walk(tree):
         if not isinstance(func, FUNCTION_NODES):
             continue
-        reads = {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
-        reads |= {n.target.id for n in ast.walk(func)
-                  if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
+        reads = {
+            n.id
+            for n in ast.walk(func)
+            if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)
+        }
+        reads |= {
+            n.target.id
+            for n in ast.walk(func)
+            if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)
+        }
         for name, line in sorted(stored_names(func).items(), key=lambda kv: kv[1]):
             if name not in reads:
-                findings.append(Finding("unused variable", line, name,
-                                        f"assigned in `{func.name}` but never read"))
+                findings.append(
+                    Finding(
+                        "unused variable", line, name, f"assigned in `{func.name}` but never read"
+                    )
+                )
     return findings
 
 
@@ -100,17 +126,35 @@ def unused_definitions(tree: ast.Module, used: set[str], exported: set[str]) -> 
                 continue
             what = "class" if isinstance(node, ast.ClassDef) else "function"
             if name.startswith("_"):
-                findings.append(Finding(f"unused {what}", node.lineno, name, "private and never referenced"))
+                findings.append(
+                    Finding(f"unused {what}", node.lineno, name, "private and never referenced")
+                )
             elif name not in ("main",) and not node.decorator_list:
-                findings.append(Finding(f"possibly unused {what}", node.lineno, name,
-                                        "never referenced in this file (importers may use it)"))
+                findings.append(
+                    Finding(
+                        f"possibly unused {what}",
+                        node.lineno,
+                        name,
+                        "never referenced in this file (importers may use it)",
+                    )
+                )
         if isinstance(node, ast.ClassDef):
             for member in node.body:
-                if (isinstance(member, FUNCTION_NODES) and member.name.startswith("_")
-                        and not member.name.startswith("__") and member.name not in used
-                        and not member.decorator_list):
-                    findings.append(Finding("unused method", member.lineno, f"{node.name}.{member.name}",
-                                            "private and never referenced"))
+                if (
+                    isinstance(member, FUNCTION_NODES)
+                    and member.name.startswith("_")
+                    and not member.name.startswith("__")
+                    and member.name not in used
+                    and not member.decorator_list
+                ):
+                    findings.append(
+                        Finding(
+                            "unused method",
+                            member.lineno,
+                            f"{node.name}.{member.name}",
+                            "private and never referenced",
+                        )
+                    )
     return findings
 
 
@@ -124,8 +168,9 @@ def is_exit_call(stmt: ast.stmt) -> bool:
 
 
 def is_false(test: ast.expr) -> bool:
-    return isinstance(test, ast.Constant) and not test.value and test.value is not None or (
-        isinstance(test, ast.Constant) and test.value is None)
+    return (isinstance(test, ast.Constant) and not test.value and test.value is not None) or (
+        isinstance(test, ast.Constant) and test.value is None
+    )
 
 
 def unreachable(tree: ast.Module) -> list[Finding]:
@@ -140,20 +185,33 @@ def unreachable(tree: ast.Module) -> list[Finding]:
                     dead = block[index + 1]
                     end = block[-1].end_lineno or block[-1].lineno
                     keyword = type(stmt).__name__.lower() if not is_exit_call(stmt) else "exit call"
-                    findings.append(Finding("unreachable code", dead.lineno, f"lines {dead.lineno}-{end}",
-                                            f"follows the `{keyword}` on line {stmt.lineno}"))
+                    findings.append(
+                        Finding(
+                            "unreachable code",
+                            dead.lineno,
+                            f"lines {dead.lineno}-{end}",
+                            f"follows the `{keyword}` on line {stmt.lineno}",
+                        )
+                    )
                     break
         if isinstance(node, (ast.If, ast.While)) and is_false(node.test) and node.body:
-            findings.append(Finding("unreachable code", node.body[0].lineno,
-                                    f"lines {node.body[0].lineno}-{node.body[-1].end_lineno}",
-                                    f"the condition on line {node.lineno} is always false"))
+            findings.append(
+                Finding(
+                    "unreachable code",
+                    node.body[0].lineno,
+                    f"lines {node.body[0].lineno}-{node.body[-1].end_lineno}",
+                    f"the condition on line {node.lineno} is always false",
+                )
+            )
     return findings
 
 
 def main() -> None:
     raw = read_input()
     obj = json_object(raw)
-    source = obj["code"] if obj is not None and isinstance(obj.get("code"), str) else extract_code(raw)
+    source = (
+        obj["code"] if obj is not None and isinstance(obj.get("code"), str) else extract_code(raw)
+    )
     if not source.strip():
         fail("no Python source: send the code on stdin")
     try:
@@ -162,8 +220,12 @@ def main() -> None:
         fail(f"could not parse the input as Python: line {exc.lineno}: {exc.msg}")
     used = loaded_names(tree)
     exported = dunder_all(tree)
-    findings = (unused_imports(tree, used, exported) + unused_locals(tree)
-                + unused_definitions(tree, used, exported) + unreachable(tree))
+    findings = (
+        unused_imports(tree, used, exported)
+        + unused_locals(tree)
+        + unused_definitions(tree, used, exported)
+        + unreachable(tree)
+    )
     findings.sort(key=lambda f: (f.line, f.kind))
     out = ["## Dead Code Report", ""]
     if not findings:
@@ -173,10 +235,16 @@ def main() -> None:
     counts: dict[str, int] = {}
     for f in findings:
         counts[f.kind] = counts.get(f.kind, 0) + 1
-    out += [f"**{len(findings)} finding(s)** in {len(source.splitlines())} lines: "
-            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ".", "",
-            md_table(("Line", "Kind", "Name", "Detail"),
-                     [(f.line, f.kind, f"`{f.name}`", f.detail) for f in findings])]
+    out += [
+        f"**{len(findings)} finding(s)** in {len(source.splitlines())} lines: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        + ".",
+        "",
+        md_table(
+            ("Line", "Kind", "Name", "Detail"),
+            [(f.line, f.kind, f"`{f.name}`", f.detail) for f in findings],
+        ),
+    ]
     print("\n".join(out))
 
 

@@ -71,7 +71,11 @@ def detect_table(text: str) -> tuple[list[list[str]], str]:
     except csv.Error:
         counts = {d: sample.count(d) for d in DELIMITERS}
         delimiter = max(counts, key=lambda d: counts[d])
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in row)]
+    rows = [
+        row
+        for row in csv.reader(io.StringIO(text), delimiter=delimiter)
+        if any(c.strip() for c in row)
+    ]
     return rows, delimiter
 
 
@@ -110,15 +114,31 @@ def main() -> None:
             column.values.append((line, row[i] if i < len(row) else ""))
 
     shown = "\\t" if delimiter == "\t" else delimiter
-    out = ["## CSV Analysis", "",
-           f"**{len(data)} rows x {width} columns**, delimiter `{shown}`, "
-           f"header {'detected' if has_header else 'not detected'}.", ""]
+    out = [
+        "## CSV Analysis",
+        "",
+        f"**{len(data)} rows x {width} columns**, delimiter `{shown}`, "
+        f"header {'detected' if has_header else 'not detected'}.",
+        "",
+    ]
     overview = []
     for column in columns:
         filled = column.filled()
-        overview.append((column.name, column.kind(), len(filled), len(column.values) - len(filled),
-                         len({v.strip() for _, v in filled})))
-    out += ["### Columns", "", md_table(("Column", "Type", "Filled", "Missing", "Distinct"), overview), ""]
+        overview.append(
+            (
+                column.name,
+                column.kind(),
+                len(filled),
+                len(column.values) - len(filled),
+                len({v.strip() for _, v in filled}),
+            )
+        )
+    out += [
+        "### Columns",
+        "",
+        md_table(("Column", "Type", "Filled", "Missing", "Distinct"), overview),
+        "",
+    ]
 
     numeric_rows = []
     anomalies: list[str] = []
@@ -129,34 +149,66 @@ def main() -> None:
             numbers = column.numbers()
             values = sorted(n for _, n in numbers)
             if values:
-                q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values[0],) * 3
+                q1, median, q3 = (
+                    statistics.quantiles(values, n=4, method="inclusive")
+                    if len(values) > 1
+                    else (values[0],) * 3
+                )
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
-                numeric_rows.append((column.name, fmt(statistics.fmean(values)), fmt(std), fmt(values[0]),
-                                     fmt(q1), fmt(median), fmt(q3), fmt(values[-1])))
+                numeric_rows.append(
+                    (
+                        column.name,
+                        fmt(statistics.fmean(values)),
+                        fmt(std),
+                        fmt(values[0]),
+                        fmt(q1),
+                        fmt(median),
+                        fmt(q3),
+                        fmt(values[-1]),
+                    )
+                )
                 iqr = q3 - q1
                 if iqr > 0 and len(values) >= 4:
                     low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
                     outliers = [(r, n) for r, n in numbers if n < low or n > high]
                     if outliers:
                         listed = ", ".join(f"{fmt(n)} (row {r})" for r, n in outliers[:MAX_LISTED])
-                        more = f" and {len(outliers) - MAX_LISTED} more" if len(outliers) > MAX_LISTED else ""
-                        anomalies.append(f"**{column.name}**: {len(outliers)} outlier(s) outside "
-                                         f"[{fmt(low)}, {fmt(high)}]: {listed}{more}")
+                        more = (
+                            f" and {len(outliers) - MAX_LISTED} more"
+                            if len(outliers) > MAX_LISTED
+                            else ""
+                        )
+                        anomalies.append(
+                            f"**{column.name}**: {len(outliers)} outlier(s) outside "
+                            f"[{fmt(low)}, {fmt(high)}]: {listed}{more}"
+                        )
             bad = [(r, v) for r, v in filled if to_number(v) is None]
             if bad:
                 listed = ", ".join(f"{v.strip()!r} (row {r})" for r, v in bad[:MAX_LISTED])
-                anomalies.append(f"**{column.name}**: {len(bad)} non-numeric value(s) in a numeric column: {listed}")
+                anomalies.append(
+                    f"**{column.name}**: {len(bad)} non-numeric value(s) "
+                    f"in a numeric column: {listed}"
+                )
         missing = len(column.values) - len(filled)
         if missing:
-            rows_missing = [r for r, v in column.values if v.strip().lower() in MISSING][:MAX_LISTED]
-            anomalies.append(f"**{column.name}**: {missing} missing value(s) (rows {', '.join(map(str, rows_missing))}"
-                             f"{', ...' if missing > MAX_LISTED else ''})")
+            missing_rows = [r for r, v in column.values if v.strip().lower() in MISSING]
+            shown_rows = ", ".join(map(str, missing_rows[:MAX_LISTED]))
+            anomalies.append(
+                f"**{column.name}**: {missing} missing value(s) (rows {shown_rows}"
+                f"{', ...' if missing > MAX_LISTED else ''})"
+            )
         if len(filled) > 1 and len({v.strip() for _, v in filled}) == 1:
-            anomalies.append(f"**{column.name}**: constant column (every value is {filled[0][1].strip()!r})")
+            anomalies.append(
+                f"**{column.name}**: constant column (every value is {filled[0][1].strip()!r})"
+            )
 
     if numeric_rows:
-        out += ["### Numeric statistics", "",
-                md_table(("Column", "Mean", "Std", "Min", "Q1", "Median", "Q3", "Max"), numeric_rows), ""]
+        out += [
+            "### Numeric statistics",
+            "",
+            md_table(("Column", "Mean", "Std", "Min", "Q1", "Median", "Q3", "Max"), numeric_rows),
+            "",
+        ]
     text_columns = [c for c in columns if c.kind() in ("text", "boolean")]
     if text_columns:
         rows_out = []
@@ -177,8 +229,10 @@ def main() -> None:
         listed = ", ".join(f"row {a} = row {b}" for a, b in duplicates[:MAX_LISTED])
         anomalies.append(f"{len(duplicates)} duplicate row(s): {listed}")
     if ragged:
-        anomalies.append(f"{len(ragged)} row(s) with a field count other than {width}: rows "
-                         + ", ".join(map(str, ragged[:MAX_LISTED])))
+        anomalies.append(
+            f"{len(ragged)} row(s) with a field count other than {width}: rows "
+            + ", ".join(map(str, ragged[:MAX_LISTED]))
+        )
 
     out += ["### Anomalies", ""]
     out += [f"- {a}" for a in anomalies] if anomalies else ["None found."]

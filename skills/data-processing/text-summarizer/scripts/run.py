@@ -8,20 +8,41 @@ from collections import Counter
 from skillscale.skillkit import fail, json_object, md_table, read_input, split_instruction
 
 WORDS_PER_MINUTE = 238
-_ABBREVIATIONS = ("mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e",
-                  "fig", "inc", "ltd", "no", "approx", "dept")
+_ABBREVIATIONS = (
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "fig",
+    "inc",
+    "ltd",
+    "no",
+    "approx",
+    "dept",
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]|[A-Za-z]")
-_SUMMARY_WORDS = re.compile(r"summar|tl;?dr|digest|condense|shorten|abstract|key points|gist|brief",
-                            re.IGNORECASE)
-STOPWORDS = frozenset("""a about above after again against all also am an and any are as at be
+_SUMMARY_WORDS = re.compile(
+    r"summar|tl;?dr|digest|condense|shorten|abstract|key points|gist|brief", re.IGNORECASE
+)
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be
 because been before being below between both but by can could did do does doing down during each
 few for from further had has have having he her here hers herself him himself his how i if in into
 is it its itself just me more most my myself no nor not now of off on once only or other our ours
 ourselves out over own same she should so some such than that the their theirs them themselves
 then there these they this those through to too under until up very was we were what when where
 which while who whom why will with would you your yours yourself yourselves one two may might
-must shall many much said says also however""".split())
+must shall many much said says also however""".split()
+)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -32,7 +53,7 @@ def split_sentences(text: str) -> list[str]:
             continue
         start = 0
         for match in _SENTENCE_END.finditer(block):
-            candidate = block[start:match.start()].strip()
+            candidate = block[start : match.start()].strip()
             last_word = candidate.rsplit(" ", 1)[-1].rstrip(".").lower()
             if last_word in _ABBREVIATIONS or re.fullmatch(r"[a-z]", last_word):
                 continue
@@ -97,8 +118,11 @@ def main() -> None:
         ("Average sentence length", f"{len(words) / max(1, len(sentences)):.1f} words"),
         ("Reading time", f"{minutes:.1f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"),
         ("Lexical diversity", f"{len(set(lowered)) / len(lowered):.2f}"),
-        ("Summary length", f"{len(chosen)} of {len(sentences)} sentences, "
-                           f"{summary_words / len(words):.0%} of the words"),
+        (
+            "Summary length",
+            f"{len(chosen)} of {len(sentences)} sentences, "
+            f"{summary_words / len(words):.0%} of the words",
+        ),
     ]
     out = ["## Summary", "", summary, "", "## Statistics", "", md_table(("Metric", "Value"), stats)]
     if keywords:
