@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -53,6 +54,7 @@ class Proxy:
         self._xpub: SocketPair | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: set[bytes] = set()
+        self._subscriptions_changed = asyncio.Condition()
         self.xsub_endpoint = ""
         self.xpub_endpoint = ""
         self.metrics_url: str | None = None
@@ -93,10 +95,7 @@ class Proxy:
             port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
             host = "127.0.0.1" if cfg.metrics_host in ("0.0.0.0", "", "::") else cfg.metrics_host  # noqa: S104
             self.metrics_url = f"http://{host}:{port}/metrics"
-        self._tasks = [
-            asyncio.create_task(self._forward_messages(), name="proxy-downstream"),
-            asyncio.create_task(self._forward_subscriptions(), name="proxy-upstream"),
-        ]
+        self._tasks = [asyncio.create_task(self._forward(), name="proxy-forward")]
         log.info(
             "proxy up: xsub %s, xpub %s, metrics %s",
             self.xsub_endpoint,
@@ -133,48 +132,77 @@ class Proxy:
         """Topic prefixes currently subscribed by at least one subscriber."""
         return frozenset(self._subscriptions)
 
-    async def _forward_messages(self) -> None:
-        assert self._xsub is not None and self._xpub is not None
-        xsub, xpub, metrics = self._xsub, self._xpub, self.metrics
-        batch_size = self.config.batch
-        while True:
-            await xsub.wait_readable()
-            counts: Counter[bytes] = Counter()
-            sizes: Counter[bytes] = Counter()
-            for frames in xsub.drain(batch_size, copy=False):
-                topic = frames[0].bytes
-                try:
-                    xpub.send(frames, copy=False)
-                except zmq.Again:
-                    metrics.drop(topic, "subscriber_hwm")
-                    continue
-                counts[topic] += 1
-                sizes[topic] += sum(len(f) for f in frames)
-            if counts:
-                metrics.flush(DOWNSTREAM, counts, sizes)
+    async def wait_subscriptions(
+        self, predicate: Callable[[frozenset[bytes]], bool], timeout: float
+    ) -> None:
+        """Wait until ``predicate(subscriptions)`` holds; ``TimeoutError`` after ``timeout`` s."""
+        async with self._subscriptions_changed:
+            await asyncio.wait_for(
+                self._subscriptions_changed.wait_for(lambda: predicate(self.subscriptions)),
+                timeout,
+            )
 
-    async def _forward_subscriptions(self) -> None:
+    async def _forward(self) -> None:
+        """One loop for both directions.
+
+        ZeroMQ signals readiness through an edge-triggered FD per socket, and
+        *any* operation on a socket (a send included) may consume that edge.
+        The upstream direction sends on XSUB, which the downstream direction
+        reads; with a task per direction, a send could swallow the edge the
+        other task sleeps on and stall it. A single loop whose every wait
+        starts with a level-triggered ``zmq_poll`` cannot miss an edge.
+        """
         assert self._xsub is not None and self._xpub is not None
-        xsub, xpub, metrics = self._xsub, self._xpub, self.metrics
+        xsub, xpub = self._xsub, self._xpub
+        poller = zmq.asyncio.Poller()
+        poller.register(xsub.async_sock, zmq.POLLIN)
+        poller.register(xpub.async_sock, zmq.POLLIN)
         while True:
-            await xpub.wait_readable()
-            counts: Counter[bytes] = Counter()
-            sizes: Counter[bytes] = Counter()
-            for frames in xpub.drain(self.config.batch):
-                event = frames[0]
-                if not event or event[0] not in (0, 1):
-                    continue  # only (un)subscribe commands travel upstream
-                topic = bytes(event[1:])
-                if event[0] == 1:
-                    self._subscriptions.add(topic)
-                else:
-                    self._subscriptions.discard(topic)
-                xsub.send([event])
-                counts[topic] += 1
-                sizes[topic] += len(event)
-            metrics.subscriptions.set(len(self._subscriptions))
-            if counts:
-                metrics.flush(UPSTREAM, counts, sizes)
+            ready = dict(await poller.poll())
+            if xsub.async_sock in ready:
+                self._forward_messages()
+            if xpub.async_sock in ready:
+                self._forward_subscriptions()
+                async with self._subscriptions_changed:
+                    self._subscriptions_changed.notify_all()
+
+    def _forward_messages(self) -> None:
+        assert self._xsub is not None and self._xpub is not None
+        xpub, metrics = self._xpub, self.metrics
+        counts: Counter[bytes] = Counter()
+        sizes: Counter[bytes] = Counter()
+        for frames in self._xsub.drain(self.config.batch, copy=False):
+            topic = frames[0].bytes
+            try:
+                xpub.send(frames, copy=False)
+            except zmq.Again:
+                metrics.drop(topic, "subscriber_hwm")
+                continue
+            counts[topic] += 1
+            sizes[topic] += sum(len(f) for f in frames)
+        if counts:
+            metrics.flush(DOWNSTREAM, counts, sizes)
+
+    def _forward_subscriptions(self) -> None:
+        assert self._xsub is not None and self._xpub is not None
+        xsub, metrics = self._xsub, self.metrics
+        counts: Counter[bytes] = Counter()
+        sizes: Counter[bytes] = Counter()
+        for frames in self._xpub.drain(self.config.batch):
+            event = frames[0]
+            if not event or event[0] not in (0, 1):
+                continue  # only (un)subscribe commands travel upstream
+            topic = bytes(event[1:])
+            if event[0] == 1:
+                self._subscriptions.add(topic)
+            else:
+                self._subscriptions.discard(topic)
+            xsub.send([event])
+            counts[topic] += 1
+            sizes[topic] += len(event)
+        metrics.subscriptions.set(len(self._subscriptions))
+        if counts:
+            metrics.flush(UPSTREAM, counts, sizes)
 
 
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event, on_ready: object = None) -> None:

@@ -173,13 +173,14 @@ class _Run:
         timed_out = False
         try:
             try:
-                await asyncio.wait_for(proc.wait(), timeout=self.limits.timeout)
+                await asyncio.wait_for(self._exited(), timeout=self.limits.timeout)
             except asyncio.TimeoutError:
                 timed_out = not self.overflow
-                self.kill_group()
-                await proc.wait()
-            # Descendants still holding our pipes would keep them open forever.
+            # The skill is gone or out of time; descendants still holding our
+            # pipes would keep them open forever, so the whole group goes.
             self.kill_group()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout=self.limits.pipe_grace)
             _done, pending = await asyncio.wait(tasks, timeout=self.limits.pipe_grace)
             for task in pending:
                 task.cancel()
@@ -198,6 +199,32 @@ class _Run:
             stdout_overflow=self.overflow,
             stderr_truncated=self.stderr_truncated,
         )
+
+    async def _exited(self) -> None:
+        """Return when the child exits, whoever still holds its pipes.
+
+        On Python < 3.12 ``Process.wait()`` also waits for every pipe to
+        close, so a skill that leaves a background grandchild behind would
+        look like a hang. A pidfd becomes readable at exit itself.
+        """
+        try:
+            pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            await self.proc.wait()  # no pidfd (old kernel) or already reaped
+            return
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
 
     @staticmethod
     async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import selectors
 import signal
 import subprocess
@@ -19,6 +20,37 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_SKILLS = Path(__file__).resolve().parent / "fixtures" / "skills"
 BUNDLED_SKILLS = ROOT / "skills"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as dead: only its parent can reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_pid_gone(pid: int, timeout: float = 5.0) -> bool:
+    """Wait for a process to exit, on the kernel's event (a pidfd), not by polling."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while pid_alive(pid):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # A pidfd is readable at exit; a zombie that is exiting shows as
+            # dead on the next check.
+            poller.poll(min(remaining, 0.5) * 1000)
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def role_env(**extra: str) -> dict[str, str]:

@@ -21,8 +21,13 @@ from skillscale import (
     SyncSkillScaleClient,
     UnavailableError,
 )
-from tests.helpers import FIXTURE_SKILLS, ReferenceClient, RoleProcess, start_server
-from tests.test_executor import pid_alive
+from tests.helpers import (
+    FIXTURE_SKILLS,
+    ReferenceClient,
+    RoleProcess,
+    start_server,
+    wait_pid_gone,
+)
 
 pytestmark = pytest.mark.integration
 T = "TOPIC_TESTING"
@@ -216,10 +221,7 @@ async def test_hanging_skill_is_killed_with_children(
     assert reply.error and "1 s limit" in reply.error
     assert time.monotonic() - started < 4
     grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while pid_alive(grandchild) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)  # bounded wait for the kernel to reap
-    assert not pid_alive(grandchild)
+    assert wait_pid_gone(grandchild)
     await assert_still_serving(client)
 
 

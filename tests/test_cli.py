@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS, ROOT, RoleProcess, role_env
-from tests.test_executor import pid_alive
+from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS, ROOT, RoleProcess, pid_alive, role_env
 
 pytestmark = pytest.mark.integration
 

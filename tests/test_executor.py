@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,22 +9,9 @@ import pytest
 
 from skill_server.executor import ExecutionLimits, SubprocessExecutor
 from skillscale.discovery import SkillDiscovery
-from tests.helpers import FIXTURE_SKILLS
+from tests.helpers import FIXTURE_SKILLS, wait_pid_gone
 
 CATALOG = SkillDiscovery([FIXTURE_SKILLS / "testing"]).scan()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes; only its parent can reap it.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -56,10 +42,7 @@ async def test_timeout_kills_the_whole_process_group(
     assert result.timed_out and not result.ok
     assert time.monotonic() - started < 5
     grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while pid_alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.01)  # waiting on the kernel to finish a kill, bounded
-    assert not pid_alive(grandchild)
+    assert wait_pid_gone(grandchild)
 
 
 async def test_output_past_the_bound_kills_the_skill(executor: SubprocessExecutor) -> None:
@@ -102,3 +85,17 @@ async def test_missing_interpreter_is_a_start_error() -> None:
     executor = SubprocessExecutor(python="/nonexistent/python")
     result = await executor.run(CATALOG.skills["echo"], b"", ExecutionLimits(10))
     assert result.start_error and not result.ok
+
+
+async def test_background_grandchild_neither_hangs_the_run_nor_survives_it(
+    executor: SubprocessExecutor, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "bg.pid"
+    started = time.monotonic()
+    result = await executor.run(
+        CATALOG.skills["leaky"], str(pid_file).encode(), ExecutionLimits(10)
+    )
+    assert result.ok and result.stdout == b"done\n", result
+    assert time.monotonic() - started < 3
+    grandchild = int(pid_file.read_text())
+    assert wait_pid_gone(grandchild)
