@@ -103,7 +103,12 @@ class SkillServer:
         )
         self._topics = {t.encode() for t in config.topics}
         self._probe = f"{PROBE_TOPIC_PREFIX}{config.server_id}".encode()
-        self._queue: asyncio.Queue[tuple[Request, float]] = asyncio.Queue(config.queue_size)
+        # Capacity counts running and waiting requests together, so a burst
+        # that lands in one receive batch (before any worker has woken) still
+        # fills every worker and then the queue.
+        self._capacity = config.workers + config.queue_size
+        self._in_flight = 0
+        self._queue: asyncio.Queue[tuple[Request, float]] = asyncio.Queue(self._capacity)
         self._ctx: zmq.asyncio.Context | None = None
         self._sub: SocketPair | None = None
         self._pub: SocketPair | None = None
@@ -189,6 +194,7 @@ class SkillServer:
             self._workers = []
         while not self._queue.empty():
             request, _ = self._queue.get_nowait()
+            self._in_flight -= 1
             self._queue.task_done()
             self._reply_error(request, ErrorCode.OVERLOADED, "the server stopped before running it")
         if self._pub is not None:
@@ -200,7 +206,7 @@ class SkillServer:
     @property
     def in_flight(self) -> int:
         """Requests queued or running."""
-        return self._queue._unfinished_tasks  # type: ignore[attr-defined,no-any-return]
+        return self._in_flight
 
     async def _receive(self) -> None:
         assert self._sub is not None
@@ -237,15 +243,16 @@ class SkillServer:
         if not self._accepting:
             self._reply_error(decoded, ErrorCode.OVERLOADED, "the server is stopping; retry")
             return
-        try:
-            self._queue.put_nowait((decoded, received_at))
-        except asyncio.QueueFull:
+        if self._in_flight >= self._capacity:
             self._reply_error(
                 decoded,
                 ErrorCode.OVERLOADED,
-                f"server {self.config.server_id} has {self._queue.maxsize} requests waiting; "
-                "retry later",
+                f"server {self.config.server_id} is running {self.config.workers} and holding "
+                f"{self.config.queue_size} more requests; retry later",
             )
+            return
+        self._in_flight += 1
+        self._queue.put_nowait((decoded, received_at))
 
     async def _work(self) -> None:
         while True:
@@ -258,6 +265,7 @@ class SkillServer:
                 )
                 raise
             finally:
+                self._in_flight -= 1
                 self._queue.task_done()
             self._send(request.reply_to, reply)
 
