@@ -88,7 +88,8 @@ def scrubbed_env(python: str, extra: Mapping[str, str]) -> dict[str, str]:
     env["PYTHONIOENCODING"] = "utf-8"
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.update(extra)
+    # exec() rejects NUL bytes in the environment; input text may carry them.
+    env.update({k: v.replace("\x00", "") for k, v in extra.items()})
     return env
 
 
@@ -134,7 +135,7 @@ class SubprocessExecutor:
                 env=scrubbed_env(self.python, extra),
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
         return await _Run(proc, limits, started).complete(data)
 

@@ -99,3 +99,12 @@ async def test_background_grandchild_neither_hangs_the_run_nor_survives_it(
     assert time.monotonic() - started < 3
     grandchild = int(pid_file.read_text())
     assert wait_pid_gone(grandchild)
+
+
+async def test_nul_bytes_in_input_reach_stdin_not_the_environment(
+    executor: SubprocessExecutor,
+) -> None:
+    result = await executor.run(
+        CATALOG.skills["echo"], b"a\x00b", ExecutionLimits(10), env={"SKILLSCALE_TASK": "t\x00"}
+    )
+    assert result.ok and result.stdout == b"a\x00b"
