@@ -9,7 +9,6 @@ server loop around them cannot be crashed from outside.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -17,16 +16,20 @@ from skill_server.executor import ExecutionLimits, ExecutionResult, SubprocessEx
 from skill_server.matcher import closest
 from skill_server.registry import SkillRegistry
 from skillscale.errors import ErrorCode, RequestError
-from skillscale.protocol import IntentMode, ParsedIntent, Reply, Request, Trace, parse_intent
+from skillscale.protocol import (
+    IntentMode,
+    ParsedIntent,
+    Reply,
+    Request,
+    Trace,
+    parse_intent,
+    salvage_address,
+)
 from skillscale.skill_format import Skill
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_CHARS = 2000
-_SALVAGE = {
-    key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"([A-Za-z0-9_.:/\-]{1,256})"')
-    for key in ("reply_to", "request_id")
-}
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,9 @@ class RequestHandler:
         return request
 
     def reject(self, payload: bytes, code: ErrorCode, message: str) -> Rejection:
-        found = {k: rx.search(payload) for k, rx in _SALVAGE.items()}
-        reply_to = found["reply_to"].group(1).decode() if found["reply_to"] else None
+        reply_to, request_id = salvage_address(payload)
         if reply_to in self.config.topics:
             reply_to = None  # never answer onto a request topic
-        request_id = found["request_id"].group(1).decode() if found["request_id"] else ""
         return Rejection(reply_to, self._failure(request_id, code, message))
 
     # -- processing ------------------------------------------------------

@@ -250,6 +250,24 @@ def _parse_structured(text: str) -> ParsedIntent | None:
     return ParsedIntent(IntentMode.TASK, None, task if task else payload, payload)
 
 
+_SALVAGE = {
+    key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"([A-Za-z0-9_.:/\-]{1,256})"')
+    for key in ("reply_to", "request_id")
+}
+
+
+def salvage_address(payload: bytes) -> tuple[str | None, str]:
+    """``(reply_to, request_id)`` from a payload that may not parse.
+
+    Used to answer requests that are malformed, too large to parse, or that
+    no server will take: the reference left those without any reply.
+    """
+    found = {key: regex.search(payload) for key, regex in _SALVAGE.items()}
+    reply_to = found["reply_to"].group(1).decode() if found["reply_to"] else None
+    request_id = found["request_id"].group(1).decode() if found["request_id"] else ""
+    return reply_to, request_id
+
+
 def error_code_of(exc: BaseException) -> ErrorCode:
     """The wire code for an exception (``internal`` for foreign ones)."""
     code = getattr(exc, "code", None)

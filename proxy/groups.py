@@ -1,0 +1,340 @@
+"""Replica groups: which server of a topic runs each request, and what if it dies.
+
+A pure state machine, free of sockets: the proxy feeds it events (a request
+arrived, a heartbeat, a reply, a hand-back, a clock tick) and it answers
+through a small :class:`GroupIO` (send frames to a server, publish a reply,
+answer a request with an error). That keeps every routing rule unit-testable.
+
+Rules:
+
+* A request for a topic with live replicas goes to the replica with the most
+  free slots (ties: the one used least recently). With no free slot it waits
+  in the topic's bounded queue; a full queue answers ``overloaded``.
+* A request for a topic with no replica and no plain subscriber is parked for
+  ``no_server_wait`` seconds; a replica announcing the topic in that time gets
+  it, otherwise the caller gets ``no_server``.
+* A replica silent for ``heartbeat_timeout`` seconds is dead: its in-flight
+  requests go back to the front of their queues, up to ``max_attempts``
+  deliveries each; the first reply for a dispatch wins and later ones are
+  dropped, so a caller gets exactly one reply.
+* Work whose caller's deadline passed is never dispatched; the caller (if
+  still listening) is told ``deadline_exceeded``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from skillscale.errors import ErrorCode
+from skillscale.replica_protocol import REQ, VERSION, ServerState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GroupsConfig:
+    """Durations in seconds."""
+
+    heartbeat_timeout: float = 3.0
+    no_server_wait: float = 5.0
+    max_queue: int = 1000
+    """Waiting requests per topic before ``overloaded``."""
+    max_attempts: int = 3
+    """Deliveries of one request before giving up on it."""
+    max_members: int = 10_000
+
+
+@dataclass
+class Job:
+    """One request routed through a replica group."""
+
+    dispatch_id: bytes
+    topic: bytes
+    payload: bytes
+    arrived: float
+    deadline: float | None = None
+    parked_until: float | None = None
+    """Set while no replica serves the topic: when to answer ``no_server``."""
+    attempt: int = 0
+    member: bytes | None = None
+    history: list[str] = field(default_factory=list)
+    """Server ids that were given this job and lost it."""
+
+
+@dataclass
+class Member:
+    """A live replica."""
+
+    identity: bytes
+    state: ServerState
+    last_seen: float
+    inflight: dict[bytes, Job] = field(default_factory=dict)
+    last_used: int = 0
+
+    @property
+    def free(self) -> int:
+        """Slots the proxy may still fill."""
+        return 0 if self.state.draining else self.state.slots - len(self.inflight)
+
+
+class GroupIO(Protocol):
+    """What the state machine needs from the proxy."""
+
+    def send_to(self, identity: bytes, frames: list[bytes]) -> bool:
+        """Send to a replica; False if it is unreachable."""
+
+    def publish(self, frames: list[bytes]) -> None:
+        """Publish a reply onto the bus (XPUB)."""
+
+    def reply_error(self, job: Job, code: ErrorCode, message: str) -> None:
+        """Answer the job's caller with an error."""
+
+
+def job_deadline(payload: bytes) -> float | None:
+    """The caller's ``deadline`` from a request payload, if present and valid."""
+    try:
+        value = json.loads(payload).get("deadline")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class ReplicaGroups:
+    """Members, per-topic queues and in-flight dispatches."""
+
+    def __init__(self, io: GroupIO, config: GroupsConfig | None = None) -> None:
+        self.io = io
+        self.config = config or GroupsConfig()
+        self.members: dict[bytes, Member] = {}
+        self.by_topic: dict[bytes, set[bytes]] = {}
+        self.queues: dict[bytes, deque[Job]] = {}
+        self.inflight: dict[bytes, Job] = {}
+        self._epoch = secrets.token_hex(4).encode()
+        self._ids = itertools.count(1)
+        self._uses = itertools.count(1)
+        self.duplicates_dropped = 0
+        self.redelivered = 0
+
+    # -- queries ---------------------------------------------------------------
+
+    def serves(self, topic: bytes) -> bool:
+        """True if a live replica announced ``topic``."""
+        return bool(self.by_topic.get(topic))
+
+    def queue_depth(self, topic: bytes) -> int:
+        """Requests of ``topic`` waiting for a slot (or for a first replica)."""
+        queue = self.queues.get(topic)
+        return len(queue) if queue else 0
+
+    def inflight_count(self, topic: bytes) -> int:
+        """Requests of ``topic`` dispatched and not yet answered."""
+        return sum(1 for job in self.inflight.values() if job.topic == topic)
+
+    def replica_count(self, topic: bytes) -> int:
+        """Live replicas of ``topic``."""
+        return len(self.by_topic.get(topic, ()))
+
+    def topics(self) -> set[bytes]:
+        """Every topic with replicas, waiting work or work in flight."""
+        return set(self.by_topic) | {t for t, q in self.queues.items() if q} | {
+            j.topic for j in self.inflight.values()
+        }
+
+    # -- events ----------------------------------------------------------------
+
+    def on_request(
+        self, topic: bytes, payload: bytes, now: float, *, plain_subscriber: bool
+    ) -> bool:
+        """Route a request; False if it is left to plain pub/sub subscribers."""
+        if not self.serves(topic) and plain_subscriber:
+            return False
+        job = Job(self._new_id(), topic, payload, now)
+        if self.serves(topic):
+            member = self._pick(topic)
+            if member is not None:
+                self._dispatch(job, member)
+                return True
+        else:
+            job.parked_until = now + self.config.no_server_wait
+        queue = self.queues.setdefault(topic, deque())
+        if len(queue) >= self.config.max_queue:
+            self.io.reply_error(
+                job,
+                ErrorCode.OVERLOADED,
+                f"{topic.decode(errors='replace')} has {len(queue)} requests waiting; retry later",
+            )
+            return True
+        # Only waiting work pays for parsing its deadline.
+        job.deadline = job_deadline(payload)
+        queue.append(job)
+        return True
+
+    def on_heartbeat(self, identity: bytes, state: ServerState, now: float) -> None:
+        """A replica is alive; (re)register it and give it waiting work."""
+        member = self.members.get(identity)
+        if member is None:
+            if len(self.members) >= self.config.max_members:
+                log.warning("ignoring replica %r: %d members already", identity, len(self.members))
+                return
+            member = Member(identity, state, now)
+            self.members[identity] = member
+            log.info("replica %s joined for %s", state.server_id, ", ".join(state.topics))
+        else:
+            for topic in set(member.state.topics) - set(state.topics):
+                self.by_topic.get(topic.encode(), set()).discard(identity)
+            member.state = state
+            member.last_seen = now
+        for topic in state.topics:
+            self.by_topic.setdefault(topic.encode(), set()).add(identity)
+        for topic in state.topics:
+            self._pump(topic.encode(), now)
+
+    def on_reply(self, identity: bytes, dispatch_id: bytes, reply_to: bytes, payload: bytes,
+                 now: float) -> None:  # fmt: skip
+        """The one reply for a dispatch: publish it unless it is a duplicate."""
+        job = self.inflight.pop(dispatch_id, None)
+        if job is None:
+            if dispatch_id.startswith(self._epoch + b"-"):
+                self.duplicates_dropped += 1  # an earlier attempt already answered
+                return
+            # Dispatched by a proxy before a restart: nobody else will answer it.
+            if reply_to:
+                self.io.publish([reply_to, payload])
+            return
+        member = self.members.get(job.member or b"")
+        if member is not None:
+            member.inflight.pop(dispatch_id, None)
+        if reply_to:
+            self.io.publish([reply_to, payload])
+        member = self.members.get(identity)
+        if member is not None:
+            member.last_seen = now
+            for topic in member.state.topics:
+                self._pump(topic.encode(), now)
+
+    def on_return(self, identity: bytes, dispatch_id: bytes, now: float) -> None:
+        """A replica hands a job back (stopping): queue it for another."""
+        job = self.inflight.pop(dispatch_id, None)
+        member = self.members.get(identity)
+        if member is not None:
+            member.inflight.pop(dispatch_id, None)
+        if job is not None:
+            server_id = member.state.server_id if member else identity.decode(errors="replace")
+            self._requeue(job, server_id, reason="handed back")
+            self._pump(job.topic, now)
+
+    def on_bye(self, identity: bytes, now: float) -> None:
+        """A replica leaves at once."""
+        self._remove(identity, "left", now)
+
+    def tick(self, now: float) -> None:
+        """Housekeeping: dead replicas, ``no_server`` and passed deadlines."""
+        timeout = self.config.heartbeat_timeout
+        for identity in [i for i, m in self.members.items() if now - m.last_seen > timeout]:
+            self._remove(identity, f"silent for more than {timeout:g} s", now)
+        for topic, queue in list(self.queues.items()):
+            if not queue:
+                continue
+            keep: deque[Job] = deque()
+            for job in queue:
+                if job.deadline is not None and job.deadline <= now:
+                    self.io.reply_error(
+                        job, ErrorCode.DEADLINE_EXCEEDED,
+                        "the caller's deadline passed while the request waited for a replica",
+                    )  # fmt: skip
+                elif job.parked_until is not None and job.parked_until <= now:
+                    self.io.reply_error(
+                        job,
+                        ErrorCode.NO_SERVER,
+                        f"no skill server serves {topic.decode(errors='replace')} "
+                        f"(waited {self.config.no_server_wait:g} s)",
+                    )
+                else:
+                    keep.append(job)
+            self.queues[topic] = keep
+
+    # -- internals -------------------------------------------------------------
+
+    def _new_id(self) -> bytes:
+        return self._epoch + b"-" + str(next(self._ids)).encode()
+
+    def _pick(self, topic: bytes) -> Member | None:
+        best: Member | None = None
+        for identity in self.by_topic.get(topic, ()):
+            member = self.members[identity]
+            if member.free <= 0:
+                continue
+            if best is None or (member.free, -member.last_used) > (best.free, -best.last_used):
+                best = member
+        return best
+
+    def _dispatch(self, job: Job, member: Member) -> None:
+        job.attempt += 1
+        job.member = member.identity
+        job.parked_until = None
+        member.inflight[job.dispatch_id] = job
+        member.last_used = next(self._uses)
+        self.inflight[job.dispatch_id] = job
+        frames = [VERSION, REQ, job.dispatch_id, job.topic, job.payload, str(job.attempt).encode()]
+        if not self.io.send_to(member.identity, frames):
+            self._remove(member.identity, "unreachable", job.arrived)
+
+    def _pump(self, topic: bytes, now: float) -> None:
+        queue = self.queues.get(topic)
+        while queue:
+            member = self._pick(topic)
+            if member is None:
+                return
+            job = queue.popleft()
+            if job.deadline is not None and job.deadline <= now:
+                self.io.reply_error(
+                    job, ErrorCode.DEADLINE_EXCEEDED,
+                    "the caller's deadline passed while the request waited for a replica",
+                )  # fmt: skip
+                continue
+            self._dispatch(job, member)
+
+    def _requeue(self, job: Job, lost_by: str, *, reason: str) -> None:
+        job.history.append(lost_by)
+        job.member = None
+        if job.attempt >= self.config.max_attempts:
+            self.io.reply_error(
+                job,
+                ErrorCode.EXEC_FAILED,
+                f"gave up after {job.attempt} deliveries: replicas "
+                f"{', '.join(job.history)} were lost while running it ({reason})",
+            )
+            return
+        if job.deadline is None:
+            job.deadline = job_deadline(job.payload)
+        self.redelivered += 1
+        self.queues.setdefault(job.topic, deque()).appendleft(job)
+
+    def _remove(self, identity: bytes, reason: str, now: float) -> None:
+        member = self.members.pop(identity, None)
+        if member is None:
+            return
+        log.warning("replica %s removed: %s", member.state.server_id, reason)
+        for topic in member.state.topics:
+            members = self.by_topic.get(topic.encode())
+            if members is not None:
+                members.discard(identity)
+                if not members:
+                    del self.by_topic[topic.encode()]
+        lost = list(member.inflight.values())
+        member.inflight.clear()
+        for job in lost:
+            self.inflight.pop(job.dispatch_id, None)
+            self._requeue(job, member.state.server_id, reason=reason)
+        # Work of a topic that lost its last replica waits for a new one.
+        for job in lost:
+            if not self.serves(job.topic):
+                job.parked_until = now + self.config.no_server_wait
+        for lost_topic in {job.topic for job in lost}:
+            self._pump(lost_topic, now)

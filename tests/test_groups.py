@@ -1,0 +1,183 @@
+"""Replica-group routing rules, driven without sockets."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from proxy.groups import GroupsConfig, Job, ReplicaGroups
+from skillscale.errors import ErrorCode
+from skillscale.replica_protocol import REQ, VERSION, ServerState
+
+T = b"TOPIC_X"
+
+
+class FakeIO:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, list[bytes]]] = []
+        self.published: list[list[bytes]] = []
+        self.errors: list[tuple[Job, ErrorCode, str]] = []
+        self.unreachable: set[bytes] = set()
+
+    def send_to(self, identity: bytes, frames: list[bytes]) -> bool:
+        if identity in self.unreachable:
+            return False
+        self.sent.append((identity, frames))
+        return True
+
+    def publish(self, frames: list[bytes]) -> None:
+        self.published.append(frames)
+
+    def reply_error(self, job: Job, code: ErrorCode, message: str) -> None:
+        self.errors.append((job, code, message))
+
+    def dispatched_to(self) -> list[bytes]:
+        return [identity for identity, _ in self.sent]
+
+
+def state(name: str, slots: int = 2, topics: tuple[str, ...] = ("TOPIC_X",), **kw: object) -> ServerState:
+    return ServerState(server_id=name, topics=list(topics), slots=slots, **kw)  # type: ignore[arg-type]
+
+
+def payload(rid: str = "r", deadline: float | None = None) -> bytes:
+    body: dict[str, object] = {"request_id": rid, "reply_to": "AGENT_REPLY_c", "intent": "x"}
+    if deadline is not None:
+        body["deadline"] = deadline
+    return json.dumps(body).encode()
+
+
+def make(**config: object) -> tuple[ReplicaGroups, FakeIO]:
+    io = FakeIO()
+    return ReplicaGroups(io, GroupsConfig(**config)), io  # type: ignore[arg-type]
+
+
+def test_requests_spread_by_free_capacity() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=2), 0)
+    groups.on_heartbeat(b"b", state("b", slots=2), 0)
+    for i in range(4):
+        assert groups.on_request(T, payload(str(i)), 0, plain_subscriber=False)
+    assert Counter(io.dispatched_to()) == {b"a": 2, b"b": 2}
+    frames = io.sent[0][1]
+    assert frames[:2] == [VERSION, REQ] and frames[3] == T and frames[5] == b"1"
+
+
+def test_waiting_work_goes_out_as_slots_free() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_request(T, payload("1"), 0, plain_subscriber=False)
+    groups.on_request(T, payload("2"), 0, plain_subscriber=False)
+    assert len(io.sent) == 1 and groups.queue_depth(T) == 1 and groups.inflight_count(T) == 1
+    first_id = io.sent[0][1][2]
+    groups.on_reply(b"a", first_id, b"AGENT_REPLY_c", b"{}", 0.1)
+    assert io.published == [[b"AGENT_REPLY_c", b"{}"]]
+    assert len(io.sent) == 2 and groups.queue_depth(T) == 0
+
+
+def test_full_queue_answers_overloaded() -> None:
+    groups, io = make(max_queue=2)
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    for i in range(4):
+        groups.on_request(T, payload(str(i)), 0, plain_subscriber=False)
+    assert [code for _, code, _ in io.errors] == [ErrorCode.OVERLOADED]
+    assert groups.queue_depth(T) == 2
+
+
+def test_plain_subscribers_keep_pub_sub() -> None:
+    groups, io = make()
+    assert not groups.on_request(T, payload(), 0, plain_subscriber=True)
+    assert groups.queue_depth(T) == 0 and not io.errors
+
+
+def test_no_server_after_the_wait_and_late_joiner_within_it() -> None:
+    groups, io = make(no_server_wait=1.0)
+    groups.on_request(T, payload("early"), 0, plain_subscriber=False)
+    groups.tick(0.5)
+    assert not io.errors
+    groups.on_heartbeat(b"a", state("a"), 0.6)
+    assert len(io.sent) == 1  # the server that arrived within the wait got it
+    groups.on_request(b"TOPIC_NONE", payload("lost"), 1.0, plain_subscriber=False)
+    groups.tick(1.9)
+    assert not io.errors
+    groups.tick(2.1)
+    assert [code for _, code, _ in io.errors] == [ErrorCode.NO_SERVER]
+    assert "TOPIC_NONE" in io.errors[0][2]
+
+
+def test_dead_replica_work_is_redelivered_once_and_duplicates_dropped() -> None:
+    groups, io = make(heartbeat_timeout=3.0)
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_heartbeat(b"b", state("b", slots=1), 0)
+    groups.on_request(T, payload("1"), 0, plain_subscriber=False)
+    victim, frames = io.sent[0]
+    survivor = b"b" if victim == b"a" else b"a"
+    dispatch_id = frames[2]
+    groups.on_heartbeat(survivor, state(survivor.decode(), slots=1), 2.5)
+    groups.tick(3.5)  # the victim has been silent for 3.5 s
+    assert groups.replica_count(T) == 1 and groups.redelivered == 1
+    redelivered_to, frames = io.sent[1]
+    assert redelivered_to == survivor and frames[2] == dispatch_id and frames[5] == b"2"
+    groups.on_reply(survivor, dispatch_id, b"AGENT_REPLY_c", b"first", 4)
+    groups.on_reply(victim, dispatch_id, b"AGENT_REPLY_c", b"late", 4)
+    assert io.published == [[b"AGENT_REPLY_c", b"first"]]
+    assert groups.duplicates_dropped == 1
+
+
+def test_attempts_are_bounded() -> None:
+    groups, io = make(max_attempts=2, heartbeat_timeout=1.0)
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_request(T, payload(), 0, plain_subscriber=False)
+    groups.tick(2)  # a dies: back in the queue, parked for a new replica
+    groups.on_heartbeat(b"b", state("b", slots=1), 2)
+    groups.tick(4)  # b dies too
+    assert [code for _, code, _ in io.errors] == [ErrorCode.EXEC_FAILED]
+    assert "2 deliveries" in io.errors[0][2] and "a, b" in io.errors[0][2]
+
+
+def test_handed_back_work_goes_to_another_replica() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_request(T, payload(), 0, plain_subscriber=False)
+    dispatch_id = io.sent[0][1][2]
+    groups.on_heartbeat(b"a", state("a", slots=1, draining=True), 1)
+    groups.on_return(b"a", dispatch_id, 1)
+    assert len(io.sent) == 1 and groups.queue_depth(T) == 1  # a is draining
+    groups.on_heartbeat(b"b", state("b", slots=1), 1)
+    assert io.sent[1][0] == b"b" and io.sent[1][1][2] == dispatch_id
+
+
+def test_expired_deadlines_are_never_dispatched() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_request(T, payload("1"), 0, plain_subscriber=False)
+    groups.on_request(T, payload("2", deadline=5.0), 0, plain_subscriber=False)
+    groups.on_heartbeat(b"a", state("a", slots=1), 5.5)
+    groups.tick(6)
+    assert [code for _, code, _ in io.errors] == [ErrorCode.DEADLINE_EXCEEDED]
+    assert groups.queue_depth(T) == 0
+
+
+def test_unreachable_replica_is_dropped_and_work_rerouted() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_heartbeat(b"b", state("b", slots=1), 0)
+    io.unreachable.add(b"a")
+    io.unreachable.add(b"b")
+    groups.on_request(T, payload(), 0, plain_subscriber=False)
+    assert groups.replica_count(T) == 0 and groups.queue_depth(T) == 1
+
+
+def test_bye_and_topic_changes() -> None:
+    groups, _ = make()
+    groups.on_heartbeat(b"a", state("a", topics=("TOPIC_X", "TOPIC_Y")), 0)
+    assert groups.serves(b"TOPIC_Y")
+    groups.on_heartbeat(b"a", state("a", topics=("TOPIC_X",)), 1)
+    assert not groups.serves(b"TOPIC_Y")
+    groups.on_bye(b"a", 2)
+    assert not groups.serves(T) and groups.members == {}
+
+
+def test_replies_from_before_a_proxy_restart_are_still_published() -> None:
+    groups, io = make()
+    groups.on_reply(b"a", b"olderepoch-7", b"AGENT_REPLY_c", b"{}", 0)
+    assert io.published == [[b"AGENT_REPLY_c", b"{}"]]
