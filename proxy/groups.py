@@ -142,9 +142,11 @@ class ReplicaGroups:
 
     def topics(self) -> set[bytes]:
         """Every topic with replicas, waiting work or work in flight."""
-        return set(self.by_topic) | {t for t, q in self.queues.items() if q} | {
-            j.topic for j in self.inflight.values()
-        }
+        return (
+            set(self.by_topic)
+            | {t for t, q in self.queues.items() if q}
+            | {j.topic for j in self.inflight.values()}
+        )
 
     # -- events ----------------------------------------------------------------
 
@@ -281,7 +283,15 @@ class ReplicaGroups:
         member.inflight[job.dispatch_id] = job
         member.last_used = next(self._uses)
         self.inflight[job.dispatch_id] = job
-        frames = [VERSION, REQ, job.dispatch_id, job.topic, job.payload, str(job.attempt).encode()]
+        frames = [
+            VERSION,
+            REQ,
+            job.dispatch_id,
+            job.topic,
+            job.payload,
+            str(job.attempt).encode(),
+            ",".join(job.history).encode(),
+        ]
         if not self.io.send_to(member.identity, frames):
             self._remove(member.identity, "unreachable", job.arrived)
 

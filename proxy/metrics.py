@@ -56,6 +56,40 @@ class ProxyMetrics:
             "Distinct topic prefixes currently subscribed at the proxy.",
             registry=self.registry,
         )
+        self.queue_depth = Gauge(
+            "skillscale_topic_queue_depth",
+            "Requests of a topic waiting for a free replica slot (autoscaling input).",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "skillscale_topic_inflight",
+            "Requests of a topic dispatched to a replica and not yet answered.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.replicas = Gauge(
+            "skillscale_topic_replicas",
+            "Live replicas (skill servers) of a topic.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.error_replies = PromCounter(
+            "skillscale_proxy_error_replies",
+            "Error replies the proxy itself sent (no_server, overloaded, ...), by code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.redelivered = PromCounter(
+            "skillscale_proxy_redelivered",
+            "Requests re-dispatched after their replica was lost or handed them back.",
+            registry=self.registry,
+        )
+        self.duplicates = PromCounter(
+            "skillscale_proxy_duplicate_replies_dropped",
+            "Replies dropped because an earlier attempt of the request already answered.",
+            registry=self.registry,
+        )
         self._known: set[str] = set()
         self._lock = threading.Lock()
         self._http: WSGIServer | None = None

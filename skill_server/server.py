@@ -1,18 +1,30 @@
-"""The skill server role: subscribe to topics, queue, execute, reply.
+"""The skill server role: take requests, queue, execute, reply.
+
+Two intakes, one pipeline:
+
+* ``group`` (default): a DEALER connected to the proxy's ROUTER. The server
+  announces its topics and free slots in a heartbeat every second; the proxy
+  sends it requests one by one within those slots, so replicas of a topic
+  share the work instead of each running all of it. Replies return on the
+  same socket and the proxy publishes the first one per request.
+* ``pubsub``: the reference's model: SUB on the proxy's XPUB for its topics,
+  PUB on the proxy's XSUB for replies. Every server of a topic runs every
+  request; kept for compatibility and for topics served by reference servers.
 
 Life of a server, top to bottom:
 
-1. ``start``: load skills, connect SUB (requests) and PUB (replies) to the
-   proxy, start the workers, prove the bus round trip, start receiving.
-2. Receiving drains the SUB socket in batches; each message is decoded at
-   once, so malformed and excess requests are answered even when every
-   worker is busy. Valid requests go into a bounded queue; a full queue
-   answers ``overloaded``.
-3. ``workers`` tasks take requests from the queue and run them through the
-   :class:`RequestHandler`; each request gets exactly one reply.
-4. ``stop``: stop taking work (unsubscribe, answer what already arrived
-   with ``overloaded``), let queued and running work finish within
-   ``grace`` seconds, then cancel what is left, answering each request.
+1. ``start``: load skills, start the workers, connect, prove the path to the
+   proxy (a heartbeat answered, or a probe round trip), start receiving.
+2. Each request is decoded at once, so malformed or excess requests are
+   answered even when every worker is busy; valid ones go into a bounded
+   queue (capacity = workers + queue size; beyond it: ``overloaded`` in
+   pubsub mode, a hand-back to the proxy in group mode).
+3. ``workers`` tasks run requests through the :class:`RequestHandler`; each
+   request gets exactly one reply.
+4. ``stop``: stop taking work (group: announce draining and hand queued work
+   back for another replica; pubsub: unsubscribe and answer what arrived),
+   let running work finish within ``grace`` seconds, then cancel the rest
+   (group: handed back; pubsub: answered ``overloaded``).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Literal
 
 import zmq
 import zmq.asyncio
@@ -37,15 +50,32 @@ from skill_server.matcher import DEFAULT_THRESHOLD
 from skill_server.registry import SkillRegistry
 from skillscale.errors import ErrorCode
 from skillscale.protocol import PROBE_TOPIC_PREFIX, Reply, Request
+from skillscale.replica_protocol import (
+    BYE,
+    DEFAULT_PROXY_ROUTER,
+    HB,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    REPLY,
+    REQ,
+    RETURN,
+    VERSION,
+    ServerState,
+    skills_digest,
+)
 from skillscale.transport import (
     Frames,
     SocketPair,
     await_roundtrip,
+    env_str,
     proxy_xpub_endpoint,
     proxy_xsub_endpoint,
 )
 
 log = logging.getLogger(__name__)
+
+REPLY_SEND_TIMEOUT = 60.0
+"""Seconds a group reply may wait for the proxy (e.g. across a restart)."""
 
 
 def default_workers() -> int:
@@ -64,6 +94,10 @@ class ServerConfig:
 
     topics: list[str]
     skills_dirs: list[Path]
+    mode: Literal["group", "pubsub"] = "group"
+    proxy_router: str = field(
+        default_factory=lambda: env_str("SKILLSCALE_PROXY_ROUTER", DEFAULT_PROXY_ROUTER)
+    )
     proxy_xsub: str = field(default_factory=proxy_xsub_endpoint)
     proxy_xpub: str = field(default_factory=proxy_xpub_endpoint)
     workers: int = field(default_factory=default_workers)
@@ -78,6 +112,19 @@ class ServerConfig:
     threshold: float = DEFAULT_THRESHOLD
     server_id: str = field(default_factory=new_server_id)
     hwm: int = 10_000
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+
+
+@dataclass
+class Job:
+    """A decoded request and where its reply goes."""
+
+    request: Request
+    received_at: float
+    dispatch_id: bytes | None = None
+    """Set for requests that came through the replica group."""
+    attempt: int = 1
+    history: list[str] = field(default_factory=list)
 
 
 class SkillServer:
@@ -102,20 +149,22 @@ class SkillServer:
             ),
         )
         self._topics = {t.encode() for t in config.topics}
-        self._probe = f"{PROBE_TOPIC_PREFIX}{config.server_id}".encode()
         # Capacity counts running and waiting requests together, so a burst
         # that lands in one receive batch (before any worker has woken) still
         # fills every worker and then the queue.
         self._capacity = config.workers + config.queue_size
         self._in_flight = 0
-        self._queue: asyncio.Queue[tuple[Request, float]] = asyncio.Queue(self._capacity)
+        self._running: dict[asyncio.Task[None], Job | None] = {}
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(self._capacity)
         self._ctx: zmq.asyncio.Context | None = None
         self._sub: SocketPair | None = None
         self._pub: SocketPair | None = None
-        self._receiver: asyncio.Task[None] | None = None
-        self._workers: list[asyncio.Task[None]] = []
+        self._dealer: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
-        self.stats = {"received": 0, "replied": 0, "rejected": 0, "ignored": 0, "unanswerable": 0}
+        self._proxy_seen = 0.0
+        self._proxy_ready: asyncio.Event = asyncio.Event()
+        self.stats = {"received": 0, "replied": 0, "rejected": 0, "ignored": 0, "returned": 0}
 
     async def __aenter__(self) -> SkillServer:
         await self.start()
@@ -129,17 +178,65 @@ class SkillServer:
     ) -> None:
         await self.stop()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or running."""
+        return self._in_flight
+
+    # -- start -----------------------------------------------------------------
+
     async def start(self) -> None:
-        """Load skills, connect, prove the bus path, start serving."""
+        """Load skills, connect, prove the path to the proxy, start serving."""
         cfg = self.config
         self.registry.reload()
         log.info(
-            "server %s: topics %s, skills %s",
+            "server %s (%s): topics %s, skills %s",
             cfg.server_id,
+            cfg.mode,
             ", ".join(cfg.topics),
             ", ".join(self.registry.names) or "(none)",
         )
         self._ctx = zmq.asyncio.Context()
+        self._accepting = True
+        self._running = {
+            asyncio.create_task(self._work(), name=f"worker-{i}"): None for i in range(cfg.workers)
+        }
+        try:
+            if cfg.mode == "group":
+                await self._start_group()
+            else:
+                await self._start_pubsub()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start_group(self) -> None:
+        cfg = self.config
+        assert self._ctx is not None
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 1000)
+        dealer.setsockopt(zmq.ROUTING_ID, cfg.server_id.encode())
+        dealer.setsockopt(zmq.SNDHWM, cfg.hwm)
+        dealer.setsockopt(zmq.RCVHWM, cfg.hwm)
+        dealer.connect(cfg.proxy_router)
+        self._dealer = dealer
+        # All I/O on the DEALER goes through pyzmq's asyncio API from here on,
+        # which re-checks the socket's edge-triggered events after every send:
+        # workers and the heartbeat task send while the receiver awaits.
+        self._tasks.append(asyncio.create_task(self._receive_group(), name="receiver"))
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
+        try:
+            await asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"no answer from the proxy's group endpoint {cfg.proxy_router} "
+                f"within {cfg.ready_timeout} s"
+            ) from None
+
+    async def _start_pubsub(self) -> None:
+        cfg = self.config
+        assert self._ctx is not None
+        probe = f"{PROBE_TOPIC_PREFIX}{cfg.server_id}".encode()
         self._sub = SocketPair(self._ctx, zmq.SUB)
         self._pub = SocketPair(self._ctx, zmq.PUB, linger_ms=1000)
         self._sub.set(zmq.RCVHWM, cfg.hwm)
@@ -148,82 +245,175 @@ class SkillServer:
         self._pub.async_sock.connect(cfg.proxy_xsub)
         for topic in sorted(self._topics):
             self._sub.set(zmq.SUBSCRIBE, topic)
-        self._sub.set(zmq.SUBSCRIBE, self._probe)
-        self._accepting = True
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(cfg.workers)
-        ]
-        try:
-            # Requests that arrive during the handshake are served, not lost.
-            await await_roundtrip(
-                self._pub,
-                self._sub,
-                self._probe,
-                timeout=cfg.ready_timeout,
-                on_other=self._dispatch,
-                what=f"proxy at {cfg.proxy_xpub}",
-            )
-        except BaseException:
-            await self.stop(grace=0)
-            raise
-        self._sub.set(zmq.UNSUBSCRIBE, self._probe)
-        self._receiver = asyncio.create_task(self._receive(), name="receiver")
+        self._sub.set(zmq.SUBSCRIBE, probe)
+        # Requests that arrive during the handshake are served, not lost.
+        await await_roundtrip(
+            self._pub,
+            self._sub,
+            probe,
+            timeout=cfg.ready_timeout,
+            on_other=self._on_pubsub_message,
+            what=f"proxy at {cfg.proxy_xpub}",
+        )
+        self._sub.set(zmq.UNSUBSCRIBE, probe)
+        self._tasks.append(asyncio.create_task(self._receive_pubsub(), name="receiver"))
+
+    # -- stop ------------------------------------------------------------------
 
     async def stop(self, grace: float | None = None) -> None:
         """Two-phase stop: refuse new work, drain for ``grace`` s, cancel the rest."""
         grace = self.config.grace if grace is None else grace
         self._accepting = False
-        if self._receiver is not None:
-            self._receiver.cancel()
-            await asyncio.gather(self._receiver, return_exceptions=True)
-            self._receiver = None
-        if self._sub is not None and not self._sub.async_sock.closed:
-            for topic in self._topics:
-                self._sub.set(zmq.UNSUBSCRIBE, topic)
-            for frames in self._sub.drain(10_000):
-                self._dispatch(frames)  # answered "overloaded": we are stopping
-            self._sub.close()
-        if self._workers:
+        if self._dealer is not None and not self._dealer.closed:
+            await self._send_group([VERSION, HB, self._state().to_bytes()])
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                self._finish(job)
+                await self._hand_back(job)
+        else:
+            await self._stop_pubsub_intake()
+        workers = list(self._running)
+        if workers:
             try:
                 await asyncio.wait_for(self._queue.join(), timeout=grace)
             except asyncio.TimeoutError:
                 log.warning("grace period of %.1f s over; cancelling unfinished work", grace)
-            for task in self._workers:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
-            self._workers = []
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._running = {}
         while not self._queue.empty():
-            request, _ = self._queue.get_nowait()
-            self._in_flight -= 1
-            self._queue.task_done()
-            self._reply_error(request, ErrorCode.OVERLOADED, "the server stopped before running it")
-        if self._pub is not None:
-            self._pub.close()
+            job = self._queue.get_nowait()
+            self._finish(job)
+            await self._answer_unfinished(job, "the server stopped before running it")
+        if self._dealer is not None and not self._dealer.closed:
+            await self._send_group([VERSION, BYE])
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pair in (self._sub, self._pub):
+            if pair is not None:
+                pair.close()
+        if self._dealer is not None:
+            self._dealer.close()
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
+            # term() waits for linger (final replies to flush): off the loop.
             await asyncio.get_running_loop().run_in_executor(None, ctx.term)
 
-    @property
-    def in_flight(self) -> int:
-        """Requests queued or running."""
-        return self._in_flight
+    async def _stop_pubsub_intake(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._sub is not None and not self._sub.async_sock.closed:
+            for topic in self._topics:
+                self._sub.set(zmq.UNSUBSCRIBE, topic)
+            for frames in self._sub.drain(10_000):
+                self._on_pubsub_message(frames)  # answered "overloaded": we are stopping
+            self._sub.close()
 
-    async def _receive(self) -> None:
+    # -- intake: group -----------------------------------------------------------
+
+    def _state(self) -> ServerState:
+        names = self.registry.names
+        return ServerState(
+            server_id=self.config.server_id,
+            topics=self.config.topics,
+            slots=self.config.workers,
+            busy=self._in_flight,
+            digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
+            draining=not self._accepting,
+            skills=names,
+        )
+
+    async def _heartbeats(self) -> None:
+        warned = False
+        while True:
+            await self._send_group([VERSION, HB, self._state().to_bytes()], block=False)
+            await asyncio.sleep(self.config.heartbeat_interval)  # the heartbeat period itself
+            silent = time.monotonic() - self._proxy_seen
+            if self._proxy_ready.is_set() and silent > HEARTBEAT_TIMEOUT and not warned:
+                log.warning("proxy silent for %.1f s; reconnecting in the background", silent)
+            warned = silent > HEARTBEAT_TIMEOUT
+
+    async def _receive_group(self) -> None:
+        assert self._dealer is not None
+        dealer = self._dealer
+        while True:
+            frames = await dealer.recv_multipart()
+            self._proxy_seen = time.monotonic()
+            if len(frames) < 2 or frames[0] != VERSION:
+                log.warning("ignoring a malformed message from the proxy")
+                continue
+            command, args = frames[1], frames[2:]
+            if command == HB:
+                self._proxy_ready.set()
+            elif command == REQ and len(args) >= 4:
+                await self._on_group_request(args)
+            else:
+                log.warning("ignoring unknown proxy command %r", command)
+
+    async def _on_group_request(self, args: list[bytes]) -> None:
+        dispatch_id, _topic, payload, attempt_raw = args[:4]
+        history = (
+            [h for h in args[4].decode(errors="replace").split(",") if h] if len(args) > 4 else []
+        )
+        self.stats["received"] += 1
+        decoded = self.handler.decode(payload)
+        if isinstance(decoded, Rejection):
+            self.stats["rejected"] += 1
+            reply_to = decoded.reply_to or ""
+            await self._send_group([VERSION, REPLY, dispatch_id, reply_to.encode(),
+                                    decoded.reply.to_bytes()])  # fmt: skip
+            return
+        job = Job(decoded, time.monotonic(), dispatch_id, int(attempt_raw or b"1"), history)
+        if not self._accepting or self._in_flight >= self._capacity:
+            await self._hand_back(job)
+            return
+        self._in_flight += 1
+        self._queue.put_nowait(job)
+
+    async def _send_group(self, frames: list[bytes], *, block: bool = True) -> bool:
+        """Send on the DEALER through the asyncio API; False if it could not go."""
+        dealer = self._dealer
+        if dealer is None or dealer.closed:
+            return False
+        try:
+            if block:
+                await asyncio.wait_for(dealer.send_multipart(frames), REPLY_SEND_TIMEOUT)
+            else:
+                await dealer.send_multipart(frames, flags=zmq.NOBLOCK)
+        except (zmq.Again, asyncio.TimeoutError):
+            if block:
+                log.error("could not deliver %s to the proxy in %.0f s", frames[1],
+                          REPLY_SEND_TIMEOUT)  # fmt: skip
+            return False
+        return True
+
+    async def _hand_back(self, job: Job) -> None:
+        assert job.dispatch_id is not None
+        self.stats["returned"] += 1
+        await self._send_group([VERSION, RETURN, job.dispatch_id])
+
+    # -- intake: pubsub ----------------------------------------------------------
+
+    async def _receive_pubsub(self) -> None:
         assert self._sub is not None
         sub = self._sub
         while True:
             await sub.wait_readable()
             for frames in sub.drain(256):
-                self._dispatch(frames)
+                self._on_pubsub_message(frames)
 
-    def _dispatch(self, frames: Frames) -> None:
+    def _on_pubsub_message(self, frames: Frames) -> None:
         topic = bytes(frames[0])
         if topic not in self._topics:
             # ZeroMQ matches prefixes: TOPIC_ECHO also hears TOPIC_ECHO_V2.
             self.stats["ignored"] += 1
             return
         self.stats["received"] += 1
-        received_at = time.monotonic()
         if len(frames) != 2:
             decoded: Request | Rejection = self.handler.reject(
                 b"\n".join(bytes(f) for f in frames[1:]),
@@ -235,58 +425,86 @@ class SkillServer:
         if isinstance(decoded, Rejection):
             self.stats["rejected"] += 1
             if decoded.reply_to is None:
-                self.stats["unanswerable"] += 1
                 log.warning("unanswerable request on %s: %s", topic, decoded.reply.error)
             else:
-                self._send(decoded.reply_to, decoded.reply)
+                self._publish(decoded.reply_to, decoded.reply)
             return
+        job = Job(decoded, time.monotonic())
         if not self._accepting:
-            self._reply_error(decoded, ErrorCode.OVERLOADED, "the server is stopping; retry")
-            return
-        if self._in_flight >= self._capacity:
-            self._reply_error(
-                decoded,
+            self._publish_error(job, ErrorCode.OVERLOADED, "the server is stopping; retry")
+        elif self._in_flight >= self._capacity:
+            self._publish_error(
+                job,
                 ErrorCode.OVERLOADED,
                 f"server {self.config.server_id} is running {self.config.workers} and holding "
                 f"{self.config.queue_size} more requests; retry later",
             )
-            return
-        self._in_flight += 1
-        self._queue.put_nowait((decoded, received_at))
+        else:
+            self._in_flight += 1
+            self._queue.put_nowait(job)
 
-    async def _work(self) -> None:
-        while True:
-            request, received_at = await self._queue.get()
-            try:
-                reply = await self.handler.process(request, received_at)
-            except asyncio.CancelledError:
-                self._reply_error(
-                    request, ErrorCode.OVERLOADED, "the server stopped while running it"
-                )
-                raise
-            finally:
-                self._in_flight -= 1
-                self._queue.task_done()
-            self._send(request.reply_to, reply)
-
-    def _reply_error(self, request: Request, code: ErrorCode, message: str) -> None:
-        self._send(
-            request.reply_to,
-            Reply.failure(request.request_id, code, message, server_id=self.config.server_id),
-        )
-
-    def _send(self, reply_to: str, reply: Reply) -> None:
+    def _publish(self, reply_to: str, reply: Reply) -> None:
         if self._pub is None or self._pub.async_sock.closed:
             log.error("cannot send reply %s: socket closed", reply.request_id)
             return
         self._pub.send([reply_to.encode(), reply.to_bytes()])
         self.stats["replied"] += 1
 
+    def _publish_error(self, job: Job, code: ErrorCode, message: str) -> None:
+        request = job.request
+        reply = Reply.failure(request.request_id, code, message, server_id=self.config.server_id)
+        self._publish(request.reply_to, reply)
+
+    # -- the pipeline ------------------------------------------------------------
+
+    def _finish(self, job: Job) -> None:
+        self._in_flight -= 1
+        self._queue.task_done()
+
+    async def _work(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            job = await self._queue.get()
+            self._running[me] = job
+            try:
+                reply = await self.handler.process(job.request, job.received_at)
+            except asyncio.CancelledError:
+                self._finish(job)
+                await asyncio.shield(
+                    self._answer_unfinished(job, "the server stopped while running it")
+                )
+                raise
+            finally:
+                self._running[me] = None
+            if job.dispatch_id is not None and reply.trace is not None:
+                reply.trace.attempt = job.attempt
+                reply.trace.redelivered_from = job.history or None
+            self._finish(job)
+            await self._reply(job, reply)
+
+    async def _reply(self, job: Job, reply: Reply) -> None:
+        if job.dispatch_id is None:
+            self._publish(job.request.reply_to, reply)
+            return
+        sent = await self._send_group(
+            [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), reply.to_bytes()]
+        )
+        if sent:
+            self.stats["replied"] += 1
+
+    async def _answer_unfinished(self, job: Job, why: str) -> None:
+        """Group work goes back for another replica; pubsub work gets an error."""
+        if job.dispatch_id is not None:
+            await self._hand_back(job)
+        else:
+            self._publish_error(job, ErrorCode.OVERLOADED, f"{why}; retry")
+
 
 async def run_server(
     config: ServerConfig,
     stop: asyncio.Event,
-    on_ready: Callable[[SkillServer], None] | None = None,
+    on_ready: Callable[[SkillServer], Any] | None = None,
 ) -> None:
     """Run a server until ``stop`` is set, then stop it gracefully."""
     server = SkillServer(config)

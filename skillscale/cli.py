@@ -60,6 +60,7 @@ def _print_ready(payload: dict[str, Any]) -> None:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy.groups import GroupsConfig
     from proxy.proxy import Proxy, ProxyConfig
     from skillscale.runtime import install_stop_signals, run, setup_logging
 
@@ -67,8 +68,15 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     config = ProxyConfig(
         xsub_bind=args.xsub_bind,
         xpub_bind=args.xpub_bind,
+        router_bind=None if args.router_bind in ("", "off") else args.router_bind,
         metrics_host=args.metrics_host,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        groups=GroupsConfig(
+            heartbeat_timeout=args.heartbeat_timeout,
+            no_server_wait=args.no_server_wait,
+            max_queue=args.max_queue,
+            max_attempts=args.max_attempts,
+        ),
     )
 
     async def main() -> None:
@@ -81,6 +89,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                     "role": "proxy",
                     "xsub": proxy.xsub_endpoint,
                     "xpub": proxy.xpub_endpoint,
+                    "router": proxy.router_endpoint,
                     "metrics": proxy.metrics_url,
                 }
             )
@@ -106,6 +115,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
     config = ServerConfig(
         topics=topics,
         skills_dirs=dirs,
+        mode=args.mode,
+        proxy_router=args.proxy_router,
         proxy_xsub=args.proxy_xsub,
         proxy_xpub=args.proxy_xpub,
         workers=args.workers,
@@ -128,6 +139,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
                     "event": "ready",
                     "role": "server",
                     "server_id": config.server_id,
+                    "mode": config.mode,
                     "topics": config.topics,
                     "skills": server.registry.names,
                 }
@@ -151,6 +163,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         host=args.host,
         xsub_port=args.xsub_port,
         xpub_port=args.xpub_port,
+        router_port=args.router_port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         workers=args.workers,
         timeout=args.timeout,
@@ -422,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="subscriber port, 0 = any free [env SKILLSCALE_XPUB_PORT; default 5555]",
     )
     p_up.add_argument(
+        "--router-port",
+        type=int,
+        default=int(_env("SKILLSCALE_ROUTER_PORT", 5566)),
+        help="replica-group port, 0 = any free [env SKILLSCALE_ROUTER_PORT; default 5566]",
+    )
+    p_up.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
@@ -454,6 +473,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; "
         "default %(default)s]",
     )
+    p_proxy.add_argument(
+        "--router-bind",
+        default=_env("SKILLSCALE_ROUTER_BIND", "tcp://*:5566"),
+        help="replica-group side, 'off' for pub/sub only [env SKILLSCALE_ROUTER_BIND; "
+        "default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--no-server-wait",
+        type=float,
+        default=float(_env("SKILLSCALE_NO_SERVER_WAIT", 5.0)),
+        help="seconds a request waits for a first server of its topic before 'no_server' "
+        "[env SKILLSCALE_NO_SERVER_WAIT; default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=float(_env("SKILLSCALE_HEARTBEAT_TIMEOUT", 3.0)),
+        help="seconds of silence before a server is dead and its work re-dispatched "
+        "[env SKILLSCALE_HEARTBEAT_TIMEOUT; default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=int(_env("SKILLSCALE_MAX_QUEUE", 1000)),
+        help="requests waiting per topic before 'overloaded' [env SKILLSCALE_MAX_QUEUE; "
+        "default %(default)s]",
+    )
+    p_proxy.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=int(_env("SKILLSCALE_MAX_ATTEMPTS", 3)),
+        help="deliveries of one request before giving up [env SKILLSCALE_MAX_ATTEMPTS; "
+        "default %(default)s]",
+    )
     p_proxy.set_defaults(func=_cmd_proxy)
 
     p_server = sub.add_parser("server", help="run a skill server for one or more topics")
@@ -466,6 +519,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_skills_dir(p_server)
     add_proxy_endpoints(p_server)
+    p_server.add_argument(
+        "--mode",
+        choices=("group", "pubsub"),
+        default=_env("SKILLSCALE_SERVER_MODE", "group"),
+        help="group: share the topic's work with other replicas through the proxy (default); "
+        "pubsub: the reference's model, every server runs every request "
+        "[env SKILLSCALE_SERVER_MODE]",
+    )
+    p_server.add_argument(
+        "--proxy-router",
+        default=_env("SKILLSCALE_PROXY_ROUTER", "tcp://127.0.0.1:5566"),
+        help="proxy's replica-group endpoint [env SKILLSCALE_PROXY_ROUTER; default %(default)s]",
+    )
     add_server_tuning(p_server, with_defaults=True)
     p_server.add_argument(
         "--queue-size",

@@ -122,6 +122,10 @@ class Trace(BaseModel):
     stdout_truncated: bool | None = None
     invalid_utf8: bool | None = None
     server_id: str | None = None
+    attempt: int | None = None
+    """Delivery number of this request (2+ means it was re-dispatched)."""
+    redelivered_from: list[str] | None = None
+    """Servers that were given this request earlier and were lost."""
 
 
 class Reply(BaseModel):

@@ -16,7 +16,8 @@ server→     ``id``                     ``RETURN``: hand ``id`` back unstarted 
                                        cancelled, for another replica
 server→     (none)                     ``BYE``: leaving now
 proxy→      ``id, topic, payload,``    ``REQ``: run this request (``attempt`` counts
-            ``attempt``                deliveries, from 1)
+            ``attempt, history``       deliveries, from 1; ``history`` lists, comma-
+                                       separated, the servers that lost it before)
 proxy→      (none)                     ``HB``: the proxy is alive
 ==========  =========================  ===========================================
 

@@ -40,6 +40,7 @@ class FabricConfig:
     host: str = "127.0.0.1"
     xsub_port: int = 5444
     xpub_port: int = 5555
+    router_port: int = 5566
     metrics_port: int | None = 9100
     workers: int | None = None
     timeout: float | None = None
@@ -97,6 +98,7 @@ class Fabric:
                 "--skills-dir", str(folder),
                 "--proxy-xsub", proxy_ready["xsub"],
                 "--proxy-xpub", proxy_ready["xpub"],
+                "--proxy-router", proxy_ready["router"],
                 "--grace", str(self.config.grace),
             ]  # fmt: skip
             if self.config.workers is not None:
@@ -113,6 +115,7 @@ class Fabric:
             sys.executable, "-m", "skillscale", "proxy",
             "--xsub-bind", f"tcp://{cfg.host}:{cfg.xsub_port}",
             "--xpub-bind", f"tcp://{cfg.host}:{cfg.xpub_port}",
+            "--router-bind", f"tcp://{cfg.host}:{cfg.router_port}",
             "--metrics-host", cfg.host,
             "--metrics-port", str(-1 if cfg.metrics_port is None else cfg.metrics_port),
         ]  # fmt: skip
@@ -122,6 +125,7 @@ class Fabric:
             # A restarted proxy must come back on the same ports.
             self.proxy.argv[self.proxy.argv.index("--xsub-bind") + 1] = self.proxy.ready["xsub"]
             self.proxy.argv[self.proxy.argv.index("--xpub-bind") + 1] = self.proxy.ready["xpub"]
+            self.proxy.argv[self.proxy.argv.index("--router-bind") + 1] = self.proxy.ready["router"]
             self.servers = self._plan_servers(self.proxy.ready)
             await asyncio.gather(*(self._spawn(child) for child in self.servers))
         except BaseException:
@@ -169,6 +173,7 @@ class Fabric:
             "role": "fabric",
             "xsub": self.proxy.ready.get("xsub"),
             "xpub": self.proxy.ready.get("xpub"),
+            "router": self.proxy.ready.get("router"),
             "metrics": self.proxy.ready.get("metrics"),
             "proxy_pid": self.proxy.proc.pid if self.proxy.proc else None,
             "servers": [

@@ -140,6 +140,7 @@ def start_proxy() -> RoleProcess:
         "proxy",
         "--xsub-bind", "tcp://127.0.0.1:0",
         "--xpub-bind", "tcp://127.0.0.1:0",
+        "--router-bind", "tcp://127.0.0.1:0",
         "--metrics-host", "127.0.0.1",
         "--metrics-port", "0",
     )  # fmt: skip
@@ -151,6 +152,7 @@ def start_server(proxy: RoleProcess, skills_dir: Path, *topics: str, **options: 
         "--skills-dir", str(skills_dir),
         "--proxy-xsub", proxy.ready["xsub"],
         "--proxy-xpub", proxy.ready["xpub"],
+        "--proxy-router", proxy.ready["router"],
     ]  # fmt: skip
     for topic in topics:
         args += ["--topic", topic]

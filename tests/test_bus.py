@@ -124,7 +124,16 @@ async def test_client_timeout_is_typed(
     assert info.value.code is ErrorCode.TIMEOUT
 
 
-async def test_topic_without_server_times_out(client: SkillScaleClient) -> None:
+async def test_topic_without_server_gets_no_server(client: SkillScaleClient) -> None:
+    # The shared proxy waits 5 s (its default) for a first server of a topic.
+    started = time.monotonic()
+    with pytest.raises(UnavailableError) as info:
+        await client.invoke("TOPIC_NOBODY_HOME", "anything", timeout=10)
+    assert info.value.code is ErrorCode.NO_SERVER
+    assert 4.5 < time.monotonic() - started < 8
+
+
+async def test_caller_timeout_before_the_no_server_wait(client: SkillScaleClient) -> None:
     with pytest.raises(SkillTimeoutError):
         await client.invoke("TOPIC_NOBODY_HOME", "anything", timeout=0.3)
 
@@ -135,9 +144,12 @@ async def test_connect_to_missing_proxy_fails_clearly() -> None:
         await c.connect()
 
 
-async def test_whole_topic_matching(proxy: RoleProcess, client: SkillScaleClient) -> None:
-    short = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_ECHO")
-    longer = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_ECHO_V2")
+@pytest.mark.parametrize("mode", ["group", "pubsub"])
+async def test_whole_topic_matching(
+    proxy: RoleProcess, client: SkillScaleClient, mode: str
+) -> None:
+    short = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_ECHO", mode=mode)
+    longer = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_ECHO_V2", mode=mode)
     try:
         reply = await client.call("TOPIC_ECHO_V2", skill("echo", "v2"))
         assert reply.ok and reply.server_id == longer.ready["server_id"]
@@ -278,7 +290,7 @@ async def test_proxy_metrics_count_messages(
             text = (await http.get(proxy.ready["metrics"], timeout=5)).text
         values = {}
         for line in text.splitlines():
-            if line.startswith("skillscale_proxy_") and not line.startswith("#"):
+            if line.startswith("skillscale_") and not line.startswith("#"):
                 key, _, value = line.rpartition(" ")
                 values[key] = float(value)
         return values
@@ -292,14 +304,18 @@ async def test_proxy_metrics_count_messages(
     assert (
         after['skillscale_proxy_messages_total{direction="downstream",topic="AGENT_REPLY_*"}'] >= 5
     )
-    assert after["skillscale_proxy_subscriptions"] >= 2
+    assert after["skillscale_proxy_subscriptions"] >= 1  # at least the client's reply topic
+    assert after['skillscale_topic_replicas{topic="TOPIC_TESTING"}'] == 1
+    assert 'skillscale_topic_queue_depth{topic="TOPIC_TESTING"}' in after
+    assert 'skillscale_topic_inflight{topic="TOPIC_TESTING"}' in after
     assert 'skillscale_proxy_bytes_total{direction="downstream",topic="TOPIC_TESTING"}' in after
 
 
+@pytest.mark.parametrize("mode", ["group", "pubsub"])
 async def test_server_stops_gracefully_finishing_in_flight_work(
-    proxy: RoleProcess, client: SkillScaleClient
+    proxy: RoleProcess, client: SkillScaleClient, mode: str
 ) -> None:
-    server = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_GRACEFUL", grace=10)
+    server = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_GRACEFUL", grace=10, mode=mode)
     try:
         pending = asyncio.ensure_future(client.call("TOPIC_GRACEFUL", skill("slow", "1")))
         # The request is in flight once the server's proxy has forwarded it;
@@ -318,10 +334,12 @@ def test_idle_server_exits_zero_on_sigterm(proxy: RoleProcess) -> None:
     assert server.stop() == 0
 
 
-async def test_full_queue_answers_overloaded_and_loses_nothing(
+async def test_pubsub_server_full_queue_answers_overloaded_and_loses_nothing(
     proxy: RoleProcess, client: SkillScaleClient
 ) -> None:
-    server = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_TINY", workers=1, queue_size=1)
+    server = start_server(
+        proxy, FIXTURE_SKILLS / "testing", "TOPIC_TINY", workers=1, queue_size=1, mode="pubsub"
+    )
     try:
         replies = await asyncio.gather(
             *(client.call("TOPIC_TINY", skill("slow", "0.5")) for _ in range(6))

@@ -33,7 +33,7 @@ def cli(
 @pytest.fixture(scope="module")
 def fabric() -> RoleProcess:
     up = RoleProcess(
-        "up", "--xsub-port", "0", "--xpub-port", "0", "--metrics-port", "0",
+        "up", "--xsub-port", "0", "--xpub-port", "0", "--router-port", "0", "--metrics-port", "0",
         "--skills-dir", str(BUNDLED_SKILLS), "--json",
     )  # fmt: skip
     yield up
@@ -125,7 +125,7 @@ def test_skills_list_show_validate() -> None:
 
 def test_ctrl_c_stops_everything_cleanly() -> None:
     up = RoleProcess(
-        "up", "--xsub-port", "0", "--xpub-port", "0", "--metrics-port", "-1",
+        "up", "--xsub-port", "0", "--xpub-port", "0", "--router-port", "0", "--metrics-port", "-1",
         "--skills-dir", str(BUNDLED_SKILLS), "--json",
     )  # fmt: skip
     children = [up.ready["proxy_pid"], *(s["pid"] for s in up.ready["servers"])]

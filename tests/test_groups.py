@@ -35,7 +35,9 @@ class FakeIO:
         return [identity for identity, _ in self.sent]
 
 
-def state(name: str, slots: int = 2, topics: tuple[str, ...] = ("TOPIC_X",), **kw: object) -> ServerState:
+def state(
+    name: str, slots: int = 2, topics: tuple[str, ...] = ("TOPIC_X",), **kw: object
+) -> ServerState:
     return ServerState(server_id=name, topics=list(topics), slots=slots, **kw)  # type: ignore[arg-type]
 
 
