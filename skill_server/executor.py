@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
+import resource
 import shutil
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from skillscale.skill_format import Skill
@@ -38,6 +41,22 @@ SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True)
+class ResourceLimits:
+    """Kernel limits (``setrlimit``) on every skill process; 0 disables one.
+
+    ``nproc`` counts every process of the user the server runs as (the
+    kernel's rule), and the kernel does not apply it to root.
+    """
+
+    cpu_seconds: int = 60
+    memory_bytes: int = 2 * 1024**3
+    """Address space (``RLIMIT_AS``)."""
+    nproc: int = 1024
+    fsize_bytes: int = 256 * 1024**2
+    """Largest file a skill may write (``RLIMIT_FSIZE``)."""
+
+
+@dataclass(frozen=True)
 class ExecutionLimits:
     """Bounds applied to one run."""
 
@@ -48,6 +67,36 @@ class ExecutionLimits:
     pipe_grace: float = 0.5
     """Seconds to keep reading pipes after the process exits (for output
     still in flight); descendants that outlive it are killed before that."""
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _LIBC = None
+
+
+def _child_setup(limits: ResourceLimits) -> Callable[[], None]:
+    """Runs in the child between fork and exec: limits, and death with the server."""
+    pairs = [
+        (resource.RLIMIT_CPU, limits.cpu_seconds),
+        (resource.RLIMIT_AS, limits.memory_bytes),
+        (resource.RLIMIT_NPROC, limits.nproc),
+        (resource.RLIMIT_FSIZE, limits.fsize_bytes),
+    ]
+    chosen = [(kind, value) for kind, value in pairs if value > 0]
+
+    def setup() -> None:
+        if _LIBC is not None and sys.platform.startswith("linux"):
+            # A SIGKILLed server cannot kill its skills: let the kernel do it.
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        for kind, value in chosen:
+            _soft, hard = resource.getrlimit(kind)
+            ceiling = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(kind, (ceiling, ceiling))
+
+    return setup
 
 
 @dataclass
@@ -73,6 +122,11 @@ class ExecutionResult:
             and not self.stdout_overflow
             and self.start_error is None
         )
+
+
+def allowed_env(skill: Skill) -> list[str]:
+    """Server environment variables a skill's ``metadata.env`` asks for by name."""
+    return [n for n in skill.metadata.get("env", "").replace(",", " ").split() if n]
 
 
 def scrubbed_env(python: str, extra: Mapping[str, str]) -> dict[str, str]:
@@ -115,11 +169,10 @@ class SubprocessExecutor:
     ) -> ExecutionResult:
         """Run ``skill`` on ``data``; never raises for anything the skill does."""
         assert skill.entrypoint is not None, "instruction-only skills are not executed"
-        extra = {
-            "SKILLSCALE_SKILL": skill.name,
-            "SKILLSCALE_SKILL_DIR": str(skill.path),
-            **(env or {}),
-        }
+        extra = {name: os.environ[name] for name in allowed_env(skill) if name in os.environ}
+        extra.update(
+            {"SKILLSCALE_SKILL": skill.name, "SKILLSCALE_SKILL_DIR": str(skill.path), **(env or {})}
+        )
         if len(data) <= INTENT_ENV_MAX:
             extra["SKILLSCALE_INTENT"] = data.decode("utf-8", errors="replace")
         else:
@@ -134,8 +187,9 @@ class SubprocessExecutor:
                 cwd=str(skill.path),
                 env=scrubbed_env(self.python, extra),
                 start_new_session=True,
+                preexec_fn=_child_setup(limits.resources),
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
         return await _Run(proc, limits, started).complete(data)
 

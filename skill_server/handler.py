@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from skill_server.executor import ExecutionLimits, ExecutionResult, SubprocessExecutor
+from skill_server.executor import (
+    ExecutionLimits,
+    ExecutionResult,
+    ResourceLimits,
+    SubprocessExecutor,
+)
 from skill_server.matcher import closest
 from skill_server.registry import SkillRegistry
 from skillscale.errors import ErrorCode, RequestError
@@ -41,6 +46,7 @@ class HandlerConfig:
     default_timeout: float = 30.0
     max_request_bytes: int = 8 * 1024 * 1024
     max_output_bytes: int = 4 * 1024 * 1024
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,11 @@ class RequestHandler:
         timeout = skill.timeout or self.config.default_timeout
         if request.deadline is not None:
             timeout = min(timeout, max(0.001, request.deadline - time.time()))
-        limits = ExecutionLimits(timeout=timeout, max_stdout=self.config.max_output_bytes)
+        limits = ExecutionLimits(
+            timeout=timeout,
+            max_stdout=self.config.max_output_bytes,
+            resources=self.config.resources,
+        )
         result = await self.executor.run(
             skill,
             intent.input.encode("utf-8", errors="surrogatepass"),

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import zmq
 import zmq.asyncio
 
-from skill_server.executor import SubprocessExecutor
+from skill_server.executor import ResourceLimits, SubprocessExecutor
 from skill_server.handler import HandlerConfig, Rejection, RequestHandler
 from skill_server.matcher import DEFAULT_THRESHOLD
 from skill_server.registry import SkillRegistry
@@ -113,6 +113,7 @@ class ServerConfig:
     server_id: str = field(default_factory=new_server_id)
     hwm: int = 10_000
     heartbeat_interval: float = HEARTBEAT_INTERVAL
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class SkillServer:
                 default_timeout=config.default_timeout,
                 max_request_bytes=config.max_request_bytes,
                 max_output_bytes=config.max_output_bytes,
+                resources=config.resources,
             ),
         )
         self._topics = {t.encode() for t in config.topics}

@@ -103,6 +103,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    from skill_server.executor import ResourceLimits
     from skill_server.server import ServerConfig, SkillServer
     from skillscale.runtime import install_stop_signals, run, setup_logging
 
@@ -126,6 +127,12 @@ def _cmd_server(args: argparse.Namespace) -> int:
         max_output_bytes=args.max_output_bytes,
         grace=args.grace,
         python=args.python,
+        resources=ResourceLimits(
+            cpu_seconds=args.limit_cpu,
+            memory_bytes=args.limit_memory * 1024 * 1024,
+            nproc=args.limit_nproc,
+            fsize_bytes=args.limit_fsize * 1024 * 1024,
+        ),
     )
     if args.server_id:
         config.server_id = args.server_id

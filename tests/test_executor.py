@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from skill_server.executor import ExecutionLimits, SubprocessExecutor
+from skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
 from skillscale.discovery import SkillDiscovery
 from tests.helpers import FIXTURE_SKILLS, wait_pid_gone
 
@@ -108,3 +109,43 @@ async def test_nul_bytes_in_input_reach_stdin_not_the_environment(
         CATALOG.skills["echo"], b"a\x00b", ExecutionLimits(10), env={"SKILLSCALE_TASK": "t\x00"}
     )
     assert result.ok and result.stdout == b"a\x00b"
+
+
+async def test_metadata_env_lets_one_named_variable_through(
+    executor: SubprocessExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKILLSCALE_TEST_ALLOWED", "yes")
+    monkeypatch.setenv("SKILLSCALE_TEST_SECRET", "no")
+    result = await executor.run(CATALOG.skills["envdump"], b"", ExecutionLimits(10))
+    names = set(result.stdout.decode().split())
+    assert "SKILLSCALE_TEST_ALLOWED" in names and "SKILLSCALE_TEST_SECRET" not in names
+
+
+async def test_memory_limit(executor: SubprocessExecutor) -> None:
+    limits = ExecutionLimits(10, resources=ResourceLimits(memory_bytes=200 * 1024 * 1024))
+    ok = await executor.run(CATALOG.skills["hog"], b"10", limits)
+    assert ok.ok, ok.stderr
+    refused = await executor.run(CATALOG.skills["hog"], b"400", limits)
+    assert not refused.ok and b"MemoryError" in refused.stderr
+
+
+async def test_file_size_limit(executor: SubprocessExecutor) -> None:
+    limits = ExecutionLimits(10, resources=ResourceLimits(fsize_bytes=2 * 1024 * 1024))
+    assert (await executor.run(CATALOG.skills["bigfile"], b"1", limits)).ok
+    refused = await executor.run(CATALOG.skills["bigfile"], b"5", limits)
+    # Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing.
+    assert not refused.ok and b"File too large" in refused.stderr
+
+
+async def test_cpu_limit(executor: SubprocessExecutor, tmp_path: Path) -> None:
+    spin = tmp_path / "spin"
+    (spin / "scripts").mkdir(parents=True)
+    (spin / "SKILL.md").write_text("---\nname: spin\ndescription: Burns CPU.\n---\n")
+    (spin / "scripts" / "run.py").write_text("while True:\n    pass\n")
+    from skillscale.skill_format import load_skill
+
+    limits = ExecutionLimits(20, resources=ResourceLimits(cpu_seconds=1))
+    started = time.monotonic()
+    result = await executor.run(load_skill(spin), b"", limits)
+    assert result.exit_code in (-signal.SIGXCPU, -signal.SIGKILL) and not result.timed_out
+    assert time.monotonic() - started < 10
