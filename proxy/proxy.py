@@ -71,6 +71,10 @@ class ProxyConfig:
     tick: float = 0.1
     """Housekeeping period: heartbeats out, dead replicas, no_server, gauges."""
     heartbeat_interval: float = 1.0
+    hold_replies: float = 10.0
+    """Seconds a group reply waits for its caller to (re)subscribe, e.g. after
+    a proxy restart, before it is dropped."""
+    max_held_replies: int = 10_000
 
 
 class _IO:
@@ -121,6 +125,8 @@ class Proxy:
         self._server_subscriptions: set[bytes] = set()
         self._subscriptions_changed = asyncio.Condition()
         self._gauged_topics: set[bytes] = set()
+        self._held: dict[bytes, list[tuple[float, list[bytes]]]] = {}
+        self._held_count = 0
         self._counted = (0, 0)
         self.xsub_endpoint = ""
         self.xpub_endpoint = ""
@@ -258,6 +264,7 @@ class Proxy:
             if now >= next_tick:
                 next_tick = now + tick
                 self.groups.tick(now)
+                self._expire_held(now)
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.config.heartbeat_interval
                     self._heartbeat_all()
@@ -265,6 +272,27 @@ class Proxy:
 
     def _is_request(self, topic: bytes) -> bool:
         return bool(topic) and not topic.startswith(_NOT_REQUESTS)
+
+    def _release_held(self, prefix: bytes) -> None:
+        if not self._held:
+            return
+        for topic in [t for t in self._held if t.startswith(prefix)]:
+            held = self._held.pop(topic)
+            self._held_count -= len(held)
+            for _, frames in held:
+                self._publish(frames)
+
+    def _expire_held(self, now: float) -> None:
+        for topic in list(self._held):
+            held = self._held[topic]
+            keep = [(expires, frames) for expires, frames in held if expires > now]
+            for _ in range(len(held) - len(keep)):
+                self.metrics.drop(topic, "no_subscriber")
+            self._held_count -= len(held) - len(keep)
+            if keep:
+                self._held[topic] = keep
+            else:
+                del self._held[topic]
 
     def _has_plain_subscriber(self, topic: bytes) -> bool:
         return any(topic.startswith(prefix) for prefix in self._server_subscriptions)
@@ -318,6 +346,7 @@ class Proxy:
                 self._subscriptions.add(topic)
                 if topic and not topic.startswith(_NOT_REQUESTS):
                     self._server_subscriptions.add(topic)
+                self._release_held(topic)
             else:
                 self._subscriptions.discard(topic)
                 self._server_subscriptions.discard(topic)
@@ -363,8 +392,23 @@ class Proxy:
         for identity in list(self.groups.members):
             self._io_send(identity, [VERSION, HB])
 
+    def _subscribed(self, topic: bytes) -> bool:
+        return topic in self._subscriptions or any(
+            topic.startswith(prefix) for prefix in self._subscriptions
+        )
+
     def _publish(self, frames: list[bytes]) -> None:
+        """Publish a reply; hold it a while if its caller is not subscribed (yet)."""
         assert self._xpub is not None
+        topic = frames[0]
+        if not self._subscribed(topic):
+            if self._held_count >= self.config.max_held_replies:
+                self.metrics.drop(topic, "no_subscriber")
+                return
+            expires = time.monotonic() + self.config.hold_replies
+            self._held.setdefault(topic, []).append((expires, frames))
+            self._held_count += 1
+            return
         try:
             self._xpub.send(frames)
         except zmq.Again:

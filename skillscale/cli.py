@@ -559,6 +559,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("SKILLSCALE_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)),
         help="largest skill output kept [env SKILLSCALE_MAX_OUTPUT_BYTES; default 4 MiB]",
     )
+    for flag, env, default, unit in (
+        ("--limit-cpu", "SKILLSCALE_LIMIT_CPU", 60, "CPU seconds"),
+        ("--limit-memory", "SKILLSCALE_LIMIT_MEMORY", 2048, "MiB of address space"),
+        ("--limit-nproc", "SKILLSCALE_LIMIT_NPROC", 1024, "processes of the server's user"),
+        ("--limit-fsize", "SKILLSCALE_LIMIT_FSIZE", 256, "MiB per file written"),
+    ):
+        p_server.add_argument(
+            flag, type=int, default=int(_env(env, default)),
+            help=f"skill process limit: {unit}, 0 = none [env {env}; default {default}]",
+        )  # fmt: skip
     p_server.add_argument(
         "--python",
         default=_env("SKILLSCALE_PYTHON", None),

@@ -10,6 +10,7 @@ proxy, so the first request cannot fall into ZeroMQ's slow-joiner window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 from pydantic import ValidationError
+from zmq.utils.monitor import parse_monitor_message
 
 from skillscale.errors import (
     ErrorCode,
@@ -77,6 +79,10 @@ class SkillScaleClient:
         self._pub: SocketPair | None = None
         self._sub: SocketPair | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._path_up = asyncio.Event()
+        self._probe_seen = asyncio.Event()
         self._probe = (self.reply_topic + ".probe").encode()
         self._reply_topic_b = self.reply_topic.encode()
 
@@ -126,14 +132,20 @@ class SkillScaleClient:
         except BaseException:
             await self._teardown()
             raise
+        self._path_up.set()
         self._reader = asyncio.create_task(self._read_replies(), name="skillscale-client-reader")
+        self._monitor = self._pub.async_sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        )
+        self._watcher = asyncio.create_task(self._watch_proxy(), name="skillscale-client-watch")
 
     async def close(self) -> None:
         """Fail waiting calls, close sockets and the context."""
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        tasks = [t for t in (self._reader, self._watcher) if t is not None]
+        self._reader = self._watcher = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._teardown()
 
     async def _teardown(self) -> None:
@@ -141,6 +153,11 @@ class SkillScaleClient:
             if not future.done():
                 future.set_exception(UnavailableError("client closed before the reply arrived"))
         self._pending.clear()
+        if self._monitor is not None:
+            if self._pub is not None and not self._pub.async_sock.closed:
+                self._pub.async_sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         for pair in (self._pub, self._sub):
             if pair is not None:
                 pair.close(0)
@@ -179,6 +196,11 @@ class SkillScaleClient:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
         try:
+            if not self._path_up.is_set():
+                # The proxy is away (restarting?): hold the request rather than
+                # publish it into a dropped connection.
+                remaining = wait - (time.monotonic() - start)
+                await asyncio.wait_for(self._path_up.wait(), timeout=max(remaining, 0.001))
             self._pub.send([topic.encode(), request.to_bytes()])
             remaining = wait - (time.monotonic() - start)
             return await asyncio.wait_for(future, timeout=max(remaining, 0.001))
@@ -248,6 +270,30 @@ class SkillScaleClient:
 
     # -- the reader --------------------------------------------------------
 
+    async def _watch_proxy(self) -> None:
+        """Follow the connection to the proxy; after a reconnect, prove the path again.
+
+        A request published while the connection is down is dropped by ZeroMQ,
+        so calls wait (within their own timeout) until a probe has made the
+        round trip through the new proxy.
+        """
+        assert self._monitor is not None and self._pub is not None
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._path_up.clear()
+                log.warning("lost the connection to the proxy; waiting for it to return")
+            elif event == zmq.EVENT_CONNECTED and not self._path_up.is_set():
+                interval = 0.005
+                self._probe_seen.clear()
+                while not self._probe_seen.is_set():
+                    self._pub.send([self._probe, b"probe"])
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._probe_seen.wait(), interval)
+                    interval = min(interval * 2, 0.25)
+                self._path_up.set()
+                log.info("connection to the proxy is back")
+
     async def _read_replies(self) -> None:
         assert self._sub is not None
         sub = self._sub
@@ -257,8 +303,12 @@ class SkillScaleClient:
                 self._on_message(frames)
 
     def _on_message(self, frames: Frames) -> None:
-        if len(frames) != 2 or bytes(frames[0]) != self._reply_topic_b:
-            return  # late probes, or noise on a longer topic sharing our prefix
+        topic = bytes(frames[0])
+        if topic == self._probe:
+            self._probe_seen.set()
+            return
+        if len(frames) != 2 or topic != self._reply_topic_b:
+            return  # noise on a longer topic sharing our prefix
         try:
             reply = Reply.from_bytes(bytes(frames[1]))
         except ValidationError as exc:

@@ -12,9 +12,17 @@ from tests.helpers import (
     FIXTURE_SKILLS,
     ReferenceClient,
     RoleProcess,
+    close_all_roles,
     start_proxy,
     start_server,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_stray_roles() -> Iterator[None]:
+    """Whatever a test module started and did not stop is stopped here."""
+    yield
+    close_all_roles()
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
 import select
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +63,21 @@ def role_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIVE: set[RoleProcess] = set()
+
+
+def _die_with_parent() -> None:
+    # If pytest itself is killed (e.g. by a timeout), no role outlives it.
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def close_all_roles() -> None:
+    """Stop every role process still running (a test's safety net)."""
+    for role in list(_LIVE):
+        role.close()
+
+
 class RoleProcess:
     """A ``python -m skillscale ...`` child that reports readiness as a JSON line."""
 
@@ -72,7 +89,9 @@ class RoleProcess:
             stdin=subprocess.DEVNULL,
             env=env or role_env(),
             cwd=ROOT,
+            preexec_fn=_die_with_parent,
         )
+        _LIVE.add(self)
         self.ready: dict[str, Any] = self._await_ready(ready_timeout)
 
     def _await_ready(self, timeout: float) -> dict[str, Any]:
@@ -92,6 +111,7 @@ class RoleProcess:
                 chunk = os.read(self.proc.stdout.fileno(), 65536)
                 if not chunk:
                     code = self.proc.wait()
+                    _LIVE.discard(self)
                     raise RuntimeError(f"{self.args} exited with {code} before ready")
                 buffer += chunk
                 while b"\n" in buffer:
@@ -128,6 +148,7 @@ class RoleProcess:
             self.proc.wait(10)
 
     def close(self) -> None:
+        _LIVE.discard(self)
         try:
             self.stop()
         finally:
@@ -135,15 +156,36 @@ class RoleProcess:
                 self.proc.stdout.close()
 
 
-def start_proxy() -> RoleProcess:
-    return RoleProcess(
+def free_port() -> int:
+    """A port free right now on loopback (for a proxy that must restart on it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_proxy(ports: tuple[int, int, int] | None = None, **options: Any) -> RoleProcess:
+    xsub, xpub, router = ports or (0, 0, 0)
+    args = [
         "proxy",
-        "--xsub-bind", "tcp://127.0.0.1:0",
-        "--xpub-bind", "tcp://127.0.0.1:0",
-        "--router-bind", "tcp://127.0.0.1:0",
+        "--xsub-bind", f"tcp://127.0.0.1:{xsub}",
+        "--xpub-bind", f"tcp://127.0.0.1:{xpub}",
+        "--router-bind", f"tcp://127.0.0.1:{router}",
         "--metrics-host", "127.0.0.1",
         "--metrics-port", "0",
-    )  # fmt: skip
+    ]  # fmt: skip
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return RoleProcess(*args)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def start_server(proxy: RoleProcess, skills_dir: Path, *topics: str, **options: Any) -> RoleProcess:
