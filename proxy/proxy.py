@@ -31,6 +31,7 @@ from types import TracebackType
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
 from proxy.groups import GroupsConfig, Job, ReplicaGroups
 from proxy.metrics import DOWNSTREAM, UPSTREAM, ProxyMetrics
@@ -43,10 +44,18 @@ from skillscale.protocol import (
     salvage_address,
 )
 from skillscale.replica_protocol import BYE, HB, REPLY, RETURN, VERSION, ServerState
+from skillscale.security import (
+    DOMAIN_PUBLISHERS,
+    DOMAIN_SERVERS,
+    DOMAIN_SUBSCRIBERS,
+    ProxyCurve,
+    start_authenticator,
+)
 from skillscale.transport import SocketPair, bind_endpoint, connectable
 
 log = logging.getLogger(__name__)
 
+_REPLY_PREFIX = REPLY_TOPIC_PREFIX.encode()
 _NOT_REQUESTS = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode(), b"_SKILLSCALE_")
 
 
@@ -75,6 +84,8 @@ class ProxyConfig:
     """Seconds a group reply waits for its caller to (re)subscribe, e.g. after
     a proxy restart, before it is dropped."""
     max_held_replies: int = 10_000
+    curve: ProxyCurve | None = None
+    """CURVE encryption and allow-lists; None leaves the bus open (loopback use)."""
 
 
 class _IO:
@@ -127,6 +138,8 @@ class Proxy:
         self._gauged_topics: set[bytes] = set()
         self._held: dict[bytes, list[tuple[float, list[bytes]]]] = {}
         self._held_count = 0
+        self._auth: AsyncioAuthenticator | None = None
+        self._server_keys: set[bytes] | None = None
         self._counted = (0, 0)
         self.xsub_endpoint = ""
         self.xpub_endpoint = ""
@@ -163,6 +176,13 @@ class Proxy:
             self._router.set(zmq.ROUTER_HANDOVER, 1)
             self._router.set(zmq.SNDHWM, cfg.hwm)
             self._router.set(zmq.RCVHWM, cfg.hwm)
+        if cfg.curve is not None:
+            self._auth = start_authenticator(self._ctx, cfg.curve)
+            self._server_keys = cfg.curve.server_keys()
+            cfg.curve.apply(self._xsub.async_sock, DOMAIN_PUBLISHERS)
+            cfg.curve.apply(self._xpub.async_sock, DOMAIN_SUBSCRIBERS)
+            if self._router is not None:
+                cfg.curve.apply(self._router.async_sock, DOMAIN_SERVERS)
         try:
             self._xsub.async_sock.bind(bind_endpoint(cfg.xsub_bind))
             self._xpub.async_sock.bind(bind_endpoint(cfg.xpub_bind))
@@ -203,6 +223,9 @@ class Proxy:
                 log.exception("proxy forwarder failed")
         self.metrics.close()
         self._close_sockets()
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._ctx is not None:
             # term() blocks until linger expires; run it off the event loop.
             ctx, self._ctx = self._ctx, None
@@ -270,6 +293,14 @@ class Proxy:
                     self._heartbeat_all()
                 self._update_gauges()
 
+    @staticmethod
+    def _forged(topic: bytes, frame: zmq.Frame, server_keys: set[bytes]) -> bool:
+        """A reply-topic message whose sender is not an allowed server."""
+        if not topic.startswith(_REPLY_PREFIX) or topic.endswith(b".probe"):
+            return False  # (a client's own path probe travels on its reply topic)
+        sender = frame.get("User-Id")
+        return not isinstance(sender, str) or sender.encode() not in server_keys
+
     def _is_request(self, topic: bytes) -> bool:
         return bool(topic) and not topic.startswith(_NOT_REQUESTS)
 
@@ -304,8 +335,12 @@ class Proxy:
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
         now = time.monotonic()
+        server_keys = self._server_keys
         for frames in self._xsub.drain(self.config.batch, copy=False):
             topic = frames[0].bytes
+            if server_keys is not None and self._forged(topic, frames[0], server_keys):
+                metrics.drop(topic, "forged_reply")
+                continue
             counts[topic] += 1
             sizes[topic] += sum(len(f) for f in frames)
             routed = False

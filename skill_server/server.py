@@ -63,6 +63,7 @@ from skillscale.replica_protocol import (
     ServerState,
     skills_digest,
 )
+from skillscale.security import CurveKeys
 from skillscale.transport import (
     Frames,
     SocketPair,
@@ -114,6 +115,7 @@ class ServerConfig:
     hwm: int = 10_000
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     resources: ResourceLimits = field(default_factory=ResourceLimits)
+    curve: CurveKeys | None = None
 
 
 @dataclass
@@ -220,6 +222,8 @@ class SkillServer:
         dealer.setsockopt(zmq.ROUTING_ID, cfg.server_id.encode())
         dealer.setsockopt(zmq.SNDHWM, cfg.hwm)
         dealer.setsockopt(zmq.RCVHWM, cfg.hwm)
+        if cfg.curve is not None:
+            cfg.curve.apply(dealer)
         dealer.connect(cfg.proxy_router)
         self._dealer = dealer
         # All I/O on the DEALER goes through pyzmq's asyncio API from here on,
@@ -243,6 +247,9 @@ class SkillServer:
         self._pub = SocketPair(self._ctx, zmq.PUB, linger_ms=1000)
         self._sub.set(zmq.RCVHWM, cfg.hwm)
         self._pub.set(zmq.SNDHWM, cfg.hwm)
+        if cfg.curve is not None:
+            cfg.curve.apply(self._sub.async_sock)
+            cfg.curve.apply(self._pub.async_sock)
         self._sub.async_sock.connect(cfg.proxy_xpub)
         self._pub.async_sock.connect(cfg.proxy_xsub)
         for topic in sorted(self._topics):

@@ -20,6 +20,7 @@ from typing import TextIO
 
 from skillscale.client import SkillScaleClient
 from skillscale.errors import SkillScaleError
+from skillscale.security import CurveKeys
 
 
 @dataclass
@@ -35,6 +36,7 @@ class BenchConfig:
     proxy_xsub: str | None = None
     proxy_xpub: str | None = None
     progress: bool = True
+    curve: CurveKeys | None = None
 
 
 @dataclass
@@ -126,6 +128,7 @@ async def run_bench(config: BenchConfig, stream: TextIO = sys.stderr) -> BenchRe
         config.proxy_xpub,
         timeout=config.timeout,
         max_in_flight=max(config.concurrency, 1),
+        curve=config.curve,
     ) as client:
         for _ in range(config.warmup):
             await client.call(config.topic, config.intent)

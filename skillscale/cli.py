@@ -19,6 +19,7 @@ from typing import Any
 from skillscale.discovery import SkillDiscovery, default_skills_dirs
 from skillscale.errors import SkillScaleError
 from skillscale.protocol import topic_for_category
+from skillscale.security import CurveKeys, ProxyCurve
 from skillscale.skill_format import SkillFormatError, load_skill
 from skillscale.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
 
@@ -52,6 +53,13 @@ def _dirs(values: list[str] | None) -> list[Path]:
     return [Path(v).expanduser() for v in values] if values else default_skills_dirs()
 
 
+def _curve_keys(args: argparse.Namespace) -> CurveKeys | None:
+    secret, server = getattr(args, "curve_secret", None), getattr(args, "curve_server_key", None)
+    if bool(secret) != bool(server):
+        raise SystemExit("error: --curve-secret and --curve-server-key go together")
+    return CurveKeys(Path(secret), Path(server)) if secret and server else None
+
+
 def _print_ready(payload: dict[str, Any]) -> None:
     print(json.dumps(payload), flush=True)
 
@@ -71,6 +79,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         router_bind=None if args.router_bind in ("", "off") else args.router_bind,
         metrics_host=args.metrics_host,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        curve=_proxy_curve(args),
         groups=GroupsConfig(
             heartbeat_timeout=args.heartbeat_timeout,
             no_server_wait=args.no_server_wait,
@@ -97,6 +106,15 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
     run(main)
     return EXIT_OK
+
+
+def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
+    given = [args.curve_secret, args.curve_clients, args.curve_servers]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("error: --curve-secret, --curve-clients and --curve-servers go together")
+    return ProxyCurve(Path(args.curve_secret), Path(args.curve_clients), Path(args.curve_servers))
 
 
 # -- server ------------------------------------------------------------------
@@ -127,6 +145,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         max_output_bytes=args.max_output_bytes,
         grace=args.grace,
         python=args.python,
+        curve=_curve_keys(args),
         resources=ResourceLimits(
             cpu_seconds=args.limit_cpu,
             memory_bytes=args.limit_memory * 1024 * 1024,
@@ -247,7 +266,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with SkillScaleClient(
-            args.proxy_xsub, args.proxy_xpub, timeout=args.timeout
+            args.proxy_xsub, args.proxy_xpub, timeout=args.timeout, curve=_curve_keys(args)
         ) as client:
             reply = await client.call(args.topic, intent)
         if args.json:
@@ -292,6 +311,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         proxy_xsub=args.proxy_xsub,
         proxy_xpub=args.proxy_xpub,
         progress=not args.no_progress,
+        curve=_curve_keys(args),
     )
 
     try:
@@ -303,6 +323,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(result.to_json() + "\n")
     return EXIT_OK if result.failed == 0 else EXIT_FAIL
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from skillscale.security import generate_keypair
+
+    directory = Path(args.dir).expanduser()
+    for name in args.names:
+        public, secret = generate_keypair(directory, name)
+        print(f"{name}: public {public}  secret {secret}")
+    return EXIT_OK
 
 
 # -- skills ----------------------------------------------------------------------
@@ -399,6 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="proxy endpoint subscribers connect to [env SKILLSCALE_PROXY_XPUB; "
             "default %(default)s]",
         )
+
+    def add_curve_peer(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--curve-secret",
+            default=_env("SKILLSCALE_CURVE_SECRET", None),
+            help="own CURVE certificate (NAME.key_secret) [env SKILLSCALE_CURVE_SECRET]",
+        )
+        p.add_argument("--curve-server-key", default=_env("SKILLSCALE_CURVE_SERVER_KEY", None),
+                       help="the proxy's public certificate (NAME.key) "
+                       "[env SKILLSCALE_CURVE_SERVER_KEY]")  # fmt: skip
 
     def add_server_tuning(p: argparse.ArgumentParser, *, with_defaults: bool) -> None:
         p.add_argument(
@@ -514,7 +554,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="deliveries of one request before giving up [env SKILLSCALE_MAX_ATTEMPTS; "
         "default %(default)s]",
     )
+    p_proxy.add_argument(
+        "--curve-secret",
+        default=_env("SKILLSCALE_CURVE_SECRET", None),
+        help="the proxy's CURVE certificate (NAME.key_secret); with the two "
+        "allow-lists, turns CURVE on [env SKILLSCALE_CURVE_SECRET]",
+    )
+    p_proxy.add_argument(
+        "--curve-clients",
+        default=_env("SKILLSCALE_CURVE_CLIENTS", None),
+        help="folder of allowed client public certificates [env SKILLSCALE_CURVE_CLIENTS]",
+    )
+    p_proxy.add_argument("--curve-servers", default=_env("SKILLSCALE_CURVE_SERVERS", None),
+                         help="folder of allowed server public certificates "
+                         "[env SKILLSCALE_CURVE_SERVERS]")  # fmt: skip
     p_proxy.set_defaults(func=_cmd_proxy)
+
+    p_keys = sub.add_parser("keys", help="CURVE certificates")
+    keys_sub = p_keys.add_subparsers(dest="keys_cmd", required=True)
+    p_gen = keys_sub.add_parser("generate", help="write NAME.key and NAME.key_secret")
+    p_gen.add_argument("names", nargs="+", metavar="NAME")
+    p_gen.add_argument("--dir", default="~/.skillscale/keys", help="default %(default)s")
+    p_keys.set_defaults(func=_cmd_keys)
 
     p_server = sub.add_parser("server", help="run a skill server for one or more topics")
     p_server.add_argument(
@@ -526,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_skills_dir(p_server)
     add_proxy_endpoints(p_server)
+    add_curve_peer(p_server)
     p_server.add_argument(
         "--mode",
         choices=("group", "pubsub"),
@@ -594,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_invoke.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     add_proxy_endpoints(p_invoke)
+    add_curve_peer(p_invoke)
     p_invoke.set_defaults(func=_cmd_invoke)
 
     p_bench = sub.add_parser("bench", help="load a running fabric; report throughput, latency")
@@ -626,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--json-out", metavar="FILE", help="also write the summary as JSON")
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_proxy_endpoints(p_bench)
+    add_curve_peer(p_bench)
     p_bench.set_defaults(func=_cmd_bench)
 
     p_skills = sub.add_parser("skills", help="list, show or validate skills")

@@ -34,6 +34,7 @@ from skillscale.errors import (
     error_for_code,
 )
 from skillscale.protocol import Reply, Request, new_reply_topic, new_request_id
+from skillscale.security import CurveKeys
 from skillscale.transport import (
     Frames,
     SocketPair,
@@ -54,7 +55,8 @@ class SkillScaleClient:
 
     ``timeout`` is the default seconds to wait for a reply; every call may
     override it. ``max_in_flight`` bounds concurrent calls (extra calls wait
-    for a slot, within their own timeout).
+    for a slot, within their own timeout). ``curve`` enables CURVE with the
+    client's certificate and the proxy's public key.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SkillScaleClient:
         connect_timeout: float = 10.0,
         max_in_flight: int = 1024,
         hwm: int = 10_000,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.proxy_xsub = proxy_xsub or proxy_xsub_endpoint()
         self.proxy_xpub = proxy_xpub or proxy_xpub_endpoint()
@@ -73,6 +76,7 @@ class SkillScaleClient:
         self.connect_timeout = connect_timeout
         self.reply_topic = new_reply_topic()
         self._hwm = hwm
+        self._curve = curve or CurveKeys.from_env()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._ctx: zmq.asyncio.Context | None = None
@@ -113,6 +117,9 @@ class SkillScaleClient:
         self._pub.set(zmq.SNDHWM, self._hwm)
         self._sub.set(zmq.RCVHWM, self._hwm)
         self._sub.set(zmq.SUBSCRIBE, self._reply_topic_b)
+        if self._curve is not None:
+            self._curve.apply(self._pub.async_sock)
+            self._curve.apply(self._sub.async_sock)
         self._pub.async_sock.connect(self.proxy_xsub)
         self._sub.async_sock.connect(self.proxy_xpub)
         try:

@@ -151,3 +151,13 @@ def test_up_without_skills_fails_clearly(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert result.returncode == 1 and "no valid skills" in result.stderr
+
+
+def test_keys_generate(tmp_path: Path) -> None:
+    result = cli("keys", "generate", "proxy", "alice", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for name in ("proxy", "alice"):
+        assert (tmp_path / f"{name}.key").is_file()
+        secret = tmp_path / f"{name}.key_secret"
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert "secret-key" in secret.read_text()

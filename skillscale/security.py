@@ -1,0 +1,131 @@
+"""CURVE encryption and authentication for every bus socket.
+
+Keys are ZeroMQ certificates (``NAME.key`` public, ``NAME.key_secret``
+secret), made by ``skillscale keys generate``. The proxy holds its secret
+certificate and two allow-lists (folders of public certificates): clients
+and servers. ZAP, ZeroMQ's authentication protocol, admits
+
+* on the publisher side (XSUB) and subscriber side (XPUB): clients and servers;
+* on the replica-group side (ROUTER): servers only.
+
+Every message then carries its sender's public key (ZeroMQ's ``User-Id``),
+and the proxy drops any message on a reply topic that a client key sent: a
+client cannot forge another client's reply. Clients and servers need their
+own secret certificate and the proxy's public one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from skillscale.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DOMAIN_PUBLISHERS = "publishers"
+DOMAIN_SUBSCRIBERS = "subscribers"
+DOMAIN_SERVERS = "servers"
+
+
+def generate_keypair(directory: Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    Path(secret).chmod(0o600)
+    return Path(public), Path(secret)
+
+
+def load_public_keys(directory: Path) -> set[bytes]:
+    """The z85 public keys of every certificate in ``directory``."""
+    if not directory.is_dir():
+        raise ConfigError(f"allow-list folder {directory} does not exist")
+    return set(zmq.auth.load_certificates(str(directory)))
+
+
+def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret_key = zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificate {path}: {exc}") from None
+    if secret and secret_key is None:
+        raise ConfigError(f"{path} holds no secret key (use the .key_secret file)")
+    return public, secret_key
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """A peer's own certificate and the proxy's public key (clients, servers)."""
+
+    secret_file: Path
+    server_key_file: Path
+
+    @classmethod
+    def from_env(cls) -> CurveKeys | None:
+        """``SKILLSCALE_CURVE_SECRET`` + ``SKILLSCALE_CURVE_SERVER_KEY``, if both are set."""
+        secret = os.environ.get("SKILLSCALE_CURVE_SECRET")
+        server = os.environ.get("SKILLSCALE_CURVE_SERVER_KEY")
+        return cls(Path(secret), Path(server)) if secret and server else None
+
+    def apply(self, socket: zmq.Socket[Any]) -> None:
+        """Make ``socket`` a CURVE client of the proxy (before connect)."""
+        public, secret = _load(self.secret_file, secret=True)
+        server_public, _ = _load(self.server_key_file, secret=False)
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+        socket.curve_serverkey = server_public
+
+
+@dataclass(frozen=True)
+class ProxyCurve:
+    """The proxy's certificate and its two allow-lists."""
+
+    secret_file: Path
+    clients_dir: Path
+    servers_dir: Path
+
+    def apply(self, socket: zmq.Socket[Any], domain: str) -> None:
+        """Make ``socket`` a CURVE server in ZAP ``domain`` (before bind)."""
+        public, secret = _load(self.secret_file, secret=True)
+        socket.curve_publickey = public
+        socket.curve_secretkey = secret
+        socket.curve_server = True
+        socket.zap_domain = domain.encode()
+
+    def server_keys(self) -> set[bytes]:
+        """z85 public keys allowed to act as servers."""
+        return load_public_keys(self.servers_dir)
+
+
+class _AllowList:
+    """ZAP credentials provider: which keys each domain admits."""
+
+    def __init__(self, clients: set[bytes], servers: set[bytes]) -> None:
+        self.by_domain = {
+            DOMAIN_PUBLISHERS: clients | servers,
+            DOMAIN_SUBSCRIBERS: clients | servers,
+            DOMAIN_SERVERS: servers,
+        }
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.by_domain.get(domain, set())
+        if not allowed:
+            log.warning("refused key %s on %s", key.decode(errors="replace"), domain)
+        return allowed
+
+
+def start_authenticator(ctx: zmq.Context[Any], curve: ProxyCurve) -> AsyncioAuthenticator:
+    """Start ZAP on ``ctx`` with the proxy's allow-lists."""
+    provider = _AllowList(load_public_keys(curve.clients_dir), load_public_keys(curve.servers_dir))
+    auth = AsyncioAuthenticator(ctx)
+    auth.start()
+    for domain in (DOMAIN_PUBLISHERS, DOMAIN_SUBSCRIBERS, DOMAIN_SERVERS):
+        auth.configure_curve_callback(domain=domain, credentials_provider=provider)
+    return auth
