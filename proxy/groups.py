@@ -45,6 +45,8 @@ class GroupsConfig:
     no_server_wait: float = 5.0
     max_queue: int = 1000
     """Waiting requests per topic before ``overloaded``."""
+    max_queued_total: int = 20_000
+    """Waiting requests over all topics (many topics with no server, say)."""
     max_attempts: int = 3
     """Deliveries of one request before giving up on it."""
     max_members: int = 10_000
@@ -119,6 +121,8 @@ class ReplicaGroups:
         self._ids = itertools.count(1)
         self._uses = itertools.count(1)
         self.duplicates_dropped = 0
+        self.queued = 0
+        """Requests waiting over all topics."""
         self.redelivered = 0
 
     # -- queries ---------------------------------------------------------------
@@ -165,16 +169,18 @@ class ReplicaGroups:
         else:
             job.parked_until = now + self.config.no_server_wait
         queue = self.queues.setdefault(topic, deque())
-        if len(queue) >= self.config.max_queue:
+        if len(queue) >= self.config.max_queue or self.queued >= self.config.max_queued_total:
             self.io.reply_error(
                 job,
                 ErrorCode.OVERLOADED,
-                f"{topic.decode(errors='replace')} has {len(queue)} requests waiting; retry later",
+                f"{topic.decode(errors='replace')} has {len(queue)} requests waiting "
+                f"({self.queued} on all topics); retry later",
             )
             return True
         # Only waiting work pays for parsing its deadline.
         job.deadline = job_deadline(payload)
         queue.append(job)
+        self.queued += 1
         return True
 
     def on_heartbeat(self, identity: bytes, state: ServerState, now: float) -> None:
@@ -242,6 +248,7 @@ class ReplicaGroups:
             self._remove(identity, f"silent for more than {timeout:g} s", now)
         for topic, queue in list(self.queues.items()):
             if not queue:
+                del self.queues[topic]
                 continue
             keep: deque[Job] = deque()
             for job in queue:
@@ -259,7 +266,11 @@ class ReplicaGroups:
                     )
                 else:
                     keep.append(job)
-            self.queues[topic] = keep
+            self.queued -= len(queue) - len(keep)
+            if keep:
+                self.queues[topic] = keep
+            else:
+                del self.queues[topic]  # topics with nothing waiting cost nothing
 
     # -- internals -------------------------------------------------------------
 
@@ -302,6 +313,7 @@ class ReplicaGroups:
             if member is None:
                 return
             job = queue.popleft()
+            self.queued -= 1
             if job.deadline is not None and job.deadline <= now:
                 self.io.reply_error(
                     job, ErrorCode.DEADLINE_EXCEEDED,
@@ -325,6 +337,7 @@ class ReplicaGroups:
             job.deadline = job_deadline(job.payload)
         self.redelivered += 1
         self.queues.setdefault(job.topic, deque()).appendleft(job)
+        self.queued += 1
 
     def _remove(self, identity: bytes, reason: str, now: float) -> None:
         member = self.members.pop(identity, None)

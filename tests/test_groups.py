@@ -85,6 +85,16 @@ def test_full_queue_answers_overloaded() -> None:
     assert groups.queue_depth(T) == 2
 
 
+def test_total_waiting_work_is_bounded_across_topics() -> None:
+    groups, io = make(max_queued_total=5, no_server_wait=1.0)
+    for i in range(8):
+        groups.on_request(f"TOPIC_{i}".encode(), payload(str(i)), 0, plain_subscriber=False)
+    assert groups.queued == 5 and len(io.errors) == 3
+    groups.tick(2.0)  # all five answered no_server; nothing is left behind
+    assert groups.queued == 0 and groups.queues == {}
+    assert [c for _, c, _ in io.errors].count(ErrorCode.NO_SERVER) == 5
+
+
 def test_plain_subscribers_keep_pub_sub() -> None:
     groups, io = make()
     assert not groups.on_request(T, payload(), 0, plain_subscriber=True)
