@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from skillscale.skill_format import Skill
 
@@ -77,24 +78,32 @@ except OSError:  # pragma: no cover - non-glibc platforms
     _LIBC = None
 
 
-def _child_setup(limits: ResourceLimits) -> Callable[[], None]:
-    """Runs in the child between fork and exec: limits, and death with the server."""
+def rlimit_pairs(limits: ResourceLimits) -> list[tuple[int, int]]:
+    """``(resource, value)`` pairs to set, each capped by the current hard limit."""
     pairs = [
         (resource.RLIMIT_CPU, limits.cpu_seconds),
         (resource.RLIMIT_AS, limits.memory_bytes),
         (resource.RLIMIT_NPROC, limits.nproc),
         (resource.RLIMIT_FSIZE, limits.fsize_bytes),
     ]
-    chosen = [(kind, value) for kind, value in pairs if value > 0]
+    out = []
+    for kind, value in pairs:
+        if value > 0:
+            _soft, hard = resource.getrlimit(kind)
+            out.append((kind, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+    return out
+
+
+def _child_setup(limits: ResourceLimits) -> Callable[[], None]:
+    """Runs in the child between fork and exec: limits, and death with the server."""
+    chosen = rlimit_pairs(limits)
 
     def setup() -> None:
         if _LIBC is not None and sys.platform.startswith("linux"):
             # A SIGKILLed server cannot kill its skills: let the kernel do it.
             _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         for kind, value in chosen:
-            _soft, hard = resource.getrlimit(kind)
-            ceiling = value if hard == resource.RLIM_INFINITY else min(value, hard)
-            resource.setrlimit(kind, (ceiling, ceiling))
+            resource.setrlimit(kind, (value, value))
 
     return setup
 
@@ -169,6 +178,17 @@ class SubprocessExecutor:
     ) -> ExecutionResult:
         """Run ``skill`` on ``data``; never raises for anything the skill does."""
         assert skill.entrypoint is not None, "instruction-only skills are not executed"
+        started = time.monotonic()
+        try:
+            run_env = scrubbed_env(self.python, self.skill_env(skill, data, env))
+            proc = await self.spawn(skill, run_env, limits)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
+        return await _Run(proc, limits, started).complete(data)
+
+    @staticmethod
+    def skill_env(skill: Skill, data: bytes, env: Mapping[str, str] | None) -> dict[str, str]:
+        """The SkillScale variables a run gets, plus those ``metadata.env`` allows."""
         extra = {name: os.environ[name] for name in allowed_env(skill) if name in os.environ}
         extra.update(
             {"SKILLSCALE_SKILL": skill.name, "SKILLSCALE_SKILL_DIR": str(skill.path), **(env or {})}
@@ -177,21 +197,40 @@ class SubprocessExecutor:
             extra["SKILLSCALE_INTENT"] = data.decode("utf-8", errors="replace")
         else:
             extra["SKILLSCALE_INTENT_ON_STDIN_ONLY"] = "1"
-        started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv(skill.entrypoint),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=str(skill.path),
-                env=scrubbed_env(self.python, extra),
-                start_new_session=True,
-                preexec_fn=_child_setup(limits.resources),
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
-        return await _Run(proc, limits, started).complete(data)
+        return extra
+
+    async def spawn(
+        self, skill: Skill, env: dict[str, str], limits: ExecutionLimits
+    ) -> ChildProcess:
+        """Start the entry point as a fresh interpreter (the cold path)."""
+        assert skill.entrypoint is not None
+        return await asyncio.create_subprocess_exec(
+            *self.argv(skill.entrypoint),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(skill.path),
+            env=env,
+            start_new_session=True,
+            preexec_fn=_child_setup(limits.resources),
+        )
+
+    async def close(self) -> None:
+        """Release what the executor holds (nothing, for the cold path)."""
+
+
+class ChildProcess(Protocol):
+    """What a run needs of a child: its pid (= process group), pipes and exit."""
+
+    pid: int
+    stdin: asyncio.StreamWriter | None
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
 
 
 def _ms(started: float) -> float:
@@ -201,7 +240,7 @@ def _ms(started: float) -> float:
 class _Run:
     """The bookkeeping of one child: its pipes, limits and process group."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, limits: ExecutionLimits, started: float):
+    def __init__(self, proc: ChildProcess, limits: ExecutionLimits, started: float):
         self.proc = proc
         self.limits = limits
         self.started = started

@@ -147,7 +147,11 @@ class RequestHandler:
             skill,
             intent.input.encode("utf-8", errors="surrogatepass"),
             limits,
-            env={"SKILLSCALE_REQUEST_ID": rid, "SKILLSCALE_TASK": intent.task[:4096]},
+            env={
+                "SKILLSCALE_REQUEST_ID": rid,
+                "SKILLSCALE_SERVER_ID": self.config.server_id,
+                "SKILLSCALE_TASK": intent.task[:4096],
+            },
         )
         return self._from_result(rid, skill, result, limits, trace)
 

@@ -48,6 +48,7 @@ from skill_server.executor import ResourceLimits, SubprocessExecutor
 from skill_server.handler import HandlerConfig, Rejection, RequestHandler
 from skill_server.matcher import DEFAULT_THRESHOLD
 from skill_server.registry import SkillRegistry
+from skill_server.warm import ForkServerUnavailable, WarmExecutor
 from skillscale.errors import ErrorCode
 from skillscale.protocol import PROBE_TOPIC_PREFIX, Reply, Request
 from skillscale.replica_protocol import (
@@ -116,6 +117,11 @@ class ServerConfig:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     resources: ResourceLimits = field(default_factory=ResourceLimits)
     curve: CurveKeys | None = None
+    executor: Literal["warm", "cold"] = "warm"
+    """warm: Python skills fork from a pre-imported fork server; cold: a new
+    interpreter per run."""
+    preload: list[str] | None = None
+    """Modules the fork server imports (None: the default set)."""
 
 
 @dataclass
@@ -140,9 +146,14 @@ class SkillServer:
             raise ValueError("workers and queue_size must be at least 1")
         self.config = config
         self.registry = SkillRegistry(config.skills_dirs, config.threshold)
+        self.executor: SubprocessExecutor = (
+            WarmExecutor(config.python, config.preload)
+            if config.executor == "warm"
+            else SubprocessExecutor(config.python)
+        )
         self.handler = RequestHandler(
             self.registry,
-            SubprocessExecutor(config.python),
+            self.executor,
             HandlerConfig(
                 server_id=config.server_id,
                 topics=frozenset(config.topics),
@@ -200,6 +211,11 @@ class SkillServer:
             ", ".join(cfg.topics),
             ", ".join(self.registry.names) or "(none)",
         )
+        if isinstance(self.executor, WarmExecutor):
+            try:
+                await self.executor.start()
+            except ForkServerUnavailable as exc:
+                log.error("%s; Python skills run cold until it is back", exc)
         self._ctx = zmq.asyncio.Context()
         self._accepting = True
         self._running = {
@@ -306,6 +322,7 @@ class SkillServer:
                 pair.close()
         if self._dealer is not None:
             self._dealer.close()
+        await self.executor.close()
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             # term() waits for linger (final replies to flush): off the loop.

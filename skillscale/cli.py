@@ -146,6 +146,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
         grace=args.grace,
         python=args.python,
         curve=_curve_keys(args),
+        executor=args.executor,
+        preload=[m for m in args.preload.split(",") if m] if args.preload else None,
         resources=ResourceLimits(
             cpu_seconds=args.limit_cpu,
             memory_bytes=args.limit_memory * 1024 * 1024,
@@ -620,6 +622,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=int(_env("SKILLSCALE_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)),
         help="largest skill output kept [env SKILLSCALE_MAX_OUTPUT_BYTES; default 4 MiB]",
+    )
+    p_server.add_argument(
+        "--executor",
+        choices=("warm", "cold"),
+        default=_env("SKILLSCALE_EXECUTOR", "warm"),
+        help="warm: Python skills fork from a pre-imported fork server (default); cold: a new "
+        "interpreter per run [env SKILLSCALE_EXECUTOR]",
+    )
+    p_server.add_argument(
+        "--preload",
+        default=_env("SKILLSCALE_PRELOAD", None),
+        help="comma-separated modules the fork server imports (default: common standard "
+        "library modules, skillscale.skillkit, and httpx/openai when installed) "
+        "[env SKILLSCALE_PRELOAD]",
     )
     for flag, env, default, unit in (
         ("--limit-cpu", "SKILLSCALE_LIMIT_CPU", 60, "CPU seconds"),

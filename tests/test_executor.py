@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
+from skill_server.warm import WarmExecutor
 from skillscale.discovery import SkillDiscovery
 from tests.helpers import FIXTURE_SKILLS, wait_pid_gone
 
 CATALOG = SkillDiscovery([FIXTURE_SKILLS / "testing"]).scan()
 
 
-@pytest.fixture
-def executor() -> SubprocessExecutor:
-    return SubprocessExecutor()
+@pytest.fixture(params=["cold", "warm"])
+async def executor(request: pytest.FixtureRequest) -> AsyncIterator[SubprocessExecutor]:
+    """Every executor test runs against both paths: one suite, two executors."""
+    if request.param == "cold":
+        yield SubprocessExecutor()
+        return
+    warm = WarmExecutor()
+    await warm.start()
+    try:
+        yield warm
+    finally:
+        await warm.close()
 
 
 async def test_echo_round_trip(executor: SubprocessExecutor) -> None:

@@ -43,12 +43,12 @@ def intent(skill: str, data: object) -> str:
 
 
 class Fifo:
-    """A named pipe the ``announce`` skill writes ``tag ppid pid`` lines to."""
+    """A named pipe the ``announce`` skill writes ``tag server_id pid`` lines to."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         os.mkfifo(path)
-        self.lines: list[tuple[str, int, int]] = []
+        self.lines: list[tuple[str, str, int]] = []
         self._cond = threading.Condition()
         # O_RDWR keeps the FIFO open for writers even between them.
         self._fd = os.open(path, os.O_RDWR)
@@ -67,9 +67,9 @@ class Fifo:
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                tag, ppid, pid = line.decode().split()
+                tag, server_id, pid = line.decode().split()
                 with self._cond:
-                    self.lines.append((tag, int(ppid), int(pid)))
+                    self.lines.append((tag, server_id, int(pid)))
                     self._cond.notify_all()
 
     def wait_for(self, predicate: object, timeout: float = 30) -> None:
@@ -125,6 +125,7 @@ async def test_replicas_share_work_exactly_once(replicas: int, tmp_path: Path) -
 async def test_sigkill_of_a_replica_mid_request_loses_nothing(fifo: Fifo) -> None:
     proxy = start_proxy(heartbeat_timeout=1.0)
     victim = start_server(proxy, SKILLS, "TOPIC_KILL", workers=2)
+    victim_id = victim.ready["server_id"]
     survivor = start_server(proxy, SKILLS, "TOPIC_KILL", workers=2)
     sent = 8
     try:
@@ -141,9 +142,9 @@ async def test_sigkill_of_a_replica_mid_request_loses_nothing(fifo: Fifo) -> Non
                 for i in range(sent)
             ]
             await asyncio.get_running_loop().run_in_executor(
-                None, fifo.wait_for, lambda lines: any(p == victim.pid for _, p, _ in lines)
+                None, fifo.wait_for, lambda lines: any(s == victim_id for _, s, _ in lines)
             )
-            orphans = [pid for _, ppid, pid in fifo.lines if ppid == victim.pid]
+            orphans = [pid for _, server_id, pid in fifo.lines if server_id == victim_id]
             victim.signal(signal.SIGKILL)
             replies: list[Reply] = await asyncio.gather(*calls)
     finally:
@@ -290,7 +291,9 @@ async def test_sigterm_hands_unfinished_work_to_another_replica(fifo: Fifo) -> N
                 for i in range(2)
             ]
             await asyncio.get_running_loop().run_in_executor(
-                None, fifo.wait_for, lambda lines: any(p == leaving.pid for _, p, _ in lines)
+                None,
+                fifo.wait_for,
+                lambda lines: any(s == leaving.ready["server_id"] for _, s, _ in lines),
             )
             leaving.signal(signal.SIGTERM)
             replies: list[Reply] = await asyncio.gather(*calls)

@@ -1,0 +1,87 @@
+"""The warm executor's own promises: clean state, fresh files, self-healing, opt-out."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from skill_server.executor import ExecutionLimits
+from skill_server.warm import WarmExecutor
+from skillscale.skill_format import Skill, load_skill
+
+PROBE = """\
+import os
+import sys
+
+import colorsys
+
+colorsys.runs = getattr(colorsys, "runs", 0) + 1
+print(f"runs={colorsys.runs} leader={os.getsid(0) == os.getpid()} version=VERSION")
+"""
+
+
+def make_skill(root: Path, name: str, body: str, metadata: str = "") -> Skill:
+    folder = root / name
+    (folder / "scripts").mkdir(parents=True, exist_ok=True)
+    (folder / "SKILL.md").write_text(f"---\nname: {name}\ndescription: Test.\n{metadata}---\n")
+    (folder / "scripts" / "run.py").write_text(body)
+    return load_skill(folder)
+
+
+@pytest.fixture
+async def warm() -> AsyncIterator[WarmExecutor]:
+    executor = WarmExecutor(preload=["colorsys", "json"])
+    await executor.start()
+    try:
+        yield executor
+    finally:
+        await executor.close()
+
+
+async def test_each_run_is_a_fresh_fork_in_its_own_session(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "probe", PROBE.replace("VERSION", "1"))
+    outputs = [(await warm.run(skill, b"", ExecutionLimits(10))).stdout for _ in range(3)]
+    # The preloaded module's state never carries over from one run to the next.
+    assert outputs == [b"runs=1 leader=True version=1\n"] * 3
+    assert warm.stats["warm"] == 3 and warm.stats["cold"] == 0
+
+
+async def test_edits_take_effect_on_the_next_request(warm: WarmExecutor, tmp_path: Path) -> None:
+    skill = make_skill(tmp_path, "probe", PROBE.replace("VERSION", "1"))
+    assert b"version=1" in (await warm.run(skill, b"", ExecutionLimits(10))).stdout
+    (skill.path / "scripts" / "run.py").write_text(PROBE.replace("VERSION", "2"))
+    assert b"version=2" in (await warm.run(skill, b"", ExecutionLimits(10))).stdout
+
+
+async def test_preloaded_modules_are_already_imported(warm: WarmExecutor, tmp_path: Path) -> None:
+    skill = make_skill(tmp_path, "check", "import sys\nprint('colorsys' in sys.modules)\n")
+    assert (await warm.run(skill, b"", ExecutionLimits(10))).stdout == b"True\n"
+
+
+async def test_opt_out_runs_cold(warm: WarmExecutor, tmp_path: Path) -> None:
+    skill = make_skill(
+        tmp_path, "cold", "import sys\nprint('colorsys' in sys.modules)\n",
+        metadata="metadata:\n  warm: \"false\"\n",
+    )  # fmt: skip
+    assert (await warm.run(skill, b"", ExecutionLimits(10))).stdout == b"False\n"
+    assert warm.stats["cold"] == 1 and warm.stats["warm"] == 0
+
+
+async def test_the_fork_server_comes_back_after_it_dies(warm: WarmExecutor, tmp_path: Path) -> None:
+    skill = make_skill(tmp_path, "probe", PROBE.replace("VERSION", "1"))
+    assert warm._proc is not None
+    os.kill(warm._proc.pid, signal.SIGKILL)
+    await warm._proc.wait()
+    # The run while it is down still answers (cold), and schedules a restart.
+    assert (await warm.run(skill, b"", ExecutionLimits(10))).ok
+    assert warm.stats["cold"] == 1 and warm._restarting is not None
+    await warm._restarting
+    assert warm.running and warm.stats["restarts"] == 1
+    assert (await warm.run(skill, b"", ExecutionLimits(10))).ok
+    assert warm.stats["warm"] == 1
