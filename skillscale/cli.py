@@ -268,7 +268,11 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         async with SkillScaleClient(
-            args.proxy_xsub, args.proxy_xpub, timeout=args.timeout, curve=_curve_keys(args)
+            args.proxy_xsub,
+            args.proxy_xpub,
+            timeout=args.timeout,
+            connect_timeout=min(10.0, args.timeout),
+            curve=_curve_keys(args),
         ) as client:
             reply = await client.call(args.topic, intent)
         if args.json:
