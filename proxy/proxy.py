@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import zmq
 import zmq.asyncio
@@ -44,6 +43,7 @@ from skillscale.protocol import (
     salvage_address,
 )
 from skillscale.replica_protocol import BYE, HB, REPLY, RETURN, VERSION, ServerState
+from skillscale.runtime import AsyncRole
 from skillscale.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
@@ -120,7 +120,7 @@ class _IO:
         self.proxy._publish([reply_to.encode(), reply.to_bytes()])
 
 
-class Proxy:
+class Proxy(AsyncRole):
     """The bus role; use as ``async with Proxy(cfg) as p``."""
 
     def __init__(self, config: ProxyConfig | None = None) -> None:
@@ -145,18 +145,6 @@ class Proxy:
         self.xpub_endpoint = ""
         self.router_endpoint: str | None = None
         self.metrics_url: str | None = None
-
-    async def __aenter__(self) -> Proxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Bind the sockets, start the metrics endpoint and the forwarding loop."""

@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import zmq
@@ -64,6 +63,7 @@ from skillscale.replica_protocol import (
     ServerState,
     skills_digest,
 )
+from skillscale.runtime import AsyncRole
 from skillscale.security import CurveKeys
 from skillscale.transport import (
     Frames,
@@ -136,7 +136,7 @@ class Job:
     history: list[str] = field(default_factory=list)
 
 
-class SkillServer:
+class SkillServer(AsyncRole):
     """One skill server; use as ``async with SkillServer(cfg) as server``."""
 
     def __init__(self, config: ServerConfig) -> None:
@@ -180,18 +180,6 @@ class SkillServer:
         self._proxy_seen = 0.0
         self._proxy_ready: asyncio.Event = asyncio.Event()
         self.stats = {"received": 0, "replied": 0, "rejected": 0, "ignored": 0, "returned": 0}
-
-    async def __aenter__(self) -> SkillServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def in_flight(self) -> int:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
-from types import TracebackType
 from typing import Any, TypeVar
 
 import zmq
@@ -34,6 +33,7 @@ from skillscale.errors import (
     error_for_code,
 )
 from skillscale.protocol import Reply, Request, new_reply_topic, new_request_id
+from skillscale.runtime import AsyncRole
 from skillscale.security import CurveKeys
 from skillscale.transport import (
     Frames,
@@ -50,7 +50,7 @@ T = TypeVar("T")
 IntentLike = str | dict[str, Any]
 
 
-class SkillScaleClient:
+class SkillScaleClient(AsyncRole):
     """Async client; ``async with SkillScaleClient() as client: ...``.
 
     ``timeout`` is the default seconds to wait for a reply; every call may
@@ -90,16 +90,12 @@ class SkillScaleClient:
         self._probe = (self.reply_topic + ".probe").encode()
         self._reply_topic_b = self.reply_topic.encode()
 
-    async def __aenter__(self) -> SkillScaleClient:
+    async def start(self) -> None:
+        """Same as :meth:`connect` (for ``async with``)."""
         await self.connect()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def stop(self) -> None:
+        """Same as :meth:`close` (for ``async with``)."""
         await self.close()
 
     @property

@@ -8,7 +8,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
+
+from typing_extensions import Self
 
 T = TypeVar("T")
 
@@ -48,3 +51,27 @@ def install_stop_signals(stop: asyncio.Event, force: asyncio.Event | None = None
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+class AsyncRole:
+    """A role object that owns its sockets and tasks: ``async with`` starts and stops it."""
+
+    async def start(self) -> None:
+        """Acquire sockets, start tasks; ready to serve on return."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop taking work, drain within a grace period, release everything."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -79,6 +79,23 @@ def extract_code(text: str) -> str:
     return text
 
 
+def read_python_source() -> tuple[str, ast.Module]:
+    """The input as Python source (``{"code": ...}``, fenced, or bare) and its AST.
+
+    Exits with status 2 and a message for empty input or a syntax error.
+    """
+    raw = read_input()
+    obj = json_object(raw)
+    code = obj.get("code") if obj is not None else None
+    source = code if isinstance(code, str) else extract_code(raw)
+    if not source.strip():
+        fail("no Python source: send the code on stdin")
+    try:
+        return source, ast.parse(source)
+    except SyntaxError as exc:
+        fail(f"could not parse the input as Python: line {exc.lineno}: {exc.msg}")
+
+
 def _parses(source: str) -> bool:
     try:
         ast.parse(source)

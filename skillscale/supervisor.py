@@ -19,12 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from skillscale.discovery import SkillDiscovery
 from skillscale.errors import ConfigError
 from skillscale.protocol import topic_for_category
+from skillscale.runtime import AsyncRole
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Child:
     drain: asyncio.Task[None] | None = None
 
 
-class Fabric:
+class Fabric(AsyncRole):
     """The supervisor role; ``async with Fabric(cfg) as fabric: await fabric.wait(stop)``."""
 
     def __init__(self, config: FabricConfig) -> None:
@@ -68,18 +68,6 @@ class Fabric:
         self.proxy: Child | None = None
         self.servers: list[Child] = []
         self._stopping = False
-
-    async def __aenter__(self) -> Fabric:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _plan_servers(self, proxy_ready: dict[str, Any]) -> list[Child]:
         catalog = SkillDiscovery(self.config.skills_dirs).scan()

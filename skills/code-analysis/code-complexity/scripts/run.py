@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from skillscale.skillkit import extract_code, fail, json_object, md_table, read_input
+from skillscale.skillkit import md_table, read_python_source
 
 NESTING_NODES = (
     ast.If,
@@ -105,17 +105,7 @@ def collect(tree: ast.Module) -> list[Function]:
 
 
 def main() -> None:
-    raw = read_input()
-    obj = json_object(raw)
-    source = (
-        obj["code"] if obj is not None and isinstance(obj.get("code"), str) else extract_code(raw)
-    )
-    if not source.strip():
-        fail("no Python source: send the code on stdin")
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        fail(f"could not parse the input as Python: line {exc.lineno}: {exc.msg}")
+    source, tree = read_python_source()
     functions = collect(tree)
     lines = len(source.splitlines())
     out = ["## Code Complexity", ""]

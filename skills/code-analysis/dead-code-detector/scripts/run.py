@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from skillscale.skillkit import extract_code, fail, json_object, md_table, read_input
+from skillscale.skillkit import md_table, read_python_source
 
 FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
 TERMINATORS = (ast.Return, ast.Raise, ast.Break, ast.Continue)
@@ -207,17 +207,7 @@ def unreachable(tree: ast.Module) -> list[Finding]:
 
 
 def main() -> None:
-    raw = read_input()
-    obj = json_object(raw)
-    source = (
-        obj["code"] if obj is not None and isinstance(obj.get("code"), str) else extract_code(raw)
-    )
-    if not source.strip():
-        fail("no Python source: send the code on stdin")
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        fail(f"could not parse the input as Python: line {exc.lineno}: {exc.msg}")
+    source, tree = read_python_source()
     used = loaded_names(tree)
     exported = dunder_all(tree)
     findings = (
