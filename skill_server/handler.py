@@ -18,7 +18,7 @@ from skill_server.executor import (
     ResourceLimits,
     SubprocessExecutor,
 )
-from skill_server.matcher import closest
+from skill_server.matcher import MatchResult, closest
 from skill_server.registry import SkillRegistry
 from skillscale.errors import ErrorCode, RequestError
 from skillscale.protocol import (
@@ -61,11 +61,17 @@ class RequestHandler:
     """Decodes, matches, executes and replies."""
 
     def __init__(
-        self, registry: SkillRegistry, executor: SubprocessExecutor, config: HandlerConfig
+        self,
+        registry: SkillRegistry,
+        executor: SubprocessExecutor,
+        config: HandlerConfig,
+        llm_env: dict[str, str] | None = None,
     ) -> None:
         self.registry = registry
         self.executor = executor
         self.config = config
+        self.llm_env = llm_env or {}
+        """LLM settings handed to skills whose ``metadata.llm`` is true."""
 
     # -- decoding --------------------------------------------------------
 
@@ -128,7 +134,7 @@ class RequestHandler:
             intent = parse_intent(request.intent)
         except RequestError as exc:
             return self._failure(rid, ErrorCode.BAD_REQUEST, exc.message)
-        resolved = self._resolve(rid, intent)
+        resolved = await self._resolve(rid, intent)
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
@@ -143,19 +149,19 @@ class RequestHandler:
             max_stdout=self.config.max_output_bytes,
             resources=self.config.resources,
         )
+        env = {
+            "SKILLSCALE_REQUEST_ID": rid,
+            "SKILLSCALE_SERVER_ID": self.config.server_id,
+            "SKILLSCALE_TASK": intent.task[:4096],
+        }
+        if self.llm_env and skill.metadata.get("llm", "").lower() in ("true", "yes", "1"):
+            env.update(self.llm_env)  # only skills that ask for the LLM get its key
         result = await self.executor.run(
-            skill,
-            intent.input.encode("utf-8", errors="surrogatepass"),
-            limits,
-            env={
-                "SKILLSCALE_REQUEST_ID": rid,
-                "SKILLSCALE_SERVER_ID": self.config.server_id,
-                "SKILLSCALE_TASK": intent.task[:4096],
-            },
+            skill, intent.input.encode("utf-8", errors="surrogatepass"), limits, env=env
         )
         return self._from_result(rid, skill, result, limits, trace)
 
-    def _resolve(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
+    async def _resolve(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
         if intent.mode is not IntentMode.TASK:
             assert intent.skill is not None
             skill = self.registry.get(intent.skill)
@@ -169,7 +175,29 @@ class RequestHandler:
             return skill, Trace(matcher_mode=intent.mode.value, skill_name=skill.name)
         if not intent.task.strip():
             return self._failure(rid, ErrorCode.BAD_REQUEST, "the intent is empty")
-        result = self.registry.matcher.match(intent.task)
+        if self.registry.llm_matcher is not None:
+            decision = await self.registry.llm_matcher.match(intent.task)
+            if decision.keyword is None:  # the model decided
+                if decision.skill is None:
+                    return self._failure(
+                        rid,
+                        ErrorCode.NO_MATCH,
+                        "the model found no skill for this task; available: "
+                        + ", ".join(self.registry.names),
+                        trace=Trace(matcher_mode=decision.mode),
+                    )
+                return decision.skill, Trace(
+                    matcher_mode=decision.mode, skill_name=decision.skill.name
+                )
+            fallback = self._keyword(rid, decision.keyword)
+            trace = fallback.trace if isinstance(fallback, Reply) else fallback[1]
+            assert trace is not None
+            trace.matcher_mode = decision.mode
+            trace.llm_error = decision.detail
+            return fallback
+        return self._keyword(rid, self.registry.matcher.match(intent.task))
+
+    def _keyword(self, rid: str, result: MatchResult) -> tuple[Skill, Trace] | Reply:
         candidates = [{"skill": c.skill.name, "score": c.score} for c in closest(result)]
         if result.best is None:
             near = ", ".join(f"{c['skill']} ({c['score']})" for c in candidates) or "none"

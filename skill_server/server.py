@@ -48,7 +48,8 @@ from skill_server.handler import HandlerConfig, Rejection, RequestHandler
 from skill_server.matcher import DEFAULT_THRESHOLD
 from skill_server.registry import SkillRegistry
 from skill_server.warm import ForkServerUnavailable, WarmExecutor
-from skillscale.errors import ErrorCode
+from skillscale.errors import ConfigError, ErrorCode
+from skillscale.llm import LLMClient, LLMSettings
 from skillscale.protocol import PROBE_TOPIC_PREFIX, Reply, Request
 from skillscale.replica_protocol import (
     BYE,
@@ -122,6 +123,10 @@ class ServerConfig:
     interpreter per run."""
     preload: list[str] | None = None
     """Modules the fork server imports (None: the default set)."""
+    matcher: Literal["auto", "llm", "keyword"] = "auto"
+    """auto: the LLM when one is configured, else keywords."""
+    llm: LLMSettings | None = None
+    """None: read the configuration (file and environment)."""
 
 
 @dataclass
@@ -145,7 +150,17 @@ class SkillServer(AsyncRole):
         if config.workers < 1 or config.queue_size < 1:
             raise ValueError("workers and queue_size must be at least 1")
         self.config = config
-        self.registry = SkillRegistry(config.skills_dirs, config.threshold)
+        settings = None
+        if config.matcher != "keyword":
+            settings = config.llm or LLMSettings.load()
+            if settings is None and config.matcher == "llm":
+                raise ConfigError(
+                    "--matcher llm needs an LLM: set SKILLSCALE_LLM_MODEL and "
+                    "SKILLSCALE_LLM_BASE_URL or SKILLSCALE_LLM_API_KEY (or run "
+                    "`skillscale config init`)"
+                )
+        self.llm = LLMClient(settings) if settings is not None else None
+        self.registry = SkillRegistry(config.skills_dirs, config.threshold, self.llm)
         self.executor: SubprocessExecutor = (
             WarmExecutor(config.python, config.preload)
             if config.executor == "warm"
@@ -162,6 +177,7 @@ class SkillServer(AsyncRole):
                 max_output_bytes=config.max_output_bytes,
                 resources=config.resources,
             ),
+            llm_env=settings.skill_env() if settings is not None else None,
         )
         self._topics = {t.encode() for t in config.topics}
         # Capacity counts running and waiting requests together, so a burst
@@ -193,9 +209,10 @@ class SkillServer(AsyncRole):
         cfg = self.config
         self.registry.reload()
         log.info(
-            "server %s (%s): topics %s, skills %s",
+            "server %s (%s, %s matching): topics %s, skills %s",
             cfg.server_id,
             cfg.mode,
+            "llm" if self.llm is not None else "keyword",
             ", ".join(cfg.topics),
             ", ".join(self.registry.names) or "(none)",
         )
@@ -311,6 +328,8 @@ class SkillServer(AsyncRole):
         if self._dealer is not None:
             self._dealer.close()
         await self.executor.close()
+        if self.llm is not None:
+            await self.llm.close()
         if self._ctx is not None:
             ctx, self._ctx = self._ctx, None
             # term() waits for linger (final replies to flush): off the loop.

@@ -147,6 +147,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         python=args.python,
         curve=_curve_keys(args),
         executor=args.executor,
+        matcher=args.matcher,
         preload=[m for m in args.preload.split(",") if m] if args.preload else None,
         resources=ResourceLimits(
             cpu_seconds=args.limit_cpu,
@@ -338,6 +339,15 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     for name in args.names:
         public, secret = generate_keypair(directory, name)
         print(f"{name}: public {public}  secret {secret}")
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from skillscale.llm import write_config_template
+
+    path = write_config_template(Path(args.path).expanduser() if args.path else None,
+                                 force=args.force)  # fmt: skip
+    print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -576,6 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "[env SKILLSCALE_CURVE_SERVERS]")  # fmt: skip
     p_proxy.set_defaults(func=_cmd_proxy)
 
+    p_config = sub.add_parser("config", help="the configuration file")
+    config_sub = p_config.add_subparsers(dest="config_cmd", required=True)
+    p_init = config_sub.add_parser("init", help="write a commented template")
+    p_init.add_argument("--path", help="default $SKILLSCALE_CONFIG or ~/.skillscale/config.yaml")
+    p_init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p_config.set_defaults(func=_cmd_config)
+
     p_keys = sub.add_parser("keys", help="CURVE certificates")
     keys_sub = p_keys.add_subparsers(dest="keys_cmd", required=True)
     p_gen = keys_sub.add_parser("generate", help="write NAME.key and NAME.key_secret")
@@ -626,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=int(_env("SKILLSCALE_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)),
         help="largest skill output kept [env SKILLSCALE_MAX_OUTPUT_BYTES; default 4 MiB]",
+    )
+    p_server.add_argument(
+        "--matcher",
+        choices=("auto", "llm", "keyword"),
+        default=_env("SKILLSCALE_MATCHER", "auto"),
+        help="auto: the LLM when one is configured, keywords otherwise (default); llm: require "
+        "it (keywords still catch its failures) [env SKILLSCALE_MATCHER]",
     )
     p_server.add_argument(
         "--executor",

@@ -122,6 +122,8 @@ class Trace(BaseModel):
     stdout_truncated: bool | None = None
     invalid_utf8: bool | None = None
     server_id: str | None = None
+    llm_error: str | None = None
+    """Why the LLM matcher fell back to keywords, when it did."""
     attempt: int | None = None
     """Delivery number of this request (2+ means it was re-dispatched)."""
     redelivered_from: list[str] | None = None

@@ -56,7 +56,10 @@ def wait_pid_gone(pid: int, timeout: float = 5.0) -> bool:
 
 
 def role_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    # No LLM unless a test configures one: a developer's own key or config
+    # file must not change what the suite exercises.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKILLSCALE_LLM_", "OPENAI_"))}
+    env["SKILLSCALE_CONFIG"] = "/nonexistent/skillscale-config.yaml"
     env.setdefault("SKILLSCALE_LOG_LEVEL", "WARNING")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

@@ -1,0 +1,93 @@
+"""A small local server that speaks OpenAI chat completions with scripted answers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Script:
+    """Answers, used in order; the last one repeats. Each is one of
+    ``("text", str)``, ``("status", int)``, ``("hang", seconds)``, ``("garbage", bytes)``."""
+
+    answers: deque[tuple[str, Any]] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next(self) -> tuple[str, Any]:
+        with self.lock:
+            if len(self.answers) > 1:
+                return self.answers.popleft()
+            return self.answers[0] if self.answers else ("text", "none")
+
+
+def completion(text: str, model: str) -> bytes:
+    return json.dumps({
+        "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }).encode()  # fmt: skip
+
+
+def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            with script.lock:
+                script.requests.append(body)
+                script.times.append(time.monotonic())
+            kind, value = script.next()
+            if kind == "hang":
+                time.sleep(value)
+                kind, value = "text", "too late"
+            if kind == "status":
+                payload = json.dumps({"error": {"message": f"scripted {value}"}}).encode()
+                self.send_response(value)
+                self.send_header("Content-Type", "application/json")
+                if value == 429:
+                    self.send_header("retry-after-ms", "50")
+            elif kind == "garbage":
+                payload = value
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+            else:
+                payload = completion(value, body.get("model", "m"))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(payload)
+
+    return Handler
+
+
+@contextmanager
+def fake_openai(*answers: tuple[str, Any]) -> Iterator[tuple[str, Script]]:
+    """Serve on a free loopback port; yields ``(base_url, script)``."""
+    script = Script(deque(answers))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", script
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
