@@ -24,6 +24,7 @@ import zmq.asyncio
 from pydantic import ValidationError
 from zmq.utils.monitor import parse_monitor_message
 
+from skillscale.discovery import Catalog, SkillDiscovery, default_skills_dirs
 from skillscale.errors import (
     ErrorCode,
     RequestError,
@@ -32,7 +33,9 @@ from skillscale.errors import (
     UnavailableError,
     error_for_code,
 )
+from skillscale.llm import LLMClient, LLMSettings
 from skillscale.protocol import Reply, Request, new_reply_topic, new_request_id
+from skillscale.router import Route, TopicRouter
 from skillscale.runtime import AsyncRole
 from skillscale.security import CurveKeys
 from skillscale.transport import (
@@ -69,6 +72,8 @@ class SkillScaleClient(AsyncRole):
         max_in_flight: int = 1024,
         hwm: int = 10_000,
         curve: CurveKeys | None = None,
+        catalog: Catalog | None = None,
+        llm: LLMSettings | None = None,
     ) -> None:
         self.proxy_xsub = proxy_xsub or proxy_xsub_endpoint()
         self.proxy_xpub = proxy_xpub or proxy_xpub_endpoint()
@@ -77,6 +82,9 @@ class SkillScaleClient(AsyncRole):
         self.reply_topic = new_reply_topic()
         self._hwm = hwm
         self._curve = curve or CurveKeys.from_env()
+        self._catalog = catalog
+        self._llm_settings = llm
+        self._router: TopicRouter | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._ctx: zmq.asyncio.Context | None = None
@@ -144,6 +152,8 @@ class SkillScaleClient(AsyncRole):
 
     async def close(self) -> None:
         """Fail waiting calls, close sockets and the context."""
+        if self._router is not None and self._router.llm is not None:
+            await self._router.llm.close()
         tasks = [t for t in (self._reader, self._watcher) if t is not None]
         self._reader = self._watcher = None
         for task in tasks:
@@ -249,6 +259,24 @@ class SkillScaleClient(AsyncRole):
     async def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
         """Let the topic's server match ``task`` to a skill and run it."""
         return await self.invoke(topic, json.dumps({"task": task}), timeout=timeout)
+
+    async def invoke_auto(self, task: str, *, timeout: float | None = None) -> str:
+        """Choose the topic for ``task`` (LLM when configured, else keywords), then invoke.
+
+        The catalogue is the one given to the client, else the skills found
+        in ``SKILLSCALE_SKILLS_DIR`` / ``./skills`` / the bundled skills.
+        """
+        route = await self.route(task)
+        return await self.invoke_task(route.topic, task, timeout=timeout)
+
+    async def route(self, task: str) -> Route:
+        """The topic :meth:`invoke_auto` would use, and how it was chosen."""
+        if self._router is None:
+            catalog = self._catalog or SkillDiscovery(default_skills_dirs()).scan()
+            settings = self._llm_settings or LLMSettings.load()
+            llm = LLMClient(settings) if settings is not None else None
+            self._router = TopicRouter(catalog, llm)
+        return await self._router.route(task)
 
     async def invoke_parallel(
         self,

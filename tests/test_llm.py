@@ -172,3 +172,32 @@ def test_matcher_llm_without_configuration_is_a_clear_error() -> None:
 
     result = cli("server", "--topic", "T", "--matcher", "llm", "--skills-dir", str(BUNDLED_SKILLS))
     assert result.returncode != 0 and "needs an LLM" in result.stderr
+
+
+CATALOG = SkillDiscovery([BUNDLED_SKILLS]).scan()
+
+
+async def test_router_by_keywords_and_by_llm() -> None:
+    from skillscale.router import TopicRouter
+
+    keyword = TopicRouter(CATALOG)
+    route = await keyword.route("find unused imports in my module")
+    assert (route.topic, route.mode) == ("TOPIC_CODE_ANALYSIS", "keyword")
+    with fake_openai(("text", "TOPIC_DATA_PROCESSING"), ("text", "TOPIC_NOPE")) as (url, _):
+        llm = LLMClient(settings(url))
+        routed = TopicRouter(CATALOG, llm)
+        chosen = await routed.route("look at this for me")
+        fallback = await routed.route("summarize this article")
+        await llm.close()
+    assert (chosen.topic, chosen.mode) == ("TOPIC_DATA_PROCESSING", "llm")
+    assert (fallback.topic, fallback.mode) == ("TOPIC_DATA_PROCESSING", "keyword")
+    assert "not a topic" in fallback.detail
+
+
+@pytest.mark.integration
+async def test_invoke_auto_routes_and_runs(
+    proxy: RoleProcess, bundled_servers: list[RoleProcess]
+) -> None:
+    async with SkillScaleClient(proxy.ready["xsub"], proxy.ready["xpub"], catalog=CATALOG) as c:
+        content = await c.invoke_auto("find dead code: import os\n\ndef f():\n    return 1\n")
+    assert "Dead Code Report" in content and "`os`" in content
