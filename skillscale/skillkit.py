@@ -118,6 +118,51 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def llm_available() -> bool:
+    """True when the server passed LLM settings (the skill's ``metadata.llm`` is true)."""
+    return bool(os.environ.get("SKILLSCALE_LLM_MODEL"))
+
+
+def llm_insights(prompt: str, *, system: str | None = None, max_tokens: int = 400) -> str | None:
+    """Ask the configured model; None when no LLM was given or the call failed.
+
+    The offline result of a skill must stand on its own: a failed call costs
+    the optional insights section, never the answer (the reason goes to
+    stderr, which the server keeps in ``_trace``).
+    """
+    if not llm_available():
+        return None
+    try:
+        from openai import OpenAI  # imported here: skills without an LLM never pay for it
+
+        client = OpenAI(
+            base_url=os.environ.get("SKILLSCALE_LLM_BASE_URL") or None,
+            api_key=os.environ.get("SKILLSCALE_LLM_API_KEY") or "not-needed",
+            timeout=float(os.environ.get("SKILLSCALE_LLM_TIMEOUT", "20")),
+            max_retries=1,
+        )
+        response = client.chat.completions.create(
+            model=os.environ["SKILLSCALE_LLM_MODEL"],
+            messages=[
+                {"role": "system", "content": system or "You are a concise expert analyst."},
+                {"role": "user", "content": prompt[:12000]},
+            ],
+            max_tokens=max_tokens,
+            temperature=0.2,
+        )
+        text = response.choices[0].message.content if response.choices else None
+    except Exception as exc:  # any failure of an optional section is reported, not raised
+        print(f"llm insights unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return text.strip() if text else None
+
+
+def insights_section(prompt: str) -> list[str]:
+    """Markdown lines of an ``## Insights`` section, or none without an LLM."""
+    text = llm_insights(prompt)
+    return ["", "## Insights", "", text] if text else []
+
+
 def fail(message: str, status: int = 2) -> NoReturn:
     """Report a problem with the input on stderr and exit non-zero."""
     print(message, file=sys.stderr)

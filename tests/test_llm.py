@@ -201,3 +201,29 @@ async def test_invoke_auto_routes_and_runs(
     async with SkillScaleClient(proxy.ready["xsub"], proxy.ready["xpub"], catalog=CATALOG) as c:
         content = await c.invoke_auto("find dead code: import os\n\ndef f():\n    return 1\n")
     assert "Dead Code Report" in content and "`os`" in content
+
+
+@pytest.mark.parametrize(
+    ("script", "insight"),
+    [([("text", "Revenue is skewed by one outlier.")], True), ([("status", 500)], False)],
+    ids=["answer", "failure"],
+)
+async def test_bundled_skill_adds_insights_only_with_a_working_llm(
+    script: list[tuple[str, object]], insight: bool
+) -> None:
+    from skill_server.executor import ExecutionLimits, SubprocessExecutor
+
+    skill = CATALOG.skills["csv-analyzer"]
+    executor = SubprocessExecutor()
+    with fake_openai(*script) as (url, requests):
+        env = settings(url, max_retries=0).skill_env()
+        with_llm = await executor.run(skill, b"a,b\n1,2\n3,4\n", ExecutionLimits(30), env=env)
+    without = await executor.run(skill, b"a,b\n1,2\n3,4\n", ExecutionLimits(30))
+    assert with_llm.ok and without.ok
+    assert ("## Insights" in with_llm.stdout.decode()) is insight
+    if insight:
+        assert "Revenue is skewed" in with_llm.stdout.decode()
+        assert "Column" in requests.requests[0]["messages"][1]["content"]
+    else:
+        assert b"llm insights unavailable" in with_llm.stderr
+    assert "## Insights" not in without.stdout.decode()

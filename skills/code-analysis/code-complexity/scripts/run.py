@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from skillscale.skillkit import md_table, read_python_source
+from skillscale.skillkit import insights_section, md_table, read_python_source
 
 NESTING_NODES = (
     ast.If,
@@ -164,6 +164,10 @@ def main() -> None:
     out += hotspots or [
         "None: every function is within complexity 10, nesting 4, 5 parameters and 60 lines."
     ]
+    out += insights_section(
+        "Suggest concrete refactorings for the most complex functions of this Python code, "
+        "given these metrics:\n" + "\n".join(out) + "\n\nCode:\n" + source
+    )
     print("\n".join(out))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from skillscale.skillkit import md_table, read_python_source
+from skillscale.skillkit import insights_section, md_table, read_python_source
 
 FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
 TERMINATORS = (ast.Return, ast.Raise, ast.Break, ast.Continue)
@@ -235,6 +235,10 @@ def main() -> None:
             [(f.line, f.kind, f"`{f.name}`", f.detail) for f in findings],
         ),
     ]
+    out += insights_section(
+        "Given this dead-code report, say what is safe to delete and what needs a check "
+        "first:\n" + "\n".join(out) + "\n\nCode:\n" + source
+    )
     print("\n".join(out))
 
 

@@ -9,7 +9,14 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from skillscale.skillkit import fail, json_object, md_table, read_input, split_instruction
+from skillscale.skillkit import (
+    fail,
+    insights_section,
+    json_object,
+    md_table,
+    read_input,
+    split_instruction,
+)
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
 DELIMITERS = ",;\t|"
@@ -236,6 +243,10 @@ def main() -> None:
 
     out += ["### Anomalies", ""]
     out += [f"- {a}" for a in anomalies] if anomalies else ["None found."]
+    out += insights_section(
+        "Give three short insights and recommendations about this dataset profile:\n"
+        + "\n".join(out)
+    )
     print("\n".join(out))
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from skillscale.skillkit import fail, json_object, md_table, read_input, split_instruction
+from skillscale.skillkit import (
+    fail,
+    insights_section,
+    json_object,
+    md_table,
+    read_input,
+    split_instruction,
+)
 
 WORDS_PER_MINUTE = 238
 _ABBREVIATIONS = (
@@ -127,6 +134,9 @@ def main() -> None:
     out = ["## Summary", "", summary, "", "## Statistics", "", md_table(("Metric", "Value"), stats)]
     if keywords:
         out += ["", "## Top keywords", "", ", ".join(f"`{w}` ({n})" for w, n in keywords)]
+    out += insights_section(
+        "In two sentences, state the main point of this text and what it leaves open:\n" + text
+    )
     print("\n".join(out))
 
 
