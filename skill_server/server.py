@@ -49,6 +49,7 @@ from skill_server.matcher import DEFAULT_THRESHOLD
 from skill_server.registry import SkillRegistry
 from skill_server.warm import ForkServerUnavailable, WarmExecutor
 from skillscale.errors import ConfigError, ErrorCode
+from skillscale.events import TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.llm import LLMClient, LLMSettings
 from skillscale.protocol import PROBE_TOPIC_PREFIX, Reply, Request
 from skillscale.replica_protocol import (
@@ -116,6 +117,8 @@ class ServerConfig:
     server_id: str = field(default_factory=new_server_id)
     hwm: int = 10_000
     heartbeat_interval: float = HEARTBEAT_INTERVAL
+    trace_events: bool = True
+    """Publish an execution trace per request on ``_SKILLSCALE_TRACE``."""
     resources: ResourceLimits = field(default_factory=ResourceLimits)
     curve: CurveKeys | None = None
     executor: Literal["warm", "cold"] = "warm"
@@ -139,6 +142,7 @@ class Job:
     """Set for requests that came through the replica group."""
     attempt: int = 1
     history: list[str] = field(default_factory=list)
+    topic: str = ""
 
 
 class SkillServer(AsyncRole):
@@ -247,6 +251,12 @@ class SkillServer(AsyncRole):
             cfg.curve.apply(dealer)
         dealer.connect(cfg.proxy_router)
         self._dealer = dealer
+        if cfg.trace_events:
+            self._pub = SocketPair(self._ctx, zmq.PUB, linger_ms=1000)
+            self._pub.set(zmq.SNDHWM, cfg.hwm)
+            if cfg.curve is not None:
+                cfg.curve.apply(self._pub.async_sock)
+            self._pub.async_sock.connect(cfg.proxy_xsub)
         # All I/O on the DEALER goes through pyzmq's asyncio API from here on,
         # which re-checks the socket's edge-triggered events after every send:
         # workers and the heartbeat task send while the receiver awaits.
@@ -389,7 +399,7 @@ class SkillServer(AsyncRole):
                 log.warning("ignoring unknown proxy command %r", command)
 
     async def _on_group_request(self, args: list[bytes]) -> None:
-        dispatch_id, _topic, payload, attempt_raw = args[:4]
+        dispatch_id, topic, payload, attempt_raw = args[:4]
         history = (
             [h for h in args[4].decode(errors="replace").split(",") if h] if len(args) > 4 else []
         )
@@ -401,7 +411,14 @@ class SkillServer(AsyncRole):
             await self._send_group([VERSION, REPLY, dispatch_id, reply_to.encode(),
                                     decoded.reply.to_bytes()])  # fmt: skip
             return
-        job = Job(decoded, time.monotonic(), dispatch_id, int(attempt_raw or b"1"), history)
+        job = Job(
+            decoded,
+            time.monotonic(),
+            dispatch_id,
+            int(attempt_raw or b"1"),
+            history,
+            topic.decode(errors="replace"),
+        )
         if not self._accepting or self._in_flight >= self._capacity:
             await self._hand_back(job)
             return
@@ -462,7 +479,7 @@ class SkillServer(AsyncRole):
             else:
                 self._publish(decoded.reply_to, decoded.reply)
             return
-        job = Job(decoded, time.monotonic())
+        job = Job(decoded, time.monotonic(), topic=topic.decode(errors="replace"))
         if not self._accepting:
             self._publish_error(job, ErrorCode.OVERLOADED, "the server is stopping; retry")
         elif self._in_flight >= self._capacity:
@@ -516,7 +533,28 @@ class SkillServer(AsyncRole):
             self._finish(job)
             await self._reply(job, reply)
 
+    def _emit_trace(self, job: Job, reply: Reply) -> None:
+        if not self.config.trace_events or self._pub is None or self._pub.async_sock.closed:
+            return
+        trace = reply.trace
+        event = ExecutionTrace(
+            request_id=job.request.request_id,
+            caller=caller_id(job.request.reply_to),
+            server_id=self.config.server_id,
+            topic=job.topic,
+            skill=reply.skill,
+            skill_version=reply.skill_version,
+            matcher_mode=trace.matcher_mode if trace else None,
+            input_bytes=len(job.request.intent.encode()),
+            outcome="success" if reply.ok else (reply.error_code or ErrorCode.INTERNAL).value,
+            exit_code=trace.exit_code if trace else None,
+            elapsed_ms=reply.elapsed_ms,
+            attempt=job.attempt if job.dispatch_id is not None else None,
+        )
+        self._pub.send([TRACE_TOPIC.encode(), event.model_dump_json().encode()])
+
     async def _reply(self, job: Job, reply: Reply) -> None:
+        self._emit_trace(job, reply)
         if job.dispatch_id is None:
             self._publish(job.request.reply_to, reply)
             return

@@ -33,6 +33,7 @@ from skillscale.errors import (
     UnavailableError,
     error_for_code,
 )
+from skillscale.events import TRAJECTORY_TOPIC, AgentTrajectory
 from skillscale.llm import LLMClient, LLMSettings
 from skillscale.protocol import Reply, Request, new_reply_topic, new_request_id
 from skillscale.router import Route, TopicRouter
@@ -259,6 +260,22 @@ class SkillScaleClient(AsyncRole):
     async def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
         """Let the topic's server match ``task`` to a skill and run it."""
         return await self.invoke(topic, json.dumps({"task": task}), timeout=timeout)
+
+    def submit_trajectory(self, trajectory: AgentTrajectory | dict[str, Any]) -> AgentTrajectory:
+        """Publish an agent run on ``_SKILLSCALE_TRAJECTORY``, redacted first.
+
+        Best effort, like every event: nothing is published while the proxy is
+        away. Returns the event as published.
+        """
+        if self._pub is None:
+            raise UnavailableError("client is not connected; use `async with` or connect()")
+        event = (
+            trajectory
+            if isinstance(trajectory, AgentTrajectory)
+            else AgentTrajectory.model_validate(trajectory)
+        ).redacted()
+        self._pub.send([TRAJECTORY_TOPIC.encode(), event.model_dump_json().encode()])
+        return event
 
     async def invoke_auto(self, task: str, *, timeout: float | None = None) -> str:
         """Choose the topic for ``task`` (LLM when configured, else keywords), then invoke.

@@ -268,3 +268,42 @@ class ReferenceClient:
         self.pub.close(0)
         self.sub.close(0)
         self.ctx.term()
+
+
+class EventSubscriber:
+    """Subscribes to event topics through the proxy, proven live before use."""
+
+    def __init__(self, xsub: str, xpub: str, *topics: str) -> None:
+        self.ctx = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.pub = self.ctx.socket(zmq.PUB)
+        for sock in (self.sub, self.pub):
+            sock.setsockopt(zmq.LINGER, 0)
+        probe = ("_SKILLSCALE_TEST_PROBE_" + secrets.token_hex(4)).encode()
+        for topic in [*(t.encode() for t in topics), probe]:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sub.connect(xpub)
+        self.pub.connect(xsub)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            self.pub.send_multipart([probe, b"{}"])
+            if self.sub.poll(50) and self.sub.recv_multipart()[0] == probe:
+                break
+        else:
+            raise TimeoutError("event subscriber: no round trip")
+        self.probe = probe
+
+    def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not self.sub.poll(int(remaining * 1000)):
+                break
+            topic, payload = self.sub.recv_multipart()
+            if topic != self.probe:
+                return topic.decode(), json.loads(payload)
+        raise TimeoutError("no event")
+
+    def close(self) -> None:
+        self.sub.close(0)
+        self.pub.close(0)
+        self.ctx.term()

@@ -1,0 +1,95 @@
+"""Captured events: what skills did (trace) and what agents did (trajectories).
+
+Both are published on the bus for the distillation worker, as two frames
+``[topic, json]``:
+
+* ``_SKILLSCALE_TRACE``: one :class:`ExecutionTrace` per request a skill
+  server answered, published by the server.
+* ``_SKILLSCALE_TRAJECTORY``: one :class:`AgentTrajectory` per agent run,
+  published by ``SkillScaleClient.submit_trajectory`` or the LangChain
+  callback handler.
+
+Events are best-effort (a subscriber that is not connected misses them) and
+redacted before publishing (:mod:`skillscale.redact`). The schemas are
+versioned by ``schema_version``; fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from skillscale.redact import redact_obj
+
+TRACE_TOPIC = "_SKILLSCALE_TRACE"
+TRAJECTORY_TOPIC = "_SKILLSCALE_TRAJECTORY"
+
+
+def caller_id(reply_to: str) -> str:
+    """A stable, non-reversible id of a caller (its reply topic is a secret)."""
+    return hashlib.sha256(reply_to.encode()).hexdigest()[:16]
+
+
+class ExecutionTrace(BaseModel):
+    """One request answered by a skill server."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: Literal["execution"] = "execution"
+    schema_version: int = 1
+    timestamp: float = Field(default_factory=time.time)
+    request_id: str
+    caller: str
+    """:func:`caller_id` of the request's reply topic."""
+    server_id: str
+    topic: str
+    skill: str | None = None
+    skill_version: str | None = None
+    matcher_mode: str | None = None
+    input_bytes: int = 0
+    outcome: str
+    """``success`` or the error code."""
+    exit_code: int | None = None
+    elapsed_ms: float | None = None
+    attempt: int | None = None
+
+
+class TrajectoryStep(BaseModel):
+    """One step of an agent run: a model call or a tool call."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["llm", "tool", "message"]
+    name: str | None = None
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    started: float | None = None
+    ended: float | None = None
+
+
+class AgentTrajectory(BaseModel):
+    """One agent run, from prompt to final answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: Literal["trajectory"] = "trajectory"
+    schema_version: int = 1
+    timestamp: float = Field(default_factory=time.time)
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    agent: str = "unknown"
+    """The framework or agent name (``langchain``, ``langgraph``, ``crewai``, ...)."""
+    prompt: str = ""
+    steps: list[TrajectoryStep] = Field(default_factory=list)
+    final_answer: str | None = None
+    outcome: Literal["success", "error"] = "success"
+    error: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def redacted(self) -> AgentTrajectory:
+        """A copy with every string redacted."""
+        return AgentTrajectory.model_validate(redact_obj(self.model_dump()))
