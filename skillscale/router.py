@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from skill_server.matcher import KeywordMatcher
 from skillscale.discovery import Catalog
-from skillscale.errors import SkillNotFoundError
+from skillscale.errors import ErrorCode, SkillNotFoundError
 from skillscale.llm import LLMClient, LLMError
 
 SYSTEM_PROMPT = (
@@ -60,7 +60,9 @@ class TopicRouter:
                 if len(found) == 1:
                     return Route(found[0], "llm")
                 if answer.strip().strip(".").lower() == "none":
-                    raise SkillNotFoundError("the model found no topic for this task")
+                    raise SkillNotFoundError(
+                        "the model found no topic for this task", code=ErrorCode.NO_MATCH
+                    )
                 detail = f"llm answered {answer[:80]!r}, not a topic"
         best = self._keyword.match(task).best
         if best is None:
