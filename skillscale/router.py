@@ -66,5 +66,8 @@ class TopicRouter:
                 detail = f"llm answered {answer[:80]!r}, not a topic"
         best = self._keyword.match(task).best
         if best is None:
-            raise SkillNotFoundError("no topic matched the task; topics: " + ", ".join(self.topics))
+            raise SkillNotFoundError(
+                "no topic matched the task; topics: " + ", ".join(self.topics),
+                code=ErrorCode.NO_MATCH,
+            )
         return Route(self._topic_of[best.skill.name], "keyword", detail)
