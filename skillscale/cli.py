@@ -351,6 +351,31 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from skillscale.adapters.mcp import catalog_for, serve_http, serve_stdio
+    from skillscale.client import SkillScaleClient
+    from skillscale.runtime import run, setup_logging
+
+    setup_logging("WARNING")  # stderr only: stdout carries the MCP protocol
+    catalog = catalog_for(_dirs(args.skills_dir))
+
+    async def main() -> None:
+        async with SkillScaleClient(
+            args.proxy_xsub, args.proxy_xpub, timeout=args.timeout, curve=_curve_keys(args)
+        ) as client:
+            if args.transport == "stdio":
+                await serve_stdio(client, catalog)
+            else:
+                await serve_http(client, catalog, args.host, args.port)
+
+    try:
+        run(main)
+    except SkillScaleError as exc:
+        print(f"error [{exc.code.value}]: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 # -- skills ----------------------------------------------------------------------
 
 
@@ -585,6 +610,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="folder of allowed server public certificates "
                          "[env SKILLSCALE_CURVE_SERVERS]")  # fmt: skip
     p_proxy.set_defaults(func=_cmd_proxy)
+
+    p_mcp = sub.add_parser("mcp", help="serve the skills to MCP clients (stdio or HTTP)")
+    p_mcp.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
+        help="stdio (default) or streamable HTTP at /mcp",
+    )
+    p_mcp.add_argument("--host", default="127.0.0.1", help="HTTP interface (default %(default)s)")
+    p_mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default %(default)s)")
+    p_mcp.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=float(_env("SKILLSCALE_CLIENT_TIMEOUT", 60.0)),
+        help="seconds to wait for each skill [env SKILLSCALE_CLIENT_TIMEOUT; default 60]",
+    )
+    add_skills_dir(p_mcp)
+    add_proxy_endpoints(p_mcp)
+    add_curve_peer(p_mcp)
+    p_mcp.set_defaults(func=_cmd_mcp)
 
     p_config = sub.add_parser("config", help="the configuration file")
     config_sub = p_config.add_subparsers(dest="config_cmd", required=True)
