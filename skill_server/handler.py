@@ -8,6 +8,7 @@ server loop around them cannot be crashed from outside.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -134,6 +135,18 @@ class RequestHandler:
             intent = parse_intent(request.intent)
         except RequestError as exc:
             return self._failure(rid, ErrorCode.BAD_REQUEST, exc.message)
+        if intent.mode is IntentMode.CATALOG:
+            listing = [
+                {k: v for k, v in skill.summary().items() if k not in ("path", "entrypoint")}
+                for skill in sorted(self.registry.catalog.skills.values(), key=lambda s: s.name)
+            ]
+            return Reply(
+                request_id=rid,
+                status="success",
+                content=json.dumps(listing),
+                server_id=self.config.server_id,
+                trace=Trace(matcher_mode="catalog"),
+            )
         resolved = await self._resolve(rid, intent)
         if isinstance(resolved, Reply):
             return resolved

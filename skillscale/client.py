@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
+from pathlib import Path
 from typing import Any, TypeVar
 
 import zmq
@@ -35,10 +36,11 @@ from skillscale.errors import (
 )
 from skillscale.events import TRAJECTORY_TOPIC, AgentTrajectory
 from skillscale.llm import LLMClient, LLMSettings
-from skillscale.protocol import Reply, Request, new_reply_topic, new_request_id
+from skillscale.protocol import TOPIC_PREFIX, Reply, Request, new_reply_topic, new_request_id
 from skillscale.router import Route, TopicRouter
 from skillscale.runtime import AsyncRole
 from skillscale.security import CurveKeys
+from skillscale.skill_format import Skill
 from skillscale.transport import (
     Frames,
     SocketPair,
@@ -276,6 +278,27 @@ class SkillScaleClient(AsyncRole):
         ).redacted()
         self._pub.send([TRAJECTORY_TOPIC.encode(), event.model_dump_json().encode()])
         return event
+
+    async def fetch_catalog(self, topics: Iterable[str]) -> Catalog:
+        """The skills a running fabric serves on ``topics`` (asked over the bus).
+
+        Each topic's server answers a ``{"catalog": true}`` intent with its
+        skills' names, descriptions and metadata.
+        """
+        catalog = Catalog()
+        for topic in topics:
+            listing = json.loads(await self.invoke(topic, {"catalog": True}))
+            category = topic.removeprefix(TOPIC_PREFIX).lower().replace("_", "-")
+            for item in listing:
+                skill = Skill(
+                    name=item["name"],
+                    description=item["description"],
+                    path=Path(f"fabric:{topic}/{item['name']}"),
+                    body="",
+                    metadata={str(k): str(v) for k, v in (item.get("metadata") or {}).items()},
+                )
+                catalog._add(skill, category)
+        return catalog
 
     async def invoke_auto(self, task: str, *, timeout: float | None = None) -> str:
         """Choose the topic for ``task`` (LLM when configured, else keywords), then invoke.

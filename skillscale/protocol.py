@@ -188,6 +188,8 @@ class IntentMode(str, Enum):
     EXPLICIT = "explicit"
     SLASH = "slash"
     TASK = "task"
+    CATALOG = "catalog"
+    """``{"catalog": true}``: the server answers with its skills instead of running one."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ def _parse_structured(text: str) -> ParsedIntent | None:
         obj = json.loads(text)
     except ValueError:
         return None
+    if isinstance(obj, dict) and obj.get("catalog") is True:
+        return ParsedIntent(IntentMode.CATALOG, None, "", "")
     if not isinstance(obj, dict) or not ({"skill", "data", "task"} & obj.keys()):
         return None
     skill = obj.get("skill")

@@ -149,3 +149,21 @@ async def test_langgraph_task_graph_needs_no_llm(client: SkillScaleClient) -> No
     assert "Dead Code Report" in state["answer"]
     failed = await graph.ainvoke({"task": "book me a flight to Rome"})
     assert failed["error_code"] == "no_match" and failed["answer"].startswith("Failed")
+
+
+async def test_toolkit_from_a_running_fabric(client: SkillScaleClient) -> None:
+    toolkit = await SkillScaleToolkit.from_fabric(
+        client, ["TOPIC_DATA_PROCESSING", "TOPIC_CODE_ANALYSIS"]
+    )
+    tools = {t.name: t for t in toolkit.get_tools()}
+    assert sorted(tools) == [
+        "code-complexity",
+        "csv-analyzer",
+        "dead-code-detector",
+        "text-summarizer",
+    ]
+    assert [t.name for t in toolkit.get_task_tools()] == [
+        "topic_code_analysis",
+        "topic_data_processing",
+    ]
+    assert "2 rows x 2 columns" in await tools["csv-analyzer"].ainvoke({"data": "a,b\n1,2\n3,4\n"})

@@ -181,3 +181,8 @@ def test_error_codes_map_to_exception_classes(code: str | None, cls: type) -> No
     assert isinstance(exc, cls)
     assert exc.request_id == "r"
     assert "msg" in str(exc)
+
+
+def test_catalog_intent() -> None:
+    assert parse_intent('{"catalog": true}').mode is IntentMode.CATALOG
+    assert parse_intent('{"catalog": "yes"}').mode is IntentMode.TASK

@@ -92,6 +92,13 @@ class SkillScaleToolkit(BaseToolkit):
         roots = [path] if isinstance(path, (str, Path)) else list(path)
         return cls.from_catalog(client, SkillDiscovery(roots).scan())
 
+    @classmethod
+    async def from_fabric(
+        cls, client: SkillScaleClient, topics: Sequence[str]
+    ) -> SkillScaleToolkit:
+        """Tools for the skills a running fabric serves on ``topics``."""
+        return cls.from_catalog(client, await client.fetch_catalog(topics))
+
     def get_tools(self) -> list[BaseTool]:
         """One tool per skill (kebab-case names, description from SKILL.md)."""
         return [make_tool(self.client, spec) for spec in skill_specs(self.catalog)]
