@@ -440,6 +440,27 @@ def _skills_validate(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------
 
 
+def _flag(
+    p: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: Any,
+    help: str,
+    *,
+    shown: Any = "",
+    **kwargs: Any,
+) -> None:
+    """A flag with its ``SKILLSCALE_*`` twin; the help names the variable and the default.
+
+    A value from the environment is a string, which argparse passes through
+    the flag's ``type`` like one from the command line.
+    """
+    raw = os.environ.get(env)
+    shown = default if shown == "" else shown
+    suffix = f"[env {env}" + ("]" if shown is None else f"; default {shown}]")
+    p.add_argument(flag, default=raw if raw else default, help=f"{help} {suffix}", **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -458,157 +479,175 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     def add_proxy_endpoints(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
+        _flag(
+            p,
             "--proxy-xsub",
-            default=_env("SKILLSCALE_PROXY_XSUB", DEFAULT_PROXY_XSUB),
-            help="proxy endpoint publishers connect to [env SKILLSCALE_PROXY_XSUB; "
-            "default %(default)s]",
+            "SKILLSCALE_PROXY_XSUB",
+            DEFAULT_PROXY_XSUB,
+            "proxy endpoint publishers connect to",
         )
-        p.add_argument(
+        _flag(
+            p,
             "--proxy-xpub",
-            default=_env("SKILLSCALE_PROXY_XPUB", DEFAULT_PROXY_XPUB),
-            help="proxy endpoint subscribers connect to [env SKILLSCALE_PROXY_XPUB; "
-            "default %(default)s]",
+            "SKILLSCALE_PROXY_XPUB",
+            DEFAULT_PROXY_XPUB,
+            "proxy endpoint subscribers connect to",
         )
 
     def add_curve_peer(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
+        _flag(
+            p,
             "--curve-secret",
-            default=_env("SKILLSCALE_CURVE_SECRET", None),
-            help="own CURVE certificate (NAME.key_secret) [env SKILLSCALE_CURVE_SECRET]",
+            "SKILLSCALE_CURVE_SECRET",
+            None,
+            "own CURVE certificate (NAME.key_secret)",
         )
-        p.add_argument("--curve-server-key", default=_env("SKILLSCALE_CURVE_SERVER_KEY", None),
-                       help="the proxy's public certificate (NAME.key) "
-                       "[env SKILLSCALE_CURVE_SERVER_KEY]")  # fmt: skip
+        _flag(
+            p,
+            "--curve-server-key",
+            "SKILLSCALE_CURVE_SERVER_KEY",
+            None,
+            "the proxy's public certificate (NAME.key)",
+        )
+
+    def add_timeout(p: argparse.ArgumentParser, help: str) -> None:
+        _flag(p, "--timeout", "SKILLSCALE_CLIENT_TIMEOUT", 60.0, help, type=_seconds)
 
     def add_server_tuning(p: argparse.ArgumentParser, *, with_defaults: bool) -> None:
-        p.add_argument(
+        _flag(
+            p,
             "--workers",
+            "SKILLSCALE_WORKERS",
+            None,
+            "skills run at once per server",
+            shown="cores, min 2",
             type=_positive_int,
-            default=_env("SKILLSCALE_WORKERS", None),
-            help="skills run at once per server [env SKILLSCALE_WORKERS; default: cores, min 2]",
         )
-        p.add_argument(
+        _flag(
+            p,
             "--timeout",
+            "SKILLSCALE_TIMEOUT",
+            30.0 if with_defaults else None,
+            "default skill time limit in SECONDS (a skill's metadata.timeout wins)",
+            shown=30,
             type=_seconds,
-            default=_env("SKILLSCALE_TIMEOUT", 30.0 if with_defaults else None),
-            help="default skill time limit in SECONDS (a skill's metadata.timeout wins) "
-            "[env SKILLSCALE_TIMEOUT; default 30]",
         )
-        p.add_argument(
+        _flag(
+            p,
             "--grace",
+            "SKILLSCALE_GRACE",
+            10.0,
+            "seconds in-flight work may take to finish at stop",
             type=float,
-            default=float(_env("SKILLSCALE_GRACE", 10.0)),
-            help="seconds in-flight work may take to finish at stop [env SKILLSCALE_GRACE; "
-            "default %(default)s]",
         )
 
     p_up = sub.add_parser("up", help="start a proxy and one server per skill category")
     add_skills_dir(p_up)
-    p_up.add_argument(
-        "--host",
-        default=_env("SKILLSCALE_HOST", "127.0.0.1"),
-        help="interface to bind [env SKILLSCALE_HOST; default %(default)s]",
+    _flag(p_up, "--host", "SKILLSCALE_HOST", "127.0.0.1", "interface to bind")
+    _flag(
+        p_up, "--xsub-port", "SKILLSCALE_XSUB_PORT", 5444, "publisher port, 0 = any free", type=int
     )
-    p_up.add_argument(
-        "--xsub-port",
-        type=int,
-        default=int(_env("SKILLSCALE_XSUB_PORT", 5444)),
-        help="publisher port, 0 = any free [env SKILLSCALE_XSUB_PORT; default 5444]",
+    _flag(
+        p_up, "--xpub-port", "SKILLSCALE_XPUB_PORT", 5555, "subscriber port, 0 = any free", type=int
     )
-    p_up.add_argument(
-        "--xpub-port",
-        type=int,
-        default=int(_env("SKILLSCALE_XPUB_PORT", 5555)),
-        help="subscriber port, 0 = any free [env SKILLSCALE_XPUB_PORT; default 5555]",
-    )
-    p_up.add_argument(
+    _flag(
+        p_up,
         "--router-port",
+        "SKILLSCALE_ROUTER_PORT",
+        5566,
+        "replica-group port, 0 = any free",
         type=int,
-        default=int(_env("SKILLSCALE_ROUTER_PORT", 5566)),
-        help="replica-group port, 0 = any free [env SKILLSCALE_ROUTER_PORT; default 5566]",
     )
-    p_up.add_argument(
+    _flag(
+        p_up,
         "--metrics-port",
+        "SKILLSCALE_METRICS_PORT",
+        9100,
+        "Prometheus port, 0 = any free, -1 = off",
         type=int,
-        default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
-        help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; default 9100]",
     )
     add_server_tuning(p_up, with_defaults=False)
     p_up.add_argument("--json", action="store_true", help="print endpoints as one JSON line")
     p_up.set_defaults(func=_cmd_up)
 
     p_proxy = sub.add_parser("proxy", help="run the XSUB/XPUB bus proxy")
-    p_proxy.add_argument(
-        "--xsub-bind",
-        default=_env("SKILLSCALE_XSUB_BIND", "tcp://*:5444"),
-        help="publisher side [env SKILLSCALE_XSUB_BIND; default %(default)s]",
-    )
-    p_proxy.add_argument(
-        "--xpub-bind",
-        default=_env("SKILLSCALE_XPUB_BIND", "tcp://*:5555"),
-        help="subscriber side [env SKILLSCALE_XPUB_BIND; default %(default)s]",
-    )
-    p_proxy.add_argument(
-        "--metrics-host",
-        default=_env("SKILLSCALE_METRICS_HOST", "0.0.0.0"),  # noqa: S104
-        help="metrics interface [env SKILLSCALE_METRICS_HOST; default %(default)s]",
-    )
-    p_proxy.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("SKILLSCALE_METRICS_PORT", 9100)),
-        help="Prometheus port, 0 = any free, -1 = off [env SKILLSCALE_METRICS_PORT; "
-        "default %(default)s]",
-    )
-    p_proxy.add_argument(
+    _flag(p_proxy, "--xsub-bind", "SKILLSCALE_XSUB_BIND", "tcp://*:5444", "publisher side")
+    _flag(p_proxy, "--xpub-bind", "SKILLSCALE_XPUB_BIND", "tcp://*:5555", "subscriber side")
+    _flag(
+        p_proxy,
         "--router-bind",
-        default=_env("SKILLSCALE_ROUTER_BIND", "tcp://*:5566"),
-        help="replica-group side, 'off' for pub/sub only [env SKILLSCALE_ROUTER_BIND; "
-        "default %(default)s]",
+        "SKILLSCALE_ROUTER_BIND",
+        "tcp://*:5566",
+        "replica-group side, 'off' for pub/sub only",
     )
-    p_proxy.add_argument(
+    _flag(
+        p_proxy,
+        "--metrics-host",
+        "SKILLSCALE_METRICS_HOST",
+        "0.0.0.0",  # noqa: S104
+        "metrics interface",
+    )
+    _flag(
+        p_proxy,
+        "--metrics-port",
+        "SKILLSCALE_METRICS_PORT",
+        9100,
+        "Prometheus port, 0 = any free, -1 = off",
+        type=int,
+    )
+    _flag(
+        p_proxy,
         "--no-server-wait",
+        "SKILLSCALE_NO_SERVER_WAIT",
+        5.0,
+        "seconds a request waits for a first server of its topic before 'no_server'",
         type=float,
-        default=float(_env("SKILLSCALE_NO_SERVER_WAIT", 5.0)),
-        help="seconds a request waits for a first server of its topic before 'no_server' "
-        "[env SKILLSCALE_NO_SERVER_WAIT; default %(default)s]",
     )
-    p_proxy.add_argument(
+    _flag(
+        p_proxy,
         "--heartbeat-timeout",
+        "SKILLSCALE_HEARTBEAT_TIMEOUT",
+        3.0,
+        "seconds of silence before a server is dead and its work re-dispatched",
         type=float,
-        default=float(_env("SKILLSCALE_HEARTBEAT_TIMEOUT", 3.0)),
-        help="seconds of silence before a server is dead and its work re-dispatched "
-        "[env SKILLSCALE_HEARTBEAT_TIMEOUT; default %(default)s]",
     )
-    p_proxy.add_argument(
+    _flag(
+        p_proxy,
         "--max-queue",
+        "SKILLSCALE_MAX_QUEUE",
+        1000,
+        "requests waiting per topic before 'overloaded'",
         type=_positive_int,
-        default=int(_env("SKILLSCALE_MAX_QUEUE", 1000)),
-        help="requests waiting per topic before 'overloaded' [env SKILLSCALE_MAX_QUEUE; "
-        "default %(default)s]",
     )
-    p_proxy.add_argument(
+    _flag(
+        p_proxy,
         "--max-attempts",
+        "SKILLSCALE_MAX_ATTEMPTS",
+        3,
+        "deliveries of one request before giving up",
         type=_positive_int,
-        default=int(_env("SKILLSCALE_MAX_ATTEMPTS", 3)),
-        help="deliveries of one request before giving up [env SKILLSCALE_MAX_ATTEMPTS; "
-        "default %(default)s]",
     )
-    p_proxy.add_argument(
+    _flag(
+        p_proxy,
         "--curve-secret",
-        default=_env("SKILLSCALE_CURVE_SECRET", None),
-        help="the proxy's CURVE certificate (NAME.key_secret); with the two "
-        "allow-lists, turns CURVE on [env SKILLSCALE_CURVE_SECRET]",
+        "SKILLSCALE_CURVE_SECRET",
+        None,
+        "the proxy's CURVE certificate (NAME.key_secret); with the two allow-lists, turns CURVE on",
     )
-    p_proxy.add_argument(
+    _flag(
+        p_proxy,
         "--curve-clients",
-        default=_env("SKILLSCALE_CURVE_CLIENTS", None),
-        help="folder of allowed client public certificates [env SKILLSCALE_CURVE_CLIENTS]",
+        "SKILLSCALE_CURVE_CLIENTS",
+        None,
+        "folder of allowed client public certificates",
     )
-    p_proxy.add_argument("--curve-servers", default=_env("SKILLSCALE_CURVE_SERVERS", None),
-                         help="folder of allowed server public certificates "
-                         "[env SKILLSCALE_CURVE_SERVERS]")  # fmt: skip
+    _flag(
+        p_proxy,
+        "--curve-servers",
+        "SKILLSCALE_CURVE_SERVERS",
+        None,
+        "folder of allowed server public certificates",
+    )
     p_proxy.set_defaults(func=_cmd_proxy)
 
     p_mcp = sub.add_parser("mcp", help="serve the skills to MCP clients (stdio or HTTP)")
@@ -620,12 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_mcp.add_argument("--host", default="127.0.0.1", help="HTTP interface (default %(default)s)")
     p_mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default %(default)s)")
-    p_mcp.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=float(_env("SKILLSCALE_CLIENT_TIMEOUT", 60.0)),
-        help="seconds to wait for each skill [env SKILLSCALE_CLIENT_TIMEOUT; default 60]",
-    )
+    add_timeout(p_mcp, "seconds to wait for each skill")
     add_skills_dir(p_mcp)
     add_proxy_endpoints(p_mcp)
     add_curve_peer(p_mcp)
@@ -656,59 +690,73 @@ def build_parser() -> argparse.ArgumentParser:
     add_skills_dir(p_server)
     add_proxy_endpoints(p_server)
     add_curve_peer(p_server)
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--mode",
+        "SKILLSCALE_SERVER_MODE",
+        "group",
+        "group: share the topic's work with other replicas through the proxy; "
+        "pubsub: the reference's model, every server runs every request",
         choices=("group", "pubsub"),
-        default=_env("SKILLSCALE_SERVER_MODE", "group"),
-        help="group: share the topic's work with other replicas through the proxy (default); "
-        "pubsub: the reference's model, every server runs every request "
-        "[env SKILLSCALE_SERVER_MODE]",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--proxy-router",
-        default=_env("SKILLSCALE_PROXY_ROUTER", "tcp://127.0.0.1:5566"),
-        help="proxy's replica-group endpoint [env SKILLSCALE_PROXY_ROUTER; default %(default)s]",
+        "SKILLSCALE_PROXY_ROUTER",
+        "tcp://127.0.0.1:5566",
+        "proxy's replica-group endpoint",
     )
     add_server_tuning(p_server, with_defaults=True)
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--queue-size",
+        "SKILLSCALE_QUEUE_SIZE",
+        256,
+        "requests waiting beyond the workers before 'overloaded'",
         type=_positive_int,
-        default=int(_env("SKILLSCALE_QUEUE_SIZE", 256)),
-        help="requests waiting beyond the workers before 'overloaded' "
-        "[env SKILLSCALE_QUEUE_SIZE; default %(default)s]",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--max-request-bytes",
+        "SKILLSCALE_MAX_REQUEST_BYTES",
+        8 * 1024 * 1024,
+        "largest request accepted",
+        shown="8 MiB",
         type=_positive_int,
-        default=int(_env("SKILLSCALE_MAX_REQUEST_BYTES", 8 * 1024 * 1024)),
-        help="largest request accepted [env SKILLSCALE_MAX_REQUEST_BYTES; default 8 MiB]",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--max-output-bytes",
+        "SKILLSCALE_MAX_OUTPUT_BYTES",
+        4 * 1024 * 1024,
+        "largest skill output kept",
+        shown="4 MiB",
         type=_positive_int,
-        default=int(_env("SKILLSCALE_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)),
-        help="largest skill output kept [env SKILLSCALE_MAX_OUTPUT_BYTES; default 4 MiB]",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--matcher",
+        "SKILLSCALE_MATCHER",
+        "auto",
+        "auto: the LLM when one is configured, keywords otherwise; llm: require it "
+        "(keywords still catch its failures)",
         choices=("auto", "llm", "keyword"),
-        default=_env("SKILLSCALE_MATCHER", "auto"),
-        help="auto: the LLM when one is configured, keywords otherwise (default); llm: require "
-        "it (keywords still catch its failures) [env SKILLSCALE_MATCHER]",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--executor",
+        "SKILLSCALE_EXECUTOR",
+        "warm",
+        "warm: Python skills fork from a pre-imported fork server; cold: a new interpreter per run",
         choices=("warm", "cold"),
-        default=_env("SKILLSCALE_EXECUTOR", "warm"),
-        help="warm: Python skills fork from a pre-imported fork server (default); cold: a new "
-        "interpreter per run [env SKILLSCALE_EXECUTOR]",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--preload",
-        default=_env("SKILLSCALE_PRELOAD", None),
-        help="comma-separated modules the fork server imports (default: common standard "
-        "library modules, skillscale.skillkit, and httpx/openai when installed) "
-        "[env SKILLSCALE_PRELOAD]",
+        "SKILLSCALE_PRELOAD",
+        None,
+        "comma-separated modules the fork server imports",
+        shown="common standard library modules, skillscale.skillkit, httpx/openai if installed",
     )
     for flag, env, default, unit in (
         ("--limit-cpu", "SKILLSCALE_LIMIT_CPU", 60, "CPU seconds"),
@@ -716,19 +764,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("--limit-nproc", "SKILLSCALE_LIMIT_NPROC", 1024, "processes of the server's user"),
         ("--limit-fsize", "SKILLSCALE_LIMIT_FSIZE", 256, "MiB per file written"),
     ):
-        p_server.add_argument(
-            flag, type=int, default=int(_env(env, default)),
-            help=f"skill process limit: {unit}, 0 = none [env {env}; default {default}]",
-        )  # fmt: skip
-    p_server.add_argument(
+        _flag(p_server, flag, env, default, f"skill process limit: {unit}, 0 = none", type=int)
+    _flag(
+        p_server,
         "--python",
-        default=_env("SKILLSCALE_PYTHON", None),
-        help="interpreter for scripts/run.py [env SKILLSCALE_PYTHON; default: this one]",
+        "SKILLSCALE_PYTHON",
+        None,
+        "interpreter for scripts/run.py",
+        shown="this one",
     )
-    p_server.add_argument(
+    _flag(
+        p_server,
         "--server-id",
-        default=_env("SKILLSCALE_SERVER_ID", None),
-        help="id shown in replies [env SKILLSCALE_SERVER_ID]",
+        "SKILLSCALE_SERVER_ID",
+        None,
+        "id shown in replies",
+        shown="<host>-<pid>-<hex>",
     )
     p_server.set_defaults(func=_cmd_server)
 
@@ -737,12 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_invoke.add_argument("text", nargs="?", help="task text (matched to a skill)")
     p_invoke.add_argument("--skill", help="run this skill explicitly")
     p_invoke.add_argument("--data", help="skill input: literal text, @file, or - for stdin")
-    p_invoke.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=float(_env("SKILLSCALE_CLIENT_TIMEOUT", 60.0)),
-        help="seconds to wait for the reply [env SKILLSCALE_CLIENT_TIMEOUT; default %(default)s]",
-    )
+    add_timeout(p_invoke, "seconds to wait for the reply")
     p_invoke.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     add_proxy_endpoints(p_invoke)
     add_curve_peer(p_invoke)
@@ -799,12 +845,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skillscale`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("workers",):
-        value = getattr(args, name, None)
-        if isinstance(value, str):
-            setattr(args, name, _positive_int(value))
-    if isinstance(getattr(args, "timeout", None), str):
-        args.timeout = _seconds(args.timeout)
     if getattr(args, "workers", 0) is None and args.command == "server":
         from skill_server.server import default_workers
 

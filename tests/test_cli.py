@@ -108,6 +108,19 @@ def test_timeout_is_in_seconds() -> None:
     assert result.returncode == 2 and "seconds" in result.stderr
 
 
+def test_environment_twins_are_parsed_like_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skillscale.cli import build_parser
+
+    monkeypatch.setenv("SKILLSCALE_TIMEOUT", "12.5")
+    monkeypatch.setenv("SKILLSCALE_WORKERS", "3")
+    monkeypatch.setenv("SKILLSCALE_SERVER_MODE", "pubsub")
+    args = build_parser().parse_args(["server", "--topic", "T"])
+    assert (args.timeout, args.workers, args.mode) == (12.5, 3, "pubsub")
+    monkeypatch.setenv("SKILLSCALE_TIMEOUT", "300000")  # the reference's milliseconds
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["server", "--topic", "T"])
+
+
 def test_skills_list_show_validate() -> None:
     listed = cli("skills", "list", "--skills-dir", str(BUNDLED_SKILLS), "--json")
     assert listed.returncode == 0
