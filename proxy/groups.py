@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import secrets
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -123,6 +123,8 @@ class ReplicaGroups:
         self.duplicates_dropped = 0
         self.queued = 0
         """Requests waiting over all topics."""
+        # Gauges read these every tick: kept as counts, not recounted.
+        self._inflight_by_topic: Counter[bytes] = Counter()
         self.redelivered = 0
 
     # -- queries ---------------------------------------------------------------
@@ -138,7 +140,7 @@ class ReplicaGroups:
 
     def inflight_count(self, topic: bytes) -> int:
         """Requests of ``topic`` dispatched and not yet answered."""
-        return sum(1 for job in self.inflight.values() if job.topic == topic)
+        return self._inflight_by_topic.get(topic, 0)
 
     def replica_count(self, topic: bytes) -> int:
         """Live replicas of ``topic``."""
@@ -149,7 +151,7 @@ class ReplicaGroups:
         return (
             set(self.by_topic)
             | {t for t, q in self.queues.items() if q}
-            | {j.topic for j in self.inflight.values()}
+            | set(self._inflight_by_topic)
         )
 
     # -- events ----------------------------------------------------------------
@@ -206,7 +208,7 @@ class ReplicaGroups:
     def on_reply(self, identity: bytes, dispatch_id: bytes, reply_to: bytes, payload: bytes,
                  now: float) -> None:  # fmt: skip
         """The one reply for a dispatch: publish it unless it is a duplicate."""
-        job = self.inflight.pop(dispatch_id, None)
+        job = self._pop_inflight(dispatch_id)
         if job is None:
             if dispatch_id.startswith(self._epoch + b"-"):
                 self.duplicates_dropped += 1  # an earlier attempt already answered
@@ -228,7 +230,7 @@ class ReplicaGroups:
 
     def on_return(self, identity: bytes, dispatch_id: bytes, now: float) -> None:
         """A replica hands a job back (stopping): queue it for another."""
-        job = self.inflight.pop(dispatch_id, None)
+        job = self._pop_inflight(dispatch_id)
         member = self.members.get(identity)
         if member is not None:
             member.inflight.pop(dispatch_id, None)
@@ -274,6 +276,14 @@ class ReplicaGroups:
 
     # -- internals -------------------------------------------------------------
 
+    def _pop_inflight(self, dispatch_id: bytes) -> Job | None:
+        job = self.inflight.pop(dispatch_id, None)
+        if job is not None:
+            self._inflight_by_topic[job.topic] -= 1
+            if not self._inflight_by_topic[job.topic]:
+                del self._inflight_by_topic[job.topic]
+        return job
+
     def _new_id(self) -> bytes:
         return self._epoch + b"-" + str(next(self._ids)).encode()
 
@@ -294,6 +304,7 @@ class ReplicaGroups:
         member.inflight[job.dispatch_id] = job
         member.last_used = next(self._uses)
         self.inflight[job.dispatch_id] = job
+        self._inflight_by_topic[job.topic] += 1
         frames = [
             VERSION,
             REQ,
@@ -353,7 +364,7 @@ class ReplicaGroups:
         lost = list(member.inflight.values())
         member.inflight.clear()
         for job in lost:
-            self.inflight.pop(job.dispatch_id, None)
+            self._pop_inflight(job.dispatch_id)
             self._requeue(job, member.state.server_id, reason=reason)
         # Work of a topic that lost its last replica waits for a new one.
         for job in lost:

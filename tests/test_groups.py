@@ -73,7 +73,7 @@ def test_waiting_work_goes_out_as_slots_free() -> None:
     first_id = io.sent[0][1][2]
     groups.on_reply(b"a", first_id, b"AGENT_REPLY_c", b"{}", 0.1)
     assert io.published == [[b"AGENT_REPLY_c", b"{}"]]
-    assert len(io.sent) == 2 and groups.queue_depth(T) == 0
+    assert len(io.sent) == 2 and groups.queue_depth(T) == 0 and groups.inflight_count(T) == 1
 
 
 def test_full_queue_answers_overloaded() -> None:
@@ -133,6 +133,7 @@ def test_dead_replica_work_is_redelivered_once_and_duplicates_dropped() -> None:
     groups.on_reply(victim, dispatch_id, b"AGENT_REPLY_c", b"late", 4)
     assert io.published == [[b"AGENT_REPLY_c", b"first"]]
     assert groups.duplicates_dropped == 1
+    assert groups.inflight_count(T) == 0 and groups.inflight == {}
 
 
 def test_attempts_are_bounded() -> None:
