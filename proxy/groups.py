@@ -354,7 +354,8 @@ class ReplicaGroups:
         member = self.members.pop(identity, None)
         if member is None:
             return
-        log.warning("replica %s removed: %s", member.state.server_id, reason)
+        level = logging.INFO if reason == "left" else logging.WARNING
+        log.log(level, "replica %s removed: %s", member.state.server_id, reason)
         for topic in member.state.topics:
             members = self.by_topic.get(topic.encode())
             if members is not None:

@@ -227,13 +227,16 @@ def _print_banner(info: dict[str, Any]) -> None:
         f"           subscribers connect to {info['xpub']}",
         f"           metrics                {info['metrics'] or 'off'}",
     ]
-    first_topic = None
+    example = None
     for server in info["servers"]:
         topics = ", ".join(server["topics"] or [])
-        first_topic = first_topic or (server["topics"] or [None])[0]
         lines.append(f"  server   {topics:<24} skills: {', '.join(server['skills'] or [])}")
-    if first_topic:
-        lines.append(f'Try:  skillscale invoke {first_topic} "summarize: <your text>"')
+        if "text-summarizer" in (server["skills"] or []):
+            example = f'skillscale invoke {server["topics"][0]} "summarize: <your text>"'
+        elif example is None and server["topics"]:
+            example = f'skillscale invoke {server["topics"][0]} "<your task>"'
+    if example:
+        lines.append(f"Try:  {example}")
     lines.append("Press Ctrl-C to stop.")
     print("\n".join(lines), flush=True)
 
