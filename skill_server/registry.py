@@ -30,9 +30,37 @@ class SkillRegistry:
         self.matcher = KeywordMatcher([], threshold)
         self.llm = llm
         self.llm_matcher: LLMMatcher | None = None
+        self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+
+    def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        """``(path, mtime, size)`` of every SKILL.md and AGENTS.md below the roots.
+
+        Stat-ing a few dozen files every couple of seconds costs next to
+        nothing and needs no file-watching dependency; entry scripts are not
+        included because they are read afresh on every run anyway.
+        """
+        found = []
+        for root in self.discovery.roots:
+            for pattern in ("SKILL.md", "AGENTS.md", "*/SKILL.md", "*/AGENTS.md", "*/*/SKILL.md"):
+                for path in root.glob(pattern):
+                    try:
+                        st = path.stat()
+                    except OSError:
+                        continue
+                    found.append((str(path), st.st_mtime_ns, st.st_size))
+        return tuple(sorted(found))
+
+    def reload_if_changed(self) -> bool:
+        """Reload when a skill was added, removed or its SKILL.md changed."""
+        current = self.fingerprint()
+        if current == self._fingerprint:
+            return False
+        self.reload()
+        return True
 
     def reload(self) -> list[SkillProblem]:
         """Rescan the roots; invalid skills are logged and skipped, never fatal."""
+        self._fingerprint = self.fingerprint()
         catalog = self.discovery.scan()
         for problem in catalog.problems:
             log.warning("skipping skill at %s: %s", problem.path, problem.message)

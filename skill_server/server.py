@@ -118,6 +118,8 @@ class ServerConfig:
     hwm: int = 10_000
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     trace_events: bool = True
+    reload_interval: float = 2.0
+    """Seconds between checks for added, removed or edited skills; 0 disables."""
     """Publish an execution trace per request on ``_SKILLSCALE_TRACE``."""
     resources: ResourceLimits = field(default_factory=ResourceLimits)
     curve: CurveKeys | None = None
@@ -227,6 +229,8 @@ class SkillServer(AsyncRole):
                 log.error("%s; Python skills run cold until it is back", exc)
         self._ctx = zmq.asyncio.Context()
         self._accepting = True
+        if cfg.reload_interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_skills(), name="skill-watch"))
         self._running = {
             asyncio.create_task(self._work(), name=f"worker-{i}"): None for i in range(cfg.workers)
         }
@@ -370,6 +374,18 @@ class SkillServer(AsyncRole):
             draining=not self._accepting,
             skills=names,
         )
+
+    async def _watch_skills(self) -> None:
+        """New, removed and edited skills take effect without a restart."""
+        while True:
+            await asyncio.sleep(self.config.reload_interval)  # the check period, not a hot path
+            try:
+                changed = self.registry.reload_if_changed()
+            except Exception:
+                log.exception("skill rescan failed; keeping the current skills")
+                continue
+            if changed:
+                log.info("skills reloaded: %s", ", ".join(self.registry.names) or "(none)")
 
     async def _heartbeats(self) -> None:
         warned = False

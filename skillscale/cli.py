@@ -148,6 +148,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         curve=_curve_keys(args),
         executor=args.executor,
         matcher=args.matcher,
+        reload_interval=args.reload_interval,
         preload=[m for m in args.preload.split(",") if m] if args.preload else None,
         resources=ResourceLimits(
             cpu_seconds=args.limit_cpu,
@@ -768,6 +769,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("--limit-fsize", "SKILLSCALE_LIMIT_FSIZE", 256, "MiB per file written"),
     ):
         _flag(p_server, flag, env, default, f"skill process limit: {unit}, 0 = none", type=int)
+    _flag(
+        p_server,
+        "--reload-interval",
+        "SKILLSCALE_RELOAD_INTERVAL",
+        2.0,
+        "seconds between checks for added, removed or edited skills, 0 = never",
+        type=float,
+    )
     _flag(
         p_server,
         "--python",

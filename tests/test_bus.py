@@ -352,3 +352,34 @@ async def test_pubsub_server_full_queue_answers_overloaded_and_loses_nothing(
         assert all("retry" in (r.error or "retry") for r in replies)
     finally:
         server.close()
+
+
+async def test_added_and_edited_skills_take_effect_without_a_restart(
+    proxy: RoleProcess, client: SkillScaleClient, tmp_path: Path
+) -> None:
+    root = tmp_path / "live"
+    (root / "first" / "scripts").mkdir(parents=True)
+    (root / "first" / "SKILL.md").write_text("---\nname: first\ndescription: One.\n---\n")
+    (root / "first" / "scripts" / "run.py").write_text("print('first')\n")
+    server = start_server(proxy, root, "TOPIC_LIVE", reload_interval=0.2)
+
+    async def catalog_until(predicate: object) -> list[dict[str, object]]:
+        # Each round trip is an event; the server rescans every 0.2 s.
+        for _ in range(500):
+            listing = json.loads(await client.invoke("TOPIC_LIVE", {"catalog": True}))
+            if predicate(listing):  # type: ignore[operator]
+                return listing  # type: ignore[no-any-return]
+        raise AssertionError("the server never picked up the change")
+
+    try:
+        assert [s["name"] for s in await catalog_until(lambda listing: True)] == ["first"]
+        (root / "second" / "scripts").mkdir(parents=True)
+        (root / "second" / "scripts" / "run.py").write_text("print('second')\n")
+        (root / "second" / "SKILL.md").write_text("---\nname: second\ndescription: Two.\n---\n")
+        await catalog_until(lambda listing: [s["name"] for s in listing] == ["first", "second"])
+        assert (await client.invoke("TOPIC_LIVE", "/second")).strip() == "second"
+        (root / "first" / "SKILL.md").write_text("---\nname: first\ndescription: Uno.\n---\n")
+        listing = await catalog_until(lambda listing: listing[0]["description"] == "Uno.")
+        assert listing[0]["name"] == "first"
+    finally:
+        server.close()
