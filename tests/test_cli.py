@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -174,3 +175,22 @@ def test_keys_generate(tmp_path: Path) -> None:
         secret = tmp_path / f"{name}.key_secret"
         assert secret.stat().st_mode & 0o777 == 0o600
         assert "secret-key" in secret.read_text()
+
+
+def test_up_restarts_a_server_that_dies() -> None:
+    up = RoleProcess(
+        "up", "--xsub-port", "0", "--xpub-port", "0", "--router-port", "0",
+        "--metrics-port", "-1", "--skills-dir", str(BUNDLED_SKILLS), "--json",
+    )  # fmt: skip
+    try:
+        victim = next(s for s in up.ready["servers"] if "TOPIC_DATA_PROCESSING" in s["topics"])
+        os.kill(victim["pid"], signal.SIGKILL)
+        # The proxy holds the request (no_server wait) while `up` restarts the server.
+        result = cli(
+            "invoke", "TOPIC_DATA_PROCESSING", "summarize: Restarted servers answer. Good.",
+            "--timeout", "20", *endpoints(up),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("## Summary")
+    finally:
+        up.close()
