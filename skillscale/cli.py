@@ -356,7 +356,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
-    from skillscale.adapters.mcp import catalog_for, serve_http, serve_stdio
+    try:
+        from skillscale.adapters.mcp import catalog_for, serve_http, serve_stdio
+    except ImportError as exc:
+        print(f"error: {exc}; install the extra: pip install -e '.[mcp]'", file=sys.stderr)
+        return EXIT_FAIL
     from skillscale.client import SkillScaleClient
     from skillscale.runtime import run, setup_logging
 
