@@ -126,7 +126,8 @@ class Proxy(AsyncRole):
     def __init__(self, config: ProxyConfig | None = None) -> None:
         self.config = config or ProxyConfig()
         self.metrics = ProxyMetrics()
-        self.groups = ReplicaGroups(_IO(self), self.config.groups)
+        self._io = _IO(self)
+        self.groups = ReplicaGroups(self._io, self.config.groups)
         self._ctx: zmq.asyncio.Context | None = None
         self._xsub: SocketPair | None = None
         self._xpub: SocketPair | None = None
@@ -349,7 +350,7 @@ class Proxy(AsyncRole):
 
     def _reject_malformed(self, topic: bytes, frames: list[zmq.Frame]) -> None:
         job = Job(b"", topic, b"\n".join(f.bytes for f in frames[1:]), time.monotonic())
-        _IO(self).reply_error(
+        self._io.reply_error(
             job,
             ErrorCode.BAD_REQUEST,
             f"a request is 2 frames [topic, json]; got {len(frames)}",

@@ -15,6 +15,7 @@ from skill_server.matcher import KeywordMatcher
 from skillscale.discovery import Catalog
 from skillscale.errors import ErrorCode, SkillNotFoundError
 from skillscale.llm import LLMClient, LLMError
+from skillscale.protocol import topic_for_category
 
 SYSTEM_PROMPT = (
     "You route a user's task to exactly one topic of a skill fabric. Answer with the exact "
@@ -38,7 +39,6 @@ class TopicRouter:
         self.catalog = catalog
         self.llm = llm
         self.topics = catalog.topics()
-        self._topic_of = {s.name: t for t, skills in self.topics.items() for s in skills}
         self._keyword = KeywordMatcher(catalog.skills.values())
         self._menu = "\n".join(
             f"- {topic}: " + "; ".join(f"{s.name} ({s.description})" for s in skills)
@@ -70,4 +70,5 @@ class TopicRouter:
                 "no topic matched the task; topics: " + ", ".join(self.topics),
                 code=ErrorCode.NO_MATCH,
             )
-        return Route(self._topic_of[best.skill.name], "keyword", detail)
+        topic = topic_for_category(self.catalog.category_of[best.skill.name])
+        return Route(topic, "keyword", detail)

@@ -263,23 +263,19 @@ async def test_fifty_megabytes_of_output(
     await assert_still_serving(client)
 
 
-async def test_caller_deadline_already_passed(
-    client: SkillScaleClient, testing_server: RoleProcess, proxy: RoleProcess
+def test_caller_deadline_already_passed(
+    ref_client: ReferenceClient, testing_server: RoleProcess
 ) -> None:
-    ref = ReferenceClient(proxy.ready["xsub"], proxy.ready["xpub"])
-    try:
-        payload = {
-            "request_id": "late",
-            "reply_to": ref.reply_topic,
-            "intent": "/echo x",
-            "timestamp": time.time(),
-            "deadline": time.time() - 1,
-        }
-        ref.send_raw([T.encode(), json.dumps(payload).encode()])
-        reply = ref.recv()
-        assert reply["error_code"] == "deadline_exceeded"
-    finally:
-        ref.close()
+    payload = {
+        "request_id": "late",
+        "reply_to": ref_client.reply_topic,
+        "intent": "/echo x",
+        "timestamp": time.time(),
+        "deadline": time.time() - 1,
+    }
+    ref_client.send_raw([T.encode(), json.dumps(payload).encode()])
+    reply = ref_client.recv()
+    assert reply["request_id"] == "late" and reply["error_code"] == "deadline_exceeded"
 
 
 async def test_proxy_metrics_count_messages(
