@@ -70,15 +70,18 @@ def _print_ready(payload: dict[str, Any]) -> None:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from proxy.groups import GroupsConfig
     from proxy.proxy import Proxy, ProxyConfig
-    from skillscale.runtime import install_stop_signals, run, setup_logging
+    from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
 
     setup_logging()
+    host = args.host
+    router_bind = args.router_bind or f"tcp://{host}:5566"
     config = ProxyConfig(
-        xsub_bind=args.xsub_bind,
-        xpub_bind=args.xpub_bind,
-        router_bind=None if args.router_bind in ("", "off") else args.router_bind,
-        metrics_host=args.metrics_host,
+        xsub_bind=args.xsub_bind or f"tcp://{host}:5444",
+        xpub_bind=args.xpub_bind or f"tcp://{host}:5555",
+        router_bind=None if router_bind == "off" else router_bind,
+        metrics_host=args.metrics_host or host,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        max_message_bytes=args.max_message_bytes,
         curve=_proxy_curve(args),
         groups=GroupsConfig(
             heartbeat_timeout=args.heartbeat_timeout,
@@ -88,7 +91,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         ),
     )
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
         async with Proxy(config) as proxy:
@@ -102,10 +105,9 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                     "metrics": proxy.metrics_url,
                 }
             )
-            await stop.wait()
+            return await serve_until(stop, proxy)
 
-    run(main)
-    return EXIT_OK
+    return run(main)
 
 
 def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
@@ -114,7 +116,10 @@ def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
         return None
     if not all(given):
         raise SystemExit("error: --curve-secret, --curve-clients and --curve-servers go together")
-    return ProxyCurve(Path(args.curve_secret), Path(args.curve_clients), Path(args.curve_servers))
+    topics = Path(args.curve_server_topics) if args.curve_server_topics else None
+    return ProxyCurve(
+        Path(args.curve_secret), Path(args.curve_clients), Path(args.curve_servers), topics
+    )
 
 
 # -- server ------------------------------------------------------------------
@@ -357,13 +362,24 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
     try:
-        from skillscale.adapters.mcp import catalog_for, serve_http, serve_stdio
+        from skillscale.adapters.mcp import (
+            catalog_for,
+            check_http_exposure,
+            serve_http,
+            serve_stdio,
+        )
     except ImportError as exc:
         print(f"error: {exc}; install the extra: pip install -e '.[mcp]'", file=sys.stderr)
         return EXIT_FAIL
     from skillscale.client import SkillScaleClient
     from skillscale.runtime import run, setup_logging
 
+    if args.transport == "http":
+        try:
+            check_http_exposure(args.host, args.token)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     setup_logging("WARNING")  # stderr only: stdout carries the MCP protocol
     catalog = catalog_for(_dirs(args.skills_dir))
 
@@ -374,7 +390,17 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
             if args.transport == "stdio":
                 await serve_stdio(client, catalog)
             else:
-                await serve_http(client, catalog, args.host, args.port)
+                await serve_http(
+                    client,
+                    catalog,
+                    args.host,
+                    args.port,
+                    token=args.token,
+                    allowed_hosts=args.allowed_host
+                    or [h for h in _env("SKILLSCALE_MCP_ALLOWED_HOSTS", "").split(",") if h],
+                    allowed_origins=args.allowed_origin
+                    or [o for o in _env("SKILLSCALE_MCP_ALLOWED_ORIGINS", "").split(",") if o],
+                )
 
     try:
         run(main)
@@ -579,21 +605,45 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.set_defaults(func=_cmd_up)
 
     p_proxy = sub.add_parser("proxy", help="run the XSUB/XPUB bus proxy")
-    _flag(p_proxy, "--xsub-bind", "SKILLSCALE_XSUB_BIND", "tcp://*:5444", "publisher side")
-    _flag(p_proxy, "--xpub-bind", "SKILLSCALE_XPUB_BIND", "tcp://*:5555", "subscriber side")
+    _flag(
+        p_proxy,
+        "--host",
+        "SKILLSCALE_HOST",
+        "127.0.0.1",
+        "interface for all four ports; 0.0.0.0 opens the bus to the network "
+        "(then use CURVE: anyone who can reach an open bus is trusted)",
+    )
+    _flag(
+        p_proxy, "--xsub-bind", "SKILLSCALE_XSUB_BIND", None, "publisher side",
+        shown="tcp://HOST:5444",
+    )  # fmt: skip
+    _flag(
+        p_proxy, "--xpub-bind", "SKILLSCALE_XPUB_BIND", None, "subscriber side",
+        shown="tcp://HOST:5555",
+    )  # fmt: skip
     _flag(
         p_proxy,
         "--router-bind",
         "SKILLSCALE_ROUTER_BIND",
-        "tcp://*:5566",
+        None,
         "replica-group side, 'off' for pub/sub only",
+        shown="tcp://HOST:5566",
     )
     _flag(
         p_proxy,
         "--metrics-host",
         "SKILLSCALE_METRICS_HOST",
-        "0.0.0.0",  # noqa: S104
+        None,
         "metrics interface",
+        shown="HOST",
+    )
+    _flag(
+        p_proxy,
+        "--max-message-bytes",
+        "SKILLSCALE_MAX_MESSAGE_BYTES",
+        8 * 1024 * 1024,
+        "largest request forwarded; larger ones are answered 'payload_too_large'",
+        type=_positive_int,
     )
     _flag(
         p_proxy,
@@ -656,6 +706,13 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         "folder of allowed server public certificates",
     )
+    _flag(
+        p_proxy,
+        "--curve-server-topics",
+        "SKILLSCALE_CURVE_SERVER_TOPICS",
+        None,
+        "YAML file: server certificate name -> topic patterns it may serve",
+    )
     p_proxy.set_defaults(func=_cmd_proxy)
 
     p_mcp = sub.add_parser("mcp", help="serve the skills to MCP clients (stdio or HTTP)")
@@ -667,6 +724,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_mcp.add_argument("--host", default="127.0.0.1", help="HTTP interface (default %(default)s)")
     p_mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default %(default)s)")
+    _flag(
+        p_mcp,
+        "--token",
+        "SKILLSCALE_MCP_TOKEN",
+        None,
+        "HTTP: bearer token clients must send (required beyond loopback; prefer the "
+        "variable, a flag shows in ps)",
+    )
+    p_mcp.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="HOST:PORT",
+        help="HTTP: a Host header to accept besides the bound address and localhost, "
+        "HOST:* for any port (repeatable) [env SKILLSCALE_MCP_ALLOWED_HOSTS, comma-separated]",
+    )
+    p_mcp.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="HTTP: a browser Origin to accept, e.g. https://app.example (repeatable) "
+        "[env SKILLSCALE_MCP_ALLOWED_ORIGINS, comma-separated]",
+    )
     add_timeout(p_mcp, "seconds to wait for each skill")
     add_skills_dir(p_mcp)
     add_proxy_endpoints(p_mcp)
