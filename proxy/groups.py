@@ -19,6 +19,14 @@ Rules:
   dropped, so a caller gets exactly one reply.
 * Work whose caller's deadline passed is never dispatched; the caller (if
   still listening) is told ``deadline_exceeded``.
+* Only the replica a job was dispatched to may answer it or hand it back;
+  a reply or ``RETURN`` from any other peer is dropped and counted.
+* Everything is bounded: members, topics, waiting jobs per topic and in all,
+  and the bytes of waiting payloads.
+
+Removing a replica may re-dispatch its work to another replica whose send
+fails, which removes that one too, and so on (a whole node failing). That
+chain is walked with a work list, never by recursion.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import secrets
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -47,9 +56,13 @@ class GroupsConfig:
     """Waiting requests per topic before ``overloaded``."""
     max_queued_total: int = 20_000
     """Waiting requests over all topics (many topics with no server, say)."""
+    max_queued_bytes: int = 256 * 1024 * 1024
+    """Payload bytes of waiting requests over all topics before ``overloaded``."""
     max_attempts: int = 3
     """Deliveries of one request before giving up on it."""
     max_members: int = 10_000
+    max_topics: int = 1_000
+    """Distinct topics with replicas or waiting work; more are refused."""
 
 
 @dataclass
@@ -78,11 +91,15 @@ class Member:
     last_seen: float
     inflight: dict[bytes, Job] = field(default_factory=dict)
     last_used: int = 0
+    unreachable: bool = False
+    """A send to it failed: it gets no more work and is removed shortly."""
 
     @property
     def free(self) -> int:
         """Slots the proxy may still fill."""
-        return 0 if self.state.draining else self.state.slots - len(self.inflight)
+        if self.state.draining or self.unreachable:
+            return 0
+        return self.state.slots - len(self.inflight)
 
 
 class GroupIO(Protocol):
@@ -99,12 +116,21 @@ class GroupIO(Protocol):
 
 
 def job_deadline(payload: bytes) -> float | None:
-    """The caller's ``deadline`` from a request payload, if present and valid."""
+    """The caller's ``deadline`` from a request payload, if present and valid.
+
+    Untrusted bytes: any JSON at all may arrive here (a 400-digit number
+    overflows ``float``, a deeply nested value exhausts the recursion limit),
+    so every failure means "no deadline", never an exception.
+    """
     try:
-        value = json.loads(payload).get("deadline")
-    except (ValueError, AttributeError):
+        data = json.loads(payload)
+        value = data.get("deadline") if isinstance(data, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        deadline = float(value)
+    except (ValueError, TypeError, OverflowError, RecursionError):
         return None
-    return float(value) if isinstance(value, (int, float)) else None
+    return deadline if math.isfinite(deadline) else None
 
 
 class ReplicaGroups:
@@ -121,8 +147,13 @@ class ReplicaGroups:
         self._ids = itertools.count(1)
         self._uses = itertools.count(1)
         self.duplicates_dropped = 0
+        self.foreign_dropped = 0
+        """Replies and hand-backs from a peer that does not own the job."""
         self.queued = 0
         """Requests waiting over all topics."""
+        self.queued_bytes = 0
+        """Payload bytes of the requests waiting over all topics."""
+        self._unreachable: list[bytes] = []
         # Gauges read these every tick: kept as counts, not recounted.
         self._inflight_by_topic: Counter[bytes] = Counter()
         self.redelivered = 0
@@ -167,22 +198,29 @@ class ReplicaGroups:
             member = self._pick(topic)
             if member is not None:
                 self._dispatch(job, member)
+                self._reap(now)
                 return True
         else:
             job.parked_until = now + self.config.no_server_wait
-        queue = self.queues.setdefault(topic, deque())
-        if len(queue) >= self.config.max_queue or self.queued >= self.config.max_queued_total:
-            self.io.reply_error(
-                job,
-                ErrorCode.OVERLOADED,
-                f"{topic.decode(errors='replace')} has {len(queue)} requests waiting "
-                f"({self.queued} on all topics); retry later",
-            )
+        cfg = self.config
+        queue = self.queues.get(topic)
+        depth = len(queue) if queue else 0
+        if queue is None and len(self.queues) >= cfg.max_topics:
+            reason = f"{len(self.queues)} topics already have waiting requests"
+        elif depth >= cfg.max_queue or self.queued >= cfg.max_queued_total:
+            reason = f"{depth} requests waiting ({self.queued} on all topics)"
+        elif self.queued_bytes + len(payload) > cfg.max_queued_bytes:
+            reason = f"{self.queued_bytes} bytes of requests waiting"
+        else:
+            # Only waiting work pays for parsing its deadline.
+            job.deadline = job_deadline(payload)
+            self._enqueue(job)
             return True
-        # Only waiting work pays for parsing its deadline.
-        job.deadline = job_deadline(payload)
-        queue.append(job)
-        self.queued += 1
+        self.io.reply_error(
+            job,
+            ErrorCode.OVERLOADED,
+            f"{topic.decode(errors='replace')}: {reason}; retry later",
+        )
         return True
 
     def on_heartbeat(self, identity: bytes, state: ServerState, now: float) -> None:
@@ -197,51 +235,83 @@ class ReplicaGroups:
             log.info("replica %s joined for %s", state.server_id, ", ".join(state.topics))
         else:
             for topic in set(member.state.topics) - set(state.topics):
-                self.by_topic.get(topic.encode(), set()).discard(identity)
-            member.state = state
+                self._leave_topic(topic.encode(), identity)
             member.last_seen = now
-        for topic in state.topics:
-            self.by_topic.setdefault(topic.encode(), set()).add(identity)
-        for topic in state.topics:
-            self._pump(topic.encode(), now)
+        topics = []
+        for name in state.topics:
+            key = name.encode()
+            if key not in self.by_topic and len(self.by_topic) >= self.config.max_topics:
+                log.warning("replica %s: topic %s refused: %d topics served already",
+                            state.server_id, name, len(self.by_topic))  # fmt: skip
+                continue
+            self.by_topic.setdefault(key, set()).add(identity)
+            topics.append(name)
+        # The member's state lists only the topics it was admitted to.
+        member.state = (
+            state
+            if len(topics) == len(state.topics)
+            else state.model_copy(update={"topics": topics})
+        )
+        for name in topics:
+            self._pump(name.encode(), now)
+        self._reap(now)
 
     def on_reply(self, identity: bytes, dispatch_id: bytes, reply_to: bytes, payload: bytes,
                  now: float) -> None:  # fmt: skip
-        """The one reply for a dispatch: publish it unless it is a duplicate."""
-        job = self._pop_inflight(dispatch_id)
+        """The one reply for a dispatch: publish it unless it is a duplicate.
+
+        ``reply_to`` must already be checked by the caller to be a reply topic.
+        """
+        job = self.inflight.get(dispatch_id)
         if job is None:
             if dispatch_id.startswith(self._epoch + b"-"):
                 self.duplicates_dropped += 1  # an earlier attempt already answered
                 return
             # Dispatched by a proxy before a restart: nobody else will answer it.
+            # (Its server may not have sent this proxy a heartbeat yet; under
+            # CURVE only server keys reach this socket at all.)
             if reply_to:
                 self.io.publish([reply_to, payload])
             return
-        member = self.members.get(job.member or b"")
+        if job.member != identity:
+            self.foreign_dropped += 1
+            log.warning("dropped a reply for %s from %r, which does not own it",
+                        dispatch_id.decode(errors="replace"), identity)  # fmt: skip
+            return
+        self._pop_inflight(dispatch_id)
+        member = self.members.get(identity)
         if member is not None:
             member.inflight.pop(dispatch_id, None)
         if reply_to:
             self.io.publish([reply_to, payload])
-        member = self.members.get(identity)
         if member is not None:
             member.last_seen = now
             for topic in member.state.topics:
                 self._pump(topic.encode(), now)
+        self._reap(now)
 
     def on_return(self, identity: bytes, dispatch_id: bytes, now: float) -> None:
         """A replica hands a job back (stopping): queue it for another."""
-        job = self._pop_inflight(dispatch_id)
+        job = self.inflight.get(dispatch_id)
+        if job is None:
+            return
+        if job.member != identity:
+            self.foreign_dropped += 1
+            return
+        self._pop_inflight(dispatch_id)
         member = self.members.get(identity)
+        server_id = identity.decode(errors="replace")
         if member is not None:
             member.inflight.pop(dispatch_id, None)
-        if job is not None:
-            server_id = member.state.server_id if member else identity.decode(errors="replace")
-            self._requeue(job, server_id, reason="handed back")
-            self._pump(job.topic, now)
+            server_id = member.state.server_id
+        self._requeue(job, server_id, reason="handed back")
+        self._pump(job.topic, now)
+        self._reap(now)
 
     def on_bye(self, identity: bytes, now: float) -> None:
         """A replica leaves at once."""
         self._remove(identity, "left", now)
+        self._reap(now)
 
     def tick(self, now: float) -> None:
         """Housekeeping: dead replicas, ``no_server`` and passed deadlines."""
@@ -268,13 +338,32 @@ class ReplicaGroups:
                     )
                 else:
                     keep.append(job)
-            self.queued -= len(queue) - len(keep)
+                    continue
+                self.queued -= 1
+                self.queued_bytes -= len(job.payload)
             if keep:
                 self.queues[topic] = keep
             else:
                 del self.queues[topic]  # topics with nothing waiting cost nothing
+        self._reap(now)
 
     # -- internals -------------------------------------------------------------
+
+    def _enqueue(self, job: Job, *, front: bool = False) -> None:
+        queue = self.queues.setdefault(job.topic, deque())
+        if front:
+            queue.appendleft(job)
+        else:
+            queue.append(job)
+        self.queued += 1
+        self.queued_bytes += len(job.payload)
+
+    def _leave_topic(self, topic: bytes, identity: bytes) -> None:
+        members = self.by_topic.get(topic)
+        if members is not None:
+            members.discard(identity)
+            if not members:
+                del self.by_topic[topic]
 
     def _pop_inflight(self, dispatch_id: bytes) -> Job | None:
         job = self.inflight.pop(dispatch_id, None)
@@ -314,8 +403,15 @@ class ReplicaGroups:
             str(job.attempt).encode(),
             ",".join(job.history).encode(),
         ]
-        if not self.io.send_to(member.identity, frames):
-            self._remove(member.identity, "unreachable", job.arrived)
+        if not self.io.send_to(member.identity, frames) and not member.unreachable:
+            # Removed by _reap, outside this call chain (see the module doc).
+            member.unreachable = True
+            self._unreachable.append(member.identity)
+
+    def _reap(self, now: float) -> None:
+        """Remove replicas found unreachable; their work may find others so."""
+        while self._unreachable:
+            self._remove(self._unreachable.pop(), "unreachable", now)
 
     def _pump(self, topic: bytes, now: float) -> None:
         queue = self.queues.get(topic)
@@ -325,6 +421,7 @@ class ReplicaGroups:
                 return
             job = queue.popleft()
             self.queued -= 1
+            self.queued_bytes -= len(job.payload)
             if job.deadline is not None and job.deadline <= now:
                 self.io.reply_error(
                     job, ErrorCode.DEADLINE_EXCEEDED,
@@ -347,8 +444,7 @@ class ReplicaGroups:
         if job.deadline is None:
             job.deadline = job_deadline(job.payload)
         self.redelivered += 1
-        self.queues.setdefault(job.topic, deque()).appendleft(job)
-        self.queued += 1
+        self._enqueue(job, front=True)
 
     def _remove(self, identity: bytes, reason: str, now: float) -> None:
         member = self.members.pop(identity, None)
@@ -357,11 +453,7 @@ class ReplicaGroups:
         level = logging.INFO if reason == "left" else logging.WARNING
         log.log(level, "replica %s removed: %s", member.state.server_id, reason)
         for topic in member.state.topics:
-            members = self.by_topic.get(topic.encode())
-            if members is not None:
-                members.discard(identity)
-                if not members:
-                    del self.by_topic[topic.encode()]
+            self._leave_topic(topic.encode(), identity)
         lost = list(member.inflight.values())
         member.inflight.clear()
         for job in lost:

@@ -16,17 +16,40 @@ Three sockets:
 Every request is also published on XPUB as before, so plain servers and
 monitors keep working; a topic is served by a group *or* by plain servers,
 and mixing the two on one topic runs requests twice.
+
+Hostile or careless peers (see the README's trust model):
+
+* every message is handled in its own ``try``: no input ends the loop; a
+  failure is counted (``dropped{reason="internal_error"}``) and logged,
+  rate-limited;
+* sizes: ``MAXMSGSIZE`` on every socket disconnects a peer sending a frame
+  past the hard cap; requests past ``max_message_bytes`` are answered
+  ``payload_too_large``; waiting requests and held replies are capped in
+  count *and* bytes;
+* a subscriber that stops reading costs only itself: its messages are
+  dropped (counted as ``slow_subscriber``) while the others still get them,
+  and ZMTP heartbeats disconnect it once it has been stuck for
+  ``stuck_timeout`` seconds;
+* subscriptions are bounded in all and per peer, and matched in bounded
+  time (:mod:`proxy.subscriptions`);
+* under CURVE, a replica's routing id is bound to the key that first
+  announced it, replies and hand-backs are accepted only from the replica
+  owning the job, an optional allow-list says which server keys may serve
+  which topics, and client keys can publish neither replies nor trace
+  events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -34,16 +57,22 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from proxy.groups import GroupsConfig, Job, ReplicaGroups
 from proxy.metrics import DOWNSTREAM, UPSTREAM, ProxyMetrics
+from proxy.subscriptions import Subscriptions
 from skillscale.errors import ErrorCode
+from skillscale.events import TRACE_TOPIC
 from skillscale.protocol import (
+    MAX_REPLY_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_TOPIC_BYTES,
     PROBE_TOPIC_PREFIX,
     REPLY_TOPIC_PREFIX,
     Reply,
     Trace,
+    is_reply_topic,
     salvage_address,
 )
 from skillscale.replica_protocol import BYE, HB, REPLY, RETURN, VERSION, ServerState
-from skillscale.runtime import AsyncRole
+from skillscale.runtime import AsyncRole, safe
 from skillscale.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
@@ -56,24 +85,43 @@ from skillscale.transport import SocketPair, bind_endpoint, connectable
 log = logging.getLogger(__name__)
 
 _REPLY_PREFIX = REPLY_TOPIC_PREFIX.encode()
+_TRACE_TOPIC = TRACE_TOPIC.encode()
 _NOT_REQUESTS = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode(), b"_SKILLSCALE_")
+_GROUP = b"_SKILLSCALE_GROUP"
+MiB = 1024 * 1024
+DEFAULT_HOST = "127.0.0.1"
 
 
 @dataclass
 class ProxyConfig:
     """Proxy settings; endpoints ending in ``:0`` bind any free port. Seconds."""
 
-    xsub_bind: str = "tcp://*:5444"
-    xpub_bind: str = "tcp://*:5555"
-    router_bind: str | None = "tcp://*:5566"
+    xsub_bind: str = f"tcp://{DEFAULT_HOST}:5444"
+    xpub_bind: str = f"tcp://{DEFAULT_HOST}:5555"
+    router_bind: str | None = f"tcp://{DEFAULT_HOST}:5566"
     """Replica-group endpoint; None turns groups off (plain pub/sub only)."""
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from outside the pod
+    metrics_host: str = DEFAULT_HOST
+    """Loopback by default; a pod binds ``0.0.0.0`` so Prometheus can scrape it."""
     metrics_port: int | None = 9100
     """None disables the HTTP endpoint."""
     batch: int = 512
     """Messages drained per readable event before yielding to the loop."""
     hwm: int = 100_000
-    """Per-peer high-water mark (messages) on every socket."""
+    """Per-peer high-water mark (messages) on XSUB and the ROUTER."""
+    subscriber_hwm: int = 10_000
+    """Per-subscriber high-water mark (messages) on XPUB: past it that
+    subscriber's messages are dropped, the others' are not."""
+    stuck_timeout: float = 10.0
+    """Seconds a peer may leave our ZMTP heartbeats unanswered (a subscriber
+    that stopped reading, a dead connection) before it is disconnected."""
+    max_message_bytes: int = MAX_REQUEST_BYTES
+    """Largest request the proxy forwards; larger ones get ``payload_too_large``."""
+    hard_message_bytes: int = MAX_REPLY_BYTES
+    """``MAXMSGSIZE``: a peer sending a frame past this is disconnected at once
+    (it cannot be answered: the frame is never read)."""
+    max_subscriptions: int = 100_000
+    max_subscriptions_per_peer: int = 10_000
+    """Per CURVE key, or per address on an open bus."""
     linger_ms: int = 500
     """How long queued messages may take to flush at stop."""
     groups: GroupsConfig = field(default_factory=GroupsConfig)
@@ -84,6 +132,9 @@ class ProxyConfig:
     """Seconds a group reply waits for its caller to (re)subscribe, e.g. after
     a proxy restart, before it is dropped."""
     max_held_replies: int = 10_000
+    max_held_bytes: int = 64 * MiB
+    gauge_interval: float = 0.5
+    """Seconds between refreshes of the per-topic gauges."""
     curve: ProxyCurve | None = None
     """CURVE encryption and allow-lists; None leaves the bus open (loopback use)."""
 
@@ -101,7 +152,7 @@ class _IO:
         try:
             router.send([identity, *frames])
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full)
-            log.warning("replica %r unreachable: %s", identity, exc)
+            log.warning("replica %s unreachable: %s", safe(identity), exc)
             return False
         return True
 
@@ -133,15 +184,22 @@ class Proxy(AsyncRole):
         self._xpub: SocketPair | None = None
         self._router: SocketPair | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscriptions: set[bytes] = set()
-        self._server_subscriptions: set[bytes] = set()
+        self._subs = Subscriptions(
+            max_total=self.config.max_subscriptions,
+            max_per_peer=self.config.max_subscriptions_per_peer,
+            server_filter=_NOT_REQUESTS,
+        )
         self._subscriptions_changed = asyncio.Condition()
         self._gauged_topics: set[bytes] = set()
         self._held: dict[bytes, list[tuple[float, list[bytes]]]] = {}
         self._held_count = 0
+        self._held_bytes = 0
         self._auth: AsyncioAuthenticator | None = None
         self._server_keys: set[bytes] | None = None
-        self._counted = (0, 0)
+        self._topic_rules: dict[bytes, list[str]] | None = None
+        self._replica_keys: dict[bytes, bytes] = {}
+        """Under CURVE: the key each replica routing id is bound to."""
+        self._counted = (0, 0, 0)
         self.xsub_endpoint = ""
         self.xpub_endpoint = ""
         self.router_endpoint: str | None = None
@@ -154,20 +212,29 @@ class Proxy(AsyncRole):
         self._xsub = SocketPair(self._ctx, zmq.XSUB, linger_ms=cfg.linger_ms)
         self._xpub = SocketPair(self._ctx, zmq.XPUB, linger_ms=cfg.linger_ms)
         self._xsub.set(zmq.RCVHWM, cfg.hwm)
-        self._xpub.set(zmq.SNDHWM, cfg.hwm)
-        # Without NODROP an XPUB silently discards messages for a subscriber
-        # at its HWM; with it the send fails and we count the drop.
+        self._xpub.set(zmq.SNDHWM, cfg.subscriber_hwm)
+        # With NODROP a send that some subscriber's full pipe refuses fails
+        # as a whole, so we notice it (and then send lossy, see _send_xpub).
         self._xpub.set(zmq.XPUB_NODROP, 1)
+        sockets = [self._xsub, self._xpub]
         if cfg.router_bind is not None:
             self._router = SocketPair(self._ctx, zmq.ROUTER, linger_ms=cfg.linger_ms)
             self._router.set(zmq.ROUTER_MANDATORY, 1)
-            # A restarted server reconnects under the same id: let it take over.
-            self._router.set(zmq.ROUTER_HANDOVER, 1)
+            # A server reconnecting under its id may take its old connection
+            # over, except under CURVE, where that would let one server key
+            # steal another server's connection (ids are bound to keys there).
+            self._router.set(zmq.ROUTER_HANDOVER, 0 if cfg.curve else 1)
             self._router.set(zmq.SNDHWM, cfg.hwm)
             self._router.set(zmq.RCVHWM, cfg.hwm)
+            sockets.append(self._router)
+        for pair in sockets:
+            pair.set(zmq.MAXMSGSIZE, cfg.hard_message_bytes)
+            pair.set(zmq.HEARTBEAT_IVL, max(1, int(cfg.stuck_timeout * 1000 / 4)))
+            pair.set(zmq.HEARTBEAT_TIMEOUT, max(1, int(cfg.stuck_timeout * 1000)))
         if cfg.curve is not None:
             self._auth = start_authenticator(self._ctx, cfg.curve)
             self._server_keys = cfg.curve.server_keys()
+            self._topic_rules = cfg.curve.server_topic_rules()
             cfg.curve.apply(self._xsub.async_sock, DOMAIN_PUBLISHERS)
             cfg.curve.apply(self._xpub.async_sock, DOMAIN_SUBSCRIBERS)
             if self._router is not None:
@@ -189,7 +256,7 @@ class Proxy(AsyncRole):
             port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
             host = "127.0.0.1" if cfg.metrics_host in ("0.0.0.0", "", "::") else cfg.metrics_host  # noqa: S104
             self.metrics_url = f"http://{host}:{port}/metrics"
-        self._tasks = [asyncio.create_task(self._forward(), name="proxy-forward")]
+        self._tasks = [self.supervise(asyncio.create_task(self._forward(), name="proxy-forward"))]
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
             self.xsub_endpoint,
@@ -200,6 +267,7 @@ class Proxy(AsyncRole):
 
     async def stop(self) -> None:
         """Stop forwarding, let queued messages flush for ``linger``, close."""
+        self._role_stopping = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -228,7 +296,7 @@ class Proxy(AsyncRole):
     @property
     def subscriptions(self) -> frozenset[bytes]:
         """Topic prefixes currently subscribed by at least one subscriber."""
-        return frozenset(self._subscriptions)
+        return frozenset(self._subs.all)
 
     async def wait_subscriptions(
         self, predicate: Callable[[frozenset[bytes]], bool], timeout: float
@@ -250,6 +318,10 @@ class Proxy(AsyncRole):
         With a task per direction, a send could swallow the edge another task
         sleeps on and stall it; a single loop whose every wait starts with a
         level-triggered ``zmq_poll`` cannot miss one.
+
+        Each message is handled in its own ``try`` (the handlers below), so
+        no message can end this loop; an exception that still escapes here
+        is a bug in the loop itself, and crashes the role (supervision).
         """
         assert self._xsub is not None and self._xpub is not None
         xsub, xpub, router = self._xsub, self._xpub, self._router
@@ -261,6 +333,7 @@ class Proxy(AsyncRole):
         tick = self.config.tick
         next_tick = time.monotonic() + tick
         next_heartbeat = time.monotonic()
+        next_gauges = time.monotonic()
         while True:
             timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             ready = dict(await poller.poll(timeout_ms))
@@ -280,131 +353,248 @@ class Proxy(AsyncRole):
                 if now >= next_heartbeat:
                     next_heartbeat = now + self.config.heartbeat_interval
                     self._heartbeat_all()
-                self._update_gauges()
+                if now >= next_gauges:
+                    next_gauges = now + self.config.gauge_interval
+                    self._update_gauges()
 
-    @staticmethod
-    def _forged(topic: bytes, frame: zmq.Frame, server_keys: set[bytes]) -> bool:
-        """A reply-topic message whose sender is not an allowed server."""
-        if not topic.startswith(_REPLY_PREFIX) or topic.endswith(b".probe"):
-            return False  # (a client's own path probe travels on its reply topic)
+    def _failed(self, topic: bytes, what: str) -> None:
+        """A handler raised on one message: count it, log it (rate-limited), go on."""
+        self.metrics.drop(topic, "internal_error")
+        log.exception("failed to handle %s on %s; message dropped", what, safe(topic))
+
+    def _forged(self, topic: bytes, frame: zmq.Frame) -> bool:
+        """Under CURVE: a reply or trace event whose sender is not an allowed server."""
+        server_keys = self._server_keys
+        if server_keys is None:
+            return False
+        if not (topic.startswith(_REPLY_PREFIX) or topic.startswith(_TRACE_TOPIC)):
+            return False
         sender = frame.get("User-Id")
         return not isinstance(sender, str) or sender.encode() not in server_keys
 
     def _is_request(self, topic: bytes) -> bool:
         return bool(topic) and not topic.startswith(_NOT_REQUESTS)
 
-    def _release_held(self, prefix: bytes) -> None:
-        if not self._held:
+    def _release_held(self, topic: bytes) -> None:
+        # Exact topic only: a subscriber to the prefix "AGENT_REPLY_" must not
+        # collect every reply waiting for its caller.
+        held = self._held.pop(topic, None)
+        if not held:
             return
-        for topic in [t for t in self._held if t.startswith(prefix)]:
-            held = self._held.pop(topic)
-            self._held_count -= len(held)
-            for _, frames in held:
-                self._publish(frames)
+        self._held_count -= len(held)
+        for _, frames in held:
+            self._held_bytes -= sum(map(len, frames))
+            self._publish(frames)
 
     def _expire_held(self, now: float) -> None:
         for topic in list(self._held):
             held = self._held[topic]
             keep = [(expires, frames) for expires, frames in held if expires > now]
-            for _ in range(len(held) - len(keep)):
-                self.metrics.drop(topic, "no_subscriber")
+            if len(keep) == len(held):
+                continue
+            for expires, frames in held:
+                if expires <= now:
+                    self.metrics.drop(topic, "no_subscriber")
+                    self._held_bytes -= sum(map(len, frames))
             self._held_count -= len(held) - len(keep)
             if keep:
                 self._held[topic] = keep
             else:
                 del self._held[topic]
 
-    def _has_plain_subscriber(self, topic: bytes) -> bool:
-        return any(topic.startswith(prefix) for prefix in self._server_subscriptions)
-
     def _forward_messages(self) -> None:
-        assert self._xsub is not None and self._xpub is not None
-        xpub, metrics, groups = self._xpub, self.metrics, self.groups
-        grouped = self._router is not None
+        assert self._xsub is not None
+        metrics = self.metrics
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
         now = time.monotonic()
-        server_keys = self._server_keys
         for frames in self._xsub.drain(self.config.batch, copy=False):
             topic = frames[0].bytes
-            if server_keys is not None and self._forged(topic, frames[0], server_keys):
-                metrics.drop(topic, "forged_reply")
-                continue
-            counts[topic] += 1
-            sizes[topic] += sum(len(f) for f in frames)
-            routed = False
-            if grouped and self._is_request(topic):
-                plain = self._has_plain_subscriber(topic)
-                if len(frames) == 2:
-                    routed = groups.on_request(topic, frames[1].bytes, now, plain_subscriber=plain)
-                elif not plain:
-                    routed = True
-                    self._reject_malformed(topic, frames)
             try:
-                xpub.send(frames, copy=False)
-            except zmq.Again:
-                if not routed:
-                    metrics.drop(topic, "subscriber_hwm")
+                size = self._forward_one(topic, frames, now)
+            except Exception:
+                self._failed(topic, "a published message")
+                continue
+            if size:
+                counts[topic] += 1
+                sizes[topic] += size
         if counts:
             metrics.flush(DOWNSTREAM, counts, sizes)
 
-    def _reject_malformed(self, topic: bytes, frames: list[zmq.Frame]) -> None:
-        job = Job(b"", topic, b"\n".join(f.bytes for f in frames[1:]), time.monotonic())
-        self._io.reply_error(
-            job,
-            ErrorCode.BAD_REQUEST,
-            f"a request is 2 frames [topic, json]; got {len(frames)}",
-        )
+    def _forward_one(self, topic: bytes, frames: list[zmq.Frame], now: float) -> int:
+        """Route and publish one message from XSUB; its size if forwarded, else 0."""
+        metrics = self.metrics
+        if self._forged(topic, frames[0]):
+            metrics.drop(topic, "forged_reply")
+            return 0
+        size = sum(len(f) for f in frames)
+        if len(topic) > MAX_TOPIC_BYTES:
+            metrics.drop(topic, "malformed")
+            return 0
+        request = self._is_request(topic)
+        if request and size > self.config.max_message_bytes:
+            metrics.drop(topic, "too_large")
+            if request:
+                self._reject(topic, frames, ErrorCode.PAYLOAD_TOO_LARGE,
+                             f"a request of {size} bytes is over the bus limit of "
+                             f"{self.config.max_message_bytes} bytes")  # fmt: skip
+            return 0
+        routed = False
+        if request and self._router is not None:
+            plain = self._subs.servers.matches(topic)
+            if len(frames) == 2:
+                routed = self.groups.on_request(topic, frames[1].bytes, now, plain_subscriber=plain)
+            elif not plain:
+                routed = True
+                self._reject(topic, frames, ErrorCode.BAD_REQUEST,
+                             f"a request is 2 frames [topic, json]; got {len(frames)}")  # fmt: skip
+        if not self._send_xpub(frames, copy=False) and not routed:
+            metrics.drop(topic, "subscriber_hwm")
+        return size
+
+    def _send_xpub(self, frames: list[Any], *, copy: bool = True) -> bool:
+        """Publish on XPUB; a subscriber whose pipe is full misses it, no one else.
+
+        With ``XPUB_NODROP`` a send fails as a whole when *any* matching
+        subscriber is full, so one subscriber to ``""`` that never reads
+        would block every reply. On that failure the message is sent again
+        lossy: libzmq then drops it for the full pipes only. The drop is
+        counted, and ZMTP heartbeats disconnect a subscriber stuck for good.
+        Returns False only if nobody could take it.
+        """
+        assert self._xpub is not None
+        xpub = self._xpub
+        try:
+            xpub.send(frames, copy=copy)
+            return True
+        except zmq.Again:
+            pass
+        self.metrics.drop(frames[0] if isinstance(frames[0], bytes) else frames[0].bytes,
+                          "slow_subscriber")  # fmt: skip
+        xpub.set(zmq.XPUB_NODROP, 0)
+        try:
+            xpub.send(frames, copy=copy)
+        except zmq.Again:
+            return False
+        finally:
+            xpub.set(zmq.XPUB_NODROP, 1)
+        return True
+
+    def _reject(self, topic: bytes, frames: list[zmq.Frame], code: ErrorCode, why: str) -> None:
+        # Only the first KiB is searched for the address: a huge payload costs nothing.
+        head = b"\n".join(f.bytes[:1024] for f in frames[1:3])
+        self._io.reply_error(Job(b"", topic, head, time.monotonic()), code, why)
 
     def _forward_subscriptions(self) -> None:
         assert self._xsub is not None and self._xpub is not None
-        xsub, metrics = self._xsub, self.metrics
+        xsub, metrics, subs = self._xsub, self.metrics, self._subs
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
-        for frames in self._xpub.drain(self.config.batch):
+        for frames in self._xpub.drain(self.config.batch, copy=False):
             event = frames[0]
-            if not event or event[0] not in (0, 1):
+            raw = event.bytes
+            if not raw or raw[0] not in (0, 1):
                 continue  # only (un)subscribe commands travel upstream
-            topic = bytes(event[1:])
-            if event[0] == 1:
-                self._subscriptions.add(topic)
-                if topic and not topic.startswith(_NOT_REQUESTS):
-                    self._server_subscriptions.add(topic)
-                self._release_held(topic)
-            else:
-                self._subscriptions.discard(topic)
-                self._server_subscriptions.discard(topic)
-            xsub.send([event])
+            topic = raw[1:]
+            try:
+                if raw[0] == 1:
+                    if not subs.subscribe(topic, self._peer_of(event)):
+                        metrics.drop(topic[:MAX_TOPIC_BYTES], "subscription_refused")
+                        continue
+                    self._release_held(topic)
+                elif not subs.unsubscribe(topic):
+                    continue
+            except Exception:
+                self._failed(topic[:MAX_TOPIC_BYTES], "a subscription")
+                continue
+            xsub.send([raw])
             counts[topic] += 1
-            sizes[topic] += len(event)
-        metrics.subscriptions.set(len(self._subscriptions))
+            sizes[topic] += len(raw)
+        metrics.subscriptions.set(len(subs))
         if counts:
             metrics.flush(UPSTREAM, counts, sizes)
 
+    @staticmethod
+    def _peer_of(frame: zmq.Frame) -> str:
+        """Who sent a frame: its CURVE key if any, else its address."""
+        for prop in ("User-Id", "Peer-Address"):
+            with contextlib.suppress(zmq.ZMQError):
+                value = frame.get(prop)
+                if isinstance(value, str) and value:
+                    return value
+        return "?"
+
     def _on_router(self) -> None:
         assert self._router is not None
-        groups = self.groups
         now = time.monotonic()
-        for frames in self._router.drain(self.config.batch):
-            if len(frames) < 3 or frames[1] != VERSION:
-                self.metrics.drop(b"_SKILLSCALE_GROUP", "malformed")
-                continue
-            identity, command, args = frames[0], frames[2], frames[3:]
+        for frames in self._router.drain(self.config.batch, copy=False):
             try:
-                if command == HB and len(args) == 1:
-                    groups.on_heartbeat(identity, ServerState.from_bytes(args[0]), now)
-                    self._io_send(identity, [VERSION, HB])
-                elif command == REPLY and len(args) == 3:
-                    groups.on_reply(identity, args[0], args[1], args[2], now)
-                elif command == RETURN and len(args) == 1:
-                    groups.on_return(identity, args[0], now)
-                elif command == BYE:
-                    groups.on_bye(identity, now)
-                else:
-                    raise ValueError(f"unknown command {command!r} with {len(args)} frames")
-            except ValueError as exc:
-                log.warning("bad message from replica %r: %s", identity, exc)
-                self.metrics.drop(b"_SKILLSCALE_GROUP", "malformed")
+                self._on_replica_message(frames, now)
+            except Exception:
+                self._failed(_GROUP, "a replica message")
+
+    def _on_replica_message(self, frames: list[zmq.Frame], now: float) -> None:
+        groups = self.groups
+        if len(frames) < 3 or len(frames) > 6 or frames[1].bytes != VERSION:
+            self.metrics.drop(_GROUP, "malformed")
+            return
+        identity, command = frames[0].bytes, frames[2].bytes
+        args = [f.bytes for f in frames[3:]]
+        if self._server_keys is not None and not self._key_matches(identity, frames[1], command):
+            self.metrics.drop(_GROUP, "impersonation")
+            return
+        try:
+            if command == HB and len(args) == 1:
+                state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
+                groups.on_heartbeat(identity, state, now)
+                self._io_send(identity, [VERSION, HB])
+            elif command == REPLY and len(args) == 3:
+                reply_to = args[1]
+                if reply_to and not is_reply_topic(reply_to):
+                    # Answered, but published nowhere: a reply may only go to a
+                    # reply topic, never into a request or an internal topic.
+                    self.metrics.drop(_GROUP, "bad_reply_to")
+                    reply_to = b""
+                groups.on_reply(identity, args[0], reply_to, args[2], now)
+            elif command == RETURN and len(args) == 1:
+                groups.on_return(identity, args[0], now)
+            elif command == BYE:
+                groups.on_bye(identity, now)
+            else:
+                raise ValueError(f"unknown command {safe(command)} with {len(args)} frames")
+        except ValueError as exc:
+            log.warning("bad message from replica %s: %s", safe(identity), exc)
+            self.metrics.drop(_GROUP, "malformed")
+
+    def _key_matches(self, identity: bytes, frame: zmq.Frame, command: bytes) -> bool:
+        """Under CURVE: is this message's key the one its routing id is bound to?"""
+        key = self._peer_of(frame).encode()
+        bound = self._replica_keys.get(identity)
+        if bound is None:
+            if command == HB:
+                if len(self._replica_keys) >= self.config.groups.max_members:
+                    live = set(self.groups.members)
+                    self._replica_keys = {i: k for i, k in self._replica_keys.items() if i in live}
+                self._replica_keys[identity] = key
+            return True
+        if bound != key:
+            log.warning("replica id %s used by a second key; message dropped", safe(identity))
+            return False
+        return True
+
+    def _allowed_state(self, frame: zmq.Frame, state: ServerState) -> ServerState:
+        """Keep only the topics this server's key may serve (CURVE topic allow-list)."""
+        rules = self._topic_rules
+        if rules is None:
+            return state
+        patterns = rules.get(self._peer_of(frame).encode(), [])
+        allowed = [t for t in state.topics if any(fnmatch.fnmatchcase(t, p) for p in patterns)]
+        if len(allowed) != len(state.topics):
+            refused = sorted(set(state.topics) - set(allowed))
+            self.metrics.drop(_GROUP, "topic_not_allowed")
+            log.warning("server %s may not serve %s", safe(state.server_id), ", ".join(refused))
+            return state.model_copy(update={"topics": allowed})
+        return state
 
     def _io_send(self, identity: bytes, frames: list[bytes]) -> None:
         assert self._router is not None
@@ -416,26 +606,24 @@ class Proxy(AsyncRole):
         for identity in list(self.groups.members):
             self._io_send(identity, [VERSION, HB])
 
-    def _subscribed(self, topic: bytes) -> bool:
-        return topic in self._subscriptions or any(
-            topic.startswith(prefix) for prefix in self._subscriptions
-        )
-
     def _publish(self, frames: list[bytes]) -> None:
         """Publish a reply; hold it a while if its caller is not subscribed (yet)."""
-        assert self._xpub is not None
         topic = frames[0]
-        if not self._subscribed(topic):
-            if self._held_count >= self.config.max_held_replies:
+        if not self._subs.all.matches(topic):
+            size = sum(map(len, frames))
+            cfg = self.config
+            if (
+                self._held_count >= cfg.max_held_replies
+                or self._held_bytes + size > cfg.max_held_bytes
+            ):
                 self.metrics.drop(topic, "no_subscriber")
                 return
-            expires = time.monotonic() + self.config.hold_replies
+            expires = time.monotonic() + cfg.hold_replies
             self._held.setdefault(topic, []).append((expires, frames))
             self._held_count += 1
+            self._held_bytes += size
             return
-        try:
-            self._xpub.send(frames)
-        except zmq.Again:
+        if not self._send_xpub(frames):
             self.metrics.drop(frames[0], "subscriber_hwm")
             return
         self.metrics.flush(
@@ -452,9 +640,14 @@ class Proxy(AsyncRole):
             metrics.replicas.labels(label).set(groups.replica_count(topic))
         self._gauged_topics = topics
         # The state machine keeps plain totals; counters move by the difference.
-        metrics.redelivered.inc(groups.redelivered - self._counted[0])
-        metrics.duplicates.inc(groups.duplicates_dropped - self._counted[1])
-        self._counted = (groups.redelivered, groups.duplicates_dropped)
+        counted = (groups.redelivered, groups.duplicates_dropped, groups.foreign_dropped)
+        metrics.redelivered.inc(counted[0] - self._counted[0])
+        metrics.duplicates.inc(counted[1] - self._counted[1])
+        if counted[2] > self._counted[2]:
+            metrics.dropped.labels("_SKILLSCALE_GROUP", "foreign_reply").inc(
+                counted[2] - self._counted[2]
+            )
+        self._counted = counted
 
 
 async def run_proxy(config: ProxyConfig, stop: asyncio.Event, on_ready: object = None) -> None:

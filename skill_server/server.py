@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -51,13 +52,21 @@ from skill_server.warm import ForkServerUnavailable, WarmExecutor
 from skillscale.errors import ConfigError, ErrorCode
 from skillscale.events import TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.llm import LLMClient, LLMSettings
-from skillscale.protocol import PROBE_TOPIC_PREFIX, Reply, Request
+from skillscale.protocol import (
+    MAX_REPLY_BYTES,
+    PROBE_TOPIC_PREFIX,
+    TOPIC_PATTERN,
+    Reply,
+    Request,
+    is_valid_id,
+)
 from skillscale.replica_protocol import (
     BYE,
     DEFAULT_PROXY_ROUTER,
     HB,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
+    MAX_SKILLS_PER_SERVER,
     REPLY,
     REQ,
     RETURN,
@@ -65,7 +74,7 @@ from skillscale.replica_protocol import (
     ServerState,
     skills_digest,
 )
-from skillscale.runtime import AsyncRole
+from skillscale.runtime import AsyncRole, safe
 from skillscale.security import CurveKeys
 from skillscale.transport import (
     Frames,
@@ -155,6 +164,14 @@ class SkillServer(AsyncRole):
             raise ValueError("a skill server needs at least one topic")
         if config.workers < 1 or config.queue_size < 1:
             raise ValueError("workers and queue_size must be at least 1")
+        bad = [t for t in config.topics if not re.match(TOPIC_PATTERN, t)]
+        if bad:
+            raise ConfigError(f"invalid topic {safe(bad[0])}: use letters, digits and _.:/-")
+        if not is_valid_id(config.server_id):
+            raise ConfigError(
+                f"server id {safe(config.server_id)} must be 1-128 characters of "
+                "letters, digits and _.:@-"
+            )
         self.config = config
         settings = None
         if config.matcher != "keyword":
@@ -230,9 +247,12 @@ class SkillServer(AsyncRole):
         self._ctx = zmq.asyncio.Context()
         self._accepting = True
         if cfg.reload_interval > 0:
-            self._tasks.append(asyncio.create_task(self._watch_skills(), name="skill-watch"))
+            self._tasks.append(
+                self.supervise(asyncio.create_task(self._watch_skills(), name="skill-watch"))
+            )
         self._running = {
-            asyncio.create_task(self._work(), name=f"worker-{i}"): None for i in range(cfg.workers)
+            self.supervise(asyncio.create_task(self._work(), name=f"worker-{i}")): None
+            for i in range(cfg.workers)
         }
         try:
             if cfg.mode == "group":
@@ -264,8 +284,12 @@ class SkillServer(AsyncRole):
         # All I/O on the DEALER goes through pyzmq's asyncio API from here on,
         # which re-checks the socket's edge-triggered events after every send:
         # workers and the heartbeat task send while the receiver awaits.
-        self._tasks.append(asyncio.create_task(self._receive_group(), name="receiver"))
-        self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
+        self._tasks.append(
+            self.supervise(asyncio.create_task(self._receive_group(), name="receiver"))
+        )
+        self._tasks.append(
+            self.supervise(asyncio.create_task(self._heartbeats(), name="heartbeats"))
+        )
         try:
             await asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
         except asyncio.TimeoutError:
@@ -300,13 +324,16 @@ class SkillServer(AsyncRole):
             what=f"proxy at {cfg.proxy_xpub}",
         )
         self._sub.set(zmq.UNSUBSCRIBE, probe)
-        self._tasks.append(asyncio.create_task(self._receive_pubsub(), name="receiver"))
+        self._tasks.append(
+            self.supervise(asyncio.create_task(self._receive_pubsub(), name="receiver"))
+        )
 
     # -- stop ------------------------------------------------------------------
 
     async def stop(self, grace: float | None = None) -> None:
         """Two-phase stop: refuse new work, drain for ``grace`` s, cancel the rest."""
         grace = self.config.grace if grace is None else grace
+        self._role_stopping = True
         self._accepting = False
         if self._dealer is not None and not self._dealer.closed:
             await self._send_group([VERSION, HB, self._state().to_bytes()])
@@ -363,6 +390,10 @@ class SkillServer(AsyncRole):
 
     # -- intake: group -----------------------------------------------------------
 
+    def on_crash(self) -> None:
+        """A task died: take no more work; the next heartbeat says ``draining``."""
+        self._accepting = False
+
     def _state(self) -> ServerState:
         names = self.registry.names
         return ServerState(
@@ -370,9 +401,10 @@ class SkillServer(AsyncRole):
             topics=self.config.topics,
             slots=self.config.workers,
             busy=self._in_flight,
+            # (a heartbeat is bounded; the catalogue intent lists them all)
             digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
             draining=not self._accepting,
-            skills=names,
+            skills=names[:MAX_SKILLS_PER_SERVER],
         )
 
     async def _watch_skills(self) -> None:
@@ -410,9 +442,15 @@ class SkillServer(AsyncRole):
             if command == HB:
                 self._proxy_ready.set()
             elif command == REQ and len(args) >= 4:
-                await self._on_group_request(args)
+                try:
+                    await self._on_group_request(args)
+                except Exception:
+                    # One bad dispatch must not end intake: hand it back (the
+                    # proxy gives up after its max attempts, with an answer).
+                    log.exception("failed to take dispatch %s; handing it back", safe(args[0]))
+                    await self._send_group([VERSION, RETURN, args[0]])
             else:
-                log.warning("ignoring unknown proxy command %r", command)
+                log.warning("ignoring unknown proxy command %s", safe(command))
 
     async def _on_group_request(self, args: list[bytes]) -> None:
         dispatch_id, topic, payload, attempt_raw = args[:4]
@@ -491,7 +529,7 @@ class SkillServer(AsyncRole):
         if isinstance(decoded, Rejection):
             self.stats["rejected"] += 1
             if decoded.reply_to is None:
-                log.warning("unanswerable request on %s: %s", topic, decoded.reply.error)
+                log.warning("unanswerable request on %s: %s", safe(topic), decoded.reply.error)
             else:
                 self._publish(decoded.reply_to, decoded.reply)
             return
@@ -510,10 +548,13 @@ class SkillServer(AsyncRole):
             self._queue.put_nowait(job)
 
     def _publish(self, reply_to: str, reply: Reply) -> None:
+        self._publish_raw(reply_to, reply.to_bytes())
+
+    def _publish_raw(self, reply_to: str, payload: bytes) -> None:
         if self._pub is None or self._pub.async_sock.closed:
-            log.error("cannot send reply %s: socket closed", reply.request_id)
+            log.error("cannot send a reply to %s: socket closed", safe(reply_to))
             return
-        self._pub.send([reply_to.encode(), reply.to_bytes()])
+        self._pub.send([reply_to.encode(), payload])
         self.stats["replied"] += 1
 
     def _publish_error(self, job: Job, code: ErrorCode, message: str) -> None:
@@ -535,6 +576,11 @@ class SkillServer(AsyncRole):
             self._running[me] = job
             try:
                 reply = await self.handler.process(job.request, job.received_at)
+            except Exception as exc:  # process() never raises; if it does, answer anyway
+                log.exception("handler failed on %s", job.request.request_id)
+                reply = Reply.failure(job.request.request_id, ErrorCode.INTERNAL,
+                                      f"internal server error: {type(exc).__name__}",
+                                      server_id=self.config.server_id)  # fmt: skip
             except asyncio.CancelledError:
                 self._finish(job)
                 await asyncio.shield(
@@ -571,11 +617,20 @@ class SkillServer(AsyncRole):
 
     async def _reply(self, job: Job, reply: Reply) -> None:
         self._emit_trace(job, reply)
+        payload = reply.to_bytes()
+        if len(payload) > MAX_REPLY_BYTES - 4096:
+            # Past the bus limit ZeroMQ would disconnect us and the caller would
+            # hear nothing: escaped JSON can be several times the raw output.
+            payload = Reply.failure(
+                reply.request_id, ErrorCode.OUTPUT_TOO_LARGE,
+                f"the reply is {len(payload)} bytes as JSON, over the bus limit of "
+                f"{MAX_REPLY_BYTES} bytes", server_id=self.config.server_id,
+            ).to_bytes()  # fmt: skip
         if job.dispatch_id is None:
-            self._publish(job.request.reply_to, reply)
+            self._publish_raw(job.request.reply_to, payload)
             return
         sent = await self._send_group(
-            [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), reply.to_bytes()]
+            [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), payload]
         )
         if sent:
             self.stats["replied"] += 1

@@ -128,7 +128,7 @@ def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
 def _cmd_server(args: argparse.Namespace) -> int:
     from skill_server.executor import ResourceLimits
     from skill_server.server import ServerConfig, SkillServer
-    from skillscale.runtime import install_stop_signals, run, setup_logging
+    from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
 
     setup_logging()
     dirs = _dirs(args.skills_dir)
@@ -165,7 +165,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     if args.server_id:
         config.server_id = args.server_id
 
-    async def main() -> None:
+    async def main() -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
         async with SkillServer(config) as server:
@@ -179,10 +179,9 @@ def _cmd_server(args: argparse.Namespace) -> int:
                     "skills": server.registry.names,
                 }
             )
-            await stop.wait()
+            return await serve_until(stop, server)
 
-    run(main)
-    return EXIT_OK
+    return run(main)
 
 
 # -- up ----------------------------------------------------------------------
@@ -203,6 +202,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         timeout=args.timeout,
         grace=args.grace,
+        curve_dir=Path(args.curve_dir).expanduser() if args.curve else None,
     )
 
     async def main() -> None:
@@ -241,6 +241,9 @@ def _print_banner(info: dict[str, Any]) -> None:
             example = f'skillscale invoke {server["topics"][0]} "summarize: <your text>"'
         elif example is None and server["topics"]:
             example = f'skillscale invoke {server["topics"][0]} "<your task>"'
+    if info.get("curve"):
+        lines.append("  CURVE on: clients need these (skillscale invoke reads them too):")
+        lines += [f"    export {name}={value}" for name, value in info["curve"].items()]
     if example:
         lines.append(f"Try:  {example}")
     lines.append("Press Ctrl-C to stop.")
@@ -601,6 +604,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     add_server_tuning(p_up, with_defaults=False)
+    p_up.add_argument(
+        "--curve",
+        action="store_true",
+        default=os.environ.get("SKILLSCALE_CURVE", "").lower() in ("1", "true", "yes"),
+        help="encrypt and authenticate the bus with CURVE, using (or making) the "
+        "certificates in --curve-dir [env SKILLSCALE_CURVE]",
+    )
+    _flag(
+        p_up,
+        "--curve-dir",
+        "SKILLSCALE_CURVE_DIR",
+        "~/.skillscale/curve",
+        "where --curve keeps the certificates (the client's are in keys/)",
+    )
     p_up.add_argument("--json", action="store_true", help="print endpoints as one JSON line")
     p_up.set_defaults(func=_cmd_up)
 

@@ -36,7 +36,16 @@ from skillscale.errors import (
 )
 from skillscale.events import TRAJECTORY_TOPIC, AgentTrajectory
 from skillscale.llm import LLMClient, LLMSettings
-from skillscale.protocol import TOPIC_PREFIX, Reply, Request, new_reply_topic, new_request_id
+from skillscale.protocol import (
+    MAX_REPLY_BYTES,
+    PROBE_TOPIC_PREFIX,
+    REPLY_TOPIC_PREFIX,
+    TOPIC_PREFIX,
+    Reply,
+    Request,
+    new_reply_topic,
+    new_request_id,
+)
 from skillscale.router import Route, TopicRouter
 from skillscale.runtime import AsyncRole
 from skillscale.security import CurveKeys
@@ -98,7 +107,12 @@ class SkillScaleClient(AsyncRole):
         self._monitor: zmq.asyncio.Socket | None = None
         self._path_up = asyncio.Event()
         self._probe_seen = asyncio.Event()
-        self._probe = (self.reply_topic + ".probe").encode()
+        # The probe travels on a topic of its own, outside the reply prefix:
+        # under CURVE nothing from a client key may reach a reply topic, so a
+        # forged "probe" can never prefix-match someone's reply subscription.
+        self._probe = (
+            PROBE_TOPIC_PREFIX + "C" + self.reply_topic[len(REPLY_TOPIC_PREFIX) :]
+        ).encode()
         self._reply_topic_b = self.reply_topic.encode()
 
     async def start(self) -> None:
@@ -123,7 +137,10 @@ class SkillScaleClient(AsyncRole):
         self._sub = SocketPair(self._ctx, zmq.SUB)
         self._pub.set(zmq.SNDHWM, self._hwm)
         self._sub.set(zmq.RCVHWM, self._hwm)
+        # A reply larger than this disconnects us rather than filling memory.
+        self._sub.set(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
         self._sub.set(zmq.SUBSCRIBE, self._reply_topic_b)
+        self._sub.set(zmq.SUBSCRIBE, self._probe)
         if self._curve is not None:
             self._curve.apply(self._pub.async_sock)
             self._curve.apply(self._sub.async_sock)

@@ -32,9 +32,22 @@ PROBE_TOPIC_PREFIX = "_SKILLSCALE_PROBE_"
 SKILL_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?!-)){0,62}[a-z0-9]$|^[a-z0-9]$")
 """Agent Skills name rule: 1-64 of ``[a-z0-9-]``, no leading/trailing/double ``-``."""
 
+ID_PATTERN = r"^[A-Za-z0-9_.:@\-]{1,128}$"
+"""Request and server ids: they end up in logs, traces and metrics, so only a
+short printable alphabet is accepted (no newline can forge a log line)."""
+TOPIC_PATTERN = r"^[A-Za-z0-9_.:\-/]{1,256}$"
+"""Topics a server may announce, and the shape of a ``reply_to``."""
+MAX_TOPIC_BYTES = 256
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""Default limit of one request on the bus (proxy and servers)."""
+MAX_REPLY_BYTES = 32 * 1024 * 1024
+"""Hard limit of one message on the bus: a reply (skill output, escaped as
+JSON) must fit; a peer sending more is disconnected by ZeroMQ."""
 # Reply topics are echoed back onto the bus, so only plain printable tokens
-# are accepted: no spaces, no control bytes, bounded length.
-_REPLY_TO_RE = re.compile(r"^[A-Za-z0-9_.:\-/]{1,256}$")
+# under the reply prefix are accepted: a ``reply_to`` naming a request topic
+# or ``_SKILLSCALE_TRACE`` would make servers publish into it.
+_REPLY_TO_RE = re.compile(r"^" + REPLY_TOPIC_PREFIX + r"[A-Za-z0-9_.:\-/]{1,244}$")
+_ID_RE = re.compile(ID_PATTERN)
 _SLASH_RE = re.compile(r"^/([a-z0-9][a-z0-9-]{0,63})(?:[ \t\r\n]+(.*))?$", re.DOTALL)
 
 
@@ -66,7 +79,7 @@ class Request(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    request_id: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(pattern=ID_PATTERN)
     reply_to: str
     intent: str
     timestamp: float = Field(default_factory=time.time)
@@ -77,7 +90,10 @@ class Request(BaseModel):
     @classmethod
     def _check_reply_to(cls, value: str) -> str:
         if not _REPLY_TO_RE.match(value):
-            raise ValueError("reply_to must be 1-256 characters of [A-Za-z0-9_.:/-]")
+            raise ValueError(
+                f"reply_to must be {REPLY_TOPIC_PREFIX} followed by up to 244 "
+                "characters of [A-Za-z0-9_.:/-]"
+            )
         return value
 
     @field_validator("intent", mode="before")
@@ -231,6 +247,8 @@ def parse_intent(intent: str) -> ParsedIntent:
 def _parse_structured(text: str) -> ParsedIntent | None:
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise RequestError("the intent's JSON is nested too deeply") from None
     except ValueError:
         return None
     if isinstance(obj, dict) and obj.get("catalog") is True:
@@ -261,8 +279,10 @@ def _parse_structured(text: str) -> ParsedIntent | None:
 
 
 _SALVAGE = {
-    key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"([A-Za-z0-9_.:/\-]{1,256})"')
-    for key in ("reply_to", "request_id")
+    "reply_to": re.compile(
+        rb'"reply_to"\s*:\s*"(' + REPLY_TOPIC_PREFIX.encode() + rb'[A-Za-z0-9_.:/\-]{1,244})"'
+    ),
+    "request_id": re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9_.:@\-]{1,128})"'),
 }
 
 
@@ -278,7 +298,11 @@ def salvage_address(payload: bytes) -> tuple[str | None, str]:
     return reply_to, request_id
 
 
-def error_code_of(exc: BaseException) -> ErrorCode:
-    """The wire code for an exception (``internal`` for foreign ones)."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, ErrorCode) else ErrorCode.INTERNAL
+def is_valid_id(value: str) -> bool:
+    """True if ``value`` is a safe request or server id (see :data:`ID_PATTERN`)."""
+    return bool(_ID_RE.match(value))
+
+
+def is_reply_topic(topic: bytes) -> bool:
+    """True if ``topic`` is a well-formed reply topic (the only kind replies go to)."""
+    return bool(_REPLY_TO_RE.match(topic.decode("ascii", errors="replace")))

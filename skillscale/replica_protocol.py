@@ -28,9 +28,12 @@ learns its servers back from their next heartbeat, with no handshake.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skillscale.protocol import ID_PATTERN, TOPIC_PATTERN
 
 VERSION = b"SSG1"
 HB = b"HB"
@@ -46,46 +49,59 @@ HEARTBEAT_TIMEOUT = 3.0
 """Seconds of silence after which a peer is taken for dead."""
 
 
-@dataclass
-class ServerState:
-    """What a server announces in every heartbeat."""
+MAX_STATE_BYTES = 256 * 1024
+"""Largest heartbeat frame the proxy parses; anything bigger is malformed."""
+MAX_TOPICS_PER_SERVER = 64
+MAX_SKILLS_PER_SERVER = 4096
+MAX_SLOTS = 4096
 
-    server_id: str
-    topics: list[str]
-    slots: int
+
+class ServerState(BaseModel):
+    """What a server announces in every heartbeat.
+
+    This model *is* the proxy's boundary for heartbeats: every field is typed
+    strictly and bounded (a ``null`` where a number belongs, an ``Infinity``,
+    a 5 for a list or a deeply nested value is a :class:`ValueError`, never a
+    ``TypeError`` deep inside the routing code).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    server_id: str = Field(pattern=ID_PATTERN)
+    topics: list[Annotated[str, Field(pattern=TOPIC_PATTERN)]] = Field(
+        max_length=MAX_TOPICS_PER_SERVER
+    )
+    slots: int = Field(ge=1, le=MAX_SLOTS)
     """Requests it will run at once (its workers)."""
-    busy: int = 0
-    digest: str = ""
+    busy: int = Field(default=0, ge=0, le=1 << 30)
+    digest: str = Field(default="", max_length=128)
     """Hash of its skill names and versions: replicas of a topic should agree."""
     draining: bool = False
     """True once it stopped taking work."""
-    skills: list[str] = field(default_factory=list)
+    skills: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=MAX_SKILLS_PER_SERVER
+    )
 
     def to_bytes(self) -> bytes:
         """The JSON frame."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return self.model_dump_json().encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> ServerState:
         """Parse a state frame; raises ``ValueError`` when malformed."""
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("state must be a JSON object")
-        topics = data.get("topics")
-        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-            raise ValueError("state.topics must be a list of strings")
-        slots = data.get("slots")
-        if not isinstance(slots, int) or slots < 1:
-            raise ValueError("state.slots must be a positive integer")
-        return cls(
-            server_id=str(data.get("server_id", "")),
-            topics=topics,
-            slots=slots,
-            busy=int(data.get("busy", 0)),
-            digest=str(data.get("digest", "")),
-            draining=bool(data.get("draining", False)),
-            skills=[str(s) for s in data.get("skills", [])],
-        )
+        if len(raw) > MAX_STATE_BYTES:
+            raise ValueError(f"state frame of {len(raw)} bytes (limit {MAX_STATE_BYTES})")
+        try:
+            # JSON mode: strict typing still lets JSON arrays fill lists.
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ValueError(f"malformed state: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "frame"
+    return f"{where}: {err['msg']}"
 
 
 def skills_digest(skills: Iterable[tuple[str, str | None]]) -> str:

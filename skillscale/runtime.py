@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
@@ -16,14 +17,60 @@ from typing_extensions import Self
 T = TypeVar("T")
 
 
+class RepeatLimiter(logging.Filter):
+    """Let through at most ``burst`` records per message per ``window`` seconds.
+
+    Warnings and tracebacks caused by peers' input repeat once per bad
+    message; without a limit one hostile peer floods the log (and the disk).
+    Records below WARNING pass untouched. The first record let through after
+    a quiet spell says how many were suppressed.
+    """
+
+    def __init__(self, burst: int = 5, window: float = 60.0, max_keys: int = 1024) -> None:
+        super().__init__()
+        self.burst, self.window, self.max_keys = burst, window, max_keys
+        self._seen: dict[tuple[str, str], list[float]] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is None:
+            if len(self._seen) >= self.max_keys:
+                self._seen.clear()  # bounded: forget old keys rather than grow
+            seen = self._seen[key] = []
+        seen[:] = [t for t in seen if now - t < self.window]
+        if len(seen) >= self.burst:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        seen.append(now)
+        dropped = self._suppressed.pop(key, 0)
+        if dropped:
+            record.msg = f"{record.msg} [{dropped} similar messages suppressed]"
+        return True
+
+
 def setup_logging(default: str = "INFO") -> None:
-    """Log to stderr at ``SKILLSCALE_LOG_LEVEL`` (default ``default``)."""
+    """Log to stderr at ``SKILLSCALE_LOG_LEVEL`` (default ``default``), rate-limited."""
     level = os.environ.get("SKILLSCALE_LOG_LEVEL", default).upper()
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatLimiter) for f in handler.filters):
+            handler.addFilter(RepeatLimiter())
+
+
+def safe(value: object, limit: int = 200) -> str:
+    """An untrusted value for a log line: escaped (no newline can forge a line), cut."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    escaped = text[:limit].encode("unicode_escape").decode("ascii")
+    return escaped + ("..." if len(text) > limit else "")
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -54,7 +101,55 @@ def install_stop_signals(stop: asyncio.Event, force: asyncio.Event | None = None
 
 
 class AsyncRole:
-    """A role object that owns its sockets and tasks: ``async with`` starts and stops it."""
+    """A role object that owns its sockets and tasks: ``async with`` starts and stops it.
+
+    Supervision: every long-running task a role starts goes through
+    :meth:`supervise`. A supervised task that ends with an exception, or
+    ends at all while the role is not stopping, marks the role *crashed*:
+    the role must then stop advertising capacity, and its runner exits
+    non-zero so that its own supervisor (``skillscale up``, Kubernetes)
+    restarts it. Nothing keeps running around a dead component.
+    """
+
+    _crash_reason: str | None = None
+    _crash_event: asyncio.Event | None = None
+    _role_stopping = False
+
+    @property
+    def crashed(self) -> asyncio.Event:
+        """Set once a supervised task died."""
+        if self._crash_event is None:
+            self._crash_event = asyncio.Event()
+        return self._crash_event
+
+    @property
+    def crash_reason(self) -> str | None:
+        """Why the role crashed, if it did."""
+        return self._crash_reason
+
+    def supervise(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """Watch ``task``: its unexpected end crashes the role. Returns it."""
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None and self._role_stopping:
+            return
+        reason = f"task {task.get_name()} " + (
+            f"died: {type(exc).__name__}: {exc}" if exc else "ended unexpectedly"
+        )
+        log = logging.getLogger("skillscale")
+        log.critical("%s; the role stops and must be restarted", reason, exc_info=exc)
+        if self._crash_reason is None:
+            self._crash_reason = reason
+        self.crashed.set()
+        self.on_crash()
+
+    def on_crash(self) -> None:
+        """Hook: stop advertising capacity at once (called in the loop)."""
 
     async def start(self) -> None:
         """Acquire sockets, start tasks; ready to serve on return."""
@@ -65,6 +160,7 @@ class AsyncRole:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
+        self._role_stopping = False
         await self.start()
         return self
 
@@ -74,4 +170,18 @@ class AsyncRole:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._role_stopping = True
         await self.stop()
+
+
+async def serve_until(stop: asyncio.Event, *roles: AsyncRole) -> int:
+    """Wait for ``stop`` or for any role to crash; the process exit status to use."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    waits += [asyncio.ensure_future(role.crashed.wait()) for role in roles]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return 1 if any(role.crashed.is_set() for role in roles) else 0

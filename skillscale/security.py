@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
@@ -85,11 +86,17 @@ class CurveKeys:
 
 @dataclass(frozen=True)
 class ProxyCurve:
-    """The proxy's certificate and its two allow-lists."""
+    """The proxy's certificate, its two allow-lists, and optionally which
+    server may serve which topics."""
 
     secret_file: Path
     clients_dir: Path
     servers_dir: Path
+    server_topics: Path | None = None
+    """YAML file mapping a server certificate's name (``NAME`` of
+    ``NAME.key`` in ``servers_dir``) to the topic patterns (``fnmatch``, e.g.
+    ``TOPIC_DATA_*``) it may announce. None: any server key may serve any
+    topic. A server key missing from the file may serve nothing."""
 
     def apply(self, socket: zmq.Socket[Any], domain: str) -> None:
         """Make ``socket`` a CURVE server in ZAP ``domain`` (before bind)."""
@@ -102,6 +109,33 @@ class ProxyCurve:
     def server_keys(self) -> set[bytes]:
         """z85 public keys allowed to act as servers."""
         return load_public_keys(self.servers_dir)
+
+    def server_topic_rules(self) -> dict[bytes, list[str]] | None:
+        """Public key -> allowed topic patterns, from :attr:`server_topics`."""
+        if self.server_topics is None:
+            return None
+        try:
+            raw = yaml.safe_load(self.server_topics.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {self.server_topics}: {exc}") from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(p, str) for p in v)
+            for k, v in raw.items()
+        ):
+            raise ConfigError(
+                f"{self.server_topics} must map certificate names to lists of topic patterns"
+            )
+        keys: dict[str, bytes] = {}
+        for path in sorted(self.servers_dir.glob("*.key")):
+            public, _ = _load(path, secret=False)
+            keys[path.stem] = public
+        rules: dict[bytes, list[str]] = {}
+        for name, patterns in raw.items():
+            if name not in keys:
+                raise ConfigError(f"{self.server_topics}: no certificate {name}.key in "
+                                  f"{self.servers_dir}")  # fmt: skip
+            rules[keys[name]] = list(patterns)
+        return rules
 
 
 class _AllowList:
@@ -129,3 +163,49 @@ def start_authenticator(ctx: zmq.Context[Any], curve: ProxyCurve) -> AsyncioAuth
     for domain in (DOMAIN_PUBLISHERS, DOMAIN_SUBSCRIBERS, DOMAIN_SERVERS):
         auth.configure_curve_callback(domain=domain, credentials_provider=provider)
     return auth
+
+
+@dataclass(frozen=True)
+class FabricKeys:
+    """The certificates ``skillscale up --curve`` uses, kept in one folder.
+
+    Layout of ``root``: ``proxy.key``/``proxy.key_secret`` (the proxy),
+    ``keys/client.*`` and ``keys/server.*`` (one identity each for clients
+    and servers), and the allow-lists ``clients/`` and ``servers/`` holding
+    only public certificates. Add more clients by putting their public
+    ``.key`` file into ``clients/``.
+    """
+
+    root: Path
+
+    @property
+    def proxy(self) -> ProxyCurve:
+        """The proxy's certificate and allow-lists."""
+        return ProxyCurve(
+            self.root / "proxy.key_secret", self.root / "clients", self.root / "servers"
+        )
+
+    @property
+    def server(self) -> CurveKeys:
+        """What each server uses."""
+        return CurveKeys(self.root / "keys" / "server.key_secret", self.root / "proxy.key")
+
+    @property
+    def client(self) -> CurveKeys:
+        """What a client uses (``SKILLSCALE_CURVE_SECRET`` / ``_SERVER_KEY``)."""
+        return CurveKeys(self.root / "keys" / "client.key_secret", self.root / "proxy.key")
+
+    def ensure(self) -> FabricKeys:
+        """Create whatever certificate is missing (existing ones are kept)."""
+        if not (self.root / "proxy.key_secret").exists():
+            generate_keypair(self.root, "proxy")
+        for name, allow in (("client", "clients"), ("server", "servers")):
+            if not (self.root / "keys" / f"{name}.key_secret").exists():
+                generate_keypair(self.root / "keys", name)
+            allow_dir = self.root / allow
+            allow_dir.mkdir(parents=True, exist_ok=True)
+            public = allow_dir / f"{name}.key"
+            if not public.exists():
+                public.write_bytes((self.root / "keys" / f"{name}.key").read_bytes())
+        self.root.chmod(0o700)
+        return self

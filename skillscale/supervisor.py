@@ -25,6 +25,7 @@ from skillscale.discovery import SkillDiscovery
 from skillscale.errors import ConfigError
 from skillscale.protocol import topic_for_category
 from skillscale.runtime import AsyncRole
+from skillscale.security import FabricKeys
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class FabricConfig:
     timeout: float | None = None
     grace: float = 10.0
     extra_server_args: list[str] = field(default_factory=list)
+    curve_dir: Path | None = None
+    """CURVE on: certificates kept (made if missing) in this folder."""
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Fabric(AsyncRole):
         self.config = config
         self.proxy: Child | None = None
         self.servers: list[Child] = []
+        self.keys: FabricKeys | None = None
         self._stopping = False
 
     def _plan_servers(self, proxy_ready: dict[str, Any]) -> list[Child]:
@@ -93,6 +97,10 @@ class Fabric(AsyncRole):
                 argv += ["--workers", str(self.config.workers)]
             if self.config.timeout is not None:
                 argv += ["--timeout", str(self.config.timeout)]
+            if self.keys is not None:
+                server = self.keys.server
+                argv += ["--curve-secret", str(server.secret_file),
+                         "--curve-server-key", str(server.server_key_file)]  # fmt: skip
             children.append(Child(f"server:{category}", argv + self.config.extra_server_args))
         return children
 
@@ -107,6 +115,12 @@ class Fabric(AsyncRole):
             "--metrics-host", cfg.host,
             "--metrics-port", str(-1 if cfg.metrics_port is None else cfg.metrics_port),
         ]  # fmt: skip
+        if cfg.curve_dir is not None:
+            self.keys = FabricKeys(cfg.curve_dir).ensure()
+            curve = self.keys.proxy
+            proxy_argv += ["--curve-secret", str(curve.secret_file),
+                           "--curve-clients", str(curve.clients_dir),
+                           "--curve-servers", str(curve.servers_dir)]  # fmt: skip
         self.proxy = Child("proxy", proxy_argv)
         try:
             await self._spawn(self.proxy)
@@ -164,6 +178,12 @@ class Fabric(AsyncRole):
             "router": self.proxy.ready.get("router"),
             "metrics": self.proxy.ready.get("metrics"),
             "proxy_pid": self.proxy.proc.pid if self.proxy.proc else None,
+            "curve": None
+            if self.keys is None
+            else {
+                "SKILLSCALE_CURVE_SECRET": str(self.keys.client.secret_file),
+                "SKILLSCALE_CURVE_SERVER_KEY": str(self.keys.client.server_key_file),
+            },
             "servers": [
                 {
                     "topics": s.ready.get("topics"),
