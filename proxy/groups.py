@@ -56,7 +56,7 @@ class GroupsConfig:
     """Waiting requests per topic before ``overloaded``."""
     max_queued_total: int = 20_000
     """Waiting requests over all topics (many topics with no server, say)."""
-    max_queued_bytes: int = 256 * 1024 * 1024
+    max_queued_bytes: int = 64 * 1024 * 1024
     """Payload bytes of waiting requests over all topics before ``overloaded``."""
     max_attempts: int = 3
     """Deliveries of one request before giving up on it."""

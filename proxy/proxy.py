@@ -108,7 +108,7 @@ class ProxyConfig:
     """Messages drained per readable event before yielding to the loop."""
     hwm: int = 100_000
     """Per-peer high-water mark (messages) on XSUB and the ROUTER."""
-    subscriber_hwm: int = 10_000
+    subscriber_hwm: int = 1_000
     """Per-subscriber high-water mark (messages) on XPUB: past it that
     subscriber's messages are dropped, the others' are not."""
     stuck_timeout: float = 10.0
@@ -486,8 +486,17 @@ class Proxy(AsyncRole):
         self._io.reply_error(Job(b"", topic, head, time.monotonic()), code, why)
 
     def _forward_subscriptions(self) -> None:
-        assert self._xsub is not None and self._xpub is not None
-        xsub, metrics, subs = self._xsub, self.metrics, self._subs
+        """Track (un)subscriptions; they are *not* sent on to publishers.
+
+        The proxy's XSUB subscribes to everything once, so publishers send
+        everything anyway. Forwarding every client's reply-topic subscription
+        as well (what ``zmq_proxy`` does) would copy the whole table into
+        every publisher; and a publisher socket reads those only when its
+        owner next uses it, so an idle client's inbound pipe would fill, its
+        connection stop answering heartbeats, and be dropped.
+        """
+        assert self._xpub is not None
+        metrics, subs = self.metrics, self._subs
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
         for frames in self._xpub.drain(self.config.batch, copy=False):
@@ -498,7 +507,7 @@ class Proxy(AsyncRole):
             topic = raw[1:]
             try:
                 if raw[0] == 1:
-                    if not subs.subscribe(topic, self._peer_of(event)):
+                    if not subs.subscribe(topic, self._key_of(event)):
                         metrics.drop(topic[:MAX_TOPIC_BYTES], "subscription_refused")
                         continue
                     self._release_held(topic)
@@ -507,12 +516,20 @@ class Proxy(AsyncRole):
             except Exception:
                 self._failed(topic[:MAX_TOPIC_BYTES], "a subscription")
                 continue
-            xsub.send([raw])
             counts[topic] += 1
             sizes[topic] += len(raw)
         metrics.subscriptions.set(len(subs))
         if counts:
             metrics.flush(UPSTREAM, counts, sizes)
+
+    @staticmethod
+    def _key_of(frame: zmq.Frame) -> str | None:
+        """The sender's CURVE key, None on an open bus."""
+        with contextlib.suppress(zmq.ZMQError):
+            value = frame.get("User-Id")
+            if isinstance(value, str) and value:
+                return value
+        return None
 
     @staticmethod
     def _peer_of(frame: zmq.Frame) -> str:
@@ -609,7 +626,7 @@ class Proxy(AsyncRole):
     def _publish(self, frames: list[bytes]) -> None:
         """Publish a reply; hold it a while if its caller is not subscribed (yet)."""
         topic = frames[0]
-        if not self._subs.all.matches(topic):
+        if not self._subs.all.matches(topic) and not self._subs.saturated:
             size = sum(map(len, frames))
             cfg = self.config
             if (

@@ -8,12 +8,19 @@ membership test on a slice), so it costs O(distinct lengths) <= O(topic
 length), and a topic is at most :data:`~skillscale.protocol.MAX_TOPIC_BYTES`
 bytes long, so the cost is bounded whatever peers subscribe.
 
-The table is bounded in all and per peer. A peer is its CURVE key when the
-bus is encrypted (an authenticated identity) and its address otherwise (in
-open mode everyone who can reach the ports is trusted; the per-address bound
-only limits an accident). XPUB reports only the first subscription of a
-topic and the last unsubscription, so each topic remembers the peer that
-brought it in and is charged to it until it goes.
+The table is bounded in all, and per peer where a peer has an identity:
+its CURVE key when the bus is encrypted. On an open bus there is no
+identity to charge (every local client shares the address 127.0.0.1, so a
+per-address bound would let one process lock every other out); there only
+the total bound applies, and everyone who can reach the ports is trusted.
+XPUB reports only the first subscription of a topic and the last
+unsubscription, so each topic remembers the peer that brought it in and is
+charged to it until it goes.
+
+A refused subscription still works inside libzmq (XPUB applies it before
+we see it); the table only stops *tracking* it. Once anything was refused
+the table is :attr:`Subscriptions.saturated`, and the proxy stops relying on
+it to decide that a reply has no subscriber.
 """
 
 from __future__ import annotations
@@ -94,14 +101,23 @@ class Subscriptions:
     def __len__(self) -> int:
         return len(self.all)
 
-    def subscribe(self, prefix: bytes, peer: str) -> bool:
-        """Record a subscription; False if refused (too long, or a bound is reached)."""
+    @property
+    def saturated(self) -> bool:
+        """True once a subscription was refused while the table is near full."""
+        return self.refused > 0 and len(self.all) >= self.max_total - self.max_per_peer
+
+    def subscribe(self, prefix: bytes, peer: str | None) -> bool:
+        """Record a subscription; False if refused (too long, or a bound is reached).
+
+        ``peer`` is the subscriber's authenticated identity, None on an open bus.
+        """
         if prefix in self.all:
             return True
+        peer = peer or ""
         if (
             len(prefix) > MAX_TOPIC_BYTES
             or len(self.all) >= self.max_total
-            or self._per_peer[peer] >= self.max_per_peer
+            or (peer and self._per_peer[peer] >= self.max_per_peer)
         ):
             self.refused += 1
             return False

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skillscale.discovery import SkillDiscovery, default_skills_dirs
 from skillscale.errors import SkillScaleError
@@ -22,6 +22,9 @@ from skillscale.protocol import topic_for_category
 from skillscale.security import CurveKeys, ProxyCurve
 from skillscale.skill_format import SkillFormatError, load_skill
 from skillscale.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
+
+if TYPE_CHECKING:
+    from proxy.proxy import ProxyConfig
 
 log = logging.getLogger("skillscale")
 
@@ -67,21 +70,22 @@ def _print_ready(payload: dict[str, Any]) -> None:
 # -- proxy -------------------------------------------------------------------
 
 
-def _cmd_proxy(args: argparse.Namespace) -> int:
+def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    """The proxy's settings from its flags (binds loopback unless ``--host`` says otherwise)."""
     from proxy.groups import GroupsConfig
-    from proxy.proxy import Proxy, ProxyConfig
-    from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
+    from proxy.proxy import ProxyConfig
 
-    setup_logging()
     host = args.host
     router_bind = args.router_bind or f"tcp://{host}:5566"
-    config = ProxyConfig(
+    return ProxyConfig(
         xsub_bind=args.xsub_bind or f"tcp://{host}:5444",
         xpub_bind=args.xpub_bind or f"tcp://{host}:5555",
         router_bind=None if router_bind == "off" else router_bind,
         metrics_host=args.metrics_host or host,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         max_message_bytes=args.max_message_bytes,
+        subscriber_hwm=args.subscriber_hwm,
+        stuck_timeout=args.stuck_timeout,
         curve=_proxy_curve(args),
         groups=GroupsConfig(
             heartbeat_timeout=args.heartbeat_timeout,
@@ -90,6 +94,14 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
         ),
     )
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy.proxy import Proxy
+    from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
+
+    setup_logging()
+    config = _proxy_config(args)
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -661,6 +673,23 @@ def build_parser() -> argparse.ArgumentParser:
         8 * 1024 * 1024,
         "largest request forwarded; larger ones are answered 'payload_too_large'",
         type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--subscriber-hwm",
+        "SKILLSCALE_SUBSCRIBER_HWM",
+        1000,
+        "messages queued per subscriber; past it that subscriber alone misses messages",
+        type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--stuck-timeout",
+        "SKILLSCALE_STUCK_TIMEOUT",
+        10.0,
+        "seconds a peer may leave heartbeats unanswered (e.g. a subscriber that "
+        "stopped reading) before it is disconnected",
+        type=_seconds,
     )
     _flag(
         p_proxy,

@@ -131,6 +131,8 @@ class Trace(BaseModel):
     skill_name: str | None = None
     score: float | None = None
     candidates: list[dict[str, Any]] | None = None
+    match: dict[str, Any] | None = None
+    """How the keyword matcher decided: threshold, unknown words, data shape, candidates."""
     exit_code: int | None = None
     elapsed_ms: float | None = None
     queue_ms: float | None = None

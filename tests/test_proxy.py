@@ -15,7 +15,10 @@ from tests.helpers import start_proxy
 @pytest.fixture
 async def running_proxy() -> AsyncIterator[Proxy]:
     config = ProxyConfig(
-        xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0", metrics_port=None
+        xsub_bind="tcp://127.0.0.1:0",
+        xpub_bind="tcp://127.0.0.1:0",
+        router_bind="tcp://127.0.0.1:0",
+        metrics_port=None,
     )
     async with Proxy(config) as p:
         yield p
