@@ -194,3 +194,95 @@ def test_replies_from_before_a_proxy_restart_are_still_published() -> None:
     groups, io = make()
     groups.on_reply(b"a", b"olderepoch-7", b"AGENT_REPLY_c", b"{}", 0)
     assert io.published == [[b"AGENT_REPLY_c", b"{}"]]
+
+
+# -- hostile input and failure cascades (issue 8) ---------------------------------
+
+
+def test_deadlines_that_break_parsing_mean_no_deadline() -> None:
+    from proxy.groups import job_deadline
+
+    nested = b'{"deadline":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    for raw in (b'{"deadline":' + b"1" * 400 + b"}", nested, b'{"deadline":NaN}',
+                b'{"deadline":true}', b"[1]", b"\xff", b'{"deadline":-1e999}'):  # fmt: skip
+        assert job_deadline(raw) is None
+    assert job_deadline(b'{"deadline": 12.5}') == 12.5
+
+
+def test_a_whole_node_failing_does_not_recurse() -> None:
+    groups, io = make(max_attempts=1000)
+    for i in range(450):
+        name = f"r{i}".encode()
+        groups.on_heartbeat(name, state(f"r{i}", slots=1), 0)
+    for i in range(450):
+        groups.on_request(T, payload(f"q{i}"), 0, plain_subscriber=False)
+    assert len(groups.inflight) == 450
+    # Every replica is gone: each removal re-dispatches work to the next,
+    # whose send fails too (the chain that used to recurse 450 deep).
+    io.unreachable = {f"r{i}".encode() for i in range(450)}
+    groups.on_heartbeat(b"r0", state("r0", slots=1, draining=True), 1)
+    groups.tick(10)  # every replica silent past the timeout
+    assert not groups.members
+    assert groups.queued == 450 and not groups.inflight
+
+
+def test_only_the_owner_may_answer_or_hand_back() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1), 0)
+    groups.on_heartbeat(b"b", state("b", slots=1), 0)
+    groups.on_request(T, payload("q"), 0, plain_subscriber=False)
+    owner = io.dispatched_to()[0]
+    other = b"b" if owner == b"a" else b"a"
+    dispatch_id = io.sent[0][1][2]
+    groups.on_return(other, dispatch_id, 1)
+    groups.on_reply(other, dispatch_id, b"AGENT_REPLY_c", b"forged", 1)
+    assert io.published == [] and groups.foreign_dropped == 2
+    assert groups.members[owner].free == 0  # the owner's slot is still counted, once
+    groups.on_reply(owner, dispatch_id, b"AGENT_REPLY_c", b"real", 1)
+    assert io.published == [[b"AGENT_REPLY_c", b"real"]]
+    assert groups.members[owner].free == 1
+
+
+def test_waiting_bytes_are_capped() -> None:
+    groups, io = make(max_queued_bytes=1000)
+    big = b"x" * 600
+    assert groups.on_request(T, big, 0, plain_subscriber=False)
+    assert groups.on_request(T, big, 0, plain_subscriber=False)
+    assert groups.queued == 1 and groups.queued_bytes == 600
+    assert [code for _, code, _ in io.errors] == [ErrorCode.OVERLOADED]
+
+
+def test_heartbeat_boundary_rejects_what_would_break_routing() -> None:
+    import pytest
+
+    bad = [
+        b'{"server_id":"a","topics":[],"slots":1,"busy":null}',
+        b'{"server_id":"a","topics":["T"],"slots":1,"skills":5}',
+        b'{"server_id":"a","topics":["T"],"slots":Infinity}',
+        b'{"server_id":"a","topics":["T"],"slots":true}',
+        b'{"server_id":"a\\nb","topics":["T"],"slots":1}',
+        b'{"server_id":"a","topics":' + json.dumps(["T"] * 65).encode() + b',"slots":1}',
+        b'{"server_id":"a","topics":' + b"[" * 100_000 + b"]" * 100_000 + b',"slots":1}',
+        b"x" * 300_000,
+    ]
+    for raw in bad:
+        with pytest.raises(ValueError):
+            ServerState.from_bytes(raw)
+    ok = ServerState.from_bytes(b'{"server_id":"a","topics":["TOPIC_X"],"slots":2,"extra":1}')
+    assert ok.slots == 2
+
+
+def test_subscription_table_is_bounded_and_matches_prefixes() -> None:
+    from proxy.subscriptions import Subscriptions
+
+    subs = Subscriptions(max_total=5, max_per_peer=2, server_filter=(b"AGENT_REPLY_",))
+    assert subs.subscribe(b"TOPIC_A", "key1") and subs.subscribe(b"TOPIC_B", "key1")
+    assert not subs.subscribe(b"TOPIC_C", "key1")  # per authenticated peer
+    assert subs.subscribe(b"AGENT_REPLY_x", None) and subs.subscribe(b"", None)
+    assert subs.subscribe(b"TOPIC_D", None)
+    assert not subs.subscribe(b"TOPIC_E", None)  # in all
+    assert not subs.subscribe(b"T" * 300, None)
+    assert subs.all.matches(b"anything")  # the empty prefix
+    assert subs.servers.matches(b"TOPIC_A_V2") and not subs.servers.matches(b"AGENT_REPLY_x")
+    assert subs.unsubscribe(b"TOPIC_A") and subs.subscribe(b"TOPIC_C", "key1")
+    assert subs.saturated
