@@ -213,15 +213,16 @@ def test_a_whole_node_failing_does_not_recurse() -> None:
     groups, io = make(max_attempts=1000)
     for i in range(450):
         name = f"r{i}".encode()
-        groups.on_heartbeat(name, state(f"r{i}", slots=1), 0)
+        groups.on_heartbeat(name, state(f"r{i}", slots=2), 0)
     for i in range(450):
         groups.on_request(T, payload(f"q{i}"), 0, plain_subscriber=False)
     assert len(groups.inflight) == 450
     # Every replica is gone: each removal re-dispatches work to the next,
     # whose send fails too (the chain that used to recurse 450 deep).
     io.unreachable = {f"r{i}".encode() for i in range(450)}
-    groups.on_heartbeat(b"r0", state("r0", slots=1, draining=True), 1)
-    groups.tick(10)  # every replica silent past the timeout
+    # Each has a free slot: every removal re-dispatches its job to another
+    # replica, whose send fails, which removes it, and so on.
+    groups.on_bye(b"r0", 1)
     assert not groups.members
     assert groups.queued == 450 and not groups.inflight
 
