@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from skillscale.skillkit import (
-    fail,
-    insights_section,
-    json_object,
-    md_table,
-    read_input,
-    split_instruction,
-)
+from skillscale.skillkit import insights_section, md_table, read_table
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?"})
-DELIMITERS = ",;\t|"
 MAX_LISTED = 5
 
 
@@ -71,40 +61,12 @@ class Column:
         return "text"
 
 
-def detect_table(text: str) -> tuple[list[list[str]], str]:
-    sample = text[:8192]
-    try:
-        delimiter = csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
-    except csv.Error:
-        counts = {d: sample.count(d) for d in DELIMITERS}
-        delimiter = max(counts, key=lambda d: counts[d])
-    rows = [
-        row
-        for row in csv.reader(io.StringIO(text), delimiter=delimiter)
-        if any(c.strip() for c in row)
-    ]
-    return rows, delimiter
-
-
-def strip_lead_in(text: str) -> str:
-    instruction, payload = split_instruction(text)
-    if instruction and any(d in payload.split("\n", 1)[0] for d in DELIMITERS):
-        return payload
-    return text
-
-
 def main() -> None:
-    raw = read_input()
-    obj = json_object(raw)
-    if obj is not None and isinstance(obj.get("csv"), str):
-        raw = obj["csv"]
-    text = strip_lead_in(raw).strip("\n")
-    if not text.strip():
-        fail("no CSV data: send the table on stdin (optionally after 'analyze this CSV:')")
-    rows, delimiter = detect_table(text)
-    width = Counter(len(r) for r in rows).most_common(1)[0][0] if rows else 0
-    if width < 2 and not (rows and len(rows) > 1 and width == 1):
-        fail("the input does not look like a CSV table (no delimiter-separated columns found)")
+    # The table wherever the caller put it (after a request, fenced, JSON...);
+    # no table at all is the caller's mistake: a bad_request with a hint.
+    table = read_table()
+    rows, delimiter = table.rows, table.delimiter
+    width = Counter(len(r) for r in rows).most_common(1)[0][0]
 
     has_header = all(to_number(c) is None for c in rows[0]) and len(rows) > 1
     header = [c.strip() or f"column_{i + 1}" for i, c in enumerate(rows[0])] if has_header else []

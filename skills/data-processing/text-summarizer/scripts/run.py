@@ -6,12 +6,12 @@ import re
 from collections import Counter
 
 from skillscale.skillkit import (
-    fail,
+    input_error,
     insights_section,
     json_object,
     md_table,
     read_input,
-    split_instruction,
+    read_prose,
 )
 
 WORDS_PER_MINUTE = 238
@@ -37,8 +37,13 @@ _ABBREVIATIONS = (
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]|[A-Za-z]")
-_SUMMARY_WORDS = re.compile(
-    r"summar|tl;?dr|digest|condense|shorten|abstract|key points|gist|brief", re.IGNORECASE
+_NUMBERS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+}  # fmt: skip
+_WANTED_RE = re.compile(
+    r"\b(\d{1,2}|" + "|".join(_NUMBERS) + r"|a|a single)[ -](?:sentences?|lines?)\b",
+    re.IGNORECASE,
 )
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be
@@ -93,23 +98,32 @@ def summarize(sentences: list[str], count: int) -> list[int]:
     return sorted(best)
 
 
+def wanted_sentences(raw: str, text: str) -> int | None:
+    """A length asked for in the request around the text ("in two sentences")."""
+    request = raw.replace(text, " ", 1) if text in raw else ""
+    match = _WANTED_RE.search(request[:600])
+    if match is None:
+        return None
+    word = match.group(1).lower()
+    count = int(word) if word.isdigit() else _NUMBERS.get(word, 1)
+    return count if count > 0 else None
+
+
 def main() -> None:
     raw = read_input()
     wanted: int | None = None
     obj = json_object(raw)
-    if obj is not None and isinstance(obj.get("text"), str):
-        raw = obj["text"]
-        if isinstance(obj.get("sentences"), int) and obj["sentences"] > 0:
-            wanted = obj["sentences"]
-    instruction, payload = split_instruction(raw)
-    text = payload if instruction and _SUMMARY_WORDS.search(instruction) else raw
-    if not text.strip():
-        fail("no text to summarize: send the text on stdin (optionally after 'summarize:')")
+    if obj is not None and isinstance(obj.get("sentences"), int) and obj["sentences"] > 0:
+        wanted = obj["sentences"]
+    # The text wherever the caller put it, without the request around it; a
+    # request with no text is the caller's mistake (bad_request with a hint).
+    text = read_prose(raw, what="text to summarize")
+    wanted = wanted or wanted_sentences(raw, text)
 
     sentences = split_sentences(text)
     words = _WORD.findall(text)
     if not words:
-        fail("the input has no words to summarize")
+        input_error("the input has no words to summarize", "send text written in Latin letters")
     count = wanted or max(1, min(7, round(len(sentences) * 0.3)))
     chosen = summarize(sentences, count)
     summary = " ".join(sentences[i] for i in chosen)
