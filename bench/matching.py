@@ -67,6 +67,7 @@ class Task:
     style: tuple[str, ...]
     text: str
     split: str
+    batch: int = 1
 
 
 @dataclass
@@ -144,6 +145,7 @@ def load_tasks(path: Path = DATA_FILE) -> list[Task]:
                 tuple(raw["style"]),
                 text,
                 raw["split"],
+                raw.get("batch", 1),
             )
         )
     return tasks
@@ -179,16 +181,19 @@ def evaluate(tasks: Sequence[Task], catalog: Catalog | None = None) -> list[Outc
 
 
 def latency(tasks: Sequence[Task], catalog: Catalog, rounds: int = 5) -> dict[str, float]:
-    """Microseconds per ``match`` call (topic matchers and the whole catalogue)."""
+    """Microseconds per ``match`` call, each task's best of ``rounds`` (the machine is shared:
+    the best run is the matcher's own cost, the others add other processes' noise)."""
     matchers = {topic: KeywordMatcher(skills) for topic, skills in catalog.topics().items()}
     whole = KeywordMatcher(catalog.skills.values())
     samples: list[float] = []
-    for _ in range(rounds):
-        for task in tasks:
-            matcher = matchers[task.topic] if task.topic else whole
+    for task in tasks:
+        matcher = matchers[task.topic] if task.topic else whole
+        runs = []
+        for _ in range(rounds):
             start = time.perf_counter()
             matcher.match(task.text)
-            samples.append((time.perf_counter() - start) * 1e6)
+            runs.append((time.perf_counter() - start) * 1e6)
+        samples.append(min(runs))
     samples.sort()
     return {
         "mean_us": statistics.fmean(samples),
@@ -248,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = evaluate(tasks, catalog)
     slices = {
         "held-out third": [o for o in outcomes if o.task.split == "holdout"],
+        "held-out, batch 1": [
+            o for o in outcomes if o.task.split == "holdout" and o.task.batch == 1
+        ],
+        "held-out, batch 2 (written later, never tuned on)": [
+            o for o in outcomes if o.task.split == "holdout" and o.task.batch == 2
+        ],
         "tuning two thirds": [o for o in outcomes if o.task.split == "tune"],
         "whole set": outcomes,
     }
@@ -262,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_report(report)
     lat = latency(tasks, catalog)
     print(
-        "\nlatency per match: mean {mean_us:.0f} us, p50 {p50_us:.0f} us, p99 {p99_us:.0f} us, "
-        "max {max_us:.0f} us".format(**lat)
+        "\nlatency per match (each task's best of 5): mean {mean_us:.0f} us, p50 {p50_us:.0f} us, "
+        "p99 {p99_us:.0f} us, max {max_us:.0f} us".format(**lat)
     )
     detail = {"holdout": "held-out third", "tune": "tuning two thirds", "all": "whole set"}
     shown = slices[detail[args.split]]

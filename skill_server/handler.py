@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from skill_server.executor import (
     ExecutionLimits,
@@ -32,6 +33,7 @@ from skillscale.protocol import (
     salvage_address,
 )
 from skillscale.skill_format import Skill
+from skillscale.skillkit import EX_DATAERR, parse_input_error
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +213,27 @@ class RequestHandler:
         return self._keyword(rid, self.registry.matcher.match(intent.task))
 
     def _keyword(self, rid: str, result: MatchResult) -> tuple[Skill, Trace] | Reply:
-        candidates = [{"skill": c.skill.name, "score": c.score} for c in closest(result)]
+        # Each candidate carries the request words it matched, and ``match`` the
+        # rest of the decision (unknown words and their cost, the data's shape).
+        candidates: list[dict[str, Any]] = [
+            {"skill": c.skill.name, "score": c.score, "terms": list(c.terms)}
+            for c in closest(result)
+        ]
+        explanation = result.explain()
         if result.best is None:
             near = ", ".join(f"{c['skill']} ({c['score']})" for c in candidates) or "none"
+            unknown = (
+                f"; words no skill here knows: {', '.join(result.unknown[:8])}"
+                if result.unknown
+                else ""
+            )
             return self._failure(
                 rid,
                 ErrorCode.NO_MATCH,
                 f"no skill matched the task well enough (threshold {result.threshold}); "
-                f"closest: {near}",
-                trace=Trace(matcher_mode="keyword", candidates=candidates),
+                f"closest: {near}{unknown}. Name a skill to run it anyway: "
+                '{"skill": "<name>", "data": ...} or "/<name> <input>"',
+                trace=Trace(matcher_mode="keyword", candidates=candidates, match=explanation),
             )
         best = result.best
         return best.skill, Trace(
@@ -227,6 +241,7 @@ class RequestHandler:
             skill_name=best.skill.name,
             score=best.score,
             candidates=candidates,
+            match=explanation,
         )
 
     def _from_result(
@@ -266,6 +281,23 @@ class RequestHandler:
                 trace=trace,
                 skill=skill,
             )
+        if result.exit_code == EX_DATAERR:
+            # The skill's way to say "your input is wrong" (skillkit.input_error):
+            # the caller's mistake, so bad_request with the skill's own words.
+            said = parse_input_error(stderr)
+            last = next((ln for ln in reversed(stderr.strip().splitlines()) if ln.strip()), "")
+            message, hint = said if said is not None else (last[:300], None)
+            reply = self._failure(
+                rid,
+                ErrorCode.BAD_REQUEST,
+                (message or f"skill {skill.name!r} rejected its input")
+                + (f" (hint: {hint})" if hint else ""),
+                trace=trace,
+                skill=skill,
+            )
+            if hint:
+                reply.hint = hint  # type: ignore[attr-defined]  # extra field, ignored by old clients
+            return reply
         if result.exit_code != 0:
             how = (
                 f"was killed by signal {-result.exit_code}"

@@ -2,47 +2,83 @@
 
 Written here rather than taken from ``bm25s``: a server's catalogue is a few
 to a few hundred skills, where what decides correctness is *field weighting*
-(a word in the name or description means far more than one in the body) and
-an absolute score threshold that behaves the same with 1 skill as with 100.
+(a word in the name or keywords means more than one in the body) and an
+absolute decision rule that behaves the same with 1 skill as with 100.
 ``bm25s`` scores one flat field, is built for millions of documents, and its
-import pulls in scipy; the whole scorer below is a few dozen lines.
+import pulls in scipy; the scorer below is a few dozen lines and takes tens
+of microseconds per match (``python bench/matching.py``).
 
-Two adjustments make the threshold meaningful on tiny catalogues:
+How a task text is read:
 
-* IDF is computed as if the catalogue had ``VIRTUAL_DOCS`` extra documents
-  that contain none of the words, so a word unique to the only skill still
-  counts, while a word every skill shares counts little.
-* A coordination factor scales the score by the share of the instruction's
-  words the skill matches, so one shared word cannot carry a long request.
-* In ``"summarize: <long text>"`` the instruction before the first colon or
-  line break is what names the task; words from the payload after it count
-  at ``PAYLOAD_WEIGHT`` and only the first ``PAYLOAD_CHARS`` are read.
+* :func:`skillscale.skillkit.split_request` separates the request from the
+  data it carries (code, a table, or prose, found by the same parsers the
+  skills use). Only the request's words are scored; the data adds one or two
+  *shape* terms (``python code``, ``csv table``, ``text prose``) at
+  ``SHAPE_WEIGHT``, so ``"<a table> what stands out?"`` reaches the skill
+  whose catalogue entry speaks of tables. Quoted words (``'age'``,
+  ```_helper```) are the caller's names, not vocabulary, and are dropped.
+* Words are lowercased, accents folded, stop words and generic request words
+  ("please", "tell", "find", "analyse") dropped, then stemmed with Snowball,
+  with British and American spellings folded together.
+
+How it decides:
+
+* Each skill gets a BM25F score for the request's terms. IDF is computed as
+  if the catalogue had ``VIRTUAL_DOCS`` extra documents containing none of
+  the words, so a word unique to the only skill still counts.
+* A request word that no skill of the catalogue knows at all ("flight",
+  "translate", "deploy") is evidence that the task is about something else:
+  each costs ``UNKNOWN_PENALTY``. The best skill is taken when its score
+  minus that cost reaches the threshold. So "find outliers" and "tl;dr" are
+  taken on one strong word, while "convert this CSV to JSON" (one known
+  word, two foreign ones) is refused, on any topic.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import snowballstemmer
 
 from skillscale.skill_format import Skill
+from skillscale.skillkit import split_request
 
-FIELD_WEIGHTS = {"name": 3.0, "keywords": 2.5, "description": 2.0, "body": 0.5}
+FIELD_WEIGHTS = {"name": 3.0, "keywords": 2.5, "description": 2.0}
+OBJECT_SHARE = 0.5
+"""Share of a matched word's score that counts against unknown words when the word
+is not one of the skill's task words (``metadata.keywords``): "csv" in "convert this
+CSV to JSON" says what the task is about, not that the skill does it."""
 VIRTUAL_DOCS = 4
-PAYLOAD_WEIGHT = 0.3
-PAYLOAD_CHARS = 4000
+SHAPE_WEIGHT = 0.5
+"""Query weight of each shape term the data adds (a request word weighs 1)."""
+PHRASE_WEIGHT = 1.0
+"""Query weight of a pair of adjacent request words (matches keyword phrases)."""
+SHAPE_TERMS = {"python": ("python", "code"), "table": ("csv", "table"), "text": ("text", "prose")}
+UNKNOWN_PENALTY = 1.2
+"""Score taken off for each request word the catalogue does not know, for a skill
+whose name, keywords and description hold ``FULL_VOCABULARY`` terms or more."""
+ARGUMENT_SHARE = 0.75
+FULL_VOCABULARY = 60
+"""Vocabulary size at which an unknown word costs the full penalty. A skill that
+says little about itself (a one-line description) cannot be expected to know
+the words of every task it fits, so an unknown word costs it proportionally less."""
 HEAD_CHARS = 200
+INSTRUCTION_CHARS = 600
+"""A request longer than this is cut: a long text without data is mostly data."""
 NAME_MENTION_BONUS = 2.5
-DEFAULT_THRESHOLD = 1.5
+DEFAULT_THRESHOLD = 0.75
 K1 = 1.2
 B = 0.75
 
 _WORD_RE = re.compile(r"[a-z0-9]+")
+_QUOTED_RE = re.compile(r"`[^`\n]{1,60}`|(?<![\w])'[^'\n]{1,40}'(?![\w])|\"[^\"\n]{1,40}\"")
 _STEMMER = snowballstemmer.stemmer("english")
 
 STOPWORDS = frozenset(
@@ -56,70 +92,178 @@ STOPWORDS = frozenset(
     the their them then there these they this those through to too under until up us use
     using very via want was way we were what when where which while who whom why will with
     would yes yet you your yours
+    pls plz kindly cheers hi hey ok okay quick quickly little bit really actually maybe
+    whole entire every ever whether something anything everything thing things stuff lot
+    lots sure able know see say says said got going gonna wanna let us
+    isn aren doesn don didn won wouldn couldn shouldn haven hasn wasn weren ain ll ve re
+    following attached provided pasted included enclosed given
+    find finding check checking look looking help analyse analyze analysing analyzing
+    analysis examine inspect review assess evaluate audit scan investigate study run
+    identify detect spot locate point list pull tell show give provide
+    take takes many file files part parts piece snippet content contents input
+    without within across against among toward towards around upon onto
+    two three four five six seven eight nine ten
     """.split()
 )
+"""Words that say nothing about which skill is meant: grammar, politeness, and
+generic request verbs that fit every skill equally ("find", "check", "analyse")."""
 
 
 @lru_cache(maxsize=65536)
 def normalize(word: str) -> str:
-    """Stem a lowercase word and fold spelling variants.
+    """Stem a lowercase word and fold British/American spelling variants.
 
     Snowball leaves ``summary``/``summarize`` as ``summari``/``summar`` and
     ``analysis``/``analyze`` as ``analysi``/``analyz``; folding ``z`` to ``s``
     and dropping a final ``i``/``y``/``is`` brings each family together.
+    ``colour``/``color``, ``programme``/``program``, ``centre``/``center``,
+    ``catalogue``/``catalog`` and ``distil``/``distill`` are folded before or
+    after stemming.
     """
+    if len(word) > 5 and word.endswith("our"):
+        word = word[:-3] + "or"
+    elif (len(word) > 6 and word.endswith("mme")) or (len(word) > 5 and word.endswith("ogue")):
+        word = word[:-2]
+    elif len(word) > 4 and word.endswith("tre"):
+        word = word[:-2] + "er"
     stem: str = _STEMMER.stemWord(word)
     stem = stem.replace("z", "s")
     if len(stem) > 6 and stem.endswith("is"):
         stem = stem[:-2]
     elif len(stem) > 4 and stem[-1] in "iy":
         stem = stem[:-1]
+    if len(stem) > 4 and stem.endswith("ll"):
+        stem = stem[:-1]
     return stem
 
 
-def tokenize(text: str) -> list[str]:
-    """Lowercase words minus stopwords and bare numbers, normalised."""
+def _fold(text: str) -> str:
+    # "précis" -> "precis", "tl;dr" -> "tldr": one word, as users type it both ways.
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return re.sub(r"\btl\s*;\s*dr\b", "tldr", text)
+
+
+def words(text: str) -> list[tuple[str, str]]:
+    """(surface word, normalised term) pairs of ``text``, minus stop words and numbers."""
     return [
-        normalize(w)
-        for w in _WORD_RE.findall(text.lower())
+        (w, normalize(w))
+        for w in _WORD_RE.findall(_fold(text))
         if w not in STOPWORDS and not w.isdigit() and len(w) > 1
     ]
 
 
+def tokenize(text: str) -> list[str]:
+    """Lowercase words minus stopwords and bare numbers, normalised."""
+    return [term for _, term in words(text)]
+
+
+def keyword_terms(keywords: str) -> tuple[list[str], set[str]]:
+    """Index terms of ``metadata.keywords`` and the words it makes known.
+
+    Comma-separated entries (``"key points, gist, reading time"``) may be
+    phrases: a phrase is indexed as its word pairs (``"key point"``), so
+    "reading time" matches a request for the reading time and not every
+    request that says "time". Its single words still count as known. An
+    entry of one word, or a keywords string without commas, is single words.
+    """
+    entries = keywords.split(",") if "," in keywords else keywords.split()
+    terms: list[str] = []
+    known: set[str] = set()
+    for entry in entries:
+        tokens = tokenize(entry)
+        known.update(tokens)
+        if len(tokens) == 1:
+            terms.append(tokens[0])
+        terms.extend(f"{a} {b}" for a, b in pairwise(tokens))
+    return terms, known
+
+
+@dataclass(frozen=True)
+class Query:
+    """How a task text is read: weighted terms, their surface words, the data's shape."""
+
+    terms: dict[str, float]
+    surface: dict[str, str]
+    words: tuple[str, ...]
+    """The request's single-word terms: the ones that can be unknown to a catalogue."""
+    instruction: str
+    shape: str | None
+
+
+def read_query(text: str) -> Query:
+    """Split ``text`` into request and data and weigh the request's terms."""
+    parts = split_request(text)
+    instruction = _QUOTED_RE.sub(" ", parts.instruction[:INSTRUCTION_CHARS])
+    terms: dict[str, float] = {}
+    surface: dict[str, str] = {}
+    pairs = words(instruction)
+    for word, term in pairs:
+        terms[term] = 1.0
+        surface.setdefault(term, word)
+    for (w1, t1), (w2, t2) in pairwise(pairs):
+        # Word pairs meet keyword phrases ("key points", "decision points").
+        terms.setdefault(f"{t1} {t2}", PHRASE_WEIGHT)
+        surface.setdefault(f"{t1} {t2}", f"{w1} {w2}")
+    if parts.kind is not None:
+        for word in SHAPE_TERMS[parts.kind]:
+            term = normalize(word)
+            if term not in terms:
+                terms[term] = SHAPE_WEIGHT
+                surface[term] = f"[{parts.kind}]"
+    singles = tuple(dict.fromkeys(term for _, term in pairs))
+    return Query(terms, surface, singles, parts.instruction, parts.kind)
+
+
 def query_terms(text: str) -> dict[str, float]:
-    """Weighted unique terms of a task text (instruction head vs payload)."""
-    head_end = len(text)
-    for sep in (":", "\n"):
-        pos = text.find(sep, 0, HEAD_CHARS)
-        if pos != -1:
-            head_end = min(head_end, pos)
-    head_end = min(head_end, HEAD_CHARS * 2)
-    head, tail = text[:head_end], text[head_end : head_end + PAYLOAD_CHARS]
-    if not tokenize(head):  # e.g. text starting with ":" or a blank line
-        head, tail = text[: HEAD_CHARS * 2], text[HEAD_CHARS * 2 : PAYLOAD_CHARS]
-    weights: dict[str, float] = {}
-    for term in tokenize(tail):
-        weights[term] = PAYLOAD_WEIGHT
-    for term in tokenize(head):
-        weights[term] = 1.0
-    return weights
+    """Weighted unique terms of a task text (request words 1.0, data shape less)."""
+    return read_query(text).terms
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A skill and its score for one task text."""
+    """A skill and its score for one task text, with the request words it matched."""
 
     skill: Skill
     score: float
+    terms: tuple[str, ...] = ()
+    evidence: float = 0.0
+    """What weighs against unknown words: task-word score in full, other words at
+    ``OBJECT_SHARE``."""
 
 
 @dataclass(frozen=True)
 class MatchResult:
-    """The best candidate if it clears the threshold, plus the runners-up."""
+    """The best candidate if it clears the threshold, plus the runners-up and why."""
 
     best: Candidate | None
     ranked: list[Candidate]
     threshold: float
+    unknown: tuple[str, ...] = ()
+    """Request words no skill of the catalogue states (name, keywords, description)."""
+    penalty: float = 0.0
+    """What the unknown words cost the best candidate."""
+    shape: str | None = None
+    """The kind of data found in the task text (``python``, ``table``, ``text``)."""
+
+    def explain(self, limit: int = 3) -> dict[str, object]:
+        """A JSON-ready account of the decision, for ``_trace``."""
+        return {
+            "threshold": self.threshold,
+            "penalty": round(self.penalty, 4),
+            "unknown_terms": list(self.unknown),
+            "data_shape": self.shape,
+            "chosen": self.best.skill.name if self.best else None,
+            "candidates": [
+                {
+                    "skill": c.skill.name,
+                    "score": c.score,
+                    "evidence": c.evidence,
+                    "terms": list(c.terms),
+                }
+                for c in self.ranked[:limit]
+            ],
+        }
 
 
 class KeywordMatcher:
@@ -131,13 +275,28 @@ class KeywordMatcher:
         self._fields: list[dict[str, Counter[str]]] = []
         self._lengths: list[dict[str, int]] = []
         df: Counter[str] = Counter()
+        self._vocabulary: set[str] = set()
+        """Terms a skill states about itself (name, keywords, description); a
+        request word known only from a body does not count as known."""
+        self._coverage: list[float] = []
+        self._task: list[set[str]] = []
         for skill in self.skills:
+            keywords, known = keyword_terms(skill.keywords)
             fields = {
                 "name": Counter(tokenize(skill.name.replace("-", " "))),
-                "keywords": Counter(tokenize(skill.keywords)),
+                "keywords": Counter(keywords),
                 "description": Counter(tokenize(skill.description)),
-                "body": Counter(tokenize(skill.body)),
             }
+            # Task words: what a skill lists as keywords, or, without keywords,
+            # everything it states about itself.
+            self._task.append(
+                set(fields["keywords"])
+                if fields["keywords"]
+                else set(fields["name"]) | set(fields["description"])
+            )
+            stated = set(fields["name"]) | known | set(fields["description"])
+            self._vocabulary |= stated
+            self._coverage.append(min(1.0, len(stated) / FULL_VOCABULARY))
             self._fields.append(fields)
             self._lengths.append({f: sum(c.values()) for f, c in fields.items()})
             df.update({t for c in fields.values() for t in c})
@@ -154,46 +313,68 @@ class KeywordMatcher:
 
     def rank(self, text: str) -> list[Candidate]:
         """Every skill with a positive score, best first (ties by name)."""
-        terms = query_terms(text)
+        return self._rank(text, read_query(text))
+
+    def match(self, text: str) -> MatchResult:
+        """The best skill for ``text`` if its score, less the unknown-word cost, clears the bar."""
+        query = read_query(text)
+        ranked = self._rank(text, query)
+        unknown = tuple(query.surface[t] for t in query.words if t not in self._vocabulary)
+        best: Candidate | None = None
+        penalty = 0.0
+        if ranked:
+            index = self.skills.index(ranked[0].skill)
+            weight = sum(
+                1.0 if i == 0 else ARGUMENT_SHARE
+                for i, t in enumerate(query.words)
+                if t not in self._vocabulary
+            )
+            penalty = UNKNOWN_PENALTY * self._coverage[index] * weight
+            # Nothing foreign in the request: any word the skill states is enough.
+            # Otherwise its task words must outweigh the foreign ones.
+            evidence = ranked[0].score if not unknown else ranked[0].evidence
+            if evidence - penalty >= self.threshold:
+                best = ranked[0]
+        return MatchResult(best, ranked, self.threshold, unknown, penalty, query.shape)
+
+    def _rank(self, text: str, query: Query) -> list[Candidate]:
         lowered = text[: HEAD_CHARS * 2].lower()
         out: list[Candidate] = []
         for i, skill in enumerate(self.skills):
-            score = self._score(i, terms)
+            score, task, matched = self._score(i, query.terms)
             if self._name_patterns[i].search(lowered):
                 score += NAME_MENTION_BONUS
+                task += NAME_MENTION_BONUS
+                matched.append(skill.name)
             if score > 0:
-                out.append(Candidate(skill, round(score, 4)))
+                terms = tuple(dict.fromkeys(query.surface.get(t, t) for t in matched))
+                evidence = task + OBJECT_SHARE * (score - task)
+                out.append(Candidate(skill, round(score, 4), terms, round(evidence, 4)))
         out.sort(key=lambda c: (-c.score, c.skill.name))
         return out
 
-    def match(self, text: str) -> MatchResult:
-        """The best skill for ``text`` if its score reaches the threshold."""
-        ranked = self.rank(text)
-        best = ranked[0] if ranked and ranked[0].score >= self.threshold else None
-        return MatchResult(best, ranked, self.threshold)
-
-    def _score(self, index: int, terms: dict[str, float]) -> float:
+    def _score(self, index: int, terms: dict[str, float]) -> tuple[float, float, list[str]]:
+        """BM25F score, the part of it from task words, and the terms matched."""
         fields, lengths = self._fields[index], self._lengths[index]
-        score = 0.0
-        head_total = head_matched = 0
+        score = task = 0.0
+        matched: list[str] = []
         for term, q_weight in terms.items():
-            is_head = q_weight == 1.0
-            head_total += is_head
             idf = self._idf.get(term)
             if idf is None:
                 continue
             tf = 0.0
-            for field, weight in FIELD_WEIGHTS.items():
-                count = fields[field].get(term)
+            for name, weight in FIELD_WEIGHTS.items():
+                count = fields[name].get(term)
                 if count:
-                    norm = 1 - B + B * lengths[field] / self._avg[field]
+                    norm = 1 - B + B * lengths[name] / self._avg[name]
                     tf += weight * count / norm
             if tf:
-                head_matched += is_head
-                score += q_weight * idf * tf * (K1 + 1) / (tf + K1)
-        # Lucene's classic "coord" factor: a skill that explains one word of a
-        # five-word instruction is a weaker match than one that explains all.
-        return score * (head_matched / head_total if head_total else 1.0)
+                matched.append(term)
+                gain = q_weight * idf * tf * (K1 + 1) / (tf + K1)
+                score += gain
+                if term in self._task[index]:
+                    task += gain
+        return score, task, matched
 
 
 def closest(result: MatchResult, limit: int = 3) -> Sequence[Candidate]:

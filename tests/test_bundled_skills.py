@@ -6,8 +6,12 @@ import json
 
 import pytest
 
+from skill_server.executor import ExecutionLimits, ExecutionResult
+from skill_server.handler import HandlerConfig, RequestHandler
 from skillscale import ErrorCode, SkillScaleClient
-from tests.helpers import RoleProcess
+from skillscale.discovery import SkillDiscovery
+from skillscale.protocol import Trace
+from tests.helpers import BUNDLED_SKILLS, RoleProcess
 
 pytestmark = pytest.mark.integration
 DATA = "TOPIC_DATA_PROCESSING"
@@ -86,7 +90,7 @@ async def test_text_summarizer_empty_input_is_an_error(
     client: SkillScaleClient, bundled_servers: list[RoleProcess]
 ) -> None:
     reply = await client.call(DATA, json.dumps({"skill": "text-summarizer", "data": "   "}))
-    assert reply.error_code is ErrorCode.EXEC_FAILED and "no text" in (reply.error or "")
+    assert reply.error_code is ErrorCode.BAD_REQUEST and "no text" in (reply.error or "")
 
 
 async def test_csv_analyzer(client: SkillScaleClient, bundled_servers: list[RoleProcess]) -> None:
@@ -105,7 +109,7 @@ async def test_csv_analyzer_rejects_non_tables(
     client: SkillScaleClient, bundled_servers: list[RoleProcess]
 ) -> None:
     reply = await client.call(DATA, json.dumps({"skill": "csv-analyzer", "data": "just words"}))
-    assert reply.error_code is ErrorCode.EXEC_FAILED
+    assert reply.error_code is ErrorCode.BAD_REQUEST
 
 
 async def test_code_complexity(
@@ -124,7 +128,7 @@ async def test_code_complexity_rejects_non_python(
     client: SkillScaleClient, bundled_servers: list[RoleProcess]
 ) -> None:
     reply = await client.call(CODE, json.dumps({"skill": "code-complexity", "data": "def (:"}))
-    assert reply.error_code is ErrorCode.EXEC_FAILED and "could not parse" in (reply.error or "")
+    assert reply.error_code is ErrorCode.BAD_REQUEST and "could not parse" in (reply.error or "")
 
 
 async def test_dead_code_detector(
@@ -147,3 +151,68 @@ async def test_slash_activation_across_topics(
 ) -> None:
     content = await client.invoke(CODE, "/code-complexity def f():\n    return 1\n")
     assert "`f`" in content
+
+
+async def test_a_request_without_data_is_the_callers_mistake(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
+    reply = await client.call(DATA, "Find duplicate rows in the CSV below.")
+    assert reply.error_code is ErrorCode.BAD_REQUEST and reply.skill == "csv-analyzer"
+    assert (reply.error or "").startswith(
+        "no CSV table found in the input; send the table after the request or in `data`"
+    )
+    assert "header row" in (reply.model_extra or {}).get("hint", "")
+    assert reply.trace and reply.trace.exit_code == 65
+
+
+async def test_issue_11_inputs_through_the_bus(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
+    dead = await client.call(
+        CODE,
+        "detect unreachable statements in this python code: def h():\n    y = 3\n"
+        "    return 0\n    z = 1",
+    )
+    assert dead.ok and dead.skill == "dead-code-detector", dead.error
+    assert "| 4 | unreachable code |" in dead.content
+    simple = await client.call(CODE, "how complex is this? def f(x): return x+1")
+    assert simple.ok and simple.skill == "code-complexity", simple.error
+    assert "| `f` | 1 | 1 | A |" in simple.content
+
+
+async def test_the_match_is_explained_in_the_trace(
+    client: SkillScaleClient, bundled_servers: list[RoleProcess]
+) -> None:
+    reply = await client.call(DATA, "Tally the records per category:\n" + CSV)
+    assert reply.ok and reply.trace is not None and reply.trace.match is not None
+    match = reply.trace.match
+    assert match["chosen"] == "csv-analyzer" and match["data_shape"] == "table"
+    top = match["candidates"][0]
+    assert top["skill"] == "csv-analyzer" and {"tally", "records"} <= set(top["terms"])
+    assert reply.trace.candidates and reply.trace.candidates[0]["terms"] == top["terms"]
+    refused = await client.call(DATA, "Convert this CSV to JSON")
+    assert refused.error_code is ErrorCode.NO_MATCH
+    assert "csv-analyzer" in (refused.error or "") and '"skill"' in (refused.error or "")
+    assert refused.trace and refused.trace.match
+    assert refused.trace.match["unknown_terms"] == ["convert", "json"]
+
+
+def _handler() -> RequestHandler:
+    return RequestHandler(None, None, HandlerConfig("test", frozenset()))  # type: ignore[arg-type]
+
+
+def _result(code: int, stderr: str) -> ExecutionResult:
+    return ExecutionResult(code, b"", stderr.encode(), 1.0)
+
+
+def test_exit_65_is_bad_request_and_other_failures_stay_exec_failed() -> None:
+    skill = SkillDiscovery([BUNDLED_SKILLS]).scan().skills["csv-analyzer"]
+    limits = ExecutionLimits(timeout=1)
+    structured = 'skillscale-input-error: {"message": "no table", "hint": "send one"}'
+    reply = _handler()._from_result("r", skill, _result(65, "log\n" + structured), limits, Trace())
+    assert reply.error_code is ErrorCode.BAD_REQUEST
+    assert reply.error == "no table (hint: send one)" and reply.model_extra == {"hint": "send one"}
+    plain = _handler()._from_result("r", skill, _result(65, "bad input: x\n"), limits, Trace())
+    assert plain.error_code is ErrorCode.BAD_REQUEST and plain.error == "bad input: x"
+    other = _handler()._from_result("r", skill, _result(2, structured), limits, Trace())
+    assert other.error_code is ErrorCode.EXEC_FAILED  # the exit status is the contract

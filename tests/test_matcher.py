@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from skill_server.matcher import KeywordMatcher, normalize, query_terms, tokenize
+from skill_server.matcher import (
+    SHAPE_WEIGHT,
+    KeywordMatcher,
+    keyword_terms,
+    normalize,
+    query_terms,
+    read_query,
+    tokenize,
+)
 from skillscale.discovery import SkillDiscovery
+from skillscale.skill_format import load_skill
 from tests.helpers import BUNDLED_SKILLS
 
 CATALOG = SkillDiscovery([BUNDLED_SKILLS]).scan()
@@ -105,7 +116,105 @@ def test_normalize_folds_word_families() -> None:
     assert tokenize("The, of and 123") == []
 
 
-def test_payload_words_weigh_less_than_the_instruction() -> None:
-    terms = query_terms("summarize: csv csv csv")
+def test_only_the_request_is_scored_and_the_data_adds_its_shape() -> None:
+    terms = query_terms("summarize: " + LONG_ARTICLE)
     assert terms[normalize("summarize")] == 1.0
-    assert terms[normalize("csv")] < 1.0
+    assert normalize("council") not in terms  # words of the data are not the request
+    assert terms[normalize("text")] == SHAPE_WEIGHT
+    table = query_terms("csv\n" + CSV_BODY)
+    assert table[normalize("csv")] == 1.0 and table[normalize("table")] == SHAPE_WEIGHT
+    assert normalize("alice") not in table
+    code = read_query("what is wrong here?\n" + CODE_BODY)
+    assert code.shape == "python" and code.instruction == "what is wrong here?"
+
+
+# The tasks issue 11 quotes as refused by the old matcher (none is in the benchmark).
+ISSUE_11 = [
+    (DATA, "Distil the gist of this memo", "text-summarizer"),
+    (DATA, "What does this passage conclude?", "text-summarizer"),
+    (CODE, "Quantify the branching in this routine", "code-complexity"),
+    (CODE, "Count the independent paths through this code", "code-complexity"),
+    (CODE, "Are there helper functions nobody calls?", "dead-code-detector"),
+    (CODE, "Flag code left behind after a refactor", "dead-code-detector"),
+    (DATA, "What is the spread of the 'age' column?", "csv-analyzer"),
+    (DATA, "Tally the records per category", "csv-analyzer"),
+    (DATA, "book me a flight", None),
+]
+
+
+@pytest.mark.parametrize(("topic", "text", "expected"), ISSUE_11, ids=[t[1] for t in ISSUE_11])
+def test_issue_11_examples(topic: str, text: str, expected: str | None) -> None:
+    result = KeywordMatcher(TOPICS[topic]).match(text)
+    assert (result.best.skill.name if result.best else None) == expected, result.explain()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("summarise", "summarize"),
+        ("colour", "color"),
+        ("programme", "program"),
+        ("catalogue", "catalog"),
+        ("centre", "center"),
+        ("distil", "distill"),
+        ("analyse", "analyze"),
+    ],
+)
+def test_british_and_american_spellings_meet(a: str, b: str) -> None:
+    assert normalize(a) == normalize(b)
+
+
+def test_accents_and_tldr_are_folded() -> None:
+    assert tokenize("Précis") == tokenize("precis")
+    assert tokenize("TL;DR") == tokenize("tldr") == tokenize("tl; dr")
+
+
+def test_keyword_phrases_match_as_phrases() -> None:
+    terms, known = keyword_terms("reading time, gist, key points")
+    assert terms == [f"{normalize('reading')} {normalize('time')}", "gist", "key point"]
+    assert normalize("time") in known  # known, so not "unknown", but not scored alone
+    # "time" alone does not reach the summarizer through "reading time".
+    assert KeywordMatcher(TOPICS[DATA]).match("What time is it in Tokyo?").best is None
+    assert KeywordMatcher(TOPICS[DATA]).match("what's the reading time?").best is not None
+
+
+def test_quoted_names_are_not_vocabulary() -> None:
+    result = KeywordMatcher(TOPICS[DATA]).match("What is the mean of the 'flight' column?")
+    assert result.best is not None and result.unknown == ()
+
+
+def test_unknown_words_weigh_against_object_words() -> None:
+    matcher = KeywordMatcher(TOPICS[DATA])
+    assert matcher.match("Analyze this CSV file").best is not None  # nothing foreign
+    refused = matcher.match("Convert this CSV to JSON")
+    assert refused.best is None and refused.unknown == ("convert", "json")
+    assert refused.ranked[0].skill.name == "csv-analyzer"  # still the closest, for no_match
+
+
+def test_a_skill_that_says_little_is_not_held_to_a_rich_vocabulary(tmp_path: Path) -> None:
+    folder = tmp_path / "weather-report"
+    folder.mkdir()
+    (folder / "SKILL.md").write_text(
+        "---\nname: weather-report\ndescription: Reports the weather forecast for a city.\n"
+        "---\n# Weather\n"
+    )
+    matcher = KeywordMatcher([load_skill(folder)])
+    assert matcher.match("what's the weather in Paris tomorrow?").best is not None
+    assert matcher.match("book a flight to Rome").best is None
+
+
+def test_the_decision_is_explained() -> None:
+    result = KeywordMatcher(TOPICS[CODE]).match("Write unit tests for this function")
+    explained = result.explain()
+    assert explained["chosen"] is None and explained["unknown_terms"] == ["write", "unit"]
+    assert explained["threshold"] == result.threshold and explained["penalty"] > 0
+    best = result.ranked[0]
+    assert explained["candidates"][0] == {  # type: ignore[index]
+        "skill": best.skill.name,
+        "score": best.score,
+        "evidence": best.evidence,
+        "terms": ["function"],
+    }
+    chosen = KeywordMatcher(TOPICS[CODE]).match("any unused imports?").explain()
+    assert chosen["chosen"] == "dead-code-detector"
+    assert "unused" in chosen["candidates"][0]["terms"]  # type: ignore[index]
