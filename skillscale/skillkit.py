@@ -50,6 +50,8 @@ MAX_LEAD_LINES = 8
 """Request lines that may precede the data."""
 MAX_TRAIL_LINES = 4
 """Request lines that may follow the data."""
+MIN_DATA_WORDS = 2
+"""Prose after (or before) a request counts as the request's data from this many words."""
 MAX_REQUEST_WORDS = 30
 """A request longer than this is taken for data (prose), not a request."""
 
@@ -535,7 +537,7 @@ def split_request(text: str, limit: int = 4000) -> RequestParts:
     prose = _largest(text, spans, parse_prose)
     if prose is not None and (prose.start > 0 or prose.end < len(text)):
         rest = text[: prose.start] + "\n" + text[prose.end :]
-        if len(_WORD_RE.findall(prose.text)) >= 8:
+        if len(_WORD_RE.findall(prose.text)) >= MIN_DATA_WORDS:
             return RequestParts(" ".join(rest.split()), prose.text, "text")
     words = _WORD_RE.findall(text)
     sentences = _SENTENCE_END_RE.split(text.strip())
