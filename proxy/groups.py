@@ -214,7 +214,7 @@ class ReplicaGroups:
         else:
             # Only waiting work pays for parsing its deadline.
             job.deadline = job_deadline(payload)
-            self._enqueue(job)
+            self._enqueue(job, now)
             return True
         self.io.reply_error(
             job,
@@ -235,7 +235,7 @@ class ReplicaGroups:
             log.info("replica %s joined for %s", state.server_id, ", ".join(state.topics))
         else:
             for topic in set(member.state.topics) - set(state.topics):
-                self._leave_topic(topic.encode(), identity)
+                self._leave_topic(topic.encode(), identity, now)
             member.last_seen = now
         topics = []
         for name in state.topics:
@@ -304,7 +304,7 @@ class ReplicaGroups:
         if member is not None:
             member.inflight.pop(dispatch_id, None)
             server_id = member.state.server_id
-        self._requeue(job, server_id, reason="handed back")
+        self._requeue(job, server_id, now, reason="handed back")
         self._pump(job.topic, now)
         self._reap(now)
 
@@ -349,7 +349,9 @@ class ReplicaGroups:
 
     # -- internals -------------------------------------------------------------
 
-    def _enqueue(self, job: Job, *, front: bool = False) -> None:
+    def _enqueue(self, job: Job, now: float, *, front: bool = False) -> None:
+        if job.parked_until is None and not self.serves(job.topic):
+            job.parked_until = now + self.config.no_server_wait
         queue = self.queues.setdefault(job.topic, deque())
         if front:
             queue.appendleft(job)
@@ -358,12 +360,18 @@ class ReplicaGroups:
         self.queued += 1
         self.queued_bytes += len(job.payload)
 
-    def _leave_topic(self, topic: bytes, identity: bytes) -> None:
+    def _leave_topic(self, topic: bytes, identity: bytes, now: float) -> None:
         members = self.by_topic.get(topic)
         if members is not None:
             members.discard(identity)
             if not members:
                 del self.by_topic[topic]
+                # Everything still waiting for a slot now waits for a first
+                # replica, with the same no_server deadline as new requests.
+                parked_until = now + self.config.no_server_wait
+                for job in self.queues.get(topic, ()):
+                    if job.parked_until is None:
+                        job.parked_until = parked_until
 
     def _pop_inflight(self, dispatch_id: bytes) -> Job | None:
         job = self.inflight.pop(dispatch_id, None)
@@ -430,7 +438,7 @@ class ReplicaGroups:
                 continue
             self._dispatch(job, member)
 
-    def _requeue(self, job: Job, lost_by: str, *, reason: str) -> None:
+    def _requeue(self, job: Job, lost_by: str, now: float, *, reason: str) -> None:
         job.history.append(lost_by)
         job.member = None
         if job.attempt >= self.config.max_attempts:
@@ -444,7 +452,7 @@ class ReplicaGroups:
         if job.deadline is None:
             job.deadline = job_deadline(job.payload)
         self.redelivered += 1
-        self._enqueue(job, front=True)
+        self._enqueue(job, now, front=True)
 
     def _remove(self, identity: bytes, reason: str, now: float) -> None:
         member = self.members.pop(identity, None)
@@ -453,12 +461,12 @@ class ReplicaGroups:
         level = logging.INFO if reason == "left" else logging.WARNING
         log.log(level, "replica %s removed: %s", member.state.server_id, reason)
         for topic in member.state.topics:
-            self._leave_topic(topic.encode(), identity)
+            self._leave_topic(topic.encode(), identity, now)
         lost = list(member.inflight.values())
         member.inflight.clear()
         for job in lost:
             self._pop_inflight(job.dispatch_id)
-            self._requeue(job, member.state.server_id, reason=reason)
+            self._requeue(job, member.state.server_id, now, reason=reason)
         # Work of a topic that lost its last replica waits for a new one.
         for job in lost:
             if not self.serves(job.topic):

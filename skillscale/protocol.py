@@ -82,8 +82,8 @@ class Request(BaseModel):
     request_id: str = Field(pattern=ID_PATTERN)
     reply_to: str
     intent: str
-    timestamp: float = Field(default_factory=time.time)
-    deadline: float | None = None
+    timestamp: float = Field(default_factory=time.time, allow_inf_nan=False)
+    deadline: float | None = Field(default=None, allow_inf_nan=False)
     """Absolute UNIX time (seconds) after which the caller no longer waits."""
 
     @field_validator("reply_to")
@@ -260,6 +260,9 @@ def _parse_structured(text: str) -> ParsedIntent | None:
     skill = obj.get("skill")
     task = obj.get("task")
     data = obj.get("data")
+    for name, value in (("skill", skill), ("task", task), ("data", data)):
+        if isinstance(value, str) and not _encodable(value):
+            raise RequestError(f"intent field {name!r} holds an unpaired UTF-16 surrogate")
     if skill is not None and not isinstance(skill, str):
         raise RequestError("intent field 'skill' must be a string")
     if task is not None and not isinstance(task, str):
@@ -278,6 +281,16 @@ def _parse_structured(text: str) -> ParsedIntent | None:
             )
         return ParsedIntent(IntentMode.EXPLICIT, skill, task or "", payload)
     return ParsedIntent(IntentMode.TASK, None, task if task else payload, payload)
+
+
+def _encodable(text: str) -> bool:
+    # JSON's \ud800 escapes decode to lone surrogates, which no file, pipe or
+    # environment variable can carry: refuse them here, not in the executor.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _SALVAGE = {

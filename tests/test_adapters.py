@@ -138,7 +138,7 @@ async def test_langgraph_react_agent_and_tool_node(client: SkillScaleClient) -> 
     failing = sg.build_graph(llm=scripted("csv-analyzer", {"data": "just words"}))
     result = await failing.ainvoke({"messages": [HumanMessage("Profile this")]})
     errors = [m for m in result["messages"] if isinstance(m, ToolMessage)]
-    assert errors and "exec_failed" in errors[0].content
+    assert errors and "bad_request" in errors[0].content
     assert sg.tool_node().name == "tools"
 
 

@@ -800,7 +800,6 @@ STRANDED = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=STRANDED)
 def test_replica_groups_without_rescue_answer_everything() -> None:
     run_state_machine_as_test(
         NoRescueMachine,
@@ -846,7 +845,6 @@ def _drops_topic(groups: ReplicaGroups, io: RecordingIO) -> None:
         groups.on_heartbeat(b"a", other, float(t))
 
 
-@pytest.mark.xfail(strict=True, reason=STRANDED)
 @pytest.mark.parametrize("lose_it", [_silent, _leaves, _drops_topic], ids=lambda f: f.__name__)
 def test_work_waiting_for_a_slot_is_answered_when_the_last_replica_goes(
     lose_it: Callable[[ReplicaGroups, RecordingIO], None],
@@ -862,12 +860,6 @@ def test_work_waiting_for_a_slot_is_answered_when_the_last_replica_goes(
 # -- a note on the parsers' ranges (minor findings) ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="skillscale/protocol.py Request: deadline/timestamp accept NaN, Infinity and "
-    "1e400 (inf); the proxy's job_deadline ignores them, while the server's handler turns a "
-    "NaN deadline into a 0.001 s skill timeout",
-)
 @pytest.mark.parametrize(
     "value",
     ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400],
@@ -883,14 +875,6 @@ def test_request_deadline_is_finite_or_refused(value: str) -> None:
     assert request.deadline is None or request.deadline - request.deadline == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="skillscale/protocol.py _parse_structured: json.loads turns a \\ud800 escape in "
-    "the intent's task into a lone surrogate; skill_server/handler.py puts the task in the "
-    "skill's environment (SKILLSCALE_TASK), which cannot encode it, so a well-formed request "
-    "is answered exec_failed ('could not start skill', or exit 1 under the warm executor) "
-    "instead of running or bad_request",
-)
 @pytest.mark.parametrize(
     "intent",
     ['{"skill": "echo", "task": "\\ud800 x", "data": "hi"}', '{"task": "echo \\udbff"}'],
@@ -1301,7 +1285,6 @@ LONG_TOPIC_LABELS = (
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason=LONG_TOPIC_LABELS)
 def test_long_topics_do_not_become_metric_labels() -> None:
     proxy = start_proxy()
     ctx = zmq.Context()

@@ -51,7 +51,7 @@ async def exercise(session: ClientSession) -> None:
     )
     assert not result.isError and "Dead Code Report" in result.content[0].text  # type: ignore[union-attr]
     failed = await session.call_tool("csv-analyzer", {"data": "no table here"})
-    assert failed.isError and "exec_failed" in failed.content[0].text  # type: ignore[union-attr]
+    assert failed.isError and "bad_request" in failed.content[0].text  # type: ignore[union-attr]
 
 
 async def test_mcp_in_memory(proxy: RoleProcess, bundled_servers: list[RoleProcess]) -> None:
