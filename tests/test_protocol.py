@@ -186,3 +186,24 @@ def test_error_codes_map_to_exception_classes(code: str | None, cls: type) -> No
 def test_catalog_intent() -> None:
     assert parse_intent('{"catalog": true}').mode is IntentMode.CATALOG
     assert parse_intent('{"catalog": "yes"}').mode is IntentMode.TASK
+
+
+def test_reply_to_must_be_a_reply_topic_and_ids_a_safe_alphabet() -> None:
+    base = {"request_id": "r1", "reply_to": "AGENT_REPLY_ab", "intent": "x"}
+    for bad in (
+        {"reply_to": "TOPIC_DATA_PROCESSING"},
+        {"reply_to": "_SKILLSCALE_TRACE"},
+        {"request_id": "a\nFAKE LOG LINE"},
+        {"request_id": "x" * 129},
+        {"deadline": float("inf")},
+    ):
+        with pytest.raises(RequestError):
+            Request.from_bytes(json.dumps({**base, **bad}).encode())
+    assert Request.from_bytes(json.dumps(base).encode()).reply_to == "AGENT_REPLY_ab"
+
+
+def test_structured_intents_that_cannot_be_carried_are_bad_requests() -> None:
+    with pytest.raises(RequestError, match="nested too deeply"):
+        parse_intent('{"skill": "echo", "data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(RequestError, match="surrogate"):
+        parse_intent('{"skill": "echo", "task": "\\ud800 x"}')

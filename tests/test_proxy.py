@@ -65,11 +65,36 @@ async def test_forwards_multipart_messages_and_counts_subscriptions(
         sub.close(0)
 
 
+async def test_held_replies_go_to_their_exact_topic_only(
+    running_proxy: Proxy, ctx: zmq.asyncio.Context
+) -> None:
+    # A group reply whose caller is not subscribed (yet) is held; a peer
+    # subscribing to the bare prefix must not collect it.
+    running_proxy._publish([b"AGENT_REPLY_victim", b"secret"])
+    assert running_proxy._held_count == 1
+    spy, caller = ctx.socket(zmq.SUB), ctx.socket(zmq.SUB)
+    try:
+        for s in (spy, caller):
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(running_proxy.xpub_endpoint)
+        spy.setsockopt(zmq.SUBSCRIBE, b"AGENT_REPLY_")
+        await running_proxy.wait_subscriptions(lambda subs: b"AGENT_REPLY_" in subs, 5)
+        assert running_proxy._held_count == 1 and not await spy.poll(100)
+        caller.setsockopt(zmq.SUBSCRIBE, b"AGENT_REPLY_victim")
+        assert await caller.poll(5000)
+        assert await caller.recv_multipart() == [b"AGENT_REPLY_victim", b"secret"]
+        assert running_proxy._held_count == 0 and running_proxy._held_bytes == 0
+    finally:
+        spy.close(0)
+        caller.close(0)
+
+
 async def test_topic_labels_are_bounded(running_proxy: Proxy) -> None:
     metrics = running_proxy.metrics
     assert metrics.topic_label(b"AGENT_REPLY_abc") == "AGENT_REPLY_*"
     assert metrics.topic_label(b"_SKILLSCALE_PROBE_x") == "_SKILLSCALE_PROBE_*"
     assert metrics.topic_label(b"\xff\xfe") == "_invalid"
+    assert metrics.topic_label(b"T" * 100_000) == "_invalid"
     labels = {metrics.topic_label(f"T{i}".encode()) for i in range(2000)}
     assert "_other" in labels and len(labels) <= 501
 
