@@ -1,12 +1,14 @@
-"""Keyword matching: BM25F over a skill's name, keywords, description and body.
+"""Keyword matching: BM25F over a skill's name, ``metadata.keywords`` and description.
 
 Written here rather than taken from ``bm25s``: a server's catalogue is a few
 to a few hundred skills, where what decides correctness is *field weighting*
-(a word in the name or keywords means more than one in the body) and an
-absolute decision rule that behaves the same with 1 skill as with 100.
+(a word in the name or keywords means more than one in the description) and
+an absolute decision rule that behaves the same with 1 skill as with 100.
 ``bm25s`` scores one flat field, is built for millions of documents, and its
-import pulls in scipy; the scorer below is a few dozen lines and takes tens
-of microseconds per match (``python bench/matching.py``).
+import pulls in scipy; the scorer below is a few dozen lines. The body of a
+SKILL.md is not read: it explains how a skill works ("syntax tree", "JSON",
+"exit status"), and matching on it picked incidental words; the catalogue
+entry (name, description, keywords) is what says when to use a skill.
 
 How a task text is read:
 
@@ -19,19 +21,28 @@ How a task text is read:
   ```_helper```) are the caller's names, not vocabulary, and are dropped.
 * Words are lowercased, accents folded, stop words and generic request words
   ("please", "tell", "find", "analyse") dropped, then stemmed with Snowball,
-  with British and American spellings folded together.
+  with British and American spellings folded together. Adjacent word pairs
+  also match keyword phrases ("key points", "decision points").
 
 How it decides:
 
 * Each skill gets a BM25F score for the request's terms. IDF is computed as
   if the catalogue had ``VIRTUAL_DOCS`` extra documents containing none of
-  the words, so a word unique to the only skill still counts.
-* A request word that no skill of the catalogue knows at all ("flight",
-  "translate", "deploy") is evidence that the task is about something else:
-  each costs ``UNKNOWN_PENALTY``. The best skill is taken when its score
-  minus that cost reaches the threshold. So "find outliers" and "tl;dr" are
-  taken on one strong word, while "convert this CSV to JSON" (one known
-  word, two foreign ones) is refused, on any topic.
+  the words, so a word unique to the only skill still counts. Skills are
+  ranked by this score.
+* With no foreign word in the request, the best skill is taken when its
+  score reaches the threshold. A request word the catalogue does not state
+  anywhere ("flight", "convert", "deploy") is evidence that the task is
+  about something else: it costs ``UNKNOWN_PENALTY`` (less for words after
+  the first, which are more often the caller's own nouns, and less for a
+  skill that says little about itself). Against that cost, words that are
+  the skill's *task words* (its keywords) count in full and the others
+  ("csv", "document", "function": what it works on) count at
+  ``OBJECT_SHARE``. So "find outliers" and "tl;dr" are taken on one word,
+  while "convert this CSV to JSON" is refused, on any topic.
+
+The constants were chosen on the tuning two thirds of the labelled benchmark
+(``python bench/matching.py``), in a flat region of a small grid.
 """
 
 from __future__ import annotations
@@ -65,6 +76,8 @@ UNKNOWN_PENALTY = 1.2
 """Score taken off for each request word the catalogue does not know, for a skill
 whose name, keywords and description hold ``FULL_VOCABULARY`` terms or more."""
 ARGUMENT_SHARE = 0.75
+"""Share of the penalty for unknown words after the request's first word ("summarise
+the *customer feedback*"): the first word is usually the verb, the task itself."""
 FULL_VOCABULARY = 60
 """Vocabulary size at which an unknown word costs the full penalty. A skill that
 says little about itself (a one-line description) cannot be expected to know
@@ -276,8 +289,7 @@ class KeywordMatcher:
         self._lengths: list[dict[str, int]] = []
         df: Counter[str] = Counter()
         self._vocabulary: set[str] = set()
-        """Terms a skill states about itself (name, keywords, description); a
-        request word known only from a body does not count as known."""
+        """Terms the skills state about themselves (name, keywords, description)."""
         self._coverage: list[float] = []
         self._task: list[set[str]] = []
         for skill in self.skills:
