@@ -26,4 +26,4 @@ def test_crewai_tools_run_skills_and_return_errors_as_text(
         }
         assert "csv_analyzer" in tools and "topic_data_processing" in tools
         assert "2 rows x 2 columns" in tools["csv_analyzer"].run(data="a,b\n1,2\n3,4\n")
-        assert tools["csv_analyzer"].run(data="no table").startswith("Error [exec_failed]")
+        assert tools["csv_analyzer"].run(data="no table").startswith("Error [bad_request]")
