@@ -3,8 +3,46 @@
 Each run gets an argument vector (never a shell command line), its input on
 stdin, the skill folder as its working directory, a scrubbed environment, a
 new session (so the timeout can kill the whole process group, grandchildren
-included), and bounded stdout/stderr. A skill that writes past the output
-bound is killed at once rather than buffered.
+included), kernel limits, death with its server, and bounded stdout/stderr.
+A skill that writes past the output bound is killed at once rather than
+buffered. What it writes to stderr comes back redacted (API keys, tokens,
+e-mail addresses...), since it travels to the caller in the reply's trace.
+
+No run leaves a process behind, daemons included. A process that
+double-forks and calls ``setsid`` escapes its process group, so the group
+kill cannot reach it; what keeps it is the process tree. Every run's first
+process (its *root*) is a child subreaper (``PR_SET_CHILD_SUBREAPER``), and
+so is the process that starts roots (the skill server on the cold path, the
+fork server on the warm one). While a root lives, every descendant it ever
+had stays below it, however it forks or re-parents itself; when the root
+ends (exit, timeout kill, crash, ``os._exit``, exec), those descendants are
+re-parented to the starter, which then kills each of them with its whole
+subtree (found by walking ``/proc``; each ``SIGKILL`` goes through a pidfd
+after checking the process is still in that subtree, so a recycled pid is
+never hit) and reaps them. On the cold path the skill server tells such
+adopted orphans from children other code of its own may have started by
+their session: a root is a session leader, so no descendant of a run can
+ever be in the server's session.
+
+Why not a PID namespace or a cgroup: they contain even better, but need
+privileges (root, or unprivileged user namespaces, or a delegated, writable
+cgroup v2 tree) that a skill server in an ordinary container does not have;
+the subreaper works for any user on Linux >= 3.4 and is the one mechanism
+used everywhere. Where it is unavailable (not Linux, or no ``/proc``) only
+the process-group kill remains: a setsid'd daemon then outlives its run.
+Escapes that leave the process tree altogether (asking systemd, cron or a
+container runtime to start something) are out of reach of all of these:
+skills are trusted code, not a sandbox.
+
+The cold path starts each child through a small trampoline (``python -c``)
+that applies the kernel limits, ``PR_SET_PDEATHSIG`` and the subreaper flag
+itself before running the skill, instead of a ``preexec_fn``: the skill
+server runs ZeroMQ and executor threads, and running Python code between
+``fork`` and ``exec`` in a threaded process can deadlock on a lock another
+thread held at fork time. The trampoline runs a Python entry point in its
+own interpreter with ``runpy`` (as the warm path does), so it costs no extra
+exec; other entry points are exec'd from it, which costs one more (bare,
+``-I -S``) interpreter start-up per cold shell skill.
 """
 
 from __future__ import annotations
@@ -15,16 +53,19 @@ import ctypes
 import logging
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from skillscale.redact import redact
 from skillscale.skill_format import Skill
 
 log = logging.getLogger(__name__)
@@ -72,10 +113,18 @@ class ExecutionLimits:
 
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - non-glibc platforms
     _LIBC = None
+
+
+def prctl(option: int, value: int) -> bool:
+    """``prctl(2)`` with one argument; False where it is unavailable or refused."""
+    if _LIBC is None or not sys.platform.startswith("linux"):
+        return False
+    return bool(_LIBC.prctl(option, value, 0, 0, 0) == 0)
 
 
 def rlimit_pairs(limits: ResourceLimits) -> list[tuple[int, int]]:
@@ -94,18 +143,211 @@ def rlimit_pairs(limits: ResourceLimits) -> list[tuple[int, int]]:
     return out
 
 
-def _child_setup(limits: ResourceLimits) -> Callable[[], None]:
-    """Runs in the child between fork and exec: limits, and death with the server."""
-    chosen = rlimit_pairs(limits)
+TRAMPOLINE = """\
+import os, sys
+# The working directory is the skill's folder: nothing in it may shadow the
+# modules imported here before the limits are on.
+if sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
+import ctypes, resource
+_, parent, limits, mode, *target = sys.argv
+if sys.platform.startswith("linux"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL when the server dies
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: descendants stay below us
+    if os.getppid() != int(parent):
+        os._exit(137)  # the server died before the death signal was armed
+for pair in filter(None, limits.split(",")):
+    kind, value = map(int, pair.split("="))
+    resource.setrlimit(kind, (value, value))
+if mode == "exec":
+    os.execv(target[0], target)
+import runpy
+sys.argv = target
+sys.path.insert(0, os.path.dirname(target[0]))
+runpy.run_path(target[0], run_name="__main__")
+"""
+"""Run by the cold path's child before the skill: ``python -c TRAMPOLINE PARENT
+LIMITS MODE TARGET...``, where LIMITS is ``resource=value,...`` and MODE is
+``run`` (a Python script, run in this interpreter) or ``exec`` (an argv)."""
 
-    def setup() -> None:
-        if _LIBC is not None and sys.platform.startswith("linux"):
-            # A SIGKILLed server cannot kill its skills: let the kernel do it.
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        for kind, value in chosen:
-            resource.setrlimit(kind, (value, value))
 
-    return setup
+class ProcStat(NamedTuple):
+    """The fields of ``/proc/PID/stat`` the orphan sweep needs."""
+
+    ppid: int
+    session: int
+    state: str
+    """``Z`` for a zombie (exited, not yet reaped)."""
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """What ``/proc`` says about ``pid``, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: parse from the last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    return ProcStat(int(fields[1]), int(fields[3]), fields[0].decode())
+
+
+def _process_table() -> dict[int, ProcStat]:
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := proc_stat(int(name))) is not None:
+            table[int(name)] = stat
+    return table
+
+
+def _own_children() -> dict[int, ProcStat]:
+    """This process's children: from ``/proc/self/task/*/children`` where the
+    kernel has it (one small read per thread), else from a walk of ``/proc``."""
+    me = os.getpid()
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as fh:
+                pids.update(int(p) for p in fh.read().split())
+    except OSError:  # no CONFIG_PROC_CHILDREN, or a thread just ended
+        return {pid: st for pid, st in _process_table().items() if st.ppid == me}
+    stats = {pid: proc_stat(pid) for pid in pids}
+    return {pid: st for pid, st in stats.items() if st is not None and st.ppid == me}
+
+
+def _subtree(table: Mapping[int, ProcStat], roots: Iterable[int]) -> list[int]:
+    """``roots`` and all their descendants, parents before children."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, stat in table.items():
+        children[stat.ppid].append(pid)
+    order: list[int] = []
+    seen: set[int] = set()
+    queue = list(roots)
+    while queue:
+        pid = queue.pop(0)
+        if pid not in seen:
+            seen.add(pid)
+            order.append(pid)
+            queue.extend(children.get(pid, ()))
+    return order
+
+
+def _kill_verified(pid: int, parents: set[int]) -> int | None:
+    """SIGKILL ``pid`` if its parent is still one of ``parents``; its pidfd, if any.
+
+    The pidfd pins the process before the parent check, so a pid recycled
+    since the walk of ``/proc`` is never signalled.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except (OSError, AttributeError):  # kernel < 5.3: plain kill, checked just before
+        pidfd = None
+    stat = proc_stat(pid)
+    if stat is None or stat.ppid not in parents:
+        if pidfd is not None:
+            os.close(pidfd)
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        if pidfd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    return pidfd
+
+
+def _await_exit(pidfds: list[int], deadline: float) -> None:
+    """Block until every pidfd says its process exited, or until ``deadline``."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    pending = set(pidfds)
+    while pending and (remaining := deadline - time.monotonic()) > 0:
+        for fd, _event in poller.poll(remaining * 1000):
+            poller.unregister(fd)
+            pending.discard(fd)
+
+
+def kill_adopted(adopted: Callable[[int, ProcStat], bool], patience: float = 2.0) -> int:
+    """Kill every child of this process that ``adopted`` accepts, with its whole
+    subtree, and reap those children; returns how many processes were signalled.
+
+    For a subreaper these are the orphans it inherited from runs that ended.
+    Rounds repeat until none is left: a process forked between the walk of
+    ``/proc`` and the kill of its parent is re-parented here and caught by the
+    next round (a process with a SIGKILL pending can fork no more).
+    """
+    if not os.path.exists("/proc/self/stat"):
+        return 0  # not Linux, or no /proc: only the process-group kill is left
+    me = os.getpid()
+    deadline = time.monotonic() + patience
+    signalled = 0
+    while True:
+        orphans = {pid: st for pid, st in _own_children().items() if adopted(pid, st)}
+        live = [pid for pid, st in orphans.items() if st.state != "Z"]
+        if live and time.monotonic() < deadline:
+            doomed = _subtree(_process_table(), live)
+            parents = {me, *doomed}
+            pidfds = [fd for pid in doomed if (fd := _kill_verified(pid, parents)) is not None]
+            signalled += len(doomed)
+            try:
+                _await_exit(pidfds, deadline)
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        if not live or time.monotonic() >= deadline:
+            return signalled
+
+
+_SUBREAPER = False
+_COLD_ROOTS: dict[int, ChildProcess] = {}
+"""Cold runs' first processes not yet reaped by asyncio: never the sweep's to reap."""
+_SPAWNING = 0
+"""Cold spawns under way: their child exists before its pid is in ``_COLD_ROOTS``."""
+_SWEEP_PENDING = False
+
+
+def become_subreaper() -> bool:
+    """Make this process the subreaper of every run it starts (once); False where unavailable."""
+    global _SUBREAPER
+    if not _SUBREAPER:
+        _SUBREAPER = prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    return _SUBREAPER
+
+
+def sweep_orphans() -> int:
+    """Kill what ended runs left re-parented to this (the skill server) process:
+    cold runs' daemons, and warm runs' whose fork server died.
+
+    Only processes outside this process's session qualify: every run's root is
+    a session leader, so each of its descendants is outside it too, while a
+    child some other part of the server started normally is inside it.
+    """
+    global _SWEEP_PENDING
+    if not _SUBREAPER:
+        return 0
+    if _SPAWNING:
+        # A child being spawned would look adopted: sweep once it is registered.
+        _SWEEP_PENDING = True
+        return 0
+    _SWEEP_PENDING = False
+    for pid, proc in list(_COLD_ROOTS.items()):
+        if proc.returncode is not None:
+            del _COLD_ROOTS[pid]
+    session = os.getsid(0)
+    # It blocks the event loop, briefly: SIGKILLed processes die at once
+    # unless stuck in the kernel (D state), and those are not waited for long.
+    killed = kill_adopted(
+        lambda pid, st: st.session != session and pid not in _COLD_ROOTS, patience=0.5
+    )
+    if killed:
+        log.info("killed %d processes that ended runs left behind", killed)
+    return killed
 
 
 @dataclass
@@ -162,12 +404,22 @@ class SubprocessExecutor:
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
         self.bash = shutil.which("bash") or "/bin/sh"
+        become_subreaper()
 
     def argv(self, entrypoint: Path) -> list[str]:
         """The argument vector for an entry point."""
         if entrypoint.suffix == ".py":
             return [self.python, str(entrypoint)]
         return [self.bash, str(entrypoint)]
+
+    def trampoline_argv(self, entrypoint: Path, limits: ResourceLimits) -> list[str]:
+        """The cold path's argument vector: the trampoline, then the entry point."""
+        pairs = ",".join(f"{kind}={value}" for kind, value in rlimit_pairs(limits))
+        head = [str(os.getpid()), pairs]
+        if entrypoint.suffix == ".py":
+            return [self.python, "-c", TRAMPOLINE, *head, "run", str(entrypoint)]
+        # -I -S: only the standard library is needed before the exec.
+        return [self.python, "-I", "-S", "-c", TRAMPOLINE, *head, "exec", *self.argv(entrypoint)]
 
     async def run(
         self,
@@ -184,7 +436,9 @@ class SubprocessExecutor:
             proc = await self.spawn(skill, run_env, limits)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
-        return await _Run(proc, limits, started).complete(data)
+        # Warm runs' leftovers are the fork server's to kill, cold ones ours.
+        cold = _COLD_ROOTS.get(proc.pid) is proc
+        return await _Run(proc, limits, started, sweep=cold).complete(data)
 
     @staticmethod
     def skill_env(skill: Skill, data: bytes, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -204,16 +458,29 @@ class SubprocessExecutor:
     ) -> ChildProcess:
         """Start the entry point as a fresh interpreter (the cold path)."""
         assert skill.entrypoint is not None
-        return await asyncio.create_subprocess_exec(
-            *self.argv(skill.entrypoint),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=str(skill.path),
-            env=env,
-            start_new_session=True,
-            preexec_fn=_child_setup(limits.resources),
-        )
+        global _SPAWNING, _SWEEP_PENDING
+        _SPAWNING += 1
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.trampoline_argv(skill.entrypoint, limits.resources),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=str(skill.path),
+                env=env,
+                start_new_session=True,
+            )
+            _COLD_ROOTS[proc.pid] = proc
+        except BaseException:
+            # Cancelled while asyncio connected the pipes: it killed and
+            # reaped the child, whose descendants are now ours to kill.
+            _SWEEP_PENDING = True
+            raise
+        finally:
+            _SPAWNING -= 1
+            if not _SPAWNING and _SWEEP_PENDING:
+                sweep_orphans()
+        return proc
 
     async def close(self) -> None:
         """Release what the executor holds (nothing, for the cold path)."""
@@ -237,13 +504,41 @@ def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 3)
 
 
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Block until ``pid`` has exited (its children are re-parented by then)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return  # already reaped, or no pidfd: the next sweep catches what is left
+    try:
+        _await_exit([pidfd], time.monotonic() + timeout)
+    finally:
+        os.close(pidfd)
+
+
+def redact_stderr(stderr: bytes, truncated: bool) -> bytes:
+    """``stderr`` with credentials and personal data masked, bytes kept as they were.
+
+    A truncated tail starts mid-line, maybe mid-secret, which no pattern would
+    recognise: that partial first line is dropped.
+    """
+    text = stderr.decode("utf-8", errors="surrogateescape")
+    if truncated and "\n" in text:
+        text = text.split("\n", 1)[1]
+    return redact(text).encode("utf-8", errors="surrogateescape")
+
+
 class _Run:
     """The bookkeeping of one child: its pipes, limits and process group."""
 
-    def __init__(self, proc: ChildProcess, limits: ExecutionLimits, started: float):
+    def __init__(
+        self, proc: ChildProcess, limits: ExecutionLimits, started: float, *, sweep: bool
+    ) -> None:
         self.proc = proc
         self.limits = limits
         self.started = started
+        self.sweep = sweep
+        """Kill what the run left re-parented to this process once the child is gone."""
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.overflow = False
@@ -255,6 +550,16 @@ class _Run:
         # the shell and left orphans running).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def kill_leftovers(self) -> None:
+        """Kill the daemons the run left (see the module docstring), once."""
+        if self.sweep:
+            self.sweep = False
+            # Its descendants are re-parented to us only once it is gone.
+            _wait_gone(self.proc.pid, 0.5)
+            sweep_orphans()
+            if self.proc.returncode is not None:
+                _COLD_ROOTS.pop(self.proc.pid, None)
 
     async def complete(self, data: bytes) -> ExecutionResult:
         proc = self.proc
@@ -271,8 +576,10 @@ class _Run:
             except asyncio.TimeoutError:
                 timed_out = not self.overflow
             # The skill is gone or out of time; descendants still holding our
-            # pipes would keep them open forever, so the whole group goes.
+            # pipes would keep them open forever, so the whole group goes, and
+            # so does every daemon that left the group.
             self.kill_group()
+            self.kill_leftovers()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), timeout=self.limits.pipe_grace)
             _done, pending = await asyncio.wait(tasks, timeout=self.limits.pipe_grace)
@@ -281,13 +588,14 @@ class _Run:
         finally:
             # Cancelled (server stopping) or not: no process and no task outlives the run.
             self.kill_group()
+            self.kill_leftovers()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return ExecutionResult(
             exit_code=proc.returncode,
             stdout=bytes(self.stdout),
-            stderr=bytes(self.stderr),
+            stderr=redact_stderr(bytes(self.stderr), self.stderr_truncated),
             elapsed_ms=_ms(self.started),
             timed_out=timed_out,
             stdout_overflow=self.overflow,

@@ -1,23 +1,43 @@
 """The warm fork server: a pre-imported Python that forks one child per run.
 
-A skill server starts one of these (``python -m skill_server.forkserver
-SOCKET``). It imports the configured modules once, then waits on a UNIX
-socket. For each run the skill server connects, sends a JSON header (script,
-working directory, environment, resource limits) with the child's stdin,
-stdout and stderr pipe ends attached (``SCM_RIGHTS``), and the fork server
-forks:
+A skill server starts one of these (``python -m skill_server.forkserver FD
+MODULE...``) with a scrubbed environment: nothing of the skill server's
+environment (API keys, tokens) is in the fork server's environment block,
+which every child it forks carries as its own ``/proc/self/environ``. It
+imports the configured modules once, then waits on FD, one end of a
+socketpair the skill server kept the other end of. There is no socket path:
+a skill cannot connect to the fork server and have it run something with an
+environment of its choosing, because nothing but the skill server holds an
+end, children close every inherited fd, and the fork server is not dumpable
+(another process of the same user cannot ``ptrace`` it or take its fds;
+root can, and root skills are trusted code anyway).
 
-* the child starts a new session (so the skill server's timeout can kill the
+For each run the skill server creates a new socketpair and sends one end
+over FD (``SCM_RIGHTS``). The fork server forks at once, without reading
+anything from it:
+
+* the child reads the run's JSON header (script, working directory,
+  environment, resource limits) with the stdin, stdout and stderr pipe ends
+  attached, starts a new session (so the skill server's timeout can kill the
   whole process group), takes the pipes as fds 0-2, closes every other fd,
   changes directory, replaces its environment, applies the rlimits, and runs
   the script with ``runpy`` as ``__main__``, exactly like ``python run.py``
   but without interpreter start-up or re-imports; each run is a fresh fork,
-  so no module state leaks from one run to the next;
+  so no module state leaks from one run to the next. Because only the child
+  reads the header, an LLM key handed to one run never enters the fork
+  server's memory, from which every later run is forked;
 * the parent answers ``{"pid": N}`` at once and ``{"status": S}`` when the
   child exits (reaped on SIGCHLD), then closes the connection.
 
+No process a run starts outlives it: the fork server and each child are
+child subreapers, so a run's descendants stay below its child while it
+lives and come to the fork server when it ends, which kills them with their
+subtrees before it reports the status (see ``skill_server.executor`` for
+the mechanism and where it is unavailable).
+
 The fork server is single-threaded on purpose: ``fork`` is only safe in a
-process without other threads. It dies with its skill server (PDEATHSIG).
+process without other threads. It dies with its skill server (PDEATHSIG,
+and the end of FD), killing every process below it first when it can.
 
 Written here rather than with ``multiprocessing.forkserver``: that one
 re-imports ``__main__``, pickles a callable per task, owns the child's
@@ -29,13 +49,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import importlib
 import io
 import json
 import os
 import resource
 import runpy
+import select
 import selectors
 import signal
 import socket
@@ -43,8 +63,13 @@ import sys
 import traceback
 from typing import Any
 
+from skill_server.executor import kill_adopted, prctl
+
 MAX_HEADER = 1024 * 1024
+HEADER_TIMEOUT = 10.0
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def preload(modules: list[str]) -> list[str]:
@@ -58,24 +83,46 @@ def preload(modules: list[str]) -> list[str]:
     return failed
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _read_header(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The run's header (one JSON line) and the three stdio fds sent with it."""
+    conn.settimeout(HEADER_TIMEOUT)
+    raw, fds, flags, _addr = socket.recv_fds(conn, 64 * 1024, 3)
+    if len(fds) != 3 or flags & socket.MSG_CTRUNC:
+        raise ValueError(f"expected 3 fds, got {len(fds)}")
+    while not raw.endswith(b"\n"):
+        chunk = conn.recv(64 * 1024)
+        if not chunk or len(raw) > MAX_HEADER:
+            raise ValueError("incomplete header")
+        raw += chunk
+    header: dict[str, Any] = json.loads(raw)
+    return header, fds
 
 
-def _child(header: dict[str, Any], fds: list[int]) -> None:
+def _child(conn: socket.socket, server_pid: int) -> None:
     """Become the skill process; never returns."""
     code = 1
     try:
         os.setsid()
-        for target, fd in enumerate(fds[:3]):
-            os.dup2(fd, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != server_pid:
+            os._exit(137)  # the fork server died before the death signal was armed
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        # Dumpable again, as a freshly exec'd skill is: nothing secret is
+        # inherited, and the skill's own tools may read its /proc entries.
+        prctl(_PR_SET_DUMPABLE, 1)
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as a fresh interpreter has it
-        _die_with_parent()
+        try:
+            header, fds = _read_header(conn)
+        except (OSError, ValueError) as exc:
+            print(f"fork server child: bad run request: {exc}", file=sys.stderr, flush=True)
+            raise
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        # The control socket, this run's connection, other runs' nothing: all go.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
         for kind, value in header.get("rlimits", []):
             resource.setrlimit(kind, (value, value))
         os.chdir(header["cwd"])
@@ -109,82 +156,141 @@ def _child(header: dict[str, Any], fds: list[int]) -> None:
 
 
 class ForkServer:
-    """The accept/fork/reap loop."""
+    """The receive/fork/reap loop."""
 
-    def __init__(self, path: str) -> None:
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(128)
+    def __init__(self, control_fd: int) -> None:
+        self.control = socket.socket(fileno=control_fd)
+        self.control.setblocking(False)
         self.selector = selectors.DefaultSelector()
-        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.selector.register(self.control, selectors.EVENT_READ)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, lambda *_: None)
+        # Ctrl-C reaches the whole foreground process group, us included; the
+        # skill server decides how its running skills end (it drains them).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.children: dict[int, socket.socket] = {}
+        self.pid = os.getpid()
+        # A run whose connection the skill server closes before its status
+        # came was abandoned (cancelled mid-start, or the executor closed):
+        # nobody would ever time it out, so it is killed. Hang-ups are watched
+        # apart (EPOLLRDHUP) since the header bytes on the connection are the
+        # child's to read, not ours.
+        self.hangups = select.epoll() if hasattr(select, "epoll") else None
+        if self.hangups is not None:
+            self.selector.register(self.hangups.fileno(), selectors.EVENT_READ)
 
     def serve(self) -> None:
+        """Run until the skill server closes its end or asks us to stop."""
         while True:
             for key, _ in self.selector.select():
-                if key.fileobj is self.listener:
-                    self._accept()
+                if key.fileobj is self.control:
+                    if not self._receive():
+                        return
+                elif self.hangups is not None and key.fileobj == self.hangups.fileno():
+                    self._abandoned()
                 else:
-                    os.read(self.wake_r, 4096)
+                    if signal.SIGTERM in os.read(self.wake_r, 4096):
+                        return
                     self._reap()
 
-    def _accept(self) -> None:
-        conn, _ = self.listener.accept()
-        try:
-            conn.settimeout(5)
-            raw, fds, _flags, _addr = socket.recv_fds(conn, MAX_HEADER, 3)
-            header = json.loads(raw)
-            if len(fds) != 3:
-                raise ValueError(f"expected 3 fds, got {len(fds)}")
-        except (OSError, ValueError) as exc:
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"error": str(exc)}).encode() + b"\n")
-            conn.close()
-            return
+    def shutdown(self) -> None:
+        """Kill every process below us, runs and their leftovers alike."""
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        kill_adopted(lambda _pid, _st: True)
+
+    def _receive(self) -> bool:
+        """Fork a child per connection the skill server sent; False at its end."""
+        while True:
+            try:
+                data, fds, flags, _addr = socket.recv_fds(self.control, 1, 1)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            if len(fds) == 1 and not flags & socket.MSG_CTRUNC:
+                self._fork(socket.socket(fileno=fds[0]))
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def _fork(self, conn: socket.socket) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(header, fds)
-        for fd in fds:
-            os.close(fd)
+            _child(conn, self.pid)
         self.children[pid] = conn
+        if self.hangups is not None:
+            self.hangups.register(conn.fileno(), select.EPOLLRDHUP)
+        conn.settimeout(5)
         # If the skill server gave up, this fails and so will the status.
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         self._reap()  # the child may already have exited
 
     def _reap(self) -> None:
-        while self.children:
+        ended: list[tuple[socket.socket, int]] = []
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             conn = self.children.pop(pid, None)
-            if conn is None:
-                continue
-            code = os.waitstatus_to_exitcode(status)
+            if conn is not None:  # else an orphan a run left us, killed already
+                if self.hangups is not None:
+                    with contextlib.suppress(OSError):  # gone if it hung up
+                        self.hangups.unregister(conn.fileno())
+                ended.append((conn, os.waitstatus_to_exitcode(status)))
+        if ended and self._may_have_orphans():
+            # What a run left behind dies before the run is reported over.
+            kill_adopted(lambda pid, _st: pid not in self.children)
+        for conn, code in ended:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"status": code}).encode() + b"\n")
             conn.close()
 
+    def _abandoned(self) -> None:
+        assert self.hangups is not None
+        by_fd = {conn.fileno(): pid for pid, conn in self.children.items()}
+        for fd, _events in self.hangups.poll(0):
+            self.hangups.unregister(fd)
+            if fd in by_fd:
+                # Its descendants die when it is reaped, like any run's.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(by_fd[fd], signal.SIGKILL)
+
+    def _may_have_orphans(self) -> bool:
+        if self.children or not hasattr(os, "waitid"):
+            return True  # cannot tell runs from orphans without looking
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False  # no child at all
+        return True
+
 
 def main(argv: list[str]) -> int:
-    """``python -m skill_server.forkserver SOCKET [MODULE ...]``."""
-    _die_with_parent()
-    path, modules = argv[0], argv[1:]
+    """``python -m skill_server.forkserver FD [MODULE ...]``."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(_PR_SET_DUMPABLE, 0)
+    prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    control_fd, modules = int(argv[0]), argv[1:]
     failed = preload(modules)
-    server = ForkServer(path)
+    server = ForkServer(control_fd)
     # One line on stdout: the skill server waits for it before sending work.
     print(json.dumps({"ready": True, "pid": os.getpid(), "missing": failed}), flush=True)
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        server.shutdown()
     return 0
 
 

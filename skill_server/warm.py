@@ -8,26 +8,32 @@ files are read on every run, so edits take effect on the next request.
 
 ``run.sh`` entry points, skills whose ``metadata.warm`` is ``false``, and any
 run while the fork server is (re)starting take the cold path.
+
+The fork server starts with an environment of its own (:func:`forkserver_env`),
+never the skill server's, since every warm skill inherits its environment
+block; a run's own environment (with the LLM settings for skills that asked
+for them) travels in the run's header to the forked child alone. The two
+talk over an inherited socketpair, not a socket path a skill could find.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from skill_server.executor import (
     ChildProcess,
     ExecutionLimits,
     SubprocessExecutor,
     rlimit_pairs,
+    scrubbed_env,
+    sweep_orphans,
 )
 from skillscale.skill_format import Skill
 
@@ -43,6 +49,20 @@ DEFAULT_PRELOAD = (
 OPTIONAL_PRELOAD = ("httpx", "openai")
 """Preloaded when installed: the expensive imports LLM-calling skills make."""
 READY_TIMEOUT = 60.0
+SEND_TIMEOUT = 10.0
+FORKSERVER_ENV = (
+    "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+)  # fmt: skip
+"""Besides a skill's own allow-list, what the fork server needs to import what
+the skill server imports: none of it is a credential."""
+
+
+def forkserver_env(python: str) -> dict[str, str]:
+    """The fork server's entire environment, hence every warm skill's ``/proc/self/environ``."""
+    env = scrubbed_env(python, {})
+    env.update({k: v for k, v in os.environ.items() if k in FORKSERVER_ENV or k.startswith("LC_")})
+    return env
 
 
 def default_preload() -> list[str]:
@@ -90,29 +110,58 @@ class WarmProcess:
     async def _read_status(self) -> int:
         try:
             line = await self._status.readline()
-            code = int(json.loads(line)["status"]) if line else -9
+            code = int(json.loads(line)["status"])
         except (ValueError, KeyError):
-            code = -9  # the fork server died: its children died with it
+            # The fork server died: its children died with it, and what they
+            # started was re-parented to us.
+            code = -9
+            sweep_orphans()
         finally:
             self._control.close()
         self._returncode = code
         return code
 
 
-async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """Send ``data`` on a non-blocking stream socket, ``fds`` with its first byte."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            sent = socket.send_fds(sock, [data], fds)
+            break
+        except BlockingIOError:
+            await _writable(sock)
+    if sent < len(data):
+        await loop.sock_sendall(sock, data[sent:])
+
+
+async def _writable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_writable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(sock, on_writable)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(sock)
+
+
+async def _pipe_reader(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**16)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    opened.append(transport)
     return reader
 
 
-async def _pipe_writer(fd: int) -> asyncio.StreamWriter:
+async def _pipe_writer(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamWriter:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0)
-    )
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, pipe)
+    opened.append(transport)
     return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
@@ -122,18 +171,14 @@ class WarmExecutor(SubprocessExecutor):
     def __init__(self, python: str | None = None, preload: Sequence[str] | None = None) -> None:
         super().__init__(python)
         self.preload = list(preload) if preload is not None else default_preload()
-        self._dir: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._control_lock = asyncio.Lock()
+        """One writer at a time: a sender waiting for room owns the socket's writer slot."""
         self._lock = asyncio.Lock()
         self._restarting: asyncio.Task[None] | None = None
         self.stats = {"warm": 0, "cold": 0, "restarts": 0}
         self._waiters: set[asyncio.Task[int]] = set()
-
-    @property
-    def socket_path(self) -> str:
-        """Where the fork server listens."""
-        assert self._dir is not None
-        return os.path.join(self._dir, "fork.sock")
 
     @property
     def running(self) -> bool:
@@ -148,15 +193,21 @@ class WarmExecutor(SubprocessExecutor):
     async def _start_locked(self) -> None:
         if self.running:
             return
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="skillscale-fork-")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        self._proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "skill_server.forkserver", self.socket_path, *self.preload,
-            stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        if self._control is not None:
+            self._control.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        self._control = ours
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "skill_server.forkserver", str(theirs.fileno()), *self.preload,
+                stdout=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=forkserver_env(self.python),
+                pass_fds=(theirs.fileno(),),
+            )  # fmt: skip
+        finally:
+            theirs.close()
         assert self._proc.stdout is not None
         try:
             line = await asyncio.wait_for(self._proc.stdout.readline(), READY_TIMEOUT)
@@ -177,16 +228,18 @@ class WarmExecutor(SubprocessExecutor):
         for waiter in list(self._waiters):
             waiter.cancel()
         await asyncio.gather(*self._waiters, return_exceptions=True)
+        if self._control is not None:
+            # The end of its socket stops the fork server, and it kills
+            # every process below it first.
+            self._control.close()
+            self._control = None
         if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
             try:
                 await asyncio.wait_for(self._proc.wait(), 5)
             except asyncio.TimeoutError:
                 self._proc.kill()
                 await self._proc.wait()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        sweep_orphans()
 
     def is_warm(self, skill: Skill) -> bool:
         """Python entry point and not opted out (``metadata.warm: false``)."""
@@ -218,6 +271,8 @@ class WarmExecutor(SubprocessExecutor):
             self._restarting = asyncio.ensure_future(self._restart())
 
     async def _restart(self) -> None:
+        # The dead fork server's runs left their descendants to us.
+        sweep_orphans()
         try:
             await self.start()
         except ForkServerUnavailable:
@@ -226,7 +281,8 @@ class WarmExecutor(SubprocessExecutor):
     async def _fork(
         self, skill: Skill, env: dict[str, str], limits: ExecutionLimits
     ) -> WarmProcess:
-        if not self.running:
+        control = self._control
+        if not self.running or control is None:
             raise ForkServerUnavailable("the fork server is not running")
         assert skill.entrypoint is not None
         header = {
@@ -239,38 +295,47 @@ class WarmExecutor(SubprocessExecutor):
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         child_ends = [stdin_r, stdout_w, stderr_w]
-        ours = [stdin_w, stdout_r, stderr_r]
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # From here on our ends belong to these files, and then to transports:
+        # closing those, never the fds again, is what cleans up.
+        files = [os.fdopen(stdin_w, "wb", 0), os.fdopen(stdout_r, "rb", 0),
+                 os.fdopen(stderr_r, "rb", 0)]  # fmt: skip
+        opened: list[asyncio.BaseTransport] = []
+        # One connection per run: the fork server forks on receiving its far
+        # end, and the child alone reads the header from it. Closing ours
+        # before the status came tells the fork server to kill the child.
+        sock, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control_writer: asyncio.StreamWriter | None = None
         try:
+            stdin = await _pipe_writer(files[0], opened)
+            stdout = await _pipe_reader(files[1], opened)
+            stderr = await _pipe_reader(files[2], opened)
             sock.setblocking(False)
-            loop = asyncio.get_running_loop()
-            await loop.sock_connect(sock, self.socket_path)
-            # The header is small and the socket freshly connected: one send.
-            socket.send_fds(sock, [json.dumps(header).encode()], child_ends)
-        except OSError as exc:
-            sock.close()
-            for fd in child_ends + ours:
+            async with self._control_lock:
+                await asyncio.wait_for(_send_with_fds(control, b"R", [far.fileno()]), SEND_TIMEOUT)
+            far.close()
+            payload = json.dumps(header).encode() + b"\n"
+            await asyncio.wait_for(_send_with_fds(sock, payload, child_ends), SEND_TIMEOUT)
+            for fd in child_ends:
                 os.close(fd)
-            raise ForkServerUnavailable(f"cannot reach the fork server: {exc}") from None
-        for fd in child_ends:
-            os.close(fd)
-        status, control = await asyncio.open_unix_connection(sock=sock)
-        try:
-            line = await asyncio.wait_for(status.readline(), 10)
+            child_ends = []
+            status, control_writer = await asyncio.open_unix_connection(sock=sock)
+            line = await asyncio.wait_for(status.readline(), SEND_TIMEOUT)
             pid = int(json.loads(line)["pid"])
-        except (asyncio.TimeoutError, ValueError, KeyError):
-            control.close()
-            for fd in ours:
+        except BaseException as exc:
+            if control_writer is not None:
+                control_writer.close()
+            far.close()
+            sock.close()
+            for fd in child_ends:
                 os.close(fd)
-            raise ForkServerUnavailable("the fork server did not answer") from None
-        child = WarmProcess(
-            pid,
-            status,
-            control,
-            stdin=await _pipe_writer(stdin_w),
-            stdout=await _pipe_reader(stdout_r),
-            stderr=await _pipe_reader(stderr_r),
-        )
+            for transport in opened:
+                transport.close()
+            for file in files:
+                file.close()
+            if isinstance(exc, (OSError, ValueError, KeyError, asyncio.TimeoutError)):
+                raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
+            raise
+        child = WarmProcess(pid, status, control_writer, stdin=stdin, stdout=stdout, stderr=stderr)
         self._waiters.add(child.waiter)
         child.waiter.add_done_callback(self._waiters.discard)
         return child
