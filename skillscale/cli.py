@@ -138,11 +138,15 @@ def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from skill_server.executor import ResourceLimits
+    from skill_server.executor import ResourceLimits, prctl
     from skill_server.server import ServerConfig, SkillServer
     from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
 
     setup_logging()
+    # Cold skills are this process's children: as the same user they could
+    # read its /proc/<pid>/environ (API keys), fds and memory. Not dumpable
+    # makes those root-only (and same-user debuggers cannot attach).
+    prctl(4, 0)  # PR_SET_DUMPABLE
     dirs = _dirs(args.skills_dir)
     topics = args.topic or ([topic_for_category(dirs[0].resolve().name)] if len(dirs) == 1 else [])
     if not topics:
@@ -219,8 +223,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        install_stop_signals(stop)
-        async with Fabric(config) as fabric:
+        fabric = Fabric(config)
+        install_stop_signals(stop, on_force=fabric.kill_all)
+        async with fabric:
             info = fabric.endpoints()
             if args.json:
                 _print_ready(info)

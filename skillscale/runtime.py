@@ -86,15 +86,28 @@ def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(main())
 
 
-def install_stop_signals(stop: asyncio.Event, force: asyncio.Event | None = None) -> None:
-    """SIGINT/SIGTERM set ``stop``; a second one sets ``force`` (if given)."""
+def install_stop_signals(stop: asyncio.Event, on_force: Callable[[], None] | None = None) -> None:
+    """SIGINT/SIGTERM set ``stop`` (a graceful stop); a second one stops *now*.
+
+    On the second signal ``on_force`` runs (to kill what the process started
+    in sessions of its own) and the process exits at once with 128 + the
+    signal number, as a shell reports a death by that signal.
+    """
     loop = asyncio.get_running_loop()
+    log = logging.getLogger("skillscale")
 
     def on_signal(signum: int) -> None:
-        if stop.is_set() and force is not None:
-            force.set()
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("second %s: stopping now, without the grace period", name)
+            try:
+                if on_force is not None:
+                    on_force()
+            finally:
+                logging.shutdown()
+                os._exit(128 + signum)
         stop.set()
-        logging.getLogger("skillscale").info("received %s; stopping", signal.Signals(signum).name)
+        log.info("received %s; stopping (send it again to stop at once)", name)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -229,6 +230,13 @@ class Fabric(AsyncRole):
         )
         await asyncio.sleep(delay)  # restart backoff, not a hot path
         await self._spawn(child)
+
+    def kill_all(self) -> None:
+        """SIGKILL every child's whole session at once (a forced stop)."""
+        for child in [*self.servers, self.proxy]:
+            if child is not None and child.proc is not None and child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
         """SIGTERM servers, then the proxy; SIGKILL what outlives the grace."""
