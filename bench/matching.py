@@ -9,7 +9,7 @@ as a skill server and ``client.invoke_auto`` would use it:
 * ``offtopic`` tasks go to a topic none of whose skills fits; the right
   answer is a refusal (``no_match``);
 * ``catalog`` tasks go through ``invoke_auto``'s keyword routing over the
-  whole catalogue (:class:`skillscale.router.TopicRouter`), then through the
+  whole catalogue (:class:`skillscale.sdk.router.TopicRouter`), then through the
   chosen topic's matcher, end to end; expected ``null`` means "refuse".
 
 Figures are printed for the held-out third (fixed in the data file before
@@ -37,11 +37,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in a checkout
 
-from skill_server.matcher import KeywordMatcher  # noqa: E402
-from skillscale.discovery import Catalog, SkillDiscovery  # noqa: E402
-from skillscale.errors import SkillNotFoundError  # noqa: E402
-from skillscale.protocol import topic_for_category  # noqa: E402
-from skillscale.router import TopicRouter  # noqa: E402
+from skillscale.core.discovery import Catalog, SkillDiscovery  # noqa: E402
+from skillscale.core.errors import SkillNotFoundError  # noqa: E402
+from skillscale.core.matching import KeywordMatcher  # noqa: E402
+from skillscale.core.protocol import topic_for_category  # noqa: E402
+from skillscale.sdk.router import TopicRouter  # noqa: E402
 
 DATA_FILE = ROOT / "tests" / "data" / "matching_bench.json"
 SKILLS_DIR = ROOT / "skills"

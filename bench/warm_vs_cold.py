@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from skillscale.bench import BenchConfig, BenchResult, run_bench
-from skillscale.supervisor import Fabric, FabricConfig
+from skillscale.tools.bench import BenchConfig, BenchResult, run_bench
+from skillscale.tools.supervisor import Fabric, FabricConfig
 
 SKILLS = {
     "trivial": "import sys\nsys.stdout.write(sys.stdin.read())\n",

@@ -15,8 +15,8 @@ os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 
 from skillscale import SyncSkillScaleClient
 from skillscale.adapters.crewai import SkillScaleCrewTools
-from skillscale.discovery import default_skills_dirs
-from skillscale.llm import LLMSettings
+from skillscale.core.discovery import default_skills_dirs
+from skillscale.core.llm import LLMSettings
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableLambda
 
 from skillscale import SkillScaleClient
 from skillscale.adapters.langchain import SkillScaleToolkit, SkillScaleTrajectoryHandler
-from skillscale.discovery import default_skills_dirs
+from skillscale.core.discovery import default_skills_dirs
 
 NOTES = "summarize: The team shipped the proxy. Replicas now share work. Restarts lose little."
 

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 
 from skillscale import SkillScaleClient
 from skillscale.adapters.langgraph import SkillScaleGraph
-from skillscale.discovery import default_skills_dirs
+from skillscale.core.discovery import default_skills_dirs
 
 
 class ScriptedModel(FakeMessagesListChatModel):

@@ -2,7 +2,7 @@
 
 import sys
 
-from skillscale.cli import main
+from skillscale.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["proxy", *sys.argv[1:]]))

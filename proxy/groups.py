@@ -40,8 +40,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from skillscale.errors import ErrorCode
-from skillscale.replica_protocol import REQ, VERSION, ServerState
+from skillscale.core.errors import ErrorCode
+from skillscale.core.replica_protocol import REQ, VERSION, ServerState
 
 log = logging.getLogger(__name__)
 

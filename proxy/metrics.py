@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client import Counter as PromCounter
 
-from skillscale.protocol import MAX_TOPIC_BYTES, PROBE_TOPIC_PREFIX, REPLY_TOPIC_PREFIX
+from skillscale.core.protocol import MAX_TOPIC_BYTES, PROBE_TOPIC_PREFIX, REPLY_TOPIC_PREFIX
 
 MAX_TOPIC_LABELS = 500
 """Distinct topic label values kept before new ones fold into ``_other``."""

@@ -10,7 +10,7 @@ Three sockets:
   plain servers hear their topics. Subscriptions are forwarded upstream.
 * ROUTER (``:5566``): replica-group servers connect a DEALER here, announce
   themselves with heartbeats, and receive requests one at a time according to
-  their free slots (see :mod:`proxy.groups`). Their replies come back on the
+  their free slots (see :mod:`skillscale.proxy.groups`). Their replies come back on the
   same socket and are published on XPUB, first reply per request only.
 
 Every request is also published on XPUB as before, so plain servers and
@@ -31,7 +31,7 @@ Hostile or careless peers (see the README's trust model):
   and ZMTP heartbeats disconnect it once it has been stuck for
   ``stuck_timeout`` seconds;
 * subscriptions are bounded in all and per peer, and matched in bounded
-  time (:mod:`proxy.subscriptions`);
+  time (:mod:`skillscale.proxy.subscriptions`);
 * under CURVE, a replica's routing id is bound to the key that first
   announced it, replies and hand-backs are accepted only from the replica
   owning the job, an optional allow-list says which server keys may serve
@@ -55,12 +55,9 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from proxy.groups import GroupsConfig, Job, ReplicaGroups
-from proxy.metrics import DOWNSTREAM, UPSTREAM, ProxyMetrics
-from proxy.subscriptions import Subscriptions
-from skillscale.errors import ErrorCode
-from skillscale.events import TRACE_TOPIC
-from skillscale.protocol import (
+from skillscale.core.errors import ErrorCode
+from skillscale.core.events import TRACE_TOPIC
+from skillscale.core.protocol import (
     MAX_REPLY_BYTES,
     MAX_REQUEST_BYTES,
     MAX_TOPIC_BYTES,
@@ -71,16 +68,19 @@ from skillscale.protocol import (
     is_reply_topic,
     salvage_address,
 )
-from skillscale.replica_protocol import BYE, HB, REPLY, RETURN, VERSION, ServerState
-from skillscale.runtime import AsyncRole, safe
-from skillscale.security import (
+from skillscale.core.replica_protocol import BYE, HB, REPLY, RETURN, VERSION, ServerState
+from skillscale.core.runtime import AsyncRole, safe
+from skillscale.core.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
     DOMAIN_SUBSCRIBERS,
     ProxyCurve,
     start_authenticator,
 )
-from skillscale.transport import SocketPair, bind_endpoint, connectable
+from skillscale.core.transport import SocketPair, bind_endpoint, connectable
+from skillscale.proxy.groups import GroupsConfig, Job, ReplicaGroups
+from skillscale.proxy.metrics import DOWNSTREAM, UPSTREAM, ProxyMetrics
+from skillscale.proxy.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class ProxyConfig:
 
 
 class _IO:
-    """The proxy's side of :class:`proxy.groups.GroupIO`."""
+    """The proxy's side of :class:`skillscale.proxy.groups.GroupIO`."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy

@@ -5,7 +5,7 @@ prefix of this topic?" with a scan over every subscription costs O(n) per
 message, and one peer holding 200,000 prefixes slowed every request ~60x.
 Here a lookup tries only the distinct prefix *lengths* present (each a set
 membership test on a slice), so it costs O(distinct lengths) <= O(topic
-length), and a topic is at most :data:`~skillscale.protocol.MAX_TOPIC_BYTES`
+length), and a topic is at most :data:`~skillscale.core.protocol.MAX_TOPIC_BYTES`
 bytes long, so the cost is bounded whatever peers subscribe.
 
 The table is bounded in all, and per peer where a peer has an identity:
@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from skillscale.protocol import MAX_TOPIC_BYTES
+from skillscale.core.protocol import MAX_TOPIC_BYTES
 
 
 class PrefixTable:

@@ -1,10 +1,10 @@
 """SkillScale skill servers: match a task to a skill and run it safely."""
 
-from skill_server.executor import ExecutionLimits, ExecutionResult, SubprocessExecutor
-from skill_server.handler import HandlerConfig, RequestHandler
-from skill_server.matcher import KeywordMatcher, MatchResult
-from skill_server.registry import SkillRegistry
-from skill_server.server import ServerConfig, SkillServer, run_server
+from skillscale.core.matching import KeywordMatcher, MatchResult
+from skillscale.skill_server.executor import ExecutionLimits, ExecutionResult, SubprocessExecutor
+from skillscale.skill_server.handler import HandlerConfig, RequestHandler
+from skillscale.skill_server.registry import SkillRegistry
+from skillscale.skill_server.server import ServerConfig, SkillServer, run_server
 
 __all__ = [
     "ExecutionLimits",

@@ -65,8 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from skillscale.redact import redact
-from skillscale.skill_format import Skill
+from skillscale.core.redact import redact
+from skillscale.core.skill_format import Skill
 
 log = logging.getLogger(__name__)
 

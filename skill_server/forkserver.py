@@ -1,6 +1,6 @@
 """The warm fork server: a pre-imported Python that forks one child per run.
 
-A skill server starts one of these (``python -m skill_server.forkserver FD
+A skill server starts one of these (``python -m skillscale.skill_server.forkserver FD
 MODULE...``) with a scrubbed environment: nothing of the skill server's
 environment (API keys, tokens) is in the fork server's environment block,
 which every child it forks carries as its own ``/proc/self/environ``. It
@@ -32,7 +32,7 @@ anything from it:
 No process a run starts outlives it: the fork server and each child are
 child subreapers, so a run's descendants stay below its child while it
 lives and come to the fork server when it ends, which kills them with their
-subtrees before it reports the status (see ``skill_server.executor`` for
+subtrees before it reports the status (see ``skillscale.skill_server.executor`` for
 the mechanism and where it is unavailable).
 
 The fork server is single-threaded on purpose: ``fork`` is only safe in a
@@ -63,7 +63,7 @@ import sys
 import traceback
 from typing import Any
 
-from skill_server.executor import kill_adopted, prctl
+from skillscale.skill_server.executor import kill_adopted, prctl
 
 MAX_HEADER = 1024 * 1024
 HEADER_TIMEOUT = 10.0
@@ -278,7 +278,7 @@ class ForkServer:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m skill_server.forkserver FD [MODULE ...]``."""
+    """``python -m skillscale.skill_server.forkserver FD [MODULE ...]``."""
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     prctl(_PR_SET_DUMPABLE, 0)
     prctl(_PR_SET_CHILD_SUBREAPER, 1)

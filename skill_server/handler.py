@@ -14,16 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from skill_server.executor import (
-    ExecutionLimits,
-    ExecutionResult,
-    ResourceLimits,
-    SubprocessExecutor,
-)
-from skill_server.matcher import MatchResult, closest
-from skill_server.registry import SkillRegistry
-from skillscale.errors import ErrorCode, RequestError
-from skillscale.protocol import (
+from skillscale.core.errors import ErrorCode, RequestError
+from skillscale.core.matching import MatchResult, closest
+from skillscale.core.protocol import (
     IntentMode,
     ParsedIntent,
     Reply,
@@ -32,7 +25,14 @@ from skillscale.protocol import (
     parse_intent,
     salvage_address,
 )
-from skillscale.skill_format import Skill
+from skillscale.core.skill_format import Skill
+from skillscale.skill_server.executor import (
+    ExecutionLimits,
+    ExecutionResult,
+    ResourceLimits,
+    SubprocessExecutor,
+)
+from skillscale.skill_server.registry import SkillRegistry
 from skillscale.skillkit import EX_DATAERR, parse_input_error
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from skill_server.matcher import KeywordMatcher, MatchResult
-from skillscale.llm import LLMClient, LLMError
-from skillscale.skill_format import Skill
+from skillscale.core.llm import LLMClient, LLMError
+from skillscale.core.matching import KeywordMatcher, MatchResult
+from skillscale.core.skill_format import Skill
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from skill_server.llm_matcher import LLMMatcher
-from skill_server.matcher import DEFAULT_THRESHOLD, KeywordMatcher
-from skillscale.discovery import Catalog, SkillDiscovery, SkillProblem
-from skillscale.llm import LLMClient
-from skillscale.skill_format import Skill
+from skillscale.core.discovery import Catalog, SkillDiscovery, SkillProblem
+from skillscale.core.llm import LLMClient
+from skillscale.core.matching import DEFAULT_THRESHOLD, KeywordMatcher
+from skillscale.core.skill_format import Skill
+from skillscale.skill_server.llm_matcher import LLMMatcher
 
 log = logging.getLogger(__name__)
 

@@ -44,15 +44,11 @@ from typing import Any, Literal
 import zmq
 import zmq.asyncio
 
-from skill_server.executor import ResourceLimits, SubprocessExecutor
-from skill_server.handler import HandlerConfig, Rejection, RequestHandler
-from skill_server.matcher import DEFAULT_THRESHOLD
-from skill_server.registry import SkillRegistry
-from skill_server.warm import ForkServerUnavailable, WarmExecutor
-from skillscale.errors import ConfigError, ErrorCode
-from skillscale.events import TRACE_TOPIC, ExecutionTrace, caller_id
-from skillscale.llm import LLMClient, LLMSettings
-from skillscale.protocol import (
+from skillscale.core.errors import ConfigError, ErrorCode
+from skillscale.core.events import TRACE_TOPIC, ExecutionTrace, caller_id
+from skillscale.core.llm import LLMClient, LLMSettings
+from skillscale.core.matching import DEFAULT_THRESHOLD
+from skillscale.core.protocol import (
     MAX_REPLY_BYTES,
     PROBE_TOPIC_PREFIX,
     TOPIC_PATTERN,
@@ -60,7 +56,7 @@ from skillscale.protocol import (
     Request,
     is_valid_id,
 )
-from skillscale.replica_protocol import (
+from skillscale.core.replica_protocol import (
     BYE,
     DEFAULT_PROXY_ROUTER,
     HB,
@@ -74,9 +70,9 @@ from skillscale.replica_protocol import (
     ServerState,
     skills_digest,
 )
-from skillscale.runtime import AsyncRole, safe
-from skillscale.security import CurveKeys
-from skillscale.transport import (
+from skillscale.core.runtime import AsyncRole, safe
+from skillscale.core.security import CurveKeys
+from skillscale.core.transport import (
     Frames,
     SocketPair,
     await_roundtrip,
@@ -84,6 +80,10 @@ from skillscale.transport import (
     proxy_xpub_endpoint,
     proxy_xsub_endpoint,
 )
+from skillscale.skill_server.executor import ResourceLimits, SubprocessExecutor
+from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
+from skillscale.skill_server.registry import SkillRegistry
+from skillscale.skill_server.warm import ForkServerUnavailable, WarmExecutor
 
 log = logging.getLogger(__name__)
 

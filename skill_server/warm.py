@@ -27,7 +27,8 @@ import socket
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from skill_server.executor import (
+from skillscale.core.skill_format import Skill
+from skillscale.skill_server.executor import (
     ChildProcess,
     ExecutionLimits,
     SubprocessExecutor,
@@ -35,7 +36,6 @@ from skill_server.executor import (
     scrubbed_env,
     sweep_orphans,
 )
-from skillscale.skill_format import Skill
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,8 @@ class WarmExecutor(SubprocessExecutor):
         self._control = ours
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "skill_server.forkserver", str(theirs.fileno()), *self.preload,
+                self.python, "-m", "skillscale.skill_server.forkserver",
+                str(theirs.fileno()), *self.preload,
                 stdout=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.DEVNULL,
                 env=forkserver_env(self.python),

@@ -8,9 +8,10 @@ The public SDK surface::
         print(await client.invoke("TOPIC_DATA_PROCESSING", "summarize: ..."))
 """
 
-from skillscale.client import SkillScaleClient, SyncSkillScaleClient
-from skillscale.discovery import Catalog, SkillDiscovery
-from skillscale.errors import (
+import os as _os
+
+from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.errors import (
     ConfigError,
     ErrorCode,
     ExecutionError,
@@ -20,8 +21,20 @@ from skillscale.errors import (
     SkillTimeoutError,
     UnavailableError,
 )
-from skillscale.protocol import Reply, Request, parse_intent, topic_for_category
-from skillscale.skill_format import Skill, SkillFormatError, load_skill
+from skillscale.core.protocol import Reply, Request, parse_intent, topic_for_category
+from skillscale.core.skill_format import Skill, SkillFormatError, load_skill
+from skillscale.sdk.client import SkillScaleClient, SyncSkillScaleClient
+
+# The roles live in their own folders beside this package in a checkout
+# (proxy/, skill_server/) and inside it once installed (the wheel maps them to
+# skillscale/proxy, skillscale/skill_server): either way they are imported as
+# skillscale.proxy and skillscale.skill_server, and installing adds exactly
+# one top-level name.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "proxy")) and _os.path.isfile(
+    _os.path.join(_checkout, "proxy", "__init__.py")
+):
+    __path__.append(_checkout)
 
 __version__ = "0.1.0"
 

@@ -21,12 +21,8 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from proxy.groups import GroupsConfig, Job, ReplicaGroups, job_deadline
-    from skill_server.executor import SubprocessExecutor
-    from skill_server.handler import HandlerConfig, Rejection, RequestHandler
-    from skill_server.registry import SkillRegistry
-    from skillscale.errors import ErrorCode, RequestError
-    from skillscale.protocol import (
+    from skillscale.core.errors import ErrorCode, RequestError
+    from skillscale.core.protocol import (
         ID_PATTERN,
         Reply,
         Request,
@@ -34,7 +30,11 @@ with atheris.instrument_imports():
         parse_intent,
         salvage_address,
     )
-    from skillscale.replica_protocol import ServerState
+    from skillscale.core.replica_protocol import ServerState
+    from skillscale.proxy.groups import GroupsConfig, Job, ReplicaGroups, job_deadline
+    from skillscale.skill_server.executor import SubprocessExecutor
+    from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
+    from skillscale.skill_server.registry import SkillRegistry
 
 from pydantic import ValidationError
 

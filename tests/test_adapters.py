@@ -16,8 +16,8 @@ from skillscale.adapters.langchain import (
     SkillScaleTrajectoryHandler,
 )
 from skillscale.adapters.langgraph import SkillScaleGraph
-from skillscale.errors import ErrorCode
-from skillscale.events import TRAJECTORY_TOPIC, AgentTrajectory
+from skillscale.core.errors import ErrorCode
+from skillscale.core.events import TRAJECTORY_TOPIC, AgentTrajectory
 from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS, EventSubscriber, RoleProcess
 
 pytestmark = pytest.mark.integration

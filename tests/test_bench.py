@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skillscale.bench import BenchConfig, bench_intent, percentile, run_bench, summarize
+from skillscale.tools.bench import BenchConfig, bench_intent, percentile, run_bench, summarize
 from tests.helpers import ROOT, RoleProcess, role_env
 
 

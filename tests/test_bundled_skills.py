@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from skill_server.executor import ExecutionLimits, ExecutionResult
-from skill_server.handler import HandlerConfig, RequestHandler
 from skillscale import ErrorCode, SkillScaleClient
-from skillscale.discovery import SkillDiscovery
-from skillscale.protocol import Trace
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.protocol import Trace
+from skillscale.skill_server.executor import ExecutionLimits, ExecutionResult
+from skillscale.skill_server.handler import HandlerConfig, RequestHandler
 from tests.helpers import BUNDLED_SKILLS, RoleProcess
 
 pytestmark = pytest.mark.integration

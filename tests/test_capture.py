@@ -8,14 +8,14 @@ import json
 import pytest
 
 from skillscale import SkillScaleClient
-from skillscale.events import (
+from skillscale.core.events import (
     TRACE_TOPIC,
     TRAJECTORY_TOPIC,
     AgentTrajectory,
     ExecutionTrace,
     caller_id,
 )
-from skillscale.redact import redact, redact_obj
+from skillscale.core.redact import redact, redact_obj
 from tests.helpers import EventSubscriber, RoleProcess
 
 KEY = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz012345"

@@ -110,7 +110,7 @@ def test_timeout_is_in_seconds() -> None:
 
 
 def test_environment_twins_are_parsed_like_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from skillscale.cli import build_parser
+    from skillscale.tools.cli import build_parser
 
     monkeypatch.setenv("SKILLSCALE_TIMEOUT", "12.5")
     monkeypatch.setenv("SKILLSCALE_WORKERS", "3")

@@ -17,7 +17,8 @@ EXAMPLES = ROOT / "examples"
 
 def run_example(proxy: RoleProcess, name: str) -> str:
     env = role_env(
-        SKILLSCALE_PROXY_XSUB=proxy.ready["xsub"], SKILLSCALE_PROXY_XPUB=proxy.ready["xpub"]
+        SKILLSCALE_PROXY_XSUB=proxy.ready["xsub"],
+        SKILLSCALE_PROXY_XPUB=proxy.ready["xpub"],
     )
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=120,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
-from skill_server.warm import WarmExecutor
-from skillscale.discovery import SkillDiscovery
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
+from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import FIXTURE_SKILLS, wait_pid_gone
 
 CATALOG = SkillDiscovery([FIXTURE_SKILLS / "testing"]).scan()
@@ -153,7 +153,7 @@ async def test_cpu_limit(executor: SubprocessExecutor, tmp_path: Path) -> None:
     (spin / "scripts").mkdir(parents=True)
     (spin / "SKILL.md").write_text("---\nname: spin\ndescription: Burns CPU.\n---\n")
     (spin / "scripts" / "run.py").write_text("while True:\n    pass\n")
-    from skillscale.skill_format import load_skill
+    from skillscale.core.skill_format import load_skill
 
     limits = ExecutionLimits(20, resources=ResourceLimits(cpu_seconds=1))
     started = time.monotonic()

@@ -41,13 +41,8 @@ from hypothesis.stateful import (
 )
 from pydantic import ValidationError
 
-from proxy.groups import GroupsConfig, Job, ReplicaGroups, job_deadline
-from proxy.subscriptions import Subscriptions
-from skill_server.executor import SubprocessExecutor
-from skill_server.handler import HandlerConfig, Rejection, RequestHandler
-from skill_server.registry import SkillRegistry
-from skillscale.errors import ErrorCode, RequestError
-from skillscale.protocol import (
+from skillscale.core.errors import ErrorCode, RequestError
+from skillscale.core.protocol import (
     ID_PATTERN,
     TOPIC_PATTERN,
     IntentMode,
@@ -58,7 +53,7 @@ from skillscale.protocol import (
     parse_intent,
     salvage_address,
 )
-from skillscale.replica_protocol import (
+from skillscale.core.replica_protocol import (
     BYE,
     HB,
     MAX_SKILLS_PER_SERVER,
@@ -71,6 +66,11 @@ from skillscale.replica_protocol import (
     VERSION,
     ServerState,
 )
+from skillscale.proxy.groups import GroupsConfig, Job, ReplicaGroups, job_deadline
+from skillscale.proxy.subscriptions import Subscriptions
+from skillscale.skill_server.executor import SubprocessExecutor
+from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
+from skillscale.skill_server.registry import SkillRegistry
 from tests.helpers import (
     FIXTURE_SKILLS,
     ReferenceClient,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from proxy.groups import GroupsConfig, Job, ReplicaGroups
-from skillscale.errors import ErrorCode
-from skillscale.replica_protocol import REQ, VERSION, ServerState
+from skillscale.core.errors import ErrorCode
+from skillscale.core.replica_protocol import REQ, VERSION, ServerState
+from skillscale.proxy.groups import GroupsConfig, Job, ReplicaGroups
 
 T = b"TOPIC_X"
 
@@ -200,7 +200,7 @@ def test_replies_from_before_a_proxy_restart_are_still_published() -> None:
 
 
 def test_deadlines_that_break_parsing_mean_no_deadline() -> None:
-    from proxy.groups import job_deadline
+    from skillscale.proxy.groups import job_deadline
 
     nested = b'{"deadline":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     for raw in (b'{"deadline":' + b"1" * 400 + b"}", nested, b'{"deadline":NaN}',
@@ -274,7 +274,7 @@ def test_heartbeat_boundary_rejects_what_would_break_routing() -> None:
 
 
 def test_subscription_table_is_bounded_and_matches_prefixes() -> None:
-    from proxy.subscriptions import Subscriptions
+    from skillscale.proxy.subscriptions import Subscriptions
 
     subs = Subscriptions(max_total=5, max_per_peer=2, server_filter=(b"AGENT_REPLY_",))
     assert subs.subscribe(b"TOPIC_A", "key1") and subs.subscribe(b"TOPIC_B", "key1")

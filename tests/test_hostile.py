@@ -20,7 +20,7 @@ import httpx
 import pytest
 import zmq
 
-from skillscale.security import generate_keypair
+from skillscale.core.security import generate_keypair
 from tests.helpers import (
     FIXTURE_SKILLS,
     ReferenceClient,
@@ -273,7 +273,7 @@ def test_11_ids_with_newlines_and_deep_intents_are_rejected_cleanly(fabric) -> N
 
 
 def test_13_bare_proxy_binds_loopback() -> None:
-    from skillscale.cli import _proxy_config, build_parser
+    from skillscale.tools.cli import _proxy_config, build_parser
 
     config = _proxy_config(build_parser().parse_args(["proxy"]))
     for endpoint in (config.xsub_bind, config.xpub_bind, config.router_bind):
@@ -420,7 +420,7 @@ def test_13_up_with_curve(tmp_path: Path) -> None:
 
 
 def test_log_lines_cannot_be_forged() -> None:
-    from skillscale.runtime import safe
+    from skillscale.core.runtime import safe
 
     assert "\n" not in safe("abc\nFAKE LOG")
     assert re.fullmatch(r"[ -~]*", safe(b"\xff\x00\r\n\x1b[31m"))

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
-from skill_server.warm import WarmExecutor
-from skillscale.discovery import SkillDiscovery
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
+from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import FIXTURE_SKILLS, pid_alive, wait_pid_gone
 
 HOSTILE = SkillDiscovery([FIXTURE_SKILLS / "hostile"]).scan().skills
@@ -314,7 +314,7 @@ async def test_stderr_comes_back_redacted(executor: SubprocessExecutor) -> None:
 
 
 def test_a_truncated_stderr_tail_loses_its_partial_first_line_and_keeps_its_bytes() -> None:
-    from skill_server.executor import redact_stderr
+    from skillscale.skill_server.executor import redact_stderr
 
     tail = b"oj-abcdefghijklmnopqrstuvwxyz0123\nkey AKIAIOSFODNN7EXAMPLE \xff\n"
     assert redact_stderr(tail, truncated=True) == b"key [REDACTED:aws_key] \xff\n"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from skill_server.llm_matcher import LLMMatcher, parse_choice
-from skill_server.matcher import KeywordMatcher
 from skillscale import SkillScaleClient
-from skillscale.discovery import SkillDiscovery
-from skillscale.errors import ConfigError
-from skillscale.llm import LLMClient, LLMSettings, RateLimit, write_config_template
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.errors import ConfigError
+from skillscale.core.llm import LLMClient, LLMSettings, RateLimit, write_config_template
+from skillscale.core.matching import KeywordMatcher
+from skillscale.skill_server.llm_matcher import LLMMatcher, parse_choice
 from tests.fake_openai import fake_openai
 from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS, RoleProcess, role_env
 
@@ -178,7 +178,7 @@ CATALOG = SkillDiscovery([BUNDLED_SKILLS]).scan()
 
 
 async def test_router_by_keywords_and_by_llm() -> None:
-    from skillscale.router import TopicRouter
+    from skillscale.sdk.router import TopicRouter
 
     keyword = TopicRouter(CATALOG)
     route = await keyword.route("find unused imports in my module")
@@ -211,7 +211,7 @@ async def test_invoke_auto_routes_and_runs(
 async def test_bundled_skill_adds_insights_only_with_a_working_llm(
     script: list[tuple[str, object]], insight: bool
 ) -> None:
-    from skill_server.executor import ExecutionLimits, SubprocessExecutor
+    from skillscale.skill_server.executor import ExecutionLimits, SubprocessExecutor
 
     skill = CATALOG.skills["csv-analyzer"]
     executor = SubprocessExecutor()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from skill_server.matcher import (
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.matching import (
     SHAPE_WEIGHT,
     KeywordMatcher,
     keyword_terms,
@@ -15,8 +16,7 @@ from skill_server.matcher import (
     read_query,
     tokenize,
 )
-from skillscale.discovery import SkillDiscovery
-from skillscale.skill_format import load_skill
+from skillscale.core.skill_format import load_skill
 from tests.helpers import BUNDLED_SKILLS
 
 CATALOG = SkillDiscovery([BUNDLED_SKILLS]).scan()

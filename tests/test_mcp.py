@@ -21,7 +21,7 @@ from mcp.shared.memory import (
 
 from skillscale import SkillScaleClient
 from skillscale.adapters.mcp import build_server
-from skillscale.discovery import SkillDiscovery
+from skillscale.core.discovery import SkillDiscovery
 from tests.helpers import (
     _LIVE,
     BUNDLED_SKILLS,

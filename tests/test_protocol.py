@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from skillscale.errors import (
+from skillscale.core.errors import (
     ErrorCode,
     ExecutionError,
     RequestError,
@@ -15,7 +15,7 @@ from skillscale.errors import (
     UnavailableError,
     error_for_code,
 )
-from skillscale.protocol import (
+from skillscale.core.protocol import (
     IntentMode,
     Reply,
     Request,

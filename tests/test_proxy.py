@@ -8,7 +8,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from proxy import Proxy, ProxyConfig
+from skillscale.proxy import Proxy, ProxyConfig
 from tests.helpers import start_proxy
 
 

@@ -14,7 +14,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from skillscale import SkillScaleClient, UnavailableError
-from skillscale.security import CurveKeys, generate_keypair
+from skillscale.core.security import CurveKeys, generate_keypair
 from tests.helpers import FIXTURE_SKILLS, RoleProcess, start_proxy, start_server
 
 pytestmark = pytest.mark.integration
@@ -107,7 +107,10 @@ def test_unlisted_publisher_and_subscriber_are_refused_at_the_handshake(
     proxy, _ = secure
     ctx = zmq.Context()
     try:
-        for kind, endpoint in ((zmq.PUB, proxy.ready["xsub"]), (zmq.SUB, proxy.ready["xpub"])):
+        for kind, endpoint in (
+            (zmq.PUB, proxy.ready["xsub"]),
+            (zmq.SUB, proxy.ready["xpub"]),
+        ):
             sock = ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             keys.peer("mallory").apply(sock)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from skillscale.agents_md import AgentsMdEntry, parse_agents_md, resolve_location
-from skillscale.discovery import SkillDiscovery
-from skillscale.skill_format import SkillFormatError, load_skill, split_frontmatter
+from skillscale.core.agents_md import AgentsMdEntry, parse_agents_md, resolve_location
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.skill_format import SkillFormatError, load_skill, split_frontmatter
 from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS
 
 

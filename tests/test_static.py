@@ -1,18 +1,35 @@
-"""Lint, format and strict typing are part of the suite, so CI enforces them."""
+"""Lint, format, strict typing and the import layering are part of the suite."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+def run(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The package as the wheel lays it out: roles inside ``skillscale/``."""
+    base = tmp_path_factory.mktemp("layout")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "skillscale", base / "skillscale", ignore=ignore)
+    for role in ("proxy", "skill_server"):
+        shutil.copytree(ROOT / role, base / "skillscale" / role, ignore=ignore)
+    yield base
 
 
 @pytest.mark.timeout(300)
@@ -26,6 +43,21 @@ def test_ruff_lint_and_format() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_mypy_strict() -> None:
-    result = run(sys.executable, "-m", "mypy")
+def test_mypy_strict(installed_layout: Path) -> None:
+    result = run(
+        sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+        "-p", "skillscale", cwd=installed_layout,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_import_layering(installed_layout: Path) -> None:
+    """Roles import the core; the core imports no role; the SDK imports no role."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = run(
+        str(lint_imports), str(ROOT / "pyproject.toml"),
+        cwd=installed_layout, PYTHONPATH=str(installed_layout),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 kept, 0 broken" in result.stdout, result.stdout

@@ -17,10 +17,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from proxy import Proxy, ProxyConfig
-from skill_server.server import ServerConfig, SkillServer
 from skillscale import SkillScaleClient
-from skillscale.runtime import serve_until
+from skillscale.core.runtime import serve_until
+from skillscale.proxy import Proxy, ProxyConfig
+from skillscale.skill_server.server import ServerConfig, SkillServer
 from tests.helpers import FIXTURE_SKILLS, RoleProcess, start_proxy, start_server
 
 T = "TOPIC_SUPERVISED"

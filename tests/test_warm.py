@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from skill_server.executor import ExecutionLimits
-from skill_server.warm import WarmExecutor
-from skillscale.skill_format import Skill, load_skill
+from skillscale.core.skill_format import Skill, load_skill
+from skillscale.skill_server.executor import ExecutionLimits
+from skillscale.skill_server.warm import WarmExecutor
 
 PROBE = """\
 import os

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from skillscale.discovery import Catalog
-from skillscale.protocol import topic_for_category
-from skillscale.skill_format import Skill
+from skillscale.core.discovery import Catalog
+from skillscale.core.protocol import topic_for_category
+from skillscale.core.skill_format import Skill
 
 DATA_SCHEMA: dict[str, Any] = {
     "type": "object",

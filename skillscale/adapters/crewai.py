@@ -21,9 +21,9 @@ from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
 from skillscale.adapters.common import ToolSpec, skill_specs, task_specs
-from skillscale.client import SyncSkillScaleClient
-from skillscale.discovery import Catalog, SkillDiscovery
-from skillscale.errors import SkillScaleError
+from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.errors import SkillScaleError
+from skillscale.sdk.client import SyncSkillScaleClient
 
 
 class SkillData(BaseModel):

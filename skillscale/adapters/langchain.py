@@ -24,10 +24,10 @@ from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool, ToolExce
 from pydantic import ConfigDict
 
 from skillscale.adapters.common import ToolSpec, skill_specs, task_specs
-from skillscale.client import SkillScaleClient, SyncSkillScaleClient
-from skillscale.discovery import Catalog, SkillDiscovery
-from skillscale.errors import ErrorCode, SkillScaleError
-from skillscale.events import AgentTrajectory, TrajectoryStep
+from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.errors import ErrorCode, SkillScaleError
+from skillscale.core.events import AgentTrajectory, TrajectoryStep
+from skillscale.sdk.client import SkillScaleClient, SyncSkillScaleClient
 
 AnyClient = SkillScaleClient | SyncSkillScaleClient
 

@@ -17,10 +17,10 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from skillscale.adapters.langchain import AnyClient, SkillScaleToolkit
-from skillscale.client import SkillScaleClient
-from skillscale.discovery import Catalog, SkillDiscovery
-from skillscale.errors import SkillScaleError
-from skillscale.router import TopicRouter
+from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.errors import SkillScaleError
+from skillscale.sdk.client import SkillScaleClient
+from skillscale.sdk.router import TopicRouter
 
 
 class TaskState(TypedDict, total=False):

@@ -36,9 +36,9 @@ from mcp.server.lowlevel import Server
 from mcp.server.transport_security import TransportSecuritySettings
 
 from skillscale.adapters.common import ToolSpec, skill_specs, task_specs
-from skillscale.client import SkillScaleClient
-from skillscale.discovery import Catalog, SkillDiscovery
-from skillscale.errors import SkillScaleError
+from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.errors import SkillScaleError
+from skillscale.sdk.client import SkillScaleClient
 
 
 def skillscale_version() -> str:

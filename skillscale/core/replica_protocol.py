@@ -33,7 +33,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from skillscale.protocol import ID_PATTERN, TOPIC_PATTERN
+from skillscale.core.protocol import ID_PATTERN, TOPIC_PATTERN
 
 VERSION = b"SSG1"
 HB = b"HB"

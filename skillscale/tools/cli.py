@@ -16,15 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skillscale.discovery import SkillDiscovery, default_skills_dirs
-from skillscale.errors import SkillScaleError
-from skillscale.protocol import topic_for_category
-from skillscale.security import CurveKeys, ProxyCurve
-from skillscale.skill_format import SkillFormatError, load_skill
-from skillscale.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
+from skillscale.core.discovery import SkillDiscovery, default_skills_dirs
+from skillscale.core.errors import SkillScaleError
+from skillscale.core.protocol import topic_for_category
+from skillscale.core.security import CurveKeys, ProxyCurve
+from skillscale.core.skill_format import SkillFormatError, load_skill
+from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
 
 if TYPE_CHECKING:
-    from proxy.proxy import ProxyConfig
+    from skillscale.proxy.proxy import ProxyConfig
 
 log = logging.getLogger("skillscale")
 
@@ -72,8 +72,8 @@ def _print_ready(payload: dict[str, Any]) -> None:
 
 def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
     """The proxy's settings from its flags (binds loopback unless ``--host`` says otherwise)."""
-    from proxy.groups import GroupsConfig
-    from proxy.proxy import ProxyConfig
+    from skillscale.proxy.groups import GroupsConfig
+    from skillscale.proxy.proxy import ProxyConfig
 
     host = args.host
     router_bind = args.router_bind or f"tcp://{host}:5566"
@@ -97,8 +97,8 @@ def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
-    from proxy.proxy import Proxy
-    from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.core.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.proxy.proxy import Proxy
 
     setup_logging()
     config = _proxy_config(args)
@@ -138,9 +138,9 @@ def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from skill_server.executor import ResourceLimits, prctl
-    from skill_server.server import ServerConfig, SkillServer
-    from skillscale.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.core.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.skill_server.executor import ResourceLimits, prctl
+    from skillscale.skill_server.server import ServerConfig, SkillServer
 
     setup_logging()
     # Cold skills are this process's children: as the same user they could
@@ -204,8 +204,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from skillscale.runtime import install_stop_signals, run, setup_logging
-    from skillscale.supervisor import Fabric, FabricConfig
+    from skillscale.core.runtime import install_stop_signals, run, setup_logging
+    from skillscale.tools.supervisor import Fabric, FabricConfig
 
     setup_logging()
     config = FabricConfig(
@@ -279,8 +279,8 @@ def _read_data(spec: str) -> str:
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
-    from skillscale.client import SkillScaleClient
-    from skillscale.runtime import run, setup_logging
+    from skillscale.core.runtime import run, setup_logging
+    from skillscale.sdk.client import SkillScaleClient
 
     setup_logging("WARNING")
     data = _read_data(args.data) if args.data is not None else None
@@ -327,8 +327,8 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from skillscale.bench import BenchConfig, bench_intent, format_report, run_bench
-    from skillscale.runtime import run, setup_logging
+    from skillscale.core.runtime import run, setup_logging
+    from skillscale.tools.bench import BenchConfig, bench_intent, format_report, run_bench
 
     setup_logging("WARNING")
     if args.mode == "http":
@@ -362,7 +362,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from skillscale.security import generate_keypair
+    from skillscale.core.security import generate_keypair
 
     directory = Path(args.dir).expanduser()
     for name in args.names:
@@ -372,7 +372,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from skillscale.llm import write_config_template
+    from skillscale.core.llm import write_config_template
 
     path = write_config_template(Path(args.path).expanduser() if args.path else None,
                                  force=args.force)  # fmt: skip
@@ -391,8 +391,8 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: {exc}; install the extra: pip install -e '.[mcp]'", file=sys.stderr)
         return EXIT_FAIL
-    from skillscale.client import SkillScaleClient
-    from skillscale.runtime import run, setup_logging
+    from skillscale.core.runtime import run, setup_logging
+    from skillscale.sdk.client import SkillScaleClient
 
     if args.transport == "http":
         try:
@@ -992,7 +992,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "workers", 0) is None and args.command == "server":
-        from skill_server.server import default_workers
+        from skillscale.skill_server.server import default_workers
 
         args.workers = default_workers()
     try:

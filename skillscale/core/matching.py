@@ -58,7 +58,7 @@ from itertools import pairwise
 
 import snowballstemmer
 
-from skillscale.skill_format import Skill
+from skillscale.core.skill_format import Skill
 from skillscale.skillkit import split_request
 
 FIELD_WEIGHTS = {"name": 3.0, "keywords": 2.5, "description": 2.0}

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skillscale.discovery import SkillDiscovery
-from skillscale.errors import ConfigError
-from skillscale.protocol import topic_for_category
-from skillscale.runtime import AsyncRole
-from skillscale.security import FabricKeys
+from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.errors import ConfigError
+from skillscale.core.protocol import topic_for_category
+from skillscale.core.runtime import AsyncRole
+from skillscale.core.security import FabricKeys
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from skillscale.errors import ConfigError
+from skillscale.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
-from skillscale.client import SkillScaleClient
-from skillscale.errors import SkillScaleError
-from skillscale.security import CurveKeys
+from skillscale.core.errors import SkillScaleError
+from skillscale.core.security import CurveKeys
+from skillscale.sdk.client import SkillScaleClient
 
 
 @dataclass

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from skill_server.matcher import KeywordMatcher
-from skillscale.discovery import Catalog
-from skillscale.errors import ErrorCode, SkillNotFoundError
-from skillscale.llm import LLMClient, LLMError
-from skillscale.protocol import topic_for_category
+from skillscale.core.discovery import Catalog
+from skillscale.core.errors import ErrorCode, SkillNotFoundError
+from skillscale.core.llm import LLMClient, LLMError
+from skillscale.core.matching import KeywordMatcher
+from skillscale.core.protocol import topic_for_category
 
 SYSTEM_PROMPT = (
     "You route a user's task to exactly one topic of a skill fabric. Answer with the exact "

@@ -10,7 +10,7 @@ Both are published on the bus for the distillation worker, as two frames
   callback handler.
 
 Events are best-effort (a subscriber that is not connected misses them) and
-redacted before publishing (:mod:`skillscale.redact`). The schemas are
+redacted before publishing (:mod:`skillscale.core.redact`). The schemas are
 versioned by ``schema_version``; fields are only ever added.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from skillscale.redact import redact_obj
+from skillscale.core.redact import redact_obj
 
 TRACE_TOPIC = "_SKILLSCALE_TRACE"
 TRAJECTORY_TOPIC = "_SKILLSCALE_TRAJECTORY"

@@ -1,0 +1,1 @@
+"""The SDK agents use: the client and the topic router."""

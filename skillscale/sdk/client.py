@@ -1,0 +1,471 @@
+"""The SDK client: send intents to topics, await exactly one reply each.
+
+One PUB socket sends requests to the proxy's XSUB side; one SUB socket,
+subscribed to this client's unguessable reply topic, receives replies. A
+single reader task correlates replies to waiting calls by ``request_id``.
+``connect`` returns only after a probe has made the round trip through the
+proxy, so the first request cannot fall into ZeroMQ's slow-joiner window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from concurrent.futures import Future as ConcurrentFuture
+from pathlib import Path
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+from zmq.utils.monitor import parse_monitor_message
+
+from skillscale.core.discovery import Catalog, SkillDiscovery, default_skills_dirs
+from skillscale.core.errors import (
+    ErrorCode,
+    RequestError,
+    SkillScaleError,
+    SkillTimeoutError,
+    UnavailableError,
+    error_for_code,
+)
+from skillscale.core.events import TRAJECTORY_TOPIC, AgentTrajectory
+from skillscale.core.llm import LLMClient, LLMSettings
+from skillscale.core.protocol import (
+    MAX_REPLY_BYTES,
+    PROBE_TOPIC_PREFIX,
+    REPLY_TOPIC_PREFIX,
+    TOPIC_PREFIX,
+    Reply,
+    Request,
+    new_reply_topic,
+    new_request_id,
+)
+from skillscale.core.runtime import AsyncRole
+from skillscale.core.security import CurveKeys
+from skillscale.core.skill_format import Skill
+from skillscale.core.transport import (
+    Frames,
+    SocketPair,
+    await_roundtrip,
+    proxy_xpub_endpoint,
+    proxy_xsub_endpoint,
+)
+from skillscale.sdk.router import Route, TopicRouter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IntentLike = str | dict[str, Any]
+
+
+class SkillScaleClient(AsyncRole):
+    """Async client; ``async with SkillScaleClient() as client: ...``.
+
+    ``timeout`` is the default seconds to wait for a reply; every call may
+    override it. ``max_in_flight`` bounds concurrent calls (extra calls wait
+    for a slot, within their own timeout). ``curve`` enables CURVE with the
+    client's certificate and the proxy's public key.
+    """
+
+    def __init__(
+        self,
+        proxy_xsub: str | None = None,
+        proxy_xpub: str | None = None,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_in_flight: int = 1024,
+        hwm: int = 10_000,
+        curve: CurveKeys | None = None,
+        catalog: Catalog | None = None,
+        llm: LLMSettings | None = None,
+    ) -> None:
+        self.proxy_xsub = proxy_xsub or proxy_xsub_endpoint()
+        self.proxy_xpub = proxy_xpub or proxy_xpub_endpoint()
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.reply_topic = new_reply_topic()
+        self._hwm = hwm
+        self._curve = curve or CurveKeys.from_env()
+        self._catalog = catalog
+        self._llm_settings = llm
+        self._router: TopicRouter | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._ctx: zmq.asyncio.Context | None = None
+        self._pub: SocketPair | None = None
+        self._sub: SocketPair | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._path_up = asyncio.Event()
+        self._probe_seen = asyncio.Event()
+        # The probe travels on a topic of its own, outside the reply prefix:
+        # under CURVE nothing from a client key may reach a reply topic, so a
+        # forged "probe" can never prefix-match someone's reply subscription.
+        self._probe = (
+            PROBE_TOPIC_PREFIX + "C" + self.reply_topic[len(REPLY_TOPIC_PREFIX) :]
+        ).encode()
+        self._reply_topic_b = self.reply_topic.encode()
+
+    async def start(self) -> None:
+        """Same as :meth:`connect` (for ``async with``)."""
+        await self.connect()
+
+    async def stop(self) -> None:
+        """Same as :meth:`close` (for ``async with``)."""
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful ``connect`` and ``close``."""
+        return self._reader is not None
+
+    async def connect(self) -> None:
+        """Connect to the proxy and wait until the bus path is proven live."""
+        if self._reader is not None:
+            return
+        self._ctx = zmq.asyncio.Context()
+        self._pub = SocketPair(self._ctx, zmq.PUB)
+        self._sub = SocketPair(self._ctx, zmq.SUB)
+        self._pub.set(zmq.SNDHWM, self._hwm)
+        self._sub.set(zmq.RCVHWM, self._hwm)
+        # A reply larger than this disconnects us rather than filling memory.
+        self._sub.set(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
+        self._sub.set(zmq.SUBSCRIBE, self._reply_topic_b)
+        self._sub.set(zmq.SUBSCRIBE, self._probe)
+        if self._curve is not None:
+            self._curve.apply(self._pub.async_sock)
+            self._curve.apply(self._sub.async_sock)
+        self._pub.async_sock.connect(self.proxy_xsub)
+        self._sub.async_sock.connect(self.proxy_xpub)
+        try:
+            await await_roundtrip(
+                self._pub,
+                self._sub,
+                self._probe,
+                timeout=self.connect_timeout,
+                what=f"proxy at {self.proxy_xsub} / {self.proxy_xpub}",
+            )
+        except TimeoutError as exc:
+            await self._teardown()
+            raise UnavailableError(
+                f"cannot reach the SkillScale proxy ({exc}); is `skillscale up` running?",
+                code=ErrorCode.NO_SERVER,
+            ) from None
+        except BaseException:
+            await self._teardown()
+            raise
+        self._path_up.set()
+        self._reader = asyncio.create_task(self._read_replies(), name="skillscale-client-reader")
+        self._monitor = self._pub.async_sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        )
+        self._watcher = asyncio.create_task(self._watch_proxy(), name="skillscale-client-watch")
+
+    async def close(self) -> None:
+        """Fail waiting calls, close sockets and the context."""
+        if self._router is not None and self._router.llm is not None:
+            await self._router.llm.close()
+        tasks = [t for t in (self._reader, self._watcher) if t is not None]
+        self._reader = self._watcher = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(UnavailableError("client closed before the reply arrived"))
+        self._pending.clear()
+        if self._monitor is not None:
+            if self._pub is not None and not self._pub.async_sock.closed:
+                self._pub.async_sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+        for pair in (self._pub, self._sub):
+            if pair is not None:
+                pair.close(0)
+        self._pub = self._sub = None
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.term()
+
+    # -- calls -----------------------------------------------------------
+
+    async def call(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> Reply:
+        """Send one request and return its reply, success or error.
+
+        Raises :class:`SkillTimeoutError` if no reply comes within
+        ``timeout`` seconds and :class:`UnavailableError` if not connected.
+        """
+        if self._pub is None or self._reader is None:
+            raise UnavailableError("client is not connected; use `async with` or connect()")
+        wait = self.timeout if timeout is None else timeout
+        if wait <= 0:
+            raise RequestError("timeout must be positive (seconds)")
+        start = time.monotonic()
+        request = Request(
+            request_id=new_request_id(),
+            reply_to=self.reply_topic,
+            intent=intent if isinstance(intent, str) else json.dumps(intent),
+            timestamp=time.time(),
+            deadline=time.time() + wait,
+        )
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=wait)
+        except asyncio.TimeoutError:
+            raise SkillTimeoutError(
+                f"no free request slot within {wait:g} s", request_id=request.request_id
+            ) from None
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        try:
+            if not self._path_up.is_set():
+                # The proxy is away (restarting?): hold the request rather than
+                # publish it into a dropped connection.
+                remaining = wait - (time.monotonic() - start)
+                await asyncio.wait_for(self._path_up.wait(), timeout=max(remaining, 0.001))
+            self._pub.send([topic.encode(), request.to_bytes()])
+            remaining = wait - (time.monotonic() - start)
+            return await asyncio.wait_for(future, timeout=max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            raise SkillTimeoutError(
+                f"no reply on {topic} within {wait:g} s", request_id=request.request_id
+            ) from None
+        finally:
+            self._pending.pop(request.request_id, None)
+            self._slots.release()
+
+    async def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
+        """Send an intent (any form) and return the skill's content.
+
+        Error replies raise the :class:`SkillScaleError` subclass of their
+        ``error_code``.
+        """
+        reply = await self.call(topic, intent, timeout=timeout)
+        if reply.ok:
+            return reply.content
+        raise error_for_code(
+            reply.error_code,
+            reply.error or "the server replied with an error and no message",
+            request_id=reply.request_id,
+            trace=reply.trace.model_dump(exclude_none=True) if reply.trace else None,
+        )
+
+    async def invoke_skill(
+        self,
+        topic: str,
+        skill: str,
+        data: Any = "",
+        *,
+        task: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Run the named ``skill`` with ``data`` as its input."""
+        intent: dict[str, Any] = {"skill": skill, "data": data}
+        if task is not None:
+            intent["task"] = task
+        return await self.invoke(topic, json.dumps(intent), timeout=timeout)
+
+    async def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
+        """Let the topic's server match ``task`` to a skill and run it."""
+        return await self.invoke(topic, json.dumps({"task": task}), timeout=timeout)
+
+    def submit_trajectory(self, trajectory: AgentTrajectory | dict[str, Any]) -> AgentTrajectory:
+        """Publish an agent run on ``_SKILLSCALE_TRAJECTORY``, redacted first.
+
+        Best effort, like every event: nothing is published while the proxy is
+        away. Returns the event as published.
+        """
+        if self._pub is None:
+            raise UnavailableError("client is not connected; use `async with` or connect()")
+        event = (
+            trajectory
+            if isinstance(trajectory, AgentTrajectory)
+            else AgentTrajectory.model_validate(trajectory)
+        ).redacted()
+        self._pub.send([TRAJECTORY_TOPIC.encode(), event.model_dump_json().encode()])
+        return event
+
+    async def fetch_catalog(self, topics: Iterable[str]) -> Catalog:
+        """The skills a running fabric serves on ``topics`` (asked over the bus).
+
+        Each topic's server answers a ``{"catalog": true}`` intent with its
+        skills' names, descriptions and metadata.
+        """
+        catalog = Catalog()
+        for topic in topics:
+            listing = json.loads(await self.invoke(topic, {"catalog": True}))
+            category = topic.removeprefix(TOPIC_PREFIX).lower().replace("_", "-")
+            for item in listing:
+                skill = Skill(
+                    name=item["name"],
+                    description=item["description"],
+                    path=Path(f"fabric:{topic}/{item['name']}"),
+                    body="",
+                    metadata={str(k): str(v) for k, v in (item.get("metadata") or {}).items()},
+                )
+                catalog._add(skill, category)
+        return catalog
+
+    async def invoke_auto(self, task: str, *, timeout: float | None = None) -> str:
+        """Choose the topic for ``task`` (LLM when configured, else keywords), then invoke.
+
+        The catalogue is the one given to the client, else the skills found
+        in ``SKILLSCALE_SKILLS_DIR`` / ``./skills`` / the bundled skills.
+        """
+        route = await self.route(task)
+        return await self.invoke_task(route.topic, task, timeout=timeout)
+
+    async def route(self, task: str) -> Route:
+        """The topic :meth:`invoke_auto` would use, and how it was chosen."""
+        if self._router is None:
+            catalog = self._catalog or SkillDiscovery(default_skills_dirs()).scan()
+            settings = self._llm_settings or LLMSettings.load()
+            llm = LLMClient(settings) if settings is not None else None
+            self._router = TopicRouter(catalog, llm)
+        return await self._router.route(task)
+
+    async def invoke_parallel(
+        self,
+        requests: Iterable[tuple[str, IntentLike]],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = True,
+    ) -> list[str | SkillScaleError]:
+        """Run many ``(topic, intent)`` calls concurrently, results in order.
+
+        With ``return_exceptions`` (the default) a failed call yields its
+        :class:`SkillScaleError` in place; otherwise the first failure raises.
+        """
+        calls = [self.invoke(topic, intent, timeout=timeout) for topic, intent in requests]
+        results = await asyncio.gather(*calls, return_exceptions=return_exceptions)
+        out: list[str | SkillScaleError] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, SkillScaleError):
+                raise result
+            out.append(result)
+        return out
+
+    # -- the reader --------------------------------------------------------
+
+    async def _watch_proxy(self) -> None:
+        """Follow the connection to the proxy; after a reconnect, prove the path again.
+
+        A request published while the connection is down is dropped by ZeroMQ,
+        so calls wait (within their own timeout) until a probe has made the
+        round trip through the new proxy.
+        """
+        assert self._monitor is not None and self._pub is not None
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._path_up.clear()
+                log.warning("lost the connection to the proxy; waiting for it to return")
+            elif event == zmq.EVENT_CONNECTED and not self._path_up.is_set():
+                interval = 0.005
+                self._probe_seen.clear()
+                while not self._probe_seen.is_set():
+                    self._pub.send([self._probe, b"probe"])
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._probe_seen.wait(), interval)
+                    interval = min(interval * 2, 0.25)
+                self._path_up.set()
+                log.info("connection to the proxy is back")
+
+    async def _read_replies(self) -> None:
+        assert self._sub is not None
+        sub = self._sub
+        while True:
+            await sub.wait_readable()
+            for frames in sub.drain(256):
+                self._on_message(frames)
+
+    def _on_message(self, frames: Frames) -> None:
+        topic = bytes(frames[0])
+        if topic == self._probe:
+            self._probe_seen.set()
+            return
+        if len(frames) != 2 or topic != self._reply_topic_b:
+            return  # noise on a longer topic sharing our prefix
+        try:
+            reply = Reply.from_bytes(bytes(frames[1]))
+        except ValidationError as exc:
+            log.warning("discarding malformed reply: %s", exc.errors()[:1])
+            return
+        future = self._pending.get(reply.request_id)
+        if future is None or future.done():
+            log.debug("reply %s arrived after its caller stopped waiting", reply.request_id)
+            return
+        future.set_result(reply)
+
+
+class SyncSkillScaleClient:
+    """A blocking wrapper for scripts: runs a client on a private event loop thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client: SkillScaleClient = self._run(self._make(args, kwargs))
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    @staticmethod
+    async def _make(args: Sequence[Any], kwargs: dict[str, Any]) -> SkillScaleClient:
+        # Created on the loop thread so its asyncio primitives bind there.
+        return SkillScaleClient(*args, **kwargs)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: ConcurrentFuture[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def __enter__(self) -> SyncSkillScaleClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
+        """Blocking :meth:`SkillScaleClient.invoke`."""
+        return self._run(self._client.invoke(topic, intent, timeout=timeout))
+
+    def call(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> Reply:
+        """Blocking :meth:`SkillScaleClient.call`."""
+        return self._run(self._client.call(topic, intent, timeout=timeout))
+
+    def invoke_skill(
+        self, topic: str, skill: str, data: Any = "", *, timeout: float | None = None
+    ) -> str:
+        """Blocking :meth:`SkillScaleClient.invoke_skill`."""
+        return self._run(self._client.invoke_skill(topic, skill, data, timeout=timeout))
+
+    def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
+        """Blocking :meth:`SkillScaleClient.invoke_task`."""
+        return self._run(self._client.invoke_task(topic, task, timeout=timeout))
+
+    def close(self) -> None:
+        """Close the client and stop its loop thread."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
