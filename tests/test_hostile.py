@@ -273,7 +273,8 @@ def test_11_ids_with_newlines_and_deep_intents_are_rejected_cleanly(fabric) -> N
 
 
 def test_13_bare_proxy_binds_loopback() -> None:
-    from skillscale.tools.cli import _proxy_config, build_parser
+    from skillscale.tools.cli import build_parser
+    from skillscale.tools.cli.proxy import _proxy_config
 
     config = _proxy_config(build_parser().parse_args(["proxy"]))
     for endpoint in (config.xsub_bind, config.xpub_bind, config.router_bind):

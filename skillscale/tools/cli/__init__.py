@@ -1,0 +1,49 @@
+"""The ``skillscale`` command line: one module per command group.
+
+Every flag has an environment-variable twin (``SKILLSCALE_*``) shown in
+``--help``; durations are seconds, sizes bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from skillscale.tools.cli import bench, config, invoke, keys, mcp, proxy, server, skills, up
+from skillscale.tools.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+_GROUPS = (up, proxy, mcp, config, keys, server, invoke, bench, skills)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="skillscale",
+        description="SkillScale: a ZeroMQ skill execution fabric for AI agents.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in _GROUPS:
+        group.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``skillscale`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "workers", 0) is None and args.command == "server":
+        from skillscale.skill_server.server import default_workers
+
+        args.workers = default_workers()
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""``skillscale bench``: load a running fabric."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skillscale.core.errors import SkillScaleError
+from skillscale.tools.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    _curve_keys,
+    _positive_int,
+    _read_data,
+    _seconds,
+    add_curve_peer,
+    add_proxy_endpoints,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from skillscale.core.runtime import run, setup_logging
+    from skillscale.tools.bench import BenchConfig, bench_intent, format_report, run_bench
+
+    setup_logging("WARNING")
+    if args.mode == "http":
+        print(
+            "error: the http mode needs the HTTP API, which this version has not", file=sys.stderr
+        )
+        return EXIT_USAGE
+    data = _read_data(args.data) if args.data is not None else None
+    config = BenchConfig(
+        topic=args.topic,
+        intent=bench_intent(args.text, args.skill, data),
+        requests=args.requests,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        warmup=args.warmup,
+        proxy_xsub=args.proxy_xsub,
+        proxy_xpub=args.proxy_xpub,
+        progress=not args.no_progress,
+        curve=_curve_keys(args),
+    )
+
+    try:
+        result = run(lambda: run_bench(config))
+    except SkillScaleError as exc:
+        print(f"error [{exc.code.value}]: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    print(format_report(result, config))
+    if args.json_out:
+        Path(args.json_out).write_text(result.to_json() + "\n")
+    return EXIT_OK if result.failed == 0 else EXIT_FAIL
+
+
+def add_parser(sub: Any) -> None:
+    """Add this command group to the ``skillscale`` parser."""
+    p_bench = sub.add_parser("bench", help="load a running fabric; report throughput, latency")
+    p_bench.add_argument(
+        "--mode",
+        choices=("bus", "http"),
+        default="bus",
+        help="bus: the SDK client on the bus (default); http: not yet available",
+    )
+    p_bench.add_argument("--topic", default="TOPIC_DATA_PROCESSING", help="default %(default)s")
+    p_bench.add_argument(
+        "text",
+        nargs="?",
+        default="summarize: SkillScale runs skills. It is fast.",
+        help="task text (default: a short summarize request)",
+    )
+    p_bench.add_argument("--skill", help="run this skill explicitly")
+    p_bench.add_argument("--data", help="skill input: literal text, @file, or - for stdin")
+    p_bench.add_argument("--requests", type=_positive_int, default=200, help="default %(default)s")
+    p_bench.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=20,
+        help="requests in flight (default %(default)s)",
+    )
+    p_bench.add_argument("--warmup", type=int, default=5, help="untimed requests first (default 5)")
+    p_bench.add_argument(
+        "--timeout", type=_seconds, default=60.0, help="seconds per request (default %(default)s)"
+    )
+    p_bench.add_argument("--json-out", metavar="FILE", help="also write the summary as JSON")
+    p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_proxy_endpoints(p_bench)
+    add_curve_peer(p_bench)
+    p_bench.set_defaults(func=_cmd_bench)

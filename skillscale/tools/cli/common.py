@@ -1,0 +1,165 @@
+"""What every command group shares: flags with ``SKILLSCALE_*`` twins, value types,
+the ready line, CURVE key flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skillscale.core.discovery import default_skills_dirs
+from skillscale.core.security import CurveKeys
+from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("skillscale")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(name, default)
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    if seconds > 86_400:
+        # The reference used milliseconds for the same setting.
+        raise argparse.ArgumentTypeError(f"{value} s is over a day: durations are in seconds")
+    return seconds
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _dirs(values: list[str] | None) -> list[Path]:
+    return [Path(v).expanduser() for v in values] if values else default_skills_dirs()
+
+
+def _curve_keys(args: argparse.Namespace) -> CurveKeys | None:
+    secret, server = getattr(args, "curve_secret", None), getattr(args, "curve_server_key", None)
+    if bool(secret) != bool(server):
+        raise SystemExit("error: --curve-secret and --curve-server-key go together")
+    return CurveKeys(Path(secret), Path(server)) if secret and server else None
+
+
+def _print_ready(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload), flush=True)
+
+
+def _flag(
+    p: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: Any,
+    help: str,
+    *,
+    shown: Any = "",
+    **kwargs: Any,
+) -> None:
+    """A flag with its ``SKILLSCALE_*`` twin; the help names the variable and the default.
+
+    A value from the environment is a string, which argparse passes through
+    the flag's ``type`` like one from the command line.
+    """
+    raw = os.environ.get(env)
+    shown = default if shown == "" else shown
+    suffix = f"[env {env}" + ("]" if shown is None else f"; default {shown}]")
+    p.add_argument(flag, default=raw if raw else default, help=f"{help} {suffix}", **kwargs)
+
+
+def add_skills_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skills-dir",
+        action="append",
+        metavar="DIR",
+        help="skill root (repeatable) [env SKILLSCALE_SKILLS_DIR, os.pathsep-separated; "
+        "default ./skills, else the bundled skills]",
+    )
+
+
+def add_proxy_endpoints(p: argparse.ArgumentParser) -> None:
+    _flag(
+        p,
+        "--proxy-xsub",
+        "SKILLSCALE_PROXY_XSUB",
+        DEFAULT_PROXY_XSUB,
+        "proxy endpoint publishers connect to",
+    )
+    _flag(
+        p,
+        "--proxy-xpub",
+        "SKILLSCALE_PROXY_XPUB",
+        DEFAULT_PROXY_XPUB,
+        "proxy endpoint subscribers connect to",
+    )
+
+
+def add_curve_peer(p: argparse.ArgumentParser) -> None:
+    _flag(
+        p,
+        "--curve-secret",
+        "SKILLSCALE_CURVE_SECRET",
+        None,
+        "own CURVE certificate (NAME.key_secret)",
+    )
+    _flag(
+        p,
+        "--curve-server-key",
+        "SKILLSCALE_CURVE_SERVER_KEY",
+        None,
+        "the proxy's public certificate (NAME.key)",
+    )
+
+
+def add_timeout(p: argparse.ArgumentParser, help: str) -> None:
+    _flag(p, "--timeout", "SKILLSCALE_CLIENT_TIMEOUT", 60.0, help, type=_seconds)
+
+
+def add_server_tuning(p: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    _flag(
+        p,
+        "--workers",
+        "SKILLSCALE_WORKERS",
+        None,
+        "skills run at once per server",
+        shown="cores, min 2",
+        type=_positive_int,
+    )
+    _flag(
+        p,
+        "--timeout",
+        "SKILLSCALE_TIMEOUT",
+        30.0 if with_defaults else None,
+        "default skill time limit in SECONDS (a skill's metadata.timeout wins)",
+        shown=30,
+        type=_seconds,
+    )
+    _flag(
+        p,
+        "--grace",
+        "SKILLSCALE_GRACE",
+        10.0,
+        "seconds in-flight work may take to finish at stop",
+        type=float,
+    )
+
+
+def _read_data(spec: str) -> str:
+    if spec == "-":
+        return sys.stdin.read()
+    if spec.startswith("@"):
+        return Path(spec[1:]).expanduser().read_text(encoding="utf-8", errors="replace")
+    return spec

@@ -1,0 +1,214 @@
+"""``skillscale proxy``: the bus."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skillscale.core.security import ProxyCurve
+from skillscale.tools.cli.common import (
+    _flag,
+    _positive_int,
+    _print_ready,
+    _seconds,
+)
+
+if TYPE_CHECKING:
+    from skillscale.proxy.proxy import ProxyConfig
+
+
+def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    """The proxy's settings from its flags (binds loopback unless ``--host`` says otherwise)."""
+    from skillscale.proxy.groups import GroupsConfig
+    from skillscale.proxy.proxy import ProxyConfig
+
+    host = args.host
+    router_bind = args.router_bind or f"tcp://{host}:5566"
+    return ProxyConfig(
+        xsub_bind=args.xsub_bind or f"tcp://{host}:5444",
+        xpub_bind=args.xpub_bind or f"tcp://{host}:5555",
+        router_bind=None if router_bind == "off" else router_bind,
+        metrics_host=args.metrics_host or host,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        max_message_bytes=args.max_message_bytes,
+        subscriber_hwm=args.subscriber_hwm,
+        stuck_timeout=args.stuck_timeout,
+        curve=_proxy_curve(args),
+        groups=GroupsConfig(
+            heartbeat_timeout=args.heartbeat_timeout,
+            no_server_wait=args.no_server_wait,
+            max_queue=args.max_queue,
+            max_attempts=args.max_attempts,
+        ),
+    )
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from skillscale.core.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.proxy.proxy import Proxy
+
+    setup_logging()
+    config = _proxy_config(args)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with Proxy(config) as proxy:
+            _print_ready(
+                {
+                    "event": "ready",
+                    "role": "proxy",
+                    "xsub": proxy.xsub_endpoint,
+                    "xpub": proxy.xpub_endpoint,
+                    "router": proxy.router_endpoint,
+                    "metrics": proxy.metrics_url,
+                }
+            )
+            return await serve_until(stop, proxy)
+
+    return run(main)
+
+
+def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
+    given = [args.curve_secret, args.curve_clients, args.curve_servers]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("error: --curve-secret, --curve-clients and --curve-servers go together")
+    topics = Path(args.curve_server_topics) if args.curve_server_topics else None
+    return ProxyCurve(
+        Path(args.curve_secret), Path(args.curve_clients), Path(args.curve_servers), topics
+    )
+
+
+def add_parser(sub: Any) -> None:
+    """Add this command group to the ``skillscale`` parser."""
+    p_proxy = sub.add_parser("proxy", help="run the XSUB/XPUB bus proxy")
+    _flag(
+        p_proxy,
+        "--host",
+        "SKILLSCALE_HOST",
+        "127.0.0.1",
+        "interface for all four ports; 0.0.0.0 opens the bus to the network "
+        "(then use CURVE: anyone who can reach an open bus is trusted)",
+    )
+    _flag(
+        p_proxy, "--xsub-bind", "SKILLSCALE_XSUB_BIND", None, "publisher side",
+        shown="tcp://HOST:5444",
+    )  # fmt: skip
+    _flag(
+        p_proxy, "--xpub-bind", "SKILLSCALE_XPUB_BIND", None, "subscriber side",
+        shown="tcp://HOST:5555",
+    )  # fmt: skip
+    _flag(
+        p_proxy,
+        "--router-bind",
+        "SKILLSCALE_ROUTER_BIND",
+        None,
+        "replica-group side, 'off' for pub/sub only",
+        shown="tcp://HOST:5566",
+    )
+    _flag(
+        p_proxy,
+        "--metrics-host",
+        "SKILLSCALE_METRICS_HOST",
+        None,
+        "metrics interface",
+        shown="HOST",
+    )
+    _flag(
+        p_proxy,
+        "--max-message-bytes",
+        "SKILLSCALE_MAX_MESSAGE_BYTES",
+        8 * 1024 * 1024,
+        "largest request forwarded; larger ones are answered 'payload_too_large'",
+        type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--subscriber-hwm",
+        "SKILLSCALE_SUBSCRIBER_HWM",
+        1000,
+        "messages queued per subscriber; past it that subscriber alone misses messages",
+        type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--stuck-timeout",
+        "SKILLSCALE_STUCK_TIMEOUT",
+        10.0,
+        "seconds a peer may leave heartbeats unanswered (e.g. a subscriber that "
+        "stopped reading) before it is disconnected",
+        type=_seconds,
+    )
+    _flag(
+        p_proxy,
+        "--metrics-port",
+        "SKILLSCALE_METRICS_PORT",
+        9100,
+        "Prometheus port, 0 = any free, -1 = off",
+        type=int,
+    )
+    _flag(
+        p_proxy,
+        "--no-server-wait",
+        "SKILLSCALE_NO_SERVER_WAIT",
+        5.0,
+        "seconds a request waits for a first server of its topic before 'no_server'",
+        type=float,
+    )
+    _flag(
+        p_proxy,
+        "--heartbeat-timeout",
+        "SKILLSCALE_HEARTBEAT_TIMEOUT",
+        3.0,
+        "seconds of silence before a server is dead and its work re-dispatched",
+        type=float,
+    )
+    _flag(
+        p_proxy,
+        "--max-queue",
+        "SKILLSCALE_MAX_QUEUE",
+        1000,
+        "requests waiting per topic before 'overloaded'",
+        type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--max-attempts",
+        "SKILLSCALE_MAX_ATTEMPTS",
+        3,
+        "deliveries of one request before giving up",
+        type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--curve-secret",
+        "SKILLSCALE_CURVE_SECRET",
+        None,
+        "the proxy's CURVE certificate (NAME.key_secret); with the two allow-lists, turns CURVE on",
+    )
+    _flag(
+        p_proxy,
+        "--curve-clients",
+        "SKILLSCALE_CURVE_CLIENTS",
+        None,
+        "folder of allowed client public certificates",
+    )
+    _flag(
+        p_proxy,
+        "--curve-servers",
+        "SKILLSCALE_CURVE_SERVERS",
+        None,
+        "folder of allowed server public certificates",
+    )
+    _flag(
+        p_proxy,
+        "--curve-server-topics",
+        "SKILLSCALE_CURVE_SERVER_TOPICS",
+        None,
+        "YAML file: server certificate name -> topic patterns it may serve",
+    )
+    p_proxy.set_defaults(func=_cmd_proxy)

@@ -1,0 +1,204 @@
+"""``skillscale server``: a skill server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Any
+
+from skillscale.core.matchers import matcher_help, matcher_names
+from skillscale.core.protocol import topic_for_category
+from skillscale.tools.cli.common import (
+    EXIT_USAGE,
+    _curve_keys,
+    _dirs,
+    _env,
+    _flag,
+    _positive_int,
+    _print_ready,
+    add_curve_peer,
+    add_proxy_endpoints,
+    add_server_tuning,
+    add_skills_dir,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from skillscale.core.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.skill_server.executor import ResourceLimits, prctl
+    from skillscale.skill_server.server import ServerConfig, SkillServer
+
+    setup_logging()
+    # Cold skills are this process's children: as the same user they could
+    # read its /proc/<pid>/environ (API keys), fds and memory. Not dumpable
+    # makes those root-only (and same-user debuggers cannot attach).
+    prctl(4, 0)  # PR_SET_DUMPABLE
+    dirs = _dirs(args.skills_dir)
+    topics = args.topic or ([topic_for_category(dirs[0].resolve().name)] if len(dirs) == 1 else [])
+    if not topics:
+        print("error: give --topic when serving several skill folders", file=sys.stderr)
+        return EXIT_USAGE
+    config = ServerConfig(
+        topics=topics,
+        skills_dirs=dirs,
+        mode=args.mode,
+        proxy_router=args.proxy_router,
+        proxy_xsub=args.proxy_xsub,
+        proxy_xpub=args.proxy_xpub,
+        workers=args.workers,
+        queue_size=args.queue_size,
+        default_timeout=args.timeout,
+        max_request_bytes=args.max_request_bytes,
+        max_output_bytes=args.max_output_bytes,
+        grace=args.grace,
+        python=args.python,
+        curve=_curve_keys(args),
+        executor=args.executor,
+        matcher=args.matcher,
+        reload_interval=args.reload_interval,
+        preload=[m for m in args.preload.split(",") if m] if args.preload else None,
+        resources=ResourceLimits(
+            cpu_seconds=args.limit_cpu,
+            memory_bytes=args.limit_memory * 1024 * 1024,
+            nproc=args.limit_nproc,
+            fsize_bytes=args.limit_fsize * 1024 * 1024,
+        ),
+    )
+    if args.server_id:
+        config.server_id = args.server_id
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with SkillServer(config) as server:
+            _print_ready(
+                {
+                    "event": "ready",
+                    "role": "server",
+                    "server_id": config.server_id,
+                    "mode": config.mode,
+                    "topics": config.topics,
+                    "skills": server.registry.names,
+                }
+            )
+            return await serve_until(stop, server)
+
+    return run(main)
+
+
+def add_parser(sub: Any) -> None:
+    """Add this command group to the ``skillscale`` parser."""
+    p_server = sub.add_parser("server", help="run a skill server for one or more topics")
+    p_server.add_argument(
+        "--topic",
+        action="append",
+        default=[t for t in _env("SKILLSCALE_TOPIC", "").split(",") if t] or None,
+        help="topic to serve, whole-name match (repeatable) [env SKILLSCALE_TOPIC, "
+        "comma-separated; default TOPIC_<SKILLS DIR NAME>]",
+    )
+    add_skills_dir(p_server)
+    add_proxy_endpoints(p_server)
+    add_curve_peer(p_server)
+    _flag(
+        p_server,
+        "--mode",
+        "SKILLSCALE_SERVER_MODE",
+        "group",
+        "group: share the topic's work with other replicas through the proxy; "
+        "pubsub: the reference's model, every server runs every request",
+        choices=("group", "pubsub"),
+    )
+    _flag(
+        p_server,
+        "--proxy-router",
+        "SKILLSCALE_PROXY_ROUTER",
+        "tcp://127.0.0.1:5566",
+        "proxy's replica-group endpoint",
+    )
+    add_server_tuning(p_server, with_defaults=True)
+    _flag(
+        p_server,
+        "--queue-size",
+        "SKILLSCALE_QUEUE_SIZE",
+        256,
+        "requests waiting beyond the workers before 'overloaded'",
+        type=_positive_int,
+    )
+    _flag(
+        p_server,
+        "--max-request-bytes",
+        "SKILLSCALE_MAX_REQUEST_BYTES",
+        8 * 1024 * 1024,
+        "largest request accepted",
+        shown="8 MiB",
+        type=_positive_int,
+    )
+    _flag(
+        p_server,
+        "--max-output-bytes",
+        "SKILLSCALE_MAX_OUTPUT_BYTES",
+        4 * 1024 * 1024,
+        "largest skill output kept",
+        shown="4 MiB",
+        type=_positive_int,
+    )
+    _flag(
+        p_server,
+        "--matcher",
+        "SKILLSCALE_MATCHER",
+        "auto",
+        matcher_help(),  # the matcher registry: plug-in matchers are listed too
+        choices=matcher_names(),
+    )
+    _flag(
+        p_server,
+        "--executor",
+        "SKILLSCALE_EXECUTOR",
+        "warm",
+        "warm: Python skills fork from a pre-imported fork server; cold: a new interpreter per run",
+        choices=("warm", "cold"),
+    )
+    _flag(
+        p_server,
+        "--preload",
+        "SKILLSCALE_PRELOAD",
+        None,
+        "comma-separated modules the fork server imports",
+        shown="common standard library modules, skillscale.skillkit, httpx/openai if installed",
+    )
+    for flag, env, default, unit in (
+        ("--limit-cpu", "SKILLSCALE_LIMIT_CPU", 60, "CPU seconds"),
+        ("--limit-memory", "SKILLSCALE_LIMIT_MEMORY", 2048, "MiB of address space"),
+        ("--limit-nproc", "SKILLSCALE_LIMIT_NPROC", 1024, "processes of the server's user"),
+        ("--limit-fsize", "SKILLSCALE_LIMIT_FSIZE", 256, "MiB per file written"),
+    ):
+        _flag(p_server, flag, env, default, f"skill process limit: {unit}, 0 = none", type=int)
+    _flag(
+        p_server,
+        "--reload-interval",
+        "SKILLSCALE_RELOAD_INTERVAL",
+        2.0,
+        "seconds between checks for added, removed or edited skills, 0 = never",
+        type=float,
+    )
+    _flag(
+        p_server,
+        "--python",
+        "SKILLSCALE_PYTHON",
+        None,
+        "interpreter for scripts/run.py",
+        shown="this one",
+    )
+    _flag(
+        p_server,
+        "--server-id",
+        "SKILLSCALE_SERVER_ID",
+        None,
+        "id shown in replies",
+        shown="<host>-<pid>-<hex>",
+    )
+    p_server.set_defaults(func=_cmd_server)
