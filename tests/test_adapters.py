@@ -167,3 +167,12 @@ async def test_toolkit_from_a_running_fabric(client: SkillScaleClient) -> None:
         "topic_data_processing",
     ]
     assert "2 rows x 2 columns" in await tools["csv-analyzer"].ainvoke({"data": "a,b\n1,2\n3,4\n"})
+
+
+def test_a_missing_skills_folder_is_an_error_naming_it(tmp_path: Path) -> None:
+    from skillscale.adapters.common import catalog_from
+    from skillscale.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no-such-dir"):
+        catalog_from(tmp_path / "no-such-dir")
+    assert catalog_from([BUNDLED_SKILLS]).skills

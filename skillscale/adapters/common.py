@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from skillscale.core.discovery import Catalog
+from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.errors import ConfigError
 from skillscale.core.protocol import topic_for_category
 from skillscale.core.skill_format import Skill
 
@@ -97,3 +100,15 @@ def task_specs(catalog: Catalog) -> list[ToolSpec]:
             )
         )
     return specs
+
+
+def catalog_from(path: str | Path | Sequence[str | Path]) -> Catalog:
+    """The skills under one root or several (what every ``from_skills_dir`` reads).
+
+    A root that does not exist is an error naming it, not an empty tool list.
+    """
+    roots = [Path(p).expanduser() for p in ([path] if isinstance(path, (str, Path)) else path)]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise ConfigError(f"no skills folder at {', '.join(missing)}")
+    return SkillDiscovery(roots).scan()

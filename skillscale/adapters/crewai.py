@@ -20,8 +20,8 @@ from typing import Any
 from crewai.tools import BaseTool
 from pydantic import BaseModel, Field, PrivateAttr
 
-from skillscale.adapters.common import ToolSpec, skill_specs, task_specs
-from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.adapters.common import ToolSpec, catalog_from, skill_specs, task_specs
+from skillscale.core.discovery import Catalog
 from skillscale.core.errors import SkillScaleError
 from skillscale.sdk.client import SyncSkillScaleClient
 
@@ -79,8 +79,7 @@ class SkillScaleCrewTools:
         cls, client: SyncSkillScaleClient, path: str | Path | Sequence[str | Path]
     ) -> SkillScaleCrewTools:
         """For the skills found under ``path``."""
-        roots = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls(client, SkillDiscovery(roots).scan())
+        return cls(client, catalog_from(path))
 
     def get_tools(self) -> list[SkillScaleCrewTool]:
         """One tool per skill."""

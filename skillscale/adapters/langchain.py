@@ -23,8 +23,8 @@ from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool, ToolException
 from pydantic import ConfigDict
 
-from skillscale.adapters.common import ToolSpec, skill_specs, task_specs
-from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.adapters.common import ToolSpec, catalog_from, skill_specs, task_specs
+from skillscale.core.discovery import Catalog
 from skillscale.core.errors import ErrorCode, SkillScaleError
 from skillscale.core.events import AgentTrajectory, TrajectoryStep
 from skillscale.sdk.client import SkillScaleClient, SyncSkillScaleClient
@@ -89,8 +89,7 @@ class SkillScaleToolkit(BaseToolkit):
         cls, client: AnyClient, path: str | Path | Sequence[str | Path]
     ) -> SkillScaleToolkit:
         """Tools for the skills found under ``path`` (one root or several)."""
-        roots = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls.from_catalog(client, SkillDiscovery(roots).scan())
+        return cls.from_catalog(client, catalog_from(path))
 
     @classmethod
     async def from_fabric(

@@ -16,8 +16,9 @@ from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
+from skillscale.adapters.common import catalog_from
 from skillscale.adapters.langchain import AnyClient, SkillScaleToolkit
-from skillscale.core.discovery import Catalog, SkillDiscovery
+from skillscale.core.discovery import Catalog
 from skillscale.core.errors import SkillScaleError
 from skillscale.sdk.client import SkillScaleClient
 from skillscale.sdk.router import TopicRouter
@@ -49,8 +50,7 @@ class SkillScaleGraph:
         cls, client: AnyClient, path: str | Path | Sequence[str | Path]
     ) -> SkillScaleGraph:
         """For the skills found under ``path``."""
-        roots = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls(client, SkillDiscovery(roots).scan())
+        return cls(client, catalog_from(path))
 
     def tools(self) -> list[BaseTool]:
         """One tool per skill (works in ``ToolNode``)."""

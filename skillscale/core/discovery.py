@@ -89,32 +89,12 @@ class SkillDiscovery:
         self.roots = [Path(r).expanduser() for r in roots]
         self.home = home
 
-    @staticmethod
-    def default_roots(cwd: Path | None = None, home: Path | None = None) -> list[Path]:
-        """The roots agents use: project first, then the user's home."""
-        cwd = cwd or Path.cwd()
-        home = home or Path.home()
-        project = [cwd / r for r in ("skills", ".agents/skills", ".claude/skills", ".agent/skills")]
-        user = [home / r for r in (".agents/skills", ".claude/skills", ".agent/skills")]
-        return [p for p in project + user if p.is_dir()]
-
     def scan(self) -> Catalog:
         """Load every valid skill below the roots."""
         catalog = Catalog()
         for root in self.roots:
             self._scan_root(root.resolve(), catalog)
         return catalog
-
-    def list_topics(self) -> list[str]:
-        """Every topic the roots define."""
-        return list(self.scan().topics())
-
-    def list_skills(self, topic: str | None = None) -> list[Skill]:
-        """Every skill, or those of one topic."""
-        topics = self.scan().topics()
-        if topic is not None:
-            return topics.get(topic, [])
-        return [s for skills in topics.values() for s in skills]
 
     def _scan_root(self, root: Path, catalog: Catalog) -> None:
         if not root.is_dir():
