@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import httpx
@@ -74,3 +75,27 @@ def test_second_ctrl_c_stops_up_and_every_child_at_once() -> None:
     finally:
         client.close()
         up.close()
+
+
+def test_a_server_waiting_for_its_proxy_stops_on_the_first_signal() -> None:
+    from tests.helpers import free_port, role_env
+
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    args = [
+        sys.executable, "-m", "skillscale", "server", "--topic", "TOPIC_SIG",
+        "--skills-dir", str(FIXTURE_SKILLS / "testing"), "--proxy-router", nowhere,
+        "--proxy-xsub", nowhere, "--proxy-xpub", nowhere,
+    ]  # fmt: skip
+    env = role_env(SKILLSCALE_LOG_LEVEL="INFO")
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the event: it says what it waits for
+            if b"waiting for the proxy" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -21,6 +21,7 @@ from skillscale.tools.cli.common import (
     add_proxy_endpoints,
     add_server_tuning,
     add_skills_dir,
+    log,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +75,21 @@ def _cmd_server(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        async with SkillServer(config) as server:
+        server = SkillServer(config)
+        # Starting waits for the proxy (forever by default): a stop signal
+        # must end that wait too, not only the serving that follows it.
+        log.info("server %s: waiting for the proxy at %s", config.server_id,
+                 config.proxy_router if config.mode == "group" else config.proxy_xpub)  # fmt: skip
+        starting = asyncio.ensure_future(server.__aenter__())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()  # start() stops what it began on cancellation
+            await asyncio.gather(starting, return_exceptions=True)
+            return 0
+        starting.result()
+        try:
             _print_ready(
                 {
                     "event": "ready",
@@ -86,6 +101,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
                 }
             )
             return await serve_until(stop, server)
+        finally:
+            await server.__aexit__(None, None, None)
 
     return run(main)
 
