@@ -190,27 +190,29 @@ class RequestHandler:
             return skill, Trace(matcher_mode=intent.mode.value, skill_name=skill.name)
         if not intent.task.strip():
             return self._failure(rid, ErrorCode.BAD_REQUEST, "the intent is empty")
-        if self.registry.llm_matcher is not None:
-            decision = await self.registry.llm_matcher.match(intent.task)
-            if decision.keyword is None:  # the model decided
-                if decision.skill is None:
-                    return self._failure(
-                        rid,
-                        ErrorCode.NO_MATCH,
-                        "the model found no skill for this task; available: "
-                        + ", ".join(self.registry.names),
-                        trace=Trace(matcher_mode=decision.mode),
-                    )
-                return decision.skill, Trace(
-                    matcher_mode=decision.mode, skill_name=decision.skill.name
-                )
-            fallback = self._keyword(rid, decision.keyword)
-            trace = fallback.trace if isinstance(fallback, Reply) else fallback[1]
-            assert trace is not None
-            trace.matcher_mode = decision.mode
-            trace.llm_error = decision.detail
-            return fallback
-        return self._keyword(rid, self.registry.matcher.match(intent.task))
+        decision = await self.registry.matcher.decide(intent.task)
+        if decision.keyword is not None:
+            # Keywords decided, alone or as a fallback: the reply lists the
+            # candidates and explains the ranking either way.
+            resolved = self._keyword(rid, decision.keyword)
+            if decision.mode != "keyword":
+                trace = resolved.trace if isinstance(resolved, Reply) else resolved[1]
+                assert trace is not None
+                trace.matcher_mode = decision.mode
+                trace.llm_error = decision.detail or None
+            return resolved
+        skill = self.registry.get(decision.choice) if decision.choice is not None else None
+        if skill is None:
+            why = decision.detail or "no skill fits this task"
+            if decision.choice is not None:  # a plug-in matcher named a skill we lack
+                why = f"the matcher chose {decision.choice!r}, which is not served here"
+            return self._failure(
+                rid,
+                ErrorCode.NO_MATCH,
+                f"{why}; available: " + ", ".join(self.registry.names),
+                trace=Trace(matcher_mode=decision.mode),
+            )
+        return skill, Trace(matcher_mode=decision.mode, skill_name=skill.name)
 
     def _keyword(self, rid: str, result: MatchResult) -> tuple[Skill, Trace] | Reply:
         # Each candidate carries the request words it matched, and ``match`` the

@@ -1,4 +1,8 @@
-"""The skills a server serves, and the matcher built over them."""
+"""The skills a server serves, and the matcher built over them.
+
+The matcher is whichever :mod:`skillscale.core.matchers` has registered under
+the server's ``--matcher`` setting, rebuilt over each new catalogue.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from pathlib import Path
 
 from skillscale.core.discovery import Catalog, SkillDiscovery, SkillProblem
 from skillscale.core.llm import LLMClient
-from skillscale.core.matching import DEFAULT_THRESHOLD, KeywordMatcher
+from skillscale.core.matchers import AUTO, Matcher, MatcherSetup, create_matcher, resolve_matcher
+from skillscale.core.matching import DEFAULT_THRESHOLD
 from skillscale.core.skill_format import Skill
-from skillscale.skill_server.llm_matcher import LLMMatcher
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +27,15 @@ class SkillRegistry:
         roots: Sequence[Path],
         threshold: float = DEFAULT_THRESHOLD,
         llm: LLMClient | None = None,
+        matcher: str = AUTO,
     ) -> None:
         self.discovery = SkillDiscovery(roots)
         self.threshold = threshold
         self.catalog = Catalog()
-        self.matcher = KeywordMatcher([], threshold)
         self.llm = llm
-        self.llm_matcher: LLMMatcher | None = None
+        self.matcher_name = resolve_matcher(matcher, llm_configured=llm is not None)
+        """The registered matcher in use (``auto`` already resolved)."""
+        self.matcher: Matcher = create_matcher(self.matcher_name, MatcherSetup((), threshold, llm))
         self._fingerprint: tuple[tuple[str, int, int], ...] = ()
 
     def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
@@ -65,8 +71,10 @@ class SkillRegistry:
         for problem in catalog.problems:
             log.warning("skipping skill at %s: %s", problem.path, problem.message)
         self.catalog = catalog
-        self.matcher = KeywordMatcher(catalog.skills.values(), self.threshold)
-        self.llm_matcher = LLMMatcher(self.llm, self.matcher) if self.llm is not None else None
+        self.matcher = create_matcher(
+            self.matcher_name,
+            MatcherSetup(tuple(catalog.skills.values()), self.threshold, self.llm),
+        )
         return catalog.problems
 
     def get(self, name: str) -> Skill | None:

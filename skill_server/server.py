@@ -47,6 +47,7 @@ import zmq.asyncio
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.core.llm import LLMClient, LLMSettings
+from skillscale.core.matchers import resolve_matcher, wants_llm
 from skillscale.core.matching import DEFAULT_THRESHOLD
 from skillscale.core.protocol import (
     MAX_REPLY_BYTES,
@@ -137,8 +138,9 @@ class ServerConfig:
     interpreter per run."""
     preload: list[str] | None = None
     """Modules the fork server imports (None: the default set)."""
-    matcher: Literal["auto", "llm", "keyword"] = "auto"
-    """auto: the LLM when one is configured, else keywords."""
+    matcher: str = "auto"
+    """A name from :func:`skillscale.core.matchers.matcher_names` (checked when the
+    server is built); auto: the LLM when one is configured, else keywords."""
     llm: LLMSettings | None = None
     """None: read the configuration (file and environment)."""
 
@@ -174,16 +176,13 @@ class SkillServer(AsyncRole):
             )
         self.config = config
         settings = None
-        if config.matcher != "keyword":
+        if wants_llm(config.matcher):  # ConfigError for a name nobody registered
             settings = config.llm or LLMSettings.load()
-            if settings is None and config.matcher == "llm":
-                raise ConfigError(
-                    "--matcher llm needs an LLM: set SKILLSCALE_LLM_MODEL and "
-                    "SKILLSCALE_LLM_BASE_URL or SKILLSCALE_LLM_API_KEY (or run "
-                    "`skillscale config init`)"
-                )
+        # The matcher registry resolves "auto" and refuses a matcher that needs
+        # an LLM before one is built (LLMClient imports openai).
+        matcher = resolve_matcher(config.matcher, llm_configured=settings is not None)
         self.llm = LLMClient(settings) if settings is not None else None
-        self.registry = SkillRegistry(config.skills_dirs, config.threshold, self.llm)
+        self.registry = SkillRegistry(config.skills_dirs, config.threshold, self.llm, matcher)
         self.executor: SubprocessExecutor = (
             WarmExecutor(config.python, config.preload)
             if config.executor == "warm"
@@ -235,7 +234,7 @@ class SkillServer(AsyncRole):
             "server %s (%s, %s matching): topics %s, skills %s",
             cfg.server_id,
             cfg.mode,
-            "llm" if self.llm is not None else "keyword",
+            self.registry.matcher_name,
             ", ".join(cfg.topics),
             ", ".join(self.registry.names) or "(none)",
         )

@@ -12,8 +12,8 @@ from skillscale import SkillScaleClient
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.errors import ConfigError
 from skillscale.core.llm import LLMClient, LLMSettings, RateLimit, write_config_template
+from skillscale.core.matchers import LLMMatcher, parse_choice
 from skillscale.core.matching import KeywordMatcher
-from skillscale.skill_server.llm_matcher import LLMMatcher, parse_choice
 from tests.fake_openai import fake_openai
 from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS, RoleProcess, role_env
 
@@ -104,19 +104,19 @@ async def test_llm_matcher_picks_or_falls_back(
 ) -> None:
     with fake_openai(*script) as (url, _):
         m = matcher(url, timeout=1.0, max_retries=1)
-        decision = await m.match(TASK)
+        decision = await m.decide(TASK)
         await m.llm.close()
-    assert decision.skill is not None and decision.skill.name == skill
+    assert decision.choice == skill
     assert decision.mode == mode
 
 
 async def test_none_is_a_decision_and_answers_are_cached() -> None:
     with fake_openai(("text", "none")) as (url, script):
         m = matcher(url)
-        first = await m.match("what's the weather")
-        second = await m.match("what's the weather")
+        first = await m.decide("what's the weather")
+        second = await m.decide("what's the weather")
         await m.llm.close()
-    assert first.skill is None and first.mode == "llm"
+    assert first.choice is None and first.mode == "llm"
     assert second.mode == "llm-cache" and len(script.requests) == 1
     prompt = script.requests[0]["messages"][1]["content"]
     assert "csv-analyzer" in prompt and "text-summarizer" in prompt

@@ -1,26 +1,22 @@
 """Topic routing for ``client.invoke_auto``: which topic should take a task?
 
-With an LLM configured, the model picks one exact topic name from the
-catalogue (each topic listed with its skills); anything else it answers, and
-any failure, falls back to keyword matching over every skill of every topic,
-taking the topic of the best skill.
+The choice is made by a matcher from :mod:`skillscale.core.matchers`, the same
+registry and the same code the servers use, with topics as the options (each
+topic offered with its skills). By default (``auto``), with an LLM configured
+the model picks one exact topic name; anything else it answers, and any
+failure, falls back to keyword matching over every skill of every topic,
+taking the topic of the best skill. Without an LLM, keywords decide.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from skillscale.core.discovery import Catalog
 from skillscale.core.errors import ErrorCode, SkillNotFoundError
-from skillscale.core.llm import LLMClient, LLMError
-from skillscale.core.matching import KeywordMatcher
+from skillscale.core.llm import LLMClient
+from skillscale.core.matchers import AUTO, MatcherSetup, create_matcher, resolve_matcher
 from skillscale.core.protocol import topic_for_category
-
-SYSTEM_PROMPT = (
-    "You route a user's task to exactly one topic of a skill fabric. Answer with the exact "
-    "topic name that fits best, or with the single word none. Answer with nothing else."
-)
 
 
 @dataclass(frozen=True)
@@ -33,42 +29,41 @@ class Route:
 
 
 class TopicRouter:
-    """Routes task texts to topics of a catalogue."""
+    """Routes task texts to topics of a catalogue.
 
-    def __init__(self, catalog: Catalog, llm: LLMClient | None = None) -> None:
+    ``matcher`` is a name from :func:`skillscale.core.matchers.matcher_names`;
+    ``auto`` uses ``llm`` when it is given, else keywords.
+    """
+
+    def __init__(self, catalog: Catalog, llm: LLMClient | None = None, matcher: str = AUTO) -> None:
         self.catalog = catalog
         self.llm = llm
         self.topics = catalog.topics()
-        self._keyword = KeywordMatcher(catalog.skills.values())
-        self._menu = "\n".join(
-            f"- {topic}: " + "; ".join(f"{s.name} ({s.description})" for s in skills)
-            for topic, skills in self.topics.items()
+        self.matcher_name = resolve_matcher(matcher, llm_configured=llm is not None)
+        topic_of = {name: topic_for_category(c) for name, c in catalog.category_of.items()}
+        self._matcher = create_matcher(
+            self.matcher_name,
+            MatcherSetup(tuple(catalog.skills.values()), llm=llm, topic_of=topic_of),
         )
 
     async def route(self, task: str) -> Route:
         """The topic for ``task``; :class:`SkillNotFoundError` if nothing fits."""
-        detail = ""
-        if self.llm is not None:
-            try:
-                answer = await self.llm.complete(
-                    SYSTEM_PROMPT, f"Topics:\n{self._menu}\n\nTask:\n{task[:2000]}\n\nTopic:"
-                )
-            except LLMError as exc:
-                detail = f"llm failed: {exc}"
-            else:
-                found = [t for t in self.topics if re.search(rf"\b{re.escape(t)}\b", answer)]
-                if len(found) == 1:
-                    return Route(found[0], "llm")
-                if answer.strip().strip(".").lower() == "none":
-                    raise SkillNotFoundError(
-                        "the model found no topic for this task", code=ErrorCode.NO_MATCH
-                    )
-                detail = f"llm answered {answer[:80]!r}, not a topic"
-        best = self._keyword.match(task).best
-        if best is None:
-            raise SkillNotFoundError(
-                "no topic matched the task; topics: " + ", ".join(self.topics),
-                code=ErrorCode.NO_MATCH,
+        decision = await self._matcher.decide(task)
+        # Route.mode keeps its two values: how the topic was found, not whether
+        # the model's answer came from the cache or keywords stood in for it.
+        by_keywords = decision.keyword is not None
+        if decision.choice is None:
+            message = (
+                "no topic matched the task; topics: " + ", ".join(self.topics)
+                if by_keywords
+                else decision.detail or f"the {self.matcher_name} matcher found no topic"
             )
-        topic = topic_for_category(self.catalog.category_of[best.skill.name])
-        return Route(topic, "keyword", detail)
+            raise SkillNotFoundError(message, code=ErrorCode.NO_MATCH)
+        mode = (
+            "keyword"
+            if by_keywords
+            else "llm"
+            if decision.mode.startswith("llm")
+            else decision.mode
+        )
+        return Route(decision.choice, mode, decision.detail)
