@@ -52,6 +52,10 @@ def load_public_keys(directory: Path) -> set[bytes]:
 
 
 def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    if not path.is_file():
+        raise ConfigError(
+            f"certificate {path} does not exist; make one with `skillscale keys generate`"
+        )
     try:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -74,6 +78,13 @@ class CurveKeys:
         secret = os.environ.get("SKILLSCALE_CURVE_SECRET")
         server = os.environ.get("SKILLSCALE_CURVE_SERVER_KEY")
         return cls(Path(secret), Path(server)) if secret and server else None
+
+    def validate(self) -> CurveKeys:
+        """Read both certificates now: a missing or bad file is a :class:`ConfigError`
+        before any socket exists (a socket left open would block its context's exit)."""
+        _load(self.secret_file, secret=True)
+        _load(self.server_key_file, secret=False)
+        return self
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         """Make ``socket`` a CURVE client of the proxy (before connect)."""

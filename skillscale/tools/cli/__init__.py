@@ -7,9 +7,12 @@ Every flag has an environment-variable twin (``SKILLSCALE_*``) shown in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from skillscale import __version__
+from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli import bench, config, invoke, keys, mcp, proxy, server, skills, up
 from skillscale.tools.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
@@ -23,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skillscale",
         description="SkillScale: a ZeroMQ skill execution fabric for AI agents.",
+    )
+    parser.add_argument("--version", action="version", version=f"skillscale {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks of errors (also SKILLSCALE_LOG_LEVEL=debug)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in _GROUPS:
@@ -38,10 +47,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from skillscale.skill_server.server import default_workers
 
         args.workers = default_workers()
+    debug = args.debug or os.environ.get("SKILLSCALE_LOG_LEVEL", "").lower() == "debug"
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except SkillScaleError as exc:
+        # A mistake of the user's (a busy port, a missing file, a bad config):
+        # one line naming the cause and the fix; the traceback only on demand.
+        if debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
     return code
 
 

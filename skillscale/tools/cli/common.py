@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skillscale.core.discovery import default_skills_dirs
+from skillscale.core.errors import ConfigError
 from skillscale.core.security import CurveKeys
 from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
 
@@ -52,7 +53,7 @@ def _curve_keys(args: argparse.Namespace) -> CurveKeys | None:
     secret, server = getattr(args, "curve_secret", None), getattr(args, "curve_server_key", None)
     if bool(secret) != bool(server):
         raise SystemExit("error: --curve-secret and --curve-server-key go together")
-    return CurveKeys(Path(secret), Path(server)) if secret and server else None
+    return CurveKeys(Path(secret), Path(server)).validate() if secret and server else None
 
 
 def _print_ready(payload: dict[str, Any]) -> None:
@@ -161,5 +162,20 @@ def _read_data(spec: str) -> str:
     if spec == "-":
         return sys.stdin.read()
     if spec.startswith("@"):
-        return Path(spec[1:]).expanduser().read_text(encoding="utf-8", errors="replace")
+        path = Path(spec[1:]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise ConfigError(
+                f"--data {spec}: cannot read {path} ({exc.strerror}); give an existing file "
+                "after @, or the data itself"
+            ) from None
     return spec
+
+
+def port_in_use_error(what: str, port: int | str, flag: str) -> ConfigError:
+    """The one-line message for a port another process holds."""
+    return ConfigError(
+        f"{what} port {port} is already in use; is a fabric already running? "
+        f"Stop it, or choose another port with {flag}"
+    )

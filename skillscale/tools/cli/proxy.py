@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import zmq
+
+from skillscale.core.errors import ConfigError
 from skillscale.core.security import ProxyCurve
 from skillscale.tools.cli.common import (
     _flag,
     _positive_int,
     _print_ready,
     _seconds,
+    port_in_use_error,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +74,40 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             )
             return await serve_until(stop, proxy)
 
-    return run(main)
+    try:
+        return run(main)
+    except (OSError, zmq.ZMQError) as exc:  # metrics (HTTP) and ZeroMQ binds
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise _busy_port(config) from None
+
+
+def _busy_port(config: ProxyConfig) -> ConfigError:
+    """Which of the proxy's ports is taken, as a one-line error naming its flag."""
+    endpoints = [
+        ("publisher (XSUB)", config.xsub_bind, "--xsub-bind / SKILLSCALE_XSUB_BIND"),
+        ("subscriber (XPUB)", config.xpub_bind, "--xpub-bind / SKILLSCALE_XPUB_BIND"),
+        ("replica-group (ROUTER)", config.router_bind, "--router-bind / SKILLSCALE_ROUTER_BIND"),
+    ]
+    for what, endpoint, flag in endpoints:
+        if endpoint is None or not endpoint.startswith("tcp://"):
+            continue
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        any_host = "0.0.0.0"  # noqa: S104 - only to probe whether the port is free
+        if port in ("0", "*") or not _taken(any_host if host == "*" else host, int(port)):
+            continue
+        return port_in_use_error(what, port, flag)
+    port = config.metrics_port
+    return port_in_use_error("metrics", port, "--metrics-port / SKILLSCALE_METRICS_PORT (-1: off)")
+
+
+def _taken(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _proxy_curve(args: argparse.Namespace) -> ProxyCurve | None:
