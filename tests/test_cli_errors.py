@@ -6,15 +6,16 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT, role_env
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "skillscale", *args], cwd=ROOT, env=role_env(),
+        [sys.executable, "-m", "skillscale", *args], cwd=ROOT, env=role_env(**env),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -72,3 +73,23 @@ def test_debug_shows_the_traceback() -> None:
 def test_version() -> None:
     result = cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("skillscale ")
+
+
+def test_config_init_is_all_comments_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    from skillscale.core.llm import LLMSettings
+
+    target = tmp_path / "config.yaml"
+    first = cli("config", "init", "--path", str(target))
+    assert first.returncode == 0, first.stderr
+    assert LLMSettings.load(target) is None  # the template turns no LLM on
+    one_line(cli("config", "init", "--path", str(target)), str(target), "--force")
+
+
+def test_a_broken_config_names_the_file_and_the_line(tmp_path: Path) -> None:
+    broken = tmp_path / "config.yaml"
+    broken.write_text("llm:\n  model: x\n   base_url: [\n")
+    result = cli(
+        "server", "--topic", "TOPIC_X", "--skills-dir", str(ROOT / "skills" / "data-processing"),
+        SKILLSCALE_CONFIG=str(broken),
+    )  # fmt: skip
+    one_line(result, str(broken), "line 3")

@@ -27,21 +27,24 @@ import yaml
 from skillscale.core.errors import ConfigError
 
 CONFIG_TEMPLATE = """\
-# SkillScale configuration. Environment variables override every value here:
-# SKILLSCALE_LLM_BASE_URL, SKILLSCALE_LLM_MODEL, SKILLSCALE_LLM_API_KEY
-# (falling back to the openai package's OPENAI_BASE_URL and OPENAI_API_KEY).
-llm:
-  # Any OpenAI-compatible endpoint: OpenAI, Azure OpenAI, DeepSeek, Zhipu,
-  # Ollama (http://localhost:11434/v1), vLLM (http://localhost:8000/v1), ...
-  base_url: https://api.openai.com/v1
-  model: gpt-4o-mini
-  # api_key: sk-...            # better: set SKILLSCALE_LLM_API_KEY
-  timeout: 20                  # seconds per call
-  max_retries: 2               # on 429, 5xx and connection errors, with backoff
-  # rate_limit:                # one token bucket per base_url, per process
-  #   rpm: 60                  # requests per minute
-  #   tpm: 90000               # tokens per minute (estimated from text length)
-  #   burst: 10                # requests allowed at once before pacing
+# SkillScale configuration. Everything is commented out: with no LLM the
+# fabric matches skills by keywords. Uncomment the llm block to use a model.
+# Environment variables override every value here: SKILLSCALE_LLM_BASE_URL,
+# SKILLSCALE_LLM_MODEL, SKILLSCALE_LLM_API_KEY (falling back to the openai
+# package's OPENAI_BASE_URL and OPENAI_API_KEY).
+#
+# llm:
+#   # Any OpenAI-compatible endpoint: OpenAI, Azure OpenAI, DeepSeek, Zhipu,
+#   # Ollama (http://localhost:11434/v1), vLLM (http://localhost:8000/v1), ...
+#   base_url: https://api.openai.com/v1
+#   model: gpt-4o-mini
+#   # api_key: sk-...          # better: set SKILLSCALE_LLM_API_KEY
+#   timeout: 20                # seconds per call
+#   max_retries: 2             # on 429, 5xx and connection errors, with backoff
+#   # rate_limit:              # one token bucket per base_url, per process
+#   #   rpm: 60                # requests per minute
+#   #   tpm: 90000             # tokens per minute (estimated from text length)
+#   #   burst: 10              # requests allowed at once before pacing
 """
 
 
@@ -89,7 +92,13 @@ class LLMSettings:
             try:
                 loaded = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
-                raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+                mark = getattr(exc, "problem_mark", None)
+                where = f" line {mark.line + 1}" if mark is not None else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(
+                    f"{path}{where}: {problem} (fix the YAML, or run "
+                    "`skillscale config init --force` for a fresh template)"
+                ) from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{path} must be a YAML mapping")
             data = dict(loaded.get("llm") or {})
