@@ -55,8 +55,9 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from skillscale.core.errors import ErrorCode
+from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC
+from skillscale.core.memory_bus import MemoryBus
 from skillscale.core.protocol import (
     MAX_REPLY_BYTES,
     MAX_REQUEST_BYTES,
@@ -77,7 +78,13 @@ from skillscale.core.security import (
     ProxyCurve,
     start_authenticator,
 )
-from skillscale.core.transport import SocketPair, bind_endpoint, connectable
+from skillscale.core.transport import (
+    ProxySocket,
+    ProxySockets,
+    SocketPair,
+    ZmqProxySockets,
+    bind_endpoint,
+)
 from skillscale.proxy.groups import GroupsConfig, Job, ReplicaGroups
 from skillscale.proxy.metrics import DOWNSTREAM, UPSTREAM, ProxyMetrics
 from skillscale.proxy.subscriptions import Subscriptions
@@ -172,17 +179,25 @@ class _IO:
 
 
 class Proxy(AsyncRole):
-    """The bus role; use as ``async with Proxy(cfg) as p``."""
+    """The bus role; use as ``async with Proxy(cfg) as p``.
 
-    def __init__(self, config: ProxyConfig | None = None) -> None:
+    ``transport``: None binds ZeroMQ sockets (the product); a
+    :class:`~skillscale.core.memory_bus.MemoryBus` runs the same routing in
+    memory, in one process with its servers and clients.
+    """
+
+    def __init__(self, config: ProxyConfig | None = None, *,
+                 transport: MemoryBus | None = None) -> None:  # fmt: skip
         self.config = config or ProxyConfig()
+        self._transport = transport
         self.metrics = ProxyMetrics()
         self._io = _IO(self)
         self.groups = ReplicaGroups(self._io, self.config.groups)
         self._ctx: zmq.asyncio.Context | None = None
-        self._xsub: SocketPair | None = None
-        self._xpub: SocketPair | None = None
-        self._router: SocketPair | None = None
+        self._sockets: ProxySockets | None = None
+        self._xsub: ProxySocket | None = None
+        self._xpub: ProxySocket | None = None
+        self._router: ProxySocket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._subs = Subscriptions(
             max_total=self.config.max_subscriptions,
@@ -208,55 +223,25 @@ class Proxy(AsyncRole):
     async def start(self) -> None:
         """Bind the sockets, start the metrics endpoint and the forwarding loop."""
         cfg = self.config
-        self._ctx = zmq.asyncio.Context()
-        self._xsub = SocketPair(self._ctx, zmq.XSUB, linger_ms=cfg.linger_ms)
-        self._xpub = SocketPair(self._ctx, zmq.XPUB, linger_ms=cfg.linger_ms)
-        self._xsub.set(zmq.RCVHWM, cfg.hwm)
-        self._xpub.set(zmq.SNDHWM, cfg.subscriber_hwm)
-        # With NODROP a send that some subscriber's full pipe refuses fails
-        # as a whole, so we notice it (and then send lossy, see _send_xpub).
-        self._xpub.set(zmq.XPUB_NODROP, 1)
-        sockets = [self._xsub, self._xpub]
-        if cfg.router_bind is not None:
-            self._router = SocketPair(self._ctx, zmq.ROUTER, linger_ms=cfg.linger_ms)
-            self._router.set(zmq.ROUTER_MANDATORY, 1)
-            # A server reconnecting under its id may take its old connection
-            # over, except under CURVE, where that would let one server key
-            # steal another server's connection (ids are bound to keys there).
-            self._router.set(zmq.ROUTER_HANDOVER, 0 if cfg.curve else 1)
-            self._router.set(zmq.SNDHWM, cfg.hwm)
-            self._router.set(zmq.RCVHWM, cfg.hwm)
-            sockets.append(self._router)
-        for pair in sockets:
-            pair.set(zmq.MAXMSGSIZE, cfg.hard_message_bytes)
-            pair.set(zmq.HEARTBEAT_IVL, max(1, int(cfg.stuck_timeout * 1000 / 4)))
-            pair.set(zmq.HEARTBEAT_TIMEOUT, max(1, int(cfg.stuck_timeout * 1000)))
-        if cfg.curve is not None:
-            self._auth = start_authenticator(self._ctx, cfg.curve)
-            self._server_keys = cfg.curve.server_keys()
-            self._topic_rules = cfg.curve.server_topic_rules()
-            cfg.curve.apply(self._xsub.async_sock, DOMAIN_PUBLISHERS)
-            cfg.curve.apply(self._xpub.async_sock, DOMAIN_SUBSCRIBERS)
-            if self._router is not None:
-                cfg.curve.apply(self._router.async_sock, DOMAIN_SERVERS)
-        try:
-            self._xsub.async_sock.bind(bind_endpoint(cfg.xsub_bind))
-            self._xpub.async_sock.bind(bind_endpoint(cfg.xpub_bind))
-            if self._router is not None and cfg.router_bind is not None:
-                self._router.async_sock.bind(bind_endpoint(cfg.router_bind))
-        except zmq.ZMQError:
-            self._close_sockets()
-            raise
-        self.xsub_endpoint = connectable(self._xsub.last_endpoint())
-        self.xpub_endpoint = connectable(self._xpub.last_endpoint())
-        if self._router is not None:
-            self.router_endpoint = connectable(self._router.last_endpoint())
+        if self._transport is not None:
+            if cfg.curve is not None:
+                raise ConfigError("the in-memory bus has no CURVE")
+            sockets: ProxySockets = self._transport.bind_proxy(
+                with_router=cfg.router_bind is not None, hwm=cfg.hwm
+            )
+        else:
+            sockets = self._bind_zmq()
+        self._sockets = sockets
+        self._xsub, self._xpub, self._router = sockets.xsub, sockets.xpub, sockets.router
+        self.xsub_endpoint, self.xpub_endpoint, self.router_endpoint = sockets.endpoints
         self._xsub.send([b"\x01"])  # subscribe to everything (see module doc)
         if cfg.metrics_port is not None:
             port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
             host = "127.0.0.1" if cfg.metrics_host in ("0.0.0.0", "", "::") else cfg.metrics_host  # noqa: S104
             self.metrics_url = f"http://{host}:{port}/metrics"
-        self._tasks = [self.supervise(asyncio.create_task(self._forward(), name="proxy-forward"))]
+        self._tasks = [
+            self.supervise(asyncio.create_task(self._forward(sockets), name="proxy-forward"))
+        ]
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
             self.xsub_endpoint,
@@ -264,6 +249,52 @@ class Proxy(AsyncRole):
             self.router_endpoint,
             self.metrics_url,
         )
+
+    def _bind_zmq(self) -> ZmqProxySockets:
+        """The three ZeroMQ sockets, with their options, CURVE and binds."""
+        cfg = self.config
+        self._ctx = zmq.asyncio.Context()
+        xsub = SocketPair(self._ctx, zmq.XSUB, linger_ms=cfg.linger_ms)
+        xpub = SocketPair(self._ctx, zmq.XPUB, linger_ms=cfg.linger_ms)
+        router: SocketPair | None = None
+        xsub.set(zmq.RCVHWM, cfg.hwm)
+        xpub.set(zmq.SNDHWM, cfg.subscriber_hwm)
+        # With NODROP a send that some subscriber's full pipe refuses fails
+        # as a whole, so we notice it (and then send lossy, see _send_xpub).
+        xpub.set(zmq.XPUB_NODROP, 1)
+        pairs = [xsub, xpub]
+        if cfg.router_bind is not None:
+            router = SocketPair(self._ctx, zmq.ROUTER, linger_ms=cfg.linger_ms)
+            router.set(zmq.ROUTER_MANDATORY, 1)
+            # A server reconnecting under its id may take its old connection
+            # over, except under CURVE, where that would let one server key
+            # steal another server's connection (ids are bound to keys there).
+            router.set(zmq.ROUTER_HANDOVER, 0 if cfg.curve else 1)
+            router.set(zmq.SNDHWM, cfg.hwm)
+            router.set(zmq.RCVHWM, cfg.hwm)
+            pairs.append(router)
+        for pair in pairs:
+            pair.set(zmq.MAXMSGSIZE, cfg.hard_message_bytes)
+            pair.set(zmq.HEARTBEAT_IVL, max(1, int(cfg.stuck_timeout * 1000 / 4)))
+            pair.set(zmq.HEARTBEAT_TIMEOUT, max(1, int(cfg.stuck_timeout * 1000)))
+        if cfg.curve is not None:
+            self._auth = start_authenticator(self._ctx, cfg.curve)
+            self._server_keys = cfg.curve.server_keys()
+            self._topic_rules = cfg.curve.server_topic_rules()
+            cfg.curve.apply(xsub.async_sock, DOMAIN_PUBLISHERS)
+            cfg.curve.apply(xpub.async_sock, DOMAIN_SUBSCRIBERS)
+            if router is not None:
+                cfg.curve.apply(router.async_sock, DOMAIN_SERVERS)
+        try:
+            xsub.async_sock.bind(bind_endpoint(cfg.xsub_bind))
+            xpub.async_sock.bind(bind_endpoint(cfg.xpub_bind))
+            if router is not None and cfg.router_bind is not None:
+                router.async_sock.bind(bind_endpoint(cfg.router_bind))
+        except zmq.ZMQError:
+            for pair in pairs:
+                pair.close()
+            raise
+        return ZmqProxySockets(xsub, xpub, router)
 
     async def stop(self) -> None:
         """Stop forwarding, let queued messages flush for ``linger``, close."""
@@ -289,9 +320,8 @@ class Proxy(AsyncRole):
             await asyncio.get_running_loop().run_in_executor(None, ctx.term)
 
     def _close_sockets(self) -> None:
-        for pair in (self._xsub, self._xpub, self._router):
-            if pair is not None:
-                pair.close()
+        if self._sockets is not None:
+            self._sockets.close()
 
     @property
     def subscriptions(self) -> frozenset[bytes]:
@@ -308,7 +338,7 @@ class Proxy(AsyncRole):
                 timeout,
             )
 
-    async def _forward(self) -> None:
+    async def _forward(self, sockets: ProxySockets) -> None:
         """One loop for every socket and the housekeeping clock.
 
         ZeroMQ signals readiness through an edge-triggered FD per socket, and
@@ -323,25 +353,17 @@ class Proxy(AsyncRole):
         no message can end this loop; an exception that still escapes here
         is a bug in the loop itself, and crashes the role (supervision).
         """
-        assert self._xsub is not None and self._xpub is not None
-        xsub, xpub, router = self._xsub, self._xpub, self._router
-        poller = zmq.asyncio.Poller()
-        poller.register(xsub.async_sock, zmq.POLLIN)
-        poller.register(xpub.async_sock, zmq.POLLIN)
-        if router is not None:
-            poller.register(router.async_sock, zmq.POLLIN)
         tick = self.config.tick
         next_tick = time.monotonic() + tick
         next_heartbeat = time.monotonic()
         next_gauges = time.monotonic()
         while True:
-            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-            ready = dict(await poller.poll(timeout_ms))
-            if xsub.async_sock in ready:
+            xsub_ready, xpub_ready, router_ready = await sockets.wait(next_tick - time.monotonic())
+            if xsub_ready:
                 self._forward_messages()
-            if router is not None and router.async_sock in ready:
+            if router_ready:
                 self._on_router()
-            if xpub.async_sock in ready:
+            if xpub_ready:
                 self._forward_subscriptions()
                 async with self._subscriptions_changed:
                     self._subscriptions_changed.notify_all()

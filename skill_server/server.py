@@ -41,9 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import zmq
-import zmq.asyncio
-
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.core.llm import LLMClient, LLMSettings
@@ -74,8 +71,11 @@ from skillscale.core.replica_protocol import (
 from skillscale.core.runtime import AsyncRole, safe
 from skillscale.core.security import CurveKeys
 from skillscale.core.transport import (
+    BusSocket,
+    DealerSocket,
     Frames,
-    SocketPair,
+    Transport,
+    ZmqTransport,
     await_roundtrip,
     env_str,
     proxy_xpub_endpoint,
@@ -159,9 +159,15 @@ class Job:
 
 
 class SkillServer(AsyncRole):
-    """One skill server; use as ``async with SkillServer(cfg) as server``."""
+    """One skill server; use as ``async with SkillServer(cfg) as server``.
 
-    def __init__(self, config: ServerConfig) -> None:
+    ``transport``: None connects over ZeroMQ (a context of its own); any
+    :class:`~skillscale.core.transport.Transport` (e.g. an in-memory
+    :class:`~skillscale.core.memory_bus.MemoryBus`) is used as given and
+    left open at stop.
+    """
+
+    def __init__(self, config: ServerConfig, *, transport: Transport | None = None) -> None:
         if not config.topics:
             raise ValueError("a skill server needs at least one topic")
         if config.workers < 1 or config.queue_size < 1:
@@ -209,10 +215,11 @@ class SkillServer(AsyncRole):
         self._in_flight = 0
         self._running: dict[asyncio.Task[None], Job | None] = {}
         self._queue: asyncio.Queue[Job] = asyncio.Queue(self._capacity)
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sub: SocketPair | None = None
-        self._pub: SocketPair | None = None
-        self._dealer: zmq.asyncio.Socket | None = None
+        self._given_transport = transport
+        self._bus: Transport | None = None
+        self._sub: BusSocket | None = None
+        self._pub: BusSocket | None = None
+        self._dealer: DealerSocket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._proxy_seen = 0.0
@@ -243,7 +250,7 @@ class SkillServer(AsyncRole):
                 await self.executor.start()
             except ForkServerUnavailable as exc:
                 log.error("%s; Python skills run cold until it is back", exc)
-        self._ctx = zmq.asyncio.Context()
+        self._bus = self._given_transport or ZmqTransport()
         self._accepting = True
         if cfg.reload_interval > 0:
             self._tasks.append(
@@ -264,25 +271,14 @@ class SkillServer(AsyncRole):
 
     async def _start_group(self) -> None:
         cfg = self.config
-        assert self._ctx is not None
-        dealer = self._ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 1000)
-        dealer.setsockopt(zmq.ROUTING_ID, cfg.server_id.encode())
-        dealer.setsockopt(zmq.SNDHWM, cfg.hwm)
-        dealer.setsockopt(zmq.RCVHWM, cfg.hwm)
-        if cfg.curve is not None:
-            cfg.curve.apply(dealer)
-        dealer.connect(cfg.proxy_router)
-        self._dealer = dealer
+        assert self._bus is not None
+        self._dealer = self._bus.dealer(cfg.proxy_router, cfg.server_id.encode(), hwm=cfg.hwm,
+                                        linger_ms=1000, curve=cfg.curve)  # fmt: skip
         if cfg.trace_events:
-            self._pub = SocketPair(self._ctx, zmq.PUB, linger_ms=1000)
-            self._pub.set(zmq.SNDHWM, cfg.hwm)
-            if cfg.curve is not None:
-                cfg.curve.apply(self._pub.async_sock)
-            self._pub.async_sock.connect(cfg.proxy_xsub)
-        # All I/O on the DEALER goes through pyzmq's asyncio API from here on,
-        # which re-checks the socket's edge-triggered events after every send:
-        # workers and the heartbeat task send while the receiver awaits.
+            self._pub = self._bus.publisher(cfg.proxy_xsub, hwm=cfg.hwm, linger_ms=1000,
+                                            curve=cfg.curve)  # fmt: skip
+        # Workers and the heartbeat task send on the DEALER while the receiver
+        # awaits it (see ZmqDealer for why that is safe with ZeroMQ).
         self._tasks.append(
             self.supervise(asyncio.create_task(self._receive_group(), name="receiver"))
         )
@@ -299,20 +295,12 @@ class SkillServer(AsyncRole):
 
     async def _start_pubsub(self) -> None:
         cfg = self.config
-        assert self._ctx is not None
+        assert self._bus is not None
         probe = f"{PROBE_TOPIC_PREFIX}{cfg.server_id}".encode()
-        self._sub = SocketPair(self._ctx, zmq.SUB)
-        self._pub = SocketPair(self._ctx, zmq.PUB, linger_ms=1000)
-        self._sub.set(zmq.RCVHWM, cfg.hwm)
-        self._pub.set(zmq.SNDHWM, cfg.hwm)
-        if cfg.curve is not None:
-            cfg.curve.apply(self._sub.async_sock)
-            cfg.curve.apply(self._pub.async_sock)
-        self._sub.async_sock.connect(cfg.proxy_xpub)
-        self._pub.async_sock.connect(cfg.proxy_xsub)
-        for topic in sorted(self._topics):
-            self._sub.set(zmq.SUBSCRIBE, topic)
-        self._sub.set(zmq.SUBSCRIBE, probe)
+        self._sub = self._bus.subscriber(cfg.proxy_xpub, [*sorted(self._topics), probe],
+                                         hwm=cfg.hwm, curve=cfg.curve)  # fmt: skip
+        self._pub = self._bus.publisher(cfg.proxy_xsub, hwm=cfg.hwm, linger_ms=1000,
+                                        curve=cfg.curve)  # fmt: skip
         # Requests that arrive during the handshake are served, not lost.
         await await_roundtrip(
             self._pub,
@@ -322,7 +310,7 @@ class SkillServer(AsyncRole):
             on_other=self._on_pubsub_message,
             what=f"proxy at {cfg.proxy_xpub}",
         )
-        self._sub.set(zmq.UNSUBSCRIBE, probe)
+        self._sub.unsubscribe(probe)
         self._tasks.append(
             self.supervise(asyncio.create_task(self._receive_pubsub(), name="receiver"))
         )
@@ -370,19 +358,20 @@ class SkillServer(AsyncRole):
         await self.executor.close()
         if self.llm is not None:
             await self.llm.close()
-        if self._ctx is not None:
-            ctx, self._ctx = self._ctx, None
-            # term() waits for linger (final replies to flush): off the loop.
-            await asyncio.get_running_loop().run_in_executor(None, ctx.term)
+        if self._bus is not None:
+            bus, self._bus = self._bus, None
+            if bus is not self._given_transport:
+                # term() waits for linger (final replies to flush): off the loop.
+                await asyncio.get_running_loop().run_in_executor(None, bus.close)
 
     async def _stop_pubsub_intake(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._sub is not None and not self._sub.async_sock.closed:
+        if self._sub is not None and not self._sub.closed:
             for topic in self._topics:
-                self._sub.set(zmq.UNSUBSCRIBE, topic)
+                self._sub.unsubscribe(topic)
             for frames in self._sub.drain(10_000):
                 self._on_pubsub_message(frames)  # answered "overloaded": we are stopping
             self._sub.close()
@@ -483,17 +472,11 @@ class SkillServer(AsyncRole):
         dealer = self._dealer
         if dealer is None or dealer.closed:
             return False
-        try:
-            if block:
-                await asyncio.wait_for(dealer.send_multipart(frames), REPLY_SEND_TIMEOUT)
-            else:
-                await dealer.send_multipart(frames, flags=zmq.NOBLOCK)
-        except (zmq.Again, asyncio.TimeoutError):
-            if block:
-                log.error("could not deliver %s to the proxy in %.0f s", frames[1],
-                          REPLY_SEND_TIMEOUT)  # fmt: skip
-            return False
-        return True
+        sent = await dealer.send(frames, timeout=REPLY_SEND_TIMEOUT if block else None)
+        if not sent and block:
+            log.error("could not deliver %s to the proxy in %.0f s", frames[1],
+                      REPLY_SEND_TIMEOUT)  # fmt: skip
+        return sent
 
     async def _hand_back(self, job: Job) -> None:
         assert job.dispatch_id is not None
@@ -550,7 +533,7 @@ class SkillServer(AsyncRole):
         self._publish_raw(reply_to, reply.to_bytes())
 
     def _publish_raw(self, reply_to: str, payload: bytes) -> None:
-        if self._pub is None or self._pub.async_sock.closed:
+        if self._pub is None or self._pub.closed:
             log.error("cannot send a reply to %s: socket closed", safe(reply_to))
             return
         self._pub.send([reply_to.encode(), payload])
@@ -595,7 +578,7 @@ class SkillServer(AsyncRole):
             await self._reply(job, reply)
 
     def _emit_trace(self, job: Job, reply: Reply) -> None:
-        if not self.config.trace_events or self._pub is None or self._pub.async_sock.closed:
+        if not self.config.trace_events or self._pub is None or self._pub.closed:
             return
         trace = reply.trace
         event = ExecutionTrace(

@@ -14,11 +14,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, cast
 
 import zmq
 import zmq.asyncio
+
+from skillscale.core.security import CurveKeys
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,19 @@ class SocketPair:
         """Send without blocking; raises ``zmq.Again`` only where HWM can push back."""
         self.sync.send_multipart(frames, zmq.NOBLOCK, copy=copy)
 
+    def subscribe(self, topic: bytes) -> None:
+        """Add a topic prefix (SUB sockets)."""
+        self.async_sock.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def unsubscribe(self, topic: bytes) -> None:
+        """Drop a topic prefix (SUB sockets)."""
+        self.async_sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return bool(self.async_sock.closed)
+
     def last_endpoint(self) -> str:
         """The endpoint of the last bind or connect, with a real port for ``*``."""
         raw = self.async_sock.getsockopt(zmq.LAST_ENDPOINT)
@@ -107,8 +122,8 @@ class SocketPair:
 
 
 async def await_roundtrip(
-    pub: SocketPair,
-    sub: SocketPair,
+    pub: BusSocket,
+    sub: BusSocket,
     probe_topic: bytes,
     *,
     timeout: float | None,
@@ -149,3 +164,237 @@ async def await_roundtrip(
         if now >= next_log:
             log.warning("still waiting for the %s (%.0f s)", what, now - start)
             next_log = now + 5.0
+
+
+# -- the transport seam --------------------------------------------------------
+#
+# The roles reach the bus through these few methods only, so the same client,
+# proxy and server run over ZeroMQ (:class:`ZmqTransport`, the product) or
+# in one process over bounded in-memory queues
+# (:class:`skillscale.core.memory_bus.MemoryBus`, for tests and embedding).
+
+
+class BusSocket(Protocol):
+    """A publisher or subscriber endpoint of a client or server.
+
+    :class:`SocketPair` is the ZeroMQ one. Sends never block; a subscriber's
+    messages are awaited with :meth:`wait_readable` and taken in batches.
+    """
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+
+    async def wait_readable(self, timeout: float | None = None) -> bool:
+        """Wait until a message can be received (False after ``timeout`` s)."""
+
+    def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
+        """Up to ``max_batch`` waiting messages, without blocking."""
+
+    def send(self, frames: Frames, *, copy: bool = True) -> None:
+        """Publish without blocking (a full pipe drops, as PUB does)."""
+
+    def subscribe(self, topic: bytes) -> None:
+        """Add a topic prefix."""
+
+    def unsubscribe(self, topic: bytes) -> None:
+        """Drop a topic prefix."""
+
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close (idempotent)."""
+
+
+class DealerSocket(Protocol):
+    """A replica-group server's line to the proxy's ROUTER."""
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+
+    async def recv_multipart(self) -> list[bytes]:
+        """The next message from the proxy (waits until one comes)."""
+
+    async def send(self, frames: list[bytes], *, timeout: float | None) -> bool:
+        """Send; wait up to ``timeout`` s for room (None: not at all). False if it could not go."""
+
+    def close(self) -> None:
+        """Close (idempotent)."""
+
+
+class ProxySocket(Protocol):
+    """One of the proxy's three bound endpoints (XSUB, XPUB or ROUTER).
+
+    ``drain`` yields frames with a ``.bytes`` attribute (``zmq.Frame`` with
+    ``copy=False``); ``send`` raises ``zmq.Again`` when the peer's pipe is
+    full and ``zmq.ZMQError`` when a ROUTER peer is gone.
+    """
+
+    def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
+        """Up to ``max_batch`` waiting messages, without blocking."""
+
+    def send(self, frames: Frames, *, copy: bool = True) -> None:
+        """Send without blocking."""
+
+    def set(self, option: int, value: int | bytes) -> None:
+        """A socket option (ignored where it has no meaning)."""
+
+
+class ProxySockets(Protocol):
+    """The proxy's side of the bus: three endpoints and one wait for all of them."""
+
+    @property
+    def xsub(self) -> ProxySocket:
+        """Where publishers' messages arrive."""
+
+    @property
+    def xpub(self) -> ProxySocket:
+        """Where subscribers are served and their subscriptions arrive."""
+
+    @property
+    def router(self) -> ProxySocket | None:
+        """The replica groups' endpoint, if on."""
+
+    @property
+    def endpoints(self) -> tuple[str, str, str | None]:
+        """Where peers connect: XSUB, XPUB, ROUTER."""
+
+    async def wait(self, timeout: float) -> tuple[bool, bool, bool]:
+        """Wait up to ``timeout`` s; which of XSUB, XPUB, ROUTER are readable."""
+
+    def close(self) -> None:
+        """Close the endpoints (idempotent)."""
+
+
+class Transport(Protocol):
+    """Makes the endpoints the roles use; see :class:`ZmqTransport`."""
+
+    def publisher(self, endpoint: str, *, hwm: int, linger_ms: int = 0,
+                  curve: CurveKeys | None = None) -> BusSocket:  # fmt: skip
+        """A publisher connected to the proxy's XSUB side."""
+
+    def subscriber(self, endpoint: str, topics: Iterable[bytes], *, hwm: int,
+                   max_message_bytes: int | None = None,
+                   curve: CurveKeys | None = None) -> BusSocket:  # fmt: skip
+        """A subscriber to ``topics`` connected to the proxy's XPUB side."""
+
+    def dealer(self, endpoint: str, identity: bytes, *, hwm: int, linger_ms: int = 0,
+               curve: CurveKeys | None = None) -> DealerSocket:  # fmt: skip
+        """A replica-group server's DEALER connected to the proxy's ROUTER."""
+
+    def close(self) -> None:
+        """Release the transport (may block up to the sockets' linger)."""
+
+
+class ZmqDealer:
+    """:class:`DealerSocket` over a ``zmq.asyncio`` DEALER.
+
+    All its I/O goes through pyzmq's asyncio API, which re-checks the
+    socket's edge-triggered events after every send: workers and the
+    heartbeat task send while the receiver awaits.
+    """
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.sock = sock
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.sock.closed)
+
+    async def recv_multipart(self) -> list[bytes]:
+        frames: list[bytes] = await self.sock.recv_multipart()
+        return frames
+
+    async def send(self, frames: list[bytes], *, timeout: float | None) -> bool:
+        try:
+            if timeout is None:
+                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            else:
+                await asyncio.wait_for(self.sock.send_multipart(frames), timeout)
+        except (zmq.Again, asyncio.TimeoutError):
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.sock.close()
+
+
+class ZmqTransport:
+    """The product's transport: one ``zmq.asyncio`` context, sockets as before."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+
+    def publisher(self, endpoint: str, *, hwm: int, linger_ms: int = 0,
+                  curve: CurveKeys | None = None) -> SocketPair:  # fmt: skip
+        pair = SocketPair(self.ctx, zmq.PUB, linger_ms=linger_ms)
+        pair.set(zmq.SNDHWM, hwm)
+        if curve is not None:
+            curve.apply(pair.async_sock)
+        pair.async_sock.connect(endpoint)
+        return pair
+
+    def subscriber(self, endpoint: str, topics: Iterable[bytes], *, hwm: int,
+                   max_message_bytes: int | None = None,
+                   curve: CurveKeys | None = None) -> SocketPair:  # fmt: skip
+        pair = SocketPair(self.ctx, zmq.SUB)
+        pair.set(zmq.RCVHWM, hwm)
+        if max_message_bytes is not None:
+            # A message larger than this disconnects us rather than filling memory.
+            pair.set(zmq.MAXMSGSIZE, max_message_bytes)
+        for topic in topics:
+            pair.subscribe(topic)
+        if curve is not None:
+            curve.apply(pair.async_sock)
+        pair.async_sock.connect(endpoint)
+        return pair
+
+    def dealer(self, endpoint: str, identity: bytes, *, hwm: int, linger_ms: int = 0,
+               curve: CurveKeys | None = None) -> ZmqDealer:  # fmt: skip
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        if curve is not None:
+            curve.apply(sock)
+        sock.connect(endpoint)
+        return ZmqDealer(sock)
+
+    def close(self) -> None:
+        """Terminate the context: blocks until the sockets' linger expires."""
+        self.ctx.term()
+
+
+class ZmqProxySockets:
+    """:class:`ProxySockets` over three bound :class:`SocketPair` (the proxy builds them)."""
+
+    def __init__(self, xsub: SocketPair, xpub: SocketPair, router: SocketPair | None) -> None:
+        self.xsub: SocketPair = xsub
+        self.xpub: SocketPair = xpub
+        self.router: SocketPair | None = router
+        self.endpoints = (
+            connectable(xsub.last_endpoint()),
+            connectable(xpub.last_endpoint()),
+            connectable(router.last_endpoint()) if router is not None else None,
+        )
+        self._poller = zmq.asyncio.Poller()
+        self._poller.register(xsub.async_sock, zmq.POLLIN)
+        self._poller.register(xpub.async_sock, zmq.POLLIN)
+        if router is not None:
+            self._poller.register(router.async_sock, zmq.POLLIN)
+
+    async def wait(self, timeout: float) -> tuple[bool, bool, bool]:
+        """One level-triggered ``zmq_poll`` over all three (see the proxy's loop)."""
+        ready = dict(await self._poller.poll(max(0, int(timeout * 1000))))
+        router = self.router
+        return (
+            self.xsub.async_sock in ready,
+            self.xpub.async_sock in ready,
+            router is not None and router.async_sock in ready,
+        )
+
+    def close(self) -> None:
+        for pair in (self.xsub, self.xpub, self.router):
+            if pair is not None:
+                pair.close()

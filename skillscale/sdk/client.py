@@ -50,8 +50,11 @@ from skillscale.core.runtime import AsyncRole
 from skillscale.core.security import CurveKeys
 from skillscale.core.skill_format import Skill
 from skillscale.core.transport import (
+    BusSocket,
     Frames,
     SocketPair,
+    Transport,
+    ZmqTransport,
     await_roundtrip,
     proxy_xpub_endpoint,
     proxy_xsub_endpoint,
@@ -71,7 +74,10 @@ class SkillScaleClient(AsyncRole):
     ``timeout`` is the default seconds to wait for a reply; every call may
     override it. ``max_in_flight`` bounds concurrent calls (extra calls wait
     for a slot, within their own timeout). ``curve`` enables CURVE with the
-    client's certificate and the proxy's public key.
+    client's certificate and the proxy's public key. ``transport``: None
+    connects over ZeroMQ; any :class:`~skillscale.core.transport.Transport`
+    (e.g. an in-memory :class:`~skillscale.core.memory_bus.MemoryBus`) is
+    used as given and left open by :meth:`close`.
     """
 
     def __init__(
@@ -86,7 +92,9 @@ class SkillScaleClient(AsyncRole):
         curve: CurveKeys | None = None,
         catalog: Catalog | None = None,
         llm: LLMSettings | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        self._given_transport = transport
         self.proxy_xsub = proxy_xsub or proxy_xsub_endpoint()
         self.proxy_xpub = proxy_xpub or proxy_xpub_endpoint()
         self.timeout = timeout
@@ -99,9 +107,9 @@ class SkillScaleClient(AsyncRole):
         self._router: TopicRouter | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        self._ctx: zmq.asyncio.Context | None = None
-        self._pub: SocketPair | None = None
-        self._sub: SocketPair | None = None
+        self._bus: Transport | None = None
+        self._pub: BusSocket | None = None
+        self._sub: BusSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._monitor: zmq.asyncio.Socket | None = None
@@ -132,20 +140,15 @@ class SkillScaleClient(AsyncRole):
         """Connect to the proxy and wait until the bus path is proven live."""
         if self._reader is not None:
             return
-        self._ctx = zmq.asyncio.Context()
-        self._pub = SocketPair(self._ctx, zmq.PUB)
-        self._sub = SocketPair(self._ctx, zmq.SUB)
-        self._pub.set(zmq.SNDHWM, self._hwm)
-        self._sub.set(zmq.RCVHWM, self._hwm)
-        # A reply larger than this disconnects us rather than filling memory.
-        self._sub.set(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-        self._sub.set(zmq.SUBSCRIBE, self._reply_topic_b)
-        self._sub.set(zmq.SUBSCRIBE, self._probe)
-        if self._curve is not None:
-            self._curve.apply(self._pub.async_sock)
-            self._curve.apply(self._sub.async_sock)
-        self._pub.async_sock.connect(self.proxy_xsub)
-        self._sub.async_sock.connect(self.proxy_xpub)
+        self._bus = bus = self._given_transport or ZmqTransport()
+        try:
+            self._pub = bus.publisher(self.proxy_xsub, hwm=self._hwm, curve=self._curve)
+            self._sub = bus.subscriber(self.proxy_xpub, [self._reply_topic_b, self._probe],
+                                       hwm=self._hwm, max_message_bytes=MAX_REPLY_BYTES,
+                                       curve=self._curve)  # fmt: skip
+        except BaseException:
+            await self._teardown()
+            raise
         try:
             await await_roundtrip(
                 self._pub,
@@ -165,10 +168,13 @@ class SkillScaleClient(AsyncRole):
             raise
         self._path_up.set()
         self._reader = asyncio.create_task(self._read_replies(), name="skillscale-client-reader")
-        self._monitor = self._pub.async_sock.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
-        )
-        self._watcher = asyncio.create_task(self._watch_proxy(), name="skillscale-client-watch")
+        if isinstance(self._pub, SocketPair):
+            # Over ZeroMQ the connection can drop and come back (an in-process
+            # bus cannot): watch it, and hold calls while it is down.
+            self._monitor = self._pub.async_sock.get_monitor_socket(
+                zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+            )
+            self._watcher = asyncio.create_task(self._watch_proxy(), name="skillscale-client-watch")
 
     async def close(self) -> None:
         """Fail waiting calls, close sockets and the context."""
@@ -187,7 +193,7 @@ class SkillScaleClient(AsyncRole):
                 future.set_exception(UnavailableError("client closed before the reply arrived"))
         self._pending.clear()
         if self._monitor is not None:
-            if self._pub is not None and not self._pub.async_sock.closed:
+            if isinstance(self._pub, SocketPair) and not self._pub.closed:
                 self._pub.async_sock.disable_monitor()
             self._monitor.close(0)
             self._monitor = None
@@ -195,9 +201,10 @@ class SkillScaleClient(AsyncRole):
             if pair is not None:
                 pair.close(0)
         self._pub = self._sub = None
-        if self._ctx is not None:
-            ctx, self._ctx = self._ctx, None
-            ctx.term()
+        if self._bus is not None:
+            bus, self._bus = self._bus, None
+            if bus is not self._given_transport:
+                bus.close()
 
     # -- calls -----------------------------------------------------------
 
