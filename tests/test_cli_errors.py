@@ -93,3 +93,7 @@ def test_a_broken_config_names_the_file_and_the_line(tmp_path: Path) -> None:
         SKILLSCALE_CONFIG=str(broken),
     )  # fmt: skip
     one_line(result, str(broken), "line 3")
+
+
+def test_a_server_on_a_missing_skills_folder_refuses_to_start() -> None:
+    one_line(cli("server", "--skills-dir", "/no/such/dir"), "/no/such/dir", "--skills-dir")

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
+from skillscale.core.errors import ConfigError
 from skillscale.core.matchers import matcher_help, matcher_names
 from skillscale.core.protocol import topic_for_category
 from skillscale.tools.cli.common import (
@@ -39,6 +40,12 @@ def _cmd_server(args: argparse.Namespace) -> int:
     # makes those root-only (and same-user debuggers cannot attach).
     prctl(4, 0)  # PR_SET_DUMPABLE
     dirs = _dirs(args.skills_dir)
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ConfigError(
+            f"no skills folder at {', '.join(missing)}; point --skills-dir at a folder of "
+            "skills (e.g. skills/data-processing)"
+        )
     topics = args.topic or ([topic_for_category(dirs[0].resolve().name)] if len(dirs) == 1 else [])
     if not topics:
         print("error: give --topic when serving several skill folders", file=sys.stderr)
