@@ -181,6 +181,14 @@ class RequestHandler:
             assert intent.skill is not None
             skill = self.registry.get(intent.skill)
             if skill is None:
+                problem = self.registry.problem_for(intent.skill)
+                if problem is not None:
+                    return self._failure(
+                        rid,
+                        ErrorCode.SKILL_NOT_FOUND,
+                        f"skill {intent.skill!r} is here but invalid: {problem.message} "
+                        f"(fix {problem.path}; check it with `skillscale skills validate`)",
+                    )
                 return self._failure(
                     rid,
                     ErrorCode.SKILL_NOT_FOUND,

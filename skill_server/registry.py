@@ -81,6 +81,15 @@ class SkillRegistry:
         """The skill called ``name``, if served."""
         return self.catalog.skills.get(name)
 
+    def problem_for(self, name: str) -> SkillProblem | None:
+        """Why a skill folder called ``name`` was found but not loaded, if it was."""
+        for problem in self.catalog.problems:
+            path = problem.path
+            folder = path.parent if path.name in ("SKILL.md", "AGENTS.md") else path
+            if folder.name == name:
+                return problem
+        return None
+
     @property
     def names(self) -> list[str]:
         """Served skill names, sorted."""
