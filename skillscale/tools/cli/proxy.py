@@ -97,8 +97,9 @@ def _busy_port(config: ProxyConfig) -> ConfigError:
         if port in ("0", "*") or not _taken(any_host if host == "*" else host, int(port)):
             continue
         return port_in_use_error(what, port, flag)
-    port = config.metrics_port
-    return port_in_use_error("metrics", port, "--metrics-port / SKILLSCALE_METRICS_PORT (-1: off)")
+    return port_in_use_error(
+        "metrics", str(config.metrics_port), "--metrics-port / SKILLSCALE_METRICS_PORT (-1: off)"
+    )
 
 
 def _taken(host: str, port: int) -> bool:
