@@ -4,7 +4,7 @@ from skillscale.core.matching import KeywordMatcher, MatchResult
 from skillscale.skill_server.executor import ExecutionLimits, ExecutionResult, SubprocessExecutor
 from skillscale.skill_server.handler import HandlerConfig, RequestHandler
 from skillscale.skill_server.registry import SkillRegistry
-from skillscale.skill_server.server import ServerConfig, SkillServer, run_server
+from skillscale.skill_server.server import ServerConfig, SkillServer
 
 __all__ = [
     "ExecutionLimits",
@@ -17,5 +17,4 @@ __all__ = [
     "SkillRegistry",
     "SkillServer",
     "SubprocessExecutor",
-    "run_server",
 ]
