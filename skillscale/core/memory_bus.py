@@ -252,21 +252,9 @@ class MemoryDealer:
             del self._bus._dealers[self.identity]
 
 
-class _XSub:
-    def __init__(self, inbox: _Inbox) -> None:
-        self.inbox = inbox
+class _ProxySide:
+    """One of the proxy's three sockets: what arrives waits in ``inbox``."""
 
-    def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
-        return self.inbox.take(max_batch)
-
-    def send(self, frames: Frames, *, copy: bool = True) -> None:
-        pass  # the proxy's "subscribe to everything": a memory XSUB takes everything
-
-    def set(self, option: int, value: int | bytes) -> None:
-        pass
-
-
-class _XPub:
     def __init__(self, bus: MemoryBus, inbox: _Inbox) -> None:
         self._bus = bus
         self.inbox = inbox
@@ -274,6 +262,16 @@ class _XPub:
     def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
         return self.inbox.take(max_batch)
 
+    def set(self, option: int, value: int | bytes) -> None:
+        pass  # socket options mean nothing in memory
+
+
+class _XSub(_ProxySide):
+    def send(self, frames: Frames, *, copy: bool = True) -> None:
+        pass  # the proxy's "subscribe to everything": a memory XSUB takes everything
+
+
+class _XPub(_ProxySide):
     def send(self, frames: Frames, *, copy: bool = True) -> None:
         message = [_raw(f) for f in frames]
         topic = message[0]
@@ -281,18 +279,8 @@ class _XPub:
             if any(topic.startswith(p) for p in sub.prefixes):
                 sub.inbox.put(message)  # a full subscriber misses it, no one else
 
-    def set(self, option: int, value: int | bytes) -> None:
-        pass
 
-
-class _Router:
-    def __init__(self, bus: MemoryBus, inbox: _Inbox) -> None:
-        self._bus = bus
-        self.inbox = inbox
-
-    def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
-        return self.inbox.take(max_batch)
-
+class _Router(_ProxySide):
     def send(self, frames: Frames, *, copy: bool = True) -> None:
         identity = _raw(frames[0])
         dealer = self._bus._dealers.get(identity)
@@ -300,9 +288,6 @@ class _Router:
             raise zmq.ZMQError(zmq.EHOSTUNREACH)
         if not dealer.inbox.put([_raw(f) for f in frames[1:]]):
             raise zmq.Again()
-
-    def set(self, option: int, value: int | bytes) -> None:
-        pass
 
 
 class MemoryProxySockets:
@@ -314,7 +299,7 @@ class MemoryProxySockets:
         self.xsub_in = _Inbox(hwm, self._wake)
         self.xpub_in = _Inbox(hwm, self._wake)
         self.router_in = _Inbox(hwm, self._wake) if with_router else None
-        self.xsub = _XSub(self.xsub_in)
+        self.xsub = _XSub(bus, self.xsub_in)
         self.xpub = _XPub(bus, self.xpub_in)
         self.router = _Router(bus, self.router_in) if self.router_in is not None else None
         self.endpoints = (ENDPOINTS[0], ENDPOINTS[1], ENDPOINTS[2] if with_router else None)
