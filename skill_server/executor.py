@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from skillscale.core.redact import redact
+from skillscale.core.runtime import fd_ready
 from skillscale.core.skill_format import Skill
 
 log = logging.getLogger(__name__)
@@ -614,18 +615,9 @@ class _Run:
         except (AttributeError, OSError):
             await self.proc.wait()  # no pidfd (old kernel) or already reaped
             return
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
         try:
-            await exited
+            await fd_ready(pidfd)
         finally:
-            loop.remove_reader(pidfd)
             os.close(pidfd)
 
     @staticmethod

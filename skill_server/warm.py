@@ -27,6 +27,7 @@ import socket
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from skillscale.core.runtime import fd_ready
 from skillscale.core.skill_format import Skill
 from skillscale.skill_server.executor import (
     ChildProcess,
@@ -130,24 +131,9 @@ async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> No
             sent = socket.send_fds(sock, [data], fds)
             break
         except BlockingIOError:
-            await _writable(sock)
+            await fd_ready(sock, write=True)
     if sent < len(data):
         await loop.sock_sendall(sock, data[sent:])
-
-
-async def _writable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def on_writable() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(sock, on_writable)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(sock)
 
 
 async def _pipe_reader(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamReader:

@@ -198,3 +198,23 @@ async def serve_until(stop: asyncio.Event, *roles: AsyncRole) -> int:
             waiter.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
     return 1 if any(role.crashed.is_set() for role in roles) else 0
+
+
+async def fd_ready(fd: Any, *, write: bool = False) -> None:
+    """Wait, without polling, until ``fd`` (a file descriptor or socket) is
+    readable (or writable); one event, then the watch is removed."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_event() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (
+        loop.add_reader, loop.remove_reader,
+    )  # fmt: skip
+    add(fd, on_event)
+    try:
+        await ready
+    finally:
+        remove(fd)
