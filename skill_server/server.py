@@ -79,6 +79,7 @@ from skillscale.core.transport import (
     env_str,
     proxy_xpub_endpoint,
     proxy_xsub_endpoint,
+    pump,
 )
 from skillscale.skill_server.executor import ResourceLimits, SubprocessExecutor
 from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
@@ -482,11 +483,7 @@ class SkillServer(AsyncRole):
 
     async def _receive_pubsub(self) -> None:
         assert self._sub is not None
-        sub = self._sub
-        while True:
-            await sub.wait_readable()
-            for frames in sub.drain(256):
-                self._on_pubsub_message(frames)
+        await pump(self._sub, self._on_pubsub_message)
 
     def _on_pubsub_message(self, frames: Frames) -> None:
         topic = bytes(frames[0])

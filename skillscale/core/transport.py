@@ -398,3 +398,15 @@ class ZmqProxySockets:
         for pair in (self.xsub, self.xpub, self.router):
             if pair is not None:
                 pair.close()
+
+
+async def pump(sock: BusSocket, handle: Callable[[Frames], None], batch: int = 256) -> None:
+    """Hand every message arriving on ``sock`` to ``handle``, in readable batches, forever.
+
+    The one receive loop of a subscriber (a client's replies, a pubsub
+    server's requests): sleep until readable, drain without blocking.
+    """
+    while True:
+        await sock.wait_readable()
+        for frames in sock.drain(batch):
+            handle(frames)

@@ -58,6 +58,7 @@ from skillscale.core.transport import (
     await_roundtrip,
     proxy_xpub_endpoint,
     proxy_xsub_endpoint,
+    pump,
 )
 from skillscale.sdk.router import Route, TopicRouter
 
@@ -391,11 +392,7 @@ class SkillScaleClient(AsyncRole):
 
     async def _read_replies(self) -> None:
         assert self._sub is not None
-        sub = self._sub
-        while True:
-            await sub.wait_readable()
-            for frames in sub.drain(256):
-                self._on_message(frames)
+        await pump(self._sub, self._on_message)
 
     def _on_message(self, frames: Frames) -> None:
         topic = bytes(frames[0])
