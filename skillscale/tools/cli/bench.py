@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli.common import (
@@ -19,9 +19,6 @@ from skillscale.tools.cli.common import (
     add_curve_peer,
     add_proxy_endpoints,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

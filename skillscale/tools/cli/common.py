@@ -9,15 +9,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skillscale.core.discovery import default_skills_dirs
 from skillscale.core.errors import ConfigError
 from skillscale.core.security import CurveKeys
 from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("skillscale")
 

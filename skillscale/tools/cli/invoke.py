@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli.common import (
@@ -18,9 +18,6 @@ from skillscale.tools.cli.common import (
     add_proxy_endpoints,
     add_timeout,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:

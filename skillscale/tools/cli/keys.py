@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skillscale.tools.cli.common import (
     EXIT_OK,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -20,9 +19,6 @@ from skillscale.tools.cli.common import (
     add_skills_dir,
     add_timeout,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
@@ -67,11 +63,7 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
                     or [o for o in _env("SKILLSCALE_MCP_ALLOWED_ORIGINS", "").split(",") if o],
                 )
 
-    try:
-        run(main)
-    except SkillScaleError as exc:
-        print(f"error [{exc.code.value}]: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
+    run(main)  # a SkillScaleError becomes one line in main()
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skillscale.core.errors import ConfigError
 from skillscale.core.matchers import matcher_help, matcher_names
@@ -24,9 +24,6 @@ from skillscale.tools.cli.common import (
     add_skills_dir,
     log,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_server(args: argparse.Namespace) -> int:

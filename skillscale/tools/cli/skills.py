@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.protocol import topic_for_category
@@ -17,9 +17,6 @@ from skillscale.tools.cli.common import (
     _dirs,
     add_skills_dir,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_skills(args: argparse.Namespace) -> int:

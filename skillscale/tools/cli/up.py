@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli.common import (
-    EXIT_FAIL,
     EXIT_OK,
     _dirs,
     _flag,
@@ -19,9 +16,6 @@ from skillscale.tools.cli.common import (
     add_server_tuning,
     add_skills_dir,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -56,11 +50,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if not args.json:
             print("SkillScale stopped.", flush=True)
 
-    try:
-        run(main)
-    except SkillScaleError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
+    run(main)  # a SkillScaleError becomes one line in main()
     return EXIT_OK
 
 
