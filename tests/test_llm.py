@@ -50,6 +50,11 @@ def test_settings_from_file_and_environment(
     path = write_config_template()
     with pytest.raises(ConfigError):
         write_config_template()
+    assert LLMSettings.load(path) is None  # the template turns nothing on
+    # Uncommenting its llm block (as the template says) turns the model on.
+    lines = path.read_text().splitlines()
+    start = lines.index("# llm:")
+    path.write_text("\n".join(line[2:] for line in lines[start:]) + "\n")
     loaded = LLMSettings.load(path)
     assert loaded is not None and loaded.model == "gpt-4o-mini" and loaded.timeout == 20
     monkeypatch.setenv("OPENAI_BASE_URL", "http://openai.example/v1")
