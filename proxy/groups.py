@@ -69,6 +69,7 @@ class GroupsConfig:
 class Job:
     """One request routed through a replica group."""
 
+    # (Plain typed fields, like the event models': alike in shape only.)
     dispatch_id: bytes
     topic: bytes
     payload: bytes

@@ -56,6 +56,7 @@ class ProxyMetrics:
             "Distinct topic prefixes currently subscribed at the proxy.",
             registry=self.registry,
         )
+        # (Prometheus declarations: one per metric, alike in shape only.)
         self.queue_depth = Gauge(
             "skillscale_topic_queue_depth",
             "Requests of a topic waiting for a free replica slot (autoscaling input).",

@@ -274,6 +274,8 @@ class RequestHandler:
                 trace=trace,
                 skill=skill,
             )
+        # One branch per way a run can fail, each with its own code and sentence: alike
+        # in shape only (a table would hide which message goes with which check).
         if result.stdout_overflow:
             return self._failure(
                 rid,

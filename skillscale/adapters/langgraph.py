@@ -45,6 +45,7 @@ class SkillScaleGraph:
         self.catalog = catalog
         self.toolkit = SkillScaleToolkit.from_catalog(client, catalog)
 
+    # (Each adapter's from_skills_dir is a one-line wrapper over catalog_from.)
     @classmethod
     def from_skills_dir(
         cls, client: AnyClient, path: str | Path | Sequence[str | Path]

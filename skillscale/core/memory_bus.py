@@ -388,6 +388,7 @@ class MemoryBus:
         if self._topics[topic] == 1 and self._proxy is not None:
             self._proxy.xpub_in.put([MemoryFrame(b"\x01" + topic)])
 
+    # (Reference counting as in a subscriber's unsubscribe, one level up: per bus.)
     def _unsubscribe(self, topic: bytes) -> None:
         if self._topics[topic] <= 0:
             return

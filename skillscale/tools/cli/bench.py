@@ -32,6 +32,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     data = _read_data(args.data) if args.data is not None else None
+    # (Same shape as the other commands' flag-to-config mappings: each maps its own flags.)
     config = BenchConfig(
         topic=args.topic,
         intent=bench_intent(args.text, args.skill, data),
@@ -59,6 +60,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Add this command group to the ``skillscale`` parser."""
     p_bench = sub.add_parser("bench", help="load a running fabric; report throughput, latency")
+    # (argparse declarations of different commands look alike; these are bench's own.)
     p_bench.add_argument(
         "--mode",
         choices=("bus", "http"),

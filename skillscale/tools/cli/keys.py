@@ -24,6 +24,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Add this command group to the ``skillscale`` parser."""
     p_keys = sub.add_parser("keys", help="CURVE certificates")
+    # (Same shape as `config`: each is a group with one subcommand.)
     keys_sub = p_keys.add_subparsers(dest="keys_cmd", required=True)
     p_gen = keys_sub.add_parser("generate", help="write NAME.key and NAME.key_secret")
     p_gen.add_argument("names", nargs="+", metavar="NAME")

@@ -235,6 +235,7 @@ def main() -> None:
             [(f.line, f.kind, f"`{f.name}`", f.detail) for f in findings],
         ),
     ]
+    # (Same closing as code-complexity: each skill is a standalone script by design.)
     out += insights_section(
         "Given this dead-code report, say what is safe to delete and what needs a check "
         "first:\n" + "\n".join(out) + "\n\nCode:\n" + source
