@@ -213,7 +213,7 @@ class SkillServer(AsyncRole):
         # fills every worker and then the queue.
         self._capacity = config.workers + config.queue_size
         self._in_flight = 0
-        self._running: dict[asyncio.Task[None], Job | None] = {}
+        self._workers: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[Job] = asyncio.Queue(self._capacity)
         self._given_transport = transport
         self._bus: Transport | None = None
@@ -255,10 +255,10 @@ class SkillServer(AsyncRole):
             self._tasks.append(
                 self.supervise(asyncio.create_task(self._watch_skills(), name="skill-watch"))
             )
-        self._running = {
-            self.supervise(asyncio.create_task(self._work(), name=f"worker-{i}")): None
+        self._workers = [
+            self.supervise(asyncio.create_task(self._work(), name=f"worker-{i}"))
             for i in range(cfg.workers)
-        }
+        ]
         try:
             if cfg.mode == "group":
                 await self._start_group()
@@ -329,7 +329,7 @@ class SkillServer(AsyncRole):
                 await self._hand_back(job)
         else:
             await self._stop_pubsub_intake()
-        workers = list(self._running)
+        workers = list(self._workers)
         if workers:
             try:
                 await asyncio.wait_for(self._queue.join(), timeout=grace)
@@ -338,7 +338,7 @@ class SkillServer(AsyncRole):
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            self._running = {}
+            self._workers = []
         while not self._queue.empty():
             job = self._queue.get_nowait()
             self._finish(job)
@@ -539,11 +539,8 @@ class SkillServer(AsyncRole):
         self._queue.task_done()
 
     async def _work(self) -> None:
-        me = asyncio.current_task()
-        assert me is not None
         while True:
             job = await self._queue.get()
-            self._running[me] = job
             try:
                 reply = await self.handler.process(job.request, job.received_at)
             except Exception as exc:  # process() never raises; if it does, answer anyway
@@ -557,8 +554,6 @@ class SkillServer(AsyncRole):
                     self._answer_unfinished(job, "the server stopped while running it")
                 )
                 raise
-            finally:
-                self._running[me] = None
             if job.dispatch_id is not None and reply.trace is not None:
                 reply.trace.attempt = job.attempt
                 reply.trace.redelivered_from = job.history or None
