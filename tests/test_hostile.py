@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -214,6 +214,22 @@ def test_5_many_subscriptions_are_bounded_and_do_not_slow_routing(fabric, raw) -
     assert subs <= 100_000  # the table's bound (open bus: no per-peer identity)
 
 
+def huge_requests(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    proxy: RoleProcess,
+    count: int = 8,
+    after_each: Callable[[], None] = lambda: None,
+) -> None:
+    """``count`` requests of 100 MiB, each from a fresh publisher."""
+    for _ in range(count):
+        attacker = ctx.socket(zmq.PUB)
+        attacker.setsockopt(zmq.LINGER, 0)
+        attacker.connect(proxy.ready["xsub"])
+        attacker.send_multipart([b"TOPIC_NOBODY", b"x" * (100 << 20)])
+        after_each()
+        attacker.close(0)
+
+
 def test_7_huge_requests_are_refused_and_memory_stays_bounded(fabric, raw) -> None:
     proxy, _ = fabric
     client = ReferenceClient(proxy.ready["xsub"], proxy.ready["xpub"])
@@ -230,12 +246,7 @@ def test_7_huge_requests_are_refused_and_memory_stays_bounded(fabric, raw) -> No
     finally:
         client.close()
     # Past the hard cap: the sender is disconnected; nothing is held.
-    for _ in range(8):
-        attacker = raw.socket(zmq.PUB)
-        attacker.setsockopt(zmq.LINGER, 0)
-        attacker.connect(proxy.ready["xsub"])
-        attacker.send_multipart([b"TOPIC_NOBODY", b"x" * (100 << 20)])
-        attacker.close(0)
+    huge_requests(raw, proxy)
     still_answers(proxy)
     rss_after = rss_mib(proxy.pid)
     print(f"HOSTILE 100 MiB requests: proxy RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
