@@ -159,6 +159,8 @@ def test_up_without_skills_fails_clearly(tmp_path: Path) -> None:
         "0",
         "--xpub-port",
         "0",
+        "--router-port",
+        "0",
         "--metrics-port",
         "-1",
         "--skills-dir",
