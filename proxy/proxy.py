@@ -222,6 +222,14 @@ class Proxy(AsyncRole):
 
     async def start(self) -> None:
         """Bind the sockets, start the metrics endpoint and the forwarding loop."""
+        try:
+            await self._start()
+        except BaseException:
+            # Nothing may outlive a failed start: sockets, ZAP thread, context.
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         if self._transport is not None:
             if cfg.curve is not None:
@@ -370,14 +378,19 @@ class Proxy(AsyncRole):
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + tick
-                self.groups.tick(now)
-                self._expire_held(now)
-                if now >= next_heartbeat:
-                    next_heartbeat = now + self.config.heartbeat_interval
-                    self._heartbeat_all()
-                if now >= next_gauges:
-                    next_gauges = now + self.config.gauge_interval
-                    self._update_gauges()
+                try:
+                    # Answers built here come from peers' payloads too: a
+                    # failure is counted and the next tick tries again.
+                    self.groups.tick(now)
+                    self._expire_held(now)
+                    if now >= next_heartbeat:
+                        next_heartbeat = now + self.config.heartbeat_interval
+                        self._heartbeat_all()
+                    if now >= next_gauges:
+                        next_gauges = now + self.config.gauge_interval
+                        self._update_gauges()
+                except Exception:
+                    self._failed(_GROUP, "housekeeping")
 
     def _failed(self, topic: bytes, what: str) -> None:
         """A handler raised on one message: count it, log it (rate-limited), go on."""
@@ -446,7 +459,7 @@ class Proxy(AsyncRole):
     def _forward_one(self, topic: bytes, frames: list[zmq.Frame], now: float) -> int:
         """Route and publish one message from XSUB; its size if forwarded, else 0."""
         metrics = self.metrics
-        if self._forged(topic, frames[0]):
+        if self._server_keys is not None and self._forged(topic, frames[0]):
             metrics.drop(topic, "forged_reply")
             return 0
         size = sum(len(f) for f in frames)
@@ -456,8 +469,7 @@ class Proxy(AsyncRole):
         request = self._is_request(topic)
         if request and size > self.config.max_message_bytes:
             metrics.drop(topic, "too_large")
-            if request:
-                self._reject(topic, frames, ErrorCode.PAYLOAD_TOO_LARGE,
+            self._reject(topic, frames, ErrorCode.PAYLOAD_TOO_LARGE,
                              f"a request of {size} bytes is over the bus limit of "
                              f"{self.config.max_message_bytes} bytes")  # fmt: skip
             return 0
@@ -586,6 +598,8 @@ class Proxy(AsyncRole):
             if command == HB and len(args) == 1:
                 state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
                 groups.on_heartbeat(identity, state, now)
+                if self._server_keys is not None and identity in groups.members:
+                    self._replica_keys.setdefault(identity, self._peer_of(frames[1]).encode())
                 self._io_send(identity, [VERSION, HB])
             elif command == REPLY and len(args) == 3:
                 reply_to = args[1]
@@ -606,20 +620,16 @@ class Proxy(AsyncRole):
             self.metrics.drop(_GROUP, "malformed")
 
     def _key_matches(self, identity: bytes, frame: zmq.Frame, command: bytes) -> bool:
-        """Under CURVE: is this message's key the one its routing id is bound to?"""
-        key = self._peer_of(frame).encode()
+        """Under CURVE: is this message's key the one its routing id is bound to?
+
+        An id is bound when its first heartbeat is admitted and forgotten when
+        the replica leaves or dies (see :meth:`_update_gauges`).
+        """
         bound = self._replica_keys.get(identity)
-        if bound is None:
-            if command == HB:
-                if len(self._replica_keys) >= self.config.groups.max_members:
-                    live = set(self.groups.members)
-                    self._replica_keys = {i: k for i, k in self._replica_keys.items() if i in live}
-                self._replica_keys[identity] = key
+        if bound is None or bound == self._peer_of(frame).encode():
             return True
-        if bound != key:
-            log.warning("replica id %s used by a second key; message dropped", safe(identity))
-            return False
-        return True
+        log.warning("replica id %s used by a second key; message dropped", safe(identity))
+        return False
 
     def _allowed_state(self, frame: zmq.Frame, state: ServerState) -> ServerState:
         """Keep only the topics this server's key may serve (CURVE topic allow-list)."""
@@ -678,6 +688,10 @@ class Proxy(AsyncRole):
             metrics.inflight.labels(label).set(groups.inflight_count(topic))
             metrics.replicas.labels(label).set(groups.replica_count(topic))
         self._gauged_topics = topics
+        if len(self._replica_keys) > len(groups.members):
+            self._replica_keys = {
+                i: k for i, k in self._replica_keys.items() if i in groups.members
+            }
         # The state machine keeps plain totals; counters move by the difference.
         counted = (groups.redelivered, groups.duplicates_dropped, groups.foreign_dropped)
         metrics.redelivered.inc(counted[0] - self._counted[0])

@@ -103,8 +103,9 @@ class Subscriptions:
 
     @property
     def saturated(self) -> bool:
-        """True once a subscription was refused while the table is near full."""
-        return self.refused > 0 and len(self.all) >= self.max_total - self.max_per_peer
+        """True once any subscription was refused: libzmq still holds it, and
+        XPUB never reports it again, so the table is incomplete for good."""
+        return self.refused > 0
 
     def subscribe(self, prefix: bytes, peer: str | None) -> bool:
         """Record a subscription; False if refused (too long, or a bound is reached).

@@ -38,14 +38,35 @@ def loopback_proxy() -> ProxyConfig:
 async def test_a_dying_forward_loop_crashes_the_proxy() -> None:
     async with Proxy(loopback_proxy()) as proxy:
 
-        def broken_tick(now: float) -> None:
+        async def broken_wait(timeout: float) -> tuple[bool, bool, bool]:
             raise RuntimeError("injected fault in the forwarding loop")
 
-        proxy.groups.tick = broken_tick  # type: ignore[method-assign]
+        assert proxy._sockets is not None
+        proxy._sockets.wait = broken_wait  # type: ignore[method-assign]
         stop = asyncio.Event()
         status = await asyncio.wait_for(serve_until(stop, proxy), 5)
         assert status == 1
         assert proxy.crash_reason is not None and "injected fault" in proxy.crash_reason
+
+
+async def test_failing_housekeeping_is_counted_and_the_loop_goes_on() -> None:
+    async with Proxy(loopback_proxy()) as proxy:
+        ticks = 0
+
+        def broken_tick(now: float) -> None:
+            nonlocal ticks
+            ticks += 1
+            raise RuntimeError("injected fault in housekeeping")
+
+        proxy.groups.tick = broken_tick  # type: ignore[method-assign]
+        while ticks < 3:  # the loop survives the fault and ticks again
+            await asyncio.wait_for(asyncio.sleep(0.05), 5)  # the tick period
+        assert not proxy.crashed.is_set()
+        sample = proxy.metrics.registry.get_sample_value(
+            "skillscale_proxy_dropped_total",
+            {"topic": "_SKILLSCALE_GROUP", "reason": "internal_error"},
+        )
+        assert sample is not None and sample >= 3
 
 
 async def test_one_failing_message_is_dropped_and_the_loop_goes_on() -> None:

@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+import zmq
+
 from skillscale import __version__
 from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli import bench, config, invoke, keys, mcp, proxy, server, skills, up
@@ -58,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAIL
+    except (OSError, zmq.ZMQError) as exc:
+        # The system said no (an address that cannot be bound, a folder that
+        # cannot be written): its own words, on one line.
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return code
 

@@ -72,7 +72,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                     "metrics": proxy.metrics_url,
                 }
             )
-            return await serve_until(stop, proxy)
+            status = await serve_until(stop, proxy)
+        return 1 if proxy.crashed.is_set() else status
 
     try:
         return run(main)

@@ -86,12 +86,14 @@ def _cmd_server(args: argparse.Namespace) -> int:
                  config.proxy_router if config.mode == "group" else config.proxy_xpub)  # fmt: skip
         starting = asyncio.ensure_future(server.__aenter__())
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        crashing = asyncio.ensure_future(server.crashed.wait())
+        await asyncio.wait({starting, stopping, crashing}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        crashing.cancel()
         if not starting.done():
             starting.cancel()  # start() stops what it began on cancellation
             await asyncio.gather(starting, return_exceptions=True)
-            return 0
+            return 1 if server.crashed.is_set() else 0
         starting.result()
         try:
             _print_ready(
@@ -104,9 +106,10 @@ def _cmd_server(args: argparse.Namespace) -> int:
                     "skills": server.registry.names,
                 }
             )
-            return await serve_until(stop, server)
+            status = await serve_until(stop, server)
         finally:
             await server.__aexit__(None, None, None)
+        return 1 if server.crashed.is_set() else status
 
     return run(main)
 
