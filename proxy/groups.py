@@ -201,8 +201,6 @@ class ReplicaGroups:
                 self._dispatch(job, member)
                 self._reap(now)
                 return True
-        else:
-            job.parked_until = now + self.config.no_server_wait
         cfg = self.config
         queue = self.queues.get(topic)
         depth = len(queue) if queue else 0
@@ -468,9 +466,5 @@ class ReplicaGroups:
         for job in lost:
             self._pop_inflight(job.dispatch_id)
             self._requeue(job, member.state.server_id, now, reason=reason)
-        # Work of a topic that lost its last replica waits for a new one.
-        for job in lost:
-            if not self.serves(job.topic):
-                job.parked_until = now + self.config.no_server_wait
         for lost_topic in {job.topic for job in lost}:
             self._pump(lost_topic, now)

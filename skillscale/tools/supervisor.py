@@ -212,24 +212,28 @@ class Fabric(AsyncRole):
                 child = waits.get(fut)
                 if child is None or stop.is_set():
                     continue
-                await self._restart(child)
+                await self._restart(child, stop)
 
-    async def _restart(self, child: Child) -> None:
+    async def _restart(self, child: Child, stop: asyncio.Event) -> None:
+        """Restart a dead child with backoff; a stop signal ends the wait at once,
+        and a restart that fails before ready counts as one more death."""
         assert child.proc is not None
-        code = child.proc.returncode
-        if child.restarts >= MAX_RESTARTS:
-            raise ConfigError(f"{child.name} died {child.restarts + 1} times (last status {code})")
-        child.restarts += 1
-        delay = min(0.5 * 2**child.restarts, 8.0)
-        log.error(
-            "%s exited with status %s; restart %d in %.1f s",
-            child.name,
-            code,
-            child.restarts,
-            delay,
-        )
-        await asyncio.sleep(delay)  # restart backoff, not a hot path
-        await self._spawn(child)
+        reason = f"exited with status {child.proc.returncode}"
+        while not stop.is_set():
+            if child.restarts >= MAX_RESTARTS:
+                raise ConfigError(f"{child.name} died {child.restarts + 1} times ({reason})")
+            child.restarts += 1
+            delay = min(0.5 * 2**child.restarts, 8.0)
+            log.error("%s %s; restart %d in %.1f s", child.name, reason, child.restarts, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)  # the backoff, cut short by stop
+            if stop.is_set():
+                return
+            try:
+                await self._spawn(child)
+                return
+            except ConfigError as exc:
+                reason = str(exc.message)
 
     def kill_all(self) -> None:
         """SIGKILL every child's whole session at once (a forced stop)."""
