@@ -152,6 +152,10 @@ class Fabric(AsyncRole):
             try:
                 line = await asyncio.wait_for(stdout.readline(), timeout=max(remaining, 0.01))
             except asyncio.TimeoutError:
+                # Not ready in time: it must not live on beside its replacement.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                await child.proc.wait()
                 raise ConfigError(
                     f"{child.name} did not become ready in {READY_TIMEOUT:g} s"
                 ) from None
