@@ -31,6 +31,7 @@ chain is walked with a work list, never by recursion.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import logging
@@ -333,7 +334,7 @@ class ReplicaGroups:
                         job,
                         ErrorCode.NO_SERVER,
                         f"no skill server serves {topic.decode(errors='replace')} "
-                        f"(waited {self.config.no_server_wait:g} s)",
+                        f"(waited {self.config.no_server_wait:g} s){self._suggest(topic)}",
                     )
                 else:
                     keep.append(job)
@@ -347,6 +348,16 @@ class ReplicaGroups:
         self._reap(now)
 
     # -- internals -------------------------------------------------------------
+
+    def _suggest(self, topic: bytes) -> str:
+        """ "; did you mean X?" for a topic close to one that is served (a typo)."""
+        served = [t.decode(errors="replace") for t in self.by_topic]
+        close = difflib.get_close_matches(topic.decode(errors="replace"), served, n=1)
+        if close:
+            return f"; did you mean {close[0]}?"
+        if served:
+            return "; served topics: " + ", ".join(sorted(served)[:10])
+        return ""
 
     def _enqueue(self, job: Job, now: float, *, front: bool = False) -> None:
         if job.parked_until is None and not self.serves(job.topic):

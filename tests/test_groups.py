@@ -287,3 +287,16 @@ def test_subscription_table_is_bounded_and_matches_prefixes() -> None:
     assert subs.servers.matches(b"TOPIC_A_V2") and not subs.servers.matches(b"AGENT_REPLY_x")
     assert subs.unsubscribe(b"TOPIC_A") and subs.subscribe(b"TOPIC_C", "key1")
     assert subs.saturated
+
+
+def test_no_server_suggests_the_served_topic_a_typo_meant() -> None:
+    groups, io = make(no_server_wait=1.0)
+    groups.on_heartbeat(b"a", state("a", topics=("TOPIC_DATA_PROCESSING",)), 0)
+    groups.on_request(b"TOPIC_DATA_PROCESING", payload("typo"), 0, plain_subscriber=False)
+    groups.on_request(b"TOPIC_WEATHER", payload("other"), 0, plain_subscriber=False)
+    groups.on_heartbeat(b"a", state("a", topics=("TOPIC_DATA_PROCESSING",)), 1.5)
+    groups.tick(1.5)
+    messages = sorted(message for _, code, message in io.errors if code is ErrorCode.NO_SERVER)
+    assert len(messages) == 2
+    assert "did you mean TOPIC_DATA_PROCESSING?" in messages[0]
+    assert "served topics: TOPIC_DATA_PROCESSING" in messages[1]
