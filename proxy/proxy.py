@@ -404,8 +404,7 @@ class Proxy(AsyncRole):
             return False
         if not (topic.startswith(_REPLY_PREFIX) or topic.startswith(_TRACE_TOPIC)):
             return False
-        sender = frame.get("User-Id")
-        return not isinstance(sender, str) or sender.encode() not in server_keys
+        return self._sender_key(frame) not in server_keys
 
     def _is_request(self, topic: bytes) -> bool:
         return bool(topic) and not topic.startswith(_NOT_REQUESTS)
@@ -565,15 +564,9 @@ class Proxy(AsyncRole):
                 return value
         return None
 
-    @staticmethod
-    def _peer_of(frame: zmq.Frame) -> str:
-        """Who sent a frame: its CURVE key if any, else its address."""
-        for prop in ("User-Id", "Peer-Address"):
-            with contextlib.suppress(zmq.ZMQError):
-                value = frame.get(prop)
-                if isinstance(value, str) and value:
-                    return value
-        return "?"
+    def _sender_key(self, frame: zmq.Frame) -> bytes:
+        """The sender's CURVE key as allow-lists hold it (empty on an open bus)."""
+        return (self._key_of(frame) or "").encode()
 
     def _on_router(self) -> None:
         assert self._router is not None
@@ -599,7 +592,7 @@ class Proxy(AsyncRole):
                 state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
                 groups.on_heartbeat(identity, state, now)
                 if self._server_keys is not None and identity in groups.members:
-                    self._replica_keys.setdefault(identity, self._peer_of(frames[1]).encode())
+                    self._replica_keys.setdefault(identity, self._sender_key(frames[1]))
                 self._io_send(identity, [VERSION, HB])
             elif command == REPLY and len(args) == 3:
                 reply_to = args[1]
@@ -626,7 +619,7 @@ class Proxy(AsyncRole):
         the replica leaves or dies (see :meth:`_update_gauges`).
         """
         bound = self._replica_keys.get(identity)
-        if bound is None or bound == self._peer_of(frame).encode():
+        if bound is None or bound == self._sender_key(frame):
             return True
         log.warning("replica id %s used by a second key; message dropped", safe(identity))
         return False
@@ -636,7 +629,7 @@ class Proxy(AsyncRole):
         rules = self._topic_rules
         if rules is None:
             return state
-        patterns = rules.get(self._peer_of(frame).encode(), [])
+        patterns = rules.get(self._sender_key(frame), [])
         allowed = [t for t in state.topics if any(fnmatch.fnmatchcase(t, p) for p in patterns)]
         if len(allowed) != len(state.topics):
             refused = sorted(set(state.topics) - set(allowed))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -23,20 +22,14 @@ from skillscale.tools.cli.common import (
 def _cmd_invoke(args: argparse.Namespace) -> int:
     from skillscale.core.runtime import run, setup_logging
     from skillscale.sdk.client import SkillScaleClient
+    from skillscale.tools.bench import bench_intent
 
     setup_logging("WARNING")
     data = _read_data(args.data) if args.data is not None else None
-    if args.skill:
-        intent: str = json.dumps(
-            {"skill": args.skill, "data": data if data is not None else (args.text or "")}
-        )
-    elif data is not None:
-        intent = json.dumps({"task": args.text or "", "data": data})
-    elif args.text:
-        intent = args.text
-    else:
+    if not (args.skill or data is not None or args.text):
         print("error: give TEXT, --data or --skill", file=sys.stderr)
         return EXIT_USAGE
+    intent = bench_intent(args.text, args.skill, data)
 
     async def main() -> int:
         async with SkillScaleClient(
