@@ -111,6 +111,7 @@ _PREPOSITION_RE = re.compile(rf"\b(?:{'|'.join(PREPOSITIONS.split())})\b")
 _FILLERS = frozenset(
     "please pls plz kindly can could would will you hey hi ok okay so now just".split()
 )
+_TLDR_RE = re.compile(r"\btl\s*;\s*dr\b")
 _STEMMER = snowballstemmer.stemmer("english")
 
 STOPWORDS = frozenset(
@@ -172,9 +173,11 @@ def normalize(word: str) -> str:
 
 def _fold(text: str) -> str:
     # "précis" -> "precis", "tl;dr" -> "tldr": one word, as users type it both ways.
-    text = unicodedata.normalize("NFKD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    return re.sub(r"\btl\s*;\s*dr\b", "tldr", text)
+    text = text.lower()
+    if not text.isascii():  # the per-character pass is most of a match's time on long data
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c))
+    return _TLDR_RE.sub("tldr", text)
 
 
 def words(text: str) -> list[tuple[str, str]]:
