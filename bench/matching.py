@@ -265,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "held-out, batch 3 (written before the second tuning)": [
             o for o in held if o.task.batch == 3
         ],
+        "held-out, batch 5 (written after all tuning, held out whole)": [
+            o for o in held if o.task.batch == 5
+        ],
         "tuning two thirds": [o for o in outcomes if o.task.split == "tune"],
         "whole set": outcomes,
     }
