@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 import skillscale
+from skillscale.core.discovery import default_skills_dirs
 from skillscale.core.health import HEALTH_PATHS, LIVENESS_PATH
 from skillscale.proxy.metrics import INFLIGHT_METRIC, QUEUE_DEPTH_METRIC, QUEUES_PATH, ProxyMetrics
 from skillscale.tools.cli import build_parser
@@ -90,6 +91,10 @@ def test_the_image_is_multi_stage_slim_pinned_non_root_with_the_cli_as_entrypoin
     exposed = {int(p) for w, r in steps if w == "EXPOSE" for p in r.split()}
     assert exposed == {render.XSUB_PORT, render.XPUB_PORT, render.ROUTER_PORT,
                        render.METRICS_PORT, render.HEALTH_PORT}  # fmt: skip
+    # The image's skills folder is where the CLI looks by default.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SKILLSCALE_SKILLS_DIR", render.SKILLS_ROOT)
+        assert default_skills_dirs() == [Path(render.SKILLS_ROOT)]
     # The pinned version installed is this checkout's.
     assert f"skillscale[mcp,operator]=={skillscale.__version__}" in DOCKERFILE.read_text()
     ignored = (ROOT / ".dockerignore").read_text().split()
@@ -344,6 +349,7 @@ def test_keda_triggers_read_what_the_proxy_exports() -> None:
         proxy["spec"]["template"]["spec"]["containers"][0]["args"]
     )
     waits = dict(proxy_args.no_server_wait_topic or [])
+    assert all(0 < w <= MAX_SANE_SECONDS for w in waits.values()), waits
     scaled = [d for (kind, _), d in docs.items() if kind == "ScaledObject"]
     assert len(scaled) == len([p for p in (ROOT / "skills").iterdir() if p.is_dir()])
     for obj in scaled:

@@ -257,3 +257,32 @@ def test_a_held_request_is_answered_no_server_only_after_its_topic_wait(
         assert doc["queue_depth"] == 1 and doc["load"] == 1
     finally:
         client.close()
+
+
+def test_the_health_port_serves_a_bounded_number_of_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from skillscale.core import health as health_module
+
+    monkeypatch.setattr(health_module, "MAX_CONNECTIONS", 2)
+    http = HealthServer(RoleHealth(lambda: None))
+    port = http.serve("127.0.0.1", 0)
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        # Both slots are held by clients that send nothing: the next is closed unanswered.
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        silent.pop().close()
+        deadline = time.monotonic() + 5
+        while True:  # the freed slot comes back once the server sees the close
+            try:
+                assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                assert time.monotonic() < deadline
+    finally:
+        for sock in silent:
+            sock.close()
+        http.close()

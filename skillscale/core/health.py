@@ -89,13 +89,38 @@ class RoleHealth:
         return self.live() or self._ready()
 
 
+MAX_CONNECTIONS = 32
+"""Requests served at once; more are closed unanswered (a probe retries)."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client may take to send its request (a silent one costs a thread)."""
+
+
 class _Quiet(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes arrive every few seconds: no access log line for each."""
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow client never holds up the role's exit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, but a bounded number of them.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class HealthServer:
