@@ -164,7 +164,7 @@ def scrape(text: str) -> dict[tuple[str, str], float]:
     return out
 
 
-def keda_replicas(metric: float, scaled_object: dict[str, Any], current: int) -> int:
+def keda_replicas(metric: float, scaled_object: dict[str, Any]) -> int:
     """KEDA's documented decision for one metric value.
 
     Activation: at or below ``activationThreshold`` a ScaledObject whose

@@ -43,9 +43,9 @@ def test_keda_rule_clamps_and_activates() -> None:
     obj = scaled_object()
     assert obj["spec"]["minReplicaCount"] == 0
     high = obj["spec"]["maxReplicaCount"]
-    assert keda_replicas(0, obj, current=3) == 0  # idle: back to zero
-    assert keda_replicas(1, obj, current=0) == 1  # activation wakes the topic
-    assert keda_replicas(10_000, obj, current=1) == high  # clamped
+    assert keda_replicas(0, obj) == 0  # idle: back to zero
+    assert keda_replicas(1, obj) == 1  # activation wakes the topic
+    assert keda_replicas(10_000, obj) == high  # clamped
 
 
 @pytest.mark.timeout(90)
@@ -64,10 +64,10 @@ def test_idle_burst_drain_scales_0_to_n_to_0_without_losing_a_request(
     started = time.monotonic()
     server = None
 
-    def sample(current: int) -> int:
+    def sample() -> int:
         samples = scrape(read(metrics))
         metric = evaluate_query(query, samples)
-        desired = keda_replicas(metric, obj, current)
+        desired = keda_replicas(metric, obj)
         waiting = int(samples.get(("skillscale_topic_queue_depth", TOPIC), 0))
         inflight = int(samples.get(("skillscale_topic_inflight", TOPIC), 0))
         live = int(samples.get(("skillscale_topic_replicas", TOPIC), 0))
@@ -76,7 +76,7 @@ def test_idle_burst_drain_scales_0_to_n_to_0_without_losing_a_request(
 
     try:
         # Idle: the proxy has never seen the topic; the query reads 0, not "no data".
-        assert sample(0) == 0
+        assert sample() == 0
         intent = json.dumps({"skill": "slow", "data": str(RUN_SECONDS)})
         ids = {client.send(TOPIC, intent) for _ in range(BURST)}
         # Burst: every held request shows in the metric (gauges refresh every 0.5 s).
@@ -84,7 +84,7 @@ def test_idle_burst_drain_scales_0_to_n_to_0_without_losing_a_request(
         while json.loads(read(queues))["load"] < BURST:
             assert time.monotonic() < deadline, read(queues)
             time.sleep(0.1)  # sampling the exported gauge, as Prometheus scrapes it
-        desired = sample(0)
+        desired = sample()
         assert rows[-1][1] == BURST and rows[-1][4] == BURST
         assert desired == min(obj["spec"]["maxReplicaCount"], -(-BURST // int(threshold)))
         # KEDA activates the topic: a first server starts (2 workers) and drains the queue.
@@ -100,11 +100,10 @@ def test_idle_burst_drain_scales_0_to_n_to_0_without_losing_a_request(
                 pass
             else:
                 replies[reply["request_id"]] = reply
-            sample(desired)
-        desired = rows[-1][5]
+            sample()
         # Drain: the gauges reach 0, and so does the desired count.
         deadline = time.monotonic() + 10
-        while sample(desired) != 0:
+        while sample() != 0:
             assert time.monotonic() < deadline, rows[-1]
             time.sleep(0.1)
     finally:
