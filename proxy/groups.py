@@ -11,8 +11,11 @@ Rules:
   free slots (ties: the one used least recently). With no free slot it waits
   in the topic's bounded queue; a full queue answers ``overloaded``.
 * A request for a topic with no replica and no plain subscriber is parked for
-  ``no_server_wait`` seconds; a replica announcing the topic in that time gets
-  it, otherwise the caller gets ``no_server``.
+  ``no_server_wait`` seconds (per topic: ``no_server_wait_topics``, e.g. long
+  enough for an autoscaler to start a first pod); a replica announcing the
+  topic in that time gets it, otherwise the caller gets ``no_server``. Parked
+  requests count in the topic's queue depth, which is what wakes a topic
+  scaled to zero.
 * A replica silent for ``heartbeat_timeout`` seconds is dead: its in-flight
   requests go back to the front of their queues, up to ``max_attempts``
   deliveries each; the first reply for a dispatch wins and later ones are
@@ -53,6 +56,8 @@ class GroupsConfig:
 
     heartbeat_timeout: float = 3.0
     no_server_wait: float = 5.0
+    no_server_wait_topics: dict[str, float] = field(default_factory=dict)
+    """Per-topic ``no_server_wait`` (topic name -> seconds), overriding the default."""
     max_queue: int = 1000
     """Waiting requests per topic before ``overloaded``."""
     max_queued_total: int = 20_000
@@ -161,6 +166,15 @@ class ReplicaGroups:
         self.redelivered = 0
 
     # -- queries ---------------------------------------------------------------
+
+    def no_server_wait(self, topic: bytes) -> float:
+        """Seconds a request of ``topic`` waits for a first replica."""
+        waits = self.config.no_server_wait_topics
+        if waits:
+            wait = waits.get(topic.decode(errors="replace"))
+            if wait is not None:
+                return wait
+        return self.config.no_server_wait
 
     def serves(self, topic: bytes) -> bool:
         """True if a live replica announced ``topic``."""
@@ -334,7 +348,7 @@ class ReplicaGroups:
                         job,
                         ErrorCode.NO_SERVER,
                         f"no skill server serves {topic.decode(errors='replace')} "
-                        f"(waited {self.config.no_server_wait:g} s){self._suggest(topic)}",
+                        f"(waited {self.no_server_wait(topic):g} s){self._suggest(topic)}",
                     )
                 else:
                     keep.append(job)
@@ -361,7 +375,7 @@ class ReplicaGroups:
 
     def _enqueue(self, job: Job, now: float, *, front: bool = False) -> None:
         if job.parked_until is None and not self.serves(job.topic):
-            job.parked_until = now + self.config.no_server_wait
+            job.parked_until = now + self.no_server_wait(job.topic)
         queue = self.queues.setdefault(job.topic, deque())
         if front:
             queue.appendleft(job)
@@ -378,7 +392,7 @@ class ReplicaGroups:
                 del self.by_topic[topic]
                 # Everything still waiting for a slot now waits for a first
                 # replica, with the same no_server deadline as new requests.
-                parked_until = now + self.config.no_server_wait
+                parked_until = now + self.no_server_wait(topic)
                 for job in self.queues.get(topic, ()):
                     if job.parked_until is None:
                         job.parked_until = parked_until

@@ -4,23 +4,43 @@ Counting is per *message* (not per frame). The forwarding loop accumulates
 counts per batch in plain dicts and flushes them once per batch, so the cost
 of a labelled Prometheus child lookup is paid per topic per batch, not per
 message.
+
+The same port serves the proxy's health (``/healthz``, ``/readyz``, see
+:mod:`skillscale.core.health`) and ``/queues``, a small JSON view of the
+per-topic gauges for KEDA's ``metrics-api`` scaler where no Prometheus runs:
+``/queues?topic=T`` answers ``{"topic": T, "queue_depth", "inflight",
+"replicas", "load"}`` (``load`` = waiting + in flight, exactly the sum the
+Prometheus trigger computes; all 0 for a topic the proxy has not seen, so a
+scaled-to-zero topic reads 0, not an error); without ``topic`` it lists all.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections import Counter
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 from prometheus_client import Counter as PromCounter
 
+from skillscale.core.health import HealthServer, RoleHealth
 from skillscale.core.protocol import MAX_TOPIC_BYTES, PROBE_TOPIC_PREFIX, REPLY_TOPIC_PREFIX
 
 MAX_TOPIC_LABELS = 500
 """Distinct topic label values kept before new ones fold into ``_other``."""
 
 _FOLDED_PREFIXES = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode())
+
+METRICS_PATH = "/metrics"
+QUEUES_PATH = "/queues"
+"""JSON per-topic load for KEDA's ``metrics-api`` trigger."""
+QUEUE_DEPTH_METRIC = "skillscale_topic_queue_depth"
+INFLIGHT_METRIC = "skillscale_topic_inflight"
+"""The two gauges whose sum per topic is the autoscaling input."""
+
+TopicLoad = tuple[int, int, int]
+"""(waiting, in flight, live replicas) of one topic."""
 
 DOWNSTREAM = "downstream"
 """Messages from publishers to subscribers (requests, replies)."""
@@ -58,13 +78,14 @@ class ProxyMetrics:
         )
         # (Prometheus declarations: one per metric, alike in shape only.)
         self.queue_depth = Gauge(
-            "skillscale_topic_queue_depth",
-            "Requests of a topic waiting for a free replica slot (autoscaling input).",
+            QUEUE_DEPTH_METRIC,
+            "Requests of a topic waiting for a free replica slot or for a first replica "
+            "(autoscaling input).",
             ["topic"],
             registry=self.registry,
         )
         self.inflight = Gauge(
-            "skillscale_topic_inflight",
+            INFLIGHT_METRIC,
             "Requests of a topic dispatched to a replica and not yet answered.",
             ["topic"],
             registry=self.registry,
@@ -93,8 +114,9 @@ class ProxyMetrics:
         )
         self._known: set[str] = set()
         self._lock = threading.Lock()
-        self._http: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: HealthServer | None = None
+        self._loads: dict[str, TopicLoad] = {}
+        """Replaced whole on each refresh (read by the HTTP thread)."""
 
     def topic_label(self, topic: bytes) -> str:
         """A bounded-cardinality label for a topic frame."""
@@ -127,17 +149,42 @@ class ProxyMetrics:
         """Record one undeliverable message."""
         self.dropped.labels(self.topic_label(topic), reason).inc()
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` (0 = any free port); return the port."""
-        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._http.server_port)
+    def set_topics(self, loads: dict[str, TopicLoad]) -> None:
+        """Refresh the per-topic gauges and the ``/queues`` view (label -> load)."""
+        for label, (waiting, inflight, replicas) in loads.items():
+            self.queue_depth.labels(label).set(waiting)
+            self.inflight.labels(label).set(inflight)
+            self.replicas.labels(label).set(replicas)
+        self._loads = {**self._loads, **loads}
+
+    def queues(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        """The ``/queues`` route (see the module doc)."""
+        loads = self._loads
+
+        def one(topic: str) -> dict[str, object]:
+            waiting, inflight, replicas = loads.get(topic, (0, 0, 0))
+            return {"topic": topic, "queue_depth": waiting, "inflight": inflight,
+                    "replicas": replicas, "load": waiting + inflight}  # fmt: skip
+
+        topics = query.get("topic")
+        if topics:
+            doc: dict[str, object] = one(topics[0][:MAX_TOPIC_BYTES])
+        else:
+            doc = {"topics": {t: one(t) for t in sorted(loads)}}
+        doc["timestamp"] = time.time()
+        return 200, "application/json", (json.dumps(doc) + "\n").encode()
+
+    def serve(self, host: str, port: int, health: RoleHealth) -> int:
+        """Serve ``/metrics``, health and ``/queues`` on ``host:port`` (0 = any free)."""
+        self._http = HealthServer(
+            health,
+            routes={QUEUES_PATH: self.queues},
+            mounts={METRICS_PATH: make_wsgi_app(self.registry)},
+        )
+        return self._http.serve(host, port)
 
     def close(self) -> None:
         """Stop the HTTP endpoint."""
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
             self._http = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None

@@ -57,6 +57,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC
+from skillscale.core.health import RoleHealth, url_for
 from skillscale.core.memory_bus import MemoryBus
 from skillscale.core.protocol import (
     MAX_REPLY_BYTES,
@@ -191,6 +192,9 @@ class Proxy(AsyncRole):
         self.config = config or ProxyConfig()
         self._transport = transport
         self.metrics = ProxyMetrics()
+        self._bound = False
+        self.health = RoleHealth(self._readiness)
+        """Liveness and readiness, served on the metrics port."""
         self._io = _IO(self)
         self.groups = ReplicaGroups(self._io, self.config.groups)
         self._ctx: zmq.asyncio.Context | None = None
@@ -219,6 +223,8 @@ class Proxy(AsyncRole):
         self.xpub_endpoint = ""
         self.router_endpoint: str | None = None
         self.metrics_url: str | None = None
+        self.health_url: str | None = None
+        """The readiness URL (on the metrics port)."""
 
     async def start(self) -> None:
         """Bind the sockets, start the metrics endpoint and the forwarding loop."""
@@ -244,12 +250,14 @@ class Proxy(AsyncRole):
         self.xsub_endpoint, self.xpub_endpoint, self.router_endpoint = sockets.endpoints
         self._xsub.send([b"\x01"])  # subscribe to everything (see module doc)
         if cfg.metrics_port is not None:
-            port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port, self.health)
             host = "127.0.0.1" if cfg.metrics_host in ("0.0.0.0", "", "::") else cfg.metrics_host  # noqa: S104
             self.metrics_url = f"http://{host}:{port}/metrics"
+            self.health_url = url_for(cfg.metrics_host, port)
         self._tasks = [
             self.supervise(asyncio.create_task(self._forward(sockets), name="proxy-forward"))
         ]
+        self._bound = True
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
             self.xsub_endpoint,
@@ -327,6 +335,16 @@ class Proxy(AsyncRole):
             ctx, self._ctx = self._ctx, None
             await asyncio.get_running_loop().run_in_executor(None, ctx.term)
 
+    def _readiness(self) -> str | None:
+        """Ready once every socket is bound and the forwarding loop runs."""
+        if self._role_stopping:
+            return "stopping"
+        return None if self._bound else "sockets not bound yet"
+
+    def on_crash(self) -> None:
+        """A dead forwarding loop fails liveness, so the orchestrator restarts us."""
+        self.health.set_crashed(self.crash_reason or "a task died")
+
     def _close_sockets(self) -> None:
         if self._sockets is not None:
             self._sockets.close()
@@ -383,6 +401,7 @@ class Proxy(AsyncRole):
                     # failure is counted and the next tick tries again.
                     self.groups.tick(now)
                     self._expire_held(now)
+                    self.health.tick()
                     if now >= next_heartbeat:
                         next_heartbeat = now + self.config.heartbeat_interval
                         self._heartbeat_all()
@@ -675,11 +694,16 @@ class Proxy(AsyncRole):
     def _update_gauges(self) -> None:
         groups, metrics = self.groups, self.metrics
         topics = groups.topics()
-        for topic in topics | self._gauged_topics:
-            label = metrics.topic_label(topic)
-            metrics.queue_depth.labels(label).set(groups.queue_depth(topic))
-            metrics.inflight.labels(label).set(groups.inflight_count(topic))
-            metrics.replicas.labels(label).set(groups.replica_count(topic))
+        metrics.set_topics(
+            {
+                metrics.topic_label(topic): (
+                    groups.queue_depth(topic),
+                    groups.inflight_count(topic),
+                    groups.replica_count(topic),
+                )
+                for topic in topics | self._gauged_topics
+            }
+        )
         self._gauged_topics = topics
         if len(self._replica_keys) > len(groups.members):
             self._replica_keys = {

@@ -42,6 +42,7 @@ from typing import Literal
 
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC, ExecutionTrace, caller_id
+from skillscale.core.health import HealthServer, RoleHealth, url_for
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.matchers import resolve_matcher, wants_llm
 from skillscale.core.matching import DEFAULT_THRESHOLD
@@ -143,6 +144,9 @@ class ServerConfig:
     server is built); auto: the LLM when one is configured, else keywords."""
     llm: LLMSettings | None = None
     """None: read the configuration (file and environment)."""
+    health_port: int | None = None
+    """HTTP port for ``/healthz`` and ``/readyz`` (0 = any free); None: no endpoint."""
+    health_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -224,6 +228,11 @@ class SkillServer(AsyncRole):
         self._accepting = False
         self._proxy_seen = 0.0
         self._proxy_ready: asyncio.Event = asyncio.Event()
+        self._serving = False
+        self.health = RoleHealth(self._readiness)
+        self._health_http: HealthServer | None = None
+        self.health_url: str | None = None
+        """The readiness URL once the health endpoint listens."""
 
     @property
     def in_flight(self) -> int:
@@ -235,6 +244,11 @@ class SkillServer(AsyncRole):
     async def start(self) -> None:
         """Load skills, connect, prove the path to the proxy, start serving."""
         cfg = self.config
+        if cfg.health_port is not None:
+            # Before anything slow: liveness answers while we wait for the proxy.
+            self._health_http = HealthServer(self.health)
+            port = self._health_http.serve(cfg.health_host, cfg.health_port)
+            self.health_url = url_for(cfg.health_host, port)
         self.registry.reload()
         log.info(
             "server %s (%s, %s matching): topics %s, skills %s",
@@ -251,6 +265,10 @@ class SkillServer(AsyncRole):
                 log.error("%s; Python skills run cold until it is back", exc)
         self._bus = self._given_transport or ZmqTransport()
         self._accepting = True
+        if self._health_http is not None:
+            self._tasks.append(
+                self.supervise(asyncio.create_task(self._loop_ticks(), name="health-ticks"))
+            )
         if cfg.reload_interval > 0:
             self._tasks.append(
                 self.supervise(asyncio.create_task(self._watch_skills(), name="skill-watch"))
@@ -267,6 +285,29 @@ class SkillServer(AsyncRole):
         except BaseException:
             await self.stop(grace=0)
             raise
+        self._serving = True
+
+    async def _loop_ticks(self) -> None:
+        """Liveness: the event loop still runs (a wedged loop stops these ticks)."""
+        while True:
+            self.health.tick()
+            await asyncio.sleep(1.0)  # the liveness clock itself, not a wait for work
+
+    def _readiness(self) -> str | None:
+        """Serving: the proxy accepted our heartbeat lately, and the fork server is up."""
+        if self._role_stopping:
+            return "stopping"
+        if not self._serving:
+            return f"starting: no answer from the proxy at {self.config.proxy_router} yet"
+        if not self._accepting:
+            return "not taking work (a task died)"
+        if self.config.mode == "group":
+            silent = time.monotonic() - self._proxy_seen
+            if silent > HEARTBEAT_TIMEOUT:
+                return f"the proxy has not answered our heartbeats for {silent:.0f} s"
+        if isinstance(self.executor, WarmExecutor) and not self.executor.running:
+            return "the fork server is not running (Python skills would run cold)"
+        return None
 
     async def _start_group(self) -> None:
         cfg = self.config
@@ -321,6 +362,7 @@ class SkillServer(AsyncRole):
         grace = self.config.grace if grace is None else grace
         self._role_stopping = True
         self._accepting = False
+        self._serving = False
         if self._dealer is not None and not self._dealer.closed:
             await self._send_group([VERSION, HB, self._state().to_bytes()])
             while not self._queue.empty():
@@ -357,6 +399,9 @@ class SkillServer(AsyncRole):
         await self.executor.close()
         if self.llm is not None:
             await self.llm.close()
+        if self._health_http is not None:
+            self._health_http.close()
+            self._health_http = None
         if self._bus is not None:
             bus, self._bus = self._bus, None
             if bus is not self._given_transport:
@@ -380,6 +425,7 @@ class SkillServer(AsyncRole):
     def on_crash(self) -> None:
         """A task died: take no more work; the next heartbeat says ``draining``."""
         self._accepting = False
+        self.health.set_crashed(self.crash_reason or "a task died")
 
     def _state(self) -> ServerState:
         names = self.registry.names

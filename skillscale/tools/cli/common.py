@@ -176,3 +176,22 @@ def port_in_use_error(what: str, port: int | str, flag: str) -> ConfigError:
         f"{what} port {port} is already in use; is a fabric already running? "
         f"Stop it, or choose another port with {flag}"
     )
+
+
+def add_health_port(p: argparse.ArgumentParser) -> None:
+    """``--health-port``/``--health-host``: a role's own ``/healthz`` and ``/readyz``."""
+    _flag(
+        p,
+        "--health-port",
+        "SKILLSCALE_HEALTH_PORT",
+        -1,
+        "HTTP port for /healthz (liveness) and /readyz (readiness), 0 = any free, -1 = off",
+        type=int,
+    )
+    _flag(
+        p,
+        "--health-host",
+        "SKILLSCALE_HEALTH_HOST",
+        "127.0.0.1",
+        "interface of the health port; a pod binds 0.0.0.0 for its kubelet probes",
+    )

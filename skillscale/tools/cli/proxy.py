@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,10 +46,36 @@ def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
         groups=GroupsConfig(
             heartbeat_timeout=args.heartbeat_timeout,
             no_server_wait=args.no_server_wait,
+            no_server_wait_topics=_topic_waits(args.no_server_wait_topic),
             max_queue=args.max_queue,
             max_attempts=args.max_attempts,
         ),
     )
+
+
+def _topic_wait(value: str) -> tuple[str, float]:
+    """``TOPIC=SECONDS`` (one ``--no-server-wait-topic``)."""
+    topic, sep, seconds = value.partition("=")
+    if not sep or not topic.strip():
+        raise argparse.ArgumentTypeError(f"{value!r}: give TOPIC=SECONDS, e.g. TOPIC_DATA=60")
+    return topic.strip(), _seconds(seconds.strip())
+
+
+def _topic_waits(given: list[str] | list[tuple[str, float]] | None) -> dict[str, float]:
+    """The per-topic waits: flags (parsed) or the environment (one comma-separated string)."""
+    waits: dict[str, float] = {}
+    for item in given or []:
+        if isinstance(item, str):  # from SKILLSCALE_NO_SERVER_WAIT_TOPICS
+            for part in item.split(","):
+                if part.strip():
+                    try:
+                        topic, seconds = _topic_wait(part)
+                    except (argparse.ArgumentTypeError, ValueError) as exc:
+                        raise ConfigError(f"SKILLSCALE_NO_SERVER_WAIT_TOPICS: {exc}") from None
+                    waits[topic] = seconds
+        else:
+            waits[item[0]] = item[1]
+    return waits
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -70,6 +97,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                     "xpub": proxy.xpub_endpoint,
                     "router": proxy.router_endpoint,
                     "metrics": proxy.metrics_url,
+                    "health": proxy.health_url,
                 }
             )
             status = await serve_until(stop, proxy)
@@ -199,6 +227,17 @@ def add_parser(sub: Any) -> None:
         5.0,
         "seconds a request waits for a first server of its topic before 'no_server'",
         type=float,
+    )
+    env_waits = os.environ.get("SKILLSCALE_NO_SERVER_WAIT_TOPICS")
+    p_proxy.add_argument(
+        "--no-server-wait-topic",
+        action="append",
+        type=_topic_wait,
+        metavar="TOPIC=SECONDS",
+        default=[env_waits] if env_waits else None,
+        help="per-topic --no-server-wait (repeatable), e.g. to hold requests while an "
+        "autoscaler starts a topic's first pod [env SKILLSCALE_NO_SERVER_WAIT_TOPICS, "
+        "comma-separated TOPIC=SECONDS]",
     )
     _flag(
         p_proxy,

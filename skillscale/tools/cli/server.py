@@ -19,6 +19,7 @@ from skillscale.tools.cli.common import (
     _positive_int,
     _print_ready,
     add_curve_peer,
+    add_health_port,
     add_proxy_endpoints,
     add_server_tuning,
     add_skills_dir,
@@ -75,6 +76,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
     )
     if args.server_id:
         config.server_id = args.server_id
+    if args.health_port >= 0:
+        config.health_port, config.health_host = args.health_port, args.health_host
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -104,6 +107,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
                     "mode": config.mode,
                     "topics": config.topics,
                     "skills": server.registry.names,
+                    "health": server.health_url,
                 }
             )
             status = await serve_until(stop, server)
@@ -225,4 +229,5 @@ def add_parser(sub: Any) -> None:
         "id shown in replies",
         shown="<host>-<pid>-<hex>",
     )
+    add_health_port(p_server)
     p_server.set_defaults(func=_cmd_server)
