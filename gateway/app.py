@@ -45,6 +45,14 @@ from skillscale.gateway.service import Gateway, error_detail, not_served
 STATIC = Path(str(files("skillscale.gateway") / "static"))
 TOPIC_PATH = r"^[A-Za-z0-9_.:\-]{1,256}$"
 RETRY_AFTER = "1"
+CONSOLE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # The console loads only its own files and talks only to this gateway.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
@@ -252,7 +260,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def console() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC / "index.html", headers=CONSOLE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
