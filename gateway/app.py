@@ -69,8 +69,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _error(detail: ErrorDetail) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER} if detail.status == 503 else None
+def _error(detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if detail.status == 503:
+        headers["Retry-After"] = RETRY_AFTER
     return JSONResponse(
         ErrorResponse(error=detail).model_dump(mode="json", exclude_none=True),
         status_code=detail.status,
@@ -117,7 +119,9 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(error_detail("http_error", str(exc.detail), status=exc.status_code))
+        # Keep the exception's headers (a 405's Allow, RFC 9110).
+        detail = error_detail("http_error", str(exc.detail), status=exc.status_code)
+        return _error(detail, dict(exc.headers or {}))
 
     @app.exception_handler(BodyTooLarge)
     async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:

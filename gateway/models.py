@@ -30,14 +30,26 @@ class ErrorResponse(BaseModel):
 class TopicInvokeRequest(BaseModel):
     """A call on one topic: an explicit ``skill`` (with ``data``) or a ``task`` to match."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The one-of rule is in the schema too, so the contract rejects what the model does.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["skill"], "properties": {"skill": {"type": "string"}}},
+                {
+                    "required": ["task"],
+                    "properties": {"task": {"type": "string", "pattern": r"\S"}},
+                },
+            ]
+        },
+    )
 
     task: str | None = Field(None, max_length=MAX_TASK_CHARS, description="text to match")
     skill: str | None = Field(
         None, max_length=64, pattern=SKILL_PATTERN, description="run this skill"
     )
     data: Any = Field(None, description="the skill's input (string or any JSON value)")
-    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT, description="seconds to wait")
+    timeout: float | None = Field(None, ge=1, le=MAX_TIMEOUT, description="seconds to wait")
 
     @model_validator(mode="after")
     def _one_of(self) -> TopicInvokeRequest:
@@ -67,7 +79,7 @@ class RoutedInvokeRequest(BaseModel):
 
     task: str = Field(min_length=1, max_length=MAX_TASK_CHARS, pattern=r"\S")
     data: Any = Field(None, description="the skill's input; the task text when absent")
-    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT)
+    timeout: float | None = Field(None, ge=1, le=MAX_TIMEOUT, description="seconds to wait")
 
 
 class RouteInfo(BaseModel):
