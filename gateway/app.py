@@ -33,6 +33,8 @@ from skillscale.gateway.models import (
     RequestList,
     RequestRecord,
     RequestSummary,
+    RolloutAction,
+    RolloutStatus,
     RoutedInvokeRequest,
     SkillList,
     Stats,
@@ -45,6 +47,8 @@ from skillscale.gateway.service import Gateway, error_detail, not_served
 STATIC = Path(str(files("skillscale.gateway") / "static"))
 TOPIC_PATH = r"^[A-Za-z0-9_.:\-]{1,256}$"
 RETRY_AFTER = "1"
+TopicParam = Annotated[str, PathParam(pattern=TOPIC_PATH)]
+NameParam = Annotated[str, PathParam(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=64)]
 CONSOLE_HEADERS = {
     "Cache-Control": "no-cache",
     # The console loads only its own files and talks only to this gateway.
@@ -256,6 +260,27 @@ def create_app(gateway: Gateway) -> FastAPI:
 
         # A first comment line flushes the headers at once (proxies, fetch readers).
         return EventSourceResponse(frames(), ping=15)
+
+    skill_path = "/v1/skills/{topic}/{name}"
+    version_errors = {k: _ERRORS[k] for k in (400, 404, 422)}
+
+    @app.get(skill_path + "/rollout", response_model=RolloutStatus, responses=version_errors,
+             tags=["versions"])  # fmt: skip
+    async def rollout_status(topic: TopicParam, name: NameParam) -> RolloutStatus:
+        """A skill's versions, its canary and the canary's statistics."""
+        return await gateway.rollout_status(topic, name)
+
+    @app.post(skill_path + "/promote", response_model=RolloutStatus, responses=version_errors,
+              tags=["versions"])  # fmt: skip
+    async def promote(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
+        """Make the canary (or, with none, the newest draft) the active version."""
+        return await gateway.change_rollout(topic, name, "promote", None, body.reason)
+
+    @app.post(skill_path + "/rollback", response_model=RolloutStatus, responses=version_errors,
+              tags=["versions"])  # fmt: skip
+    async def rollback(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
+        """Serve a retired version again (the one active before, by default)."""
+        return await gateway.change_rollout(topic, name, "rollback", body.version, body.reason)
 
     @app.get("/v1/stats", response_model=Stats, tags=["stats"])
     async def stats() -> Stats:

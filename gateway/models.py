@@ -231,3 +231,28 @@ class Health(BaseModel):
 
     status: Literal["ok", "unavailable"]
     detail: str = ""
+
+
+class RolloutStatus(BaseModel):
+    """A skill's versions and canary, as ``skillscale.core.rollout`` keeps them."""
+
+    skill: str
+    topic: str
+    managed: bool = Field(description="the skill has a rollout file (versions beyond the first)")
+    active: str | None = None
+    state: str = Field(description="active, canary or degraded")
+    versions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    canary: dict[str, Any] | None = None
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+    suggestions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RolloutAction(BaseModel):
+    """A promote or rollback request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(
+        None, pattern=r"^[0-9]{1,12}$", description="rollback: the version to serve again"
+    )
+    reason: str | None = Field(None, max_length=500)

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from skillscale.core import rollout
 from skillscale.core.discovery import Catalog, SkillDiscovery
 from skillscale.core.errors import ErrorCode, SkillNotFoundError, SkillScaleError
 from skillscale.core.events import TRACE_TOPIC
@@ -44,6 +45,7 @@ from skillscale.core.transport import (
 from skillscale.gateway.models import (
     ErrorDetail,
     RequestRecord,
+    RolloutStatus,
     RouteInfo,
     SkillInfo,
     SkillList,
@@ -123,7 +125,8 @@ class Gateway(AsyncRole):
         self._catalog_lock = asyncio.Lock()
         self._stats: tuple[float, Stats] | None = None
         self._router: tuple[SkillList, TopicRouter] | None = None
-        self._local = Catalog()
+        # The local library: SKILL.md bodies, validation, versions (read once here).
+        self._local = SkillDiscovery(config.skills_dirs).scan() if config.skills_dirs else Catalog()
         self.ready = False
 
     # -- life --------------------------------------------------------------
@@ -131,8 +134,6 @@ class Gateway(AsyncRole):
     async def start(self) -> None:
         """Connect to the fabric and subscribe to its events; ready on return."""
         cfg = self.config
-        if cfg.skills_dirs:
-            self._local = SkillDiscovery(cfg.skills_dirs).scan()
         await self.client.connect()
         try:
             self._bus = bus = self._given_transport or ZmqTransport()
@@ -483,6 +484,44 @@ class Gateway(AsyncRole):
                 )
             )
         return out
+
+    # -- versions (skillscale.core.rollout) ---------------------------------
+
+    def _skill_dir(self, topic: str, name: str) -> Path:
+        skill = self._local.skills.get(name)
+        if skill is None or topic_for_category(self._local.category_of[name]) != topic:
+            raise SkillNotFoundError(
+                f"no local skill {name!r} on {topic}: versions are managed in the gateway's "
+                "--skills-dir"
+            )
+        return skill.path
+
+    async def rollout_status(self, topic: str, name: str) -> RolloutStatus:
+        """A skill's versions and canary (read from its rollout file)."""
+        folder = self._skill_dir(topic, name)
+        state = await asyncio.to_thread(rollout.read_rollout, folder)
+        if state is None:
+            skill = self._local.skills[name]
+            return RolloutStatus(skill=name, topic=topic, managed=False,
+                                 active=skill.version, state="active")  # fmt: skip
+        return RolloutStatus(topic=topic, managed=True, **state.status())
+
+    async def change_rollout(
+        self, topic: str, name: str, action: str, version: str | None, reason: str | None
+    ) -> RolloutStatus:
+        """Promote the canary (or newest draft) or roll back to a retired version."""
+        folder = self._skill_dir(topic, name)
+        why = reason or f"{action} from the gateway"
+        try:
+            if action == "promote":
+                await asyncio.to_thread(rollout.promote, folder, why)
+            else:
+                await asyncio.to_thread(rollout.rollback, folder, version, why)
+        except rollout.RolloutError as exc:
+            raise SkillScaleError(exc.message, code=ErrorCode.BAD_REQUEST) from None
+        self._catalog = None  # the servers reload the skill; ask them again
+        self._local = await asyncio.to_thread(SkillDiscovery(self.config.skills_dirs).scan)
+        return await self.rollout_status(topic, name)
 
     # -- proxy metrics -----------------------------------------------------
 

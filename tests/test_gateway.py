@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +24,7 @@ from skillscale.gateway import Gateway, GatewayConfig, create_app
 from skillscale.gateway.security import check_exposure
 from skillscale.gateway.service import http_status, parse_metrics
 from skillscale.proxy.metrics import DOWNSTREAM, ProxyMetrics
-from tests.helpers import BUNDLED_SKILLS
+from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS
 from tests.test_fabric_cases import CSV, Fabric
 
 pytestmark = pytest.mark.timeout(60)
@@ -229,6 +231,38 @@ def test_beyond_loopback_needs_a_token(capsys: pytest.CaptureFixture[str]) -> No
     with contextlib.suppress(SystemExit):
         assert main(["gateway", "--host", "0.0.0.0", "--port", "0"]) == 1
     assert "SKILLSCALE_GATEWAY_TOKEN" in capsys.readouterr().err
+
+
+async def test_versions_promote_and_rollback(tmp_path: Path) -> None:
+    from skillscale.core.rollout import propose_candidate
+
+    skill = tmp_path / "skills" / "trivial" / "echo"
+    shutil.copytree(FIXTURE_SKILLS / "testing" / "echo", skill)
+    better = tmp_path / "better" / "echo"
+    shutil.copytree(skill, better)
+    (better / "SKILL.md").write_text(
+        (better / "SKILL.md").read_text().replace("Test fixture.", "Better fixture.")
+    )
+    config = GatewayConfig(metrics_url=None, skills_dirs=[tmp_path / "skills"])
+    transport = httpx.ASGITransport(app=create_app(Gateway(config)))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        path = "/v1/skills/TOPIC_TRIVIAL/echo"
+        plain = (await http.get(path + "/rollout")).json()
+        assert plain["managed"] is False and plain["state"] == "active"
+        version = propose_candidate(skill, better, {"by": "test"})
+        status = (await http.get(path + "/rollout")).json()
+        assert status["managed"] and status["canary"]["version"] == version
+        promoted = await http.post(path + "/promote", json={"reason": "looks better"})
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["active"] == version and promoted.json()["canary"] is None
+        assert "Better fixture." in (skill / "SKILL.md").read_text()
+        back = await http.post(path + "/rollback", json={})
+        assert back.status_code == 200 and back.json()["active"] != version
+        assert "Better fixture." not in (skill / "SKILL.md").read_text()
+        missing = await http.get("/v1/skills/TOPIC_TRIVIAL/nope/rollout")
+        assert missing.status_code == 404 and error_of(missing)["code"] == "skill_not_found"
+        again = await http.post(path + "/promote", json={})
+        assert again.status_code == 400 and error_of(again)["code"] == "bad_request"
 
 
 def test_stats_parse_what_the_proxy_exports() -> None:

@@ -480,6 +480,9 @@
     }
     node.append(meta);
     for (const p of s.problems || []) node.append(el("p", { class: "error", text: p }));
+    const versions = el("div", { class: "versions" });
+    node.append(versions);
+    if (s.valid) renderVersions(versions, s);
     if (s.body) {
       node.append(el("h3", { text: "SKILL.md" }));
       const body = el("div", { class: "markdown" });
@@ -494,6 +497,43 @@
       $("try-skill").value = s.name; location.hash = "#try";
     } });
     node.append(el("p", {}, [tryIt]));
+  }
+
+  async function renderVersions(node, s) {
+    const base = "/v1/skills/" + encodeURIComponent(s.topic) + "/" + encodeURIComponent(s.name);
+    const r = await api(base + "/rollout");
+    clear(node);
+    if (!r.ok || !r.body) return;
+    const st = r.body;
+    node.append(el("h3", { text: "Versions" }));
+    if (!st.managed) {
+      node.append(el("p", { class: "muted small", text: "One version (" + (st.active || "unversioned") + "): no candidates yet." }));
+      return;
+    }
+    const table = el("table", { class: "meta" }, [el("tr", {}, [el("th", { text: "version" }), el("th", { text: "state" }), el("th", { text: "why" })])]);
+    for (const [v, info] of Object.entries(st.versions)) {
+      table.append(el("tr", {}, [el("td", { text: v }), el("td", {}, [el("span", { class: "pill small " + (info.state === "active" ? "up" : info.state === "canary" ? "idle" : "idle"), text: info.state })]), el("td", { class: "small", text: info.reason || "" })]));
+    }
+    node.append(table);
+    if (st.canary) {
+      const arms = (st.canary.arms || {});
+      const line = ["active", "candidate"].map((arm) => {
+        const a = arms[arm] || { n: 0, successes: 0 };
+        return arm + " " + a.successes + "/" + a.n;
+      }).join(" · ");
+      node.append(el("p", { class: "small", text: "Canary " + st.canary.version + ": " + line + (st.canary.llr !== undefined ? " · LLR " + Number(st.canary.llr).toFixed(2) : "") }));
+    }
+    const act = async (what, body) => {
+      const res = await api(base + "/" + what, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      if (!res.ok) node.append(el("p", { class: "error", text: (res.body && res.body.error && res.body.error.message) || "failed" }));
+      else { state.skills = []; loadSkills(); }
+    };
+    const hasRetired = Object.values(st.versions).some((i) => i.state === "retired");
+    const hasCandidate = Object.values(st.versions).some((i) => i.state === "canary" || i.state === "draft");
+    node.append(el("p", {}, [
+      el("button", { class: "ghost", disabled: !hasCandidate, onclick: () => act("promote", {}), text: "Promote" }), " ",
+      el("button", { class: "ghost", disabled: !hasRetired, onclick: () => act("rollback", {}), text: "Roll back" }),
+    ]));
   }
 
   // -- start ---------------------------------------------------------------------
