@@ -262,7 +262,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         return EventSourceResponse(frames(), ping=15)
 
     skill_path = "/v1/skills/{topic}/{name}"
-    version_errors = {k: _ERRORS[k] for k in (400, 404, 422)}
+    version_errors: dict[int | str, dict[str, Any]] = {k: _ERRORS[k] for k in (400, 404, 422)}
 
     @app.get(skill_path + "/rollout", response_model=RolloutStatus, responses=version_errors,
              tags=["versions"])  # fmt: skip
