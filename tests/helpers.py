@@ -61,6 +61,8 @@ def role_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKILLSCALE_LLM_", "OPENAI_"))}
     env["SKILLSCALE_CONFIG"] = "/nonexistent/skillscale-config.yaml"
     env.setdefault("SKILLSCALE_LOG_LEVEL", "WARNING")
+    # `skillscale up` starts no HTTP gateway (port 8401) in tests unless one asks.
+    env.setdefault("SKILLSCALE_NO_GATEWAY", "1")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -22,6 +22,8 @@ assert importlib.util.find_spec("skill_server") is None, "a top-level 'skill_ser
 import skillscale.proxy.groups, skillscale.skill_server.server, skillscale.tools.cli
 from skillscale.core.discovery import bundled_skills_dir
 assert (bundled_skills_dir() / "data-processing").is_dir()
+import skillscale.gateway.app
+assert (Path(skillscale.gateway.app.__file__).parent / "static" / "index.html").is_file()
 print(Path(skillscale.proxy.groups.__file__).resolve())
 print(Path(skillscale.skill_server.server.__file__).resolve())
 """

@@ -16,7 +16,9 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+import httpx
 
 from skillscale.core.errors import SkillScaleError
 from skillscale.core.security import CurveKeys
@@ -151,6 +153,74 @@ async def run_bench(config: BenchConfig, stream: TextIO = sys.stderr) -> BenchRe
                         code = reply.error_code.value if reply.error_code else "error"
                         failures.append((code, reply.error or ""))
                 latencies.append((time.perf_counter() - started) * 1000)
+                progress.tick()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(min(config.concurrency, config.requests))))
+        duration = time.perf_counter() - started
+    return summarize(latencies, failures, duration, config)
+
+
+def http_body(intent: str) -> dict[str, Any]:
+    """The gateway body for a bench intent (the form :func:`bench_intent` makes)."""
+    try:
+        parsed = json.loads(intent)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and ("skill" in parsed or "data" in parsed):
+        return {k: parsed[k] for k in ("skill", "data", "task") if k in parsed}
+    return {"task": intent}
+
+
+async def run_http_bench(
+    config: BenchConfig, url: str, *, token: str | None = None, stream: TextIO = sys.stderr
+) -> BenchResult:
+    """The same run as :func:`run_bench`, through the HTTP gateway at ``url``.
+
+    One keep-alive connection per request in flight (httpx's pool), the
+    topic's invoke endpoint, each request timed from send to parsed answer.
+    """
+    if config.requests < 1 or config.concurrency < 1:
+        raise ValueError("requests and concurrency must be at least 1")
+    endpoint = url.rstrip("/") + f"/v1/topics/{config.topic}/invoke"
+    body = {**http_body(config.intent), "timeout": config.timeout}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(
+        max_connections=config.concurrency, max_keepalive_connections=config.concurrency
+    )
+    async with httpx.AsyncClient(
+        timeout=config.timeout + 5, limits=limits, headers=headers
+    ) as http:
+
+        async def one() -> tuple[str, str] | None:
+            try:
+                response = await http.post(endpoint, json=body)
+            except httpx.HTTPError as exc:
+                return "http_error", f"{type(exc).__name__}: {exc}"
+            if response.status_code == 200:
+                return None
+            try:
+                error = response.json()["error"]
+                return str(error["code"]), str(error["message"])
+            except (ValueError, KeyError, TypeError):
+                return f"http_{response.status_code}", response.text[:200]
+
+        for _ in range(config.warmup):
+            await one()
+        latencies: list[float] = []
+        failures: list[tuple[str, str]] = []
+        remaining = config.requests
+        progress = _Progress(config.requests, stream, config.progress and config.requests >= 500)
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                failure = await one()
+                latencies.append((time.perf_counter() - started) * 1000)
+                if failure is not None:
+                    failures.append(failure)
                 progress.tick()
 
         started = time.perf_counter()

@@ -50,6 +50,8 @@ class FabricConfig:
     extra_server_args: list[str] = field(default_factory=list)
     curve_dir: Path | None = None
     """CURVE on: certificates kept (made if missing) in this folder."""
+    gateway_port: int | None = None
+    """The HTTP gateway and console on this port (0 = any free); None: no gateway."""
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Fabric(AsyncRole):
         self.config = config
         self.proxy: Child | None = None
         self.servers: list[Child] = []
+        self.gateway: Child | None = None
         self.keys: FabricKeys | None = None
         self._stopping = False
 
@@ -131,9 +134,30 @@ class Fabric(AsyncRole):
             self.proxy.argv[self.proxy.argv.index("--router-bind") + 1] = self.proxy.ready["router"]
             self.servers = self._plan_servers(self.proxy.ready)
             await asyncio.gather(*(self._spawn(child) for child in self.servers))
+            if cfg.gateway_port is not None:
+                self.gateway = self._plan_gateway(self.proxy.ready, cfg.gateway_port)
+                await self._spawn(self.gateway)
+                # A restarted gateway comes back on the same port.
+                argv = self.gateway.argv
+                argv[argv.index("--port") + 1] = str(self.gateway.ready["port"])
         except BaseException:
             await self.stop()
             raise
+
+    def _plan_gateway(self, proxy_ready: dict[str, Any], port: int) -> Child:
+        argv = [
+            sys.executable, "-m", "skillscale", "gateway", "--json",
+            "--host", self.config.host, "--port", str(port),
+            "--proxy-xsub", proxy_ready["xsub"], "--proxy-xpub", proxy_ready["xpub"],
+            "--metrics-url", proxy_ready.get("metrics") or "off",
+        ]  # fmt: skip
+        for folder in self.config.skills_dirs:
+            argv += ["--skills-dir", str(folder)]
+        if self.keys is not None:
+            client = self.keys.client
+            argv += ["--curve-secret", str(client.secret_file),
+                     "--curve-server-key", str(client.server_key_file)]  # fmt: skip
+        return Child("gateway", argv)
 
     async def _spawn(self, child: Child) -> None:
         # A session of its own: a terminal's Ctrl-C reaches only the
@@ -189,6 +213,7 @@ class Fabric(AsyncRole):
                 "SKILLSCALE_CURVE_SECRET": str(self.keys.client.secret_file),
                 "SKILLSCALE_CURVE_SERVER_KEY": str(self.keys.client.server_key_file),
             },
+            "gateway": self.gateway.ready.get("url") if self.gateway else None,
             "servers": [
                 {
                     "topics": s.ready.get("topics"),
@@ -203,7 +228,7 @@ class Fabric(AsyncRole):
     async def wait(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set: restart children that die."""
         while not stop.is_set():
-            children = [c for c in [self.proxy, *self.servers] if c and c.proc]
+            children = [c for c in [self.proxy, *self.servers, self.gateway] if c and c.proc]
             waits = {asyncio.ensure_future(c.proc.wait()): c for c in children if c.proc}
             stopper = asyncio.ensure_future(stop.wait())
             try:
@@ -241,7 +266,7 @@ class Fabric(AsyncRole):
 
     def kill_all(self) -> None:
         """SIGKILL every child's whole session at once (a forced stop)."""
-        for child in [*self.servers, self.proxy]:
+        for child in [self.gateway, *self.servers, self.proxy]:
             if child is not None and child.proc is not None and child.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
@@ -251,10 +276,12 @@ class Fabric(AsyncRole):
         if self._stopping:
             return
         self._stopping = True
+        if self.gateway is not None and self.gateway.proc is not None:
+            await self._terminate([self.gateway], 5.0)
         await self._terminate([c for c in self.servers if c.proc], self.config.grace + 2)
         if self.proxy is not None and self.proxy.proc is not None:
             await self._terminate([self.proxy], 5.0)
-        for child in [*self.servers, self.proxy]:
+        for child in [self.gateway, *self.servers, self.proxy]:
             if child is not None and child.drain is not None:
                 child.drain.cancel()
                 await asyncio.gather(child.drain, return_exceptions=True)

@@ -18,6 +18,7 @@ from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli import (
     bench,
     config,
+    gateway,
     health,
     invoke,
     keys,
@@ -32,7 +33,7 @@ from skillscale.tools.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
-_GROUPS = (up, proxy, mcp, config, keys, server, invoke, bench, skills, health, operator)
+_GROUPS = (up, proxy, mcp, config, keys, server, invoke, bench, skills, health, operator, gateway)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
-    EXIT_USAGE,
     _curve_keys,
+    _flag,
     _positive_int,
     _read_data,
     _seconds,
@@ -23,14 +23,15 @@ from skillscale.tools.cli.common import (
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from skillscale.core.runtime import run, setup_logging
-    from skillscale.tools.bench import BenchConfig, bench_intent, format_report, run_bench
+    from skillscale.tools.bench import (
+        BenchConfig,
+        bench_intent,
+        format_report,
+        run_bench,
+        run_http_bench,
+    )
 
     setup_logging("WARNING")
-    if args.mode == "http":
-        print(
-            "error: the http mode needs the HTTP API, which this version has not", file=sys.stderr
-        )
-        return EXIT_USAGE
     data = _read_data(args.data) if args.data is not None else None
     # (Same shape as the other commands' flag-to-config mappings: each maps its own flags.)
     config = BenchConfig(
@@ -47,7 +48,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
 
     try:
-        result = run(lambda: run_bench(config))
+        if args.mode == "http":
+            result = run(lambda: run_http_bench(config, args.gateway, token=args.token or None))
+        else:
+            result = run(lambda: run_bench(config))
     except SkillScaleError as exc:
         print(f"error [{exc.code.value}]: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
@@ -65,7 +69,22 @@ def add_parser(sub: Any) -> None:
         "--mode",
         choices=("bus", "http"),
         default="bus",
-        help="bus: the SDK client on the bus (default); http: not yet available",
+        help="bus: the SDK client on the bus (default); http: through the HTTP gateway",
+    )
+    _flag(
+        p_bench,
+        "--gateway",
+        "SKILLSCALE_GATEWAY_URL",
+        "http://127.0.0.1:8401",
+        "--mode http: the gateway's base URL",
+    )
+    _flag(
+        p_bench,
+        "--token",
+        "SKILLSCALE_GATEWAY_TOKEN",
+        None,
+        "--mode http: the gateway's bearer token",
+        shown=None,
     )
     p_bench.add_argument("--topic", default="TOPIC_DATA_PROCESSING", help="default %(default)s")
     p_bench.add_argument(

@@ -34,6 +34,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         grace=args.grace,
         curve_dir=Path(args.curve_dir).expanduser() if args.curve else None,
+        gateway_port=None if args.no_gateway or args.gateway_port < 0 else args.gateway_port,
     )
 
     async def main() -> None:
@@ -61,6 +62,8 @@ def _print_banner(info: dict[str, Any]) -> None:
         f"           subscribers connect to {info['xpub']}",
         f"           metrics                {info['metrics'] or 'off'}",
     ]
+    if info.get("gateway"):
+        lines.append(f"  gateway  console and HTTP API   {info['gateway']}")
     example = None
     for server in info["servers"]:
         topics = ", ".join(server["topics"] or [])
@@ -104,6 +107,20 @@ def add_parser(sub: Any) -> None:
         9100,
         "Prometheus port, 0 = any free, -1 = off",
         type=int,
+    )
+    _flag(
+        p_up,
+        "--gateway-port",
+        "SKILLSCALE_GATEWAY_PORT",
+        8401,
+        "HTTP gateway and console port, 0 = any free, -1 = off",
+        type=int,
+    )
+    p_up.add_argument(
+        "--no-gateway",
+        action="store_true",
+        default=os.environ.get("SKILLSCALE_NO_GATEWAY", "").lower() in ("1", "true", "yes"),
+        help="start no HTTP gateway [env SKILLSCALE_NO_GATEWAY]",
     )
     add_server_tuning(p_up, with_defaults=False)
     p_up.add_argument(

@@ -1,0 +1,311 @@
+"""The FastAPI app: the HTTP API (``/v1``), the health probes and the console.
+
+Handlers are thin: each turns its body into a :class:`Gateway` call and the
+answer into a model. Every non-2xx answer has the one shape
+:class:`~skillscale.gateway.models.ErrorResponse`; fabric error codes map to
+statuses in :func:`~skillscale.gateway.service.http_status`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from skillscale import __version__
+from skillscale.core.errors import ErrorCode, SkillScaleError
+from skillscale.gateway.models import (
+    ErrorDetail,
+    ErrorResponse,
+    Health,
+    InvokeResponse,
+    RequestList,
+    RequestRecord,
+    RequestSummary,
+    RolloutAction,
+    RolloutStatus,
+    RoutedInvokeRequest,
+    SkillList,
+    Stats,
+    TopicInvokeRequest,
+    TopicList,
+)
+from skillscale.gateway.security import BodyTooLarge, Door, allowed_hosts, is_loopback
+from skillscale.gateway.service import Gateway, error_detail, not_served
+
+STATIC = Path(str(files("skillscale.gateway") / "static"))
+TOPIC_PATH = r"^[A-Za-z0-9_.:\-]{1,256}$"
+RETRY_AFTER = "1"
+TopicParam = Annotated[str, PathParam(pattern=TOPIC_PATH)]
+NameParam = Annotated[str, PathParam(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=64)]
+CONSOLE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # The console loads only its own files and talks only to this gateway.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "bad_request",
+        401: "unauthorized (a token is configured)",
+        404: "no_match / skill_not_found / no_server (unknown topic) / not found",
+        413: "payload_too_large",
+        422: "the body does not match its schema (bad_request)",
+        502: "exec_failed / output_too_large: the skill ran and failed",
+        503: "overloaded / no_server: retry after Retry-After seconds",
+        504: "timeout / deadline_exceeded",
+    }.items()
+}
+
+
+def _error(detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if detail.status == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    return JSONResponse(
+        ErrorResponse(error=detail).model_dump(mode="json", exclude_none=True),
+        status_code=detail.status,
+        headers=headers,
+    )
+
+
+def _answer(record: RequestRecord) -> Response:
+    if record.status == "error":
+        assert record.error is not None
+        return _error(record.error)
+    body = InvokeResponse(
+        request_id=record.request_id,
+        topic=record.topic,
+        content=record.content or "",
+        skill=record.skill,
+        server_id=record.server_id,
+        trace=record.trace,
+        timing=record.timing,
+        route=record.route,
+    )
+    return Response(body.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The ASGI app over a started (or about to be started) :class:`Gateway`."""
+    cfg = gateway.config
+    app = FastAPI(
+        title="SkillScale gateway",
+        version=__version__,
+        description="The SkillScale fabric over HTTP: topics, skills, calls, traces, events.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        return _error(
+            error_detail(ErrorCode.BAD_REQUEST, problems or "invalid request", status=422)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        # Keep the exception's headers (a 405's Allow, RFC 9110).
+        detail = error_detail("http_error", str(exc.detail), status=exc.status_code)
+        return _error(detail, dict(exc.headers or {}))
+
+    @app.exception_handler(BodyTooLarge)
+    async def on_too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return _error(error_detail(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))
+
+    @app.exception_handler(SkillScaleError)
+    async def on_fabric(request: Request, exc: SkillScaleError) -> Response:
+        return _error(error_detail(exc.code, exc.message, exc.request_id))
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """The process answers (liveness)."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    async def readyz() -> Response:
+        """Connected to the fabric (readiness)."""
+        if gateway.ready and gateway.client.connected:
+            return JSONResponse(Health(status="ok").model_dump())
+        body = Health(status="unavailable", detail="not connected to the proxy")
+        return JSONResponse(body.model_dump(), status_code=503)
+
+    @app.get("/v1/topics", response_model=TopicList, tags=["catalogue"])
+    async def topics() -> TopicList:
+        """Every topic: served (its servers answered) or configured, with its replicas."""
+        return TopicList(topics=await gateway.topics())
+
+    @app.get("/v1/skills", response_model=SkillList, tags=["catalogue"])
+    async def skills(
+        topic: Annotated[str | None, Query(pattern=TOPIC_PATH)] = None,
+    ) -> SkillList:
+        """The live catalogue, asked of the running servers; local SKILL.md bodies added."""
+        listing = await gateway.skills()
+        if topic is None:
+            return listing
+        return SkillList(
+            skills=[s for s in listing.skills if s.topic == topic],
+            errors={k: v for k, v in listing.errors.items() if k == topic},
+        )
+
+    @app.post(
+        "/v1/topics/{topic}/invoke",
+        response_model=InvokeResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        tags=["invoke"],
+    )
+    async def invoke_topic(
+        topic: Annotated[str, PathParam(pattern=TOPIC_PATH)], body: TopicInvokeRequest
+    ) -> Response:
+        """Run an explicit skill (with data) or match a task on one topic."""
+        known = gateway.known_topics()
+        if topic not in known:
+            await gateway.skills()  # a server may have come up since the last look
+            known = gateway.known_topics()
+            if topic not in known:
+                exc = not_served(topic, known)
+                return _error(error_detail(exc.code, exc.message, status=404))
+        record = await gateway.invoke(topic, body.intent(), timeout=body.timeout)
+        return _answer(record)
+
+    @app.post(
+        "/v1/invoke",
+        response_model=InvokeResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,
+        tags=["invoke"],
+    )
+    async def invoke_routed(body: RoutedInvokeRequest) -> Response:
+        """Route a task across the catalogue (keyword or LLM router), then run it."""
+        try:
+            route = await gateway.route(body.task)
+        except SkillScaleError as exc:
+            return _error(error_detail(exc.code, exc.message))
+        intent: dict[str, Any] = {"task": body.task}
+        if body.data is not None:
+            intent["data"] = body.data
+        record = await gateway.invoke(route.topic, intent, timeout=body.timeout, route=route)
+        return _answer(record)
+
+    @app.get("/v1/requests", response_model=RequestList, tags=["requests"])
+    async def requests(limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> RequestList:
+        """The recent requests through this gateway, newest first."""
+        return RequestList(
+            requests=[
+                RequestSummary(
+                    request_id=r.request_id,
+                    topic=r.topic,
+                    received_at=r.received_at,
+                    status=r.status,
+                    http_status=r.http_status,
+                    skill=r.skill,
+                    code=r.error.code if r.error else None,
+                    gateway_ms=r.timing.gateway_ms,
+                )
+                for r in gateway.recent(limit)
+            ]
+        )
+
+    @app.get(
+        "/v1/requests/{request_id}",
+        response_model=RequestRecord,
+        responses={404: _ERRORS[404]},
+        tags=["requests"],
+    )
+    async def request(
+        request_id: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.:@\-]{1,128}$")],
+    ) -> Response:
+        """One recent request: what was sent, the reply, its _trace and trace events."""
+        record = gateway.request(request_id)
+        if record is None:
+            return _error(
+                error_detail(
+                    "not_found", f"request {request_id} is not among the recent ones", status=404
+                )
+            )
+        return Response(record.model_dump_json(), media_type="application/json")
+
+    @app.get(
+        "/v1/events",
+        tags=["events"],
+        responses={200: {"content": {"text/event-stream": {}}, "description": "SSE stream"}},
+        response_class=Response,
+    )
+    async def events() -> EventSourceResponse:
+        """Server-sent events: ``execution`` traces, ``skills_changed``, ``request``."""
+        stream = gateway.listen()
+
+        async def frames() -> AsyncIterator[dict[str, str]]:
+            async for event in stream:
+                yield {"event": str(event.get("event", "message")), "data": json.dumps(event)}
+
+        # A first comment line flushes the headers at once (proxies, fetch readers).
+        return EventSourceResponse(frames(), ping=15)
+
+    skill_path = "/v1/skills/{topic}/{name}"
+    version_errors: dict[int | str, dict[str, Any]] = {k: _ERRORS[k] for k in (400, 404, 422)}
+
+    @app.get(skill_path + "/rollout", response_model=RolloutStatus, responses=version_errors,
+             tags=["versions"])  # fmt: skip
+    async def rollout_status(topic: TopicParam, name: NameParam) -> RolloutStatus:
+        """A skill's versions, its canary and the canary's statistics."""
+        return await gateway.rollout_status(topic, name)
+
+    @app.post(skill_path + "/promote", response_model=RolloutStatus, responses=version_errors,
+              tags=["versions"])  # fmt: skip
+    async def promote(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
+        """Make the canary (or, with none, the newest draft) the active version."""
+        return await gateway.change_rollout(topic, name, "promote", None, body.reason)
+
+    @app.post(skill_path + "/rollback", response_model=RolloutStatus, responses=version_errors,
+              tags=["versions"])  # fmt: skip
+    async def rollback(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
+        """Serve a retired version again (the one active before, by default)."""
+        return await gateway.change_rollout(topic, name, "rollback", body.version, body.reason)
+
+    @app.get("/v1/stats", response_model=Stats, tags=["stats"])
+    async def stats() -> Stats:
+        """The per-topic figures the proxy exports (its /metrics, scraped)."""
+        return await gateway.stats()
+
+    @app.get("/", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=CONSOLE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    if cfg.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    hosts = allowed_hosts(cfg.host, cfg.port, cfg.allowed_hosts) if is_loopback(cfg.host) else None
+    app.add_middleware(
+        Door,
+        token=cfg.token,
+        max_body_bytes=cfg.max_body_bytes,
+        hosts=hosts,
+        origins=[*cfg.allowed_origins, *cfg.cors_origins],
+    )
+    return app

@@ -1,0 +1,559 @@
+// The SkillScale console: four views over the gateway's /v1 API.
+// No framework and no build step: the DOM is built with textContent and
+// createElement, and the only HTML strings come from markdown.js (which
+// escapes everything first).
+"use strict";
+
+(function () {
+  const md = window.SkillMarkdown;
+  const HISTORY = 60; // seconds of time series kept per topic
+  const state = {
+    topics: [], skills: [], stats: null, view: "dashboard",
+    series: {}, // topic -> {done: [60], errors: [60], queue: [60], inflight: [60]}
+    second: Math.floor(Date.now() / 1000),
+    live: false, selectedTrace: null, selectedSkill: null,
+  };
+
+  // -- helpers -------------------------------------------------------------
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") node.textContent = v;
+      else if (k === "class") node.className = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const child of [].concat(children || [])) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function $(id) { return document.getElementById(id); }
+  function fmtMs(v) { return v === null || v === undefined ? "–" : (v < 10 ? v.toFixed(2) : v.toFixed(1)); }
+  function fmtNum(v) { return v === null || v === undefined ? "–" : String(v); }
+  function short(topic) { return topic.replace(/^TOPIC_/, "").toLowerCase().replace(/_/g, "-"); }
+  function ago(ts) {
+    const s = Math.max(0, Date.now() / 1000 - ts);
+    if (s < 60) return Math.round(s) + " s ago";
+    if (s < 3600) return Math.round(s / 60) + " min ago";
+    return new Date(ts * 1000).toLocaleTimeString();
+  }
+
+  function headers(extra) {
+    const h = Object.assign({}, extra || {});
+    const token = sessionStorage.getItem("skillscale-token");
+    if (token) h.Authorization = "Bearer " + token;
+    return h;
+  }
+  async function api(path, options) {
+    const opts = Object.assign({}, options || {});
+    opts.headers = headers(opts.headers);
+    const response = await fetch(path, opts);
+    if (response.status === 401) askToken();
+    let body = null;
+    try { body = await response.json(); } catch (e) { body = null; }
+    return { status: response.status, ok: response.ok, body: body, headers: response.headers };
+  }
+  function askToken() {
+    $("token-btn").hidden = false;
+    setLive(false, "token needed");
+  }
+
+  function setLive(on, text) {
+    state.live = on;
+    $("live-dot").className = "dot " + (on ? "on" : "off");
+    $("live-text").textContent = text || (on ? "live" : "disconnected");
+  }
+
+  // -- views ---------------------------------------------------------------
+
+  function show(view) {
+    if (!["dashboard", "try", "traces", "skills"].includes(view)) view = "dashboard";
+    state.view = view;
+    for (const section of document.querySelectorAll(".view")) section.hidden = section.id !== "view-" + view;
+    for (const a of document.querySelectorAll("#tabs a")) a.classList.toggle("active", a.dataset.view === view);
+    if (view === "traces") loadTraces();
+    if (view === "skills") loadSkills();
+  }
+
+  // -- data ----------------------------------------------------------------
+
+  function series(topic) {
+    if (!state.series[topic]) {
+      const zeros = () => new Array(HISTORY).fill(0);
+      state.series[topic] = { done: zeros(), errors: zeros(), queue: zeros(), inflight: zeros() };
+    }
+    return state.series[topic];
+  }
+  function tick() {
+    // One bucket per second; shift every series when the second changes.
+    const now = Math.floor(Date.now() / 1000);
+    const steps = Math.min(HISTORY, now - state.second);
+    if (steps <= 0) return;
+    state.second = now;
+    for (const s of Object.values(state.series)) {
+      for (const key of ["done", "errors", "queue", "inflight"]) {
+        const last = s[key][HISTORY - 1];
+        for (let i = 0; i < steps; i++) { s[key].shift(); s[key].push(key === "queue" || key === "inflight" ? last : 0); }
+      }
+    }
+  }
+
+  async function loadTopics() {
+    const r = await api("/v1/topics");
+    if (!r.ok || !r.body) return;
+    state.topics = r.body.topics;
+    for (const t of state.topics) series(t.topic);
+    fillTopicSelect();
+  }
+  async function loadStats() {
+    const r = await api("/v1/stats");
+    if (!r.ok || !r.body) return;
+    state.stats = r.body;
+    tick();
+    for (const t of r.body.topics) {
+      if (t.topic.startsWith("_") || t.topic.endsWith("*")) continue;
+      const s = series(t.topic);
+      s.queue[HISTORY - 1] = t.queue_depth || 0;
+      s.inflight[HISTORY - 1] = t.inflight || 0;
+    }
+  }
+
+  function onEvent(kind, data) {
+    tick();
+    if (kind === "execution" && data.topic) {
+      const s = series(data.topic);
+      s.done[HISTORY - 1] += 1;
+      if (data.outcome && data.outcome !== "success") s.errors[HISTORY - 1] += 1;
+    } else if (kind === "skills_changed") {
+      state.skills = [];
+      loadTopics();
+      if (state.view === "skills") loadSkills();
+    } else if (kind === "request" && state.view === "traces") {
+      loadTraces();
+    }
+  }
+
+  // The event stream over fetch (not EventSource) so a bearer token can go
+  // in a header; reconnects with backoff.
+  async function streamEvents() {
+    let delay = 500;
+    for (;;) {
+      try {
+        const response = await fetch("/v1/events", { headers: headers({ Accept: "text/event-stream" }) });
+        if (response.status === 401) { askToken(); return; }
+        if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+        setLive(true);
+        delay = 500;
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+            const block = buffer.slice(0, cut);
+            buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+            let kind = "message";
+            const data = [];
+            for (const line of block.split(/\r?\n/)) {
+              if (line.startsWith("event:")) kind = line.slice(6).trim();
+              else if (line.startsWith("data:")) data.push(line.slice(5).trim());
+            }
+            if (!data.length) continue;
+            try { onEvent(kind, JSON.parse(data.join("\n"))); } catch (e) { /* not JSON: ignore */ }
+          }
+        }
+      } catch (e) { /* the gateway went away: retry below */ }
+      setLive(false, "reconnecting…");
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 8000);
+    }
+  }
+
+  // -- dashboard -------------------------------------------------------------
+
+  function plot(canvas, lines, max) {
+    const ratio = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || 260, h = canvas.clientHeight || 56;
+    canvas.width = w * ratio; canvas.height = h * ratio;
+    const ctx = canvas.getContext("2d");
+    ctx.scale(ratio, ratio);
+    ctx.clearRect(0, 0, w, h);
+    ctx.strokeStyle = "#e4e7ec"; ctx.lineWidth = 1;
+    ctx.beginPath(); ctx.moveTo(0, h - 0.5); ctx.lineTo(w, h - 0.5); ctx.stroke();
+    const top = Math.max(max, 1);
+    for (const line of lines) {
+      ctx.strokeStyle = line.color; ctx.lineWidth = 1.6;
+      ctx.beginPath();
+      line.values.forEach(function (v, i) {
+        const x = (i / (HISTORY - 1)) * (w - 2) + 1;
+        const y = h - 3 - (v / top) * (h - 8);
+        if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      });
+      ctx.stroke();
+    }
+  }
+
+  function statBox(label, value, hint) {
+    return el("div", { class: "stat", title: hint || null }, [el("span", { class: "v", text: value }), el("span", { class: "l", text: label })]);
+  }
+
+  function renderDashboard() {
+    const cards = clear($("topic-cards"));
+    const byTopic = {};
+    for (const t of (state.stats && state.stats.topics) || []) byTopic[t.topic] = t;
+    if (!state.topics.length) cards.append(el("p", { class: "muted", text: "No topics yet: is a skill server running?" }));
+    for (const t of state.topics) {
+      const s = series(t.topic);
+      const recent = s.done.slice(-10).reduce((a, b) => a + b, 0) / 10;
+      const errors = s.errors.reduce((a, b) => a + b, 0);
+      const up = t.replicas === null ? (t.live ? "serving" : "no answer") : t.replicas + (t.replicas === 1 ? " replica" : " replicas");
+      const health = t.replicas === 0 || !t.live ? "down" : "up";
+      const canvas = el("canvas", { class: "spark", "aria-label": "requests per second, last minute" });
+      const card = el("article", { class: "card topic", "data-topic": t.topic }, [
+        el("header", {}, [
+          el("div", {}, [el("h3", { text: short(t.topic) }), el("code", { class: "muted small", text: t.topic })]),
+          el("span", { class: "pill " + health, text: up }),
+        ]),
+        el("div", { class: "stats" }, [
+          statBox("req/s", recent.toFixed(1), "completed requests per second, last 10 s (from the event stream)"),
+          statBox("queued", fmtNum(t.queue_depth), "waiting for a free replica slot (proxy)"),
+          statBox("in flight", fmtNum(t.inflight), "dispatched, not yet answered (proxy)"),
+          statBox("errors", String(errors), "error outcomes in the last minute"),
+        ]),
+        canvas,
+        el("div", { class: "legend small muted" }, [
+          el("span", { class: "key done" }), "done/s ", el("span", { class: "key err" }), "errors/s ",
+          el("span", { class: "key queue" }), "queued — last 60 s",
+        ]),
+        el("p", { class: "small muted skills-line", text: t.skills.length + " skills: " + t.skills.join(", ") }),
+      ]);
+      cards.append(card);
+      const max = Math.max(...s.done, ...s.queue, 1);
+      requestAnimationFrame(() => plot(canvas, [
+        { values: s.queue, color: "#c8a2ff" },
+        { values: s.done, color: "#2563eb" },
+        { values: s.errors, color: "#dc2626" },
+      ], max));
+    }
+    const st = state.stats;
+    const proxy = clear($("proxy-card"));
+    if (!st) return;
+    $("proxy-line").textContent = st.available
+      ? "Live from " + st.source + " and the gateway's event stream."
+      : "Proxy metrics unavailable (" + (st.error || "no URL") + "); throughput still comes from the event stream.";
+    if (st.available) {
+      const codes = Object.entries(st.error_replies || {}).map(([k, v]) => k + " " + v).join(", ") || "none";
+      proxy.append(el("div", { class: "stats" }, [
+        statBox("subscriptions", fmtNum(st.subscriptions)),
+        statBox("redelivered", fmtNum(st.redelivered), "requests re-dispatched after a replica was lost"),
+        statBox("duplicates dropped", fmtNum(st.duplicates_dropped)),
+        statBox("proxy error replies", codes),
+      ]));
+    } else {
+      proxy.append(el("p", { class: "muted", text: "No proxy metrics." }));
+    }
+  }
+
+  // -- try ---------------------------------------------------------------------
+
+  function fillTopicSelect() {
+    const select = $("try-topic");
+    const current = select.value;
+    clear(select);
+    select.append(el("option", { value: "", text: "any topic (routed)" }));
+    for (const t of state.topics) select.append(el("option", { value: t.topic, text: short(t.topic) + "  (" + t.topic + ")" }));
+    select.value = current || (state.topics[0] && state.topics[0].topic) || "";
+    fillSkillSelect();
+  }
+  function fillSkillSelect() {
+    const topic = $("try-topic").value;
+    const t = state.topics.find((x) => x.topic === topic);
+    const select = clear($("try-skill"));
+    for (const name of (t ? t.skills : [])) select.append(el("option", { value: name, text: name }));
+  }
+  function tryMode() { return document.querySelector("input[name=mode]:checked").value; }
+  function syncTryForm() {
+    const skill = tryMode() === "skill";
+    const routed = !$("try-topic").value;
+    if (routed && skill) document.querySelector("input[name=mode][value=task]").checked = true;
+    const explicit = tryMode() === "skill";
+    $("try-skill-label").hidden = !explicit;
+    $("try-data-label").hidden = !explicit;
+    $("try-task-label").hidden = explicit;
+    document.querySelector("input[name=mode][value=skill]").disabled = routed;
+    $("try-note").textContent = routed ? "The gateway's router picks the topic." : "";
+  }
+
+  async function sendTry(event) {
+    event.preventDefault();
+    const topic = $("try-topic").value;
+    const explicit = tryMode() === "skill";
+    const body = explicit ? { skill: $("try-skill").value, data: $("try-data").value } : { task: $("try-task").value };
+    const button = $("try-send");
+    button.disabled = true; button.textContent = "Sending…";
+    const result = $("try-result");
+    result.hidden = false;
+    clear(result).append(el("p", { class: "muted", text: "Waiting for the reply…" }));
+    try {
+      const path = topic ? "/v1/topics/" + encodeURIComponent(topic) + "/invoke" : "/v1/invoke";
+      const r = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      renderReply(result, r);
+    } catch (e) {
+      clear(result).append(el("p", { class: "error", text: "The gateway did not answer: " + e }));
+    } finally {
+      button.disabled = false; button.textContent = "Send";
+    }
+  }
+
+  function renderReply(node, r) {
+    clear(node);
+    const b = r.body || {};
+    if (!r.ok) {
+      const err = b.error || { code: "http_" + r.status, message: "no error body" };
+      node.append(el("div", { class: "reply-head" }, [
+        el("span", { class: "pill down", text: err.code }), el("span", { text: "HTTP " + r.status }),
+        err.request_id ? el("code", { class: "small", text: err.request_id }) : null,
+      ]));
+      node.append(el("p", { class: "error", text: err.message }));
+      if (err.trace) node.append(traceDetails(err.trace));
+      return;
+    }
+    node.append(el("div", { class: "reply-head" }, [
+      el("span", { class: "pill up", text: "success" }),
+      el("span", { text: (b.skill || "?") + " on " + short(b.topic) }),
+      b.route ? el("span", { class: "muted", text: "routed by " + b.route.mode }) : null,
+      el("span", { class: "muted", text: fmtMs(b.timing.gateway_ms) + " ms" }),
+      el("a", { href: "#traces", class: "small", text: "open in Traces", onclick: () => { state.selectedTrace = b.request_id; } }),
+    ]));
+    const content = el("div", { class: "markdown" });
+    content.innerHTML = md.render(b.content); // escaped by markdown.js before any markup
+    node.append(content);
+    node.append(el("h3", { text: "Waterfall" }), waterfall(b.timing, b.trace || {}));
+    node.append(traceDetails(b.trace || {}));
+  }
+
+  function traceDetails(trace) {
+    return el("details", { class: "trace" }, [el("summary", { text: "_trace" }),
+      el("pre", { text: JSON.stringify(trace, null, 2) })]);
+  }
+
+  // Where the time of one request went. The gateway measures the whole round
+  // trip and the server reports its own handling, queueing and the skill's run;
+  // what is left is the bus (proxy hops and replica dispatch, out and back),
+  // which is shown split evenly because its two halves are not measured apart.
+  function waterfall(timing, trace) {
+    const total = timing.gateway_ms || 0;
+    const server = timing.server_ms;
+    const queue = timing.queue_ms || 0;
+    const exec = timing.exec_ms || 0;
+    const rows = [];
+    if (server === null || server === undefined) {
+      rows.push(["client → gateway → reply", 0, total, "total", "measured by the gateway"]);
+    } else {
+      const bus = Math.max(0, total - server);
+      const half = bus / 2;
+      const match = Math.max(0, server - queue - exec);
+      rows.push(["client → gateway (total)", 0, total, "total", "gateway receipt to reply"]);
+      rows.push(["proxy → replica dispatch", 0, half, "bus", "half of the " + fmtMs(bus) + " ms bus time"]);
+      rows.push(["queue at server", half, queue, "queue", "waiting for a worker"]);
+      rows.push(["match + handling", half + queue, match, "match", (trace.matcher_mode || "") + (trace.score !== undefined ? " score " + trace.score : "")]);
+      rows.push(["exec", half + queue + match, exec, "exec", trace.exit_code !== undefined ? "exit " + trace.exit_code : "the skill's process"]);
+      rows.push(["reply → proxy → gateway", half + server, half, "bus", "the other half"]);
+    }
+    const box = el("div", { class: "waterfall" });
+    const scale = total > 0 ? 100 / total : 0;
+    for (const [label, start, length, kind, note] of rows) {
+      const bar = el("span", { class: "bar " + kind });
+      bar.style.left = Math.min(100, start * scale) + "%";
+      bar.style.width = Math.max(0.6, length * scale) + "%";
+      box.append(el("div", { class: "wf-row" }, [
+        el("span", { class: "wf-label", text: label }),
+        el("span", { class: "wf-track" }, [bar]),
+        el("span", { class: "wf-ms", text: fmtMs(length) + " ms" }),
+        el("span", { class: "wf-note muted small", text: note }),
+      ]));
+    }
+    const attempt = trace.attempt || 1;
+    const redelivered = trace.redelivered_from || [];
+    box.append(el("p", { class: "small muted", text: "attempt " + attempt +
+      (redelivered.length ? " · redelivered from " + redelivered.join(", ") : " · no redelivery") +
+      (trace.server_id ? " · replica " + trace.server_id : "") }));
+    return box;
+  }
+
+  // -- traces --------------------------------------------------------------------
+
+  async function loadTraces() {
+    const r = await api("/v1/requests?limit=50");
+    if (!r.ok || !r.body) return;
+    const body = $("trace-table").querySelector("tbody");
+    clear(body);
+    $("trace-empty").hidden = r.body.requests.length > 0;
+    for (const q of r.body.requests) {
+      const row = el("tr", { class: q.request_id === state.selectedTrace ? "selected" : null, "data-id": q.request_id, onclick: () => openTrace(q.request_id) }, [
+        el("td", { text: ago(q.received_at) }),
+        el("td", { class: "topic-cell", text: short(q.topic), title: q.topic }),
+        el("td", { text: q.skill || "–" }),
+        el("td", {}, [el("span", { class: "pill " + (q.status === "success" ? "up" : "down"), text: q.status === "success" ? "ok" : q.code || "error" })]),
+        el("td", { class: "num", text: fmtMs(q.gateway_ms) }),
+      ]);
+      body.append(row);
+    }
+    if (state.selectedTrace) openTrace(state.selectedTrace, true);
+  }
+
+  async function openTrace(id, quiet) {
+    state.selectedTrace = id;
+    for (const row of document.querySelectorAll("#trace-table tbody tr")) row.classList.toggle("selected", row.dataset.id === id);
+    const r = await api("/v1/requests/" + encodeURIComponent(id));
+    const node = clear($("trace-detail"));
+    if (!r.ok) { if (!quiet) node.append(el("p", { class: "muted", text: "That request is no longer kept." })); return; }
+    const q = r.body;
+    node.append(el("div", { class: "reply-head" }, [
+      el("span", { class: "pill " + (q.status === "success" ? "up" : "down"), text: q.status === "success" ? "success" : (q.error && q.error.code) || "error" }),
+      el("span", { text: (q.skill || "?") + " on " + short(q.topic) }),
+      el("code", { class: "small", text: q.request_id }),
+    ]));
+    node.append(el("h3", { text: "Waterfall" }), waterfall(q.timing, q.trace || {}));
+    if (q.error) node.append(el("p", { class: "error", text: q.error.message }));
+    if (q.events.length) {
+      node.append(el("h3", { text: "Trace events" }));
+      const list = el("ul", { class: "events small" });
+      for (const e of q.events) list.append(el("li", { text: (e.server_id || "?") + ": " + e.outcome + " in " + fmtMs(e.elapsed_ms) + " ms, attempt " + (e.attempt || 1) + (e.matcher_mode ? ", matched by " + e.matcher_mode : "") }));
+      node.append(list);
+    }
+    node.append(el("details", { class: "trace" }, [el("summary", { text: "request and _trace" }),
+      el("pre", { text: JSON.stringify({ intent: q.intent, route: q.route, trace: q.trace }, null, 2) })]));
+  }
+
+  // -- skills --------------------------------------------------------------------
+
+  async function loadSkills() {
+    const r = await api("/v1/skills");
+    if (!r.ok || !r.body) return;
+    state.skills = r.body.skills;
+    const list = clear($("skill-list"));
+    const topics = {};
+    for (const s of state.skills) (topics[s.topic] = topics[s.topic] || []).push(s);
+    for (const [topic, skills] of Object.entries(topics)) {
+      list.append(el("h3", { class: "group", text: short(topic) }));
+      for (const s of skills) {
+        list.append(el("button", { class: "skill-item" + (state.selectedSkill === topic + "/" + s.name ? " selected" : ""), "data-skill": s.name, onclick: () => openSkill(topic, s.name) }, [
+          el("span", { class: "name", text: s.name }),
+          el("span", { class: "pill small " + (!s.valid ? "down" : s.live ? "up" : "idle"), text: !s.valid ? "invalid" : s.live ? "live" : "not served" }),
+          el("span", { class: "desc muted small", text: s.description }),
+        ]));
+      }
+    }
+    for (const [topic, err] of Object.entries(r.body.errors || {})) list.append(el("p", { class: "error small", text: short(topic) + ": " + err.message }));
+    if (state.selectedSkill) { const [t, n] = state.selectedSkill.split("/"); openSkill(t, n); }
+  }
+
+  function openSkill(topic, name) {
+    state.selectedSkill = topic + "/" + name;
+    for (const b of document.querySelectorAll(".skill-item")) b.classList.toggle("selected", b.dataset.skill === name);
+    const s = state.skills.find((x) => x.topic === topic && x.name === name);
+    const node = clear($("skill-detail"));
+    if (!s) return;
+    node.append(el("div", { class: "reply-head" }, [el("h2", { text: s.name }),
+      el("span", { class: "pill " + (!s.valid ? "down" : s.live ? "up" : "idle"), text: !s.valid ? "invalid" : s.live ? "served live" : "not served" })]));
+    node.append(el("p", { text: s.description }));
+    const meta = el("table", { class: "meta" });
+    const rows = [["topic", s.topic], ["version", s.version || "–"], ["timeout", s.timeout ? s.timeout + " s" : "server default"],
+      ["validation", s.valid ? "valid SKILL.md" : "invalid"]];
+    for (const [k, v] of Object.entries(s.metadata || {})) rows.push(["metadata." + k, v]);
+    for (const [k, v] of rows) {
+      const value = String(v);
+      // A long value (a keyword list) folds, so the SKILL.md stays in view.
+      const cell = value.length > 140
+        ? el("td", {}, [el("details", {}, [el("summary", { text: value.slice(0, 110) + "… (" + value.length + " chars)" }), value])])
+        : el("td", { text: value });
+      meta.append(el("tr", {}, [el("th", { text: k }), cell]));
+    }
+    node.append(meta);
+    for (const p of s.problems || []) node.append(el("p", { class: "error", text: p }));
+    const versions = el("div", { class: "versions" });
+    node.append(versions);
+    if (s.valid) renderVersions(versions, s);
+    if (s.body) {
+      node.append(el("h3", { text: "SKILL.md" }));
+      const body = el("div", { class: "markdown" });
+      body.innerHTML = md.render(s.body); // escaped first by markdown.js
+      node.append(body);
+    } else {
+      node.append(el("p", { class: "muted", text: "The body is not available to this gateway (no local copy of the skill)." }));
+    }
+    const tryIt = el("button", { class: "ghost", text: "Try this skill", onclick: () => {
+      $("try-topic").value = s.topic; fillSkillSelect();
+      document.querySelector("input[name=mode][value=skill]").checked = true; syncTryForm();
+      $("try-skill").value = s.name; location.hash = "#try";
+    } });
+    node.append(el("p", {}, [tryIt]));
+  }
+
+  async function renderVersions(node, s) {
+    const base = "/v1/skills/" + encodeURIComponent(s.topic) + "/" + encodeURIComponent(s.name);
+    const r = await api(base + "/rollout");
+    clear(node);
+    if (!r.ok || !r.body) return;
+    const st = r.body;
+    node.append(el("h3", { text: "Versions" }));
+    if (!st.managed) {
+      node.append(el("p", { class: "muted small", text: "One version (" + (st.active || "unversioned") + "): no candidates yet." }));
+      return;
+    }
+    const table = el("table", { class: "meta" }, [el("tr", {}, [el("th", { text: "version" }), el("th", { text: "state" }), el("th", { text: "why" })])]);
+    for (const [v, info] of Object.entries(st.versions)) {
+      table.append(el("tr", {}, [el("td", { text: v }), el("td", {}, [el("span", { class: "pill small " + (info.state === "active" ? "up" : info.state === "canary" ? "idle" : "idle"), text: info.state })]), el("td", { class: "small", text: info.reason || "" })]));
+    }
+    node.append(table);
+    if (st.canary) {
+      const arms = (st.canary.arms || {});
+      const line = ["active", "candidate"].map((arm) => {
+        const a = arms[arm] || { n: 0, successes: 0 };
+        return arm + " " + a.successes + "/" + a.n;
+      }).join(" · ");
+      node.append(el("p", { class: "small", text: "Canary " + st.canary.version + ": " + line + (st.canary.llr !== undefined ? " · LLR " + Number(st.canary.llr).toFixed(2) : "") }));
+    }
+    const act = async (what, body) => {
+      const res = await api(base + "/" + what, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      if (!res.ok) node.append(el("p", { class: "error", text: (res.body && res.body.error && res.body.error.message) || "failed" }));
+      else { state.skills = []; loadSkills(); }
+    };
+    const hasRetired = Object.values(st.versions).some((i) => i.state === "retired");
+    const hasCandidate = Object.values(st.versions).some((i) => i.state === "canary" || i.state === "draft");
+    node.append(el("p", {}, [
+      el("button", { class: "ghost", disabled: !hasCandidate, onclick: () => act("promote", {}), text: "Promote" }), " ",
+      el("button", { class: "ghost", disabled: !hasRetired, onclick: () => act("rollback", {}), text: "Roll back" }),
+    ]));
+  }
+
+  // -- start ---------------------------------------------------------------------
+
+  function start() {
+    for (const a of document.querySelectorAll("#tabs a")) a.addEventListener("click", () => show(a.dataset.view));
+    window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+    $("try-form").addEventListener("submit", sendTry);
+    $("try-topic").addEventListener("change", () => { fillSkillSelect(); syncTryForm(); });
+    for (const r of document.querySelectorAll("input[name=mode]")) r.addEventListener("change", syncTryForm);
+    $("token-btn").addEventListener("click", () => {
+      const token = prompt("Gateway token (kept for this tab only):");
+      if (token) { sessionStorage.setItem("skillscale-token", token); location.reload(); }
+    });
+    show(location.hash.slice(1) || "dashboard");
+    syncTryForm();
+    Promise.all([loadTopics(), loadStats()]).then(() => { syncTryForm(); renderDashboard(); });
+    setInterval(async () => { await loadStats(); if (state.view === "dashboard") renderDashboard(); }, 2000);
+    setInterval(loadTopics, 10000);
+    streamEvents();
+  }
+  document.addEventListener("DOMContentLoaded", start);
+})();

@@ -1,0 +1,305 @@
+"""The HTTP gateway's API through httpx's ASGI transport, over the in-memory fabric.
+
+One module-scoped fabric (proxy, one server per bundled topic, the gateway)
+runs on a :class:`~skillscale.core.memory_bus.MemoryBus`; requests go
+through the real app, middleware and SDK client, and the skills run as real
+child processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from skillscale.core.errors import ErrorCode, SkillTimeoutError, UnavailableError
+from skillscale.gateway import Gateway, GatewayConfig, create_app
+from skillscale.gateway.security import check_exposure
+from skillscale.gateway.service import http_status, parse_metrics
+from skillscale.proxy.metrics import DOWNSTREAM, ProxyMetrics
+from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS
+from tests.test_fabric_cases import CSV, Fabric
+
+pytestmark = pytest.mark.timeout(60)
+shared_loop = pytest.mark.asyncio(loop_scope="module")
+
+DATA = "TOPIC_DATA_PROCESSING"
+CODE = "TOPIC_CODE_ANALYSIS"
+BASE = "http://127.0.0.1:8401"
+TEXT = (
+    "summarize: ZeroMQ is a messaging library. It provides sockets that carry whole "
+    "messages. Publish-subscribe is one of its core patterns."
+)
+
+
+class Env:
+    def __init__(self, fabric: Fabric, gateway: Gateway, http: httpx.AsyncClient) -> None:
+        self.fabric, self.gateway, self.http = fabric, gateway, http
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env() -> AsyncIterator[Env]:
+    fabric = Fabric("memory")
+    try:
+        proxy = await fabric.start_proxy()
+        await fabric.start_server(BUNDLED_SKILLS / "data-processing", DATA, "data-1")
+        await fabric.start_server(BUNDLED_SKILLS / "code-analysis", CODE, "code-1")
+        config = GatewayConfig(
+            proxy_xsub=proxy.xsub_endpoint,
+            proxy_xpub=proxy.xpub_endpoint,
+            metrics_url=None,
+            skills_dirs=[BUNDLED_SKILLS],
+            timeout=20,
+        )
+        async with Gateway(config, transport=fabric.bus) as gateway:
+            transport = httpx.ASGITransport(app=create_app(gateway))
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+                yield Env(fabric, gateway, http)
+    finally:
+        await asyncio.wait_for(fabric.close(), 20)
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert error["status"] == response.status_code and error["message"]
+    return error
+
+
+@shared_loop
+async def test_topics_and_skills_are_the_live_catalogue(env: Env) -> None:
+    topics = (await env.http.get("/v1/topics")).json()["topics"]
+    assert {t["topic"]: (t["live"], sorted(t["skills"])) for t in topics} == {
+        CODE: (True, ["code-complexity", "dead-code-detector"]),
+        DATA: (True, ["csv-analyzer", "text-summarizer"]),
+    }
+    skills = (await env.http.get("/v1/skills", params={"topic": DATA})).json()["skills"]
+    by_name = {s["name"]: s for s in skills}
+    assert set(by_name) == {"csv-analyzer", "text-summarizer"}
+    assert all(s["live"] and s["valid"] and s["topic"] == DATA for s in skills)
+    assert "# " in by_name["csv-analyzer"]["body"]  # the SKILL.md body, for the console
+
+
+@shared_loop
+async def test_a_task_is_answered_and_kept_with_its_trace_events(env: Env) -> None:
+    events = env.gateway.listen()
+    first = asyncio.ensure_future(anext(events))  # listening before the request is sent
+    await asyncio.sleep(0)
+    response = await env.http.post(f"/v1/topics/{DATA}/invoke", json={"task": TEXT})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "success" and body["skill"] == "text-summarizer"
+    assert "## Summary" in body["content"]
+    assert body["trace"]["matcher_mode"] and body["trace"]["attempt"] == 1
+    timing = body["timing"]
+    assert timing["gateway_ms"] >= timing["server_ms"] >= timing["exec_ms"] > 0
+    rid = body["request_id"]
+    seen: list[dict[str, Any]] = []
+    try:
+        event = await asyncio.wait_for(first, 10)
+        while event.get("event") != "execution" or event.get("request_id") != rid:
+            seen.append(event)
+            event = await asyncio.wait_for(anext(events), 10)
+    finally:
+        await events.aclose()
+    record = (await env.http.get(f"/v1/requests/{rid}")).json()
+    assert record["status"] == "success" and record["topic"] == DATA
+    assert record["intent"] == {"task": TEXT}
+    assert [e["outcome"] for e in record["events"]] == ["success"]
+    listing = (await env.http.get("/v1/requests", params={"limit": 5})).json()["requests"]
+    assert listing[0]["request_id"] == rid
+
+
+@shared_loop
+async def test_an_explicit_skill_gets_its_data(env: Env) -> None:
+    response = await env.http.post(
+        f"/v1/topics/{DATA}/invoke", json={"skill": "csv-analyzer", "data": CSV}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["skill"] == "csv-analyzer"
+    assert "revenue" in response.json()["content"]
+
+
+@shared_loop
+async def test_routed_invoke_picks_the_topic(env: Env) -> None:
+    response = await env.http.post(
+        "/v1/invoke", json={"task": "find dead code in this python: def unused(): pass"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["route"]["topic"] == CODE and body["route"]["mode"] == "keyword"
+    assert body["skill"] == "dead-code-detector"
+    nothing = await env.http.post("/v1/invoke", json={"task": "qwzx vbnm plokij"})
+    assert nothing.status_code == 404 and error_of(nothing)["code"] == "no_match"
+
+
+@shared_loop
+async def test_fabric_errors_map_to_statuses_in_one_shape(env: Env) -> None:
+    unknown = await env.http.post("/v1/topics/TOPIC_NOPE/invoke", json={"task": "x"})
+    assert unknown.status_code == 404 and error_of(unknown)["code"] == "no_server"
+    assert DATA in error_of(unknown)["message"]
+    missing = await env.http.post(f"/v1/topics/{DATA}/invoke", json={"skill": "nope"})
+    assert missing.status_code == 404 and error_of(missing)["code"] == "skill_not_found"
+    assert error_of(missing)["request_id"]
+    empty = await env.http.post(f"/v1/topics/{DATA}/invoke", json={})
+    assert empty.status_code == 422 and error_of(empty)["code"] == "bad_request"
+    junk = await env.http.post(f"/v1/topics/{DATA}/invoke", content=b"{not json")
+    assert junk.status_code == 422 and error_of(junk)["code"] == "bad_request"
+    hostile = await env.http.post(f"/v1/topics/{DATA}/invoke", json={"skill": "../../etc"})
+    assert hostile.status_code == 422
+    big = await env.http.post(
+        f"/v1/topics/{DATA}/invoke",
+        content=b'{"task": "' + b"a" * (8 * 1024 * 1024) + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert big.status_code == 413 and error_of(big)["code"] == "payload_too_large"
+    gone = await env.http.get("/v1/requests/not-a-recent-one")
+    assert gone.status_code == 404 and error_of(gone)["code"] == "not_found"
+    assert error_of(await env.http.get("/v1/nothing-here"))["code"] == "http_error"
+
+
+@shared_loop
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [
+        (UnavailableError("queue full", code=ErrorCode.OVERLOADED), 503),
+        (SkillTimeoutError("no reply in 1 s"), 504),
+    ],
+)
+async def test_overload_and_timeout_statuses(
+    env: Env, monkeypatch: pytest.MonkeyPatch, raised: Exception, status: int
+) -> None:
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise raised
+
+    monkeypatch.setattr(env.gateway.client, "call", refuse)
+    response = await env.http.post(f"/v1/topics/{DATA}/invoke", json={"task": "x"})
+    assert response.status_code == status
+    assert error_of(response)["code"] == raised.code.value  # type: ignore[attr-defined]
+    assert (response.headers.get("retry-after") == "1") == (status == 503)
+
+
+def test_every_code_has_a_status() -> None:
+    statuses = {code: http_status(code) for code in ErrorCode}
+    assert statuses[ErrorCode.NO_MATCH] == 404 and statuses[ErrorCode.OVERLOADED] == 503
+    assert statuses[ErrorCode.BAD_REQUEST] == 400 and statuses[ErrorCode.TIMEOUT] == 504
+    assert statuses[ErrorCode.PAYLOAD_TOO_LARGE] == 413
+    assert all(400 <= s < 600 for s in statuses.values())
+
+
+@shared_loop
+async def test_dns_rebinding_is_refused_on_loopback(env: Env) -> None:
+    evil_host = await env.http.get("/v1/topics", headers={"host": "attacker.example:8401"})
+    assert evil_host.status_code == 421 and error_of(evil_host)["code"] == "bad_host"
+    evil_origin = await env.http.get("/v1/topics", headers={"origin": "http://attacker.example"})
+    assert evil_origin.status_code == 403
+    own = await env.http.get("/healthz", headers={"origin": BASE})
+    assert own.status_code == 200
+    assert "access-control-allow-origin" not in own.headers  # CORS is off by default
+
+
+async def test_a_token_is_required_when_configured() -> None:
+    config = GatewayConfig(host="10.1.2.3", port=8401, token="s3cret", metrics_url=None)
+    transport = httpx.ASGITransport(app=create_app(Gateway(config)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.example") as http:
+        refused = await http.get("/v1/stats")
+        assert refused.status_code == 401 and error_of(refused)["code"] == "unauthorized"
+        wrong = await http.get("/v1/stats", headers={"authorization": "Bearer s3cre"})
+        assert wrong.status_code == 401
+        ok = await http.get("/v1/stats", headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["available"] is False
+        assert (await http.get("/healthz")).status_code == 200  # probes carry no secret
+        assert (await http.get("/")).status_code == 200  # nor does the console page
+        assert (await http.get("/readyz")).status_code == 503  # never started
+
+
+def test_beyond_loopback_needs_a_token(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="bearer token"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", "t")
+    check_exposure("127.0.0.1", None)
+    from skillscale.tools.cli import main
+
+    with contextlib.suppress(SystemExit):
+        assert main(["gateway", "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert "SKILLSCALE_GATEWAY_TOKEN" in capsys.readouterr().err
+
+
+async def test_versions_promote_and_rollback(tmp_path: Path) -> None:
+    from skillscale.core.rollout import propose_candidate
+
+    skill = tmp_path / "skills" / "trivial" / "echo"
+    shutil.copytree(FIXTURE_SKILLS / "testing" / "echo", skill)
+    better = tmp_path / "better" / "echo"
+    shutil.copytree(skill, better)
+    (better / "SKILL.md").write_text(
+        (better / "SKILL.md").read_text().replace("Test fixture.", "Better fixture.")
+    )
+    config = GatewayConfig(metrics_url=None, skills_dirs=[tmp_path / "skills"])
+    transport = httpx.ASGITransport(app=create_app(Gateway(config)))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        path = "/v1/skills/TOPIC_TRIVIAL/echo"
+        plain = (await http.get(path + "/rollout")).json()
+        assert plain["managed"] is False and plain["state"] == "active"
+        version = propose_candidate(skill, better, {"by": "test"})
+        status = (await http.get(path + "/rollout")).json()
+        assert status["managed"] and status["canary"]["version"] == version
+        promoted = await http.post(path + "/promote", json={"reason": "looks better"})
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["active"] == version and promoted.json()["canary"] is None
+        assert "Better fixture." in (skill / "SKILL.md").read_text()
+        back = await http.post(path + "/rollback", json={})
+        assert back.status_code == 200 and back.json()["active"] != version
+        assert "Better fixture." not in (skill / "SKILL.md").read_text()
+        missing = await http.get("/v1/skills/TOPIC_TRIVIAL/nope/rollout")
+        assert missing.status_code == 404 and error_of(missing)["code"] == "skill_not_found"
+        again = await http.post(path + "/promote", json={})
+        assert again.status_code == 400 and error_of(again)["code"] == "bad_request"
+
+
+def test_stats_parse_what_the_proxy_exports() -> None:
+    metrics = ProxyMetrics()
+    metrics.replicas.labels(DATA).set(2)
+    metrics.queue_depth.labels(DATA).set(3)
+    metrics.inflight.labels(DATA).set(1)
+    metrics.messages.labels(DATA, DOWNSTREAM).inc(7)
+    metrics.error_replies.labels("overloaded").inc(4)
+    metrics.redelivered.inc()
+    from prometheus_client import generate_latest
+
+    stats = parse_metrics(generate_latest(metrics.registry).decode(), "http://x/metrics", 1.0)
+    assert stats.available
+    (topic,) = [t for t in stats.topics if t.topic == DATA]
+    assert (topic.replicas, topic.queue_depth, topic.inflight, topic.messages) == (2, 3, 1, 7.0)
+    assert stats.error_replies == {"overloaded": 4.0} and stats.redelivered == 1.0
+    broken = parse_metrics("this is { not prometheus", "http://x/metrics", 1.0)
+    assert not broken.available and broken.error
+
+
+@shared_loop
+async def test_the_console_is_served_with_its_files(env: Env) -> None:
+    page = await env.http.get("/")
+    assert page.status_code == 200 and "SkillScale console" in page.text
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for name in ("app.js", "app.css", "markdown.js"):
+        assert (await env.http.get(f"/static/{name}")).status_code == 200
+    spec = (await env.http.get("/openapi.json")).json()
+    assert {
+        "/v1/topics",
+        "/v1/skills",
+        "/v1/topics/{topic}/invoke",
+        "/v1/invoke",
+        "/v1/requests/{request_id}",
+        "/v1/events",
+        "/v1/stats",
+        "/healthz",
+        "/readyz",
+    } <= set(spec["paths"])
