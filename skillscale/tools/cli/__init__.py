@@ -15,12 +15,23 @@ import zmq
 
 from skillscale import __version__
 from skillscale.core.errors import SkillScaleError
-from skillscale.tools.cli import bench, config, invoke, keys, mcp, proxy, server, skills, up
+from skillscale.tools.cli import (
+    bench,
+    config,
+    distill,
+    invoke,
+    keys,
+    mcp,
+    proxy,
+    server,
+    skills,
+    up,
+)
 from skillscale.tools.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
-_GROUPS = (up, proxy, mcp, config, keys, server, invoke, bench, skills)
+_GROUPS = (up, proxy, mcp, config, keys, server, invoke, bench, skills, distill)
 
 
 def build_parser() -> argparse.ArgumentParser:
