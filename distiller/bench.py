@@ -190,9 +190,10 @@ def _secret(rng: random.Random, truth: Truth, home_user: str) -> tuple[str, str]
 
 
 def generate(
-    seed: int, sessions: int, k: int = 8, first: bool = True
+    seed: int, sessions: int, k: int = 8, first: bool = True, per_session: float = 0.0
 ) -> tuple[list[list[Task]], Truth]:
-    """Sessions (lists of tasks) and the truth about them."""
+    """Sessions (lists of tasks) and the truth about them; ``per_session`` > 0 scales
+    the recurring procedures' occurrences to about that many tasks per session."""
     rng = random.Random(seed)
     bank = list(BANK)
     rng.shuffle(bank)
@@ -200,7 +201,10 @@ def generate(
     truth = Truth({p.key for p in recurring}, {p.key for p in rare})
     occurrences: list[Procedure | tuple[str, str]] = []
     for p in recurring:
-        occurrences += [p] * rng.randint(3, 5) if first else [p] * 2
+        times = rng.randint(3, 5) if first else 2
+        if per_session > 0:
+            times = max(times, round(sessions * per_session / k))
+        occurrences += [p] * times
         truth.facts[p.key] = [*p.commands, p.wrong, p.error.split(":")[0]]
     if first:
         for p in rare:
@@ -557,10 +561,18 @@ LAYOUT = {
 }  # fmt: skip
 
 
+HOME_LAYOUT = {
+    "claude-code": ".claude/projects", "codex": ".codex/sessions", "cursor": ".cursor/projects",
+    "openclaw": ".openclaw/agents", "opencode": ".local/share/opencode/opencode.db",
+}  # fmt: skip
+
+
 def write_corpus(
-    root: Path, plan: Sequence[Sequence[Task]], seed: int, pad: int = 0
+    root: Path, plan: Sequence[Sequence[Task]], seed: int, pad: int = 0, *, home: bool = False
 ) -> list[tuple[str, Path]]:
-    """Write ``plan`` under ``root`` in the native formats; the ``--from`` pairs."""
+    """Write ``plan`` under ``root`` in the native formats (``home``: where the agents
+    keep them under a home folder); the ``--from`` pairs."""
+    layout = HOME_LAYOUT if home else LAYOUT
     rng = random.Random(seed + 7)
     kinds = ["claude-code", "codex", "opencode", "claude-code", "openclaw", "codex", "cursor"]
     opencode: list[tuple[str, Sequence[Task]]] = []
@@ -572,10 +584,10 @@ def write_corpus(
         if kind == "opencode":
             opencode.append((f"ses_{sid[:12]}", tasks))
         else:
-            WRITERS[kind](root / LAYOUT[kind], sid, tasks, rng, pad)
+            WRITERS[kind](root / layout[kind], sid, tasks, rng, pad)
     if opencode:
-        _opencode(root / LAYOUT["opencode"], opencode)
-    return [(k, root / LAYOUT[k]) for k in LAYOUT if k in used]
+        _opencode(root / layout["opencode"], opencode)
+    return [(k, root / layout[k]) for k in layout if k in used]
 
 
 # ---------------------------------------------------------------- scoring
@@ -695,21 +707,23 @@ async def scale(
     workdir: Path, sessions: int = 1000, lines: int = 200, seed: int = 1
 ) -> dict[str, Any]:
     """Distill ``sessions`` sessions of about ``lines`` lines: seconds and peak memory."""
-    plan, _ = generate(seed, sessions, 8)
+    plan, _ = generate(seed, sessions, 8, per_session=4)
     per = max(1, sum(len(t) for t in plan) // sessions)
-    pad = max(0, (lines - 6 * per * 2) // max(1, per))
+    # A task is about 2 lines per call plus 2; the rest of ``lines`` is padding.
+    calls = sum(len(c.calls) for t in plan for c in t) / sessions
+    pad = max(0, round((lines - 2 * calls - 2 * per) / per))
     sources = write_corpus(workdir / "sources", plan, seed, pad=pad)
     total_lines = sum(
         sum(1 for _ in p.open("rb")) for k, root in sources if k != "opencode"
         for p in root.rglob("*.jsonl")
     )  # fmt: skip
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = await distill_once(Options(workdir / "skills", sources))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "sessions": sessions, "jsonl lines": total_lines,
-        "seconds": round(elapsed, 1), "peak RSS MB": round(peak), "atoms": out.atoms_total,
+        "seconds": round(elapsed, 1), "cpu seconds": round(cpu, 1), "peak RSS MB": round(peak), "atoms": out.atoms_total,
         "cores": os.cpu_count(),
     }  # fmt: skip
 

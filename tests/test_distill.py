@@ -495,3 +495,46 @@ async def test_distillbench_floors_on_a_fixed_seed(tmp_path: Path) -> None:
     assert f["fact recall"] >= 0.8 and f["hallucinated commands"] == 0, f
     assert f["routing top-1"] >= 0.9 and f["new atoms routed"] >= 8, f
     assert f["skills created by the second batch"] == 0, f
+
+
+@pytest.mark.timeout(90)
+def test_up_starts_the_distiller_on_the_configured_home(tmp_path: Path) -> None:
+    import selectors
+    import signal
+    import time
+
+    from skillscale.tools.cli import build_parser
+    from tests.helpers import role_env
+
+    assert build_parser().parse_args(["up", "--no-distill"]).no_distill is True
+    plan, _ = bench.generate(5, 10, k=3)
+    bench.write_corpus(tmp_path / "home", plan, 5, home=True)
+    env = role_env() | {
+        "SKILLSCALE_DISTILL_HOME": str(tmp_path / "home"),
+        "SKILLSCALE_DISTILL_DIR": str(tmp_path / "lib"),
+        "SKILLSCALE_LOG_LEVEL": "info",
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "skillscale", "up", "--xsub-port", "0", "--xpub-port", "0",
+         "--router-port", "0", "--metrics-port", "-1", "--json"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert up.stderr is not None
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(up.stderr, selectors.EVENT_READ)
+        deadline, buffer, seen = time.monotonic() + 60, b"", ""
+        while "distill pass:" not in seen:  # the role logs each pass: an event, not a sleep
+            assert time.monotonic() < deadline, seen[-2000:]
+            if sel.select(deadline - time.monotonic()):
+                chunk = os.read(up.stderr.fileno(), 65536)
+                assert chunk, seen[-2000:]
+                buffer += chunk
+                seen = buffer.decode(errors="replace")
+        sel.close()
+        assert "'created': 3" in seen, seen[-2000:]
+        assert len(list((tmp_path / "lib" / "distilled").glob("*/SKILL.md"))) == 3
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.communicate(timeout=30)
+    assert up.returncode == 0

@@ -50,6 +50,8 @@ class FabricConfig:
     extra_server_args: list[str] = field(default_factory=list)
     curve_dir: Path | None = None
     """CURVE on: certificates kept (made if missing) in this folder."""
+    distill_args: list[str] | None = None
+    """Start the distiller role with these extra arguments (None: do not)."""
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Fabric(AsyncRole):
         self.config = config
         self.proxy: Child | None = None
         self.servers: list[Child] = []
+        self.distiller: Child | None = None
         self.keys: FabricKeys | None = None
         self._stopping = False
 
@@ -130,10 +133,22 @@ class Fabric(AsyncRole):
             self.proxy.argv[self.proxy.argv.index("--xpub-bind") + 1] = self.proxy.ready["xpub"]
             self.proxy.argv[self.proxy.argv.index("--router-bind") + 1] = self.proxy.ready["router"]
             self.servers = self._plan_servers(self.proxy.ready)
-            await asyncio.gather(*(self._spawn(child) for child in self.servers))
+            if cfg.distill_args is not None:
+                self.distiller = self._plan_distiller(self.proxy.ready, cfg.distill_args)
+            extra = [self.distiller] if self.distiller else []
+            await asyncio.gather(*(self._spawn(child) for child in [*self.servers, *extra]))
         except BaseException:
             await self.stop()
             raise
+
+    def _plan_distiller(self, proxy_ready: dict[str, Any], extra: list[str]) -> Child:
+        argv = [sys.executable, "-m", "skillscale", "distill", "--proxy-xsub",
+                proxy_ready["xsub"], "--proxy-xpub", proxy_ready["xpub"]]  # fmt: skip
+        if self.keys is not None:
+            client = self.keys.client
+            argv += ["--curve-secret", str(client.secret_file),
+                     "--curve-server-key", str(client.server_key_file)]  # fmt: skip
+        return Child("distiller", argv + extra)
 
     async def _spawn(self, child: Child) -> None:
         # A session of its own: a terminal's Ctrl-C reaches only the
@@ -189,6 +204,12 @@ class Fabric(AsyncRole):
                 "SKILLSCALE_CURVE_SECRET": str(self.keys.client.secret_file),
                 "SKILLSCALE_CURVE_SERVER_KEY": str(self.keys.client.server_key_file),
             },
+            "distiller": None
+            if self.distiller is None or self.distiller.proc is None
+            else {
+                "pid": self.distiller.proc.pid,
+                "skills_dir": self.distiller.ready.get("skills_dir"),
+            },
             "servers": [
                 {
                     "topics": s.ready.get("topics"),
@@ -203,7 +224,7 @@ class Fabric(AsyncRole):
     async def wait(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set: restart children that die."""
         while not stop.is_set():
-            children = [c for c in [self.proxy, *self.servers] if c and c.proc]
+            children = [c for c in [self.proxy, *self.servers, self.distiller] if c and c.proc]
             waits = {asyncio.ensure_future(c.proc.wait()): c for c in children if c.proc}
             stopper = asyncio.ensure_future(stop.wait())
             try:
@@ -241,7 +262,7 @@ class Fabric(AsyncRole):
 
     def kill_all(self) -> None:
         """SIGKILL every child's whole session at once (a forced stop)."""
-        for child in [*self.servers, self.proxy]:
+        for child in [*self.servers, self.distiller, self.proxy]:
             if child is not None and child.proc is not None and child.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
@@ -251,10 +272,11 @@ class Fabric(AsyncRole):
         if self._stopping:
             return
         self._stopping = True
-        await self._terminate([c for c in self.servers if c.proc], self.config.grace + 2)
+        workers = [*self.servers, *([self.distiller] if self.distiller else [])]
+        await self._terminate([c for c in workers if c.proc], self.config.grace + 2)
         if self.proxy is not None and self.proxy.proc is not None:
             await self._terminate([self.proxy], 5.0)
-        for child in [*self.servers, self.proxy]:
+        for child in [*self.servers, self.distiller, self.proxy]:
             if child is not None and child.drain is not None:
                 child.drain.cancel()
                 await asyncio.gather(child.drain, return_exceptions=True)

@@ -47,12 +47,14 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, Path]]:
     if given is not None:
         return given
     home = Path(args.home).expanduser()
-    found = []
+    found, missing = [], []
     for kind, path in default_sources(home):
         if path.exists():
             found.append((kind, path))
         else:
-            log.info("distill: no %s store at %s; skipped", kind, path)
+            missing.append(f"{kind} ({path})")
+    if missing:
+        log.info("distill: no session store found for %s; skipped", ", ".join(missing))
     return found
 
 
