@@ -33,6 +33,7 @@ from typing import Any
 
 from skillscale.distiller.cluster import normalize_command
 from skillscale.distiller.pipeline import Options, Outcome, distill_once
+from skillscale.distiller.state import State
 
 HOUSE_RULES = [
     "House rules: you are a careful senior engineer working in this repository.",
@@ -668,19 +669,24 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
     truth.intents.update(truth2.intents)
     sources2 = write_corpus(workdir / "sources2", plan2, seed + 1000)
     out2 = await distill_once(Options(skills_dir, sources2))
-    new_ids = {a for s in _atom_ids(out2) for a in s}
+    # Every new atom of a known procedure counts: one that reached no skill is a miss.
+    owner = {a.id: name for name, g in out2.groups for a in g.atoms}
     old_ids = {a.id for _, g in out.groups for a in g.atoms}
+    state = State(skills_dir / ".skillscale" / "distill.sqlite")
+    try:
+        batch2 = [a for a in state.atoms() if a.id not in old_ids and a.source != "bus"]
+    finally:
+        state.close()
     routed = correct = 0
-    for name, group in out2.groups:
-        for atom in group.atoms:
-            if atom.id in old_ids or atom.id not in new_ids:
-                continue
-            label = _label(atom.intent, truth)
-            if label not in truth.recurring:
-                continue
-            routed += 1
-            if name is not None and majority.get(name) == label:
-                correct += 1
+    first_batch = {a.trajectory for _, g in out.groups for a in g.atoms}
+    for atom in batch2:
+        label = _label(atom.intent, truth)
+        if label not in truth.recurring or atom.trajectory in first_batch:
+            continue
+        routed += 1
+        name = owner.get(atom.id)
+        if name is not None and majority.get(name) == label:
+            correct += 1
     second = len(out2.skills["created"])
     return {
         "seed": seed, "sessions": sessions, "recurring procedures": len(truth.recurring),
@@ -693,14 +699,10 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
         "fact recall": round(facts_found / max(1, facts_total), 3),
         "hallucinated commands": hallucinated,
         "routing top-1": round(correct / max(1, routed), 3),
-        "new atoms routed": routed,
+        "new atoms of known procedures": routed,
         "skills created by the second batch": second,
         "warnings": len(out.report.warnings),
     }  # fmt: skip
-
-
-def _atom_ids(out: Outcome) -> list[set[str]]:
-    return [{a.id for a in g.atoms} for _, g in out.groups]
 
 
 async def scale(

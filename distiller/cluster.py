@@ -10,8 +10,8 @@ at least 3 atoms across at least 2 sessions.
 
 What appears in most sessions is not a procedure: prompt lines present in
 more than ``boilerplate_share`` of the sessions (shared templates, house
-rules) are removed from intents, and commands run in that many sessions
-are removed from signatures, before anything is grouped.
+rules) are removed from intents before anything is grouped, and an atom
+whose prompt was nothing else is not a task.
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ class Corpus:
     """What is common to most sessions, computed over all atoms."""
 
     boilerplate_lines: set[str]
-    boilerplate_commands: set[str]
     sessions: int
 
     def intent(self, atom: Atom) -> str:
@@ -116,11 +115,13 @@ class Corpus:
         return "\n".join(ln for ln in kept if ln.strip()).strip()
 
     def signature(self, atom: Atom) -> frozenset[str]:
-        """The atom's normalised commands without boilerplate ones."""
-        return frozenset(
-            n for n in (normalize_command(c) for c in atom.commands)
-            if n and n not in self.boilerplate_commands
-        )  # fmt: skip
+        """The atom's normalised commands.
+
+        Commands are kept even when most sessions run them: a user who runs
+        the tests in every session has a procedure. What is dropped is an atom
+        whose prompt is nothing but boilerplate (:func:`group_atoms`).
+        """
+        return frozenset(n for n in (normalize_command(c) for c in atom.commands) if n)
 
 
 def _line_key(line: str) -> str:
@@ -128,26 +129,19 @@ def _line_key(line: str) -> str:
 
 
 def corpus_of(atoms: Sequence[Atom], config: Config) -> Corpus:
-    """Find the boilerplate: prompt lines and commands present in most sessions."""
+    """Find the boilerplate: prompt lines present in most sessions."""
     line_sessions: dict[str, set[str]] = {}
-    cmd_sessions: dict[str, set[str]] = {}
     sessions = {a.session for a in atoms}
     for atom in atoms:
         for line in atom.intent.splitlines():
             key = _line_key(line)
             if key:
                 line_sessions.setdefault(key, set()).add(atom.session)
-        for cmd in atom.commands:
-            cmd_sessions.setdefault(normalize_command(cmd), set()).add(atom.session)
     n = len(sessions)
     if n < config.boilerplate_min_sessions:
-        return Corpus(set(), set(), n)
+        return Corpus(set(), n)
     limit = config.boilerplate_share * n
-    return Corpus(
-        {k for k, s in line_sessions.items() if len(s) > limit},
-        {k for k, s in cmd_sessions.items() if len(s) > limit},
-        n,
-    )
+    return Corpus({k for k, s in line_sessions.items() if len(s) > limit}, n)
 
 
 def intent_terms(text: str) -> list[str]:
@@ -161,7 +155,9 @@ def group_atoms(atoms: Iterable[Atom], corpus: Corpus, config: Config) -> list[G
     index: dict[str, list[int]] = {}
     for atom in atoms:
         sig = corpus.signature(atom)
-        if not sig or not atom.success:
+        # A prompt that is all boilerplate (house rules, a shared template) is
+        # not a task: what follows it is the agent obeying the template.
+        if not sig or not atom.success or not corpus.intent(atom):
             continue
         candidates = {g for c in sig for g in index.get(c, [])}
         best, best_score = None, 0.0
@@ -207,11 +203,24 @@ def route(
 ) -> KnownSkill | None:
     """The skill an atom (or group) belongs to: best signature overlap, ties by intent words."""
     words = set(terms)
+    tokens = _tokens(signature)
     best, best_key = None, (0.0, 0.0)
     for skill in skills:
-        key = (jaccard(signature, skill.signature), jaccard(words, set(skill.terms)))
+        commands = jaccard(signature, skill.signature)
+        said = jaccard(words, set(skill.terms))
+        # The same request with a changed command line (a flag added after a
+        # new failure) is the same procedure, improved: near-identical words
+        # and most command words shared. Confusable pairs (staging/production)
+        # differ in their words and stay apart.
+        if commands < join and said >= 0.8 and jaccard(tokens, _tokens(skill.signature)) >= 0.5:
+            commands = join
+        key = (commands, said)
         if key > best_key:
             best, best_key = skill, key
     if best is None or best_key[0] < join:
         return None
     return best
+
+
+def _tokens(signature: Iterable[str]) -> frozenset[str]:
+    return frozenset(w for c in signature for w in c.split())

@@ -197,10 +197,10 @@ def render(
     lead = (examples[0] if examples else name.replace("-", " ")).rstrip(".")
     description = (
         f"{lead[:180]}. A recurring procedure distilled from agent sessions, run with "
-        f"{', '.join(programs) or 'the tools observed'}. Use for: "
-        + "; ".join(e.rstrip(".?!").lower() for e in examples)[:600]
-        + "."
-    )
+        f"{', '.join(programs) or 'the tools observed'}."
+        + (" Use for: " + "; ".join(e.rstrip(".?!").lower() for e in examples)[:600] + "."
+           if examples else "")
+    )  # fmt: skip
     # Check the catalogue entry against the matcher: this skill must win for
     # its own prompts. If it does not, its distinctive words join the keywords.
     probe = Skill(name, description, Path(name), "", {"keywords": keywords})
