@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skillscale.core.matching import KeywordMatcher
+from skillscale.core.skill_format import load_skill
 from skillscale.distiller.cluster import normalize_command
 from skillscale.distiller.pipeline import Options, Outcome, distill_once
 from skillscale.distiller.state import State
@@ -41,6 +43,20 @@ HOUSE_RULES = [
     "Read AGENTS.md before you start and follow the conventions it lists.",
 ]
 HOUSE_COMMAND = "cat AGENTS.md"
+# One paraphrase per procedure that no generated session uses: the skills'
+# descriptions must make the matcher pick them for words they never saw whole.
+HELD_OUT = {
+    "python-tests": "execute the python test suite",
+    "deploy-staging": "push the web app out to staging",
+    "deploy-production": "push the web app out to production",
+    "db-migrate": "upgrade the database schema with alembic",
+    "frontend-build": "make a release build of the frontend",
+    "frontend-lint": "run the frontend linter",
+    "release-tag": "publish a new release tag",
+    "rust-checks": "lint and test the rust crate",
+    "api-logs": "look into the api 500 errors in the logs",
+    "docs-build": "generate the documentation site with mkdocs",
+}
 
 
 @dataclass(frozen=True)
@@ -663,6 +679,24 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
                 facts_total += 1
                 if fact in text or normalize_command(_fill(fact, "1.0.0")) in norm_spans:
                     facts_found += 1
+    # The catalogue entries, judged by the fabric's own keyword matcher: does
+    # each recurring procedure's prompt pick its own skill from the library?
+    library = [load_skill(skills_dir / "distilled" / n) for n in majority]
+    matcher = KeywordMatcher(library)
+    asked = picked = 0
+    for _name, group in out.groups:
+        for atom in group.atoms:
+            label = _label(atom.intent, truth)
+            if label not in truth.recurring:
+                continue
+            asked += 1
+            best = matcher.match(atom.intent.split(".")[0]).best
+            picked += best is not None and majority.get(best.skill.name) == label
+    held_asked = held_picked = 0
+    for key in sorted(found):
+        held_asked += 1
+        best = matcher.match(HELD_OUT[key]).best
+        held_picked += best is not None and majority.get(best.skill.name) == key
     # Routing: a second batch of the same procedures, into the library as it is.
     plan2, truth2 = generate(seed + 1000, max(6, sessions // 3), k, first=False)
     plan2 = [[t for t in s if t.label in truth.recurring or t.label is None] for s in plan2]
@@ -698,6 +732,8 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
         "secrets leaked": _leaks(skills_dir, truth.secrets),
         "fact recall": round(facts_found / max(1, facts_total), 3),
         "hallucinated commands": hallucinated,
+        "matcher picks the right skill": round(picked / max(1, asked), 3),
+        "matcher on held-out prompts": round(held_picked / max(1, held_asked), 3),
         "routing top-1": round(correct / max(1, routed), 3),
         "new atoms of known procedures": routed,
         "skills created by the second batch": second,

@@ -56,7 +56,6 @@ class Options:
     cluster: Config = field(default_factory=Config)
     redact_patterns: Sequence[str] = ()
     llm: LLMSettings | None = None
-    start_as_draft: bool = False
 
 
 def state_path(skills_dir: Path) -> Path:
