@@ -36,7 +36,8 @@ SAFE_PREFIXES = (
     "pytest", "python -m pytest", "python3 -m pytest", "ruff check", "ruff format --check",
     "mypy", "make test", "make lint", "make check", "make build", "npm test", "npm run test",
     "npm run lint", "npm run build", "pnpm test", "yarn test", "cargo test", "cargo check",
-    "cargo build", "cargo clippy", "go test", "go vet", "go build", "tox", "black --check",
+    "cargo build", "cargo clippy", "cargo fmt --check", "go test", "go vet", "go build", "tox",
+    "black --check",
     "eslint", "tsc", "git status", "git diff", "git log", "ls", "cat", "grep", "rg", "pwd",
     "echo", "wc", "head", "tail",
 )  # fmt: skip
@@ -126,17 +127,31 @@ order, in each occurrence of the procedure, and is safe to re-run.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 STEPS = {argvs!r}
 
 
+def _workdir() -> str:
+    """The project folder to run in: input {{"cwd": "..."}}, else the current folder."""
+    raw = sys.stdin.read() if not sys.stdin.closed else ""
+    try:
+        data = json.loads(raw) if raw.strip().startswith("{{") else {{}}
+    except ValueError:
+        data = {{}}
+    cwd = data.get("cwd") if isinstance(data, dict) else None
+    return cwd if isinstance(cwd, str) and os.path.isdir(cwd) else os.getcwd()
+
+
 def main() -> int:
+    cwd = _workdir()
     for argv in STEPS:
         print("$ " + " ".join(argv), flush=True)
         try:
-            done = subprocess.run(argv, timeout=600, check=False)  # noqa: S603
+            done = subprocess.run(argv, cwd=cwd, timeout=600, check=False)  # noqa: S603
         except (OSError, subprocess.TimeoutExpired) as exc:
             print(f"failed: {{exc}}", file=sys.stderr)
             return 1
@@ -221,6 +236,10 @@ def render(
     body += [f"- {e}" for e in examples] or [f"- {name.replace('-', ' ')}"]
     body += ["", _provenance(atoms), "", "## Steps", ""]
     body += [f"{i}. `{c}`" for i, c in enumerate(steps, start=1)]
+    script = scriptable(atoms, steps)
+    if script:
+        body += ["", "The script scripts/run.py runs these steps in order and stops at the "
+                 "first failure; give it a JSON object with cwd, the project folder."]  # fmt: skip
     body += ["", _provenance([rep]), ""]
     if gotchas:
         body += ["## Gotchas", ""]
@@ -238,7 +257,6 @@ def render(
             _provenance([a for v in gotcha_atoms.values() for a in v][: MAX_LISTED * 2]),
             "",
         ]
-    script = scriptable(atoms, steps)
     meta = {
         "version": version,
         "keywords": keywords,

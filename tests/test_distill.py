@@ -488,13 +488,19 @@ async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> 
 
 @pytest.mark.timeout(120)
 async def test_distillbench_floors_on_a_fixed_seed(tmp_path: Path) -> None:
-    f = await bench.run(seed=1, workdir=tmp_path, sessions=30)
+    f = await bench.run(seed=1, workdir=tmp_path / "bench", sessions=30)
     assert f["skill recall"] >= 0.9 and f["skill precision"] >= 0.9, f
     assert f["skills from boilerplate"] == 0 and f["secrets leaked"] == 0, f
     assert f["secrets planted"] >= 10, f
     assert f["fact recall"] >= 0.8 and f["hallucinated commands"] == 0, f
     assert f["routing top-1"] >= 0.9 and f["new atoms of known procedures"] >= 8, f
     assert f["skills created by the second batch"] == 0, f
+    # A script only for the read-only, deterministic sequence (the Rust checks).
+    scripts = sorted(tmp_path.glob("bench/skills/distilled/*/scripts/run.py"))
+    assert [p.parent.parent.name for p in scripts] == ["clippy-rust-tests"], scripts
+    assert '["cargo", "clippy", "--all-targets", "--", "-D", "warnings"]' in scripts[
+        0
+    ].read_text().replace("'", '"')
 
 
 @pytest.mark.timeout(90)
