@@ -21,6 +21,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import sqlite3
 import time
 import uuid
@@ -741,6 +742,11 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
     }  # fmt: skip
 
 
+def _jsonl_lines(sources: Sequence[tuple[str, Path]]) -> tuple[int, int]:
+    paths = [p for k, root in sources if k != "opencode" for p in root.rglob("*.jsonl")]
+    return len(paths), sum(sum(1 for _ in p.open("rb")) for p in paths)
+
+
 async def scale(
     workdir: Path, sessions: int = 1000, lines: int = 200, seed: int = 1
 ) -> dict[str, Any]:
@@ -751,16 +757,20 @@ async def scale(
     calls = sum(len(c.calls) for t in plan for c in t) / sessions
     pad = max(0, round((lines - 2 * calls - 2 * per) / per))
     sources = write_corpus(workdir / "sources", plan, seed, pad=pad)
-    total_lines = sum(
-        sum(1 for _ in p.open("rb")) for k, root in sources if k != "opencode"
-        for p in root.rglob("*.jsonl")
-    )  # fmt: skip
+    files, total_lines = _jsonl_lines(sources)
+    if total_lines < lines * files:
+        # The formats differ in lines per call: pad once more to reach the mean.
+        pad = round(pad * lines * files / max(1, total_lines)) + 1
+        shutil.rmtree(workdir / "sources")
+        sources = write_corpus(workdir / "sources", plan, seed, pad=pad)
+        files, total_lines = _jsonl_lines(sources)
     t0, c0 = time.perf_counter(), time.process_time()
     out = await distill_once(Options(workdir / "skills", sources))
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "sessions": sessions, "jsonl lines": total_lines,
+        "lines per jsonl session": round(total_lines / max(1, files)),
         "seconds": round(elapsed, 1), "cpu seconds": round(cpu, 1), "peak RSS MB": round(peak), "atoms": out.atoms_total,
         "cores": os.cpu_count(),
     }  # fmt: skip

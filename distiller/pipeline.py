@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import sqlite3
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from skillscale.core import skill_history
 from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.errors import ConfigError
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.matching import KeywordMatcher
 from skillscale.core.redact import Redactor
@@ -56,6 +58,8 @@ class Options:
     cluster: Config = field(default_factory=Config)
     redact_patterns: Sequence[str] = ()
     llm: LLMSettings | None = None
+    state_timeout: float = 5.0
+    """Seconds to wait for a state another pass holds."""
 
 
 def state_path(skills_dir: Path) -> Path:
@@ -113,7 +117,15 @@ class Outcome:
     atoms_total: int = 0
     skills: dict[str, list[dict[str, Any]]] = field(
         default_factory=lambda: {
-            k: [] for k in ("created", "updated", "candidates", "unchanged", "hand_edited")
+            k: []
+            for k in (
+                "created",
+                "updated",
+                "candidates",
+                "unchanged",
+                "hand_edited",
+                "removed_by_user",
+            )
         }
     )
     routed_to_existing: dict[str, int] = field(default_factory=dict)
@@ -138,7 +150,13 @@ async def distill_once(opts: Options) -> Outcome:
     redactor = Redactor(opts.redact_patterns)
     report = Report()
     out = Outcome(report)
-    state = State(state_path(opts.skills_dir))
+    try:
+        state = State(state_path(opts.skills_dir), timeout=opts.state_timeout)
+    except sqlite3.Error as exc:
+        raise ConfigError(
+            f"{state_path(opts.skills_dir)}: cannot open the state ({exc}); "
+            "is another distill pass using this skills folder?"
+        ) from None
     client = LLMClient(opts.llm) if opts.llm is not None else None
     try:
         for kind, root in opts.sources:
@@ -156,6 +174,11 @@ async def distill_once(opts: Options) -> Outcome:
         _write_skills(opts, state, out)
         state.commit()
         out.atoms_total = state.count_atoms()
+    except sqlite3.OperationalError as exc:
+        # Another pass holds the state (a role and a --once on one folder).
+        raise ConfigError(
+            f"{state.path}: {exc}; is another distill pass using this skills folder?"
+        ) from None
     finally:
         state.close()
         if client is not None:
@@ -230,6 +253,10 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
             )
         skill_dir = Path(rec.path) if rec else opts.skills_dir / opts.category / name
         entry = {"name": name, "version": version, "path": str(skill_dir), "atoms": len(atoms)}
+        if rec is not None and not skill_dir.exists():
+            # The user deleted it: that is their decision, not a gap to refill.
+            out.skills["removed_by_user"].append(entry | {"version": rec.version})
+            continue
         files_hash = _files_hash(rendered.files)
         signature = frozenset(c for a in atoms for c in corpus.signature(a))
         terms = frozenset(t for a in atoms for t in intent_terms(corpus.intent(a)))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from skillscale.core.errors import SkillScaleError
 from skillscale.core.events import TRACE_TOPIC, TRAJECTORY_TOPIC, AgentTrajectory
 from skillscale.core.redact import Redactor
 from skillscale.core.runtime import AsyncRole, safe
@@ -185,12 +186,19 @@ class Distiller(AsyncRole):
         while not self._stop.is_set():
             self._wake.clear()
             if self.spool.exists() or self.config.options.sources:
-                outcome = await asyncio.to_thread(asyncio.run, distill_once(opts))
-                result = outcome.to_json(self.skills_dir)
-                self.config.passes.append(result)
-                del self.config.passes[:-10]
-                changed = {k: len(v) for k, v in result["skills"].items() if v}
-                log.info("distill pass: %d new atoms; skills %s", result["atoms"]["new"], changed)
+                try:
+                    outcome = await asyncio.to_thread(asyncio.run, distill_once(opts))
+                except (SkillScaleError, OSError) as exc:
+                    # A full disk or a busy state loses this pass, not the role.
+                    log.error("distill pass failed: %s; trying again next pass", exc)
+                else:
+                    result = outcome.to_json(self.skills_dir)
+                    self.config.passes.append(result)
+                    del self.config.passes[:-10]
+                    changed = {k: len(v) for k, v in result["skills"].items() if v}
+                    log.info(
+                        "distill pass: %d new atoms; skills %s", result["atoms"]["new"], changed
+                    )
             if self._evolution is not None:
                 await asyncio.wait_for(self._evolution.tick(), self.config.grace)
             async with self.pass_done:

@@ -71,10 +71,10 @@ class SkillRecord:
 class State:
     """The distiller's SQLite state; one per skills folder. Not thread-safe."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(str(path), timeout=5)
+        self.db = sqlite3.connect(str(path), timeout=timeout)
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:

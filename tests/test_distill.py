@@ -626,3 +626,16 @@ async def test_an_improved_procedure_becomes_a_candidate_through_rollout(
     assert "Session: claude-code:b0" in provenance
     third = await distill_once(Options(lib, [("claude-code", root)]))
     assert len(proposed) == 1 and len(third.skills["unchanged"]) == 1
+    # A skill the user deleted stays deleted.
+    shutil.rmtree(skill_dir)
+    fourth = await distill_once(Options(lib, [("claude-code", root)]))
+    assert [e["name"] for e in fourth.skills["removed_by_user"]] == [skill_dir.name]
+    assert not skill_dir.exists()
+    # A state held by another pass: one clear error, not a traceback.
+    holder = sqlite3.connect(str(lib / ".skillscale" / "distill.sqlite"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConfigError, match="another distill pass"):
+            await distill_once(Options(lib, [("claude-code", root)], state_timeout=0.05))
+    finally:
+        holder.close()
