@@ -48,6 +48,8 @@ class RoleConfig:
 
     options: Options
     proxy_xpub: str
+    proxy_xsub: str | None = None
+    """Where evolution publishes skills-changed events."""
     interval: float = 60.0
     min_interval: float = 2.0
     """Trajectories arriving wake a pass, but not more often than this."""
@@ -111,7 +113,10 @@ class Distiller(AsyncRole):
         except ImportError:
             log.info("distill: no evolution component in this build; traces are not used")
             return None
-        evolution = module.Evolution(skills_dir=self.skills_dir)
+        evolution = module.Evolution(
+            skills_dir=self.skills_dir, transport=self.config.transport,
+            proxy_xsub=self.config.proxy_xsub, curve=self.config.curve,
+        )  # fmt: skip
         await evolution.__aenter__()
         return evolution
 

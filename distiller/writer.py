@@ -170,8 +170,12 @@ def _provenance(atoms: Sequence[Atom]) -> str:
     sessions = sorted({a.session for a in atoms})
     spans = [f"{a.trajectory} lines {a.line_start}-{a.line_end} (atom {a.id[:10]})" for a in atoms]
     more = f"; and {len(spans) - MAX_LISTED} more" if len(spans) > MAX_LISTED else ""
+
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
     return (
-        f"_Provenance: {len(atoms)} atoms from {len(sessions)} sessions: "
+        f"_Provenance: {n(len(atoms), 'atom')} from {n(len(sessions), 'session')}: "
         + "; ".join(spans[:MAX_LISTED])
         + more
         + "._"

@@ -114,6 +114,7 @@ def _run_role(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> int:
     config = RoleConfig(
         options=_options(args, sources),
         proxy_xpub=args.proxy_xpub,
+        proxy_xsub=args.proxy_xsub,
         interval=args.interval,
         curve=_curve_keys(args),
     )
