@@ -251,13 +251,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     catalog = load_catalog()
     tasks = load_tasks()
     outcomes = evaluate(tasks, catalog)
+    held = [o for o in outcomes if o.task.split == "holdout"]
     slices = {
-        "held-out third": [o for o in outcomes if o.task.split == "holdout"],
-        "held-out, batch 1": [
-            o for o in outcomes if o.task.split == "holdout" and o.task.batch == 1
+        # Batch 1's held-out third is the one fixed before any tuning: the floors
+        # are checked there. Batches 2 and 3 were written later, each before the
+        # matcher changes that followed it, and are reported on their own as an
+        # estimate of how the matcher does on tasks nobody tuned it for.
+        "held-out third (batch 1, fixed before any tuning)": [o for o in held if o.task.batch == 1],
+        "held-out, batches 1+2": [o for o in held if o.task.batch in (1, 2)],
+        "held-out, batch 2 (written after the first tuning)": [
+            o for o in held if o.task.batch == 2
         ],
-        "held-out, batch 2 (written later, never tuned on)": [
-            o for o in outcomes if o.task.split == "holdout" and o.task.batch == 2
+        "held-out, batch 3 (written before the second tuning)": [
+            o for o in held if o.task.batch == 3
+        ],
+        "held-out, batch 5 (written after all tuning, held out whole)": [
+            o for o in held if o.task.batch == 5
         ],
         "tuning two thirds": [o for o in outcomes if o.task.split == "tune"],
         "whole set": outcomes,
@@ -276,12 +285,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\nlatency per match (each task's best of 5): mean {mean_us:.0f} us, p50 {p50_us:.0f} us, "
         "p99 {p99_us:.0f} us, max {max_us:.0f} us".format(**lat)
     )
-    detail = {"holdout": "held-out third", "tune": "tuning two thirds", "all": "whole set"}
+    detail = {
+        "holdout": "held-out third (batch 1, fixed before any tuning)",
+        "tune": "tuning two thirds",
+        "all": "whole set",
+    }
     shown = slices[detail[args.split]]
     print(f"\nconfusion ({detail[args.split]}, topic and off-topic tasks):")
     print(confusion(shown))
     misses = check_floors(reports[0])
-    print("\nfloors on the held-out third: " + ("all met" if not misses else "; ".join(misses)))
+    verdict = "all met" if not misses else "; ".join(misses)
+    print(f"\nfloors on the held-out third (batch 1): {verdict}")
     if args.failures:
         print(f"\nwrong answers ({detail[args.split]}):")
         for o in shown:

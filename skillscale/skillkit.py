@@ -186,7 +186,23 @@ def find_data(
                 parsed = parse(dumped)
                 if parsed is not None:
                     return Found(dumped, parsed, -1, -1)
-    return _largest(text, _candidate_spans(text), parse)
+    spans = _candidate_spans(text)
+    if parse is parse_prose:
+        return _find_prose(text, spans)  # type: ignore[return-value]
+    return _largest(text, spans, parse)
+
+
+def _find_prose(text: str, spans: list[tuple[int, int]]) -> Found[str] | None:
+    # A fence body is data because the caller fenced it, even when it opens like
+    # a request ("To all staff: ..."), which parse_prose would take for one.
+    bodies = [
+        Found(m.group(3).strip(), m.group(3).strip(), m.start(3), m.end(3))
+        for m in _FENCE_RE.finditer(text)
+        if len(_WORD_RE.findall(m.group(3))) >= MIN_DATA_WORDS
+    ]
+    if bodies:
+        return max(bodies, key=lambda f: len(f.text))
+    return _largest(text, spans, parse_prose)
 
 
 def _largest(
@@ -534,9 +550,10 @@ def split_request(text: str, limit: int = 4000) -> RequestParts:
             rest = text[: found.start] + "\n" + text[found.end :]
             rest = re.sub(r"^[ \t]*(```|~~~).*$", "", rest, flags=re.M)
             return RequestParts(" ".join(rest.split()), found.text, kind)
-    prose = _largest(text, spans, parse_prose)
+    prose = _find_prose(text, spans)
     if prose is not None and (prose.start > 0 or prose.end < len(text)):
         rest = text[: prose.start] + "\n" + text[prose.end :]
+        rest = re.sub(r"^[ \t]*(```|~~~).*$", "", rest, flags=re.M)
         if len(_WORD_RE.findall(prose.text)) >= MIN_DATA_WORDS:
             return RequestParts(" ".join(rest.split()), prose.text, "text")
     words = _WORD_RE.findall(text)

@@ -141,6 +141,12 @@ CSV_CASES: list[Case] = [
     ("TSV", CSV.replace(",", "\t"), "delimiter `\\t`"),
     ("semicolons", CSV.replace(",", ";"), "delimiter `;`"),
     ("after a request line", f"analyze this CSV:\n{CSV}", "**4 rows x 3 columns**"),
+    ("TSV after prose", "Profile this export:\n" + CSV.replace(",", "\t"), "delimiter `\\t`"),
+    (
+        "after prose, no header",
+        "Any outliers here?\nnorth,1200,10\nsouth,1350,12\neast,980,11\nwest,99999,12",
+        "header not detected",
+    ),
     ("after a colon on the line", "Check this table: x,y\n1,2\n3,4\n5,6", "**3 rows x 2 columns**"),
     (
         "request with commas",
@@ -176,6 +182,12 @@ SUMMARY_CASES: list[Case] = [
     ("question above", "What does this say?\n\n" + TEXT, "5 sentences"),
     ("dash separator", "Sum this up -- " + TEXT, "5 sentences"),
     ("fence", "Summarize:\n```\n" + TEXT + "\n```", "5 sentences"),
+    ("fence with language", "Summarise this:\n```text\n" + TEXT + "\n```", "5 sentences"),
+    (
+        "fenced text opening like a request",
+        "```\nTo all staff: " + TEXT + "\n```\nWhat's the upshot?",
+        "To all staff: The city council",
+    ),
     ("JSON data", json.dumps({"data": TEXT}), "5 sentences"),
     ("JSON text and length", json.dumps({"text": TEXT, "sentences": 1}), "1 of 5 sentences"),
     ("JSON data with a lead-in", json.dumps({"data": "tl;dr: " + TEXT}), "5 sentences"),

@@ -218,3 +218,30 @@ def test_the_decision_is_explained() -> None:
     chosen = KeywordMatcher(TOPICS[CODE]).match("any unused imports?").explain()
     assert chosen["chosen"] == "dead-code-detector"
     assert "unused" in chosen["candidates"][0]["terms"]  # type: ignore[index]
+
+
+def test_words_found_in_the_data_are_the_callers_names() -> None:
+    matcher = KeywordMatcher(TOPICS[DATA])
+    alone = matcher.match("Which cities appear most often?")
+    assert "cities" in alone.unknown
+    with_table = matcher.match("Which cities appear most often?\nname,city\nann,Leeds\nbob,York")
+    assert "cities" not in with_table.unknown
+    assert with_table.best is not None and with_table.best.skill.name == "csv-analyzer"
+
+
+def test_unknown_words_cost_by_their_place_in_the_request() -> None:
+    matcher = KeywordMatcher(TOPICS[DATA])
+    # The same unknown word costs less after a preposition than before it ...
+    after = matcher.match("What's the typical value of the bananas?")
+    before = matcher.match("What's the typical bananas value?")
+    assert after.penalty < before.penalty
+    # ... and most as the leading verb of an imperative: the task itself.
+    leading = matcher.match("Translate this email into German.")
+    assert leading.best is None and leading.unknown[0] == "translate"
+    assert leading.penalty > matcher.match("This email, translate into German.").penalty
+
+
+def test_fenced_prose_is_data_even_when_it_opens_like_a_request() -> None:
+    query = read_query("```\nTo all staff: " + LONG_ARTICLE + "\n```\nWhat's the upshot?")
+    assert query.shape == "text" and query.instruction == "What's the upshot?"
+    assert KeywordMatcher(TOPICS[DATA]).match(query.instruction).best is not None

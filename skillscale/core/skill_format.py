@@ -153,8 +153,12 @@ def validate_frontmatter(data: dict[str, Any], dir_name: str | None) -> list[str
     return problems
 
 
-def load_skill(directory: Path) -> Skill:
-    """Load and validate the skill in ``directory``; raise :class:`SkillFormatError`."""
+def load_skill(directory: Path, *, name: str | None = None) -> Skill:
+    """Load and validate the skill in ``directory``; raise :class:`SkillFormatError`.
+
+    ``name``: the name the skill must have; by default the directory's name
+    (a stored version under ``.skillscale/candidates/<version>`` passes its skill's).
+    """
     directory = directory.resolve()
     skill_md = directory / "SKILL.md"
     try:
@@ -170,7 +174,7 @@ def load_skill(directory: Path) -> Skill:
         data, body = split_frontmatter(text)
     except ValueError as exc:
         raise SkillFormatError(directory, [str(exc)]) from None
-    problems = validate_frontmatter(data, directory.name)
+    problems = validate_frontmatter(data, name or directory.name)
     if problems:
         raise SkillFormatError(directory, problems)
     metadata = {str(k): _scalar_str(v) for k, v in (data.get("metadata") or {}).items()}
