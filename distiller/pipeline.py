@@ -281,9 +281,16 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
             out.skills["created"].append(entry)
         elif version != rec.version and rollout is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                _write_files(Path(tmp), rendered.files)
-                provenance = _message("propose", name, version, atoms, rendered)
-                version = str(rollout.propose_candidate(skill_dir, Path(tmp), provenance))
+                source = Path(tmp) / name  # a skill folder is named as its skill
+                _write_files(source, rendered.files)
+                provenance = {
+                    "by": "skillscale-distill",
+                    "message": _message("propose", name, version, atoms, rendered),
+                    "sessions": sorted({a.session for a in atoms})[:50],
+                    "atoms": [a.id for a in atoms][:100],
+                    "procedure": rendered.procedure_hash,
+                }
+                version = str(rollout.propose_candidate(skill_dir, source, provenance))
             out.skills["candidates"].append(entry | {"version": version})
             new_rec = SkillRecord(**{**new_rec.__dict__, "version": version})
         else:

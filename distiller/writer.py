@@ -42,6 +42,21 @@ SAFE_PREFIXES = (
     "echo", "wc", "head", "tail",
 )  # fmt: skip
 _SHELL_SYNTAX = re.compile(r"[|&;<>`$(){}*?\[\]~]")
+# Flags that turn a checker into a writer.
+_WRITING_FLAGS = frozenset(
+    {
+        "--fix",
+        "--write",
+        "-w",
+        "-i",
+        "--in-place",
+        "--force",
+        "-f",
+        "--delete",
+        "--prune",
+        "--apply",
+    }
+)
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 _MARKER = re.compile(r"\[redacted:[a-z_0-9]+\]", re.I)
 
@@ -113,6 +128,8 @@ def scriptable(atoms: Sequence[Atom], steps: Sequence[str]) -> bool:
         if _SHELL_SYNTAX.search(cmd) or "[REDACTED" in cmd:
             return False
         if not any(cmd == p or cmd.startswith(p + " ") for p in SAFE_PREFIXES):
+            return False
+        if _WRITING_FLAGS & set(cmd.split()):
             return False
     return True
 

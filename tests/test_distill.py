@@ -596,7 +596,7 @@ async def test_an_improved_procedure_becomes_a_candidate_through_rollout(
 
     proposed: list[tuple[Path, str, str]] = []
 
-    def propose_candidate(skill_dir: Path, source_dir: Path, provenance: str) -> str:
+    def propose_candidate(skill_dir: Path, source_dir: Path, provenance: dict[str, Any]) -> str:
         version = str(len(proposed) + 2)
         dest = skill_dir / ".skillscale" / "candidates" / version
         shutil.copytree(source_dir, dest)
@@ -620,10 +620,14 @@ async def test_an_improved_procedure_becomes_a_candidate_through_rollout(
     second = await distill_once(Options(lib, [("claude-code", root)]))
     assert second.skills["created"] == [] and len(second.skills["candidates"]) == 1
     assert active.read_text() == before  # the active version is not overwritten
+    assert not (active.parent / "scripts").exists()  # `--fix` writes: not safe to re-run
     skill_dir, version, provenance = proposed[0]
     candidate = (skill_dir / ".skillscale" / "candidates" / version / "SKILL.md").read_text()
     assert f"version: '{version}'" in candidate and "E999" in candidate
-    assert "Session: claude-code:b0" in provenance
+    assert (
+        "claude-code:b0" in provenance["sessions"]
+        and "Session: claude-code:b0" in provenance["message"]
+    )
     third = await distill_once(Options(lib, [("claude-code", root)]))
     assert len(proposed) == 1 and len(third.skills["unchanged"]) == 1
     # A skill the user deleted stays deleted.
