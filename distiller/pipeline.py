@@ -26,7 +26,7 @@ from skillscale.core.errors import ConfigError
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.matching import KeywordMatcher
 from skillscale.core.redact import Redactor
-from skillscale.core.skill_format import Skill
+from skillscale.core.skill_format import Skill, SkillFormatError, load_skill
 from skillscale.distiller import atoms as atoms_mod
 from skillscale.distiller.cluster import (
     Config,
@@ -72,6 +72,13 @@ def _rollout() -> Any | None:
     try:
         return importlib.import_module("skillscale.core.rollout")
     except ImportError:
+        return None
+
+
+def _active_version(skill_dir: Path) -> str | None:
+    try:
+        return load_skill(skill_dir).version
+    except SkillFormatError:
         return None
 
 
@@ -293,6 +300,11 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
                 version = str(rollout.propose_candidate(skill_dir, source, provenance))
             out.skills["candidates"].append(entry | {"version": version})
             new_rec = SkillRecord(**{**new_rec.__dict__, "version": version})
+        elif version == rec.version and _active_version(skill_dir) != rec.version:
+            # The last version is a candidate still in its canary: the active
+            # folder is not rewritten behind the canary's back.
+            out.skills["unchanged"].append(entry | {"pending_candidate": rec.version})
+            continue
         else:
             old = skill_history.head_files(skill_dir) or {}
             _write_files(

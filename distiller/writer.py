@@ -215,7 +215,9 @@ def render(
     intents = [t for t in (_clean_intent(corpus, a) for a in atoms) if t]
     intents.sort()
     ranked = Counter(i[:200] for i in intents).most_common()
-    examples = [t for t, _ in sorted(ranked, key=lambda kv: (-kv[1], kv[0]))][:3]
+    # The three most frequent phrasings, listed alphabetically: one more
+    # occurrence of a phrasing must not reorder the description (a new version).
+    examples = sorted(t for t, _ in sorted(ranked, key=lambda kv: (-kv[1], kv[0]))[:3])
     counts: Counter[str] = Counter()
     for text in intents:
         counts.update(set(_surface_words(text)))

@@ -630,10 +630,16 @@ async def test_an_improved_procedure_becomes_a_candidate_through_rollout(
     )
     third = await distill_once(Options(lib, [("claude-code", root)]))
     assert len(proposed) == 1 and len(third.skills["unchanged"]) == 1
+    # One more session of the candidate's procedure: its provenance grows, but the
+    # active folder is not rewritten while the candidate is in its canary.
+    _session(root / "p" / "c0.jsonl", PROMPTS[0], [("ruff check src --fix --ignore E999", None)])
+    fourth = await distill_once(Options(lib, [("claude-code", root)]))
+    assert fourth.skills["unchanged"][0]["pending_candidate"] == "2", fourth.skills
+    assert active.read_text() == before and len(proposed) == 1
     # A skill the user deleted stays deleted.
     shutil.rmtree(skill_dir)
-    fourth = await distill_once(Options(lib, [("claude-code", root)]))
-    assert [e["name"] for e in fourth.skills["removed_by_user"]] == [skill_dir.name]
+    fifth = await distill_once(Options(lib, [("claude-code", root)]))
+    assert [e["name"] for e in fifth.skills["removed_by_user"]] == [skill_dir.name]
     assert not skill_dir.exists()
     # A state held by another pass: one clear error, not a traceback.
     holder = sqlite3.connect(str(lib / ".skillscale" / "distill.sqlite"), isolation_level=None)
