@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -16,6 +17,21 @@ from tests.helpers import (
     start_proxy,
     start_server,
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _distiller_off_the_real_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`skillscale up` starts a distiller: in tests it reads and writes a temporary home."""
+    base = tmp_path_factory.mktemp("distill-home")
+    saved = {k: os.environ.get(k) for k in ("SKILLSCALE_DISTILL_HOME", "SKILLSCALE_DISTILL_DIR")}
+    os.environ["SKILLSCALE_DISTILL_HOME"] = str(base / "home")
+    os.environ["SKILLSCALE_DISTILL_DIR"] = str(base / "distilled")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -52,6 +52,8 @@ class FabricConfig:
     """CURVE on: certificates kept (made if missing) in this folder."""
     gateway_port: int | None = None
     """The HTTP gateway and console on this port (0 = any free); None: no gateway."""
+    distill_args: list[str] | None = None
+    """Start the distiller role with these extra arguments (None: do not)."""
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Fabric(AsyncRole):
         self.proxy: Child | None = None
         self.servers: list[Child] = []
         self.gateway: Child | None = None
+        self.distiller: Child | None = None
         self.keys: FabricKeys | None = None
         self._stopping = False
 
@@ -133,7 +136,10 @@ class Fabric(AsyncRole):
             self.proxy.argv[self.proxy.argv.index("--xpub-bind") + 1] = self.proxy.ready["xpub"]
             self.proxy.argv[self.proxy.argv.index("--router-bind") + 1] = self.proxy.ready["router"]
             self.servers = self._plan_servers(self.proxy.ready)
-            await asyncio.gather(*(self._spawn(child) for child in self.servers))
+            if cfg.distill_args is not None:
+                self.distiller = self._plan_distiller(self.proxy.ready, cfg.distill_args)
+            extra = [self.distiller] if self.distiller else []
+            await asyncio.gather(*(self._spawn(child) for child in [*self.servers, *extra]))
             if cfg.gateway_port is not None:
                 self.gateway = self._plan_gateway(self.proxy.ready, cfg.gateway_port)
                 await self._spawn(self.gateway)
@@ -153,11 +159,20 @@ class Fabric(AsyncRole):
         ]  # fmt: skip
         for folder in self.config.skills_dirs:
             argv += ["--skills-dir", str(folder)]
-        if self.keys is not None:
-            client = self.keys.client
-            argv += ["--curve-secret", str(client.secret_file),
-                     "--curve-server-key", str(client.server_key_file)]  # fmt: skip
-        return Child("gateway", argv)
+        return Child("gateway", argv + self._client_curve_args())
+
+    def _plan_distiller(self, proxy_ready: dict[str, Any], extra: list[str]) -> Child:
+        argv = [sys.executable, "-m", "skillscale", "distill", "--proxy-xsub",
+                proxy_ready["xsub"], "--proxy-xpub", proxy_ready["xpub"]]  # fmt: skip
+        return Child("distiller", argv + self._client_curve_args() + extra)
+
+    def _client_curve_args(self) -> list[str]:
+        """The flags that give a client-side child (gateway, distiller) the client keys."""
+        if self.keys is None:
+            return []
+        client = self.keys.client
+        return ["--curve-secret", str(client.secret_file),
+                "--curve-server-key", str(client.server_key_file)]  # fmt: skip
 
     async def _spawn(self, child: Child) -> None:
         # A session of its own: a terminal's Ctrl-C reaches only the
@@ -214,6 +229,12 @@ class Fabric(AsyncRole):
                 "SKILLSCALE_CURVE_SERVER_KEY": str(self.keys.client.server_key_file),
             },
             "gateway": self.gateway.ready.get("url") if self.gateway else None,
+            "distiller": None
+            if self.distiller is None or self.distiller.proc is None
+            else {
+                "pid": self.distiller.proc.pid,
+                "skills_dir": self.distiller.ready.get("skills_dir"),
+            },
             "servers": [
                 {
                     "topics": s.ready.get("topics"),
@@ -228,7 +249,9 @@ class Fabric(AsyncRole):
     async def wait(self, stop: asyncio.Event) -> None:
         """Supervise until ``stop`` is set: restart children that die."""
         while not stop.is_set():
-            children = [c for c in [self.proxy, *self.servers, self.gateway] if c and c.proc]
+            children = [
+                c for c in [self.proxy, *self.servers, self.distiller, self.gateway] if c and c.proc
+            ]
             waits = {asyncio.ensure_future(c.proc.wait()): c for c in children if c.proc}
             stopper = asyncio.ensure_future(stop.wait())
             try:
@@ -266,7 +289,7 @@ class Fabric(AsyncRole):
 
     def kill_all(self) -> None:
         """SIGKILL every child's whole session at once (a forced stop)."""
-        for child in [self.gateway, *self.servers, self.proxy]:
+        for child in [self.gateway, *self.servers, self.distiller, self.proxy]:
             if child is not None and child.proc is not None and child.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child.proc.pid, signal.SIGKILL)
@@ -278,10 +301,11 @@ class Fabric(AsyncRole):
         self._stopping = True
         if self.gateway is not None and self.gateway.proc is not None:
             await self._terminate([self.gateway], 5.0)
-        await self._terminate([c for c in self.servers if c.proc], self.config.grace + 2)
+        workers = [*self.servers, *([self.distiller] if self.distiller else [])]
+        await self._terminate([c for c in workers if c.proc], self.config.grace + 2)
         if self.proxy is not None and self.proxy.proc is not None:
             await self._terminate([self.proxy], 5.0)
-        for child in [self.gateway, *self.servers, self.proxy]:
+        for child in [self.gateway, *self.servers, self.distiller, self.proxy]:
             if child is not None and child.drain is not None:
                 child.drain.cancel()
                 await asyncio.gather(child.drain, return_exceptions=True)

@@ -18,6 +18,7 @@ from skillscale.core.errors import SkillScaleError
 from skillscale.tools.cli import (
     bench,
     config,
+    distill,
     gateway,
     health,
     invoke,
@@ -33,7 +34,21 @@ from skillscale.tools.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
-_GROUPS = (up, proxy, mcp, config, keys, server, invoke, bench, skills, health, operator, gateway)
+_GROUPS = (
+    up,
+    proxy,
+    mcp,
+    config,
+    keys,
+    server,
+    invoke,
+    bench,
+    skills,
+    health,
+    operator,
+    gateway,
+    distill,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,8 @@ from skillscale.tools.cli.common import (
 def _cmd_skills(args: argparse.Namespace) -> int:
     if args.skills_cmd == "validate":
         return _skills_validate(args)
+    if args.skills_cmd in ("log", "diff", "rollback"):
+        return _skills_history(args)
     catalog = SkillDiscovery(_dirs(args.skills_dir)).scan()
     if args.skills_cmd == "show":
         skill = catalog.skills.get(args.name)
@@ -77,6 +79,32 @@ def _skills_validate(args: argparse.Namespace) -> int:
     return EXIT_FAIL if failures else EXIT_OK
 
 
+def _skills_history(args: argparse.Namespace) -> int:
+    """``log|diff|rollback NAME``: the skill's own git history (dulwich)."""
+    from skillscale.core import skill_history
+    from skillscale.core.errors import ConfigError
+
+    skill = SkillDiscovery(_dirs(args.skills_dir)).scan().get(args.name)
+    if args.skills_cmd == "log":
+        entries = skill_history.log(skill.path)
+        if not entries:
+            raise ConfigError(f"skill {args.name!r} at {skill.path} has no history yet")
+        if args.json:
+            print(json.dumps([e.__dict__ | {"hand_edit": e.hand_edit} for e in entries], indent=2))
+        else:
+            for e in entries:
+                title = e.message.splitlines()[0] if e.message else ""
+                mark = "  [hand edit]" if e.hand_edit else ""
+                print(f"{e.sha[:10]}  {e.author.split(' <')[0]:<18} {title}{mark}")
+        return EXIT_OK
+    if args.skills_cmd == "diff":
+        print(skill_history.diff(skill.path, args.old, args.new), end="")
+        return EXIT_OK
+    sha = skill_history.rollback(skill.path, args.to)
+    print(f"rolled {args.name} back to {args.to}: commit {sha[:10]}")
+    return EXIT_OK
+
+
 def add_parser(sub: Any) -> None:
     """Add this command group to the ``skillscale`` parser."""
     p_skills = sub.add_parser("skills", help="list, show or validate skills")
@@ -86,7 +114,16 @@ def add_parser(sub: Any) -> None:
     p_show.add_argument("name")
     p_validate = skills_sub.add_parser("validate", help="check skills against the spec")
     p_validate.add_argument("paths", nargs="*", help="skill folders or roots")
-    for p in (p_list, p_show, p_validate):
+    p_log = skills_sub.add_parser("log", help="a skill's change history, newest first")
+    p_log.add_argument("name")
+    p_diff = skills_sub.add_parser("diff", help="what changed between two versions of a skill")
+    p_diff.add_argument("name")
+    p_diff.add_argument("old", nargs="?", default="HEAD~1", help="sha prefix or HEAD~N")
+    p_diff.add_argument("new", nargs="?", default=None, help="default: the working tree")
+    p_rb = skills_sub.add_parser("rollback", help="restore an earlier version (a new commit)")
+    p_rb.add_argument("name")
+    p_rb.add_argument("--to", default="HEAD~1", help="sha prefix or HEAD~N (default HEAD~1)")
+    for p in (p_list, p_show, p_validate, p_log, p_diff, p_rb):
         add_skills_dir(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p_skills.set_defaults(func=_cmd_skills)

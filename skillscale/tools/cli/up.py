@@ -35,6 +35,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         grace=args.grace,
         curve_dir=Path(args.curve_dir).expanduser() if args.curve else None,
         gateway_port=None if args.no_gateway or args.gateway_port < 0 else args.gateway_port,
+        distill_args=None if args.no_distill else [],
     )
 
     async def main() -> None:
@@ -72,6 +73,8 @@ def _print_banner(info: dict[str, Any]) -> None:
             example = f'skillscale invoke {server["topics"][0]} "summarize: <your text>"'
         elif example is None and server["topics"]:
             example = f'skillscale invoke {server["topics"][0]} "<your task>"'
+    if info.get("distiller"):
+        lines.append(f"  distiller writes skills to {info['distiller']['skills_dir']}")
     if info.get("curve"):
         lines.append("  CURVE on: clients need these (skillscale invoke reads them too):")
         lines += [f"    export {name}={value}" for name, value in info["curve"].items()]
@@ -136,6 +139,13 @@ def add_parser(sub: Any) -> None:
         "SKILLSCALE_CURVE_DIR",
         "~/.skillscale/curve",
         "where --curve keeps the certificates (the client's are in keys/)",
+    )
+    p_up.add_argument(
+        "--no-distill",
+        action="store_true",
+        default=os.environ.get("SKILLSCALE_NO_DISTILL", "").lower() in ("1", "true", "yes"),
+        help="do not start the distiller (it reads agent sessions under SKILLSCALE_DISTILL_HOME "
+        "and writes skills to SKILLSCALE_DISTILL_DIR) [env SKILLSCALE_NO_DISTILL]",
     )
     p_up.add_argument("--json", action="store_true", help="print endpoints as one JSON line")
     p_up.set_defaults(func=_cmd_up)

@@ -1,0 +1,234 @@
+"""``skillscale distill``: agent sessions in, skills out (one pass, a role, a bench)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from skillscale.core.errors import ConfigError
+from skillscale.tools.cli.common import (
+    EXIT_OK,
+    _flag,
+    _positive_int,
+    _print_ready,
+    _seconds,
+    add_curve_peer,
+    add_proxy_endpoints,
+    log,
+)
+
+KINDS = ("claude-code", "codex", "opencode", "cursor", "openclaw", "bus")
+DEFAULT_DIR = "~/.skillscale/distilled"
+
+
+def _parse_from(values: list[str] | None) -> list[tuple[str, Path]] | None:
+    if not values:
+        return None
+    out = []
+    for spec in values:
+        kind, sep, path = spec.partition("=")
+        if not sep or kind not in KINDS or not path:
+            raise ConfigError(
+                f"--from {spec!r}: give KIND=PATH with KIND one of {', '.join(KINDS)}"
+            )
+        out.append((kind, Path(path).expanduser()))
+    return out
+
+
+def _sources(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    from skillscale.distiller.ingest import default_sources
+
+    given = _parse_from(args.sources)
+    if given is not None:
+        return given
+    home = Path(args.home).expanduser()
+    found, missing = [], []
+    for kind, path in default_sources(home):
+        if path.exists():
+            found.append((kind, path))
+        else:
+            missing.append(f"{kind} ({path})")
+    if missing:
+        log.info("distill: no session store found for %s; skipped", ", ".join(missing))
+    return found
+
+
+def _options(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> Any:
+    from skillscale.core.llm import LLMSettings
+    from skillscale.distiller.cluster import Config
+    from skillscale.distiller.pipeline import Options
+
+    return Options(
+        skills_dir=Path(args.skills_dir).expanduser(),
+        sources=sources,
+        category=args.category,
+        cluster=Config(min_occurrences=args.min_occurrences, min_sessions=args.min_sessions),
+        redact_patterns=list(args.redact or []),
+        llm=LLMSettings.load() if args.llm else None,
+    )
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from skillscale.core.runtime import setup_logging
+
+    setup_logging("WARNING" if args.json else "INFO")
+    if getattr(args, "distill_cmd", None) == "bench":
+        return _cmd_bench(args)
+    sources = _sources(args)
+    if args.once:
+        from skillscale.distiller.pipeline import distill_once
+
+        opts = _options(args, sources)
+        outcome = asyncio.run(distill_once(opts))
+        result = outcome.to_json(opts.skills_dir)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            _print_pass(result)
+        return EXIT_OK
+    return _run_role(args, sources)
+
+
+def _print_pass(result: dict[str, Any]) -> None:
+    for kind, counts in result["ingested"].items():
+        print(
+            f"{kind:12} {counts.get('files', 0)} files, {counts.get('sessions', 0)} sessions "
+            f"read, {counts.get('new_events', 0)} new events"
+        )
+    print(f"atoms        {result['atoms']['new']} new, {result['atoms']['total']} in all")
+    for status, entries in result["skills"].items():
+        for e in entries:
+            print(f"{status:12} {e['name']} v{e['version']}  {e['path']}")
+
+
+def _run_role(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> int:
+    from skillscale.core.runtime import install_stop_signals, run, serve_until
+    from skillscale.distiller.role import Distiller, RoleConfig
+    from skillscale.tools.cli.common import _curve_keys
+
+    config = RoleConfig(
+        options=_options(args, sources),
+        proxy_xpub=args.proxy_xpub,
+        proxy_xsub=args.proxy_xsub,
+        interval=args.interval,
+        curve=_curve_keys(args),
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        async with Distiller(config) as role:
+            _print_ready(role.ready_info())
+            return await serve_until(stop, role)
+
+    return run(main)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from skillscale.distiller.bench import generate, write_corpus
+    from skillscale.distiller.bench import main as bench_main
+
+    if args.generate:
+        plan, _ = generate(args.seed, args.sessions)
+        sources = write_corpus(Path(args.generate).expanduser(), plan, args.seed)
+        print(" ".join(f"--from {kind}={path}" for kind, path in sources))
+        return EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="distillbench-") as tmp:
+        work = Path(args.workdir).expanduser() if args.workdir else Path(tmp)
+        figures = bench_main(args.seed, work, args.sessions, not args.no_scale)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        width = max(len(k) for k in figures)
+        print(f"DistillBench (offline pipeline, seed {args.seed})")
+        for key, value in figures.items():
+            print(f"  {key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def add_parser(sub: Any) -> None:
+    """Add this command group to the ``skillscale`` parser."""
+    p = sub.add_parser(
+        "distill",
+        help="distil skills from agent sessions (one pass with --once, else a role)",
+        description="Read agent sessions (Claude Code, Codex, OpenCode, Cursor, OpenClaw, the "
+        "bus), find recurring procedures and write them as skills under --skills-dir.",
+    )
+    p.add_argument("--once", action="store_true", help="one incremental pass, then exit")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        metavar="KIND=PATH",
+        help=f"a source (repeatable); KIND is one of {', '.join(KINDS)}; default: the agents' "
+        "standard stores under --home",
+    )
+    _flag(p, "--skills-dir", "SKILLSCALE_DISTILL_DIR", DEFAULT_DIR, "library the skills go to")
+    _flag(
+        p,
+        "--home",
+        "SKILLSCALE_DISTILL_HOME",
+        str(Path.home()),
+        "home folder whose agent stores are read when no --from is given",
+        shown="~",
+    )
+    _flag(p, "--category", "SKILLSCALE_DISTILL_CATEGORY", "distilled", "category of new skills")
+    _flag(
+        p,
+        "--min-occurrences",
+        "SKILLSCALE_DISTILL_MIN_OCCURRENCES",
+        3,
+        "a procedure becomes a skill after this many occurrences",
+        type=_positive_int,
+    )
+    _flag(
+        p,
+        "--min-sessions",
+        "SKILLSCALE_DISTILL_MIN_SESSIONS",
+        2,
+        "... seen in at least this many sessions",
+        type=_positive_int,
+    )
+    p.add_argument(
+        "--redact",
+        action="append",
+        metavar="REGEX",
+        default=[r for r in os.environ.get("SKILLSCALE_DISTILL_REDACT", "").split("\n") if r],
+        help="extra redaction pattern (repeatable) [env SKILLSCALE_DISTILL_REDACT, one per line]",
+    )
+    p.add_argument(
+        "--llm",
+        action="store_true",
+        default=os.environ.get("SKILLSCALE_DISTILL_LLM", "").lower() in ("1", "true", "yes"),
+        help="segment sessions with the configured LLM (see `skillscale config`) "
+        "[env SKILLSCALE_DISTILL_LLM]",
+    )
+    _flag(
+        p,
+        "--interval",
+        "SKILLSCALE_DISTILL_INTERVAL",
+        60.0,
+        "seconds between passes of the long-lived role",
+        type=_seconds,
+    )
+    add_proxy_endpoints(p)
+    add_curve_peer(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    bench_sub = p.add_subparsers(dest="distill_cmd", required=False)
+    pb = bench_sub.add_parser("bench", help="DistillBench: synthetic sessions, scored")
+    _flag(pb, "--seed", "SKILLSCALE_DISTILL_SEED", 1, "generator seed", type=int)
+    _flag(pb, "--sessions", "SKILLSCALE_DISTILL_SESSIONS", 40, "sessions generated", type=int)
+    pb.add_argument("--no-scale", action="store_true", help="skip the 1,000 x 200-line timing run")
+    pb.add_argument("--workdir", help="keep the generated corpus and skills here")
+    pb.add_argument(
+        "--generate",
+        metavar="DIR",
+        help="only write the seeded corpus under DIR and print its --from arguments",
+    )
+    pb.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_distill)
