@@ -27,7 +27,7 @@ def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     base = tmp_path_factory.mktemp("layout")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "skillscale", base / "skillscale", ignore=ignore)
-    for role in ("proxy", "skill_server"):
+    for role in ("proxy", "skill_server", "distiller"):
         shutil.copytree(ROOT / role, base / "skillscale" / role, ignore=ignore)
     yield base
 
