@@ -399,7 +399,8 @@ class Evolution:
         for outcome in outcomes:
             if outcome.candidate and outcome.version == canary.version:
                 canary.record("candidate", outcome.success, outcome.latency_ms)
-            elif not outcome.candidate and outcome.version == state.active:
+            elif not outcome.candidate and outcome.version != canary.version:
+                # The active arm (its folder's version string may predate rollout's "1", "2"...)
                 canary.record("active", outcome.success, outcome.latency_ms)
             else:
                 continue  # a version no longer in this comparison
@@ -459,7 +460,7 @@ class Evolution:
             f"({rate:.0%} of its recent runs) on input {record.input_shape or '?'}: "
             f"{_stderr_signature(record.stderr) or 'no stderr'}"
         )
-        if cluster.version == state.active:
+        if cluster.version in (state.active, rollout.folder_version(skill_dir)):
             state.degraded = True
         state.note("failures", cluster.version, summary)
         hand_edited = self._hand_edited(skill_dir)
