@@ -190,28 +190,27 @@ async def test_a_hand_edited_skill_gets_a_suggestion_not_a_rewrite(
     assert state.suggestions[0].text == "Handle empty input before parsing."
 
 
-@pytest.mark.parametrize(
-    ("answers", "expected"),
-    [
-        ([("text", "7")], 6 / 9),
-        ([("text", "10/10")], 1.0),
-        ([("text", "It is great!")], None),
-        ([("text", "42")], None),
-        ([("status", 429)], None),
-        ([("garbage", b"\x00not json")], None),
-        ([("hang", 3)], None),
-    ],
-)
-async def test_the_llm_judge_scores_or_abstains(
-    answers: list[tuple[str, Any]], expected: float | None
-) -> None:
-    with fake_openai(*answers) as (url, _script):
+JUDGE_CASES: list[tuple[tuple[str, Any], float | None]] = [
+    (("text", "7"), 6 / 9),
+    (("text", "10/10"), 1.0),
+    (("text", "It is great!"), None),
+    (("text", "42"), None),
+    (("status", 429), None),
+    (("garbage", b"\x00not json"), None),
+    (("hang", 1.5), None),
+    (("text", "1"), 0.0),
+]
+
+
+async def test_the_llm_judge_scores_or_abstains() -> None:
+    with fake_openai(*(answer for answer, _ in JUDGE_CASES)) as (url, _script):
         llm = LLMClient(LLMSettings(model="m", base_url=url, timeout=0.5, max_retries=0))
         try:
-            score = await LLMJudge(llm).score("echo", "say hi", "hi")
+            scores = [await LLMJudge(llm).score("echo", "say hi", "hi") for _ in JUDGE_CASES]
         finally:
             await llm.close()
-    assert score == (pytest.approx(expected) if expected is not None else None)
+    for score, (_answer, expected) in zip(scores, JUDGE_CASES, strict=True):
+        assert score == (pytest.approx(expected) if expected is not None else None)
 
 
 async def test_the_judge_fails_a_run_it_scores_low(library: Path) -> None:
