@@ -81,6 +81,14 @@ def test_reject_keeps_the_active_version(skill: Path, tmp_path: Path) -> None:
         rollout.reject(skill)
 
 
+def test_a_candidate_may_come_from_any_folder_name(skill: Path, tmp_path: Path) -> None:
+    source = write_skill(tmp_path / "tmpabc123", "echo", "print('v2')\n")
+    assert rollout.propose_candidate(skill, source, "distill: propose echo v2") == "2"
+    state = rollout.read_rollout(skill)
+    assert state is not None
+    assert state.versions["2"].provenance == {"message": "distill: propose echo v2"}
+
+
 def test_a_candidate_with_another_name_is_refused(skill: Path, tmp_path: Path) -> None:
     other = write_skill(tmp_path / "src" / "other", "other", "print(1)\n")
     with pytest.raises(rollout.RolloutError):

@@ -89,7 +89,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from skillscale.core.errors import ConfigError
-from skillscale.core.skill_format import Skill, load_skill, split_frontmatter
+from skillscale.core.skill_format import Skill, SkillFormatError, load_skill, split_frontmatter
 
 log = logging.getLogger(__name__)
 
@@ -579,7 +579,7 @@ def _commit(skill_dir: Path, message: str) -> None:
 def propose_candidate(
     skill_dir: Path,
     source_dir: Path,
-    provenance: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | str | None = None,
     *,
     start_canary: bool = True,
     share: float = DEFAULT_SHARE,
@@ -588,13 +588,20 @@ def propose_candidate(
 ) -> str:
     """Store ``source_dir`` as a new candidate version of the skill; return its version.
 
-    The candidate must be a valid skill with the same name. It starts as a
+    ``provenance``: string values (or one message string) recorded with the
+    version. The candidate must be a valid skill with the same name. It starts as a
     ``draft`` and, with ``start_canary`` and no canary running, becomes the
     ``canary`` at once.
     """
     skill_dir = Path(skill_dir)
-    source = load_skill(Path(source_dir))
     rollout = ensure_rollout(skill_dir)
+    # The source folder may have any name (a temporary folder): its skill name must match.
+    try:
+        source = load_skill(Path(source_dir), name=rollout.skill or skill_dir.resolve().name)
+    except SkillFormatError as exc:
+        raise RolloutError(f"the candidate is not a valid version of the skill: {exc}") from None
+    if isinstance(provenance, str):
+        provenance = {"message": provenance}
     if rollout.skill and source.name != rollout.skill:
         raise RolloutError(f"candidate is named {source.name!r}, the skill {rollout.skill!r}")
     version = str(rollout.next_version)
