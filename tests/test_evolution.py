@@ -77,6 +77,12 @@ async def test_a_better_candidate_is_promoted(library: Path, tmp_path: Path) -> 
     state = rollout.read_rollout(skill)
     assert state is not None and state.active == "2"
     assert (state.versions["2"].reason or "").startswith("sprt: candidate better")
+    # a rollback by anyone (here: the API behind the CLI) is announced too
+    async with Evolution(library, config=FAST, publish=False) as evo:
+        rollout.rollback(skill, reason="operator")
+        [event] = await evo.tick()
+    assert (event.change, event.version, event.active) == ("rolled_back", "1", "1")
+    assert (skill / "scripts" / "run.py").read_text() == "print('v1')\n"
 
 
 async def test_a_worse_candidate_is_rejected(library: Path, tmp_path: Path) -> None:
