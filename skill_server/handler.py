@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skillscale.core.errors import ErrorCode, RequestError
+from skillscale.core.events import caller_id
 from skillscale.core.matching import MatchResult, closest
 from skillscale.core.protocol import (
     IntentMode,
@@ -25,6 +26,7 @@ from skillscale.core.protocol import (
     parse_intent,
     salvage_address,
 )
+from skillscale.core.redact import redact
 from skillscale.core.skill_format import Skill
 from skillscale.skill_server.executor import (
     ExecutionLimits,
@@ -38,6 +40,30 @@ from skillscale.skillkit import EX_DATAERR, parse_input_error
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_CHARS = 2000
+EVENT_STDERR_CHARS = 500
+MAX_SHAPE_INPUT = 64 * 1024
+"""Inputs longer than this are not parsed again just to describe their shape."""
+
+
+def input_shape(data: str) -> str:
+    """The shape of a skill's input without its values: ``json:object{a,b}``,
+    ``json:array[3]``, ``text``, ``empty``, ``large``. Failures of one shape cluster."""
+    stripped = data.strip()
+    if not stripped:
+        return "empty"
+    if len(stripped) > MAX_SHAPE_INPUT:
+        return "large"
+    if stripped[0] in "{[":
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            return "text"
+        if isinstance(value, dict):
+            return "json:object{" + ",".join(sorted(str(k)[:32] for k in value)[:16]) + "}"
+        if isinstance(value, list):
+            kinds = sorted({type(v).__name__ for v in value[:100]})
+            return f"json:array[{','.join(kinds)}]"
+    return "text"
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,20 @@ class RequestHandler:
         self.config = config
         self.llm_env = llm_env or {}
         """LLM settings handed to skills whose ``metadata.llm`` is true."""
+
+    def event_details(self, reply: Reply) -> dict[str, Any]:
+        """Fields of a reply's execution-trace event beyond the reply itself.
+
+        The stderr tail goes only with failures, redacted and short: it is for
+        clustering a skill's failures, not a log.
+        """
+        trace = reply.trace
+        if trace is None:
+            return {}
+        details: dict[str, Any] = {"candidate": trace.candidate, "input_shape": trace.input_shape}
+        if not reply.ok and trace.stderr:
+            details["stderr"] = redact(trace.stderr[-EVENT_STDERR_CHARS:])
+        return details
 
     # -- decoding --------------------------------------------------------
 
@@ -153,6 +193,11 @@ class RequestHandler:
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
+        # A running canary takes its share of callers, the same callers each time.
+        skill, candidate = self.registry.route(skill, caller_id(request.reply_to))
+        trace.skill_version = skill.version
+        trace.candidate = candidate if self.registry.canaries.get(skill.name) else None
+        trace.input_shape = input_shape(intent.input)
         if skill.entrypoint is None:
             # Instruction-only skill: activation discloses its body.
             return self._success(rid, skill, skill.body, trace)

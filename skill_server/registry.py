@@ -8,15 +8,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from skillscale.core import rollout
 from skillscale.core.discovery import Catalog, SkillDiscovery, SkillProblem
+from skillscale.core.events import SKILLS_CHANGED_TOPIC, SkillsChangedEvent
 from skillscale.core.llm import LLMClient
 from skillscale.core.matchers import AUTO, Matcher, MatcherSetup, create_matcher, resolve_matcher
 from skillscale.core.matching import DEFAULT_THRESHOLD
-from skillscale.core.skill_format import Skill
+from skillscale.core.skill_format import Skill, SkillFormatError
+from skillscale.core.transport import BusSocket, Frames, pump
 
 log = logging.getLogger(__name__)
+
+ROLLOUT = f"{rollout.STATE_DIR}/{rollout.ROLLOUT_FILE}"
+
+
+@dataclass(frozen=True)
+class CanaryRoute:
+    """A skill's candidate version and the share of callers it serves."""
+
+    version: str
+    share: float
+    skill: Skill
 
 
 class SkillRegistry:
@@ -37,6 +54,8 @@ class SkillRegistry:
         """The registered matcher in use (``auto`` already resolved)."""
         self.matcher: Matcher = create_matcher(self.matcher_name, MatcherSetup((), threshold, llm))
         self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+        self.canaries: dict[str, CanaryRoute] = {}
+        """Skill name -> its running canary (from ``.skillscale/rollout.json``)."""
 
     def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         """``(path, mtime, size)`` of every SKILL.md and AGENTS.md below the roots.
@@ -47,7 +66,8 @@ class SkillRegistry:
         """
         found = []
         for root in self.discovery.roots:
-            for pattern in ("SKILL.md", "AGENTS.md", "*/SKILL.md", "*/AGENTS.md", "*/*/SKILL.md"):
+            for pattern in ("SKILL.md", "AGENTS.md", "*/SKILL.md", "*/AGENTS.md", "*/*/SKILL.md",
+                            ROLLOUT, f"*/{ROLLOUT}", f"*/*/{ROLLOUT}"):  # fmt: skip
                 for path in root.glob(pattern):
                     try:
                         st = path.stat()
@@ -71,11 +91,66 @@ class SkillRegistry:
         for problem in catalog.problems:
             log.warning("skipping skill at %s: %s", problem.path, problem.message)
         self.catalog = catalog
+        self.canaries = self._canaries(catalog)
         self.matcher = create_matcher(
             self.matcher_name,
             MatcherSetup(tuple(catalog.skills.values()), self.threshold, self.llm),
         )
         return catalog.problems
+
+    @staticmethod
+    def _canaries(catalog: Catalog) -> dict[str, CanaryRoute]:
+        routes = {}
+        for name, skill in catalog.skills.items():
+            state = rollout.read_rollout(skill.path)
+            if state is None or state.canary is None or state.canary.share <= 0:
+                continue
+            version = state.canary.version
+            try:
+                candidate = rollout.load_version(skill.path, version)
+            except (SkillFormatError, rollout.RolloutError) as exc:
+                log.warning("not routing to candidate %s of %s: %s", version, name, exc)
+                continue
+            routes[name] = CanaryRoute(version, state.canary.share, candidate)
+        return routes
+
+    def route(self, skill: Skill, caller: str) -> tuple[Skill, bool]:
+        """The version of ``skill`` that ``caller`` gets, and whether it is the candidate.
+
+        Stable per caller (:func:`skillscale.core.rollout.in_canary`).
+        """
+        canary = self.canaries.get(skill.name)
+        if canary is None or not rollout.in_canary(caller, skill.name, canary.version,
+                                                   canary.share):  # fmt: skip
+            return skill, False
+        return canary.skill, True
+
+    async def follow_changes(self, sub: BusSocket) -> None:
+        """Reload on every ``_SKILLS_CHANGED`` event arriving on ``sub``, forever.
+
+        The reload swaps the catalogue between requests: a request already
+        running keeps the :class:`Skill` it resolved, the next one sees the
+        change. The periodic :meth:`reload_if_changed` stays the fallback for
+        events missed (events are best-effort) and for hand edits.
+        """
+
+        def on_event(frames: Frames) -> None:
+            if len(frames) != 2 or bytes(frames[0]) != SKILLS_CHANGED_TOPIC.encode():
+                return
+            try:
+                event = SkillsChangedEvent.model_validate_json(bytes(frames[1])[:65536])
+            except ValidationError:
+                log.warning("ignoring a malformed skills-changed event")
+                return
+            try:
+                self.reload()
+            except Exception:
+                log.exception("reload after %s of %s failed", event.change, event.skill)
+                return
+            log.info("skill %s %s (version %s): reloaded", event.skill, event.change,
+                     event.version)  # fmt: skip
+
+        await pump(sub, on_event)
 
     def get(self, name: str) -> Skill | None:
         """The skill called ``name``, if served."""

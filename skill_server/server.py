@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 from skillscale.core.errors import ConfigError, ErrorCode
-from skillscale.core.events import TRACE_TOPIC, ExecutionTrace, caller_id
+from skillscale.core.events import SKILLS_CHANGED_TOPIC, TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.core.health import HealthServer, RoleHealth, url_for
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.matchers import resolve_matcher, wants_llm
@@ -224,6 +224,7 @@ class SkillServer(AsyncRole):
         self._sub: BusSocket | None = None
         self._pub: BusSocket | None = None
         self._dealer: DealerSocket | None = None
+        self._changes: BusSocket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._proxy_seen = 0.0
@@ -273,6 +274,12 @@ class SkillServer(AsyncRole):
             self._tasks.append(
                 self.supervise(asyncio.create_task(self._watch_skills(), name="skill-watch"))
             )
+        # Skills-changed events (rollout promotions...) reload at once, between requests.
+        self._changes = self._bus.subscriber(cfg.proxy_xpub, [SKILLS_CHANGED_TOPIC.encode()],
+                                             hwm=1000, max_message_bytes=1 << 20,
+                                             curve=cfg.curve)  # fmt: skip
+        self._tasks.append(self.supervise(asyncio.create_task(
+            self.registry.follow_changes(self._changes), name="skills-changed")))  # fmt: skip
         self._workers = [
             self.supervise(asyncio.create_task(self._work(), name=f"worker-{i}"))
             for i in range(cfg.workers)
@@ -391,7 +398,7 @@ class SkillServer(AsyncRole):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for pair in (self._sub, self._pub):
+        for pair in (self._sub, self._pub, self._changes):
             if pair is not None:
                 pair.close()
         if self._dealer is not None:
@@ -623,6 +630,7 @@ class SkillServer(AsyncRole):
             exit_code=trace.exit_code if trace else None,
             elapsed_ms=reply.elapsed_ms,
             attempt=job.attempt if job.dispatch_id is not None else None,
+            **self.handler.event_details(reply),
         )
         self._pub.send([TRACE_TOPIC.encode(), event.model_dump_json().encode()])
 

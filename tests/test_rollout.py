@@ -81,6 +81,14 @@ def test_reject_keeps_the_active_version(skill: Path, tmp_path: Path) -> None:
         rollout.reject(skill)
 
 
+def test_a_candidate_may_come_from_any_folder_name(skill: Path, tmp_path: Path) -> None:
+    source = write_skill(tmp_path / "tmpabc123", "echo", "print('v2')\n")
+    assert rollout.propose_candidate(skill, source, "distill: propose echo v2") == "2"
+    state = rollout.read_rollout(skill)
+    assert state is not None
+    assert state.versions["2"].provenance == {"message": "distill: propose echo v2"}
+
+
 def test_a_candidate_with_another_name_is_refused(skill: Path, tmp_path: Path) -> None:
     other = write_skill(tmp_path / "src" / "other", "other", "print(1)\n")
     with pytest.raises(rollout.RolloutError):
@@ -137,3 +145,31 @@ def test_routing_is_stable_per_caller_and_close_to_the_share() -> None:
     assert chosen == [rollout.in_canary(c, "echo", "2", 0.25) for c in callers]
     assert not rollout.in_canary("x", "echo", "2", 0.0)
     assert rollout.in_canary("x", "echo", "2", 1.0)
+
+
+def test_discovery_ignores_stored_versions_and_the_registry_routes_to_the_canary(
+    skill: Path, tmp_path: Path
+) -> None:
+    from skillscale.core.discovery import SkillDiscovery
+    from skillscale.skill_server.registry import SkillRegistry
+
+    (skill / ".git").mkdir()
+    (skill / ".git" / "SKILL.md").write_text("not a skill")
+    rollout.propose_candidate(skill, candidate(tmp_path, "print('v2')\n"), share=0.5)
+    library = tmp_path / "lib"
+    catalog = SkillDiscovery([library]).scan()
+    assert list(catalog.skills) == ["echo"] and not catalog.problems
+    registry = SkillRegistry([library])
+    registry.reload()
+    assert registry.canaries["echo"].version == "2"
+    active = registry.get("echo")
+    assert active is not None
+    callers = [f"c{i}" for i in range(200)]
+    routed = [registry.route(active, c) for c in callers]
+    assert {s.version for s, on in routed if on} == {"2"}
+    assert {s.version for s, on in routed if not on} == {"1"}
+    assert 60 < sum(on for _s, on in routed) < 140
+    # ending the canary is seen by the periodic check too (rollout.json is fingerprinted)
+    assert not registry.reload_if_changed()
+    rollout.reject(skill, "test")
+    assert registry.reload_if_changed() and not registry.canaries

@@ -27,6 +27,8 @@ from skillscale.core.redact import redact_obj
 
 TRACE_TOPIC = "_SKILLSCALE_TRACE"
 TRAJECTORY_TOPIC = "_SKILLSCALE_TRAJECTORY"
+FEEDBACK_TOPIC = "_SKILLSCALE_FEEDBACK"
+SKILLS_CHANGED_TOPIC = "_SKILLSCALE_SKILLS_CHANGED"
 
 
 def caller_id(reply_to: str) -> str:
@@ -56,6 +58,12 @@ class ExecutionTrace(BaseModel):
     exit_code: int | None = None
     elapsed_ms: float | None = None
     attempt: int | None = None
+    candidate: bool | None = None
+    """True when the caller was routed to the skill's canary version."""
+    input_shape: str | None = None
+    """The input's shape without its values (``json:object{a,b}``, ``text``)."""
+    stderr: str | None = None
+    """The redacted tail of the skill's stderr, on failure only."""
 
 
 class TrajectoryStep(BaseModel):
@@ -93,3 +101,36 @@ class AgentTrajectory(BaseModel):
     def redacted(self) -> AgentTrajectory:
         """A copy with every string redacted."""
         return AgentTrajectory.model_validate(redact_obj(self.model_dump()))
+
+
+class FeedbackEvent(BaseModel):
+    """A caller's verdict on one reply (``SkillScaleClient.feedback``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: Literal["feedback"] = "feedback"
+    schema_version: int = 1
+    timestamp: float = Field(default_factory=time.time)
+    request_id: str = Field(min_length=1, max_length=128)
+    score: float = Field(ge=0.0, le=1.0)
+    """0 (useless or wrong) to 1 (right); below 0.5 counts as a failure."""
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class SkillsChangedEvent(BaseModel):
+    """A skill's served versions changed: created, canary started or ended, promoted,
+    rejected or rolled back. Servers reload the skill between requests."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event: Literal["skills_changed"] = "skills_changed"
+    schema_version: int = 1
+    timestamp: float = Field(default_factory=time.time)
+    change: Literal["created", "canary", "promoted", "rejected", "rolled_back", "degraded"]
+    skill: str = Field(max_length=64)
+    version: str | None = Field(default=None, max_length=16)
+    """The version the change is about (the new active one, or the candidate)."""
+    active: str | None = Field(default=None, max_length=16)
+    """The active version after the change."""
+    path: str | None = Field(default=None, max_length=4096)
+    reason: str | None = Field(default=None, max_length=2000)

@@ -146,6 +146,12 @@ class Trace(BaseModel):
     """Delivery number of this request (2+ means it was re-dispatched)."""
     redelivered_from: list[str] | None = None
     """Servers that were given this request earlier and were lost."""
+    skill_version: str | None = None
+    """The version of the skill that ran."""
+    candidate: bool | None = None
+    """True when this caller was routed to the skill's canary (candidate) version."""
+    input_shape: str | None = None
+    """The input's shape without its values, for clustering failures."""
 
 
 class Reply(BaseModel):

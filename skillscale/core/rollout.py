@@ -34,7 +34,7 @@ only ever added)::
         "share": 0.2,                     # fraction of callers sent to it
         "started": 1767000000.0,
         "time_limit": 86400.0,            # seconds; then rejected as inconclusive
-        "test": {"alpha": 0.05, "beta": 0.1, "odds_ratio": 2.0},
+        "test": {"alpha": 0.04, "beta": 0.15, "odds_ratio": 2.0},
         "arms": {"active":    {"n": 40, "successes": 30, "latency_ms": 5120.0},
                  "candidate": {"n": 10, "successes": 9,  "latency_ms": 1300.0}},
         "pending": {"active": [1, 0], "candidate": []},   # unpaired outcomes
@@ -71,6 +71,7 @@ time limit is rejected as inconclusive, which only lowers false promotions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -88,7 +89,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from skillscale.core.errors import ConfigError
-from skillscale.core.skill_format import Skill, load_skill, split_frontmatter
+from skillscale.core.skill_format import Skill, SkillFormatError, load_skill, split_frontmatter
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,10 @@ MAX_TEXT = 2000
 
 DEFAULT_SHARE = 0.2
 DEFAULT_TIME_LIMIT = 7 * 86_400.0
-DEFAULT_ALPHA = 0.05
-DEFAULT_BETA = 0.10
+# Wald's bounds give true error rates of at most alpha / (1 - beta) = 4.7 % false
+# promotions and beta / (1 - alpha) = 15.6 % misses: under the 5 % and 20 % targets.
+DEFAULT_ALPHA = 0.04
+DEFAULT_BETA = 0.15
 DEFAULT_ODDS_RATIO = 2.0
 
 State = Literal["draft", "canary", "active", "retired"]
@@ -183,6 +186,12 @@ class SPRT:
     :attr:`lower`.
     """
 
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(alpha: float, beta: float, odds_ratio: float) -> SPRT:
+        """The (cached) test for these settings."""
+        return SPRT(TestSettings(alpha=alpha, beta=beta, odds_ratio=odds_ratio))
+
     def __init__(self, settings: TestSettings) -> None:
         self.settings = settings
         theta1 = settings.odds_ratio / (1 + settings.odds_ratio)
@@ -213,6 +222,10 @@ class Arms(BaseModel):
 
     active: ArmStats = Field(default_factory=ArmStats)
     candidate: ArmStats = Field(default_factory=ArmStats)
+
+
+def _sprt(test: TestSettings) -> SPRT:
+    return SPRT.of(test.alpha, test.beta, test.odds_ratio)
 
 
 class PairStats(BaseModel):
@@ -266,7 +279,7 @@ class Canary(BaseModel):
                 self.pairs.active_wins += 1
             else:
                 self.pairs.ties += 1
-            self.llr = SPRT(self.test).llr(self.pairs.candidate_wins, self.pairs.active_wins)
+            self.llr = _sprt(self.test).llr(self.pairs.candidate_wins, self.pairs.active_wins)
             return
         mine.append(int(success))
         if len(mine) > MAX_PENDING:
@@ -274,7 +287,7 @@ class Canary(BaseModel):
 
     def decision(self, now: float | None = None) -> tuple[Decision, str]:
         """What the evidence says now, and why in one sentence."""
-        sprt = SPRT(self.test)
+        sprt = _sprt(self.test)
         verdict = sprt.decide(self.llr)
         p = self.pairs
         evidence = (
@@ -296,7 +309,7 @@ class Canary(BaseModel):
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """Canary statistics as plain data (``skillscale skills status``)."""
-        sprt = SPRT(self.test)
+        sprt = _sprt(self.test)
         elapsed = (time.time() if now is None else now) - self.started
         return {
             "version": self.version,
@@ -501,7 +514,7 @@ def _set_version(folder: Path, version: str) -> None:
     skill_md.write_text(f"---\n{front}---\n{body}", encoding="utf-8")
 
 
-def _copy_version(source: Path, target: Path) -> None:
+def copy_version(source: Path, target: Path) -> None:
     """Copy a skill folder's files (not ``.git``/``.skillscale``) into a new ``target``."""
     shutil.copytree(
         source, target, ignore=lambda _d, names: [n for n in names if n in IGNORED_DIRS]
@@ -551,7 +564,7 @@ def _commit(skill_dir: Path, message: str) -> None:
         skill_history = importlib.import_module("skillscale.core.skill_history")
     except ImportError:
         return
-    commit = getattr(skill_history, "commit_change", None)
+    commit = getattr(skill_history, "commit", None)
     if commit is None:
         return
     try:
@@ -566,7 +579,7 @@ def _commit(skill_dir: Path, message: str) -> None:
 def propose_candidate(
     skill_dir: Path,
     source_dir: Path,
-    provenance: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | str | None = None,
     *,
     start_canary: bool = True,
     share: float = DEFAULT_SHARE,
@@ -575,13 +588,20 @@ def propose_candidate(
 ) -> str:
     """Store ``source_dir`` as a new candidate version of the skill; return its version.
 
-    The candidate must be a valid skill with the same name. It starts as a
+    ``provenance``: string values (or one message string) recorded with the
+    version. The candidate must be a valid skill with the same name. It starts as a
     ``draft`` and, with ``start_canary`` and no canary running, becomes the
     ``canary`` at once.
     """
     skill_dir = Path(skill_dir)
-    source = load_skill(Path(source_dir))
     rollout = ensure_rollout(skill_dir)
+    # The source folder may have any name (a temporary folder): its skill name must match.
+    try:
+        source = load_skill(Path(source_dir), name=rollout.skill or skill_dir.resolve().name)
+    except SkillFormatError as exc:
+        raise RolloutError(f"the candidate is not a valid version of the skill: {exc}") from None
+    if isinstance(provenance, str):
+        provenance = {"message": provenance}
     if rollout.skill and source.name != rollout.skill:
         raise RolloutError(f"candidate is named {source.name!r}, the skill {rollout.skill!r}")
     version = str(rollout.next_version)
@@ -589,7 +609,7 @@ def propose_candidate(
     if target.exists():
         shutil.rmtree(target)  # a leftover of a crash between copy and write
     target.parent.mkdir(parents=True, exist_ok=True)
-    _copy_version(source.path, target)
+    copy_version(source.path, target)
     _set_version(target, version)
     rollout.next_version += 1
     rollout.versions[version] = VersionInfo(
@@ -664,7 +684,7 @@ def _snapshot_active(skill_dir: Path, rollout: Rollout) -> None:
     target = candidate_dir(skill_dir, rollout.active)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _copy_version(skill_dir, target)
+        copy_version(skill_dir, target)
 
 
 def promote(skill_dir: Path, reason: str = "promoted") -> str:

@@ -34,7 +34,12 @@ from skillscale.core.errors import (
     UnavailableError,
     error_for_code,
 )
-from skillscale.core.events import TRAJECTORY_TOPIC, AgentTrajectory
+from skillscale.core.events import (
+    FEEDBACK_TOPIC,
+    TRAJECTORY_TOPIC,
+    AgentTrajectory,
+    FeedbackEvent,
+)
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.protocol import (
     MAX_REPLY_BYTES,
@@ -302,6 +307,22 @@ class SkillScaleClient(AsyncRole):
             else AgentTrajectory.model_validate(trajectory)
         ).redacted()
         self._pub.send([TRAJECTORY_TOPIC.encode(), event.model_dump_json().encode()])
+        return event
+
+    def feedback(self, request_id: str, score: float, comment: str | None = None) -> FeedbackEvent:
+        """Say how good the reply to ``request_id`` was: ``score`` from 0 (wrong) to 1 (right).
+
+        Published on ``_SKILLSCALE_FEEDBACK`` for the distiller, whose canary
+        counts a score below 0.5 as a failure of the version that answered.
+        Best effort, like every event. Returns the event as published.
+        """
+        if self._pub is None:
+            raise UnavailableError("client is not connected; use `async with` or connect()")
+        try:
+            event = FeedbackEvent(request_id=request_id, score=score, comment=comment)
+        except ValidationError as exc:
+            raise RequestError(f"bad feedback: {exc.errors()[0]['msg']}") from None
+        self._pub.send([FEEDBACK_TOPIC.encode(), event.model_dump_json().encode()])
         return event
 
     async def fetch_catalog(self, topics: Iterable[str]) -> Catalog:

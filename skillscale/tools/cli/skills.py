@@ -11,6 +11,7 @@ from typing import Any
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.protocol import topic_for_category
 from skillscale.core.skill_format import SkillFormatError, load_skill
+from skillscale.tools.cli import skills_rollout
 from skillscale.tools.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -20,6 +21,8 @@ from skillscale.tools.cli.common import (
 
 
 def _cmd_skills(args: argparse.Namespace) -> int:
+    if args.skills_cmd in skills_rollout.COMMANDS:
+        return skills_rollout.run(args)
     if args.skills_cmd == "validate":
         return _skills_validate(args)
     if args.skills_cmd in ("log", "diff", "rollback"):
@@ -126,4 +129,5 @@ def add_parser(sub: Any) -> None:
     for p in (p_list, p_show, p_validate, p_log, p_diff, p_rb):
         add_skills_dir(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    skills_rollout.add_parsers(skills_sub)
     p_skills.set_defaults(func=_cmd_skills)
