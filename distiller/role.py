@@ -28,6 +28,7 @@ from typing import Any
 
 from skillscale.core.errors import SkillScaleError
 from skillscale.core.events import TRACE_TOPIC, TRAJECTORY_TOPIC, AgentTrajectory
+from skillscale.core.health import HealthServer, RoleHealth, url_for
 from skillscale.core.redact import Redactor
 from skillscale.core.runtime import AsyncRole, safe
 from skillscale.core.security import CurveKeys
@@ -58,6 +59,9 @@ class RoleConfig:
     transport: Transport | None = None
     """An injected transport (the in-memory bus in tests); default ZeroMQ."""
     passes: list[dict[str, Any]] = field(default_factory=list)
+    health_port: int | None = None
+    """HTTP port for ``/healthz`` and ``/readyz`` (0 = any free); None: no endpoint."""
+    health_host: str = "127.0.0.1"
 
 
 class Distiller(AsyncRole):
@@ -78,6 +82,10 @@ class Distiller(AsyncRole):
         self.received = {"trajectories": 0, "traces": 0, "feedback": 0, "rejected": 0}
         self.pass_count = 0
         self.pass_done = asyncio.Condition()
+        self.health = RoleHealth(self._readiness)
+        self._health_http: HealthServer | None = None
+        self.health_url: str | None = None
+        self._serving = False
 
     def ready_info(self) -> dict[str, Any]:
         """The JSON ready line."""
@@ -87,11 +95,35 @@ class Distiller(AsyncRole):
             "skills_dir": str(self.skills_dir),
             "sources": [[k, str(p)] for k, p in self.config.options.sources],
             "evolution": self._evolution is not None,
+            "health": self.health_url,
         }
+
+    def _readiness(self) -> str | None:
+        """Serving: subscribed to the bus and both loops running (read from the health thread)."""
+        if self._stop.is_set():
+            return "stopping"
+        if not self._serving:
+            return "starting"
+        return None
+
+    async def _loop_ticks(self) -> None:
+        """Liveness: the event loop still runs (a wedged loop stops these ticks)."""
+        while True:
+            self.health.tick()
+            await asyncio.sleep(1.0)  # the liveness clock itself, not a wait for work
+
+    def on_crash(self) -> None:
+        """A task died: liveness fails, so an orchestrator restarts the role."""
+        self.health.set_crashed(self.crash_reason or "a task died")
 
     async def start(self) -> None:
         """Subscribe, start evolution (if present), start the receiver and passer."""
         self.spool.parent.mkdir(parents=True, exist_ok=True)
+        if self.config.health_port is not None:
+            # Before anything slow: liveness answers while the role starts.
+            self._health_http = HealthServer(self.health)
+            port = self._health_http.serve(self.config.health_host, self.config.health_port)
+            self.health_url = url_for(self.config.health_host, port)
         self._transport = self.config.transport
         if self._transport is None:
             self._transport = ZmqTransport()
@@ -106,6 +138,11 @@ class Distiller(AsyncRole):
             self.supervise(asyncio.create_task(self._receive(), name="distill-receive")),
             self.supervise(asyncio.create_task(self._passes(), name="distill-passes")),
         ]
+        if self._health_http is not None:
+            self._tasks.append(
+                self.supervise(asyncio.create_task(self._loop_ticks(), name="health-ticks"))
+            )
+        self._serving = True
 
     async def _start_evolution(self) -> Any:
         try:
@@ -132,6 +169,8 @@ class Distiller(AsyncRole):
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(passer), self.config.grace)
             passer.cancel()
+        for task in self._tasks[2:]:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._evolution is not None:
             await self._evolution.__aexit__(None, None, None)
@@ -139,6 +178,9 @@ class Distiller(AsyncRole):
             self._sub.close(0)
         if self._own_transport and self._transport is not None:
             await asyncio.to_thread(self._transport.close)
+        if self._health_http is not None:
+            self._health_http.close()
+            self._health_http = None
 
     async def _receive(self) -> None:
         while not self._stop.is_set():

@@ -286,3 +286,23 @@ def test_the_health_port_serves_a_bounded_number_of_connections(
         for sock in silent:
             sock.close()
         http.close()
+
+
+def test_distiller_health_follows_the_role(proxy: RoleProcess, tmp_path: Any) -> None:
+    """The long-lived distiller serves /healthz and /readyz on its own port, as compose probes."""
+    role = RoleProcess(
+        "distill", "--skills-dir", str(tmp_path / "lib"), "--home", str(tmp_path / "home"),
+        "--proxy-xsub", proxy.ready["xsub"], "--proxy-xpub", proxy.ready["xpub"],
+        "--health-port", "0", "--json",
+    )  # fmt: skip
+    try:
+        url = role.ready["health"]
+        assert url.endswith("/readyz")
+        assert get(url)[0] == 200
+        code, body = get(url.replace("/readyz", "/healthz"))
+        assert code == 200
+        assert json.loads(body)["status"] == "ok"
+    finally:
+        role.close()
+    with pytest.raises(OSError):
+        get(url, timeout=1.0)

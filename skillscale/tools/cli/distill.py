@@ -18,6 +18,7 @@ from skillscale.tools.cli.common import (
     _print_ready,
     _seconds,
     add_curve_peer,
+    add_health_port,
     add_proxy_endpoints,
     log,
 )
@@ -117,6 +118,8 @@ def _run_role(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> int:
         proxy_xsub=args.proxy_xsub,
         interval=args.interval,
         curve=_curve_keys(args),
+        health_port=None if args.health_port < 0 else args.health_port,
+        health_host=args.health_host,
     )
 
     async def main() -> int:
@@ -218,6 +221,7 @@ def add_parser(sub: Any) -> None:
     )
     add_proxy_endpoints(p)
     add_curve_peer(p)
+    add_health_port(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     bench_sub = p.add_subparsers(dest="distill_cmd", required=False)
     pb = bench_sub.add_parser("bench", help="DistillBench: synthetic sessions, scored")
