@@ -55,6 +55,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from skillscale.core import stamps
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC
 from skillscale.core.memory_bus import MemoryBus
@@ -476,7 +477,11 @@ class Proxy(AsyncRole):
         if request and self._router is not None:
             plain = self._subs.servers.matches(topic)
             if len(frames) == 2:
+                if stamps.ON:
+                    stamps.stamp("proxy.in")
                 routed = self.groups.on_request(topic, frames[1].bytes, now, plain_subscriber=plain)
+                if stamps.ON:
+                    stamps.stamp("proxy.dispatched")
             elif not plain:
                 routed = True
                 self._reject(topic, frames, ErrorCode.BAD_REQUEST,
@@ -601,7 +606,11 @@ class Proxy(AsyncRole):
                     # reply topic, never into a request or an internal topic.
                     self.metrics.drop(_GROUP, "bad_reply_to")
                     reply_to = b""
+                if stamps.ON:
+                    stamps.stamp("proxy.reply")
                 groups.on_reply(identity, args[0], reply_to, args[2], now)
+                if stamps.ON:
+                    stamps.stamp("proxy.published")
             elif command == RETURN and len(args) == 1:
                 groups.on_return(identity, args[0], now)
             elif command == BYE:

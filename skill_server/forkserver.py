@@ -63,6 +63,7 @@ import sys
 import traceback
 from typing import Any
 
+from skillscale.core import stamps
 from skillscale.skill_server.executor import kill_adopted, prctl
 
 MAX_HEADER = 1024 * 1024
@@ -136,6 +137,8 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         script = header["script"]
         sys.argv = [script]
         sys.path[0] = os.path.dirname(script)
+        if stamps.ON:  # only after closerange: stamp() opens a descriptor
+            stamps.stamp("child.ready")
         try:
             runpy.run_path(script, run_name="__main__")
             code = 0
@@ -151,6 +154,8 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        if stamps.ON:
+            stamps.stamp("child.ran")
     finally:
         os._exit(code & 0xFF)
 
@@ -222,9 +227,13 @@ class ForkServer:
     def _fork(self, conn: socket.socket) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        if stamps.ON:
+            stamps.stamp("fork.start")
         pid = os.fork()
         if pid == 0:
             _child(conn, self.pid)
+        if stamps.ON:
+            stamps.stamp("fork.done")
         self.children[pid] = conn
         if self.hangups is not None:
             self.hangups.register(conn.fileno(), select.EPOLLRDHUP)
@@ -243,6 +252,8 @@ class ForkServer:
                 break
             if pid == 0:
                 break
+            if stamps.ON:
+                stamps.stamp("fork.reaped")
             conn = self.children.pop(pid, None)
             if conn is not None:  # else an orphan a run left us, killed already
                 if self.hangups is not None:

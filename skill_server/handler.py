@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from skillscale.core import stamps
 from skillscale.core.errors import ErrorCode, RequestError
 from skillscale.core.matching import MatchResult, closest
 from skillscale.core.protocol import (
@@ -153,6 +154,8 @@ class RequestHandler:
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
+        if stamps.ON:
+            stamps.stamp("server.matched")
         if skill.entrypoint is None:
             # Instruction-only skill: activation discloses its body.
             return self._success(rid, skill, skill.body, trace)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from skillscale.core import stamps
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.core.llm import LLMClient, LLMSettings
@@ -429,6 +430,8 @@ class SkillServer(AsyncRole):
             if command == HB:
                 self._proxy_ready.set()
             elif command == REQ and len(args) >= 4:
+                if stamps.ON:
+                    stamps.stamp("server.recv")
                 try:
                     await self._on_group_request(args)
                 except Exception:
@@ -463,6 +466,8 @@ class SkillServer(AsyncRole):
             return
         self._in_flight += 1
         self._queue.put_nowait(job)
+        if stamps.ON:
+            stamps.stamp("server.decoded")
 
     async def _send_group(self, frames: list[bytes], *, block: bool = True) -> bool:
         """Send on the DEALER through the asyncio API; False if it could not go."""
@@ -541,6 +546,8 @@ class SkillServer(AsyncRole):
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
+            if stamps.ON:
+                stamps.stamp("server.worker")
             try:
                 reply = await self.handler.process(job.request, job.received_at)
             except Exception as exc:  # process() never raises; if it does, answer anyway
@@ -581,6 +588,8 @@ class SkillServer(AsyncRole):
         self._pub.send([TRACE_TOPIC.encode(), event.model_dump_json().encode()])
 
     async def _reply(self, job: Job, reply: Reply) -> None:
+        if stamps.ON:
+            stamps.stamp("server.encode")
         self._emit_trace(job, reply)
         payload = reply.to_bytes()
         if len(payload) > MAX_REPLY_BYTES - 4096:
@@ -599,6 +608,8 @@ class SkillServer(AsyncRole):
         await self._send_group(
             [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), payload]
         )
+        if stamps.ON:
+            stamps.stamp("server.replied")
 
     async def _answer_unfinished(self, job: Job, why: str) -> None:
         """Group work goes back for another replica; pubsub work gets an error."""

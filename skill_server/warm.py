@@ -53,7 +53,7 @@ READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
 FORKSERVER_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
-    "LD_LIBRARY_PATH",
+    "LD_LIBRARY_PATH", "SKILLSCALE_STAMPS",
 )  # fmt: skip
 """Besides a skill's own allow-list, what the fork server needs to import what
 the skill server imports: none of it is a credential."""
