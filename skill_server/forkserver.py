@@ -169,6 +169,17 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                                       line_buffering=False)  # fmt: skip
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                       errors="backslashreplace", line_buffering=True)  # fmt: skip
+        if "argv" in header:  # not Python (run.sh): this process becomes it
+            argv = [str(a) for a in header["argv"]]
+            # As a shell would start it: SIGXFSZ was ignored for Python's sake.
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            if stamps.ON:
+                stamps.stamp("child.ready")
+            try:
+                os.execve(argv[0], argv, header["env"])  # noqa: S606 - an argv, never a shell
+            except OSError as exc:
+                print(f"cannot run {argv[-1]}: {exc}", file=sys.stderr, flush=True)
+                os._exit(127)
         script = header["script"]
         sys.argv = [script]
         sys.path[0] = os.path.dirname(script)

@@ -6,8 +6,10 @@ not a fresh interpreter: start-up and the imports skills share (the standard
 library, ``httpx``, ``openai``, ...) were paid once by the fork server. Skill
 files are read on every run, so edits take effect on the next request.
 
-``run.sh`` entry points, skills whose ``metadata.warm`` is ``false``, and any
-run while the fork server is (re)starting take the cold path.
+A ``run.sh`` entry point is exec'd (bash) by a waiting child once its limits,
+directory and environment are set: no Python start-up for the trampoline.
+Skills whose ``metadata.warm`` is ``false``, and any run while the fork server
+is (re)starting, take the cold path.
 
 The fork server starts with an environment of its own (:func:`forkserver_env`),
 never the skill server's, since every warm skill inherits its environment
@@ -184,7 +186,8 @@ async def _pipe_writer(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> a
 
 
 class WarmExecutor(SubprocessExecutor):
-    """Runs ``scripts/run.py`` by forking the fork server; everything else cold."""
+    """Runs ``scripts/run.py`` (and ``run.sh``, exec'd) in children of the fork
+    server; other entry points and opted-out skills cold."""
 
     def __init__(
         self,
@@ -289,7 +292,7 @@ class WarmExecutor(SubprocessExecutor):
         """Python entry point and not opted out (``metadata.warm: false``)."""
         return (
             skill.entrypoint is not None
-            and skill.entrypoint.suffix == ".py"
+            and skill.entrypoint.suffix in (".py", ".sh")
             and skill.metadata.get("warm", "true").lower() not in ("false", "no", "0", "off")
         )
 
@@ -332,6 +335,10 @@ class WarmExecutor(SubprocessExecutor):
             "env": env,
             "rlimits": rlimit_pairs(limits.resources),
         }
+        if skill.entrypoint.suffix != ".py":
+            # Exec'd by the waiting child once it is set up: one exec, where the
+            # cold path pays a Python start-up (its trampoline) and then the exec.
+            header["argv"] = self.argv(skill.entrypoint)
         child = self._take_waiting()
         if child is None:
             child = await self._new_child()
