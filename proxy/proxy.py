@@ -147,6 +147,11 @@ class ProxyConfig:
     """CURVE encryption and allow-lists; None leaves the bus open (loopback use)."""
 
 
+def _raw(frame: Any) -> bytes:
+    """A received frame's bytes: copied (bytes), a zmq.Frame, or an in-memory frame."""
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
 class _IO:
     """The proxy's side of :class:`skillscale.proxy.groups.GroupIO`."""
 
@@ -443,8 +448,12 @@ class Proxy(AsyncRole):
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
         now = time.monotonic()
-        for frames in self._xsub.drain(self.config.batch, copy=False):
-            topic = frames[0].bytes
+        # Plain bytes on an open bus: small messages are cheaper copied than
+        # wrapped in zmq.Frame objects. Under CURVE the frames carry the
+        # sender's key (User-Id), so they stay frames.
+        copy = self._server_keys is None
+        for frames in self._xsub.drain(self.config.batch, copy=copy):
+            topic = _raw(frames[0])
             try:
                 size = self._forward_one(topic, frames, now)
             except Exception:
@@ -456,7 +465,7 @@ class Proxy(AsyncRole):
         if counts:
             metrics.flush(DOWNSTREAM, counts, sizes)
 
-    def _forward_one(self, topic: bytes, frames: list[zmq.Frame], now: float) -> int:
+    def _forward_one(self, topic: bytes, frames: list[Any], now: float) -> int:
         """Route and publish one message from XSUB; its size if forwarded, else 0."""
         metrics = self.metrics
         if self._server_keys is not None and self._forged(topic, frames[0]):
@@ -479,7 +488,7 @@ class Proxy(AsyncRole):
             if len(frames) == 2:
                 if stamps.ON:
                     stamps.stamp("proxy.in")
-                routed = self.groups.on_request(topic, frames[1].bytes, now, plain_subscriber=plain)
+                routed = self.groups.on_request(topic, _raw(frames[1]), now, plain_subscriber=plain)
                 if stamps.ON:
                     stamps.stamp("proxy.dispatched")
             elif not plain:
@@ -518,9 +527,9 @@ class Proxy(AsyncRole):
             xpub.set(zmq.XPUB_NODROP, 1)
         return True
 
-    def _reject(self, topic: bytes, frames: list[zmq.Frame], code: ErrorCode, why: str) -> None:
+    def _reject(self, topic: bytes, frames: list[Any], code: ErrorCode, why: str) -> None:
         # Only the first KiB is searched for the address: a huge payload costs nothing.
-        head = b"\n".join(f.bytes[:1024] for f in frames[1:3])
+        head = b"\n".join(_raw(f)[:1024] for f in frames[1:3])
         self._io.reply_error(Job(b"", topic, head, time.monotonic()), code, why)
 
     def _forward_subscriptions(self) -> None:
