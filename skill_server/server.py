@@ -85,7 +85,7 @@ from skillscale.core.transport import (
 from skillscale.skill_server.executor import ResourceLimits, SubprocessExecutor
 from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
 from skillscale.skill_server.registry import SkillRegistry
-from skillscale.skill_server.warm import ForkServerUnavailable, WarmExecutor
+from skillscale.skill_server.warm import WAITING_CHILDREN, ForkServerUnavailable, WarmExecutor
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ class ServerConfig:
     interpreter per run."""
     preload: list[str] | None = None
     """Modules the fork server imports (None: the default set)."""
+    waiting_children: int = WAITING_CHILDREN
+    """Warm children forked ahead, each waiting for one run (0: fork on demand)."""
     matcher: str = "auto"
     """A name from :func:`skillscale.core.matchers.matcher_names` (checked when the
     server is built); auto: the LLM when one is configured, else keywords."""
@@ -191,7 +193,7 @@ class SkillServer(AsyncRole):
         self.llm = LLMClient(settings) if settings is not None else None
         self.registry = SkillRegistry(config.skills_dirs, config.threshold, self.llm, matcher)
         self.executor: SubprocessExecutor = (
-            WarmExecutor(config.python, config.preload)
+            WarmExecutor(config.python, config.preload, config.waiting_children)
             if config.executor == "warm"
             else SubprocessExecutor(config.python)
         )

@@ -402,8 +402,8 @@ class WarmExecutor(SubprocessExecutor):
             stderr = await _pipe_reader(files[2], opened)
             sock.setblocking(False)
 
-            async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-                nonlocal child_ends
+            async def connect() -> tuple[asyncio.StreamReader, bytes]:
+                nonlocal child_ends, control_writer
                 async with self._control_lock:
                     await _send_with_fds(control, b"R", [far.fileno()])
                 far.close()
@@ -411,11 +411,12 @@ class WarmExecutor(SubprocessExecutor):
                 for fd in child_ends:
                     os.close(fd)
                 child_ends = []
-                reader, writer = await asyncio.open_unix_connection(sock=sock)
-                return reader, writer, await reader.readline()
+                reader, control_writer = await asyncio.open_unix_connection(sock=sock)
+                return reader, await reader.readline()
 
-            status, control_writer, line = await _deadline(connect(), SEND_TIMEOUT)
+            status, line = await _deadline(connect(), SEND_TIMEOUT)
             pid = int(json.loads(line)["pid"])
+            assert control_writer is not None
         except BaseException as exc:
             if control_writer is not None:
                 control_writer.close()
