@@ -129,12 +129,14 @@ def round_trips(xsub: str, xpub: str, in_flight: int, total: int) -> float:
 
 
 def start_ours(xsub: str, xpub: str, messages: int) -> subprocess.Popen[bytes]:
-    # Its subscriber queue holds the whole burst, as the device's unbounded
-    # one does (by default it drops for a subscriber 1,000 messages behind).
+    # Its queues hold the whole burst, as the device's unbounded ones do (by
+    # default a subscriber 1,000 messages behind, or a publisher 100,000
+    # ahead, loses messages: XSUB drops at its high-water mark).
     proc = subprocess.Popen(
         [sys.executable, "-m", "skillscale", "proxy", "--xsub-bind", xsub, "--xpub-bind", xpub,
          "--router-bind", f"tcp://127.0.0.1:{free_port()}", "--metrics-host", "127.0.0.1",
-         "--metrics-port", "0", "--subscriber-hwm", str(messages + 1000)],
+         "--metrics-port", "0", "--subscriber-hwm", str(messages + 1000),
+         "--hwm", str(messages + 1000)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None

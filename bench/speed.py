@@ -193,11 +193,11 @@ def breakdown_rows(by_stage: dict[str, list[int]], calls: int) -> list[tuple[str
         forks = sorted((y - x) / 1000 for x, y in zip(fork_a, fork_b, strict=True))
         # With waiting children the fork happened before the request came:
         # compare the i-th fork with the i-th hand-off to tell.
-        starts = last("exec.start")
-        on_path = sum(
-            1 for f in fork_a[-calls:] if any(0 <= f - s < 50_000_000 for s in starts)
-        )  # fmt: skip
-        where = "on path" if on_path > calls // 2 else "off path (pre-forked)"
+        # On the path when it falls inside a call's hand-off (exec.start to
+        # exec.spawned); a waiting child's fork happens before its call came.
+        windows = list(zip(last("exec.start"), last("exec.spawned"), strict=False))
+        on_path = sum(1 for f in fork_a[-calls:] if any(a <= f <= b for a, b in windows))
+        where = "on path" if on_path > calls // 2 else "off the request path"
         rows.append((f"fork (fork server, {where})", statistics.median(forks),
                      forks[int(len(forks) * 0.9)]))  # fmt: skip
     a, b = last("client.call"), last("client.woken")
