@@ -56,6 +56,8 @@ OPTIONAL_PRELOAD = ("httpx", "openai")
 """Preloaded when installed: the expensive imports LLM-calling skills make."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
+REFILL_DELAY = 0.002
+"""Seconds after a run's exit before its replacement is forked (its reply first)."""
 WAITING_CHILDREN = 2
 """Children forked ahead, each waiting for one run: the fork (and the setup
 that needs no request) is off the request's path. Each is a fresh fork used
@@ -342,9 +344,12 @@ class WarmExecutor(SubprocessExecutor):
         child = self._take_waiting()
         if child is None:
             child = await self._new_child()
-        # Forked again once this run is over, not now: a fork beside the run
-        # would compete with it for the CPU (and the fork server) it needs.
-        child.waiter.add_done_callback(lambda _: self._refill())
+        # Forked again once this run is over and its reply out, not now: a
+        # fork beside the run would compete with it for the CPU (and the fork
+        # server), and one at its end would delay its reply on our loop.
+        child.waiter.add_done_callback(
+            lambda _: asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
+        )
         try:
             # The child reads this line and becomes the run; all it did before
             # (fork, session, death signal, subreaper, stdio, closing fds) it
