@@ -128,11 +128,15 @@ def round_trips(xsub: str, xpub: str, in_flight: int, total: int) -> float:
     return total / elapsed
 
 
-def start_ours(xsub: str, xpub: str) -> subprocess.Popen[bytes]:
+def start_ours(xsub: str, xpub: str, messages: int) -> subprocess.Popen[bytes]:
+    # Its queues hold the whole burst, as the device's unbounded ones do (by
+    # default a subscriber 1,000 messages behind, or a publisher 100,000
+    # ahead, loses messages: XSUB drops at its high-water mark).
     proc = subprocess.Popen(
         [sys.executable, "-m", "skillscale", "proxy", "--xsub-bind", xsub, "--xpub-bind", xpub,
          "--router-bind", f"tcp://127.0.0.1:{free_port()}", "--metrics-host", "127.0.0.1",
-         "--metrics-port", "0"],
+         "--metrics-port", "0", "--subscriber-hwm", str(messages + 1000),
+         "--hwm", str(messages + 1000)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -147,7 +151,7 @@ def run(kind: str, messages: int) -> dict[str, float]:
         proxy: Any = spawn.Process(target=zmq_device, args=(xsub, xpub), daemon=True)
         proxy.start()
     else:
-        proxy = start_ours(xsub, xpub)
+        proxy = start_ours(xsub, xpub, messages)
     try:
         ready, out = spawn.Event(), spawn.Queue()
         rx = spawn.Process(target=receiver, args=(xpub, messages, ready, out))

@@ -55,6 +55,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from skillscale.core import stamps
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import TRACE_TOPIC
 from skillscale.core.health import RoleHealth, url_for
@@ -145,6 +146,11 @@ class ProxyConfig:
     """Seconds between refreshes of the per-topic gauges."""
     curve: ProxyCurve | None = None
     """CURVE encryption and allow-lists; None leaves the bus open (loopback use)."""
+
+
+def _raw(frame: Any) -> bytes:
+    """A received frame's bytes: copied (bytes), a zmq.Frame, or an in-memory frame."""
+    return frame if isinstance(frame, bytes) else frame.bytes
 
 
 class _IO:
@@ -461,8 +467,12 @@ class Proxy(AsyncRole):
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
         now = time.monotonic()
-        for frames in self._xsub.drain(self.config.batch, copy=False):
-            topic = frames[0].bytes
+        # Plain bytes on an open bus: small messages are cheaper copied than
+        # wrapped in zmq.Frame objects. Under CURVE the frames carry the
+        # sender's key (User-Id), so they stay frames.
+        copy = self._server_keys is None
+        for frames in self._xsub.drain(self.config.batch, copy=copy):
+            topic = _raw(frames[0])
             try:
                 size = self._forward_one(topic, frames, now)
             except Exception:
@@ -474,7 +484,7 @@ class Proxy(AsyncRole):
         if counts:
             metrics.flush(DOWNSTREAM, counts, sizes)
 
-    def _forward_one(self, topic: bytes, frames: list[zmq.Frame], now: float) -> int:
+    def _forward_one(self, topic: bytes, frames: list[Any], now: float) -> int:
         """Route and publish one message from XSUB; its size if forwarded, else 0."""
         metrics = self.metrics
         if self._server_keys is not None and self._forged(topic, frames[0]):
@@ -495,7 +505,11 @@ class Proxy(AsyncRole):
         if request and self._router is not None:
             plain = self._subs.servers.matches(topic)
             if len(frames) == 2:
-                routed = self.groups.on_request(topic, frames[1].bytes, now, plain_subscriber=plain)
+                if stamps.ON:
+                    stamps.stamp("proxy.in")
+                routed = self.groups.on_request(topic, _raw(frames[1]), now, plain_subscriber=plain)
+                if stamps.ON:
+                    stamps.stamp("proxy.dispatched")
             elif not plain:
                 routed = True
                 self._reject(topic, frames, ErrorCode.BAD_REQUEST,
@@ -532,9 +546,9 @@ class Proxy(AsyncRole):
             xpub.set(zmq.XPUB_NODROP, 1)
         return True
 
-    def _reject(self, topic: bytes, frames: list[zmq.Frame], code: ErrorCode, why: str) -> None:
+    def _reject(self, topic: bytes, frames: list[Any], code: ErrorCode, why: str) -> None:
         # Only the first KiB is searched for the address: a huge payload costs nothing.
-        head = b"\n".join(f.bytes[:1024] for f in frames[1:3])
+        head = b"\n".join(_raw(f)[:1024] for f in frames[1:3])
         self._io.reply_error(Job(b"", topic, head, time.monotonic()), code, why)
 
     def _forward_subscriptions(self) -> None:
@@ -620,7 +634,11 @@ class Proxy(AsyncRole):
                     # reply topic, never into a request or an internal topic.
                     self.metrics.drop(_GROUP, "bad_reply_to")
                     reply_to = b""
+                if stamps.ON:
+                    stamps.stamp("proxy.reply")
                 groups.on_reply(identity, args[0], reply_to, args[2], now)
+                if stamps.ON:
+                    stamps.stamp("proxy.published")
             elif command == RETURN and len(args) == 1:
                 groups.on_return(identity, args[0], now)
             elif command == BYE:

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from skillscale.core import stamps
 from skillscale.core.redact import redact
 from skillscale.core.runtime import fd_ready
 from skillscale.core.skill_format import Skill
@@ -431,10 +432,14 @@ class SubprocessExecutor:
     ) -> ExecutionResult:
         """Run ``skill`` on ``data``; never raises for anything the skill does."""
         assert skill.entrypoint is not None, "instruction-only skills are not executed"
+        if stamps.ON:
+            stamps.stamp("exec.start")
         started = time.monotonic()
         try:
             run_env = scrubbed_env(self.python, self.skill_env(skill, data, env))
             proc = await self.spawn(skill, run_env, limits)
+            if stamps.ON:
+                stamps.stamp("exec.spawned")
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
         # Warm runs' leftovers are the fork server's to kill, cold ones ours.
@@ -574,6 +579,8 @@ class _Run:
         try:
             try:
                 await asyncio.wait_for(self._exited(), timeout=self.limits.timeout)
+                if stamps.ON:
+                    stamps.stamp("exec.exited")
             except asyncio.TimeoutError:
                 timed_out = not self.overflow
             # The skill is gone or out of time; descendants still holding our
@@ -593,6 +600,8 @@ class _Run:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if stamps.ON:
+            stamps.stamp("exec.done")
         return ExecutionResult(
             exit_code=proc.returncode,
             stdout=bytes(self.stdout),

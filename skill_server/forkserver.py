@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import io
 import json
@@ -63,10 +64,14 @@ import sys
 import traceback
 from typing import Any
 
+from skillscale.core import stamps
 from skillscale.skill_server.executor import kill_adopted, prctl
 
 MAX_HEADER = 1024 * 1024
 HEADER_TIMEOUT = 10.0
+IDLE_TIMEOUT = 3600.0
+"""Seconds a waiting child waits for its run before it ends (the skill server
+then forks another when it needs one)."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
@@ -83,19 +88,39 @@ def preload(modules: list[str]) -> list[str]:
     return failed
 
 
-def _read_header(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """The run's header (one JSON line) and the three stdio fds sent with it."""
+def _read_stdio(conn: socket.socket) -> list[int] | None:
+    """The three stdio fds (sent with one byte); None if the skill server hung up.
+
+    A timeout mode, not a blocking one, because the fork server's socket
+    object shares this descriptor's (non-blocking) flags.
+    """
     conn.settimeout(HEADER_TIMEOUT)
-    raw, fds, flags, _addr = socket.recv_fds(conn, 64 * 1024, 3)
+    raw, fds, flags, _addr = socket.recv_fds(conn, 1, 3)
+    if not raw and not fds:
+        return None
     if len(fds) != 3 or flags & socket.MSG_CTRUNC:
         raise ValueError(f"expected 3 fds, got {len(fds)}")
+    return fds
+
+
+def _read_header(conn: socket.socket) -> dict[str, Any] | None:
+    """The run's header (one JSON line); None if the skill server hung up first
+    or never sent one in ``IDLE_TIMEOUT`` seconds."""
+    conn.settimeout(IDLE_TIMEOUT)
+    try:
+        raw = conn.recv(64 * 1024)
+    except TimeoutError:
+        return None
+    if not raw:
+        return None
+    conn.settimeout(HEADER_TIMEOUT)  # once a header has begun, the rest is due
     while not raw.endswith(b"\n"):
         chunk = conn.recv(64 * 1024)
         if not chunk or len(raw) > MAX_HEADER:
             raise ValueError("incomplete header")
         raw += chunk
     header: dict[str, Any] = json.loads(raw)
-    return header, fds
+    return header
 
 
 def _child(conn: socket.socket, server_pid: int) -> None:
@@ -115,14 +140,25 @@ def _child(conn: socket.socket, server_pid: int) -> None:
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # as a fresh interpreter has it
         try:
-            header, fds = _read_header(conn)
+            fds = _read_stdio(conn)
+            if fds is None:
+                os._exit(0)  # never used: the skill server let this waiting child go
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            # The control socket, other runs' nothing: all go but this run's
+            # connection, which the header is still to come on.
+            keep = conn.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+            # Everything above runs before the request exists (a waiting
+            # child); from here on it is the request's time.
+            header = _read_header(conn)
+            if header is None:
+                os._exit(0)
         except (OSError, ValueError) as exc:
             print(f"fork server child: bad run request: {exc}", file=sys.stderr, flush=True)
             raise
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        # The control socket, this run's connection, other runs' nothing: all go.
-        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+        conn.close()
         for kind, value in header.get("rlimits", []):
             resource.setrlimit(kind, (value, value))
         os.chdir(header["cwd"])
@@ -133,9 +169,22 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                                       line_buffering=False)  # fmt: skip
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                       errors="backslashreplace", line_buffering=True)  # fmt: skip
+        if "argv" in header:  # not Python (run.sh): this process becomes it
+            argv = [str(a) for a in header["argv"]]
+            # As a shell would start it: SIGXFSZ was ignored for Python's sake.
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+            if stamps.ON:
+                stamps.stamp("child.ready")
+            try:
+                os.execve(argv[0], argv, header["env"])  # noqa: S606 - an argv, never a shell
+            except OSError as exc:
+                print(f"cannot run {argv[-1]}: {exc}", file=sys.stderr, flush=True)
+                os._exit(127)
         script = header["script"]
         sys.argv = [script]
         sys.path[0] = os.path.dirname(script)
+        if stamps.ON:  # only after closerange: stamp() opens a descriptor
+            stamps.stamp("child.ready")
         try:
             runpy.run_path(script, run_name="__main__")
             code = 0
@@ -151,6 +200,8 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        if stamps.ON:
+            stamps.stamp("child.ran")
     finally:
         os._exit(code & 0xFF)
 
@@ -222,9 +273,13 @@ class ForkServer:
     def _fork(self, conn: socket.socket) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        if stamps.ON:
+            stamps.stamp("fork.start")
         pid = os.fork()
         if pid == 0:
             _child(conn, self.pid)
+        if stamps.ON:
+            stamps.stamp("fork.done")
         self.children[pid] = conn
         if self.hangups is not None:
             self.hangups.register(conn.fileno(), select.EPOLLRDHUP)
@@ -243,6 +298,8 @@ class ForkServer:
                 break
             if pid == 0:
                 break
+            if stamps.ON:
+                stamps.stamp("fork.reaped")
             conn = self.children.pop(pid, None)
             if conn is not None:  # else an orphan a run left us, killed already
                 if self.hangups is not None:
@@ -268,6 +325,16 @@ class ForkServer:
                     os.kill(by_fd[fd], signal.SIGKILL)
 
     def _may_have_orphans(self) -> bool:
+        # One read of our (single) thread's children list says whether any
+        # child is not a run of ours; waiting children make self.children
+        # never empty, so the fallbacks below would always walk /proc.
+        try:
+            with open(f"/proc/self/task/{self.pid}/children") as fh:
+                pids = {int(p) for p in fh.read().split()}
+        except OSError:
+            pass
+        else:
+            return not pids <= self.children.keys()
         if self.children or not hasattr(os, "waitid"):
             return True  # cannot tell runs from orphans without looking
         try:
@@ -284,6 +351,9 @@ def main(argv: list[str]) -> int:
     prctl(_PR_SET_CHILD_SUBREAPER, 1)
     control_fd, modules = int(argv[0]), argv[1:]
     failed = preload(modules)
+    # What was imported is never collected: kept out of the collector's reach,
+    # a child's collections do not touch (and so copy) those pages.
+    gc.freeze()
     server = ForkServer(control_fd)
     # One line on stdout: the skill server waits for it before sending work.
     print(json.dumps({"ready": True, "pid": os.getpid(), "missing": failed}), flush=True)

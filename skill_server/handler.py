@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from skillscale.core import stamps
 from skillscale.core.errors import ErrorCode, RequestError
 from skillscale.core.events import caller_id
 from skillscale.core.matching import MatchResult, closest
@@ -193,6 +194,8 @@ class RequestHandler:
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
+        if stamps.ON:
+            stamps.stamp("server.matched")
         # A running canary takes its share of callers, the same callers each time.
         skill, candidate = self.registry.route(skill, caller_id(request.reply_to))
         trace.skill_version = skill.version

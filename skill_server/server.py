@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from skillscale.core import stamps
 from skillscale.core.errors import ConfigError, ErrorCode
 from skillscale.core.events import SKILLS_CHANGED_TOPIC, TRACE_TOPIC, ExecutionTrace, caller_id
 from skillscale.core.health import HealthServer, RoleHealth, url_for
@@ -85,7 +86,7 @@ from skillscale.core.transport import (
 from skillscale.skill_server.executor import ResourceLimits, SubprocessExecutor
 from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
 from skillscale.skill_server.registry import SkillRegistry
-from skillscale.skill_server.warm import ForkServerUnavailable, WarmExecutor
+from skillscale.skill_server.warm import WAITING_CHILDREN, ForkServerUnavailable, WarmExecutor
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class ServerConfig:
     interpreter per run."""
     preload: list[str] | None = None
     """Modules the fork server imports (None: the default set)."""
+    waiting_children: int = WAITING_CHILDREN
+    """Warm children forked ahead, each waiting for one run (0: fork on demand)."""
     matcher: str = "auto"
     """A name from :func:`skillscale.core.matchers.matcher_names` (checked when the
     server is built); auto: the LLM when one is configured, else keywords."""
@@ -194,7 +197,7 @@ class SkillServer(AsyncRole):
         self.llm = LLMClient(settings) if settings is not None else None
         self.registry = SkillRegistry(config.skills_dirs, config.threshold, self.llm, matcher)
         self.executor: SubprocessExecutor = (
-            WarmExecutor(config.python, config.preload)
+            WarmExecutor(config.python, config.preload, config.waiting_children)
             if config.executor == "warm"
             else SubprocessExecutor(config.python)
         )
@@ -482,6 +485,8 @@ class SkillServer(AsyncRole):
             if command == HB:
                 self._proxy_ready.set()
             elif command == REQ and len(args) >= 4:
+                if stamps.ON:
+                    stamps.stamp("server.recv")
                 try:
                     await self._on_group_request(args)
                 except Exception:
@@ -516,6 +521,8 @@ class SkillServer(AsyncRole):
             return
         self._in_flight += 1
         self._queue.put_nowait(job)
+        if stamps.ON:
+            stamps.stamp("server.decoded")
 
     async def _send_group(self, frames: list[bytes], *, block: bool = True) -> bool:
         """Send on the DEALER through the asyncio API; False if it could not go."""
@@ -594,6 +601,8 @@ class SkillServer(AsyncRole):
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
+            if stamps.ON:
+                stamps.stamp("server.worker")
             try:
                 reply = await self.handler.process(job.request, job.received_at)
             except Exception as exc:  # process() never raises; if it does, answer anyway
@@ -635,7 +644,14 @@ class SkillServer(AsyncRole):
         self._pub.send([TRACE_TOPIC.encode(), event.model_dump_json().encode()])
 
     async def _reply(self, job: Job, reply: Reply) -> None:
+        if stamps.ON:
+            stamps.stamp("server.encode")
+        await self._send_reply(job, reply)
+        # After the reply, not before: the caller waits for the reply, nobody
+        # for the trace event (one more model dump on the critical path).
         self._emit_trace(job, reply)
+
+    async def _send_reply(self, job: Job, reply: Reply) -> None:
         payload = reply.to_bytes()
         if len(payload) > MAX_REPLY_BYTES - 4096:
             # Past the bus limit ZeroMQ would disconnect us and the caller would
@@ -653,6 +669,8 @@ class SkillServer(AsyncRole):
         await self._send_group(
             [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), payload]
         )
+        if stamps.ON:
+            stamps.stamp("server.replied")
 
     async def _answer_unfinished(self, job: Job, why: str) -> None:
         """Group work goes back for another replica; pubsub work gets an error."""

@@ -6,8 +6,10 @@ not a fresh interpreter: start-up and the imports skills share (the standard
 library, ``httpx``, ``openai``, ...) were paid once by the fork server. Skill
 files are read on every run, so edits take effect on the next request.
 
-``run.sh`` entry points, skills whose ``metadata.warm`` is ``false``, and any
-run while the fork server is (re)starting take the cold path.
+A ``run.sh`` entry point is exec'd (bash) by a waiting child once its limits,
+directory and environment are set: no Python start-up for the trampoline.
+Skills whose ``metadata.warm`` is ``false``, and any run while the fork server
+is (re)starting, take the cold path.
 
 The fork server starts with an environment of its own (:func:`forkserver_env`),
 never the skill server's, since every warm skill inherits its environment
@@ -19,13 +21,15 @@ talk over an inherited socketpair, not a socket path a skill could find.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.util
 import json
 import logging
 import os
 import socket
-from collections.abc import Sequence
-from typing import BinaryIO
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, BinaryIO, TypeVar
 
 from skillscale.core.runtime import fd_ready
 from skillscale.core.skill_format import Skill
@@ -39,6 +43,7 @@ from skillscale.skill_server.executor import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_PRELOAD = (
     "argparse", "ast", "base64", "collections", "csv", "dataclasses", "datetime",
@@ -51,9 +56,15 @@ OPTIONAL_PRELOAD = ("httpx", "openai")
 """Preloaded when installed: the expensive imports LLM-calling skills make."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
+REFILL_DELAY = 0.002
+"""Seconds after a run's exit before its replacement is forked (its reply first)."""
+WAITING_CHILDREN = 2
+"""Children forked ahead, each waiting for one run: the fork (and the setup
+that needs no request) is off the request's path. Each is a fresh fork used
+for one run only; two keep both default workers supplied while it refills."""
 FORKSERVER_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
-    "LD_LIBRARY_PATH",
+    "LD_LIBRARY_PATH", "SKILLSCALE_STAMPS",
 )  # fmt: skip
 """Besides a skill's own allow-list, what the fork server needs to import what
 the skill server imports: none of it is a credential."""
@@ -95,9 +106,24 @@ class WarmProcess:
         self._status = status
         self._control = control
         self._returncode: int | None = None
+        self.generation = 0
+        """Which fork server (start) forked it."""
+        self.opened: list[asyncio.BaseTransport] = []
+        """The pipe transports, for :meth:`discard`."""
         # Started at once so the connection is always read to its end and
         # closed, whatever happens to the run; the executor keeps a reference.
         self.waiter: asyncio.Task[int] = asyncio.ensure_future(self._read_status())
+
+    def start(self, header: bytes) -> None:
+        """Hand the waiting child its run (it reads ``header`` and runs)."""
+        self._control.write(header)
+
+    def discard(self) -> None:
+        """Let a child that will never run go: closing its connection makes
+        the fork server kill it; our pipe ends close with their transports."""
+        self._control.close()
+        for transport in self.opened:
+            transport.close()
 
     @property
     def returncode(self) -> int | None:
@@ -136,6 +162,16 @@ async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> No
         await loop.sock_sendall(sock, data[sent:])
 
 
+async def _deadline(aw: Coroutine[Any, Any, T], timeout: float) -> T:
+    """``aw`` within ``timeout`` s, keeping a cancellation: on 3.11 ``wait_for``
+    drops one that lands as its inner step completes (here often at once), and
+    a cancelled run would go on being set up."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await aw
+    return await asyncio.wait_for(aw, timeout)  # pragma: no cover - 3.10
+
+
 async def _pipe_reader(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**16)
@@ -152,10 +188,21 @@ async def _pipe_writer(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> a
 
 
 class WarmExecutor(SubprocessExecutor):
-    """Runs ``scripts/run.py`` by forking the fork server; everything else cold."""
+    """Runs ``scripts/run.py`` (and ``run.sh``, exec'd) in children of the fork
+    server; other entry points and opted-out skills cold."""
 
-    def __init__(self, python: str | None = None, preload: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        python: str | None = None,
+        preload: Sequence[str] | None = None,
+        waiting_children: int = WAITING_CHILDREN,
+    ) -> None:
         super().__init__(python)
+        self.waiting_children = max(0, waiting_children)
+        """How many forked children wait for their run (0: fork on demand)."""
+        self._waiting: collections.deque[WarmProcess] = collections.deque()
+        self._refilling: asyncio.Task[None] | None = None
+        self._generation = 0
         self.preload = list(preload) if preload is not None else default_preload()
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
@@ -165,6 +212,11 @@ class WarmExecutor(SubprocessExecutor):
         self._restarting: asyncio.Task[None] | None = None
         self.stats = {"warm": 0, "cold": 0, "restarts": 0}
         self._waiters: set[asyncio.Task[int]] = set()
+
+    @property
+    def forkserver_pid(self) -> int | None:
+        """The fork server's pid while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -203,15 +255,25 @@ class WarmExecutor(SubprocessExecutor):
             self._proc.kill()
             await self._proc.wait()
             raise ForkServerUnavailable("the fork server did not start") from None
+        self._generation += 1
+        self.drop_waiting()
+        self._refill()
         if ready.get("missing"):
             log.info("fork server could not preload: %s", ", ".join(ready["missing"]))
         log.info("fork server %d up with %d modules preloaded", ready["pid"], len(self.preload))
 
+    def drop_waiting(self) -> None:
+        """Let every waiting child go (they are forked again as runs need them)."""
+        while self._waiting:
+            self._waiting.popleft().discard()
+
     async def close(self) -> None:
         """Stop the fork server (its running children die with it)."""
-        if self._restarting is not None:
-            self._restarting.cancel()
-            await asyncio.gather(self._restarting, return_exceptions=True)
+        for task in (self._restarting, self._refilling):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self.drop_waiting()
         for waiter in list(self._waiters):
             waiter.cancel()
         await asyncio.gather(*self._waiters, return_exceptions=True)
@@ -232,7 +294,7 @@ class WarmExecutor(SubprocessExecutor):
         """Python entry point and not opted out (``metadata.warm: false``)."""
         return (
             skill.entrypoint is not None
-            and skill.entrypoint.suffix == ".py"
+            and skill.entrypoint.suffix in (".py", ".sh")
             and skill.metadata.get("warm", "true").lower() not in ("false", "no", "0", "off")
         )
 
@@ -268,9 +330,6 @@ class WarmExecutor(SubprocessExecutor):
     async def _fork(
         self, skill: Skill, env: dict[str, str], limits: ExecutionLimits
     ) -> WarmProcess:
-        control = self._control
-        if not self.running or control is None:
-            raise ForkServerUnavailable("the fork server is not running")
         assert skill.entrypoint is not None
         header = {
             "script": str(skill.entrypoint),
@@ -278,6 +337,56 @@ class WarmExecutor(SubprocessExecutor):
             "env": env,
             "rlimits": rlimit_pairs(limits.resources),
         }
+        if skill.entrypoint.suffix != ".py":
+            # Exec'd by the waiting child once it is set up: one exec, where the
+            # cold path pays a Python start-up (its trampoline) and then the exec.
+            header["argv"] = self.argv(skill.entrypoint)
+        child = self._take_waiting()
+        if child is None:
+            child = await self._new_child()
+        # Forked again once this run is over and its reply out, not now: a
+        # fork beside the run would compete with it for the CPU (and the fork
+        # server), and one at its end would delay its reply on our loop.
+        child.waiter.add_done_callback(
+            lambda _: asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
+        )
+        try:
+            # The child reads this line and becomes the run; all it did before
+            # (fork, session, death signal, subreaper, stdio, closing fds) it
+            # did while waiting, off the request's path.
+            child.start(json.dumps(header).encode() + b"\n")
+        except OSError as exc:
+            child.discard()
+            raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
+        return child
+
+    def _take_waiting(self) -> WarmProcess | None:
+        while self._waiting:
+            child = self._waiting.popleft()
+            if child.generation == self._generation and not child.waiter.done():
+                return child
+            child.discard()  # its fork server was replaced, or it ended waiting
+        return None
+
+    def _refill(self) -> None:
+        if self.waiting_children and (self._refilling is None or self._refilling.done()):
+            self._refilling = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        while self.running and len(self._waiting) < self.waiting_children:
+            try:
+                child = await self._new_child()
+            except ForkServerUnavailable as exc:
+                log.debug("no waiting child: %s", exc)  # the next run forks its own, or goes cold
+                return
+            self._waiting.append(child)
+
+    async def _new_child(self) -> WarmProcess:
+        """A child of the fork server, forked and waiting for its run's header."""
+        control = self._control
+        if not self.running or control is None:
+            raise ForkServerUnavailable("the fork server is not running")
+        generation = self._generation
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
@@ -297,17 +406,22 @@ class WarmExecutor(SubprocessExecutor):
             stdout = await _pipe_reader(files[1], opened)
             stderr = await _pipe_reader(files[2], opened)
             sock.setblocking(False)
-            async with self._control_lock:
-                await asyncio.wait_for(_send_with_fds(control, b"R", [far.fileno()]), SEND_TIMEOUT)
-            far.close()
-            payload = json.dumps(header).encode() + b"\n"
-            await asyncio.wait_for(_send_with_fds(sock, payload, child_ends), SEND_TIMEOUT)
-            for fd in child_ends:
-                os.close(fd)
-            child_ends = []
-            status, control_writer = await asyncio.open_unix_connection(sock=sock)
-            line = await asyncio.wait_for(status.readline(), SEND_TIMEOUT)
+
+            async def connect() -> tuple[asyncio.StreamReader, bytes]:
+                nonlocal child_ends, control_writer
+                async with self._control_lock:
+                    await _send_with_fds(control, b"R", [far.fileno()])
+                far.close()
+                await _send_with_fds(sock, b"S", child_ends)
+                for fd in child_ends:
+                    os.close(fd)
+                child_ends = []
+                reader, control_writer = await asyncio.open_unix_connection(sock=sock)
+                return reader, await reader.readline()
+
+            status, line = await _deadline(connect(), SEND_TIMEOUT)
             pid = int(json.loads(line)["pid"])
+            assert control_writer is not None
         except BaseException as exc:
             if control_writer is not None:
                 control_writer.close()
@@ -323,6 +437,8 @@ class WarmExecutor(SubprocessExecutor):
                 raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
             raise
         child = WarmProcess(pid, status, control_writer, stdin=stdin, stdout=stdout, stderr=stderr)
+        child.generation = generation
+        child.opened = opened
         self._waiters.add(child.waiter)
         child.waiter.add_done_callback(self._waiters.discard)
         return child

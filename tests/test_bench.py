@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from skillscale.tools.bench import BenchConfig, bench_intent, percentile, run_bench, summarize
-from tests.helpers import ROOT, RoleProcess, role_env
+from tests.helpers import FIXTURE_SKILLS, ROOT, RoleProcess, role_env
 
 
 def test_percentile_nearest_rank() -> None:
@@ -74,3 +74,34 @@ def test_bench_cli_reports_failures_and_writes_json(
     assert "exec_failed: 6" in result.stdout
     summary = json.loads(out.read_text())
     assert summary["failed"] == 6 and summary["failures_by_code"] == {"exec_failed": 6}
+
+
+@pytest.mark.integration
+def test_bench_compare_cold_prints_the_same_skill_spawned_cold(
+    proxy: RoleProcess, testing_server: RoleProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "skillscale", "bench", "--topic", "TOPIC_TESTING",
+         "--skill", "echo", "--data", "hi", "--requests", "5", "--concurrency", "2",
+         "--warmup", "0", "--compare-cold", "--skills-dir", str(FIXTURE_SKILLS / "testing"),
+         "--proxy-xsub", proxy.ready["xsub"], "--proxy-xpub", proxy.ready["xpub"],
+         "--json-out", str(out)],
+        capture_output=True, text=True, timeout=60, env=role_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "cold spawn" in result.stdout and "of the cold median" in result.stdout
+    summary = json.loads(out.read_text())
+    cold = summary["cold_baseline"]
+    assert summary["succeeded"] == 5 and cold["skill"] == "echo" and cold["runs"] == 5
+    assert cold["argv"][-1].endswith("run.py") and 0 < cold["median_ms"] <= cold["p99_ms"]
+
+
+def test_bench_compare_cold_needs_a_skill_with_a_script(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "skillscale", "bench", "--compare-cold", "--skills-dir",
+         str(tmp_path), "--skill", "nothing-here"],
+        capture_output=True, text=True, timeout=60, env=role_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--compare-cold: no skill 'nothing-here'" in result.stderr

@@ -85,3 +85,33 @@ async def test_the_fork_server_comes_back_after_it_dies(warm: WarmExecutor, tmp_
     assert warm.running and warm.stats["restarts"] == 1
     assert (await warm.run(skill, b"", ExecutionLimits(10))).ok
     assert warm.stats["warm"] == 1
+
+
+async def test_each_run_takes_a_fresh_waiting_child(warm: WarmExecutor, tmp_path: Path) -> None:
+    # Children forked ahead are used once each: no pid, session or state repeats.
+    body = "import os\nprint(os.getpid(), os.getsid(0), os.environ['SKILLSCALE_X'])\n"
+    skill = make_skill(tmp_path, "pids", body)
+    assert warm.waiting_children >= 1
+    seen = []
+    for i in range(4):
+        result = await warm.run(skill, b"", ExecutionLimits(10), env={"SKILLSCALE_X": str(i)})
+        pid, sid, x = result.stdout.split()
+        assert pid == sid and x == str(i).encode()
+        seen.append(pid)
+    assert len(set(seen)) == 4 and warm.stats["warm"] == 4
+
+
+async def test_run_sh_is_execd_by_a_warm_child(warm: WarmExecutor, tmp_path: Path) -> None:
+    folder = tmp_path / "shell"
+    (folder / "scripts").mkdir(parents=True)
+    (folder / "SKILL.md").write_text("---\nname: shell\ndescription: Test.\n---\n")
+    (folder / "scripts" / "run.sh").write_text(
+        'echo "$$ $(ps -o sid= -p $$) $SKILLSCALE_X $(ulimit -n) $(pwd)"; cat\n'
+    )
+    skill = load_skill(folder)
+    result = await warm.run(skill, b"in", ExecutionLimits(10), env={"SKILLSCALE_X": "y"})
+    assert result.ok, result
+    first, rest = result.stdout.decode().split("\n", 1)
+    pid, sid, x, _nofile, cwd = first.split()
+    assert pid == sid and x == "y" and cwd == str(folder) and rest == "in"
+    assert warm.stats["warm"] == 1 and warm.stats["cold"] == 0

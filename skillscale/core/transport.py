@@ -63,6 +63,11 @@ def connectable(endpoint: str) -> str:
     return endpoint
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
 class SocketPair:
     """An asyncio socket for readiness plus its synchronous shadow for I/O."""
 
@@ -82,20 +87,32 @@ class SocketPair:
         events: int = await cast(Any, self.async_sock).poll(timeout_ms, zmq.POLLIN)
         return bool(events & zmq.POLLIN)
 
+    # The proxy's per-message loop, by hand rather than recv_/send_multipart:
+    # those combine enum flags per frame (``SNDMORE | flags`` builds a new
+    # Flag through the enum machinery) and type-check each part, which cost
+    # about a fifth of the forwarding time. The frame loop is the same.
     def drain(self, max_batch: int, *, copy: bool = True) -> list[Frames]:
         """Receive up to ``max_batch`` waiting messages without blocking."""
         batch: list[Frames] = []
-        recv = self.sync.recv_multipart
+        recv, more = self.sync.recv, self.sync.getsockopt
         try:
             for _ in range(max_batch):
-                batch.append(recv(zmq.NOBLOCK, copy=copy))
+                parts = [recv(_NOBLOCK, copy=copy)]
+                while more(_RCVMORE):  # the rest of a message is there once its first part is
+                    parts.append(recv(_NOBLOCK, copy=copy))
+                batch.append(parts)
         except zmq.Again:
             pass
         return batch
 
     def send(self, frames: Frames, *, copy: bool = True) -> None:
         """Send without blocking; raises ``zmq.Again`` only where HWM can push back."""
-        self.sync.send_multipart(frames, zmq.NOBLOCK, copy=copy)
+        # A multipart message is queued whole once its first part is: only
+        # that one can raise zmq.Again.
+        send = self.sync.send
+        for frame in frames[:-1]:
+            send(frame, _SNDMORE_NOBLOCK, copy=copy)
+        send(frames[-1], _NOBLOCK, copy=copy)
 
     def subscribe(self, topic: bytes) -> None:
         """Add a topic prefix (SUB sockets)."""

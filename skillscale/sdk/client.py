@@ -25,6 +25,7 @@ import zmq.asyncio
 from pydantic import ValidationError
 from zmq.utils.monitor import parse_monitor_message
 
+from skillscale.core import stamps
 from skillscale.core.discovery import Catalog, SkillDiscovery, default_skills_dirs
 from skillscale.core.errors import (
     ErrorCode,
@@ -225,6 +226,8 @@ class SkillScaleClient(AsyncRole):
         wait = self.timeout if timeout is None else timeout
         if wait <= 0:
             raise RequestError("timeout must be positive (seconds)")
+        if stamps.ON:
+            stamps.stamp("client.call")
         start = time.monotonic()
         request = Request(
             request_id=new_request_id(),
@@ -248,8 +251,13 @@ class SkillScaleClient(AsyncRole):
                 remaining = wait - (time.monotonic() - start)
                 await asyncio.wait_for(self._path_up.wait(), timeout=max(remaining, 0.001))
             self._pub.send([topic.encode(), request.to_bytes()])
+            if stamps.ON:
+                stamps.stamp("client.sent")
             remaining = wait - (time.monotonic() - start)
-            return await asyncio.wait_for(future, timeout=max(remaining, 0.001))
+            reply = await asyncio.wait_for(future, timeout=max(remaining, 0.001))
+            if stamps.ON:
+                stamps.stamp("client.woken")
+            return reply
         except asyncio.TimeoutError:
             raise SkillTimeoutError(
                 f"no reply on {topic} within {wait:g} s", request_id=request.request_id
@@ -416,6 +424,8 @@ class SkillScaleClient(AsyncRole):
         await pump(self._sub, self._on_message)
 
     def _on_message(self, frames: Frames) -> None:
+        if stamps.ON:
+            stamps.stamp("client.recv")
         topic = bytes(frames[0])
         if topic == self._probe:
             self._probe_seen.set()

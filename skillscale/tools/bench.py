@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
+import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -257,3 +261,68 @@ def bench_intent(text: str | None, skill: str | None, data: str | None) -> str:
     if data is not None:
         return json.dumps({"task": text or "", "data": data})
     return text or ""
+
+
+# -- --compare-cold: the same skill spawned cold, in the same run (issue 14) ----
+
+
+@dataclass
+class ColdBaseline:
+    """A skill's entry point started as a fresh process per input, serially."""
+
+    skill: str
+    argv: list[str]
+    runs: int
+    median_ms: float
+    p99_ms: float
+    serial_rps: float
+    """Spawns per second one after another (what a caller without the fabric gets)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The figures for the JSON summary."""
+        return asdict(self)
+
+
+def cold_argv(entrypoint: Path, python: str | None = None) -> list[str]:
+    """How a user would start the entry point by hand: ``python run.py`` / ``bash run.sh``."""
+    if entrypoint.suffix == ".py":
+        return [python or sys.executable, str(entrypoint)]
+    return [shutil.which("bash") or "/bin/sh", str(entrypoint)]
+
+
+def cold_baseline(
+    skill: str, entrypoint: Path, data: bytes, runs: int, timeout: float = 60.0
+) -> ColdBaseline:
+    """Spawn the entry point ``runs`` times, input on stdin, in its folder (blocking)."""
+    argv = cold_argv(entrypoint)
+    times: list[float] = []
+    for _ in range(max(1, runs)):
+        started = time.perf_counter()
+        subprocess.run(
+            argv, input=data, capture_output=True, cwd=entrypoint.parent.parent,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        times.append((time.perf_counter() - started) * 1000)
+    ordered = sorted(times)
+    return ColdBaseline(
+        skill=skill,
+        argv=argv,
+        runs=len(times),
+        median_ms=round(statistics.median(ordered), 3),
+        p99_ms=round(percentile(ordered, 99), 3),
+        serial_rps=round(1000 / statistics.mean(ordered), 2),
+    )
+
+
+def format_cold(result: BenchResult, cold: ColdBaseline) -> str:
+    """The cold baseline and the fabric's figures as ratios of it."""
+    p50 = result.latency_ms["p50"]
+    return "\n".join(
+        [
+            f"cold spawn    {' '.join(Path(a).name for a in cold.argv)}: {cold.runs} serial runs, "
+            f"median {cold.median_ms:.2f} ms, p99 {cold.p99_ms:.2f} ms, "
+            f"{cold.serial_rps:.1f} runs/s",
+            f"vs cold       p50 x{p50 / cold.median_ms:.3f} of the cold median, "
+            f"throughput x{result.throughput_rps / cold.serial_rps:.2f} the serial cold rate",
+        ]
+    )

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from skillscale.core.errors import SkillScaleError
+from skillscale.core.errors import ConfigError, SkillScaleError
 from skillscale.tools.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     _curve_keys,
+    _dirs,
     _flag,
     _positive_int,
     _read_data,
     _seconds,
     add_curve_peer,
     add_proxy_endpoints,
+    add_skills_dir,
 )
 
 
@@ -47,6 +50,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         curve=_curve_keys(args),
     )
 
+    cold_skill = _cold_entrypoint(args) if args.compare_cold else None
     try:
         if args.mode == "http":
             result = run(lambda: run_http_bench(config, args.gateway, token=args.token or None))
@@ -56,9 +60,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"error [{exc.code.value}]: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
     print(format_report(result, config))
+    summary = json.loads(result.to_json())
+    if cold_skill is not None:
+        summary["cold_baseline"] = _compare_cold(args, result, cold_skill, data)
     if args.json_out:
-        Path(args.json_out).write_text(result.to_json() + "\n")
+        Path(args.json_out).write_text(json.dumps(summary, indent=2) + "\n")
     return EXIT_OK if result.failed == 0 else EXIT_FAIL
+
+
+def _cold_entrypoint(args: argparse.Namespace) -> Path:
+    """The entry point ``--compare-cold`` spawns; checked before the load starts."""
+    from skillscale.core.discovery import SkillDiscovery
+
+    if not args.skill:
+        raise ConfigError("--compare-cold needs --skill NAME (the skill to spawn cold)")
+    skill = SkillDiscovery(_dirs(args.skills_dir)).scan().skills.get(args.skill)
+    if skill is None or skill.entrypoint is None:
+        raise ConfigError(
+            f"--compare-cold: no skill {args.skill!r} with a script in the skills dirs here "
+            "(give --skills-dir; instruction-only skills start no process)"
+        )
+    return skill.entrypoint
+
+
+def _compare_cold(
+    args: argparse.Namespace, result: Any, entrypoint: Path, data: str | None
+) -> dict[str, object]:
+    """Spawn the same skill cold, serially, right after the load; print and return it."""
+    from skillscale.tools.bench import cold_baseline, format_cold
+
+    text = data if data is not None else (args.text or "")
+    runs = min(args.requests, args.cold_runs)
+    cold = cold_baseline(args.skill, entrypoint, text.encode(), runs, timeout=args.timeout)
+    print(format_cold(result, cold))
+    return cold.to_dict()
 
 
 def add_parser(sub: Any) -> None:
@@ -108,6 +143,19 @@ def add_parser(sub: Any) -> None:
     )
     p_bench.add_argument("--json-out", metavar="FILE", help="also write the summary as JSON")
     p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_bench.add_argument(
+        "--compare-cold",
+        action="store_true",
+        help="also spawn the --skill's script cold (python run.py / bash run.sh), serially, "
+        "in the same run, and print the fabric's figures as ratios of it",
+    )
+    p_bench.add_argument(
+        "--cold-runs",
+        type=_positive_int,
+        default=50,
+        help="cold spawns for --compare-cold (default %(default)s, at most --requests)",
+    )
+    add_skills_dir(p_bench)
     add_proxy_endpoints(p_bench)
     add_curve_peer(p_bench)
     p_bench.set_defaults(func=_cmd_bench)

@@ -41,6 +41,7 @@ def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         max_message_bytes=args.max_message_bytes,
         subscriber_hwm=args.subscriber_hwm,
+        hwm=args.hwm,
         stuck_timeout=args.stuck_timeout,
         curve=_proxy_curve(args),
         groups=GroupsConfig(
@@ -193,6 +194,15 @@ def add_parser(sub: Any) -> None:
         "SKILLSCALE_MAX_MESSAGE_BYTES",
         8 * 1024 * 1024,
         "largest request forwarded; larger ones are answered 'payload_too_large'",
+        type=_positive_int,
+    )
+    _flag(
+        p_proxy,
+        "--hwm",
+        "SKILLSCALE_HWM",
+        100_000,
+        "messages queued per publisher (XSUB) and per replica (router); a publisher "
+        "further ahead than that loses messages",
         type=_positive_int,
     )
     _flag(

@@ -67,6 +67,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         matcher=args.matcher,
         reload_interval=args.reload_interval,
         preload=[m for m in args.preload.split(",") if m] if args.preload else None,
+        waiting_children=int(args.waiting_children),
         resources=ResourceLimits(
             cpu_seconds=args.limit_cpu,
             memory_bytes=args.limit_memory * 1024 * 1024,
@@ -197,6 +198,14 @@ def add_parser(sub: Any) -> None:
         None,
         "comma-separated modules the fork server imports",
         shown="common standard library modules, skillscale.skillkit, httpx/openai if installed",
+    )
+    _flag(
+        p_server,
+        "--waiting-children",
+        "SKILLSCALE_WAITING_CHILDREN",
+        2,
+        "warm children forked ahead, each waiting for one run (0: fork per request)",
+        type=int,
     )
     for flag, env, default, unit in (
         ("--limit-cpu", "SKILLSCALE_LIMIT_CPU", 60, "CPU seconds"),

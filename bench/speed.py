@@ -1,0 +1,398 @@
+"""Issue 14's speed targets, each a ratio measured in one run, plus the breakdown.
+
+    python bench/speed.py [--rounds 3] [--requests 400] [--messages 200000]
+
+Runs on one machine, in one go:
+
+* a cold baseline: ``python run.py < input`` spawned serially (median time,
+  serial rate), alternated round by round with the fabric figures below so
+  that load on a shared machine hits both alike;
+* a fabric (``skillscale proxy`` + ``skillscale server``, defaults: warm
+  executor, default workers) serving a trivial Python skill (copies stdin to
+  stdout), an instruction-only skill, a ``run.sh`` skill (``cat``) on the
+  current path and the same ``run.sh`` with ``metadata.warm: false``, which is
+  exactly the path every ``run.sh`` took before this issue (the cold
+  trampoline, whose code is unchanged);
+* our proxy against libzmq's ``zmq.proxy`` (``bench/proxy_vs_zmq.py``, per-topic
+  metrics on), alternated;
+* the idle RSS of a warm server with 8 workers (server + fork server + its
+  waiting children; RSS counts shared pages once per process);
+* a breakdown of one trivial call in microseconds, from timestamps taken along
+  the path (``skillscale.core.stamps``, wall clock, all processes on this
+  machine).
+
+Prints the targets table (figure, target, measured, ratio, pass/fail, with the
+spread over rounds) and the breakdown table. ``--json FILE`` keeps the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from skillscale.core import stamps
+from skillscale.tools.bench import BenchConfig, BenchResult, run_bench
+from skillscale.tools.supervisor import Fabric, FabricConfig
+
+TOPIC = "TOPIC_SPEED"
+TRIVIAL = "import sys\nsys.stdout.write(sys.stdin.read())\n"
+
+
+def write_skills(root: Path) -> Path:
+    """The benchmark's skills, in one category (one server)."""
+    category = root / "speed"
+    skills: dict[str, tuple[str, str | None, str]] = {
+        "trivial": ("", "run.py", TRIVIAL),
+        "cat-sh": ("", "run.sh", "cat\n"),
+        "cat-sh-old": ("metadata:\n  warm: 'false'\n", "run.sh", "cat\n"),
+        "instructions": ("", None, ""),
+    }
+    for name, (meta, script, body) in skills.items():
+        folder = category / name
+        folder.mkdir(parents=True)
+        (folder / "SKILL.md").write_text(
+            f"---\nname: {name}\ndescription: Speed benchmark skill {name}.\n{meta}---\n"
+            f"Instructions of {name}: answer briefly.\n"
+        )
+        if script is not None:
+            (folder / "scripts").mkdir()
+            (folder / "scripts" / script).write_text(body)
+    return root
+
+
+def uptime() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# -- cold baseline -------------------------------------------------------------
+
+
+def cold_spawns(script: Path, count: int) -> list[float]:
+    """Milliseconds per serial ``python run.py`` (stdin piped, stdout read)."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(script)], input=b"x", capture_output=True, check=True)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+# -- fabric --------------------------------------------------------------------
+
+
+WAITING: list[str] = []
+"""Extra server flags (``--waiting-children N``) for every fabric of this run."""
+
+
+def fabric_config(skills: Path, workers: int | None = None) -> FabricConfig:
+    return FabricConfig(
+        skills_dirs=[skills], xsub_port=0, xpub_port=0, router_port=0, metrics_port=None,
+        workers=workers, extra_server_args=list(WAITING),
+    )  # fmt: skip
+
+
+async def load(info: dict[str, Any], skill: str, requests: int, concurrency: int) -> BenchResult:
+    bench = BenchConfig(
+        topic=TOPIC, intent=json.dumps({"skill": skill, "data": "x"}), requests=requests,
+        concurrency=concurrency, warmup=5, timeout=60, proxy_xsub=info["xsub"],
+        proxy_xpub=info["xpub"], progress=False,
+    )  # fmt: skip
+    result = await run_bench(bench)
+    if result.failed:
+        raise SystemExit(f"{skill}@{concurrency}: failures {result.failure_samples}")
+    return result
+
+
+@dataclass
+class Figures:
+    """One round's figures."""
+
+    cold_median_ms: float
+    cold_rate: float
+    fabric: dict[str, BenchResult]
+
+
+async def one_round(info: dict[str, Any], script: Path, requests: int) -> Figures:
+    cold = cold_spawns(script, max(30, requests // 8))
+    fabric = {}
+    for skill, concurrency, n in (
+        ("trivial", 1, requests),
+        ("trivial", 20, requests * 2),
+        ("instructions", 1, requests * 2),
+        ("instructions", 20, requests * 25),
+        ("cat-sh", 20, requests * 2),
+        ("cat-sh-old", 20, requests),
+    ):
+        fabric[f"{skill}@{concurrency}"] = await load(info, skill, n, concurrency)
+    return Figures(statistics.median(cold), 1000 / statistics.mean(cold), fabric)
+
+
+# -- breakdown -----------------------------------------------------------------
+
+PATH_STAGES = (
+    ("client encode and send", "client.call", "client.sent"),
+    ("bus: client -> proxy", "client.sent", "proxy.in"),
+    ("proxy group dispatch", "proxy.in", "proxy.dispatched"),
+    ("bus: proxy -> server", "proxy.dispatched", "server.recv"),
+    ("server receive and decode", "server.recv", "server.decoded"),
+    ("queue -> worker", "server.decoded", "server.worker"),
+    ("match", "server.worker", "server.matched"),
+    ("executor hand-off (spawn returns)", "exec.start", "exec.spawned"),
+    ("child ready (header, fds, env)", "exec.spawned", "child.ready"),
+    ("script run", "child.ready", "child.ran"),
+    ("exit and reap (fork server)", "child.ran", "fork.reaped"),
+    ("exit seen by executor", "child.ran", "exec.exited"),
+    ("pipes drained, run done", "exec.exited", "exec.done"),
+    ("result -> reply", "exec.done", "server.encode"),
+    ("reply encode and send", "server.encode", "server.replied"),
+    ("bus: server -> proxy", "server.replied", "proxy.reply"),
+    ("proxy publish", "proxy.reply", "proxy.published"),
+    ("bus: proxy -> client", "proxy.published", "client.recv"),
+    ("client wake-up (decode, future)", "client.recv", "client.woken"),
+)
+
+
+def parse_stamps(path: Path) -> dict[str, list[int]]:
+    by_stage: dict[str, list[int]] = defaultdict(list)
+    for line in path.read_text().splitlines():
+        stage, _pid, ns = line.split()
+        by_stage[stage].append(int(ns))
+    return by_stage
+
+
+def breakdown_rows(by_stage: dict[str, list[int]], calls: int) -> list[tuple[str, float, float]]:
+    """(stage, median µs, p90 µs) over the last ``calls`` calls (serial, one at a time)."""
+    rows = []
+
+    def last(stage: str) -> list[int]:
+        return by_stage.get(stage, [])[-calls:]
+
+    for label, start, end in PATH_STAGES:
+        a, b = last(start), last(end)
+        if len(a) != calls or len(b) != calls:
+            continue
+        deltas = sorted((y - x) / 1000 for x, y in zip(a, b, strict=True))
+        rows.append((label, statistics.median(deltas), deltas[int(len(deltas) * 0.9)]))
+    fork_a, fork_b = by_stage.get("fork.start", []), by_stage.get("fork.done", [])
+    if fork_a and len(fork_a) == len(fork_b):
+        forks = sorted((y - x) / 1000 for x, y in zip(fork_a, fork_b, strict=True))
+        # With waiting children the fork happened before the request came:
+        # compare the i-th fork with the i-th hand-off to tell.
+        # On the path when it falls inside a call's hand-off (exec.start to
+        # exec.spawned); a waiting child's fork happens before its call came.
+        windows = list(zip(last("exec.start"), last("exec.spawned"), strict=False))
+        on_path = sum(1 for f in fork_a[-calls:] if any(a <= f <= b for a, b in windows))
+        where = "on path" if on_path > calls // 2 else "off the request path"
+        rows.append((f"fork (fork server, {where})", statistics.median(forks),
+                     forks[int(len(forks) * 0.9)]))  # fmt: skip
+    a, b = last("client.call"), last("client.woken")
+    if len(a) == len(b) == calls:
+        total = sorted((y - x) / 1000 for x, y in zip(a, b, strict=True))
+        rows.append(("TOTAL (client call -> woken)", statistics.median(total),
+                     total[int(len(total) * 0.9)]))  # fmt: skip
+    return rows
+
+
+async def breakdown(skills: Path, calls: int) -> list[tuple[str, float, float]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stamps.log"
+        saved = os.environ.get(stamps.ENV)
+        stamps.enable(str(path))
+        try:
+            async with Fabric(fabric_config(skills)) as fabric:
+                info = fabric.endpoints()
+                path.write_text("")  # start-up stamps are not calls
+                bench = BenchConfig(
+                    topic=TOPIC, intent=json.dumps({"skill": "trivial", "data": "x"}),
+                    requests=calls, concurrency=1, warmup=10, timeout=60,
+                    proxy_xsub=info["xsub"], proxy_xpub=info["xpub"], progress=False,
+                )  # fmt: skip
+                await run_bench(bench)
+                await asyncio.sleep(0.2)  # the last reap is stamped after the reply
+        finally:
+            stamps.disable()
+            if saved is None:
+                os.environ.pop(stamps.ENV, None)
+        return breakdown_rows(parse_stamps(path), calls)
+
+
+def print_breakdown(rows: list[tuple[str, float, float]]) -> None:
+    print("\nbreakdown of one trivial call, 1 in flight (µs, wall clock across processes)")
+    print(f"  {'stage':40} {'median':>9} {'p90':>9}")
+    for label, median, p90 in rows:
+        print(f"  {label:40} {median:9.0f} {p90:9.0f}")
+
+
+# -- proxy and memory ----------------------------------------------------------
+
+
+def proxy_rounds(messages: int, rounds: int) -> list[tuple[dict[str, float], dict[str, float]]]:
+    import proxy_vs_zmq
+
+    return [
+        (proxy_vs_zmq.run("zmq", messages), proxy_vs_zmq.run("ours", messages))
+        for _ in range(rounds)
+    ]
+
+
+def tree_pids(pid: int) -> list[int]:
+    out, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        children = Path(f"/proc/{current}/task/{current}/children")
+        if children.exists():
+            stack += [int(c) for c in children.read_text().split()]
+    return out
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages split between the processes sharing them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def idle_rss(skills: Path) -> tuple[float, float, int]:
+    """(RSS summed over the server's process tree, PSS summed likewise, processes)."""
+    from warm_vs_cold import rss_mib
+
+    async with Fabric(fabric_config(skills, workers=8)) as fabric:
+        await asyncio.sleep(1.0)  # let the waiting children be forked
+        pids = tree_pids(fabric.endpoints()["servers"][0]["pid"])
+        return sum(map(rss_mib, pids)), sum(map(pss_mib, pids)), len(pids)
+
+
+# -- report --------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """``median [min-max]``."""
+    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid} [{low}-{high}]"
+
+
+Collected = tuple[
+    list[tuple[str, float, float]],
+    list[Figures],
+    list[tuple[dict[str, float], dict[str, float]]],
+    tuple[float, float, int],
+]
+
+
+async def collect(args: argparse.Namespace) -> Collected | None:
+    """Every measurement, in order; None with ``--only-breakdown``."""
+    print(f"load average at start: {uptime()} on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        skills = write_skills(Path(tmp))
+        script = skills / "speed" / "trivial" / "scripts" / "run.py"
+        rows = await breakdown(skills, args.breakdown_calls)
+        print_breakdown(rows)
+        if args.only_breakdown:
+            return None
+        rounds: list[Figures] = []
+        async with Fabric(fabric_config(skills)) as fabric:
+            info = fabric.endpoints()
+            for i in range(args.rounds):
+                print(f"round {i + 1}/{args.rounds}, load {uptime()}", flush=True)
+                rounds.append(await one_round(info, script, args.requests))
+        print(f"proxy vs zmq.proxy, load {uptime()}", flush=True)
+        proxies = proxy_rounds(args.messages, args.rounds)
+        rss = await idle_rss(skills)
+    print(f"load average at end: {uptime()}")
+    return rows, rounds, proxies, rss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--breakdown-calls", type=int, default=300)
+    parser.add_argument("--only-breakdown", action="store_true")
+    parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--waiting-children", type=int, help="server default if not given")
+    args = parser.parse_args()
+    if args.waiting_children is not None:
+        WAITING[:] = ["--waiting-children", str(args.waiting_children)]
+    collected = asyncio.run(collect(args))
+    if collected is None:
+        return 0
+    rows, rounds, proxies, (rss, pss, processes) = collected
+
+    def fab(key: str, what: str) -> list[float]:
+        out = []
+        for r in rounds:
+            res = r.fabric[key]
+            out.append(res.throughput_rps if what == "rps" else res.latency_ms[what])
+        return out
+
+    cold_med = [r.cold_median_ms for r in rounds]
+    cold_rate = [r.cold_rate for r in rounds]
+    t1_p50, t1_p99 = fab("trivial@1", "p50"), fab("trivial@1", "p99")
+    t20 = fab("trivial@20", "rps")
+    sh_new, sh_old = fab("cat-sh@20", "rps"), fab("cat-sh-old@20", "rps")
+    stream = [ours["stream_rate"] / zmq_["stream_rate"] for zmq_, ours in proxies]
+    lost = sum(ours["lost"] for _, ours in proxies)
+    ratios_t1 = [p / c for p, c in zip(t1_p50, cold_med, strict=True)]
+    ratios_t20 = [r / c for r, c in zip(t20, cold_rate, strict=True)]
+    ratios_sh = [n / o for n, o in zip(sh_new, sh_old, strict=True)]
+    ratios_p99 = [b / a for a, b in zip(t1_p50, t1_p99, strict=True)]
+    i1, i20 = fab("instructions@1", "p50"), fab("instructions@20", "rps")
+    table = [
+        ("trivial py, 1 in flight, p50", "<= 0.35 x cold median",
+         f"{spread(t1_p50, '{:.2f}')} ms vs cold {spread(cold_med, '{:.2f}')} ms",
+         statistics.median(ratios_t1), statistics.median(ratios_t1) <= 0.35),
+        ("trivial py, 1 in flight, p99/p50", "<= 3", f"p99 {spread(t1_p99, '{:.2f}')} ms",
+         statistics.median(ratios_p99), statistics.median(ratios_p99) <= 3),
+        ("trivial py, 20 in flight", ">= 5 x serial cold rate",
+         f"{spread(t20, '{:.0f}')} req/s vs cold {spread(cold_rate, '{:.0f}')}/s",
+         statistics.median(ratios_t20), statistics.median(ratios_t20) >= 5),
+        ("instruction-only, 1 in flight, p50", "<= 1 ms", f"{spread(i1, '{:.3f}')} ms",
+         statistics.median(i1), statistics.median(i1) <= 1.0),
+        ("instruction-only, 20 in flight", ">= 10000 req/s", f"{spread(i20, '{:.0f}')} req/s",
+         statistics.median(i20) / 10_000, statistics.median(i20) >= 10_000),
+        ("run.sh cat, 20 in flight", ">= 2 x old path",
+         f"{spread(sh_new, '{:.0f}')} vs old {spread(sh_old, '{:.0f}')} req/s",
+         statistics.median(ratios_sh), statistics.median(ratios_sh) >= 2),
+        ("proxy stream vs zmq.proxy", ">= 0.8 x, 0 lost",
+         f"ours {spread([o['stream_rate'] for _, o in proxies], '{:.0f}')} vs zmq "
+         f"{spread([z['stream_rate'] for z, _ in proxies], '{:.0f}')} msg/s, lost {lost:.0f}",
+         statistics.median(stream), statistics.median(stream) >= 0.8 and lost == 0),
+        ("idle server RSS, 8 workers", "< 150 MiB",
+         f"{rss:.0f} MiB RSS summed over {processes} processes (PSS {pss:.0f} MiB)",
+         rss / 150, rss < 150),
+    ]  # fmt: skip
+    print(f"\ntargets (median of {args.rounds} alternating rounds [min-max])")
+    print(f"  {'figure':36} {'target':24} {'ratio':>7}  {'pass':4}  measured")
+    for figure, target, measured, ratio, ok in table:
+        print(f"  {figure:36} {target:24} {ratio:7.3f}  {'PASS' if ok else 'FAIL':4}  {measured}")
+    print_breakdown(rows)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({
+            "load": uptime(), "breakdown": rows,
+            "targets": [dict(zip(("figure", "target", "measured", "ratio", "pass"), t, strict=True))
+                        for t in table],
+            "proxy_rounds": proxies,
+        }, indent=2) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
