@@ -38,6 +38,7 @@ import logging
 import math
 import secrets
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -159,6 +160,13 @@ class ReplicaGroups:
         # Gauges read these every tick: kept as counts, not recounted.
         self._inflight_by_topic: Counter[bytes] = Counter()
         self.redelivered = 0
+        self.settling = False
+        """Set for a moment after a proxy take-over: requests wait (unless
+        :attr:`prefer` names their replica) until every replica has said
+        what it holds, then :meth:`settle` dispatches them."""
+        self.prefer: Callable[[bytes], bytes | None] | None = None
+        """Set after a proxy take-over: the replica already holding a request
+        (payload -> identity), which gets it whatever its free slots."""
 
     # -- queries ---------------------------------------------------------------
 
@@ -197,7 +205,8 @@ class ReplicaGroups:
             return False
         job = Job(self._new_id(), topic, payload, now)
         if self.serves(topic):
-            member = self._pick(topic)
+            member = self._preferred(topic, payload) if self.prefer is not None else None
+            member = member or self._pick(topic)
             if member is not None:
                 self._dispatch(job, member)
                 self._reap(now)
@@ -394,7 +403,25 @@ class ReplicaGroups:
     def _new_id(self) -> bytes:
         return self._epoch + b"-" + str(next(self._ids)).encode()
 
+    def _preferred(self, topic: bytes, payload: bytes) -> Member | None:
+        """The replica that holds this retransmitted request, if live and serving it."""
+        assert self.prefer is not None
+        identity = self.prefer(payload)
+        member = self.members.get(identity) if identity is not None else None
+        if member is None or member.unreachable or identity not in self.by_topic.get(topic, ()):
+            return None
+        return member
+
+    def settle(self, now: float) -> None:
+        """End :attr:`settling`: dispatch what waited."""
+        self.settling = False
+        for topic in list(self.queues):
+            self._pump(topic, now)
+        self._reap(now)
+
     def _pick(self, topic: bytes) -> Member | None:
+        if self.settling:
+            return None
         best: Member | None = None
         for identity in self.by_topic.get(topic, ()):
             member = self.members[identity]
@@ -434,7 +461,8 @@ class ReplicaGroups:
     def _pump(self, topic: bytes, now: float) -> None:
         queue = self.queues.get(topic)
         while queue:
-            member = self._pick(topic)
+            member = self._preferred(topic, queue[0].payload) if self.prefer is not None else None
+            member = member or self._pick(topic)
             if member is None:
                 return
             job = queue.popleft()

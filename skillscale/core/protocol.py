@@ -146,6 +146,9 @@ class Trace(BaseModel):
     """Delivery number of this request (2+ means it was re-dispatched)."""
     redelivered_from: list[str] | None = None
     """Servers that were given this request earlier and were lost."""
+    deduplicated: bool | None = None
+    """True when this reply answers a retransmission of a request that had
+    already run (or was running): the server replied from its window."""
 
 
 class Reply(BaseModel):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
     """The proxy's settings from its flags (binds loopback unless ``--host`` says otherwise)."""
+    from skillscale.proxy.failover import FailoverConfig
     from skillscale.proxy.groups import GroupsConfig
     from skillscale.proxy.proxy import ProxyConfig
 
@@ -42,12 +43,31 @@ def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
         subscriber_hwm=args.subscriber_hwm,
         stuck_timeout=args.stuck_timeout,
         curve=_proxy_curve(args),
+        failover=_failover(args, host, FailoverConfig),
+        recovery_window=args.recovery_window,
         groups=GroupsConfig(
             heartbeat_timeout=args.heartbeat_timeout,
             no_server_wait=args.no_server_wait,
             max_queue=args.max_queue,
             max_attempts=args.max_attempts,
         ),
+    )
+
+
+def _failover(args: argparse.Namespace, host: str, make: Any) -> Any:
+    """The Binary Star half this proxy is, if ``--failover`` says so."""
+    if args.failover == "off":
+        return None
+    if not args.peer_connect:
+        raise ConfigError(
+            "--failover needs --peer-connect / SKILLSCALE_PEER_CONNECT: the endpoint where "
+            "the other proxy of the pair publishes its state (its --peer-bind)"
+        )
+    return make(
+        primary=args.failover == "primary",
+        peer_bind=args.peer_bind or f"tcp://{host}:5577",
+        peer_connect=args.peer_connect,
+        heartbeat=args.peer_heartbeat,
     )
 
 
@@ -70,6 +90,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                     "xpub": proxy.xpub_endpoint,
                     "router": proxy.router_endpoint,
                     "metrics": proxy.metrics_url,
+                    "peer": proxy.peer_endpoint,
+                    "failover": proxy.bstar.state.value if proxy.bstar else None,
                 }
             )
             status = await serve_until(stop, proxy)
@@ -251,5 +273,45 @@ def add_parser(sub: Any) -> None:
         "SKILLSCALE_CURVE_SERVER_TOPICS",
         None,
         "YAML file: server certificate name -> topic patterns it may serve",
+    )
+    _flag(
+        p_proxy,
+        "--failover",
+        "SKILLSCALE_FAILOVER",
+        "off",
+        "run as one half of a Binary Star pair (docs/failover.md): primary or backup",
+        choices=("off", "primary", "backup"),
+    )
+    _flag(
+        p_proxy,
+        "--peer-bind",
+        "SKILLSCALE_PEER_BIND",
+        None,
+        "where this proxy publishes its failover state to its peer",
+        shown="tcp://HOST:5577",
+    )
+    _flag(
+        p_proxy,
+        "--peer-connect",
+        "SKILLSCALE_PEER_CONNECT",
+        None,
+        "the peer proxy's --peer-bind, e.g. tcp://proxy-b:5577",
+    )
+    _flag(
+        p_proxy,
+        "--peer-heartbeat",
+        "SKILLSCALE_PEER_HEARTBEAT",
+        1.0,
+        "seconds between state messages to the peer; it is taken for dead after twice that",
+        type=_seconds,
+    )
+    _flag(
+        p_proxy,
+        "--recovery-window",
+        "SKILLSCALE_RECOVERY_WINDOW",
+        30.0,
+        "seconds after a start or take-over during which a caller gets at most one reply "
+        "per request id",
+        type=_seconds,
     )
     p_proxy.set_defaults(func=_cmd_proxy)

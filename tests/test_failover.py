@@ -1,0 +1,124 @@
+"""A failover pair of proxies under SIGKILL: nothing lost, nothing run twice.
+
+Real processes on free loopback ports: a primary and a backup proxy (Binary
+Star, ``proxy/failover.py``), two server replicas heartbeating to both, one
+SDK client given both. The active proxy is SIGKILLed in the middle of a run
+while requests wait in it and run at the servers. The skill appends its tag
+to a tally file when it *starts*, so every execution is counted. Prints one
+``FAILOVER`` line of figures (run with ``-s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from skillscale import Reply, SkillScaleClient, SkillScaleError
+from tests.helpers import FIXTURE_SKILLS, RoleProcess, free_port, start_proxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+SKILLS = FIXTURE_SKILLS / "failover"
+TOPIC = "TOPIC_FAILOVER"
+
+
+def start_pair() -> tuple[RoleProcess, RoleProcess]:
+    peer_a, peer_b = free_port(), free_port()
+    common = {"peer_heartbeat": 0.25, "heartbeat_timeout": 1.5}
+    primary = start_proxy(
+        failover="primary", peer_bind=f"tcp://127.0.0.1:{peer_a}",
+        peer_connect=f"tcp://127.0.0.1:{peer_b}", **common,
+    )  # fmt: skip
+    backup = start_proxy(
+        failover="backup", peer_bind=f"tcp://127.0.0.1:{peer_b}",
+        peer_connect=f"tcp://127.0.0.1:{peer_a}", **common,
+    )  # fmt: skip
+    return primary, backup
+
+
+def both(a: RoleProcess, b: RoleProcess, key: str) -> str:
+    return f"{a.ready[key]},{b.ready[key]}"
+
+
+def start_replica(a: RoleProcess, b: RoleProcess) -> RoleProcess:
+    return RoleProcess(
+        "server", "--skills-dir", str(SKILLS), "--topic", TOPIC, "--workers", "3",
+        "--proxy-xsub", both(a, b, "xsub"), "--proxy-xpub", both(a, b, "xpub"),
+        "--proxy-router", both(a, b, "router"),
+    )  # fmt: skip
+
+
+async def test_sigkill_of_the_active_proxy_loses_nothing_and_runs_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    primary, backup = start_pair()
+    assert primary.ready["failover"] == "primary" and backup.ready["failover"] == "backup"
+    servers = [start_replica(primary, backup) for _ in range(2)]
+    tally = tmp_path / "tally"
+    sent, callers, run_s = 90, 12, 0.3
+    replies: dict[str, Reply] = {}
+    errors: list[str] = []
+    durations: list[float] = []
+    answered_at: list[float] = []
+    next_tag = 0
+    try:
+        async with SkillScaleClient(
+            [primary.ready["xsub"], backup.ready["xsub"]],
+            [primary.ready["xpub"], backup.ready["xpub"]],
+            timeout=20, failover_timeout=1.5,
+        ) as client:  # fmt: skip
+
+            async def caller() -> None:
+                nonlocal next_tag
+                while next_tag < sent:
+                    tag = f"r{next_tag}"
+                    next_tag += 1
+                    data = f"{tally} {tag} {run_s}"
+                    started = time.monotonic()
+                    try:
+                        replies[tag] = await client.call(
+                            TOPIC, json.dumps({"skill": "tally-slow", "data": data})
+                        )
+                    except SkillScaleError as exc:
+                        errors.append(f"{tag}: {exc.code.value}")
+                    answered_at.append(time.monotonic())
+                    durations.append(answered_at[-1] - started)
+
+            tasks = [asyncio.ensure_future(caller()) for _ in range(callers)]
+            while len(replies) < 25:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=0.05)
+            in_flight = next_tag - len(replies) - len(errors)
+            primary.signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            primary.proc.wait(10)
+            await asyncio.gather(*tasks)
+    finally:
+        for server in servers:
+            server.close()
+        primary.kill()
+        backup.close()
+        primary.close()
+    executions = tally.read_text().split()
+    runs = Counter(executions)
+    twice = {tag: n for tag, n in runs.items() if n > 1}
+    ok = [tag for tag, reply in replies.items() if reply.ok and reply.content == tag]
+    deduplicated = sum(1 for r in replies.values() if r.trace and r.trace.deduplicated)
+    after = [t for t in answered_at if t > killed_at]
+    failover_s = round(min(after) - killed_at, 2) if after else None
+    print(
+        f"FAILOVER sigkill-active-proxy: sent={sent} replied={len(replies)} ok={len(ok)} "
+        f"executed={len(executions)} duplicates={len(executions) - len(runs)} "
+        f"lost={sent - len(replies)} errors={len(errors)} in_flight_at_kill={in_flight} "
+        f"deduplicated_replies={deduplicated} slowest_call_s={max(durations):.2f} "
+        f"failover_s={failover_s}"
+    )
+    assert not errors, errors
+    assert not twice, f"executed more than once: {twice}"
+    assert sorted(ok) == sorted(f"r{i}" for i in range(sent))
+    assert len(executions) == sent
+    assert in_flight > 0, "the kill should have caught requests in flight"
