@@ -240,6 +240,11 @@ class SkillServer(AsyncRole):
         self._proxy_ready: asyncio.Event = asyncio.Event()
 
     @property
+    def _dealer(self) -> DealerSocket | None:
+        """The first proxy link (the only one without a failover pair)."""
+        return self._dealers[0] if self._dealers else None
+
+    @property
     def in_flight(self) -> int:
         """Requests queued or running."""
         return self._in_flight
