@@ -370,3 +370,46 @@ async def test_in_its_recovery_window_the_proxy_sends_one_reply_per_id(tmp_path:
     replies, tally = await send_three_copies(tmp_path, recovery_window=30.0)
     assert tally.split() == ["once"]
     assert len(replies) == 1 and replies[0].ok
+
+
+# -- the Kubernetes pair -------------------------------------------------------------
+
+
+def test_the_kubernetes_pair_validates_and_names_real_settings() -> None:
+    import re
+    import subprocess
+    import sys
+
+    import kubernetes_validate
+    import yaml
+
+    from tests.helpers import ROOT
+
+    path = ROOT / "k8s" / "proxy-pair.yaml"
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    help_text = subprocess.run(
+        [sys.executable, "-m", "skillscale", "proxy", "--help"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    names = set(re.findall(r"SKILLSCALE_[A-Z_]+", path.read_text()))
+    flat = " ".join(help_text.split())
+    proxy_only = names - {
+        "SKILLSCALE_PROXY_XSUB",
+        "SKILLSCALE_PROXY_XPUB",
+        "SKILLSCALE_PROXY_ROUTER",
+    }
+    missing = [n for n in sorted(proxy_only) if f"env {n}" not in flat]
+    assert not missing, missing
+    roles = {
+        d["metadata"]["name"]: {
+            e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    assert roles["proxy-a"]["SKILLSCALE_FAILOVER"] == "primary"
+    assert roles["proxy-b"]["SKILLSCALE_FAILOVER"] == "backup"
+    assert roles["proxy-a"]["SKILLSCALE_PEER_CONNECT"] == "tcp://proxy-b:5577"
+    assert roles["proxy-b"]["SKILLSCALE_PEER_CONNECT"] == "tcp://proxy-a:5577"
