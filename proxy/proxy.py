@@ -85,6 +85,7 @@ from skillscale.core.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
     DOMAIN_SUBSCRIBERS,
+    CurveKeys,
     ProxyCurve,
     start_authenticator,
 )
@@ -249,6 +250,8 @@ class Proxy(AsyncRole):
         self._peer_pub: SocketPair | None = None
         self._peer_sub: SocketPair | None = None
         self.peer_endpoint: str | None = None
+        self.failover_changed = asyncio.Event()
+        """Set whenever this proxy's failover state changes (clear it to wait again)."""
 
     async def start(self) -> None:
         """Bind the sockets, start the metrics endpoint and the forwarding loop."""
@@ -378,6 +381,13 @@ class Proxy(AsyncRole):
         self._peer_pub = SocketPair(self._ctx, zmq.PUB)
         self._peer_sub = SocketPair(self._ctx, zmq.SUB)
         self._peer_sub.subscribe(STATE_VERSION)
+        if self.config.curve is not None:
+            # The pair shares one certificate (clients know one proxy key), so
+            # each dials the other with its own; that key must be in the
+            # servers' allow-list for the peer endpoint to admit it.
+            curve = self.config.curve
+            curve.apply(self._peer_pub.async_sock, DOMAIN_SERVERS)
+            CurveKeys(curve.secret_file, curve.secret_file).apply(self._peer_sub.async_sock)
         self._peer_pub.async_sock.bind(bind_endpoint(failover.peer_bind))
         self._peer_sub.async_sock.connect(failover.peer_connect)
         self.peer_endpoint = self._peer_pub.last_endpoint()
@@ -412,6 +422,7 @@ class Proxy(AsyncRole):
     def _role_changed(self, was_active: bool) -> None:
         assert self.bstar is not None
         log.warning("failover: this proxy is now %s", self.bstar.state.value)
+        self.failover_changed.set()
         if self.bstar.active and not was_active:
             now = time.monotonic()
             self.recovery.begin(now)

@@ -521,9 +521,14 @@ class SkillServer(AsyncRole):
         return any(not d.closed for d in self._dealers)
 
     async def _send_all(self, frames: list[bytes]) -> None:
-        """To every proxy (heartbeats, ``BYE``)."""
+        """To every proxy (the draining heartbeat, ``BYE``).
+
+        Only a single proxy is waited for: of a pair, one may be dead, and
+        a stop must not wait on it (the other sees us go silent anyway).
+        """
+        block = len(self._dealers) == 1
         for link in range(len(self._dealers)):
-            await self._send_group(frames, link=link)
+            await self._send_group(frames, block=block, link=link)
 
     async def _send_reply(self, job: Job, payload: bytes) -> None:
         """A group reply goes to the active proxy, waiting for one during a take-over."""

@@ -9,6 +9,7 @@ end to end over the in-memory bus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -413,3 +414,58 @@ def test_the_kubernetes_pair_validates_and_names_real_settings() -> None:
     assert roles["proxy-b"]["SKILLSCALE_FAILOVER"] == "backup"
     assert roles["proxy-a"]["SKILLSCALE_PEER_CONNECT"] == "tcp://proxy-b:5577"
     assert roles["proxy-b"]["SKILLSCALE_PEER_CONNECT"] == "tcp://proxy-a:5577"
+
+
+# -- a pair in one process, under CURVE ------------------------------------------------
+
+
+async def wait_state(proxy: object, state: State, timeout: float = 10.0) -> None:
+    from skillscale.proxy import Proxy
+
+    assert isinstance(proxy, Proxy) and proxy.bstar is not None
+    deadline = time.monotonic() + timeout
+    while proxy.bstar.state is not state:
+        proxy.failover_changed.clear()
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"still {proxy.bstar.state}"
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proxy.failover_changed.wait(), remaining)
+
+
+@pytest.mark.parametrize("admitted", [True, False])
+async def test_a_curve_pair_settles_only_with_its_key_admitted(
+    tmp_path: Path, admitted: bool
+) -> None:
+    import shutil
+
+    from skillscale.core.security import ProxyCurve, generate_keypair
+    from skillscale.proxy import Proxy, ProxyConfig
+    from skillscale.proxy.failover import FailoverConfig
+    from tests.helpers import free_port
+
+    public, secret = generate_keypair(tmp_path / "keys", "proxy")
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "servers").mkdir()
+    if admitted:
+        shutil.copy(public, tmp_path / "servers" / "proxy.key")
+    curve = ProxyCurve(secret, tmp_path / "clients", tmp_path / "servers")
+    ports = free_port(), free_port()
+
+    def config(primary: bool) -> ProxyConfig:
+        mine, theirs = ports if primary else ports[::-1]
+        return ProxyConfig(
+            xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+            router_bind="tcp://127.0.0.1:0", metrics_port=None, curve=curve,
+            failover=FailoverConfig(primary, f"tcp://127.0.0.1:{mine}",
+                                    f"tcp://127.0.0.1:{theirs}", heartbeat=0.1),
+        )  # fmt: skip
+
+    async with Proxy(config(True)) as primary, Proxy(config(False)) as backup:
+        if admitted:
+            await wait_state(primary, State.ACTIVE)
+            await wait_state(backup, State.PASSIVE)
+        else:
+            # Neither hears the other: the backup never serves, whatever the time.
+            with pytest.raises(AssertionError):
+                await wait_state(backup, State.PASSIVE, timeout=1.0)
+            assert backup.bstar is not None and not backup.bstar.on_vote(time.monotonic())
