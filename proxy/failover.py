@@ -185,6 +185,8 @@ class Recovery:
         self._replied: OrderedDict[str, None] = OrderedDict()
         self._holders: dict[str, bytes] = {}
         self._held_by: dict[bytes, list[str]] = {}
+        self._held_total = 0
+        """Keys in ``_held_by``, over all replicas (bounded by ``max_keys``)."""
         self.duplicates = 0
         self.steered = 0
 
@@ -194,6 +196,7 @@ class Recovery:
         self._replied.clear()
         self._holders = {key: ident for ident, keys in self._held_by.items() for key in keys}
         self._held_by.clear()
+        self._held_total = 0
         if self._holders:
             log.info("take-over: %d requests held by replicas", len(self._holders))
 
@@ -205,18 +208,20 @@ class Recovery:
             self._holders.clear()
         return self.until > 0.0
 
-    def note_holding(self, identity: bytes, keys: list[str]) -> None:
-        """A server's heartbeat while we are passive or settling: what it holds."""
-        if self.until:
+    def note_holding(self, identity: bytes, keys: list[str], *, serving: bool) -> None:
+        """A server's heartbeat while we are passive, or settling after a take-over
+        (``serving``): what it holds."""
+        if serving:
             for key in keys[: self.max_keys]:  # after begin(): straight to the holders
                 if len(self._holders) < self.max_keys:
                     self._holders[key] = identity
             return
-        if keys:
-            if identity in self._held_by or len(self._held_by) < self.max_keys:
-                self._held_by[identity] = keys[: self.max_keys]
-        else:
-            self._held_by.pop(identity, None)
+        old = self._held_by.pop(identity, None)
+        if old is not None:
+            self._held_total -= len(old)
+        if keys and self._held_total + len(keys) <= self.max_keys:
+            self._held_by[identity] = keys
+            self._held_total += len(keys)
 
     def first_reply(self, reply_to: bytes, payload: bytes, now: float) -> bool:
         """False if a reply for this caller's request id was already published."""

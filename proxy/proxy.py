@@ -740,7 +740,7 @@ class Proxy(AsyncRole):
                 if self._server_keys is not None and identity in groups.members:
                     self._replica_keys.setdefault(identity, self._sender_key(frames[1]))
                 if passive or self.groups.settling:
-                    self.recovery.note_holding(identity, state.holding)
+                    self.recovery.note_holding(identity, state.holding, serving=not passive)
                 if self.groups.settling:
                     self._unsettled.discard(identity)
                     if not self._unsettled:

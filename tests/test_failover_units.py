@@ -142,14 +142,15 @@ def test_recovery_reads_ids_past_the_head_and_tolerates_garbage() -> None:
 def test_recovery_names_the_holder_of_a_retransmitted_request() -> None:
     recovery = Recovery()
     request = Request(request_id="r7", reply_to="AGENT_REPLY_alice", intent="hi")
-    recovery.note_holding(b"server-1", [request_key("AGENT_REPLY_alice", "r7")])
+    recovery.begin(0.0)  # the window of the proxy's own start: it is passive, though
+    recovery.note_holding(b"server-1", [request_key("AGENT_REPLY_alice", "r7")], serving=False)
     assert recovery.holder(request.to_bytes()) is None  # passive: not yet used
-    recovery.begin(0.0)
+    recovery.begin(1.0)  # the take-over
     assert recovery.holder(request.to_bytes()) == b"server-1"
     other = Request(request_id="r7", reply_to="AGENT_REPLY_mallory", intent="hi")
     assert recovery.holder(other.to_bytes()) is None
     # After begin() (settling), heartbeats go straight to the holders.
-    recovery.note_holding(b"server-2", [request_key("AGENT_REPLY_bob", "r8")])
+    recovery.note_holding(b"server-2", [request_key("AGENT_REPLY_bob", "r8")], serving=True)
     bob = Request(request_id="r8", reply_to="AGENT_REPLY_bob", intent="hi")
     assert recovery.holder(bob.to_bytes()) == b"server-2"
 
@@ -469,3 +470,20 @@ async def test_a_curve_pair_settles_only_with_its_key_admitted(
             with pytest.raises(AssertionError):
                 await wait_state(backup, State.PASSIVE, timeout=1.0)
             assert backup.bstar is not None and not backup.bstar.on_vote(time.monotonic())
+
+
+def test_recovery_bounds_what_passive_heartbeats_may_make_it_hold() -> None:
+    recovery = Recovery(max_keys=3)
+    keys = [request_key("AGENT_REPLY_a", f"r{i}") for i in range(4)]
+    recovery.note_holding(b"a", keys[:2], serving=False)
+    recovery.note_holding(b"b", keys[2:], serving=False)  # over the bound: refused
+    recovery.note_holding(b"a", keys[:1], serving=False)  # replaces a's list
+    recovery.note_holding(b"c", keys[2:], serving=False)  # now it fits
+    recovery.begin(0.0)
+    owners = {
+        recovery.holder(
+            Request(request_id=f"r{i}", reply_to="AGENT_REPLY_a", intent="x").to_bytes()
+        )
+        for i in range(4)
+    }
+    assert owners == {b"a", b"c", None}
