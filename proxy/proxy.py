@@ -287,6 +287,7 @@ class Proxy(AsyncRole):
         # retransmissions meet here.
         self.recovery.begin(time.monotonic())
         if cfg.failover is not None:
+            self.metrics.serving.set(0)  # until the pair settles or a client votes
             self._start_peer(cfg.failover)
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
@@ -422,6 +423,7 @@ class Proxy(AsyncRole):
     def _role_changed(self, was_active: bool) -> None:
         assert self.bstar is not None
         log.warning("failover: this proxy is now %s", self.bstar.state.value)
+        self.metrics.serving.set(1 if self.bstar.active else 0)
         self.failover_changed.set()
         if self.bstar.active and not was_active:
             now = time.monotonic()

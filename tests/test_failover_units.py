@@ -465,6 +465,9 @@ async def test_a_curve_pair_settles_only_with_its_key_admitted(
         if admitted:
             await wait_state(primary, State.ACTIVE)
             await wait_state(backup, State.PASSIVE)
+            gauge = "skillscale_proxy_serving"
+            assert primary.metrics.registry.get_sample_value(gauge) == 1
+            assert backup.metrics.registry.get_sample_value(gauge) == 0
         else:
             # Neither hears the other: the backup never serves, whatever the time.
             with pytest.raises(AssertionError):
