@@ -96,11 +96,14 @@ class Member:
     last_used: int = 0
     unreachable: bool = False
     """A send to it failed: it gets no more work and is removed shortly."""
+    settled: bool = True
+    """False from its first heartbeat to its second when it joined while
+    :attr:`ReplicaGroups.admit_unsettled`: it has not said what it holds yet."""
 
     @property
     def free(self) -> int:
         """Slots the proxy may still fill."""
-        if self.state.draining or self.unreachable:
+        if self.state.draining or self.unreachable or not self.settled:
             return 0
         return self.state.slots - len(self.inflight)
 
@@ -160,6 +163,9 @@ class ReplicaGroups:
         # Gauges read these every tick: kept as counts, not recounted.
         self._inflight_by_topic: Counter[bytes] = Counter()
         self.redelivered = 0
+        self.admit_unsettled = False
+        """Set by a proxy in its recovery window: a replica joining now gets work
+        from its second heartbeat on (the first answer asks what it holds)."""
         self.settling = False
         """Set for a moment after a proxy take-over: requests wait (unless
         :attr:`prefer` names their replica) until every replica has said
@@ -239,13 +245,14 @@ class ReplicaGroups:
             if len(self.members) >= self.config.max_members:
                 log.warning("ignoring replica %r: %d members already", identity, len(self.members))
                 return
-            member = Member(identity, state, now)
+            member = Member(identity, state, now, settled=not self.admit_unsettled)
             self.members[identity] = member
             log.info("replica %s joined for %s", state.server_id, ", ".join(state.topics))
         else:
             for topic in set(member.state.topics) - set(state.topics):
                 self._leave_topic(topic.encode(), identity, now)
             member.last_seen = now
+            member.settled = True
         topics = []
         for name in state.topics:
             key = name.encode()

@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -250,6 +251,7 @@ class Proxy(AsyncRole):
         self._peer_pub: SocketPair | None = None
         self._peer_sub: SocketPair | None = None
         self.peer_endpoint: str | None = None
+        self._epoch = secrets.token_hex(4).encode()
         self.failover_changed = asyncio.Event()
         """Set whenever this proxy's failover state changes (clear it to wait again)."""
 
@@ -286,6 +288,7 @@ class Proxy(AsyncRole):
         # A restart is a take-over from oneself: old dispatches' replies and
         # retransmissions meet here.
         self.recovery.begin(time.monotonic())
+        self.groups.prefer = self.recovery.holder  # returns at once once the window ends
         if cfg.failover is not None:
             self.metrics.serving.set(0)  # until the pair settles or a client votes
             self._start_peer(cfg.failover)
@@ -442,10 +445,10 @@ class Proxy(AsyncRole):
         self.groups.settle(now)
 
     def _role_frames(self) -> list[bytes]:
-        """``HB``'s extra frame: which half of the pair we are (none for a lone proxy)."""
-        if self.bstar is None:
-            return []
-        return [ROLE_ACTIVE if self.bstar.active else ROLE_PASSIVE]
+        """``HB``'s extra frames: active or passive (a lone proxy is active), and
+        this start's epoch (a server seeing a new one tells us what it holds)."""
+        active = self.bstar is None or self.bstar.active
+        return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch]
 
     def _drain_passive(self) -> None:
         """Passive: forward nothing; a client request or probe is a vote to take over."""
@@ -738,10 +741,12 @@ class Proxy(AsyncRole):
         try:
             if command == HB and len(args) == 1:
                 state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
+                recovering = self.recovery.open(now)
+                groups.admit_unsettled = recovering and not passive
                 groups.on_heartbeat(identity, state, now)
                 if self._server_keys is not None and identity in groups.members:
                     self._replica_keys.setdefault(identity, self._sender_key(frames[1]))
-                if passive or self.groups.settling:
+                if passive or recovering:
                     self.recovery.note_holding(identity, state.holding, serving=not passive)
                 if self.groups.settling:
                     self._unsettled.discard(identity)

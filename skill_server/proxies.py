@@ -24,17 +24,22 @@ class ProxyLinks:
         self.timeout = timeout
         self.roles: list[bytes | None] = [None] * count
         self.seen: list[float] = [0.0] * count
+        self.epochs: list[bytes | None] = [None] * count
+        """Each proxy's start epoch, when it sends one: a new one is a new start."""
         self.changed = asyncio.Event()
         """Set when a link's role changes (replies waiting for an active proxy)."""
 
     def on_heartbeat(self, link: int, args: list[bytes], now: float) -> bool:
         """A heartbeat from proxy ``link`` (``args``: the frames after ``HB``).
 
-        True if that proxy has just taken over (became active): it wants to
-        hear at once what this server holds.
+        True if that proxy has just taken over (became active) or (re)started:
+        it wants to hear at once what this server holds.
         """
         role = ROLE_PASSIVE if args and args[0] == ROLE_PASSIVE else ROLE_ACTIVE
         self.seen[link] = now
+        restarted = len(args) > 1 and args[1] != self.epochs[link]
+        if restarted:
+            self.epochs[link] = args[1]
         if self.roles[link] != role:
             if role == ROLE_ACTIVE:
                 # One of a pair is active at a time: a proxy that becomes
@@ -45,8 +50,8 @@ class ProxyLinks:
             taken_over = role == ROLE_ACTIVE and self.roles[link] is not None
             self.roles[link] = role
             self.changed.set()
-            return taken_over
-        return False
+            return taken_over or restarted
+        return restarted
 
     def passive(self, link: int, now: float) -> bool:
         """True if ``link`` is a live passive proxy (it wants to hear what we hold)."""

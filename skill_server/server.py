@@ -468,8 +468,8 @@ class SkillServer(AsyncRole):
             command, args = frames[1], frames[2:]
             if command == HB:
                 if self._links.on_heartbeat(link, args, self._proxy_seen):
-                    # A take-over: tell the new active proxy what we hold, so
-                    # retransmissions of it come here (proxy/failover.py).
+                    # A take-over or a restart: tell that proxy what we hold,
+                    # so retransmissions go to us (proxy/failover.py).
                     held = self._state(self._window.holding(self._proxy_seen))
                     await self._send_group([VERSION, HB, held.to_bytes()], block=False, link=link)
                 self._proxy_ready.set()

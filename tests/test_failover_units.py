@@ -187,6 +187,12 @@ def test_groups_steer_to_the_holder_and_hold_work_while_settling() -> None:
     assert groups.queue_depth(b"T") == 1
     groups.settle(0.2)
     assert [i for i, _ in io.sent] == [b"b", b"a"]
+    # A replica joining in a recovery window gets work from its second heartbeat.
+    groups.admit_unsettled = True
+    groups.on_heartbeat(b"c", member_state("c", slots=5), 0.25)
+    assert groups.members[b"c"].free == 0
+    groups.on_heartbeat(b"c", member_state("c", slots=5), 0.26)
+    assert groups.members[b"c"].free == 5
     # A holder gets its request even with no free slot.
     assert groups.on_request(b"T", b"held", 0.3, plain_subscriber=False)
     assert io.sent[-1][0] == b"b"
@@ -273,6 +279,9 @@ def test_links_send_replies_to_the_active_proxy_and_wait_in_a_take_over() -> Non
     assert links.on_heartbeat(1, [ROLE_ACTIVE], 1.0)  # a take-over
     assert links.target(0, 1.1) == 1  # the old active is no longer trusted
     assert links.target(1, 10.0) is None  # silent too long
+    assert links.on_heartbeat(1, [ROLE_ACTIVE, b"epoch-1"], 1.2)  # first epoch heard
+    assert not links.on_heartbeat(1, [ROLE_ACTIVE, b"epoch-1"], 1.3)
+    assert links.on_heartbeat(1, [ROLE_ACTIVE, b"epoch-2"], 1.4)  # it restarted
     single = ProxyLinks(1)
     assert single.target(0, 99.0) == 0
     lone = ProxyLinks(2)
