@@ -288,7 +288,7 @@ class Proxy(AsyncRole):
         # A restart is a take-over from oneself: old dispatches' replies and
         # retransmissions meet here.
         self.recovery.begin(time.monotonic())
-        self.groups.prefer = self.recovery.holder  # returns at once once the window ends
+        self.groups.prefer = self.recovery.holder  # until the window ends (see HB handling)
         if cfg.failover is not None:
             self.metrics.serving.set(0)  # until the pair settles or a client votes
             self._start_peer(cfg.failover)
@@ -743,6 +743,8 @@ class Proxy(AsyncRole):
                 state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
                 recovering = self.recovery.open(now)
                 groups.admit_unsettled = recovering and not passive
+                if not recovering and groups.prefer is not None:
+                    groups.prefer = None  # the window is over: dispatch pays nothing
                 groups.on_heartbeat(identity, state, now)
                 if self._server_keys is not None and identity in groups.members:
                     self._replica_keys.setdefault(identity, self._sender_key(frames[1]))
