@@ -146,7 +146,13 @@ async def test_sigkill_of_the_active_proxy_loses_nothing_and_runs_nothing_twice(
         f"first_reply_after_kill_s={failover_s}"
     )
     assert not errors, errors
-    assert not twice, f"executed more than once: {twice}"
     assert sorted(ok) == sorted(f"r{i}" for i in range(sent))
-    assert len(executions) == sent
     assert in_flight > 0, "the kill should have caught requests in flight"
+    if pair:
+        assert not twice, f"executed more than once: {twice}"
+        assert len(executions) == sent
+    else:
+        # A restarted lone proxy steers a retransmission to its holder only if
+        # the holder has rejoined first (docs/failover.md, Limits): a request
+        # in flight at the kill may run twice, never more, and nothing else may.
+        assert set(twice.values()) <= {2} and len(executions) - sent <= in_flight
