@@ -141,6 +141,7 @@ class BinaryStar:
 
 _REQUEST_ID = re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9_.:@\-]{1,128})"')
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"(AGENT_REPLY_[A-Za-z0-9_.:/\-]{1,244})"')
+_RETRANSMIT = re.compile(rb'"retransmit"\s*:\s*true')
 _HEAD = 4096
 
 
@@ -238,6 +239,13 @@ class Recovery:
         if len(self._replied) > self.max_keys:
             self._replied.popitem(last=False)
         return True
+
+    def waits(self, payload: bytes) -> bool:
+        """True for a retransmission whose holder has not said so (yet): it waits
+        a moment after a proxy start for the holder to rejoin (see the proxy)."""
+        if _RETRANSMIT.search(payload, max(0, len(payload) - 64)) is None:
+            return False
+        return self.holder(payload) is None
 
     def holder(self, payload: bytes) -> bytes | None:
         """The replica holding this (retransmitted) request, if one said so."""

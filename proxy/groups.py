@@ -170,6 +170,9 @@ class ReplicaGroups:
         """Set for a moment after a proxy take-over: requests wait (unless
         :attr:`prefer` names their replica) until every replica has said
         what it holds, then :meth:`settle` dispatches them."""
+        self.defer: Callable[[bytes], bool] | None = None
+        """Set for a moment after a proxy start: True for a request that must
+        wait for its replica to rejoin (a retransmission nobody holds yet)."""
         self.prefer: Callable[[bytes], bytes | None] | None = None
         """Set after a proxy take-over: the replica already holding a request
         (payload -> identity), which gets it whatever its free slots."""
@@ -212,7 +215,8 @@ class ReplicaGroups:
         job = Job(self._new_id(), topic, payload, now)
         if self.serves(topic):
             member = self._preferred(topic, payload) if self.prefer is not None else None
-            member = member or self._pick(topic)
+            if member is None and not (self.defer is not None and self.defer(payload)):
+                member = self._pick(topic)
             if member is not None:
                 self._dispatch(job, member)
                 self._reap(now)
@@ -422,6 +426,10 @@ class ReplicaGroups:
     def settle(self, now: float) -> None:
         """End :attr:`settling`: dispatch what waited."""
         self.settling = False
+        self.pump_all(now)
+
+    def pump_all(self, now: float) -> None:
+        """Dispatch what waits on every topic, as far as slots allow."""
         for topic in list(self.queues):
             self._pump(topic, now)
         self._reap(now)
@@ -468,8 +476,10 @@ class ReplicaGroups:
     def _pump(self, topic: bytes, now: float) -> None:
         queue = self.queues.get(topic)
         while queue:
-            member = self._preferred(topic, queue[0].payload) if self.prefer is not None else None
-            member = member or self._pick(topic)
+            head = queue[0].payload
+            member = self._preferred(topic, head) if self.prefer is not None else None
+            if member is None and not (self.defer is not None and self.defer(head)):
+                member = self._pick(topic)
             if member is None:
                 return
             job = queue.popleft()

@@ -248,6 +248,7 @@ class Proxy(AsyncRole):
         self._unsettled: set[bytes] = set()
         """After a take-over: replicas that have not said what they hold yet."""
         self._settle_by = 0.0
+        self._defer_until = 0.0
         self._peer_pub: SocketPair | None = None
         self._peer_sub: SocketPair | None = None
         self.peer_endpoint: str | None = None
@@ -289,6 +290,10 @@ class Proxy(AsyncRole):
         # retransmissions meet here.
         self.recovery.begin(time.monotonic())
         self.groups.prefer = self.recovery.holder  # until the window ends (see HB handling)
+        # A restart lost the replica table: a retransmission nobody holds yet
+        # waits up to two heartbeats for its replica to rejoin and say so.
+        self.groups.defer = self.recovery.waits
+        self._defer_until = time.monotonic() + 2 * HEARTBEAT_INTERVAL
         if cfg.failover is not None:
             self.metrics.serving.set(0)  # until the pair settles or a client votes
             self._start_peer(cfg.failover)
@@ -741,6 +746,9 @@ class Proxy(AsyncRole):
         try:
             if command == HB and len(args) == 1:
                 state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
+                if groups.defer is not None and now >= self._defer_until:
+                    groups.defer = None
+                    groups.settle(now)  # what waited goes anywhere now
                 recovering = self.recovery.open(now)
                 groups.admit_unsettled = recovering and not passive
                 if not recovering and groups.prefer is not None:
@@ -750,6 +758,8 @@ class Proxy(AsyncRole):
                     self._replica_keys.setdefault(identity, self._sender_key(frames[1]))
                 if passive or recovering:
                     self.recovery.note_holding(identity, state.holding, serving=not passive)
+                    if groups.defer is not None and state.holding and not passive:
+                        groups.pump_all(now)  # retransmissions waiting for this holder
                 if self.groups.settling:
                     self._unsettled.discard(identity)
                     if not self._unsettled:

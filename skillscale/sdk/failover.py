@@ -24,6 +24,17 @@ from skillscale.core.errors import ConfigError
 from skillscale.core.transport import split_endpoints
 
 MiB = 1024 * 1024
+RETRANSMIT_MARK = b',"retransmit":true}'
+"""Appended to a retransmitted request (an optional field old peers ignore):
+a proxy that just restarted holds such a request a moment for the replica
+that has it (``proxy/failover.py``)."""
+
+
+def mark_retransmission(payload: bytes) -> bytes:
+    """The request JSON with ``"retransmit": true`` (our own serialisation: one object)."""
+    if payload.endswith(RETRANSMIT_MARK) or not payload.endswith(b"}"):
+        return payload
+    return payload[:-1] + RETRANSMIT_MARK
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,6 @@ class Retransmissions:
         for kept in self._kept.values():
             if kept.generation < generation and kept.deadline > wall:
                 kept.generation = generation
-                out.append((kept.topic, kept.payload))
+                out.append((kept.topic, mark_retransmission(kept.payload)))
         self.retransmitted += len(out)
         return out
