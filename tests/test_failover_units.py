@@ -499,3 +499,27 @@ def test_recovery_bounds_what_passive_heartbeats_may_make_it_hold() -> None:
         for i in range(4)
     }
     assert owners == {b"a", b"c", None}
+
+
+def test_a_marked_retransmission_waits_for_its_holder_after_a_start() -> None:
+    from skillscale.sdk.failover import mark_retransmission
+
+    request = Request(request_id="r1", reply_to="AGENT_REPLY_a", intent="hi").to_bytes()
+    marked = mark_retransmission(request)
+    assert Request.from_bytes(marked).model_extra == {"retransmit": True}
+    assert mark_retransmission(marked) == marked
+    recovery = Recovery()
+    recovery.begin(0.0)
+    assert not recovery.waits(request)  # a first send never waits
+    assert recovery.waits(marked)  # nobody claimed it yet
+    recovery.note_holding(b"s", [request_key("AGENT_REPLY_a", "r1")], serving=True)
+    assert not recovery.waits(marked)
+    io = FakeIO()
+    groups = ReplicaGroups(io)
+    groups.on_heartbeat(b"a", member_state("a"), 0.0)
+    groups.defer = lambda payload: payload == b"wait"
+    groups.on_request(b"T", b"wait", 0.1, plain_subscriber=False)
+    assert io.sent == [] and groups.queue_depth(b"T") == 1
+    groups.defer = None
+    groups.pump_all(0.2)
+    assert [i for i, _ in io.sent] == [b"a"]
