@@ -41,6 +41,7 @@ import logging
 import math
 import secrets
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,11 +101,14 @@ class Member:
     last_used: int = 0
     unreachable: bool = False
     """A send to it failed: it gets no more work and is removed shortly."""
+    settled: bool = True
+    """False from its first heartbeat to its second when it joined while
+    :attr:`ReplicaGroups.admit_unsettled`: it has not said what it holds yet."""
 
     @property
     def free(self) -> int:
         """Slots the proxy may still fill."""
-        if self.state.draining or self.unreachable:
+        if self.state.draining or self.unreachable or not self.settled:
             return 0
         return self.state.slots - len(self.inflight)
 
@@ -164,6 +168,19 @@ class ReplicaGroups:
         # Gauges read these every tick: kept as counts, not recounted.
         self._inflight_by_topic: Counter[bytes] = Counter()
         self.redelivered = 0
+        self.admit_unsettled = False
+        """Set by a proxy in its recovery window: a replica joining now gets work
+        from its second heartbeat on (the first answer asks what it holds)."""
+        self.settling = False
+        """Set for a moment after a proxy take-over: requests wait (unless
+        :attr:`prefer` names their replica) until every replica has said
+        what it holds, then :meth:`settle` dispatches them."""
+        self.defer: Callable[[bytes], bool] | None = None
+        """Set for a moment after a proxy start: True for a request that must
+        wait for its replica to rejoin (a retransmission nobody holds yet)."""
+        self.prefer: Callable[[bytes], bytes | None] | None = None
+        """Set after a proxy take-over: the replica already holding a request
+        (payload -> identity), which gets it whatever its free slots."""
 
     # -- queries ---------------------------------------------------------------
 
@@ -211,7 +228,9 @@ class ReplicaGroups:
             return False
         job = Job(self._new_id(), topic, payload, now)
         if self.serves(topic):
-            member = self._pick(topic)
+            member = self._preferred(topic, payload) if self.prefer is not None else None
+            if member is None and not (self.defer is not None and self.defer(payload)):
+                member = self._pick(topic)
             if member is not None:
                 self._dispatch(job, member)
                 self._reap(now)
@@ -244,13 +263,14 @@ class ReplicaGroups:
             if len(self.members) >= self.config.max_members:
                 log.warning("ignoring replica %r: %d members already", identity, len(self.members))
                 return
-            member = Member(identity, state, now)
+            member = Member(identity, state, now, settled=not self.admit_unsettled)
             self.members[identity] = member
             log.info("replica %s joined for %s", state.server_id, ", ".join(state.topics))
         else:
             for topic in set(member.state.topics) - set(state.topics):
                 self._leave_topic(topic.encode(), identity, now)
             member.last_seen = now
+            member.settled = True
         topics = []
         for name in state.topics:
             key = name.encode()
@@ -408,7 +428,29 @@ class ReplicaGroups:
     def _new_id(self) -> bytes:
         return self._epoch + b"-" + str(next(self._ids)).encode()
 
+    def _preferred(self, topic: bytes, payload: bytes) -> Member | None:
+        """The replica that holds this retransmitted request, if live and serving it."""
+        assert self.prefer is not None
+        identity = self.prefer(payload)
+        member = self.members.get(identity) if identity is not None else None
+        if member is None or member.unreachable or identity not in self.by_topic.get(topic, ()):
+            return None
+        return member
+
+    def settle(self, now: float) -> None:
+        """End :attr:`settling`: dispatch what waited."""
+        self.settling = False
+        self.pump_all(now)
+
+    def pump_all(self, now: float) -> None:
+        """Dispatch what waits on every topic, as far as slots allow."""
+        for topic in list(self.queues):
+            self._pump(topic, now)
+        self._reap(now)
+
     def _pick(self, topic: bytes) -> Member | None:
+        if self.settling:
+            return None
         best: Member | None = None
         for identity in self.by_topic.get(topic, ()):
             member = self.members[identity]
@@ -448,7 +490,10 @@ class ReplicaGroups:
     def _pump(self, topic: bytes, now: float) -> None:
         queue = self.queues.get(topic)
         while queue:
-            member = self._pick(topic)
+            head = queue[0].payload
+            member = self._preferred(topic, head) if self.prefer is not None else None
+            if member is None and not (self.defer is not None and self.defer(head)):
+                member = self._pick(topic)
             if member is None:
                 return
             job = queue.popleft()

@@ -112,6 +112,13 @@ class ProxyMetrics:
             "Replies dropped because an earlier attempt of the request already answered.",
             registry=self.registry,
         )
+        self.serving = Gauge(
+            "skillscale_proxy_serving",
+            "1 while this proxy serves clients; 0 while it is the passive half of a "
+            "failover pair (docs/failover.md).",
+            registry=self.registry,
+        )
+        self.serving.set(1)
         self._known: set[str] = set()
         self._lock = threading.Lock()
         self._http: HealthServer | None = None

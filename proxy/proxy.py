@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,12 +72,23 @@ from skillscale.core.protocol import (
     is_reply_topic,
     salvage_address,
 )
-from skillscale.core.replica_protocol import BYE, HB, REPLY, RETURN, VERSION, ServerState
+from skillscale.core.replica_protocol import (
+    BYE,
+    HB,
+    HEARTBEAT_INTERVAL,
+    REPLY,
+    RETURN,
+    ROLE_ACTIVE,
+    ROLE_PASSIVE,
+    VERSION,
+    ServerState,
+)
 from skillscale.core.runtime import AsyncRole, safe
 from skillscale.core.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
     DOMAIN_SUBSCRIBERS,
+    CurveKeys,
     ProxyCurve,
     start_authenticator,
 )
@@ -87,6 +99,7 @@ from skillscale.core.transport import (
     ZmqProxySockets,
     bind_endpoint,
 )
+from skillscale.proxy.failover import STATE_VERSION, BinaryStar, FailoverConfig, Recovery
 from skillscale.proxy.groups import GroupsConfig, Job, ReplicaGroups
 from skillscale.proxy.metrics import DOWNSTREAM, UPSTREAM, ProxyMetrics
 from skillscale.proxy.subscriptions import Subscriptions
@@ -97,6 +110,7 @@ _REPLY_PREFIX = REPLY_TOPIC_PREFIX.encode()
 _TRACE_TOPIC = TRACE_TOPIC.encode()
 _NOT_REQUESTS = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode(), b"_SKILLSCALE_")
 _GROUP = b"_SKILLSCALE_GROUP"
+_PROBE_PREFIX = PROBE_TOPIC_PREFIX.encode()
 MiB = 1024 * 1024
 DEFAULT_HOST = "127.0.0.1"
 
@@ -146,6 +160,11 @@ class ProxyConfig:
     """Seconds between refreshes of the per-topic gauges."""
     curve: ProxyCurve | None = None
     """CURVE encryption and allow-lists; None leaves the bus open (loopback use)."""
+    failover: FailoverConfig | None = None
+    """One half of a Binary Star pair (``proxy/failover.py``); None: a lone proxy."""
+    recovery_window: float = 30.0
+    """Seconds after a start or take-over during which a caller is sent at most
+    one reply per request id (retransmissions meet replies to the old dispatch)."""
 
 
 def _raw(frame: Any) -> bytes:
@@ -171,6 +190,9 @@ class _IO:
         return True
 
     def publish(self, frames: list[bytes]) -> None:
+        if not self.proxy.recovery.first_reply(frames[0], frames[1], time.monotonic()):
+            self.proxy.metrics.drop(frames[0], "duplicate_reply")
+            return
         self.proxy._publish(frames)
 
     def reply_error(self, job: Job, code: ErrorCode, message: str) -> None:
@@ -231,6 +253,20 @@ class Proxy(AsyncRole):
         self.metrics_url: str | None = None
         self.health_url: str | None = None
         """The readiness URL (on the metrics port)."""
+        failover = self.config.failover
+        self.bstar = BinaryStar(failover.primary, failover.heartbeat) if failover else None
+        """The failover state machine; None for a lone proxy (always active)."""
+        self.recovery = Recovery(self.config.recovery_window)
+        self._unsettled: set[bytes] = set()
+        """After a take-over: replicas that have not said what they hold yet."""
+        self._settle_by = 0.0
+        self._defer_until = 0.0
+        self._peer_pub: SocketPair | None = None
+        self._peer_sub: SocketPair | None = None
+        self.peer_endpoint: str | None = None
+        self._epoch = secrets.token_hex(4).encode()
+        self.failover_changed = asyncio.Event()
+        """Set whenever this proxy's failover state changes (clear it to wait again)."""
 
     async def start(self) -> None:
         """Bind the sockets, start the metrics endpoint and the forwarding loop."""
@@ -264,6 +300,17 @@ class Proxy(AsyncRole):
             self.supervise(asyncio.create_task(self._forward(sockets), name="proxy-forward"))
         ]
         self._bound = True
+        # A restart is a take-over from oneself: old dispatches' replies and
+        # retransmissions meet here.
+        self.recovery.begin(time.monotonic())
+        self.groups.prefer = self.recovery.holder  # until the window ends (see HB handling)
+        # A restart lost the replica table: a retransmission nobody holds yet
+        # waits up to two heartbeats for its replica to rejoin and say so.
+        self.groups.defer = self.recovery.waits
+        self._defer_until = time.monotonic() + 2 * HEARTBEAT_INTERVAL
+        if cfg.failover is not None:
+            self.metrics.serving.set(0)  # until the pair settles or a client votes
+            self._start_peer(cfg.failover)
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
             self.xsub_endpoint,
@@ -354,6 +401,106 @@ class Proxy(AsyncRole):
     def _close_sockets(self) -> None:
         if self._sockets is not None:
             self._sockets.close()
+        for pair in (self._peer_pub, self._peer_sub):
+            if pair is not None:
+                pair.close()
+
+    # -- failover pair (proxy/failover.py) ---------------------------------------
+
+    def _start_peer(self, failover: FailoverConfig) -> None:
+        """The state PUB/SUB pair with the peer proxy, and its task."""
+        if self._ctx is None:
+            raise ConfigError("a failover pair needs ZeroMQ (the in-memory bus has one proxy)")
+        self._peer_pub = SocketPair(self._ctx, zmq.PUB)
+        self._peer_sub = SocketPair(self._ctx, zmq.SUB)
+        self._peer_sub.subscribe(STATE_VERSION)
+        if self.config.curve is not None:
+            # The pair shares one certificate (clients know one proxy key), so
+            # each dials the other with its own; that key must be in the
+            # servers' allow-list for the peer endpoint to admit it.
+            curve = self.config.curve
+            curve.apply(self._peer_pub.async_sock, DOMAIN_SERVERS)
+            CurveKeys(curve.secret_file, curve.secret_file).apply(self._peer_sub.async_sock)
+        self._peer_pub.async_sock.bind(bind_endpoint(failover.peer_bind))
+        self._peer_sub.async_sock.connect(failover.peer_connect)
+        self.peer_endpoint = self._peer_pub.last_endpoint()
+        self._tasks.append(
+            self.supervise(asyncio.create_task(self._peer_loop(failover), name="proxy-peer"))
+        )
+
+    async def _peer_loop(self, failover: FailoverConfig) -> None:
+        """Tell the peer our state every heartbeat; follow its state.
+
+        Its own sockets, its own task: it shares no socket with the
+        forwarding loop, so it cannot swallow that loop's edges.
+        """
+        assert self._peer_pub is not None and self._peer_sub is not None and self.bstar
+        bstar, sub = self.bstar, self._peer_sub
+        while True:
+            self._peer_pub.send([STATE_VERSION, bstar.wire_state()])
+            deadline = time.monotonic() + failover.heartbeat
+            while (left := deadline - time.monotonic()) > 0:
+                if not await sub.wait_readable(left):
+                    break
+                for frames in sub.drain(64):
+                    was_active = bstar.active
+                    if len(frames) == 2 and bstar.on_peer(bytes(frames[1]), time.monotonic()):
+                        self._role_changed(was_active)
+            now = time.monotonic()
+            if self.groups.settling and now >= self._settle_by:
+                self._settle(now)
+            if not self.recovery.open(now):
+                self.groups.prefer = None
+
+    def _role_changed(self, was_active: bool) -> None:
+        assert self.bstar is not None
+        log.warning("failover: this proxy is now %s", self.bstar.state.value)
+        self.metrics.serving.set(1 if self.bstar.active else 0)
+        self.failover_changed.set()
+        if self.bstar.active and not was_active:
+            now = time.monotonic()
+            self.recovery.begin(now)
+            self.groups.prefer = self.recovery.holder
+            # Requests wait until every replica said what it holds (it answers
+            # this heartbeat at once), so none runs twice on another replica.
+            self._unsettled = set(self.groups.members)
+            self._settle_by = now + 2 * HEARTBEAT_INTERVAL
+            self.groups.settling = bool(self._unsettled)
+        # Servers learn at once where replies go now.
+        self._heartbeat_all()
+
+    def _settle(self, now: float) -> None:
+        self._unsettled.clear()
+        self.groups.settle(now)
+
+    def _role_frames(self) -> list[bytes]:
+        """``HB``'s extra frames: active or passive (a lone proxy is active), and
+        this start's epoch (a server seeing a new one tells us what it holds)."""
+        active = self.bstar is None or self.bstar.active
+        return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch]
+
+    def _drain_passive(self) -> None:
+        """Passive: forward nothing; a client request or probe is a vote to take over."""
+        assert self._xsub is not None and self.bstar is not None
+        batch = self._xsub.drain(self.config.batch, copy=False)
+        for index, frames in enumerate(batch):
+            topic = frames[0].bytes
+            voter = self._is_request(topic) or topic.startswith(_PROBE_PREFIX)
+            if voter and self.bstar.on_vote(time.monotonic()):
+                self._role_changed(False)
+                self._forward_rest(batch[index:])
+                return
+            self.metrics.drop(topic[:MAX_TOPIC_BYTES], "passive")
+
+    def _forward_rest(self, batch: list[list[zmq.Frame]]) -> None:
+        """The rest of a batch, once a vote made us active."""
+        now = time.monotonic()
+        for frames in batch:
+            topic = frames[0].bytes
+            try:
+                self._forward_one(topic, frames, now)
+            except Exception:
+                self._failed(topic, "a published message")
 
     @property
     def subscriptions(self) -> frozenset[bytes]:
@@ -463,6 +610,9 @@ class Proxy(AsyncRole):
 
     def _forward_messages(self) -> None:
         assert self._xsub is not None
+        if self.bstar is not None and not self.bstar.active:
+            self._drain_passive()
+            return
         metrics = self.metrics
         counts: Counter[bytes] = Counter()
         sizes: Counter[bytes] = Counter()
@@ -620,13 +770,34 @@ class Proxy(AsyncRole):
         if self._server_keys is not None and not self._key_matches(identity, frames[1], command):
             self.metrics.drop(_GROUP, "impersonation")
             return
+        passive = self.bstar is not None and not self.bstar.active
+        if passive and command not in (HB, BYE):
+            # Replies and hand-backs belong to the active proxy (servers send
+            # them there); one queued for us before a restart is not ours.
+            self.metrics.drop(_GROUP, "passive")
+            return
         try:
             if command == HB and len(args) == 1:
                 state = self._allowed_state(frames[1], ServerState.from_bytes(args[0]))
+                if groups.defer is not None and now >= self._defer_until:
+                    groups.defer = None
+                    groups.settle(now)  # what waited goes anywhere now
+                recovering = self.recovery.open(now)
+                groups.admit_unsettled = recovering and not passive
+                if not recovering and groups.prefer is not None:
+                    groups.prefer = None  # the window is over: dispatch pays nothing
                 groups.on_heartbeat(identity, state, now)
                 if self._server_keys is not None and identity in groups.members:
                     self._replica_keys.setdefault(identity, self._sender_key(frames[1]))
-                self._io_send(identity, [VERSION, HB])
+                if passive or recovering:
+                    self.recovery.note_holding(identity, state.holding, serving=not passive)
+                    if groups.defer is not None and state.holding and not passive:
+                        groups.pump_all(now)  # retransmissions waiting for this holder
+                if self.groups.settling:
+                    self._unsettled.discard(identity)
+                    if not self._unsettled:
+                        self._settle(now)
+                self._io_send(identity, [VERSION, HB, *self._role_frames()])
             elif command == REPLY and len(args) == 3:
                 reply_to = args[1]
                 if reply_to and not is_reply_topic(reply_to):
@@ -682,8 +853,9 @@ class Proxy(AsyncRole):
             self._router.send([identity, *frames])
 
     def _heartbeat_all(self) -> None:
+        frames = [VERSION, HB, *self._role_frames()]
         for identity in list(self.groups.members):
-            self._io_send(identity, [VERSION, HB])
+            self._io_send(identity, frames)
 
     def _publish(self, frames: list[bytes]) -> None:
         """Publish a reply; hold it a while if its caller is not subscribed (yet)."""

@@ -82,9 +82,12 @@ from skillscale.core.transport import (
     proxy_xpub_endpoint,
     proxy_xsub_endpoint,
     pump,
+    split_endpoints,
 )
+from skillscale.skill_server.dedupe import DedupeConfig, DedupeWindow, mark_deduplicated
 from skillscale.skill_server.executor import ResourceLimits, SubprocessExecutor
 from skillscale.skill_server.handler import HandlerConfig, Rejection, RequestHandler
+from skillscale.skill_server.proxies import ProxyLinks
 from skillscale.skill_server.registry import SkillRegistry
 from skillscale.skill_server.warm import WAITING_CHILDREN, ForkServerUnavailable, WarmExecutor
 
@@ -150,6 +153,8 @@ class ServerConfig:
     health_port: int | None = None
     """HTTP port for ``/healthz`` and ``/readyz`` (0 = any free); None: no endpoint."""
     health_host: str = "127.0.0.1"
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    """The window of recent requests that makes a retransmission run once."""
 
 
 @dataclass
@@ -163,6 +168,13 @@ class Job:
     attempt: int = 1
     history: list[str] = field(default_factory=list)
     topic: str = ""
+    origin: int = 0
+    """Which proxy link (of a failover pair) dispatched it."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The dedupe key: the caller and its id."""
+        return (self.request.reply_to, self.request.request_id)
 
 
 class SkillServer(AsyncRole):
@@ -226,8 +238,10 @@ class SkillServer(AsyncRole):
         self._bus: Transport | None = None
         self._sub: BusSocket | None = None
         self._pub: BusSocket | None = None
-        self._dealer: DealerSocket | None = None
         self._changes: BusSocket | None = None
+        self._dealers: list[DealerSocket] = []
+        self._links = ProxyLinks(1)
+        self._window: DedupeWindow[Job] = DedupeWindow(config.dedupe)
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
         self._proxy_seen = 0.0
@@ -237,6 +251,11 @@ class SkillServer(AsyncRole):
         self._health_http: HealthServer | None = None
         self.health_url: str | None = None
         """The readiness URL once the health endpoint listens."""
+
+    @property
+    def _dealer(self) -> DealerSocket | None:
+        """The first proxy link (the only one without a failover pair)."""
+        return self._dealers[0] if self._dealers else None
 
     @property
     def in_flight(self) -> int:
@@ -322,16 +341,24 @@ class SkillServer(AsyncRole):
     async def _start_group(self) -> None:
         cfg = self.config
         assert self._bus is not None
-        self._dealer = self._bus.dealer(cfg.proxy_router, cfg.server_id.encode(), hwm=cfg.hwm,
-                                        linger_ms=1000, curve=cfg.curve)  # fmt: skip
+        # One DEALER per proxy (a failover pair gives two): heartbeats go to
+        # every one, replies to the active one (see skill_server/proxies.py).
+        routers = split_endpoints(cfg.proxy_router)
+        self._links = ProxyLinks(len(routers))
+        for endpoint in routers:
+            self._dealers.append(self._bus.dealer(endpoint, cfg.server_id.encode(), hwm=cfg.hwm,
+                                                  linger_ms=1000, curve=cfg.curve))  # fmt: skip
         if cfg.trace_events:
             self._pub = self._bus.publisher(cfg.proxy_xsub, hwm=cfg.hwm, linger_ms=1000,
                                             curve=cfg.curve)  # fmt: skip
         # Workers and the heartbeat task send on the DEALER while the receiver
         # awaits it (see ZmqDealer for why that is safe with ZeroMQ).
-        self._tasks.append(
-            self.supervise(asyncio.create_task(self._receive_group(), name="receiver"))
-        )
+        for link in range(len(self._dealers)):
+            self._tasks.append(
+                self.supervise(
+                    asyncio.create_task(self._receive_group(link), name=f"receiver-{link}")
+                )
+            )
         self._tasks.append(
             self.supervise(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         )
@@ -373,8 +400,8 @@ class SkillServer(AsyncRole):
         self._role_stopping = True
         self._accepting = False
         self._serving = False
-        if self._dealer is not None and not self._dealer.closed:
-            await self._send_group([VERSION, HB, self._state().to_bytes()])
+        if self._dealers_open():
+            await self._send_all([VERSION, HB, self._state().to_bytes()])
             while not self._queue.empty():
                 job = self._queue.get_nowait()
                 self._finish(job)
@@ -395,8 +422,8 @@ class SkillServer(AsyncRole):
             job = self._queue.get_nowait()
             self._finish(job)
             await self._answer_unfinished(job, "the server stopped before running it")
-        if self._dealer is not None and not self._dealer.closed:
-            await self._send_group([VERSION, BYE])
+        if self._dealers_open():
+            await self._send_all([VERSION, BYE])
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -404,8 +431,8 @@ class SkillServer(AsyncRole):
         for pair in (self._sub, self._pub, self._changes):
             if pair is not None:
                 pair.close()
-        if self._dealer is not None:
-            self._dealer.close()
+        for dealer in self._dealers:
+            dealer.close()
         await self.executor.close()
         if self.llm is not None:
             await self.llm.close()
@@ -437,7 +464,7 @@ class SkillServer(AsyncRole):
         self._accepting = False
         self.health.set_crashed(self.crash_reason or "a task died")
 
-    def _state(self) -> ServerState:
+    def _state(self, holding: list[str] | None = None) -> ServerState:
         names = self.registry.names
         return ServerState(
             server_id=self.config.server_id,
@@ -448,6 +475,7 @@ class SkillServer(AsyncRole):
             digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
             draining=not self._accepting,
             skills=names[:MAX_SKILLS_PER_SERVER],
+            holding=holding or [],
         )
 
     async def _watch_skills(self) -> None:
@@ -465,16 +493,28 @@ class SkillServer(AsyncRole):
     async def _heartbeats(self) -> None:
         warned = False
         while True:
-            await self._send_group([VERSION, HB, self._state().to_bytes()], block=False)
+            await self._send_heartbeats()
             await asyncio.sleep(self.config.heartbeat_interval)  # the heartbeat period itself
             silent = time.monotonic() - self._proxy_seen
             if self._proxy_ready.is_set() and silent > HEARTBEAT_TIMEOUT and not warned:
                 log.warning("proxy silent for %.1f s; reconnecting in the background", silent)
             warned = silent > HEARTBEAT_TIMEOUT
 
-    async def _receive_group(self) -> None:
-        assert self._dealer is not None
-        dealer = self._dealer
+    async def _send_heartbeats(self) -> None:
+        """One heartbeat to each proxy; a passive one also hears what we hold."""
+        now = time.monotonic()
+        plain = self._state().to_bytes()
+        held: bytes | None = None
+        for link in range(len(self._dealers)):
+            if self._links.passive(link, now):
+                if held is None:
+                    held = self._state(self._window.holding(now)).to_bytes()
+                await self._send_group([VERSION, HB, held], block=False, link=link)
+            else:
+                await self._send_group([VERSION, HB, plain], block=False, link=link)
+
+    async def _receive_group(self, link: int = 0) -> None:
+        dealer = self._dealers[link]
         while True:
             frames = await dealer.recv_multipart()
             self._proxy_seen = time.monotonic()
@@ -483,21 +523,26 @@ class SkillServer(AsyncRole):
                 continue
             command, args = frames[1], frames[2:]
             if command == HB:
+                if self._links.on_heartbeat(link, args, self._proxy_seen):
+                    # A take-over or a restart: tell that proxy what we hold,
+                    # so retransmissions go to us (proxy/failover.py).
+                    held = self._state(self._window.holding(self._proxy_seen))
+                    await self._send_group([VERSION, HB, held.to_bytes()], block=False, link=link)
                 self._proxy_ready.set()
             elif command == REQ and len(args) >= 4:
                 if stamps.ON:
                     stamps.stamp("server.recv")
                 try:
-                    await self._on_group_request(args)
+                    await self._on_group_request(args, link)
                 except Exception:
                     # One bad dispatch must not end intake: hand it back (the
                     # proxy gives up after its max attempts, with an answer).
                     log.exception("failed to take dispatch %s; handing it back", safe(args[0]))
-                    await self._send_group([VERSION, RETURN, args[0]])
+                    await self._send_group([VERSION, RETURN, args[0]], link=link)
             else:
                 log.warning("ignoring unknown proxy command %s", safe(command))
 
-    async def _on_group_request(self, args: list[bytes]) -> None:
+    async def _on_group_request(self, args: list[bytes], link: int = 0) -> None:
         dispatch_id, topic, payload, attempt_raw = args[:4]
         history = (
             [h for h in args[4].decode(errors="replace").split(",") if h] if len(args) > 4 else []
@@ -506,7 +551,7 @@ class SkillServer(AsyncRole):
         if isinstance(decoded, Rejection):
             reply_to = decoded.reply_to or ""
             await self._send_group([VERSION, REPLY, dispatch_id, reply_to.encode(),
-                                    decoded.reply.to_bytes()])  # fmt: skip
+                                    decoded.reply.to_bytes()], link=link)  # fmt: skip
             return
         job = Job(
             decoded,
@@ -515,18 +560,54 @@ class SkillServer(AsyncRole):
             int(attempt_raw or b"1"),
             history,
             topic.decode(errors="replace"),
+            origin=link,
         )
+        duplicate = self._window.lookup(job.key, job, job.received_at)
+        if duplicate is True:
+            return  # answered with the running original
+        if duplicate:
+            await self._send_reply(job, duplicate)
+            return
         if not self._accepting or self._in_flight >= self._capacity:
             await self._hand_back(job)
             return
+        self._window.start(job.key, job.received_at)
         self._in_flight += 1
         self._queue.put_nowait(job)
         if stamps.ON:
             stamps.stamp("server.decoded")
 
-    async def _send_group(self, frames: list[bytes], *, block: bool = True) -> bool:
-        """Send on the DEALER through the asyncio API; False if it could not go."""
-        dealer = self._dealer
+    def _dealers_open(self) -> bool:
+        return any(not d.closed for d in self._dealers)
+
+    async def _send_all(self, frames: list[bytes]) -> None:
+        """To every proxy (the draining heartbeat, ``BYE``).
+
+        Only a single proxy is waited for: of a pair, one may be dead, and
+        a stop must not wait on it (the other sees us go silent anyway).
+        """
+        block = len(self._dealers) == 1
+        for link in range(len(self._dealers)):
+            await self._send_group(frames, block=block, link=link)
+
+    async def _send_reply(self, job: Job, payload: bytes) -> None:
+        """A group reply goes to the active proxy, waiting for one during a take-over."""
+        assert job.dispatch_id is not None
+        frames = [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), payload]
+        deadline = time.monotonic() + REPLY_SEND_TIMEOUT
+        while (link := self._links.target(job.origin, time.monotonic())) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error("no active proxy for %.0f s; reply to %s dropped",
+                          REPLY_SEND_TIMEOUT, safe(job.request.request_id))  # fmt: skip
+                return
+            await self._links.wait_change(min(remaining, 1.0))
+        await self._send_group(frames, link=link)
+
+    async def _send_group(self, frames: list[bytes], *, block: bool = True,
+                          link: int = 0) -> bool:  # fmt: skip
+        """Send on a DEALER through the asyncio API; False if it could not go."""
+        dealer = self._dealers[link] if link < len(self._dealers) else None
         if dealer is None or dealer.closed:
             return False
         sent = await dealer.send(frames, timeout=REPLY_SEND_TIMEOUT if block else None)
@@ -537,7 +618,10 @@ class SkillServer(AsyncRole):
 
     async def _hand_back(self, job: Job) -> None:
         assert job.dispatch_id is not None
-        await self._send_group([VERSION, RETURN, job.dispatch_id])
+        # Whatever waited for it goes back too: it was never answered here.
+        for waiting in [job, *self._window.abandon(job.key)]:
+            assert waiting.dispatch_id is not None
+            await self._send_group([VERSION, RETURN, waiting.dispatch_id], link=waiting.origin)
 
     # -- intake: pubsub ----------------------------------------------------------
 
@@ -565,6 +649,12 @@ class SkillServer(AsyncRole):
                 self._publish(decoded.reply_to, decoded.reply)
             return
         job = Job(decoded, time.monotonic(), topic=topic.decode(errors="replace"))
+        duplicate = self._window.lookup(job.key, job, job.received_at)
+        if duplicate is True:
+            return  # answered with the running original
+        if duplicate:
+            self._publish_raw(job.request.reply_to, duplicate)
+            return
         if not self._accepting:
             self._publish_error(job, ErrorCode.OVERLOADED, "the server is stopping; retry")
         elif self._in_flight >= self._capacity:
@@ -575,6 +665,7 @@ class SkillServer(AsyncRole):
                 f"{self.config.queue_size} more requests; retry later",
             )
         else:
+            self._window.start(job.key, job.received_at)
             self._in_flight += 1
             self._queue.put_nowait(job)
 
@@ -591,6 +682,8 @@ class SkillServer(AsyncRole):
         request = job.request
         reply = Reply.failure(request.request_id, code, message, server_id=self.config.server_id)
         self._publish(request.reply_to, reply)
+        for _ in self._window.abandon(job.key):  # duplicates waiting for it
+            self._publish(request.reply_to, reply)
 
     # -- the pipeline ------------------------------------------------------------
 
@@ -661,14 +754,16 @@ class SkillServer(AsyncRole):
                 f"the reply is {len(payload)} bytes as JSON, over the bus limit of "
                 f"{MAX_REPLY_BYTES} bytes", server_id=self.config.server_id,
             ).to_bytes()  # fmt: skip
-        if job.dispatch_id is None:
-            self._publish_raw(job.request.reply_to, payload)
-            return
-        # A reply that cannot reach the proxy is logged by _send_group; the
-        # proxy re-dispatches the job when this replica goes silent.
-        await self._send_group(
-            [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), payload]
-        )
+        waiting = self._window.finish(job.key, payload, time.monotonic())
+        marked = mark_deduplicated(payload) if waiting else b""
+        for each, answer in [(job, payload), *((w, marked) for w in waiting)]:
+            if each.dispatch_id is None:
+                self._publish_raw(each.request.reply_to, answer)
+            else:
+                # A reply that cannot reach the proxy is logged by _send_group;
+                # the proxy re-dispatches the job when this replica goes silent,
+                # and a retransmission is answered from the window.
+                await self._send_reply(each, answer)
         if stamps.ON:
             stamps.stamp("server.replied")
 

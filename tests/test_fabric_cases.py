@@ -255,8 +255,8 @@ async def test_first_reply_wins(fabric: Fabric, monkeypatch: pytest.MonkeyPatch)
     # gives the job to replica-b, and replica-a answers late.
     send_group = slow._send_group
 
-    async def no_heartbeats(frames: list[bytes], *, block: bool = True) -> bool:
-        return True if frames[1] == HB else await send_group(frames, block=block)
+    async def no_heartbeats(frames: list[bytes], *, block: bool = True, link: int = 0) -> bool:
+        return True if frames[1] == HB else await send_group(frames, block=block, link=link)
 
     monkeypatch.setattr(slow, "_send_group", no_heartbeats)
     await fabric.start_server(TESTING, T, "replica-b", workers=1)

@@ -152,6 +152,9 @@ class Trace(BaseModel):
     """True when this caller was routed to the skill's canary (candidate) version."""
     input_shape: str | None = None
     """The input's shape without its values, for clustering failures."""
+    deduplicated: bool | None = None
+    """True when this reply answers a retransmission of a request that had
+    already run (or was running): the server replied from its window."""
 
 
 class Reply(BaseModel):

@@ -18,8 +18,15 @@ server→     (none)                     ``BYE``: leaving now
 proxy→      ``id, topic, payload,``    ``REQ``: run this request (``attempt`` counts
             ``attempt, history``       deliveries, from 1; ``history`` lists, comma-
                                        separated, the servers that lost it before)
-proxy→      (none)                     ``HB``: the proxy is alive
+proxy→      (none) or ``role``         ``HB``: the proxy is alive; a proxy of a
+                                       failover pair adds ``active`` or ``passive``
 ==========  =========================  ===========================================
+
+A server connected to a failover pair heartbeats to both proxies and sends
+replies to the one that says ``active``. To the passive one its heartbeat
+also lists ``holding``: hashes (:func:`request_key`) of the requests it is
+running or answered lately, so that after a take-over a retransmitted
+request goes to the replica that already has it (see ``proxy/failover.py``).
 
 Because every heartbeat carries the whole announcement, a restarted proxy
 learns its servers back from their next heartbeat, with no handshake.
@@ -41,6 +48,9 @@ REQ = b"REQ"
 REPLY = b"REPLY"
 RETURN = b"RETURN"
 BYE = b"BYE"
+ROLE_ACTIVE = b"active"
+ROLE_PASSIVE = b"passive"
+"""The optional frame after a proxy's ``HB``: which half of a failover pair it is."""
 
 DEFAULT_PROXY_ROUTER = "tcp://127.0.0.1:5566"
 HEARTBEAT_INTERVAL = 1.0
@@ -54,6 +64,9 @@ MAX_STATE_BYTES = 256 * 1024
 MAX_TOPICS_PER_SERVER = 64
 MAX_SKILLS_PER_SERVER = 4096
 MAX_SLOTS = 4096
+MAX_HOLDING = 4096
+"""Request keys one heartbeat may list as held (running or answered lately)."""
+REQUEST_KEY_PATTERN = r"^[0-9a-f]{16}$"
 
 
 class ServerState(BaseModel):
@@ -81,6 +94,11 @@ class ServerState(BaseModel):
     skills: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=list, max_length=MAX_SKILLS_PER_SERVER
     )
+    holding: list[Annotated[str, Field(pattern=REQUEST_KEY_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_HOLDING
+    )
+    """:func:`request_key` of requests running here or answered lately (sent
+    to a passive proxy only, so that it can route retransmissions here)."""
 
     def to_bytes(self) -> bytes:
         """The JSON frame."""
@@ -108,3 +126,12 @@ def skills_digest(skills: Iterable[tuple[str, str | None]]) -> str:
     """A short stable hash of ``(name, version)`` pairs."""
     text = "\n".join(f"{name}@{version or ''}" for name, version in sorted(skills))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def request_key(reply_to: str, request_id: str) -> str:
+    """A short hash naming one caller's request: ``reply_to`` + ``request_id``.
+
+    Scoped by the caller, so one caller's id never matches another's.
+    """
+    digest = hashlib.blake2b(f"{reply_to}\0{request_id}".encode(), digest_size=8)
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ and keeps the event loop responsive by bounding the batch size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -46,6 +47,19 @@ def proxy_xsub_endpoint() -> str:
 def proxy_xpub_endpoint() -> str:
     """``SKILLSCALE_PROXY_XPUB`` or the default."""
     return env_str("SKILLSCALE_PROXY_XPUB", DEFAULT_PROXY_XPUB)
+
+
+def split_endpoints(value: str | Iterable[str]) -> list[str]:
+    """``"tcp://a:5444,tcp://b:5444"`` (or a list) -> the endpoints, in order.
+
+    Every endpoint setting accepts a comma-separated list: the proxies of a
+    failover pair (``docs/failover.md``). One endpoint is a list of one.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    endpoints = [item.strip() for item in items if item.strip()]
+    if not endpoints:
+        raise ValueError(f"no endpoint in {value!r}")
+    return endpoints
 
 
 def bind_endpoint(endpoint: str) -> str:
@@ -126,6 +140,17 @@ class SocketPair:
     def closed(self) -> bool:
         """True once closed."""
         return bool(self.async_sock.closed)
+
+    def move(self, old: str, new: str) -> None:
+        """Connect to ``new`` instead of ``old`` (a client failing over).
+
+        Subscriptions stay with the socket and are sent on the new connection.
+        """
+        if old == new:
+            return
+        with contextlib.suppress(zmq.ZMQError):  # never connected, or already gone
+            self.async_sock.disconnect(old)
+        self.async_sock.connect(new)
 
     def last_endpoint(self) -> str:
         """The endpoint of the last bind or connect, with a real port for ``*``."""
@@ -348,7 +373,8 @@ class ZmqTransport:
         pair.set(zmq.SNDHWM, hwm)
         if curve is not None:
             curve.apply(pair.async_sock)
-        pair.async_sock.connect(endpoint)
+        for each in split_endpoints(endpoint):  # a failover pair: both (the passive drops)
+            pair.async_sock.connect(each)
         return pair
 
     def subscriber(self, endpoint: str, topics: Iterable[bytes], *, hwm: int,
@@ -363,7 +389,8 @@ class ZmqTransport:
             pair.subscribe(topic)
         if curve is not None:
             curve.apply(pair.async_sock)
-        pair.async_sock.connect(endpoint)
+        for each in split_endpoints(endpoint):
+            pair.async_sock.connect(each)
         return pair
 
     def dealer(self, endpoint: str, identity: bytes, *, hwm: int, linger_ms: int = 0,

@@ -66,6 +66,7 @@ from skillscale.core.transport import (
     proxy_xsub_endpoint,
     pump,
 )
+from skillscale.sdk.failover import EndpointRing, Retransmissions
 from skillscale.sdk.router import Route, TopicRouter
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,21 @@ class SkillScaleClient(AsyncRole):
     connects over ZeroMQ; any :class:`~skillscale.core.transport.Transport`
     (e.g. an in-memory :class:`~skillscale.core.memory_bus.MemoryBus`) is
     used as given and left open by :meth:`close`.
+
+    ``proxy_xsub`` / ``proxy_xpub`` may each list several proxies (a list, or
+    comma-separated, in the same order: a failover pair, see
+    ``docs/failover.md``): the client uses one at a time and moves to the
+    next when the connection drops or a probe stays unanswered for
+    ``failover_timeout`` seconds. After any reconnect or failover it sends
+    unanswered requests again (same ``request_id``, until their deadline);
+    at most ``max_retransmit`` requests and ``max_retransmit_bytes`` are
+    kept for that (``retransmit=False`` keeps none).
     """
 
     def __init__(
         self,
-        proxy_xsub: str | None = None,
-        proxy_xpub: str | None = None,
+        proxy_xsub: str | Sequence[str] | None = None,
+        proxy_xpub: str | Sequence[str] | None = None,
         *,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
@@ -100,10 +110,20 @@ class SkillScaleClient(AsyncRole):
         catalog: Catalog | None = None,
         llm: LLMSettings | None = None,
         transport: Transport | None = None,
+        retransmit: bool = True,
+        max_retransmit: int = 10_000,
+        max_retransmit_bytes: int = 64 * 1024 * 1024,
+        failover_timeout: float = 3.0,
     ) -> None:
         self._given_transport = transport
-        self.proxy_xsub = proxy_xsub or proxy_xsub_endpoint()
-        self.proxy_xpub = proxy_xpub or proxy_xpub_endpoint()
+        self._ring = EndpointRing(proxy_xsub or proxy_xsub_endpoint(),
+                                  proxy_xpub or proxy_xpub_endpoint())  # fmt: skip
+        self.proxy_xsub = self._ring.current.xsub
+        self.proxy_xpub = self._ring.current.xpub
+        self._retx = Retransmissions(max_retransmit if retransmit else 0, max_retransmit_bytes)
+        self._generation = 0
+        """Counts connections: a request sent on an earlier one is retransmitted."""
+        self.failover_timeout = failover_timeout
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.reply_topic = new_reply_topic()
@@ -157,13 +177,7 @@ class SkillScaleClient(AsyncRole):
             await self._teardown()
             raise
         try:
-            await await_roundtrip(
-                self._pub,
-                self._sub,
-                self._probe,
-                timeout=self.connect_timeout,
-                what=f"proxy at {self.proxy_xsub} / {self.proxy_xpub}",
-            )
+            await self._first_roundtrip()
         except TimeoutError as exc:
             await self._teardown()
             raise UnavailableError(
@@ -182,6 +196,38 @@ class SkillScaleClient(AsyncRole):
                 zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
             )
             self._watcher = asyncio.create_task(self._watch_proxy(), name="skillscale-client-watch")
+
+    async def _first_roundtrip(self) -> None:
+        """Prove a path through the first proxy that answers (of a pair, the active one)."""
+        assert self._pub is not None and self._sub is not None
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            per_try = remaining if len(self._ring) == 1 else min(self.failover_timeout, remaining)
+            try:
+                await await_roundtrip(
+                    self._pub,
+                    self._sub,
+                    self._probe,
+                    timeout=max(per_try, 0.001),
+                    what=f"proxy at {self.proxy_xsub} / {self.proxy_xpub}",
+                )
+                return
+            except TimeoutError:
+                if len(self._ring) == 1 or time.monotonic() >= deadline:
+                    raise
+                self._fail_over()
+
+    def _fail_over(self) -> None:
+        """Move both sockets to the next proxy of the ring."""
+        if not isinstance(self._pub, SocketPair) or not isinstance(self._sub, SocketPair):
+            raise UnavailableError("failover between proxies needs the ZeroMQ transport")
+        old = self._ring.current
+        new = self._ring.advance()
+        self._pub.move(old.xsub, new.xsub)
+        self._sub.move(old.xpub, new.xpub)
+        self.proxy_xsub, self.proxy_xpub = new.xsub, new.xpub
+        log.warning("trying the proxy at %s / %s", new.xsub, new.xpub)
 
     async def close(self) -> None:
         """Fail waiting calls, close sockets and the context."""
@@ -250,7 +296,10 @@ class SkillScaleClient(AsyncRole):
                 # publish it into a dropped connection.
                 remaining = wait - (time.monotonic() - start)
                 await asyncio.wait_for(self._path_up.wait(), timeout=max(remaining, 0.001))
-            self._pub.send([topic.encode(), request.to_bytes()])
+            topic_b, payload = topic.encode(), request.to_bytes()
+            self._pub.send([topic_b, payload])
+            self._retx.keep(request.request_id, topic_b, payload, request.deadline or 0.0,
+                            self._generation)  # fmt: skip
             if stamps.ON:
                 stamps.stamp("client.sent")
             remaining = wait - (time.monotonic() - start)
@@ -264,6 +313,7 @@ class SkillScaleClient(AsyncRole):
             ) from None
         finally:
             self._pending.pop(request.request_id, None)
+            self._retx.drop(request.request_id)
             self._slots.release()
 
     async def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
@@ -400,24 +450,69 @@ class SkillScaleClient(AsyncRole):
 
         A request published while the connection is down is dropped by ZeroMQ,
         so calls wait (within their own timeout) until a probe has made the
-        round trip through the new proxy.
+        round trip through the proxy, and requests sent before the drop are
+        sent again then. With several proxies, a drop, or a proxy that does
+        not answer within ``failover_timeout`` (a passive one), moves the
+        client to the next.
         """
         assert self._monitor is not None and self._pub is not None
+        several = len(self._ring) > 1
         while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
-            if event == zmq.EVENT_DISCONNECTED:
+            down = not self._path_up.is_set()
+            try:
+                raw = await asyncio.wait_for(
+                    self._monitor.recv_multipart(),
+                    self.failover_timeout if several and down else None,
+                )
+            except asyncio.TimeoutError:
+                self._fail_over()  # no connection to this proxy at all
+                continue
+            message = parse_monitor_message(raw)
+            raw_endpoint = message.get("endpoint", b"")
+            endpoint = (
+                raw_endpoint.decode() if isinstance(raw_endpoint, bytes) else str(raw_endpoint)
+            )
+            if self._ring.owns(endpoint):
+                continue  # a late event of the proxy we left
+            event = message["event"]
+            if event == zmq.EVENT_DISCONNECTED and not down:
                 self._path_up.clear()
-                log.warning("lost the connection to the proxy; waiting for it to return")
-            elif event == zmq.EVENT_CONNECTED and not self._path_up.is_set():
-                interval = 0.005
-                self._probe_seen.clear()
-                while not self._probe_seen.is_set():
-                    self._pub.send([self._probe, b"probe"])
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._probe_seen.wait(), interval)
-                    interval = min(interval * 2, 0.25)
+                self._generation += 1
+                log.warning("lost the connection to the proxy at %s", self.proxy_xsub)
+                if several:
+                    self._fail_over()
+            elif event == zmq.EVENT_CONNECTED and down:
+                if not await self._prove_path(self.failover_timeout if several else None):
+                    self._fail_over()
+                    continue
                 self._path_up.set()
-                log.info("connection to the proxy is back")
+                self._retransmit()
+                log.info("connection to the proxy at %s is back", self.proxy_xsub)
+
+    async def _prove_path(self, timeout: float | None) -> bool:
+        """Probe until one comes back; False after ``timeout`` seconds (None: forever)."""
+        assert self._pub is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.005
+        self._probe_seen.clear()
+        while not self._probe_seen.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._pub.send([self._probe, b"probe"])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._probe_seen.wait(), interval)
+            interval = min(interval * 2, 0.25)
+        return True
+
+    def _retransmit(self) -> None:
+        """Send again what was sent before the connection dropped and is unanswered."""
+        if self._pub is None:
+            return
+        due = self._retx.due(self._generation)
+        for frames in due:
+            self._pub.send(list(frames))
+        if due:
+            log.info("retransmitted %d unanswered requests", len(due))
 
     async def _read_replies(self) -> None:
         assert self._sub is not None

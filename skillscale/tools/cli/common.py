@@ -94,14 +94,14 @@ def add_proxy_endpoints(p: argparse.ArgumentParser) -> None:
         "--proxy-xsub",
         "SKILLSCALE_PROXY_XSUB",
         DEFAULT_PROXY_XSUB,
-        "proxy endpoint publishers connect to",
+        "proxy endpoint publishers connect to (comma-separated: a failover pair)",
     )
     _flag(
         p,
         "--proxy-xpub",
         "SKILLSCALE_PROXY_XPUB",
         DEFAULT_PROXY_XPUB,
-        "proxy endpoint subscribers connect to",
+        "proxy endpoint subscribers connect to (comma-separated, same order)",
     )
 
 

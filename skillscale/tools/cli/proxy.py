@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
     """The proxy's settings from its flags (binds loopback unless ``--host`` says otherwise)."""
+    from skillscale.proxy.failover import FailoverConfig
     from skillscale.proxy.groups import GroupsConfig
     from skillscale.proxy.proxy import ProxyConfig
 
@@ -44,6 +45,8 @@ def _proxy_config(args: argparse.Namespace) -> ProxyConfig:
         hwm=args.hwm,
         stuck_timeout=args.stuck_timeout,
         curve=_proxy_curve(args),
+        failover=_failover(args, host, FailoverConfig),
+        recovery_window=args.recovery_window,
         groups=GroupsConfig(
             heartbeat_timeout=args.heartbeat_timeout,
             no_server_wait=args.no_server_wait,
@@ -79,6 +82,23 @@ def _topic_waits(given: list[str] | list[tuple[str, float]] | None) -> dict[str,
     return waits
 
 
+def _failover(args: argparse.Namespace, host: str, make: Any) -> Any:
+    """The Binary Star half this proxy is, if ``--failover`` says so."""
+    if args.failover == "off":
+        return None
+    if not args.peer_connect:
+        raise ConfigError(
+            "--failover needs --peer-connect / SKILLSCALE_PEER_CONNECT: the endpoint where "
+            "the other proxy of the pair publishes its state (its --peer-bind)"
+        )
+    return make(
+        primary=args.failover == "primary",
+        peer_bind=args.peer_bind or f"tcp://{host}:5577",
+        peer_connect=args.peer_connect,
+        heartbeat=args.peer_heartbeat,
+    )
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from skillscale.core.runtime import install_stop_signals, run, serve_until, setup_logging
     from skillscale.proxy.proxy import Proxy
@@ -99,6 +119,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
                     "router": proxy.router_endpoint,
                     "metrics": proxy.metrics_url,
                     "health": proxy.health_url,
+                    "peer": proxy.peer_endpoint,
+                    "failover": proxy.bstar.state.value if proxy.bstar else None,
                 }
             )
             status = await serve_until(stop, proxy)
@@ -300,5 +322,45 @@ def add_parser(sub: Any) -> None:
         "SKILLSCALE_CURVE_SERVER_TOPICS",
         None,
         "YAML file: server certificate name -> topic patterns it may serve",
+    )
+    _flag(
+        p_proxy,
+        "--failover",
+        "SKILLSCALE_FAILOVER",
+        "off",
+        "run as one half of a Binary Star pair (docs/failover.md): primary or backup",
+        choices=("off", "primary", "backup"),
+    )
+    _flag(
+        p_proxy,
+        "--peer-bind",
+        "SKILLSCALE_PEER_BIND",
+        None,
+        "where this proxy publishes its failover state to its peer",
+        shown="tcp://HOST:5577",
+    )
+    _flag(
+        p_proxy,
+        "--peer-connect",
+        "SKILLSCALE_PEER_CONNECT",
+        None,
+        "the peer proxy's --peer-bind, e.g. tcp://proxy-b:5577",
+    )
+    _flag(
+        p_proxy,
+        "--peer-heartbeat",
+        "SKILLSCALE_PEER_HEARTBEAT",
+        1.0,
+        "seconds between state messages to the peer; it is taken for dead after twice that",
+        type=_seconds,
+    )
+    _flag(
+        p_proxy,
+        "--recovery-window",
+        "SKILLSCALE_RECOVERY_WINDOW",
+        30.0,
+        "seconds after a start or take-over during which a caller gets at most one reply "
+        "per request id",
+        type=_seconds,
     )
     p_proxy.set_defaults(func=_cmd_proxy)

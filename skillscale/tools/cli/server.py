@@ -18,6 +18,7 @@ from skillscale.tools.cli.common import (
     _flag,
     _positive_int,
     _print_ready,
+    _seconds,
     add_curve_peer,
     add_health_port,
     add_proxy_endpoints,
@@ -29,6 +30,7 @@ from skillscale.tools.cli.common import (
 
 def _cmd_server(args: argparse.Namespace) -> int:
     from skillscale.core.runtime import install_stop_signals, run, serve_until, setup_logging
+    from skillscale.skill_server.dedupe import DedupeConfig
     from skillscale.skill_server.executor import ResourceLimits, prctl
     from skillscale.skill_server.server import ServerConfig, SkillServer
 
@@ -66,6 +68,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         executor=args.executor,
         matcher=args.matcher,
         reload_interval=args.reload_interval,
+        dedupe=DedupeConfig(max_entries=args.dedupe_window, max_age=args.dedupe_age),
         preload=[m for m in args.preload.split(",") if m] if args.preload else None,
         waiting_children=int(args.waiting_children),
         resources=ResourceLimits(
@@ -146,7 +149,23 @@ def add_parser(sub: Any) -> None:
         "--proxy-router",
         "SKILLSCALE_PROXY_ROUTER",
         "tcp://127.0.0.1:5566",
-        "proxy's replica-group endpoint",
+        "proxy's replica-group endpoint; comma-separated for a failover pair",
+    )
+    _flag(
+        p_server,
+        "--dedupe-window",
+        "SKILLSCALE_DEDUPE_WINDOW",
+        10_000,
+        "recent requests remembered, so a retransmitted one is answered, not run again",
+        type=_positive_int,
+    )
+    _flag(
+        p_server,
+        "--dedupe-age",
+        "SKILLSCALE_DEDUPE_AGE",
+        300.0,
+        "seconds a sent reply stays in the dedupe window",
+        type=_seconds,
     )
     add_server_tuning(p_server, with_defaults=True)
     _flag(
