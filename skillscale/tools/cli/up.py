@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
 from skillscale.tools.cli.common import (
     EXIT_OK,
     _dirs,
@@ -62,13 +63,22 @@ def _print_banner(info: dict[str, Any]) -> None:
         f"           metrics                {info['metrics'] or 'off'}",
     ]
     example = None
+    # A client finds the default ports by itself; other ports go on the line.
+    where = "".join(
+        f" --{flag} {info[key]}"
+        for flag, key, default in (
+            ("proxy-xsub", "xsub", DEFAULT_PROXY_XSUB),
+            ("proxy-xpub", "xpub", DEFAULT_PROXY_XPUB),
+        )
+        if info[key] != default
+    )
     for server in info["servers"]:
         topics = ", ".join(server["topics"] or [])
         lines.append(f"  server   {topics:<24} skills: {', '.join(server['skills'] or [])}")
         if "text-summarizer" in (server["skills"] or []):
-            example = f'skillscale invoke {server["topics"][0]} "summarize: <your text>"'
+            example = f'skillscale invoke{where} {server["topics"][0]} "summarize: <your text>"'
         elif example is None and server["topics"]:
-            example = f'skillscale invoke {server["topics"][0]} "<your task>"'
+            example = f'skillscale invoke{where} {server["topics"][0]} "<your task>"'
     if info.get("curve"):
         lines.append("  CURVE on: clients need these (skillscale invoke reads them too):")
         lines += [f"    export {name}={value}" for name, value in info["curve"].items()]
