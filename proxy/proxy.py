@@ -75,6 +75,7 @@ from skillscale.core.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
     DOMAIN_SUBSCRIBERS,
+    HandshakeLog,
     ProxyCurve,
     start_authenticator,
 )
@@ -250,6 +251,13 @@ class Proxy(AsyncRole):
         self._tasks = [
             self.supervise(asyncio.create_task(self._forward(sockets), name="proxy-forward"))
         ]
+        if cfg.curve is not None and isinstance(sockets, ZmqProxySockets):
+            # Refused handshakes (no CURVE, a wrong proxy key) are logged.
+            watched = {"publisher": sockets.xsub, "subscriber": sockets.xpub}
+            if sockets.router is not None:
+                watched["replica-group"] = sockets.router
+            handshakes = HandshakeLog({n: pair.async_sock for n, pair in watched.items()})
+            self._tasks.append(self.supervise(asyncio.create_task(handshakes.run())))
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
             self.xsub_endpoint,

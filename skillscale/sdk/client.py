@@ -27,6 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from skillscale.core.discovery import Catalog, SkillDiscovery, default_skills_dirs
 from skillscale.core.errors import (
+    ConfigError,
     ErrorCode,
     RequestError,
     SkillScaleError,
@@ -47,7 +48,7 @@ from skillscale.core.protocol import (
     new_request_id,
 )
 from skillscale.core.runtime import AsyncRole
-from skillscale.core.security import CurveKeys
+from skillscale.core.security import CurveKeys, diagnosed
 from skillscale.core.skill_format import Skill
 from skillscale.core.transport import (
     BusSocket,
@@ -141,6 +142,8 @@ class SkillScaleClient(AsyncRole):
         """Connect to the proxy and wait until the bus path is proven live."""
         if self._reader is not None:
             return
+        if self._curve is not None:
+            self._curve.validate()  # a missing key file fails here, before any socket exists
         self._bus = bus = self._given_transport or ZmqTransport()
         try:
             self._pub = bus.publisher(self.proxy_xsub, hwm=self._hwm, curve=self._curve)
@@ -151,13 +154,23 @@ class SkillScaleClient(AsyncRole):
             await self._teardown()
             raise
         try:
-            await await_roundtrip(
+            roundtrip = await_roundtrip(
                 self._pub,
                 self._sub,
                 self._probe,
                 timeout=self.connect_timeout,
                 what=f"proxy at {self.proxy_xsub} / {self.proxy_xpub}",
             )
+            if isinstance(bus, ZmqTransport):
+                # A refused handshake (CURVE on one side only, an unknown
+                # key) names its cause instead of timing out as "not running".
+                await diagnosed(roundtrip, bus.ctx, self.proxy_xsub, self._curve,
+                                timeout=self.connect_timeout)  # fmt: skip
+            else:
+                await roundtrip
+        except ConfigError as exc:
+            await self._teardown()
+            raise UnavailableError(exc.message, code=ErrorCode.NO_SERVER) from None
         except TimeoutError as exc:
             await self._teardown()
             raise UnavailableError(

@@ -46,7 +46,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             if args.json:
                 _print_ready(info)
             else:
-                _print_banner(info)
+                print_banner(info)
             await fabric.wait(stop)
         if not args.json:
             print("SkillScale stopped.", flush=True)
@@ -55,7 +55,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_banner(info: dict[str, Any]) -> None:
+def print_banner(info: dict[str, Any]) -> None:
+    """The human banner of `skillscale up` (endpoints, servers, a command to try)."""
     lines = [
         "SkillScale fabric is up.",
         f"  proxy    publishers connect to  {info['xsub']}",
