@@ -365,8 +365,12 @@ class SkillScaleClient(AsyncRole):
     ) -> list[str | SkillScaleError]:
         """Run many ``(topic, intent)`` calls concurrently, results in order.
 
-        With ``return_exceptions`` (the default) a failed call yields its
-        :class:`SkillScaleError` in place; otherwise the first failure raises.
+        With ``return_exceptions`` (the default) a failed call does not
+        raise: its :class:`SkillScaleError` stands in its place in the list,
+        so check each item (``isinstance(item, SkillScaleError)``) and one
+        failure never hides the other results. With ``return_exceptions=False``
+        the first failure raises. Errors that are not a ``SkillScaleError``
+        (bugs, cancellation) always raise.
         """
         calls = [self.invoke(topic, intent, timeout=timeout) for topic, intent in requests]
         results = await asyncio.gather(*calls, return_exceptions=return_exceptions)
