@@ -222,3 +222,23 @@ async def test_an_sdk_client_with_a_missing_key_fails_before_any_socket(
     with pytest.raises(ConfigError, match="does not exist"):
         async with SkillScaleClient(curve=keys, connect_timeout=1):
             pass
+
+
+@pytest.mark.parametrize(
+    ("base_url", "warned"),
+    [(None, True), ("https://api.example.com/v1", True), ("http://localhost:11434/v1", False)],
+)
+def test_an_llm_without_a_key_is_warned_about_once_at_start(
+    base_url: str | None, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from skillscale.core.llm import LLMSettings
+    from skillscale.skill_server.server import ServerConfig, SkillServer
+
+    config = ServerConfig(
+        topics=["TOPIC_DATA_PROCESSING"], skills_dirs=[ROOT / "skills" / "data-processing"],
+        matcher="auto", llm=LLMSettings(model="m", base_url=base_url), executor="cold",
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        SkillServer(config)
+    hits = [r for r in caplog.records if "without an API key" in r.getMessage()]
+    assert len(hits) == (1 if warned else 0), [r.getMessage() for r in caplog.records]
