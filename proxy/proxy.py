@@ -89,6 +89,7 @@ from skillscale.core.security import (
     DOMAIN_SERVERS,
     DOMAIN_SUBSCRIBERS,
     CurveKeys,
+    HandshakeLog,
     ProxyCurve,
     start_authenticator,
 )
@@ -311,6 +312,13 @@ class Proxy(AsyncRole):
         if cfg.failover is not None:
             self.metrics.serving.set(0)  # until the pair settles or a client votes
             self._start_peer(cfg.failover)
+        if cfg.curve is not None and isinstance(sockets, ZmqProxySockets):
+            # Refused handshakes (no CURVE, a wrong proxy key) are logged.
+            watched = {"publisher": sockets.xsub, "subscriber": sockets.xpub}
+            if sockets.router is not None:
+                watched["replica-group"] = sockets.router
+            handshakes = HandshakeLog({n: pair.async_sock for n, pair in watched.items()})
+            self._tasks.append(self.supervise(asyncio.create_task(handshakes.run())))
         log.info(
             "proxy up: xsub %s, xpub %s, router %s, metrics %s",
             self.xsub_endpoint,

@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from skillscale.core import stamps
 from skillscale.core.errors import ConfigError, ErrorCode
@@ -207,6 +208,16 @@ class SkillServer(AsyncRole):
         # an LLM before one is built (LLMClient imports openai).
         matcher = resolve_matcher(config.matcher, llm_configured=settings is not None)
         self.llm = LLMClient(settings) if settings is not None else None
+        if settings is not None and not settings.api_key and not _loopback(settings.base_url):
+            # Once, at start: a hosted API refuses every key-less call, and each
+            # request then pays the retries before it falls back to keywords.
+            log.warning(
+                "an LLM (%s at %s) is configured without an API key: a hosted endpoint "
+                "refuses every call and each request falls back to keyword matching after "
+                "retries; set SKILLSCALE_LLM_API_KEY, or unset the LLM settings",
+                settings.model,
+                settings.base_url or "the OpenAI API",
+            )
         self.registry = SkillRegistry(config.skills_dirs, config.threshold, self.llm, matcher)
         self.executor: SubprocessExecutor = (
             WarmExecutor(config.python, config.preload, config.waiting_children)
@@ -773,3 +784,9 @@ class SkillServer(AsyncRole):
             await self._hand_back(job)
         else:
             self._publish_error(job, ErrorCode.OVERLOADED, f"{why}; retry")
+
+
+def _loopback(base_url: str | None) -> bool:
+    """True for an endpoint on this machine (Ollama, vLLM), which needs no key."""
+    host = urlsplit(base_url).hostname if base_url else None
+    return host in ("localhost", "127.0.0.1", "::1") or bool(host and host.startswith("127."))

@@ -16,16 +16,21 @@ own secret certificate and the proxy's public one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 import zmq
+import zmq.asyncio
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from skillscale.core.errors import ConfigError
 
@@ -162,7 +167,14 @@ class _AllowList:
     def callback(self, domain: str, key: bytes) -> bool:
         allowed = key in self.by_domain.get(domain, set())
         if not allowed:
-            log.warning("refused key %s on %s", key.decode(errors="replace"), domain)
+            # One line per refusal; the log handler's RepeatLimiter bounds a flood.
+            log.warning(
+                "refused a CURVE handshake on %s: key %s is in no allow-list for it "
+                "(add its .key file to the proxy's %s folder)",
+                domain,
+                key.decode(errors="replace"),
+                "--curve-servers" if domain == DOMAIN_SERVERS else "--curve-clients",
+            )
         return allowed
 
 
@@ -220,3 +232,160 @@ class FabricKeys:
                 public.write_bytes((self.root / "keys" / f"{name}.key").read_bytes())
         self.root.chmod(0o700)
         return self
+
+
+# -- handshake diagnostics -----------------------------------------------------
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+T = TypeVar("T")
+
+
+def _client_cause(event: int, value: int, endpoint: str, curve: CurveKeys | None) -> str | None:
+    """What a failed handshake, seen by a client, means for the user (None: no failure)."""
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    where = f"the proxy at {endpoint}"
+    if curve is None:
+        # A NULL-mechanism handshake only fails against a CURVE server (the
+        # proxy may close first, so the event is not always MECHANISM_MISMATCH).
+        return (
+            f"{where} requires CURVE keys (handshake refused: this client has none); set "
+            "SKILLSCALE_CURVE_SECRET and SKILLSCALE_CURVE_SERVER_KEY "
+            "(`skillscale up --curve` prints both)"
+        )
+    if (
+        event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    ):
+        return (
+            f"{where} does not use CURVE, but this client does (handshake refused); unset "
+            "SKILLSCALE_CURVE_SECRET / SKILLSCALE_CURVE_SERVER_KEY, or start the proxy with CURVE"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        public = curve.secret_file.with_suffix(".key")
+        return (
+            f"{where} refused this client's CURVE key (status {value}: not in its allow-list); "
+            f"copy {public} into the proxy's --curve-clients folder"
+        )
+    return (
+        f"the CURVE handshake with {where} failed ({zmq.Event(event).name}); is "
+        f"{curve.server_key_file} that proxy's public key, and does the proxy use CURVE?"
+    )
+
+
+async def handshake_failure(
+    ctx: zmq.asyncio.Context, endpoint: str, curve: CurveKeys | None, *, timeout: float
+) -> str | None:
+    """Connect one throw-away socket the way a client would and watch its
+    handshake (ZMTP monitor events): the user's sentence for a refusal, or None
+    when it succeeds or nothing answers within ``timeout`` seconds.
+
+    A fresh socket, monitored before it connects, sees the first handshake
+    (a refused one is not always retried); it sends nothing.
+    """
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+    try:
+        if curve is not None:
+            curve.apply(sock)
+        sock.connect(endpoint)
+        if not await monitor.poll(int(timeout * 1000)):
+            return None
+        event = parse_monitor_message(await monitor.recv_multipart())
+        return _client_cause(int(event["event"]), int(event["value"]), endpoint, curve)
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+
+
+async def diagnosed(
+    attempt: Awaitable[T],
+    ctx: zmq.asyncio.Context,
+    endpoint: str,
+    curve: CurveKeys | None,
+    *,
+    timeout: float,
+) -> T:
+    """Await ``attempt`` (e.g. the client's first round trip); if a handshake
+    with ``endpoint`` is refused meanwhile, stop it and raise a
+    :class:`ConfigError` naming the cause instead of letting it time out."""
+    main = asyncio.ensure_future(attempt)
+    probe = asyncio.ensure_future(handshake_failure(ctx, endpoint, curve, timeout=timeout))
+    try:
+        await asyncio.wait([main, probe], return_when=asyncio.FIRST_COMPLETED)
+        if not main.done() and probe.exception() is None:
+            cause = probe.result()
+            if cause is not None:
+                raise ConfigError(cause)
+        return await main
+    finally:
+        for task in (main, probe):
+            task.cancel()
+        for task in (main, probe):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class HandshakeLog:
+    """The proxy's side: one warning per refused handshake on its sockets.
+
+    ZAP (:class:`_AllowList`) sees only keys it can check; a peer with no
+    CURVE at all or the wrong proxy key fails before ZAP, which only the
+    sockets' monitor events show. Log lines go through the log handler's
+    RepeatLimiter, so a peer retrying forever cannot flood the log.
+    """
+
+    def __init__(self, sockets: dict[str, zmq.asyncio.Socket]) -> None:
+        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        self._watched = [
+            (name, sock, sock.get_monitor_socket(events)) for name, sock in sockets.items()
+        ]
+
+    async def run(self) -> None:
+        """Log refusals until cancelled; then close the monitors."""
+        try:
+            poller = zmq.asyncio.Poller()
+            for _, _, monitor in self._watched:
+                poller.register(monitor, zmq.POLLIN)
+            while True:
+                for monitor, _ in await poller.poll():
+                    name = next(n for n, _, m in self._watched if m is monitor)
+                    event = parse_monitor_message(await monitor.recv_multipart())
+                    log.warning("refused a handshake on the %s socket: %s", name,
+                                _proxy_cause(int(event["event"]), int(event["value"])))  # fmt: skip
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop monitoring (idempotent); before the sockets close."""
+        for _, sock, monitor in self._watched:
+            if not sock.closed:
+                sock.disable_monitor()
+            monitor.close(0)
+        self._watched = []
+
+
+def _proxy_cause(event: int, value: int) -> str:
+    if (
+        event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    ):
+        return "a peer with no CURVE keys (it needs SKILLSCALE_CURVE_SECRET and _SERVER_KEY)"
+    if (
+        event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        and value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC
+    ):
+        return "a peer whose CURVE server key is not this proxy's public key"
+    # The peer often hangs up before ZeroMQ can tell the reason (an errno).
+    return (
+        "a peer did not complete the CURVE handshake (it has no CURVE keys, or not this "
+        f"proxy's public key; errno {value})"
+    )

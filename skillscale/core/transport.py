@@ -39,14 +39,34 @@ def env_str(name: str, default: str) -> str:
     return value if value else default
 
 
+def fabric_endpoint(variable: str, port_variable: str, default: str) -> str:
+    """Where to connect: ``variable`` if set, else the port ``skillscale up``
+    was given (``port_variable``, on ``SKILLSCALE_HOST``), else ``default``.
+
+    One ``SKILLSCALE_XSUB_PORT`` then moves the fabric and its clients
+    together; a wildcard host or port 0 (any free port) cannot name a peer,
+    so those fall back to loopback and the default.
+    """
+    explicit = os.environ.get(variable)
+    if explicit:
+        return explicit
+    port = os.environ.get(port_variable, "").strip()
+    if not port.isdigit() or int(port) == 0:
+        return default
+    host = os.environ.get("SKILLSCALE_HOST", "").strip()
+    if host in ("", "*", "0.0.0.0", "::"):  # noqa: S104 (a wildcard is not a peer address)
+        host = "127.0.0.1"
+    return f"tcp://{host}:{int(port)}"
+
+
 def proxy_xsub_endpoint() -> str:
-    """``SKILLSCALE_PROXY_XSUB`` or the default."""
-    return env_str("SKILLSCALE_PROXY_XSUB", DEFAULT_PROXY_XSUB)
+    """``SKILLSCALE_PROXY_XSUB``, else ``SKILLSCALE_XSUB_PORT``, else the default."""
+    return fabric_endpoint("SKILLSCALE_PROXY_XSUB", "SKILLSCALE_XSUB_PORT", DEFAULT_PROXY_XSUB)
 
 
 def proxy_xpub_endpoint() -> str:
-    """``SKILLSCALE_PROXY_XPUB`` or the default."""
-    return env_str("SKILLSCALE_PROXY_XPUB", DEFAULT_PROXY_XPUB)
+    """``SKILLSCALE_PROXY_XPUB``, else ``SKILLSCALE_XPUB_PORT``, else the default."""
+    return fabric_endpoint("SKILLSCALE_PROXY_XPUB", "SKILLSCALE_XPUB_PORT", DEFAULT_PROXY_XPUB)
 
 
 def split_endpoints(value: str | Iterable[str]) -> list[str]:

@@ -28,6 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 from skillscale.core import stamps
 from skillscale.core.discovery import Catalog, SkillDiscovery, default_skills_dirs
 from skillscale.core.errors import (
+    ConfigError,
     ErrorCode,
     RequestError,
     SkillScaleError,
@@ -53,7 +54,7 @@ from skillscale.core.protocol import (
     new_request_id,
 )
 from skillscale.core.runtime import AsyncRole
-from skillscale.core.security import CurveKeys
+from skillscale.core.security import CurveKeys, diagnosed
 from skillscale.core.skill_format import Skill
 from skillscale.core.transport import (
     BusSocket,
@@ -167,6 +168,8 @@ class SkillScaleClient(AsyncRole):
         """Connect to the proxy and wait until the bus path is proven live."""
         if self._reader is not None:
             return
+        if self._curve is not None:
+            self._curve.validate()  # a missing key file fails here, before any socket exists
         self._bus = bus = self._given_transport or ZmqTransport()
         try:
             self._pub = bus.publisher(self.proxy_xsub, hwm=self._hwm, curve=self._curve)
@@ -177,7 +180,10 @@ class SkillScaleClient(AsyncRole):
             await self._teardown()
             raise
         try:
-            await self._first_roundtrip()
+            await self._first_roundtrip(bus)
+        except ConfigError as exc:
+            await self._teardown()
+            raise UnavailableError(exc.message, code=ErrorCode.NO_SERVER) from None
         except TimeoutError as exc:
             await self._teardown()
             raise UnavailableError(
@@ -197,7 +203,7 @@ class SkillScaleClient(AsyncRole):
             )
             self._watcher = asyncio.create_task(self._watch_proxy(), name="skillscale-client-watch")
 
-    async def _first_roundtrip(self) -> None:
+    async def _first_roundtrip(self, bus: Transport) -> None:
         """Prove a path through the first proxy that answers (of a pair, the active one)."""
         assert self._pub is not None and self._sub is not None
         deadline = time.monotonic() + self.connect_timeout
@@ -205,13 +211,20 @@ class SkillScaleClient(AsyncRole):
             remaining = deadline - time.monotonic()
             per_try = remaining if len(self._ring) == 1 else min(self.failover_timeout, remaining)
             try:
-                await await_roundtrip(
+                roundtrip = await_roundtrip(
                     self._pub,
                     self._sub,
                     self._probe,
                     timeout=max(per_try, 0.001),
                     what=f"proxy at {self.proxy_xsub} / {self.proxy_xpub}",
                 )
+                if isinstance(bus, ZmqTransport):
+                    # A refused handshake (CURVE on one side only, an unknown
+                    # key) names its cause instead of timing out as "not running".
+                    await diagnosed(roundtrip, bus.ctx, self.proxy_xsub, self._curve,
+                                    timeout=max(per_try, 0.001))  # fmt: skip
+                else:
+                    await roundtrip
                 return
             except TimeoutError:
                 if len(self._ring) == 1 or time.monotonic() >= deadline:
@@ -431,8 +444,12 @@ class SkillScaleClient(AsyncRole):
     ) -> list[str | SkillScaleError]:
         """Run many ``(topic, intent)`` calls concurrently, results in order.
 
-        With ``return_exceptions`` (the default) a failed call yields its
-        :class:`SkillScaleError` in place; otherwise the first failure raises.
+        With ``return_exceptions`` (the default) a failed call does not
+        raise: its :class:`SkillScaleError` stands in its place in the list,
+        so check each item (``isinstance(item, SkillScaleError)``) and one
+        failure never hides the other results. With ``return_exceptions=False``
+        the first failure raises. Errors that are not a ``SkillScaleError``
+        (bugs, cancellation) always raise.
         """
         calls = [self.invoke(topic, intent, timeout=timeout) for topic, intent in requests]
         results = await asyncio.gather(*calls, return_exceptions=return_exceptions)

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
 MAX_RESTARTS = 5
+HELD_STDERR_LINES = 50
 
 
 @dataclass
@@ -66,6 +68,10 @@ class Child:
     ready: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
     drain: asyncio.Task[None] | None = None
+    relay: asyncio.Task[None] | None = None
+    held: deque[bytes] = field(default_factory=lambda: deque(maxlen=HELD_STDERR_LINES))
+    """Stderr lines of a child not yet ready: shown once it is, or its last
+    words name why it failed (a bounded tail)."""
 
 
 class Fabric(AsyncRole):
@@ -177,14 +183,21 @@ class Fabric(AsyncRole):
     async def _spawn(self, child: Child) -> None:
         # A session of its own: a terminal's Ctrl-C reaches only the
         # supervisor, which then stops servers before the proxy, in order.
+        child.ready = {}
+        child.held.clear()
+        await _cancel(child.relay)
         child.proc = await asyncio.create_subprocess_exec(
             *child.argv,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
-        assert child.proc.stdout is not None
+        assert child.proc.stdout is not None and child.proc.stderr is not None
         stdout = child.proc.stdout
+        child.relay = relay = asyncio.create_task(
+            _relay_stderr(child, child.proc.stderr), name=f"stderr-{child.name}"
+        )
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             remaining = deadline - time.monotonic()
@@ -200,12 +213,24 @@ class Fabric(AsyncRole):
                 ) from None
             if not line:
                 code = await child.proc.wait()
-                raise ConfigError(f"{child.name} exited with status {code} before it was ready")
+                # Its stderr may still hold the reason: read it to the end
+                # (briefly: a grandchild could keep the pipe open).
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(relay), 2.0)
+                reason = _last_words(child.held)
+                raise ConfigError(
+                    f"{child.name} exited with status {code} before it was ready"
+                    + (f": {reason}" if reason else "")
+                )
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
             if isinstance(event, dict) and event.get("event") == "ready":
+                # No await between the flush and `ready`: the relay then
+                # forwards every later line itself, in order.
+                _write_stderr(b"".join(child.held))
+                child.held.clear()
                 child.ready = event
                 break
         # Keep reading so a chatty child can never block on a full pipe.
@@ -306,9 +331,9 @@ class Fabric(AsyncRole):
         if self.proxy is not None and self.proxy.proc is not None:
             await self._terminate([self.proxy], 5.0)
         for child in [self.gateway, *self.servers, self.distiller, self.proxy]:
-            if child is not None and child.drain is not None:
-                child.drain.cancel()
-                await asyncio.gather(child.drain, return_exceptions=True)
+            if child is not None:
+                await _cancel(child.drain)
+                await _cancel(child.relay)
 
     @staticmethod
     async def _terminate(children: list[Child], grace: float) -> None:
@@ -333,3 +358,41 @@ class Fabric(AsyncRole):
 async def _discard(stream: asyncio.StreamReader) -> None:
     while await stream.read(65536):
         pass
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _write_stderr(data: bytes) -> None:
+    if data:
+        sys.stderr.flush()
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+
+
+async def _relay_stderr(child: Child, stream: asyncio.StreamReader) -> None:
+    """Pass a child's stderr on once it is ready; hold a bounded tail before."""
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # a line over the reader's limit: take it in pieces
+            line = await stream.read(65536)
+        if not line:
+            return
+        if child.ready:
+            _write_stderr(line)
+        else:
+            child.held.append(line)
+
+
+def _last_words(lines: deque[bytes]) -> str:
+    """The line that says why a child failed: its ``error:`` line, else its last line."""
+    text = [raw.decode(errors="replace").strip() for raw in lines]
+    text = [line for line in text if line]
+    for line in reversed(text):
+        if line.startswith("error:"):
+            return line[len("error:") :].strip()[:500]
+    return text[-1][:500] if text else ""

@@ -17,10 +17,11 @@ from skillscale.tools.cli.common import (
     _flag,
     _positive_int,
     _read_data,
-    _seconds,
+    _switch,
     add_curve_peer,
     add_proxy_endpoints,
     add_skills_dir,
+    add_timeout,
 )
 
 
@@ -100,11 +101,13 @@ def add_parser(sub: Any) -> None:
     """Add this command group to the ``skillscale`` parser."""
     p_bench = sub.add_parser("bench", help="load a running fabric; report throughput, latency")
     # (argparse declarations of different commands look alike; these are bench's own.)
-    p_bench.add_argument(
+    _flag(
+        p_bench,
         "--mode",
+        "SKILLSCALE_BENCH_MODE",
+        "bus",
+        "bus: the SDK client on the bus; http: through the HTTP gateway (--gateway)",
         choices=("bus", "http"),
-        default="bus",
-        help="bus: the SDK client on the bus (default); http: through the HTTP gateway",
     )
     _flag(
         p_bench,
@@ -121,39 +124,62 @@ def add_parser(sub: Any) -> None:
         "--mode http: the gateway's bearer token",
         shown=None,
     )
-    p_bench.add_argument("--topic", default="TOPIC_DATA_PROCESSING", help="default %(default)s")
+    _flag(p_bench, "--topic", "SKILLSCALE_BENCH_TOPIC", "TOPIC_DATA_PROCESSING", "topic to load")
     p_bench.add_argument(
         "text",
         nargs="?",
         default="summarize: SkillScale runs skills. It is fast.",
         help="task text (default: a short summarize request)",
     )
-    p_bench.add_argument("--skill", help="run this skill explicitly")
-    p_bench.add_argument("--data", help="skill input: literal text, @file, or - for stdin")
-    p_bench.add_argument("--requests", type=_positive_int, default=200, help="default %(default)s")
-    p_bench.add_argument(
-        "--concurrency",
+    _flag(p_bench, "--skill", "SKILLSCALE_BENCH_SKILL", None, "run this skill explicitly")
+    _flag(
+        p_bench,
+        "--data",
+        "SKILLSCALE_BENCH_DATA",
+        None,
+        "skill input: literal text, @file, or - for stdin",
+    )
+    _flag(
+        p_bench,
+        "--requests",
+        "SKILLSCALE_BENCH_REQUESTS",
+        200,
+        "timed requests",
         type=_positive_int,
-        default=20,
-        help="requests in flight (default %(default)s)",
     )
-    p_bench.add_argument("--warmup", type=int, default=5, help="untimed requests first (default 5)")
-    p_bench.add_argument(
-        "--timeout", type=_seconds, default=60.0, help="seconds per request (default %(default)s)"
+    _flag(
+        p_bench,
+        "--concurrency",
+        "SKILLSCALE_BENCH_CONCURRENCY",
+        20,
+        "requests in flight",
+        type=_positive_int,
     )
-    p_bench.add_argument("--json-out", metavar="FILE", help="also write the summary as JSON")
-    p_bench.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p_bench.add_argument(
+    _flag(p_bench, "--warmup", "SKILLSCALE_BENCH_WARMUP", 5, "untimed requests first", type=int)
+    add_timeout(p_bench, "seconds per request")
+    _flag(
+        p_bench,
+        "--json-out",
+        "SKILLSCALE_BENCH_JSON_OUT",
+        None,
+        "also write the summary as JSON to this file",
+        metavar="FILE",
+    )
+    _switch(p_bench, "--no-progress", "SKILLSCALE_BENCH_NO_PROGRESS", "no progress bar")
+    _switch(
+        p_bench,
         "--compare-cold",
-        action="store_true",
-        help="also spawn the --skill's script cold (python run.py / bash run.sh), serially, "
+        "SKILLSCALE_BENCH_COMPARE_COLD",
+        "also spawn the --skill's script cold (python run.py / bash run.sh), serially, "
         "in the same run, and print the fabric's figures as ratios of it",
     )
-    p_bench.add_argument(
+    _flag(
+        p_bench,
         "--cold-runs",
+        "SKILLSCALE_BENCH_COLD_RUNS",
+        50,
+        "cold spawns for --compare-cold (at most --requests)",
         type=_positive_int,
-        default=50,
-        help="cold spawns for --compare-cold (default %(default)s, at most --requests)",
     )
     add_skills_dir(p_bench)
     add_proxy_endpoints(p_bench)

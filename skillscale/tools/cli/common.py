@@ -14,7 +14,12 @@ from typing import Any
 from skillscale.core.discovery import default_skills_dirs
 from skillscale.core.errors import ConfigError
 from skillscale.core.security import CurveKeys
-from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
+from skillscale.core.transport import (
+    DEFAULT_PROXY_XPUB,
+    DEFAULT_PROXY_XSUB,
+    proxy_xpub_endpoint,
+    proxy_xsub_endpoint,
+)
 
 log = logging.getLogger("skillscale")
 
@@ -78,6 +83,12 @@ def _flag(
     p.add_argument(flag, default=raw if raw else default, help=f"{help} {suffix}", **kwargs)
 
 
+def _switch(p: argparse.ArgumentParser, flag: str, env: str, help: str) -> None:
+    """An on/off flag with its ``SKILLSCALE_*`` twin (``1``, ``true`` or ``yes`` turn it on)."""
+    on = os.environ.get(env, "").strip().lower() in ("1", "true", "yes")
+    p.add_argument(flag, action="store_true", default=on, help=f"{help} [env {env}=1]")
+
+
 def add_skills_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skills-dir",
@@ -89,19 +100,24 @@ def add_skills_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_proxy_endpoints(p: argparse.ArgumentParser) -> None:
+    # Without SKILLSCALE_PROXY_X*, the ports `skillscale up` reads
+    # (SKILLSCALE_HOST, SKILLSCALE_XSUB_PORT, SKILLSCALE_XPUB_PORT) place the
+    # proxy, so one set of variables serves the fabric and its clients.
     _flag(
         p,
         "--proxy-xsub",
         "SKILLSCALE_PROXY_XSUB",
-        DEFAULT_PROXY_XSUB,
+        proxy_xsub_endpoint(),
         "proxy endpoint publishers connect to (comma-separated: a failover pair)",
+        shown=f"{DEFAULT_PROXY_XSUB}, or SKILLSCALE_HOST:SKILLSCALE_XSUB_PORT",
     )
     _flag(
         p,
         "--proxy-xpub",
         "SKILLSCALE_PROXY_XPUB",
-        DEFAULT_PROXY_XPUB,
+        proxy_xpub_endpoint(),
         "proxy endpoint subscribers connect to (comma-separated, same order)",
+        shown=f"{DEFAULT_PROXY_XPUB}, or SKILLSCALE_HOST:SKILLSCALE_XPUB_PORT",
     )
 
 

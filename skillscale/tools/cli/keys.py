@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from skillscale.tools.cli.common import (
-    EXIT_OK,
-)
+from skillscale.tools.cli.common import EXIT_OK, _flag
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -28,5 +26,5 @@ def add_parser(sub: Any) -> None:
     keys_sub = p_keys.add_subparsers(dest="keys_cmd", required=True)
     p_gen = keys_sub.add_parser("generate", help="write NAME.key and NAME.key_secret")
     p_gen.add_argument("names", nargs="+", metavar="NAME")
-    p_gen.add_argument("--dir", default="~/.skillscale/keys", help="default %(default)s")
+    _flag(p_gen, "--dir", "SKILLSCALE_KEYS_DIR", "~/.skillscale/keys", "where to write the keys")
     p_keys.set_defaults(func=_cmd_keys)

@@ -70,14 +70,16 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Add this command group to the ``skillscale`` parser."""
     p_mcp = sub.add_parser("mcp", help="serve the skills to MCP clients (stdio or HTTP)")
-    p_mcp.add_argument(
+    _flag(
+        p_mcp,
         "--transport",
+        "SKILLSCALE_MCP_TRANSPORT",
+        "stdio",
+        "stdio or streamable HTTP at /mcp",
         choices=("stdio", "http"),
-        default="stdio",
-        help="stdio (default) or streamable HTTP at /mcp",
     )
-    p_mcp.add_argument("--host", default="127.0.0.1", help="HTTP interface (default %(default)s)")
-    p_mcp.add_argument("--port", type=int, default=8765, help="HTTP port (default %(default)s)")
+    _flag(p_mcp, "--host", "SKILLSCALE_MCP_HOST", "127.0.0.1", "HTTP interface")
+    _flag(p_mcp, "--port", "SKILLSCALE_MCP_PORT", 8765, "HTTP port", type=int)
     _flag(
         p_mcp,
         "--token",

@@ -10,6 +10,8 @@ from typing import Any
 from skillscale.core.errors import ConfigError
 from skillscale.core.matchers import matcher_help, matcher_names
 from skillscale.core.protocol import topic_for_category
+from skillscale.core.replica_protocol import DEFAULT_PROXY_ROUTER
+from skillscale.core.transport import fabric_endpoint
 from skillscale.tools.cli.common import (
     EXIT_USAGE,
     _curve_keys,
@@ -148,8 +150,9 @@ def add_parser(sub: Any) -> None:
         p_server,
         "--proxy-router",
         "SKILLSCALE_PROXY_ROUTER",
-        "tcp://127.0.0.1:5566",
+        fabric_endpoint("SKILLSCALE_PROXY_ROUTER", "SKILLSCALE_ROUTER_PORT", DEFAULT_PROXY_ROUTER),
         "proxy's replica-group endpoint; comma-separated for a failover pair",
+        shown=f"{DEFAULT_PROXY_ROUTER}, or SKILLSCALE_HOST:SKILLSCALE_ROUTER_PORT",
     )
     _flag(
         p_server,

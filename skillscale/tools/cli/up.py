@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from skillscale.core.transport import DEFAULT_PROXY_XPUB, DEFAULT_PROXY_XSUB
 from skillscale.tools.cli.common import (
     EXIT_OK,
     _dirs,
@@ -47,7 +48,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             if args.json:
                 _print_ready(info)
             else:
-                _print_banner(info)
+                print_banner(info)
             await fabric.wait(stop)
         if not args.json:
             print("SkillScale stopped.", flush=True)
@@ -56,7 +57,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_banner(info: dict[str, Any]) -> None:
+def print_banner(info: dict[str, Any]) -> None:
+    """The human banner of `skillscale up` (endpoints, servers, a command to try)."""
     lines = [
         "SkillScale fabric is up.",
         f"  proxy    publishers connect to  {info['xsub']}",
@@ -66,13 +68,22 @@ def _print_banner(info: dict[str, Any]) -> None:
     if info.get("gateway"):
         lines.append(f"  gateway  console and HTTP API   {info['gateway']}")
     example = None
+    # A client finds the default ports by itself; other ports go on the line.
+    where = "".join(
+        f" --{flag} {info[key]}"
+        for flag, key, default in (
+            ("proxy-xsub", "xsub", DEFAULT_PROXY_XSUB),
+            ("proxy-xpub", "xpub", DEFAULT_PROXY_XPUB),
+        )
+        if info[key] != default
+    )
     for server in info["servers"]:
         topics = ", ".join(server["topics"] or [])
         lines.append(f"  server   {topics:<24} skills: {', '.join(server['skills'] or [])}")
         if "text-summarizer" in (server["skills"] or []):
-            example = f'skillscale invoke {server["topics"][0]} "summarize: <your text>"'
+            example = f'skillscale invoke{where} {server["topics"][0]} "summarize: <your text>"'
         elif example is None and server["topics"]:
-            example = f'skillscale invoke {server["topics"][0]} "<your task>"'
+            example = f'skillscale invoke{where} {server["topics"][0]} "<your task>"'
     if info.get("distiller"):
         lines.append(f"  distiller writes skills to {info['distiller']['skills_dir']}")
     if info.get("curve"):
