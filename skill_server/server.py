@@ -750,12 +750,13 @@ class SkillServer(AsyncRole):
     async def _reply(self, job: Job, reply: Reply) -> None:
         if stamps.ON:
             stamps.stamp("server.encode")
-        await self._send_reply(job, reply)
+        await self._deliver(job, reply)
         # After the reply, not before: the caller waits for the reply, nobody
         # for the trace event (one more model dump on the critical path).
         self._emit_trace(job, reply)
 
-    async def _send_reply(self, job: Job, reply: Reply) -> None:
+    async def _deliver(self, job: Job, reply: Reply) -> None:
+        """Encode the reply (bounded), answer the job and any duplicates waiting on it."""
         payload = reply.to_bytes()
         if len(payload) > MAX_REPLY_BYTES - 4096:
             # Past the bus limit ZeroMQ would disconnect us and the caller would
