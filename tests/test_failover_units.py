@@ -396,7 +396,7 @@ def test_the_kubernetes_pair_validates_and_names_real_settings() -> None:
 
     from tests.helpers import ROOT
 
-    path = ROOT / "k8s" / "proxy-pair.yaml"
+    path = ROOT / "k8s" / "examples" / "proxy-pair.yaml"
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     for doc in docs:
         kubernetes_validate.validate(doc, "1.37.0", strict=True)

@@ -145,7 +145,9 @@ def test_the_synopsis_names_every_command_and_flag() -> None:
         entry = next(e for e in entries if e.startswith(f"skillscale {name} "))
         for action in options(parser):
             flag = max(action.option_strings, key=len)
-            assert re.search(rf"\[{re.escape(flag)}[\] ]", entry), f"{name}: {flag} missing"
+            # A required flag is shown bare, an optional one in brackets.
+            opening = r"(?:\[|\s)" if action.required else r"\["
+            assert re.search(rf"{opening}{re.escape(flag)}[\] ]", entry), f"{name}: {flag} missing"
             found += 1
     assert found > 50  # the walk reached the real parser, not an empty one
 

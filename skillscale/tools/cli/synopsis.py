@@ -30,6 +30,12 @@ ENV_EXEMPT: dict[str, str] = {
     "invoke --skill": "what one call sends",
     "invoke --data": "what one call sends",
     "config init --force": "a one-off confirmation",
+    "skills rollback --to": "the version one rollback goes back to",
+    "skills install --agent": "what one install links",
+    "skills install --force": "a one-off confirmation",
+    "distill bench --no-scale": "the shape of one bench run",
+    "distill bench --workdir": "the shape of one bench run",
+    "distill bench --generate": "the shape of one bench run",
 }
 """Options that deliberately have no ``SKILLSCALE_*`` twin, with the reason:
 ``"--flag"`` for every command, ``"command --flag"`` for one."""
