@@ -226,13 +226,13 @@ class Distiller(AsyncRole):
             await asyncio.wait_for(self._evolution.observe(event), self.config.grace)
 
     async def _passes(self) -> None:
-        opts = replace(
-            self.config.options,
-            sources=[*self.config.options.sources, ("bus", self.spool)],
-        )
         while not self._stop.is_set():
             self._wake.clear()
-            if self.spool.exists() or self.config.options.sources:
+            # The spool exists once a trajectory arrived; before that it is
+            # not a missing source worth a warning on every pass.
+            spool = [("bus", self.spool)] if self.spool.exists() else []
+            opts = replace(self.config.options, sources=[*self.config.options.sources, *spool])
+            if opts.sources:
                 try:
                     outcome = await asyncio.to_thread(asyncio.run, distill_once(opts))
                 except (SkillScaleError, OSError) as exc:
