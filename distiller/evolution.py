@@ -95,6 +95,10 @@ class LLMJudge:
 
     def __init__(self, llm: LLMClient) -> None:
         self.llm = llm
+        self.scored = 0
+        self.failures = 0
+        """Calls that gave no score (unavailable, or no usable answer)."""
+        self._failing = False
 
     async def score(self, skill: str, task: str, output: str) -> float | None:
         """The judge's score in 0..1, or None."""
@@ -102,13 +106,26 @@ class LLMJudge:
         try:
             text = await self.llm.complete(self.SYSTEM, user, max_tokens=8)
         except LLMError as exc:
-            log.warning("judge unavailable: %s", exc)
-            return None
+            return self._no_score(f"judge unavailable: {exc}")
         match = re.fullmatch(r"\s*(\d{1,2})\s*(?:/\s*10)?\s*\.?\s*", text)
         if match is None or not 1 <= int(match.group(1)) <= 10:
-            log.warning("judge gave no usable score: %r", text[:80])
-            return None
+            return self._no_score(f"judge gave no usable score: {text[:80]!r}")
+        if self._failing:
+            log.info("judge: scoring again after %d calls without a score", self.failures)
+            self._failing = False
+        self.scored += 1
         return (int(match.group(1)) - 1) / 9
+
+    def _no_score(self, why: str) -> float | None:
+        # One warning per run of failures: a judge down for an hour is one line, not thousands.
+        self.failures += 1
+        if not self._failing:
+            self._failing = True
+            log.warning("%s; outcomes stand on exit status and feedback (logged once until "
+                        "the judge scores again)", why)  # fmt: skip
+        else:
+            log.debug("%s", why)
+        return None
 
 
 @dataclass
@@ -131,6 +148,14 @@ class EvolutionConfig:
     """Failures older than this are forgotten."""
     rescan_interval: float = 5.0
     """Seconds between rescans of the library for new skills and outside changes."""
+    judge_timeout: float = 30.0
+    """Longest wait for the judge's score of one reply; then the outcome counts unscored."""
+    judge_queue: int = 256
+    """Replies waiting for the judge; beyond it replies count unscored."""
+    new_versions: rollout.NewVersions = rollout.DEFAULT_NEW_VERSIONS
+    """``canary``: a draft enters the canary when none runs; ``draft`` (or ``active``):
+    drafts wait for ``skillscale skills canary|promote``. LLM revisions after failures
+    are drafts under ``draft`` and canaries otherwise."""
 
 
 @dataclass
@@ -148,6 +173,8 @@ class Outcome:
     stderr: str
     at: float = field(default_factory=time.time)
     score: float | None = None
+    judging: bool = False
+    """Waiting for the judge's score (held back from counting until it comes)."""
 
 
 @dataclass
@@ -222,6 +249,14 @@ class Evolution:
         """Every skills-changed event published (the last 100)."""
         self.rejected_events = 0
         self._tick_events: list[SkillsChangedEvent] = []
+        self._judge_queue: asyncio.Queue[tuple[Outcome, str, str]] = asyncio.Queue(
+            maxsize=max(1, self.config.judge_queue)
+        )
+        self._judge_task: asyncio.Task[None] | None = None
+        self.judge_stats = {"scored": 0, "unscored": 0, "skipped": 0}
+        """Replies the judge scored, could not score (error, timeout, nonsense), or
+        never saw (its queue was full)."""
+        self._judge_warned = False
 
     # -- life ------------------------------------------------------------------
 
@@ -233,13 +268,21 @@ class Evolution:
                 curve=self._curve,
             )  # fmt: skip
         self._rescan(force=True)
+        if self.judge is not None:
+            self._judge_task = asyncio.create_task(self._judging(), name="evolution-judge")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
+        if self._judge_task is not None:
+            self._judge_task.cancel()
+            await asyncio.gather(self._judge_task, return_exceptions=True)
+            self._judge_task = None
         async with self._lock:
+            for outcome in self._open.values():
+                outcome.judging = False  # the judge is gone: count them as they are
             await self._flush(time.time() + self.config.feedback_window + 1)
         if self._pub is not None:
             self._pub.close()
@@ -284,18 +327,73 @@ class Evolution:
             stderr=(trace.stderr or "")[-500:],
             at=trace.timestamp,
         )
-        task, output = raw.get("task"), raw.get("output")
+        task, output = trace.task, trace.output
         if self.judge is not None and isinstance(task, str) and isinstance(output, str):
-            score = await self.judge.score(trace.skill, task, output)
-            if score is not None:
-                self._apply_score(outcome, score)
-        if self.config.feedback_window <= 0:
+            # Judged off the intake path: a slow or dead judge delays this
+            # outcome's count (up to judge_timeout), never the next event.
+            try:
+                self._judge_queue.put_nowait((outcome, task, output))
+                outcome.judging = True
+            except asyncio.QueueFull:
+                self.judge_stats["skipped"] += 1
+                if not self._judge_warned:
+                    self._judge_warned = True
+                    log.warning("evolution: the judge is %d replies behind; replies beyond "
+                                "that count unscored", self._judge_queue.maxsize)  # fmt: skip
+        if self.config.feedback_window <= 0 and not outcome.judging:
             self._finish(outcome)
             return
         self._open[outcome.request_id] = outcome
         while len(self._open) > MAX_OPEN:
             _, oldest = self._open.popitem(last=False)
             self._finish(oldest)
+
+    async def _judging(self) -> None:
+        """Score queued replies one at a time, each within ``judge_timeout``."""
+        assert self.judge is not None
+        while True:
+            outcome, task, output = await self._judge_queue.get()
+            try:
+                await self._judge_one(outcome, task, output)
+            finally:
+                self._judge_queue.task_done()
+
+    async def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the judge has scored (or given up on) every reply queued so far."""
+        if self._judge_task is not None:
+            await asyncio.wait_for(self._judge_queue.join(), timeout)
+
+    async def _judge_one(self, outcome: Outcome, task: str, output: str) -> None:
+        assert self.judge is not None
+        if not outcome.judging:
+            return  # feedback came first and settled it
+        try:
+            score = await asyncio.wait_for(
+                self.judge.score(outcome.skill, task, output), self.config.judge_timeout
+            )
+        except asyncio.TimeoutError:
+            score = None
+            self._judge_failed(f"no score within {self.config.judge_timeout:g} s")
+        except Exception as exc:  # a judge of the user's may raise anything
+            score = None
+            self._judge_failed(f"{type(exc).__name__}: {exc}")
+        if outcome.judging:
+            outcome.judging = False
+            self.judge_stats["scored" if score is not None else "unscored"] += 1
+            if score is not None:
+                self._apply_score(outcome, score)
+                self._judge_warned = False
+            if (
+                self.config.feedback_window <= 0
+                and self._open.pop(outcome.request_id, None) is not None
+            ):
+                self._finish(outcome)
+
+    def _judge_failed(self, why: str) -> None:
+        if not self._judge_warned:
+            self._judge_warned = True
+            log.warning("evolution: the judge failed (%s); outcomes count unscored "
+                        "(logged once until it scores again)", why)  # fmt: skip
 
     @staticmethod
     def _apply_score(outcome: Outcome, score: float) -> None:
@@ -309,6 +407,7 @@ class Evolution:
     async def _on_feedback(self, feedback: FeedbackEvent) -> None:
         pending = self._open.pop(feedback.request_id, None)
         if pending is not None:
+            pending.judging = False  # the caller's own verdict outranks the judge's
             self._apply_score(pending, feedback.score)
             self._finish(pending)
             return
@@ -319,6 +418,7 @@ class Evolution:
             self._cluster(late)
 
     def _finish(self, outcome: Outcome) -> None:
+        outcome.judging = False  # counted now: a score arriving later does not change it
         self._done[outcome.request_id] = outcome
         while len(self._done) > MAX_OPEN:
             self._done.popitem(last=False)
@@ -370,8 +470,10 @@ class Evolution:
         cutoff = now - self.config.feedback_window
         while self._open:
             request_id, oldest = next(iter(self._open.items()))
-            if oldest.at > cutoff:
+            wait = self.config.judge_timeout + 1 if oldest.judging else 0.0
+            if oldest.at > cutoff - wait:
                 break
+            oldest.judging = False
             del self._open[request_id]
             self._finish(oldest)
 
@@ -387,7 +489,7 @@ class Evolution:
             return
         canary = state.canary
         if canary is None:
-            if state.drafts():
+            if state.drafts() and state.active is not None and self.config.new_versions == "canary":
                 try:
                     rollout.start_canary(skill_dir, share=self.config.share,
                                          time_limit=self.config.time_limit,
@@ -532,6 +634,7 @@ class Evolution:
                 version = rollout.propose_candidate(
                     skill_dir, source,
                     {"by": "evolution", "reason": summary[:500], "cluster": record.key},
+                    start_canary=self.config.new_versions != "draft",
                     share=self.config.share, time_limit=self.config.time_limit,
                     test=self.config.test,
                 )  # fmt: skip
@@ -614,6 +717,7 @@ class Evolution:
             "waiting_for_feedback": len(self._open),
             "uncounted": len(self._ready),
             "failure_clusters": len(self._clusters),
+            "judge": dict(self.judge_stats) if self.judge is not None else None,
         }
 
 

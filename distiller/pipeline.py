@@ -60,6 +60,10 @@ class Options:
     llm: LLMSettings | None = None
     state_timeout: float = 5.0
     """Seconds to wait for a state another pass holds."""
+    new_versions: str = "canary"
+    """Where new versions start (:data:`skillscale.core.rollout.NEW_VERSION_POLICIES`):
+    ``canary`` (new skills active, updates in canary), ``draft`` (both unserved until
+    promoted) or ``active`` (both served at once)."""
 
 
 def state_path(skills_dir: Path) -> Path:
@@ -281,7 +285,16 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
         if rec is not None and rec.rendered == files_hash and skill_dir.is_dir():
             out.skills["unchanged"].append(entry | {"version": rec.version})
             continue
-        if rec is None:
+        if rec is None and opts.new_versions == "draft" and rollout is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                source = Path(tmp) / name
+                _write_files(source, rendered.files)
+                rollout.create_draft_skill(skill_dir, source, {
+                    "by": "skillscale-distill",
+                    "message": _message("create", name, version, atoms, rendered),
+                })  # fmt: skip
+            out.skills["created"].append(entry | {"draft": True})
+        elif rec is None:
             skill_dir.mkdir(parents=True, exist_ok=True)
             _write_files(skill_dir, rendered.files)
             skill_history.commit(skill_dir, _message("create", name, version, atoms, rendered))
@@ -297,7 +310,13 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
                     "atoms": [a.id for a in atoms][:100],
                     "procedure": rendered.procedure_hash,
                 }
-                version = str(rollout.propose_candidate(skill_dir, source, provenance))
+                version = str(rollout.propose_candidate(
+                    skill_dir, source, provenance, start_canary=opts.new_versions == "canary"
+                ))  # fmt: skip
+                if opts.new_versions == "active" and rollout.read_rollout(skill_dir).active:
+                    rollout.promote(
+                        skill_dir, "new versions are served at once (--new-versions active)"
+                    )
             out.skills["candidates"].append(entry | {"version": version})
             new_rec = SkillRecord(**{**new_rec.__dict__, "version": version})
         elif version == rec.version and _active_version(skill_dir) != rec.version:

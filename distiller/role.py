@@ -29,6 +29,7 @@ from typing import Any
 from skillscale.core.errors import SkillScaleError
 from skillscale.core.events import TRACE_TOPIC, TRAJECTORY_TOPIC, AgentTrajectory
 from skillscale.core.health import HealthServer, RoleHealth, url_for
+from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.redact import Redactor
 from skillscale.core.runtime import AsyncRole, safe
 from skillscale.core.security import CurveKeys
@@ -62,6 +63,12 @@ class RoleConfig:
     health_port: int | None = None
     """HTTP port for ``/healthz`` and ``/readyz`` (0 = any free); None: no endpoint."""
     health_host: str = "127.0.0.1"
+    evolution: Any = None
+    """An :class:`~skillscale.distiller.evolution.EvolutionConfig` (None: its defaults)."""
+    judge: LLMSettings | None = None
+    """Score replies with this LLM (:class:`~skillscale.distiller.evolution.LLMJudge`)."""
+    evolution_interval: float = 2.0
+    """Seconds between canary decisions, independent of the (slower) passes."""
 
 
 class Distiller(AsyncRole):
@@ -95,6 +102,7 @@ class Distiller(AsyncRole):
             "skills_dir": str(self.skills_dir),
             "sources": [[k, str(p)] for k, p in self.config.options.sources],
             "evolution": self._evolution is not None,
+            "judge": self.config.judge is not None,
             "health": self.health_url,
         }
 
@@ -142,6 +150,10 @@ class Distiller(AsyncRole):
             self._tasks.append(
                 self.supervise(asyncio.create_task(self._loop_ticks(), name="health-ticks"))
             )
+        if self._evolution is not None and self.config.evolution_interval > 0:
+            self._tasks.append(
+                self.supervise(asyncio.create_task(self._ticks(), name="evolution-ticks"))
+            )
         self._serving = True
 
     async def _start_evolution(self) -> Any:
@@ -150,12 +162,33 @@ class Distiller(AsyncRole):
         except ImportError:
             log.info("distill: no evolution component in this build; traces are not used")
             return None
+        cfg = self.config
+        # Revisions after failures use the distiller's LLM (--llm); the judge its own.
+        llm = LLMClient(cfg.options.llm) if cfg.options.llm is not None else None
+        judge = module.LLMJudge(LLMClient(cfg.judge)) if cfg.judge is not None else None
         evolution = module.Evolution(
-            skills_dir=self.skills_dir, transport=self.config.transport,
-            proxy_xsub=self.config.proxy_xsub, curve=self.config.curve,
+            skills_dir=self.skills_dir, config=cfg.evolution, llm=llm, judge=judge,
+            transport=cfg.transport, proxy_xsub=cfg.proxy_xsub, curve=cfg.curve,
         )  # fmt: skip
         await evolution.__aenter__()
         return evolution
+
+    async def _ticks(self) -> None:
+        """Canary decisions every ``evolution_interval``, whatever the passes are doing."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.evolution_interval)
+            if self._stop.is_set():
+                break
+            await self._tick()
+
+    async def _tick(self) -> None:
+        try:
+            await asyncio.wait_for(self._evolution.tick(), self.config.grace)
+        except asyncio.TimeoutError:
+            # An LLM revision can outlast the grace; the next tick goes on from the files.
+            log.warning("distill: an evolution step took over %g s and was cut short",
+                        self.config.grace)  # fmt: skip
 
     async def stop(self) -> None:
         """Stop taking events, let a pass finish within the grace, release everything."""
@@ -247,7 +280,7 @@ class Distiller(AsyncRole):
                         "distill pass: %d new atoms; skills %s", result["atoms"]["new"], changed
                     )
             if self._evolution is not None:
-                await asyncio.wait_for(self._evolution.tick(), self.config.grace)
+                await self._tick()
             async with self.pass_done:
                 self.pass_count += 1
                 self.pass_done.notify_all()

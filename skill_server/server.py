@@ -43,7 +43,13 @@ from urllib.parse import urlsplit
 
 from skillscale.core import stamps
 from skillscale.core.errors import ConfigError, ErrorCode
-from skillscale.core.events import SKILLS_CHANGED_TOPIC, TRACE_TOPIC, ExecutionTrace, caller_id
+from skillscale.core.events import (
+    SKILLS_CHANGED_TOPIC,
+    TRACE_TOPIC,
+    ExecutionTrace,
+    caller_id,
+    payload_fields,
+)
 from skillscale.core.health import HealthServer, RoleHealth, url_for
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.matchers import resolve_matcher, wants_llm
@@ -134,9 +140,12 @@ class ServerConfig:
     hwm: int = 10_000
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     trace_events: bool = True
+    """Publish an execution trace per request on ``_SKILLSCALE_TRACE``."""
+    trace_payloads: bool = False
+    """Put every request's task and reply (redacted, 4 KiB each) in its trace event;
+    requests to a skill in canary carry them regardless, for the distiller's judge."""
     reload_interval: float = 2.0
     """Seconds between checks for added, removed or edited skills; 0 disables."""
-    """Publish an execution trace per request on ``_SKILLSCALE_TRACE``."""
     resources: ResourceLimits = field(default_factory=ResourceLimits)
     curve: CurveKeys | None = None
     executor: Literal["warm", "cold"] = "warm"
@@ -745,6 +754,15 @@ class SkillServer(AsyncRole):
             attempt=job.attempt if job.dispatch_id is not None else None,
             **self.handler.event_details(reply),
         )
+        # The judge compares the two arms of a canary on the same kind of
+        # content, so both carry it; other requests only with --trace-payloads.
+        if reply.skill is not None and (
+            self.config.trace_payloads or (trace is not None and trace.candidate is not None)
+        ):
+            payload = payload_fields(job.request.intent, reply.content if reply.ok
+                                     else (reply.error or ""))  # fmt: skip
+            event.task, event.output = payload["task"], payload["output"]
+            event.payload_truncated = payload["payload_truncated"]
         self._pub.send([TRACE_TOPIC.encode(), event.model_dump_json().encode()])
 
     async def _reply(self, job: Job, reply: Reply) -> None:

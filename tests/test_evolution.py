@@ -227,4 +227,5 @@ async def test_the_judge_fails_a_run_it_scores_low(library: Path) -> None:
         for i in range(3):
             await evo.observe(trace(f"j{i}", version="1", candidate=False, ok=True,
                                     task="t", output="o"))  # fmt: skip
+        await evo.settle(10)  # judged off the intake path
         assert [e.change for e in await evo.tick()] == ["degraded"]

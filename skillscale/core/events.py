@@ -23,12 +23,39 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from skillscale.core.redact import redact_obj
+from skillscale.core.redact import redact, redact_obj
 
 TRACE_TOPIC = "_SKILLSCALE_TRACE"
 TRAJECTORY_TOPIC = "_SKILLSCALE_TRAJECTORY"
 FEEDBACK_TOPIC = "_SKILLSCALE_FEEDBACK"
 SKILLS_CHANGED_TOPIC = "_SKILLSCALE_SKILLS_CHANGED"
+
+
+MAX_PAYLOAD_CHARS = 4096
+"""Bound of a trace event's ``task`` and ``output`` (characters, after redaction)."""
+
+
+def payload_fields(task: str, output: str) -> dict[str, Any]:
+    """``task``, ``output`` and ``payload_truncated`` for a trace event: redacted, bounded.
+
+    Redaction sees a prefix four times the bound (so a secret straddling the
+    cut is still recognised whole) before the text is cut; a PEM block that
+    begins before the cut and is not closed within that prefix is dropped
+    from its first line on.
+    """
+    fields: dict[str, Any] = {}
+    truncated = False
+    for name, text in (("task", task), ("output", output)):
+        clean = redact(text[: 4 * MAX_PAYLOAD_CHARS])
+        if len(clean) > MAX_PAYLOAD_CHARS or len(text) > 4 * MAX_PAYLOAD_CHARS:
+            truncated = True
+            clean = clean[:MAX_PAYLOAD_CHARS]
+            begin = clean.find("-----BEGIN ")
+            if begin >= 0:
+                clean = clean[:begin]
+        fields[name] = clean
+    fields["payload_truncated"] = truncated
+    return fields
 
 
 def caller_id(reply_to: str) -> str:
@@ -64,6 +91,14 @@ class ExecutionTrace(BaseModel):
     """The input's shape without its values (``json:object{a,b}``, ``text``)."""
     stderr: str | None = None
     """The redacted tail of the skill's stderr, on failure only."""
+    task: str | None = None
+    """The request's task or input, redacted and at most :data:`MAX_PAYLOAD_CHARS`
+    characters; only on requests to a skill in canary, or with ``--trace-payloads``
+    (for the distiller's LLM judge)."""
+    output: str | None = None
+    """The reply's content (or error message), bounded and redacted like ``task``."""
+    payload_truncated: bool | None = None
+    """True when ``task`` or ``output`` was cut to :data:`MAX_PAYLOAD_CHARS`."""
 
 
 class TrajectoryStep(BaseModel):

@@ -117,6 +117,13 @@ DEFAULT_BETA = 0.15
 DEFAULT_ODDS_RATIO = 2.0
 
 State = Literal["draft", "canary", "active", "retired"]
+NewVersions = Literal["draft", "canary", "active"]
+NEW_VERSION_POLICIES: tuple[NewVersions, ...] = ("draft", "canary", "active")
+DEFAULT_NEW_VERSIONS: NewVersions = "canary"
+"""Where a new distilled version starts: ``canary`` proves an update on live traffic
+(a brand-new skill, having nothing to be compared with, is active at once);
+``draft`` keeps new skills and updates unserved until someone promotes them;
+``active`` serves them at once (the previous version kept for rollback)."""
 Arm = Literal["active", "candidate"]
 Decision = Literal["promote", "reject", "continue"]
 
@@ -390,8 +397,11 @@ class Rollout(BaseModel):
         return {
             "skill": self.skill,
             "active": self.active,
-            "state": "canary" if self.canary else ("degraded" if self.degraded else "active"),
+            "state": "canary"
+            if self.canary
+            else ("draft" if self.active is None else ("degraded" if self.degraded else "active")),
             "degraded": self.degraded,
+            "drafts": self.drafts(),
             "versions": {v: i.model_dump() for v, i in sorted(self.versions.items(), key=_ikey)},
             "canary": self.canary.status(now) if self.canary else None,
             "failures": [f.model_dump() for f in self.failures],
@@ -590,8 +600,8 @@ def propose_candidate(
 
     ``provenance``: string values (or one message string) recorded with the
     version. The candidate must be a valid skill with the same name. It starts as a
-    ``draft`` and, with ``start_canary`` and no canary running, becomes the
-    ``canary`` at once.
+    ``draft`` and, with ``start_canary``, no canary running and an active
+    version to compare with, becomes the ``canary`` at once.
     """
     skill_dir = Path(skill_dir)
     rollout = ensure_rollout(skill_dir)
@@ -616,10 +626,64 @@ def propose_candidate(
         state="draft", provenance=dict(provenance or {}), reason="proposed"
     )
     rollout.note("propose", version, str(dict(provenance or {}))[:MAX_TEXT])
-    if start_canary and rollout.canary is None:
+    if start_canary and rollout.canary is None and rollout.active is not None:
         _start(rollout, version, share, time_limit, test)
     write_rollout(skill_dir, rollout)
     return version
+
+
+def create_draft_skill(
+    skill_dir: Path, source_dir: Path, provenance: Mapping[str, Any] | str | None = None
+) -> str:
+    """Store a brand-new skill as draft version ``"1"``, not served by anyone.
+
+    ``skill_dir`` gets no ``SKILL.md`` of its own (so discovery, and every
+    server, passes it by), only ``.skillscale/rollout.json`` with no active
+    version and ``.skillscale/candidates/1/``. :func:`promote` makes it the
+    skill; :func:`find_drafts` lists such skills.
+    """
+    skill_dir = Path(skill_dir)
+    if (skill_dir / "SKILL.md").exists() or read_rollout(skill_dir) is not None:
+        raise RolloutError(f"{skill_dir} is already a skill")
+    try:
+        source = load_skill(Path(source_dir), name=skill_dir.name)
+    except SkillFormatError as exc:
+        raise RolloutError(f"the draft is not a valid skill: {exc}") from None
+    if isinstance(provenance, str):
+        provenance = {"message": provenance}
+    target = candidate_dir(skill_dir, "1")
+    if target.exists():
+        shutil.rmtree(target)  # a leftover of a crash between copy and write
+    target.parent.mkdir(parents=True, exist_ok=True)
+    copy_version(source.path, target)
+    _set_version(target, "1")
+    rollout = Rollout(
+        skill=source.name, active=None, next_version=2,
+        versions={"1": VersionInfo(state="draft", provenance=dict(provenance or {}),
+                                   reason="new skill, waiting for promotion")},
+    )  # fmt: skip
+    rollout.note("propose", "1", "new skill as a draft")
+    write_rollout(skill_dir, rollout)
+    return "1"
+
+
+def find_drafts(roots: list[Path] | tuple[Path, ...]) -> dict[str, Path]:
+    """Skills that exist only as drafts (no active version) below ``roots``, by name.
+
+    Looked for where discovery looks for skills: ``<root>/<name>`` and
+    ``<root>/<category>/<name>``.
+    """
+    found: dict[str, Path] = {}
+    for root in roots:
+        for pattern in (f"*/{STATE_DIR}/{ROLLOUT_FILE}", f"*/*/{STATE_DIR}/{ROLLOUT_FILE}"):
+            for path in sorted(Path(root).glob(pattern)):
+                skill_dir = path.parent.parent
+                if (skill_dir / "SKILL.md").exists():
+                    continue
+                state = read_rollout(skill_dir)
+                if state is not None and state.active is None and state.drafts():
+                    found.setdefault(state.skill or skill_dir.name, skill_dir)
+    return found
 
 
 def _start(
@@ -648,6 +712,9 @@ def start_canary(
     rollout = _require(skill_dir)
     if rollout.canary is not None:
         raise RolloutError(f"version {rollout.canary.version} is already in canary")
+    if rollout.active is None:
+        raise RolloutError("a new skill has no active version to compare a canary with; "
+                           "promote its draft instead")  # fmt: skip
     drafts = rollout.drafts()
     if version is None:
         if not drafts:
@@ -701,6 +768,9 @@ def promote(skill_dir: Path, reason: str = "promoted") -> str:
     _replace_active(skill_dir, source)
     if rollout.active is not None and rollout.active in rollout.versions:
         _retire(rollout, rollout.active, f"replaced by {version}")
+    for other in drafts:
+        if _vkey(other) < _vkey(version):
+            _retire(rollout, other, f"superseded by {version}")
     info = rollout.versions[version]
     info.state, info.decided, info.reason = "active", time.time(), _clip(reason)
     rollout.active = version

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
 from typing import Any, TypeVar
@@ -602,6 +602,20 @@ class SyncSkillScaleClient:
     def invoke_task(self, topic: str, task: str, *, timeout: float | None = None) -> str:
         """Blocking :meth:`SkillScaleClient.invoke_task`."""
         return self._run(self._client.invoke_task(topic, task, timeout=timeout))
+
+    def feedback(self, request_id: str, score: float, comment: str | None = None) -> FeedbackEvent:
+        """Blocking :meth:`SkillScaleClient.feedback` (sent from the client's loop thread,
+        which owns its sockets)."""
+        return self._run(self._on_loop(self._client.feedback, request_id, score, comment))
+
+    def submit_trajectory(self, trajectory: AgentTrajectory | dict[str, Any]) -> AgentTrajectory:
+        """Blocking :meth:`SkillScaleClient.submit_trajectory`."""
+        return self._run(self._on_loop(self._client.submit_trajectory, trajectory))
+
+    @staticmethod
+    async def _on_loop(fn: Callable[..., T], *args: Any) -> T:
+        # A ZeroMQ socket is used from one thread only: the loop thread.
+        return fn(*args)
 
     def close(self) -> None:
         """Close the client and stop its loop thread."""

@@ -22,6 +22,7 @@ from skillscale.tools.cli.common import (
     add_proxy_endpoints,
     log,
 )
+from skillscale.tools.cli.skills_rollout import add_evolution_flags
 
 KINDS = ("claude-code", "codex", "opencode", "cursor", "openclaw", "bus")
 DEFAULT_DIR = "~/.skillscale/distilled"
@@ -71,6 +72,7 @@ def _options(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> Any:
         cluster=Config(min_occurrences=args.min_occurrences, min_sessions=args.min_sessions),
         redact_patterns=list(args.redact or []),
         llm=LLMSettings.load() if args.llm else None,
+        new_versions=args.new_versions,
     )
 
 
@@ -111,8 +113,13 @@ def _run_role(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> int:
     from skillscale.core.runtime import install_stop_signals, run, serve_until
     from skillscale.distiller.role import Distiller, RoleConfig
     from skillscale.tools.cli.common import _curve_keys
+    from skillscale.tools.cli.skills_rollout import evolution_settings
 
+    evolution, judge = evolution_settings(args)
     config = RoleConfig(
+        evolution=evolution,
+        judge=judge,
+        evolution_interval=args.evolution_interval,
         options=_options(args, sources),
         proxy_xpub=args.proxy_xpub,
         proxy_xsub=args.proxy_xsub,
@@ -219,6 +226,7 @@ def add_parser(sub: Any) -> None:
         "seconds between passes of the long-lived role",
         type=_seconds,
     )
+    add_evolution_flags(p)
     add_proxy_endpoints(p)
     add_curve_peer(p)
     add_health_port(p)

@@ -21,6 +21,7 @@ from skillscale.tools.cli.common import (
     _positive_int,
     _print_ready,
     _seconds,
+    _switch,
     add_curve_peer,
     add_health_port,
     add_proxy_endpoints,
@@ -70,6 +71,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         executor=args.executor,
         matcher=args.matcher,
         reload_interval=args.reload_interval,
+        trace_payloads=args.trace_payloads,
         dedupe=DedupeConfig(max_entries=args.dedupe_window, max_age=args.dedupe_age),
         preload=[m for m in args.preload.split(",") if m] if args.preload else None,
         waiting_children=int(args.waiting_children),
@@ -259,6 +261,13 @@ def add_parser(sub: Any) -> None:
         None,
         "id shown in replies",
         shown="<host>-<pid>-<hex>",
+    )
+    _switch(
+        p_server,
+        "--trace-payloads",
+        "SKILLSCALE_TRACE_PAYLOADS",
+        "put each request's task and reply (redacted, 4 KiB each) in its trace event "
+        "(requests to a skill in canary always carry them, for the distiller's LLM judge)",
     )
     add_health_port(p_server)
     p_server.set_defaults(func=_cmd_server)

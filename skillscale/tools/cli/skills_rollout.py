@@ -19,9 +19,18 @@ from typing import Any
 from skillscale.core import rollout
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.errors import ConfigError
-from skillscale.tools.cli.common import EXIT_FAIL, EXIT_OK, _dirs, _flag, add_skills_dir
+from skillscale.core.llm import LLMSettings
+from skillscale.tools.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    _dirs,
+    _flag,
+    _seconds,
+    _switch,
+    add_skills_dir,
+)
 
-COMMANDS = ("status", "install")
+COMMANDS = ("status", "install", "promote", "canary", "reject")
 
 AGENT_DIRS = {
     "claude": Path(".claude") / "skills",
@@ -36,35 +45,82 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch ``skills status|install``."""
     if args.skills_cmd == "status":
         return _status(args)
+    if args.skills_cmd in ("promote", "canary", "reject"):
+        return _change(args)
     return _install(args)
 
 
-def _status(args: argparse.Namespace) -> int:
-    catalog = SkillDiscovery(_dirs(args.skills_dir)).scan()
-    names = [args.name] if args.name else sorted(catalog.skills)
-    if args.name and args.name not in catalog.skills:
+def _library(args: argparse.Namespace) -> dict[str, Path]:
+    """Every skill folder by name: the served ones and those that are only drafts."""
+    roots = _dirs(args.skills_dir)
+    catalog = SkillDiscovery(roots).scan()
+    found = {name: skill.path for name, skill in catalog.skills.items()}
+    for name, path in rollout.find_drafts(tuple(roots)).items():
+        found.setdefault(name, path)
+    return found
+
+
+def _skill_dir(args: argparse.Namespace, library: dict[str, Path]) -> Path:
+    if args.name not in library:
         raise ConfigError(
             f"no skill named {args.name!r} in {', '.join(map(str, _dirs(args.skills_dir)))}"
         )
+    return library[args.name]
+
+
+def _change(args: argparse.Namespace) -> int:
+    """``promote`` (canary or newest draft -> active), ``canary`` (draft -> canary), ``reject``."""
+    folder = _skill_dir(args, _library(args))
+    why = args.reason or f"{args.skills_cmd} from the command line"
+    try:
+        if args.skills_cmd == "promote":
+            version = rollout.promote(folder, why)
+            done = f"{args.name} version {version} is active"
+        elif args.skills_cmd == "canary":
+            version = rollout.start_canary(folder, args.version, share=args.share)
+            done = f"{args.name} version {version} is in canary on {args.share:.0%} of callers"
+        else:
+            version = rollout.reject(folder, why)
+            done = f"{args.name} version {version} is retired"
+    except rollout.RolloutError as exc:
+        raise ConfigError(f"{args.name}: {exc.message}") from None
+    # Servers see the change on their rescan, and at once through the
+    # distiller's skills-changed event when a distiller runs.
+    print(json.dumps(rollout.status(folder), indent=2) if args.json else done)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    roots = _dirs(args.skills_dir)
+    catalog = SkillDiscovery(roots).scan()
+    library = _library(args)
+    names = [args.name] if args.name else sorted(library)
+    if args.name:
+        _skill_dir(args, library)
     report: dict[str, Any] = {}
     for name in names:
-        skill = catalog.skills[name]
-        info = rollout.status(skill.path)
+        skill = catalog.skills.get(name)
+        info = rollout.status(library[name])
         report[name] = info or {
             "skill": name,
-            "active": skill.version,
+            "active": skill.version if skill else None,
             "state": "active",
             "degraded": False,
+            "drafts": [],
             "canary": None,
             "failures": [],
             "suggestions": [],
         }
-        report[name]["path"] = str(skill.path)
+        report[name]["path"] = str(library[name])
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     for name, info in report.items():
-        print(f"{name:<24} {info['state']:<9} active v{info['active'] or '?'}")
+        flags = [f"drafts v{', v'.join(info['drafts'])}"] if info.get("drafts") else []
+        if info.get("degraded") and info["state"] != "degraded":
+            flags.append("DEGRADED")
+        active = f"active v{info['active']}" if info["active"] else "not served"
+        print(f"{name:<24} {info['state']:<9} {active}" + "".join(f"; {f}" for f in flags))
         canary = info.get("canary")
         if canary:
             print(f"  canary v{canary['version']} on {canary['share']:.0%} of callers, "
@@ -128,6 +184,58 @@ def _install(args: argparse.Namespace) -> int:
     return EXIT_FAIL if failed else EXIT_OK
 
 
+def add_evolution_flags(p: argparse.ArgumentParser) -> None:
+    """The long-lived distiller's canary settings (``skillscale distill``)."""
+    _flag(p, "--new-versions", "SKILLSCALE_DISTILL_NEW_VERSIONS", rollout.DEFAULT_NEW_VERSIONS,
+          "where new distilled versions start: canary (updates in canary, new skills "
+          "active), draft (unserved until `skills canary|promote`), active (served at once)",
+          choices=rollout.NEW_VERSION_POLICIES)  # fmt: skip
+    _flag(p, "--canary-share", "SKILLSCALE_DISTILL_CANARY_SHARE", rollout.DEFAULT_SHARE,
+          "share of a skill's callers its canary gets", type=_share)  # fmt: skip
+    _flag(
+        p,
+        "--feedback-window",
+        "SKILLSCALE_DISTILL_FEEDBACK_WINDOW",
+        30.0,
+        "seconds a reply waits for client feedback before it is counted",
+        type=_seconds,
+    )
+    _flag(p, "--evolution-interval", "SKILLSCALE_DISTILL_EVOLUTION_INTERVAL", 2.0,
+          "seconds between canary decisions", type=_seconds)  # fmt: skip
+    _switch(
+        p,
+        "--judge",
+        "SKILLSCALE_DISTILL_JUDGE",
+        "score replies with the configured LLM (see `skillscale config`); servers "
+        "send request and reply text for skills in canary (or all with --trace-payloads)",
+    )
+
+
+def evolution_settings(args: argparse.Namespace) -> tuple[Any, LLMSettings | None]:
+    """The :class:`EvolutionConfig` and the judge's LLM settings from the flags."""
+    from skillscale.distiller.evolution import EvolutionConfig
+
+    judge = None
+    if args.judge:
+        judge = LLMSettings.load()
+        if judge is None:
+            raise ConfigError("--judge needs an LLM: run `skillscale config init` or set "
+                              "SKILLSCALE_LLM_MODEL and OPENAI_BASE_URL")  # fmt: skip
+    config = EvolutionConfig(share=args.canary_share, feedback_window=args.feedback_window,
+                             new_versions=args.new_versions)  # fmt: skip
+    return config, judge
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share in (0, 1], e.g. 0.2")
+    return value
+
+
 def add_parsers(skills_sub: Any) -> None:
     """Add ``status`` and ``install`` to the ``skillscale skills`` subcommands."""
     p_status = skills_sub.add_parser("status", help="rollout state and canary statistics")
@@ -139,6 +247,17 @@ def add_parsers(skills_sub: Any) -> None:
           "folder the agents' skill folders are under")  # fmt: skip
     p_install.add_argument("--force", action="store_true",
                            help="replace links that point elsewhere")  # fmt: skip
-    for p in (p_status, p_install):
+    p_promote = skills_sub.add_parser(
+        "promote", help="make the canary (or the newest draft) the active version"
+    )
+    p_canary = skills_sub.add_parser("canary", help="put a draft in canary")
+    p_reject = skills_sub.add_parser("reject", help="retire the canary without serving it")
+    for p in (p_promote, p_canary, p_reject):
+        p.add_argument("name")
+        p.add_argument("--reason", help="recorded in the rollout log")
+    p_canary.add_argument("--version", help="the draft (default: the newest)")
+    p_canary.add_argument("--share", type=_share, default=rollout.DEFAULT_SHARE,
+                          help=f"share of callers (default {rollout.DEFAULT_SHARE})")  # fmt: skip
+    for p in (p_status, p_install, p_promote, p_canary, p_reject):
         add_skills_dir(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")

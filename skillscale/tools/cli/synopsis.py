@@ -36,6 +36,11 @@ ENV_EXEMPT: dict[str, str] = {
     "distill bench --no-scale": "the shape of one bench run",
     "distill bench --workdir": "the shape of one bench run",
     "distill bench --generate": "the shape of one bench run",
+    "skills promote --reason": "what one promotion records",
+    "skills canary --reason": "what one canary start records",
+    "skills canary --version": "which draft one canary starts",
+    "skills canary --share": "the share of one canary (the distiller's is --canary-share)",
+    "skills reject --reason": "what one rejection records",
 }
 """Options that deliberately have no ``SKILLSCALE_*`` twin, with the reason:
 ``"--flag"`` for every command, ``"command --flag"`` for one."""
