@@ -239,6 +239,7 @@ class Evolution:
         self._dirs: dict[str, Path] = {}
         self._known: dict[str, tuple[str | None, str | None, bool]] | None = None
         self._last_scan = 0.0
+        self._drafted: set[str] = set()
         self._open: OrderedDict[str, Outcome] = OrderedDict()
         self._done: OrderedDict[str, Outcome] = OrderedDict()
         self._ready: list[Outcome] = []
@@ -478,7 +479,8 @@ class Evolution:
             self._finish(oldest)
 
     def _canary_skills(self) -> set[str]:
-        return {n for n, k in (self._known or {}).items() if k[1] is not None}
+        """Skills with a canary running or drafts waiting (the latter may start one)."""
+        return {n for n, k in (self._known or {}).items() if k[1] is not None} | self._drafted
 
     async def _decide(self, name: str, outcomes: list[Outcome], now: float) -> None:
         skill_dir = self._dirs.get(name)
@@ -654,11 +656,14 @@ class Evolution:
         catalog = SkillDiscovery(self.roots).scan()
         self._dirs = {name: skill.path for name, skill in catalog.skills.items()}
         current: dict[str, tuple[str | None, str | None, bool]] = {}
+        self._drafted = set()
         for name, path in self._dirs.items():
             state = rollout.read_rollout(path)
             if state is None:
                 current[name] = (rollout.folder_version(path), None, False)
             else:
+                if state.drafts():
+                    self._drafted.add(name)
                 canary = state.canary.version if state.canary else None
                 current[name] = (state.active, canary, state.degraded)
         previous, self._known = self._known, current

@@ -310,14 +310,13 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
                     "atoms": [a.id for a in atoms][:100],
                     "procedure": rendered.procedure_hash,
                 }
-                version = str(rollout.propose_candidate(
-                    skill_dir, source, provenance, start_canary=opts.new_versions == "canary"
-                ))  # fmt: skip
-                if opts.new_versions == "active" and rollout.read_rollout(skill_dir).active:
-                    rollout.promote(
-                        skill_dir, "new versions are served at once (--new-versions active)"
-                    )
-            out.skills["candidates"].append(entry | {"version": version})
+                # The default policy keeps the call as it was (canary at once).
+                policy = {} if opts.new_versions == "canary" else {"start_canary": False}
+                version = str(rollout.propose_candidate(skill_dir, source, provenance, **policy))
+                if opts.new_versions == "active":
+                    rollout.promote(skill_dir, "served at once (--new-versions active)")
+            extra = {} if opts.new_versions == "canary" else {"state": opts.new_versions}
+            out.skills["candidates"].append(entry | {"version": version} | extra)
             new_rec = SkillRecord(**{**new_rec.__dict__, "version": version})
         elif version == rec.version and _active_version(skill_dir) != rec.version:
             # The last version is a candidate still in its canary: the active

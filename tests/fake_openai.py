@@ -17,7 +17,8 @@ from typing import Any
 @dataclass
 class Script:
     """Answers, used in order; the last one repeats. Each is one of
-    ``("text", str)``, ``("status", int)``, ``("hang", seconds)``, ``("garbage", bytes)``."""
+    ``("text", str)``, ``("status", int)``, ``("hang", seconds)``, ``("garbage", bytes)``,
+    or ``("fn", f)`` where ``f(request_body)`` returns one of the others."""
 
     answers: deque[tuple[str, Any]] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -52,6 +53,8 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
                 script.requests.append(body)
                 script.times.append(time.monotonic())
             kind, value = script.next()
+            if kind == "fn":
+                kind, value = value(body)
             if kind == "hang":
                 time.sleep(value)
                 kind, value = "text", "too late"

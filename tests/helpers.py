@@ -86,12 +86,19 @@ def close_all_roles() -> None:
 class RoleProcess:
     """A ``python -m skillscale ...`` child that reports readiness as a JSON line."""
 
-    def __init__(self, *args: str, ready_timeout: float = 30.0, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *args: str,
+        ready_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+        stderr: Any = None,
+    ):
         self.args = [sys.executable, "-m", "skillscale", *args]
         self.proc = subprocess.Popen(
             self.args,
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            stderr=stderr,
             env=env or role_env(),
             cwd=ROOT,
             preexec_fn=_die_with_parent,

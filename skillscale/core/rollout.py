@@ -300,7 +300,9 @@ class Canary(BaseModel):
         evidence = (
             f"LLR {self.llr:.2f} after {p.candidate_wins + p.active_wins} discordant pairs "
             f"({p.candidate_wins} won by the candidate), "
-            f"bounds [{sprt.lower:.2f}, {sprt.upper:.2f}]"
+            f"bounds [{sprt.lower:.2f}, {sprt.upper:.2f}]; outcomes: candidate "
+            f"{self.arms.candidate.successes}/{self.arms.candidate.n}, active "
+            f"{self.arms.active.successes}/{self.arms.active.n} succeeded"
         )
         if verdict == "promote":
             return verdict, f"sprt: candidate better ({evidence})"

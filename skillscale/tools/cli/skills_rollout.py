@@ -123,8 +123,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{name:<24} {info['state']:<9} {active}" + "".join(f"; {f}" for f in flags))
         canary = info.get("canary")
         if canary:
+            left = _duration(canary["time_left"])
             print(f"  canary v{canary['version']} on {canary['share']:.0%} of callers, "
-                  f"{canary['time_left']:.0f} s left, decision: {canary['decision']}")  # fmt: skip
+                  f"{left} left, decision: {canary['decision']}")  # fmt: skip
             for arm in ("active", "candidate"):
                 stats = canary["arms"][arm]
                 rate = "-" if stats["success_rate"] is None else f"{stats['success_rate']:.1%}"
@@ -136,12 +137,23 @@ def _status(args: argparse.Namespace) -> int:
                   f"odds ratio {canary['test']['odds_ratio']}); discordant pairs "
                   f"{pairs['candidate_wins']} won / {pairs['active_wins']} lost")  # fmt: skip
         for failure in info.get("failures", []):
+            last = (failure["stderr"] or "").strip().splitlines()[-1:] or ["(no stderr)"]
             print(f"  failing: {failure['count']} x {failure['outcome']} on v{failure['version']}"
-                  f" input {failure['input_shape'] or '?'}: "
-                  f"{(failure['stderr'] or '').strip().splitlines()[-1:] or ''}")  # fmt: skip
+                  f", input {failure['input_shape'] or '?'}: {last[0][:200]}")  # fmt: skip
         for note in info.get("suggestions", [])[-1:]:
             print(f"  suggestion: {(note.get('text') or '').strip()[:300]}")
     return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``17 min``, ``5.2 h``, ``7.0 d``: a time left, readable at a glance."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
 
 
 def _install(args: argparse.Namespace) -> int:
