@@ -153,7 +153,8 @@ async def clients_per_arm(
             if key not in found:
                 found[key] = client
                 used = True
-        (spare if not used else []).append(client)
+        if not used:
+            spare.append(client)
         if len(found) == 2 * len(skills):
             break
     for client in spare:
@@ -420,3 +421,34 @@ def test_payloads_are_redacted_and_bounded() -> None:
     assert cut["payload_truncated"] is True
     assert len(cut["task"]) <= MAX_PAYLOAD_CHARS and len(cut["output"]) == MAX_PAYLOAD_CHARS
     assert "AAAA" not in cut["task"]  # an unclosed key block at the cut is dropped whole
+
+
+@pytest.mark.timeout(60)
+async def test_trace_payloads_flag_puts_them_in_every_trace(
+    proxy: RoleProcess, tmp_path: Path
+) -> None:
+    write_skill(tmp_path / "lib" / "evo" / "plain", "plain", OK, "1")
+    server = RoleProcess(
+        "server", "--skills-dir", str(tmp_path / "lib" / "evo"), "--trace-payloads",
+        "--proxy-xsub", proxy.ready["xsub"], "--proxy-xpub", proxy.ready["xpub"],
+        "--proxy-router", proxy.ready["router"],
+    )  # fmt: skip
+    try:
+        async with (
+            bus(proxy) as sub,
+            SkillScaleClient(proxy.ready["xsub"], proxy.ready["xpub"], timeout=15) as client,
+        ):
+            events = Events(sub)
+            reply = await client.call(TOPIC, {"skill": "plain", "data": "me@example.com"})
+            end = time.monotonic() + 10
+            while not any(t["request_id"] == reply.request_id for t in events.traces):
+                assert time.monotonic() < end, "no trace event"
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(sub.wait_readable(), end - time.monotonic())
+                events.drain()
+    finally:
+        server.close()
+    (trace,) = [t for t in events.traces if t["request_id"] == reply.request_id]
+    assert trace["candidate"] is None  # no canary: only the flag put the payload in
+    assert "me@example.com" not in trace["task"] and "[REDACTED:email]" in trace["task"]
+    assert trace["output"] == "right answer\n" and trace["payload_truncated"] is False
