@@ -86,6 +86,7 @@ class Distiller(AsyncRole):
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._evolution: Any = None
+        self._llms: list[LLMClient] = []
         self.received = {"trajectories": 0, "traces": 0, "feedback": 0, "rejected": 0}
         self.pass_count = 0
         self.pass_done = asyncio.Condition()
@@ -165,7 +166,9 @@ class Distiller(AsyncRole):
         cfg = self.config
         # Revisions after failures use the distiller's LLM (--llm); the judge its own.
         llm = LLMClient(cfg.options.llm) if cfg.options.llm is not None else None
-        judge = module.LLMJudge(LLMClient(cfg.judge)) if cfg.judge is not None else None
+        judge_llm = LLMClient(cfg.judge) if cfg.judge is not None else None
+        self._llms = [c for c in (llm, judge_llm) if c is not None]
+        judge = module.LLMJudge(judge_llm) if judge_llm is not None else None
         evolution = module.Evolution(
             skills_dir=self.skills_dir, config=cfg.evolution, llm=llm, judge=judge,
             transport=cfg.transport, proxy_xsub=cfg.proxy_xsub, curve=cfg.curve,
@@ -207,6 +210,8 @@ class Distiller(AsyncRole):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._evolution is not None:
             await self._evolution.__aexit__(None, None, None)
+        for client in self._llms:
+            await client.close()
         if self._sub is not None:
             self._sub.close(0)
         if self._own_transport and self._transport is not None:

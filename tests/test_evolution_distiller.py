@@ -321,10 +321,10 @@ async def test_promotion_rejection_and_a_draft_through_a_distiller_process(
     assert events.feedback[-1]["score"] == 0.75
 
 
-def judge_env(tmp_path: Path, url: str) -> dict[str, str]:
+def judge_env(tmp_path: Path, url: str, timeout: float) -> dict[str, str]:
     config = tmp_path / "config.yaml"
     config.write_text(f"llm:\n  model: judge\n  base_url: {url}\n  api_key: k\n"
-                      "  timeout: 1\n  max_retries: 0\n")  # fmt: skip
+                      f"  timeout: {timeout}\n  max_retries: 0\n")  # fmt: skip
     return role_env(SKILLSCALE_CONFIG=str(config), SKILLSCALE_LOG_LEVEL="INFO")
 
 
@@ -342,8 +342,9 @@ async def test_the_judge_rejects_a_candidate_that_exits_0_with_wrong_answers(
         server = start_server(proxy, lib / "evo", reload_interval=3600, workers=2)
         log_path = tmp_path / "distill.log"
         with log_path.open("wb") as log:
+            # A generous timeout: on a loaded machine a slow answer must not pass for none.
             distill = distiller(proxy, lib, tmp_path / "home", "--judge",
-                                env=judge_env(tmp_path, url), stderr=log)  # fmt: skip
+                                env=judge_env(tmp_path, url, 15), stderr=log)  # fmt: skip
             assert distill.ready["judge"] is True
             clients = await clients_per_arm(proxy, ("judged",))
             try:
@@ -388,7 +389,7 @@ async def test_a_judge_that_fails_changes_no_decision_and_is_logged_once(
         log_path = tmp_path / "distill.log"
         with log_path.open("wb") as log:
             distill = distiller(proxy, lib, tmp_path / "home", "--judge",
-                                env=judge_env(tmp_path, url), stderr=log)  # fmt: skip
+                                env=judge_env(tmp_path, url, 1), stderr=log)  # fmt: skip
             clients = await clients_per_arm(proxy, ("flaky",))
             try:
                 async with bus(proxy) as sub:
