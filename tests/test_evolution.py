@@ -3,6 +3,7 @@ and the canary simulation's error-rate floors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import types
@@ -229,3 +230,59 @@ async def test_the_judge_fails_a_run_it_scores_low(library: Path) -> None:
                                     task="t", output="o"))  # fmt: skip
         await evo.settle(10)  # judged off the intake path
         assert [e.change for e in await evo.tick()] == ["degraded"]
+
+
+async def test_a_judge_that_hangs_delays_counting_only_and_warns_once(
+    library: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Hangs:
+        async def score(self, skill: str, task: str, output: str) -> float | None:
+            await asyncio.sleep(3600)
+            return 0.0
+
+    cfg = EvolutionConfig(feedback_window=0, judge_timeout=0.2, min_failures=1)
+    async with Evolution(library, config=cfg, judge=Hangs(), publish=False) as evo:
+        for i in range(3):
+            await evo.observe(trace(f"h{i}", version="1", candidate=False, ok=True,
+                                    task="t", output="o"))  # fmt: skip
+        # the intake did not wait for the judge: all three are queued, none counted yet
+        assert evo.status()["waiting_for_feedback"] == 3
+        await evo.settle(10)
+        assert evo.judge_stats == {"scored": 0, "unscored": 3, "skipped": 0}
+        assert evo.status()["uncounted"] == 3 and await evo.tick() == []  # no failure made up
+    warnings = [r for r in caplog.records if "judge" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+async def test_feedback_outranks_a_pending_judge(library: Path) -> None:
+    release = asyncio.Event()
+
+    class Slow:
+        async def score(self, skill: str, task: str, output: str) -> float | None:
+            await release.wait()
+            return 1.0
+
+    cfg = EvolutionConfig(feedback_window=0, min_failures=1, degraded_rate=0.0)
+    async with Evolution(library, config=cfg, judge=Slow(), publish=False) as evo:
+        await evo.observe(trace("f1", version="1", candidate=False, ok=True, task="t", output="o"))
+        await evo.observe(FeedbackEvent(request_id="f1", score=0.0))
+        release.set()
+        await evo.settle(10)
+        assert evo.judge_stats["scored"] == 0  # settled by the caller before the judge spoke
+        assert [e.change for e in await evo.tick()] == ["degraded"]
+
+
+def test_servers_do_not_route_to_drafts(library: Path, tmp_path: Path) -> None:
+    from skillscale.skill_server.registry import SkillRegistry
+
+    skill = library / "cat" / "echo"
+    rollout.propose_candidate(skill, candidate(tmp_path, "print('v2')\n"), start_canary=False)
+    registry = SkillRegistry([library])
+    registry.reload()
+    active = registry.catalog.skills["echo"]
+    assert registry.canaries == {}
+    assert all(registry.route(active, f"caller{i}") == (active, False) for i in range(50))
+    rollout.start_canary(skill, share=1.0)
+    registry.reload()
+    routed, on_candidate = registry.route(active, "caller0")
+    assert on_candidate and routed.version == "2"
