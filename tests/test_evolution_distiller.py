@@ -42,6 +42,7 @@ from skillscale.core.events import (
     payload_fields,
 )
 from skillscale.core.protocol import Reply
+from skillscale.core.redact import redact
 from skillscale.core.transport import BusSocket, ZmqTransport, await_roundtrip
 from skillscale.tools.cli import main
 from tests.fake_openai import fake_openai
@@ -453,3 +454,25 @@ async def test_trace_payloads_flag_puts_them_in_every_trace(
     assert trace["candidate"] is None  # no canary: only the flag put the payload in
     assert "me@example.com" not in trace["task"] and "[REDACTED:email]" in trace["task"]
     assert trace["output"] == "right answer\n" and trace["payload_truncated"] is False
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a-" * 8192,
+        "a." * 8192,
+        "a" * 16384,
+        "token-" * 2730,
+        "1." * 8192,
+        "-----BEGIN PRIVATE KEY-----" * 600,
+    ],
+    ids=["dashes", "dots", "run", "keywords", "digits", "pem"],
+)
+def test_redaction_stays_linear_on_hostile_text(text: str) -> None:
+    # A server redacts canary payloads on its event loop: before the patterns
+    # were bounded, 16 KB of "a-a-a-..." took 40 s and "aaaa..." 1 s.
+    started = time.perf_counter()
+    redact(text)
+    payload_fields(text, text)
+    assert time.perf_counter() - started < 2.0

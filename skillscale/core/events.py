@@ -38,16 +38,17 @@ MAX_PAYLOAD_CHARS = 4096
 def payload_fields(task: str, output: str) -> dict[str, Any]:
     """``task``, ``output`` and ``payload_truncated`` for a trace event: redacted, bounded.
 
-    Redaction sees a prefix four times the bound (so a secret straddling the
+    Redaction sees 512 characters past the bound (so a token straddling the
     cut is still recognised whole) before the text is cut; a PEM block that
-    begins before the cut and is not closed within that prefix is dropped
-    from its first line on.
+    begins before the cut and is not closed by then is dropped from its first
+    line on. The prefix is small because this runs on the server's event loop.
     """
     fields: dict[str, Any] = {}
     truncated = False
+    seen = MAX_PAYLOAD_CHARS + 512
     for name, text in (("task", task), ("output", output)):
-        clean = redact(text[: 4 * MAX_PAYLOAD_CHARS])
-        if len(clean) > MAX_PAYLOAD_CHARS or len(text) > 4 * MAX_PAYLOAD_CHARS:
+        clean = redact(text[:seen])
+        if len(clean) > MAX_PAYLOAD_CHARS or len(text) > seen:
             truncated = True
             clean = clean[:MAX_PAYLOAD_CHARS]
             begin = clean.find("-----BEGIN ")
