@@ -115,12 +115,13 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
+    width = max([24, *(len(n) + 1 for n in report)])
     for name, info in report.items():
         flags = [f"drafts v{', v'.join(info['drafts'])}"] if info.get("drafts") else []
         if info.get("degraded") and info["state"] != "degraded":
             flags.append("DEGRADED")
         active = f"active v{info['active']}" if info["active"] else "not served"
-        print(f"{name:<24} {info['state']:<9} {active}" + "".join(f"; {f}" for f in flags))
+        print(f"{name:<{width}} {info['state']:<9} {active}" + "".join(f"; {f}" for f in flags))
         canary = info.get("canary")
         if canary:
             left = _duration(canary["time_left"])
