@@ -129,6 +129,7 @@ class RequestRecord(BaseModel):
     content: str | None = None
     error: ErrorDetail | None = None
     skill: str | None = None
+    skill_version: str | None = None
     server_id: str | None = None
     trace: dict[str, Any] | None = None
     timing: Timing

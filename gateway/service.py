@@ -125,6 +125,7 @@ class Gateway(AsyncRole):
         self._catalog_lock = asyncio.Lock()
         self._stats: tuple[float, Stats] | None = None
         self._router: tuple[SkillList, TopicRouter] | None = None
+        self._known: tuple[tuple[object, object, object], frozenset[str]] | None = None
         # The local library: SKILL.md bodies, validation, versions (read once here).
         self._local = SkillDiscovery(config.skills_dirs).scan() if config.skills_dirs else Catalog()
         self.ready = False
@@ -244,14 +245,21 @@ class Gateway(AsyncRole):
 
     # -- calls -------------------------------------------------------------
 
-    def known_topics(self) -> set[str]:
+    def known_topics(self) -> frozenset[str]:
         """Topics the gateway may send to: configured, local and last seen served."""
+        # Asked on every call: recomputed only when one of its sources changed.
+        # (The cache holds its sources, so "is" cannot be fooled by a reused id.)
+        sources = (self._local, self._catalog, self._stats)
+        known = self._known
+        if known is not None and all(a is b for a, b in zip(known[0], sources, strict=True)):
+            return known[1]
         topics = set(self.config.topics) | set(self._local.topics())
         if self._catalog is not None:
             topics |= {s.topic for s in self._catalog[1].skills}
         if self._stats is not None:
             topics |= {t.topic for t in self._stats[1].topics if t.replicas}
-        return topics
+        self._known = (sources, frozenset(topics))
+        return self._known[1]
 
     async def invoke(
         self,
@@ -273,9 +281,12 @@ class Gateway(AsyncRole):
         except SkillScaleError as exc:
             reply = exc
         gateway_ms = round((time.perf_counter() - started) * 1000, 3)
+        # Records are built with model_construct: every value comes from a reply
+        # the SDK has validated already, or from here; a second validation per
+        # request would only cost time.
         if isinstance(reply, SkillScaleError):
             rid = reply.request_id or f"gw-{int(received * 1e6):x}"
-            record = RequestRecord(
+            record = RequestRecord.model_construct(
                 request_id=rid,
                 topic=topic,
                 intent=intent,
@@ -283,13 +294,14 @@ class Gateway(AsyncRole):
                 status="error",
                 http_status=http_status(reply.code),
                 error=error_detail(reply.code, reply.message, rid, reply.trace or None),
-                timing=Timing(gateway_ms=gateway_ms),
+                timing=Timing.model_construct(gateway_ms=gateway_ms),
                 route=route,
+                events=self._orphans.pop(rid, []),
             )
         else:
             trace = reply.trace.model_dump(exclude_none=True) if reply.trace else None
             server_ms = reply.elapsed_ms
-            timing = Timing(
+            timing = Timing.model_construct(
                 gateway_ms=gateway_ms,
                 server_ms=server_ms,
                 queue_ms=(trace or {}).get("queue_ms"),
@@ -297,7 +309,7 @@ class Gateway(AsyncRole):
                 bus_ms=round(gateway_ms - server_ms, 3) if server_ms is not None else None,
             )
             code = reply.error_code or ErrorCode.EXEC_FAILED
-            record = RequestRecord(
+            record = RequestRecord.model_construct(
                 request_id=reply.request_id,
                 topic=topic,
                 intent=intent,
@@ -309,12 +321,15 @@ class Gateway(AsyncRole):
                 if reply.ok
                 else error_detail(code, reply.error or "error reply", reply.request_id, trace),
                 skill=reply.skill,
+                skill_version=reply.skill_version,
                 server_id=reply.server_id,
                 trace=trace,
                 timing=timing,
                 route=route,
+                # Given, not defaulted: a default_factory costs model_construct
+                # an inspect.signature call.
+                events=self._orphans.pop(reply.request_id, []),
             )
-        record.events.extend(self._orphans.pop(record.request_id, []))
         self._remember(record)
         return record
 
@@ -322,6 +337,8 @@ class Gateway(AsyncRole):
         self._recent[record.request_id] = record
         while len(self._recent) > self.config.recent:
             self._recent.popitem(last=False)
+        if not self._listeners:
+            return
         self.publish(
             {
                 "event": "request",
@@ -633,7 +650,7 @@ def error_detail(
     )
 
 
-def not_served(topic: str, known: set[str]) -> SkillScaleError:
+def not_served(topic: str, known: frozenset[str]) -> SkillScaleError:
     """The error for a topic the gateway has never seen served."""
     served = ", ".join(sorted(known)) or "none"
     return SkillNotFoundError(

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from skillscale.core.errors import ErrorCode, SkillTimeoutError, UnavailableError
 from skillscale.gateway import Gateway, GatewayConfig, create_app
+from skillscale.gateway.app import GatewayApp
 from skillscale.gateway.security import check_exposure
 from skillscale.gateway.service import http_status, parse_metrics
 from skillscale.proxy.metrics import DOWNSTREAM, ProxyMetrics
@@ -164,6 +165,55 @@ async def test_fabric_errors_map_to_statuses_in_one_shape(env: Env) -> None:
     gone = await env.http.get("/v1/requests/not-a-recent-one")
     assert gone.status_code == 404 and error_of(gone)["code"] == "not_found"
     assert error_of(await env.http.get("/v1/nothing-here"))["code"] == "http_error"
+
+
+@shared_loop
+async def test_the_lean_invoke_path_answers_as_fastapi_does(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(env.gateway)
+    lean: list[str] = []
+    original = GatewayApp._invoke
+
+    async def spy(self: GatewayApp, topic: str, *args: Any) -> None:
+        lean.append(topic)
+        await original(self, topic, *args)
+
+    monkeypatch.setattr(GatewayApp, "_invoke", spy)
+    transport = httpx.ASGITransport(app=app)
+    path = f"/v1/topics/{DATA}/invoke"
+    body = {"skill": "csv-analyzer", "data": CSV}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        fast = await http.post(path, json=body)
+        assert lean == [DATA]
+        # A browser's request (it sends Origin) goes through FastAPI's own route.
+        routed = await http.post(path, json=body, headers={"origin": BASE})
+        assert lean == [DATA]
+        assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        one, two = fast.json(), routed.json()
+        assert set(one) == set(two) and one["skill_version"] and one["content"] == two["content"]
+        # A body that does not validate is replayed into FastAPI: the same 422.
+        json_type = {"content-type": "application/json"}
+        for bad in (b'{"skill": "../x"}', b"{not json", b'{"task": "x", "extra": 1}'):
+            answers = [
+                await http.post(path, content=bad, headers=headers)
+                for headers in (json_type, {**json_type, "origin": BASE})
+            ]
+            assert [a.status_code for a in answers] == [422, 422]
+            assert error_of(answers[0]) == error_of(answers[1])
+        assert len(lean) == 4  # tried the lean path, then handed over
+
+        # A chunked body (no Content-Length) over the limit is refused on the way in.
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"task": "'
+            for _ in range(9):
+                yield b"a" * (1024 * 1024)
+            yield b'"}'
+
+        big = await http.post(path, content=chunks(), headers={"content-type": "application/json"})
+        assert big.status_code == 413 and error_of(big)["code"] == "payload_too_large"
+        assert len(lean) == 5
 
 
 @shared_loop
