@@ -40,13 +40,16 @@ from skillscale.gateway.models import (
     RolloutAction,
     RolloutStatus,
     RoutedInvokeRequest,
+    SkillHistory,
     SkillList,
     Stats,
     TopicInvokeRequest,
     TopicList,
+    VersionDiff,
 )
 from skillscale.gateway.security import BodyTooLarge, Door, allowed_hosts, is_loopback
 from skillscale.gateway.service import Gateway, error_detail, not_served
+from skillscale.gateway.versions import REVISION_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ STATIC = Path(str(files("skillscale.gateway") / "static"))
 TOPIC_PATH = r"^[A-Za-z0-9_.:\-]{1,256}$"
 RETRY_AFTER = "1"
 TopicParam = Annotated[str, PathParam(pattern=TOPIC_PATH)]
+RevisionParam = Annotated[str | None, Query(pattern=REVISION_PATTERN, max_length=48)]
 NameParam = Annotated[str, PathParam(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=64)]
 CONSOLE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -396,6 +400,25 @@ def create_app(gateway: Gateway) -> GatewayApp:
     async def rollback(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
         """Serve a retired version again (the one active before, by default)."""
         return await gateway.change_rollout(topic, name, "rollback", body.version, body.reason)
+
+    @app.get(skill_path + "/diff", response_model=VersionDiff, responses=version_errors,
+             tags=["versions"])  # fmt: skip
+    async def diff(
+        topic: TopicParam, name: NameParam, old: RevisionParam = None, new: RevisionParam = None
+    ) -> VersionDiff:
+        """What changed between two revisions: rollout versions (``1``, ``2``...) or
+        commits of the skill's git history (``git:HEAD~1``, ``git:<sha>``). Defaults:
+        the active version against the canary (or the newest draft, or the version
+        active before)."""
+        return await gateway.version_diff(topic, name, old, new)
+
+    @app.get(skill_path + "/history", response_model=SkillHistory, responses=version_errors,
+             tags=["versions"])  # fmt: skip
+    async def history(
+        topic: TopicParam, name: NameParam, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> SkillHistory:
+        """The skill's own git history, newest first (the distiller's commits, hand edits)."""
+        return await gateway.history(topic, name, limit)
 
     @app.get("/v1/stats", response_model=Stats, tags=["stats"])
     async def stats() -> Stats:

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,17 +42,22 @@ from skillscale.core.transport import (
     proxy_xsub_endpoint,
     pump,
 )
+from skillscale.gateway import versions
 from skillscale.gateway.models import (
+    CanarySample,
     ErrorDetail,
+    ReplicaState,
     RequestRecord,
     RolloutStatus,
     RouteInfo,
+    SkillHistory,
     SkillInfo,
     SkillList,
     Stats,
     Timing,
     TopicInfo,
     TopicStats,
+    VersionDiff,
 )
 from skillscale.sdk.client import SkillScaleClient
 from skillscale.sdk.router import TopicRouter
@@ -69,8 +74,13 @@ CATALOG_TTL = 5.0
 CATALOG_TIMEOUT = 5.0
 METRICS_TTL = 0.5
 METRICS_TIMEOUT = 2.0
+MAX_METRICS_CHARS = 8 * 1024 * 1024
+MAX_REPLICAS = 1000
 LISTENER_QUEUE = 256
 MAX_LISTENERS = 64
+CANARY_SAMPLES = 500
+"""Canary evidence samples kept per canary (for the console's plot)."""
+CANARY_SKILLS = 64
 ORPHAN_EVENTS = 1024
 """Trace events kept for request ids the ring has not seen yet (they race the reply)."""
 
@@ -125,6 +135,9 @@ class Gateway(AsyncRole):
         self._catalog_lock = asyncio.Lock()
         self._stats: tuple[float, Stats] | None = None
         self._router: tuple[SkillList, TopicRouter] | None = None
+        self._canary_samples: OrderedDict[tuple[str, str, str, float], deque[CanarySample]] = (
+            OrderedDict()
+        )
         self._known: tuple[tuple[object, object, object], frozenset[str]] | None = None
         # The local library: SKILL.md bodies, validation, versions (read once here).
         self._local = SkillDiscovery(config.skills_dirs).scan() if config.skills_dirs else Catalog()
@@ -521,7 +534,68 @@ class Gateway(AsyncRole):
             skill = self._local.skills[name]
             return RolloutStatus(skill=name, topic=topic, managed=False,
                                  active=skill.version, state="active")  # fmt: skip
-        return RolloutStatus(topic=topic, managed=True, **state.status())
+        status = RolloutStatus(topic=topic, managed=True, **state.status())
+        if state.canary is not None:
+            status.canary_history = self._sample_canary(topic, name, state.canary)
+        return status
+
+    def _sample_canary(self, topic: str, name: str, canary: rollout.Canary) -> list[CanarySample]:
+        """Add the canary's evidence to its bounded history if it moved; the history."""
+        key = (topic, name, canary.version, canary.started)
+        samples = self._canary_samples.pop(key, None) or deque(maxlen=CANARY_SAMPLES)
+        self._canary_samples[key] = samples  # most recently used last
+        while len(self._canary_samples) > CANARY_SKILLS:
+            self._canary_samples.popitem(last=False)
+        pairs = canary.pairs
+        arms = canary.arms
+        sample = CanarySample(
+            at=time.time(),
+            pairs=pairs.candidate_wins + pairs.active_wins,
+            candidate_wins=pairs.candidate_wins,
+            active_wins=pairs.active_wins,
+            llr=round(canary.llr, 4),
+            active_n=arms.active.n,
+            active_successes=arms.active.successes,
+            candidate_n=arms.candidate.n,
+            candidate_successes=arms.candidate.successes,
+        )
+        last = samples[-1] if samples else None
+        if last is None or last.model_dump(exclude={"at"}) != sample.model_dump(exclude={"at"}):
+            samples.append(sample)
+        return list(samples)
+
+    async def version_diff(
+        self, topic: str, name: str, old: str | None, new: str | None
+    ) -> VersionDiff:
+        """What changed between two revisions (defaults: the active version and the
+        canary, else the newest draft, else the version active before)."""
+        folder = self._skill_dir(topic, name)
+        if old is None or new is None:
+            state = await asyncio.to_thread(rollout.read_rollout, folder)
+            default_old, default_new = _default_pair(state)
+            old, new = old or default_old, new or default_new
+            if old is None or new is None:
+                raise SkillScaleError(
+                    f"{name} has one version only: nothing to compare (name two revisions)",
+                    code=ErrorCode.BAD_REQUEST,
+                )
+        if old.startswith("git:") != new.startswith("git:"):
+            raise SkillScaleError(
+                "compare two versions, or two git: revisions, not one of each",
+                code=ErrorCode.BAD_REQUEST,
+            )
+        try:
+            files, truncated = await asyncio.to_thread(versions.diff_revisions, folder, old, new)
+        except (versions.RevisionError, rollout.RolloutError) as exc:
+            raise SkillNotFoundError(str(exc)) from None
+        return VersionDiff(skill=name, topic=topic, old=old, new=new, files=files,
+                           truncated=truncated)  # fmt: skip
+
+    async def history(self, topic: str, name: str, limit: int) -> SkillHistory:
+        """The skill's own git history, newest first."""
+        folder = self._skill_dir(topic, name)
+        entries = await asyncio.to_thread(versions.history, folder, limit)
+        return SkillHistory(skill=name, topic=topic, entries=entries)
 
     async def change_rollout(
         self, topic: str, name: str, action: str, version: str | None, reason: str | None
@@ -558,15 +632,69 @@ class Gateway(AsyncRole):
             return Stats(available=False, timestamp=now, error="no proxy metrics URL configured")
         if self._http is None:
             return Stats(available=False, source=url, timestamp=now, error="gateway not started")
+        text, rows = await asyncio.gather(self._get(url), self._get(replicas_url(url)))
+        if isinstance(text, Exception):
+            return Stats(available=False, source=url, timestamp=now,
+                         error=f"{type(text).__name__}: {text}")  # fmt: skip
+        stats = parse_metrics(text, url, now)
+        if isinstance(rows, Exception):
+            stats.replicas_error = f"{type(rows).__name__}: {rows}"
+        else:
+            stats.replicas, stats.replicas_error = parse_replicas(rows)
+        return stats
+
+    async def _get(self, url: str) -> str | httpx.HTTPError:
+        assert self._http is not None
         try:
             response = await self._http.get(url)
             response.raise_for_status()
-            text = response.text
         except httpx.HTTPError as exc:
-            return Stats(
-                available=False, source=url, timestamp=now, error=f"{type(exc).__name__}: {exc}"
-            )
-        return parse_metrics(text, url, now)
+            return exc
+        return response.text[:MAX_METRICS_CHARS]
+
+
+def _default_pair(state: rollout.Rollout | None) -> tuple[str | None, str | None]:
+    """The two versions the console compares first."""
+    if state is None or state.active is None:
+        return None, None
+    if state.canary is not None:
+        return state.active, state.canary.version
+    drafts = state.drafts()
+    if drafts:
+        return state.active, drafts[-1]
+    retired = sorted(
+        ((i.decided or 0.0, v) for v, i in state.versions.items() if i.state == "retired"),
+        reverse=True,
+    )
+    return (retired[0][1], state.active) if retired else (state.active, None)
+
+
+def replicas_url(metrics_url: str) -> str:
+    """The proxy's ``/replicas`` beside its ``/metrics``."""
+    base = metrics_url.split("?", 1)[0]
+    return base.removesuffix("/metrics").rstrip("/") + "/replicas"
+
+
+def parse_replicas(text: str) -> tuple[list[ReplicaState], str | None]:
+    """The proxy's ``/replicas`` rows; rows that do not validate are left out, and said."""
+    try:
+        doc = json.loads(text)
+        rows = doc["replicas"]
+        if not isinstance(rows, list):
+            raise TypeError("replicas is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        return [], f"unparsable replica list: {type(exc).__name__}"
+    out: list[ReplicaState] = []
+    bad = 0
+    for row in rows[:MAX_REPLICAS]:
+        try:
+            out.append(ReplicaState.model_validate(row))
+        except ValueError:
+            bad += 1
+    problem = f"{bad} replica rows did not validate" if bad else None
+    if doc.get("truncated"):
+        problem = (problem + "; " if problem else "") + "the proxy truncated the list"
+    return out, problem
 
 
 def parse_metrics(text: str, source: str, now: float) -> Stats:
@@ -593,6 +721,10 @@ def parse_metrics(text: str, source: str, now: float) -> Stats:
                 topic(labels["topic"]).queue_depth = int(value)
             elif name == "skillscale_topic_inflight":
                 topic(labels["topic"]).inflight = int(value)
+            elif name == "skillscale_topic_slots":
+                topic(labels["topic"]).slots = int(value)
+            elif name == "skillscale_topic_replicas_draining":
+                topic(labels["topic"]).draining = int(value)
             elif (
                 name == "skillscale_proxy_messages_total"
                 and labels.get("direction") == "downstream"
