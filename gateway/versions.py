@@ -10,7 +10,10 @@ Two kinds of revision name a skill's files:
   or ``git:<sha prefix>``.
 
 Files are read bounded (count and size) and compared with :mod:`difflib`;
-the diff is plain text that the console shows escaped.
+the diff is plain text that the console shows escaped. A ``SKILL.md``'s
+frontmatter is compared as data: both sides are re-emitted as YAML the same
+way first, because storing a version rewrites its frontmatter (new line
+breaks, quoting) and that rewrite would otherwise bury the real change.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import os
 import re
 from pathlib import Path
 
+import yaml
+
 from skillscale.core import rollout, skill_history
 from skillscale.core.errors import ConfigError
+from skillscale.core.skill_format import split_frontmatter
 from skillscale.gateway.models import FileDiff, HistoryEntry
 
 REVISION_PATTERN = r"^(?:[0-9]{1,12}|git:(?:HEAD(?:~[0-9]{1,3})?|[0-9a-f]{4,40}))$"
@@ -91,8 +97,12 @@ def diff_revisions(skill_dir: Path, old: str, new: str) -> tuple[list[FileDiff],
         if _binary(before) or _binary(after):
             files.append(FileDiff(path=path, change=change, binary=True, diff=""))
             continue
-        lines = difflib.unified_diff(_lines(before), _lines(after), f"a/{path}", f"b/{path}", n=3)
+        lines = difflib.unified_diff(
+            _lines(before, path), _lines(after, path), f"a/{path}", f"b/{path}", n=3
+        )
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        if not text:
+            continue  # a SKILL.md whose frontmatter was only re-emitted: the same data
         if len(text) > budget:
             text, truncated = text[: max(budget, 0)], True
         budget -= len(text)
@@ -104,8 +114,19 @@ def _binary(data: bytes | None) -> bool:
     return data is not None and (b"\0" in data[:8192] or len(data) > MAX_FILE_BYTES)
 
 
-def _lines(data: bytes | None) -> list[str]:
-    return [] if data is None else data.decode("utf-8", "replace").splitlines(keepends=True)
+def _lines(data: bytes | None, path: str) -> list[str]:
+    if data is None:
+        return []
+    text = data.decode("utf-8", "replace")
+    if path == "SKILL.md":
+        try:
+            front, body = split_frontmatter(text)
+        except ValueError:
+            pass  # not parseable: compared as it is
+        else:
+            dumped = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1 << 20)
+            text = f"---\n{dumped}---\n{body}"
+    return text.splitlines(keepends=True)
 
 
 _FILE_HEADER = re.compile(r"^--- a/(.+)\n\+\+\+ b/(.+)$", re.MULTILINE)
