@@ -60,7 +60,9 @@ def loadavg() -> str:
         return "?"
 
 
-def start_fabric(skills: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_fabric(
+    skills: Path, checkout: Path = ROOT
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """``skillscale up`` on free ports with the echo skill; its ready line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKILLSCALE_", "OPENAI_"))}
     env.update(SKILLSCALE_CONFIG="/nonexistent", SKILLSCALE_NO_DISTILL="1",
@@ -69,7 +71,7 @@ def start_fabric(skills: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]
         [sys.executable, "-m", "skillscale", "up", "--skills-dir", str(skills),
          "--xsub-port", "0", "--xpub-port", "0", "--router-port", "0", "--metrics-port", "0",
          "--gateway-port", "0", "--json"],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=checkout,
     )  # fmt: skip
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT
@@ -208,11 +210,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--per-round", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--checkout", type=Path, default=ROOT,
+                        help="run the fabric (and its gateway) from this checkout's code, "
+                        "e.g. another branch's, to compare gateways")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         skills = Path(tmp) / "skills"
         shutil.copytree(ECHO, skills / "testing" / "echo")
-        proc, ready = start_fabric(skills)
+        proc, ready = start_fabric(skills, args.checkout.resolve())
         try:
             before = loadavg()
             started = time.time()
@@ -225,6 +230,7 @@ def main() -> None:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    result["checkout"] = str(args.checkout.resolve())
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
