@@ -60,6 +60,32 @@ def loadavg() -> str:
         return "?"
 
 
+def child_pid(parent: int, word: str) -> int | None:
+    """The child of ``parent`` whose command line contains ``word`` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and word in cmdline:
+            return int(entry.name)
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_fabric(
     skills: Path, checkout: Path = ROOT
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
@@ -143,7 +169,9 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return ordered[k - 1], ordered[n - k]
 
 
-async def measure(ready: dict[str, Any], rounds: int, per_round: int) -> dict[str, Any]:
+async def measure(
+    ready: dict[str, Any], rounds: int, per_round: int, gateway_pid: int | None
+) -> dict[str, Any]:
     gateway = httpx.URL(ready["gateway"])
     path = f"/v1/topics/{TOPIC}/invoke"
     body = json.dumps({"skill": "echo", "data": DATA}).encode()
@@ -176,6 +204,7 @@ async def measure(ready: dict[str, Any], rounds: int, per_round: int) -> dict[st
             for call in arms.values():
                 await call()
         gateway_ms.clear()
+        cpu_before = cpu_seconds(gateway_pid)
         order = list(arms)
         for r in range(rounds):
             names = order if r % 2 == 0 else order[::-1]
@@ -189,8 +218,13 @@ async def measure(ready: dict[str, Any], rounds: int, per_round: int) -> dict[st
             for name, values in times.items():
                 samples[name] += values
                 per_round_medians[name].append(statistics.median(values))
+        cpu = cpu_seconds(gateway_pid) - cpu_before
     await raw.close()
     out: dict[str, Any] = {"rounds": rounds, "per_round": per_round}
+    # CPU is far less disturbed by load than latency: the gateway's CPU per HTTP call
+    # (an upper bound: it also reads the trace events of the SDK's calls).
+    http_calls = len(samples["http"]) + len(samples["httpx"])
+    out["gateway_cpu_ms_per_http_call"] = round(cpu * 1000 / http_calls, 3) if cpu else None
     for name, values in samples.items():
         out[f"{name}_p50_ms"] = round(statistics.median(values), 3)
     for name in ("http", "httpx"):
@@ -221,7 +255,8 @@ def main() -> None:
         try:
             before = loadavg()
             started = time.time()
-            result = asyncio.run(measure(ready, args.rounds, args.per_round))
+            gateway_pid = child_pid(proc.pid, "gateway")
+            result = asyncio.run(measure(ready, args.rounds, args.per_round, gateway_pid))
             result["seconds"] = round(time.time() - started, 1)
             result["loadavg_before"], result["loadavg_after"] = before, loadavg()
         finally:
