@@ -455,6 +455,13 @@ async def test_the_console_is_served_with_its_files(env: Env) -> None:
         "/v1/requests/{request_id}",
         "/v1/events",
         "/v1/stats",
+        "/v1/skills/{topic}/{name}/rollout",
+        "/v1/skills/{topic}/{name}/diff",
+        "/v1/skills/{topic}/{name}/history",
         "/healthz",
         "/readyz",
     } <= set(spec["paths"])
+    # The contract types what the dashboard reads: per-replica state in Stats.
+    replica = spec["components"]["schemas"]["ReplicaState"]
+    assert set(replica["required"]) >= {"server_id", "topics", "state", "slots", "inflight"}
+    assert replica["properties"]["state"]["enum"] == ["up", "draining", "joining", "unreachable"]
