@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -316,3 +317,62 @@ def test_the_console_in_a_browser(url: str, library: Path) -> None:
         finally:
             browser.close()
     assert not problems, problems
+
+
+@pytest.mark.timeout(180)
+def test_a_draining_replica_shows_as_draining(tmp_path: Path) -> None:
+    """A server told to stop keeps answering what it holds; meanwhile the proxy,
+    /v1/stats and the dashboard show its replica draining."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    skills = tmp_path / "skills"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "skills" / "testing" / "slow",
+                    skills / "testing" / "slow")  # fmt: skip
+    up = RoleProcess(
+        "up", "--skills-dir", str(skills), "--xsub-port", "0", "--xpub-port", "0",
+        "--router-port", "0", "--metrics-port", "0", "--gateway-port", str(free_port()),
+        "--no-distill", "--grace", "30", "--json",
+        env=role_env(SKILLSCALE_NO_GATEWAY="0"),
+    )  # fmt: skip
+    answers: list[httpx.Response] = []
+    try:
+        base = str(up.ready["gateway"]).rstrip("/")
+        (server,) = up.ready["servers"]
+
+        def slow_call() -> None:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                answers.append(http.post("/v1/topics/TOPIC_TESTING/invoke",
+                                         json={"skill": "slow", "data": "6"}))  # fmt: skip
+
+        caller = threading.Thread(target=slow_call, daemon=True)
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                profile, executable_path=executable, args=CHROMIUM_ARGS, headless=True,
+                viewport={"width": 1280, "height": 720},
+            )  # fmt: skip
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                replica = "[data-topic=TOPIC_TESTING] table.replicas tr"
+                page.wait_for_selector(replica + "[data-state=up]", timeout=15_000)
+                caller.start()
+                # The slow call holds one of its slots...
+                page.wait_for_selector(replica + " .slot.used", timeout=15_000)
+                os.kill(server["pid"], signal.SIGTERM)
+                # ...and the replica, told to stop, drains: it takes no new work.
+                page.wait_for_selector(replica + "[data-state=draining]", timeout=15_000)
+                assert "draining" in page.inner_text("[data-topic=TOPIC_TESTING] header .pill")
+                shot(page, "console-draining.png")
+            finally:
+                browser.close()
+        with httpx.Client(base_url=base, timeout=20) as http:
+            stats = http.get("/v1/stats").json()
+        states = {r["server_id"]: r["state"] for r in stats["replicas"]}
+        figures = {t["topic"]: t for t in stats["topics"]}
+        assert "draining" in states.values() or figures["TOPIC_TESTING"]["replicas"] == 0, stats
+        caller.join(30)
+        assert answers and answers[0].status_code == 200, answers and answers[0].text
+        assert answers[0].json()["content"].strip() == "slept 6.0"
+    finally:
+        up.close()

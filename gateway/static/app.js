@@ -241,20 +241,25 @@
       const figures = byTopic[t.topic] || {};
       const replicas = replicasOf[t.topic] || [];
       const draining = replicas.filter((r) => r.state === "draining").length;
-      const up = t.replicas === null ? (t.live ? "serving" : "no answer")
-        : t.replicas + (t.replicas === 1 ? " replica" : " replicas") + (draining ? " · " + draining + " draining" : "");
-      const health = t.replicas === 0 || !t.live ? "down" : draining ? "warn" : "up";
+      // The proxy's figures (refreshed every 2 s) over the topic list's (every 10 s).
+      const replicaCount = figures.replicas !== undefined && figures.replicas !== null ? figures.replicas : t.replicas;
       const slots = figures.slots === null || figures.slots === undefined ? null : figures.slots;
+      const up = replicaCount === null ? (t.live ? "serving" : "no answer")
+        : replicaCount + (replicaCount === 1 ? " replica" : " replicas") + (draining ? " · " + draining + " draining" : "") +
+          (slots === null ? "" : " · " + slots + (slots === 1 ? " slot" : " slots"));
+      const health = replicaCount === 0 || !t.live ? "down" : draining ? "warn" : "up";
+      const queued = figures.queue_depth !== undefined ? figures.queue_depth : t.queue_depth;
+      const inflight = figures.inflight !== undefined ? figures.inflight : t.inflight;
       const canvas = el("canvas", { class: "spark", "aria-label": "requests per second, last minute" });
       const card = el("article", { class: "card topic", "data-topic": t.topic }, [
         el("header", {}, [
           el("div", {}, [el("h3", { text: short(t.topic) }), el("code", { class: "muted small", text: t.topic })]),
-          el("span", { class: "pill " + health, text: up }),
+          el("span", { class: "pill " + health, text: up, title: "slots: requests the replicas taking work run at once (a draining replica's are not counted)" }),
         ]),
         el("div", { class: "stats" }, [
           statBox("req/s", recent.toFixed(1), "completed requests per second, last 10 s (from the event stream)"),
-          statBox("queued", fmtNum(t.queue_depth), "waiting for a free replica slot (proxy)"),
-          statBox("slots used", fmtNum(t.inflight) + " / " + fmtNum(slots), "dispatched and not yet answered, of the slots of the replicas taking work (proxy)"),
+          statBox("queued", fmtNum(queued), "waiting for a free replica slot (proxy)"),
+          statBox("in flight", fmtNum(inflight), "dispatched to a replica, not yet answered (proxy)"),
           statBox("errors", String(errors), "error outcomes in the last minute"),
         ]),
         canvas,
@@ -263,7 +268,7 @@
           el("span", { class: "key queue" }), "queued — last 60 s",
         ]),
         replicaTable(replicas),
-        el("p", { class: "small muted skills-line", text: t.skills.length + " skills: " + t.skills.join(", ") }),
+        el("p", { class: "small muted skills-line", text: t.skills.length + (t.skills.length === 1 ? " skill: " : " skills: ") + t.skills.join(", ") }),
       ]);
       cards.append(card);
       const max = Math.max(...s.done, ...s.queue, 1);
