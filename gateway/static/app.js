@@ -587,7 +587,7 @@
       node.append(el("p", { class: "actions" }, [promote, " ", rollback]));
     }
     if (state.flash && state.flash.key === key) { message.textContent = state.flash.text; state.flash = null; }
-    node.append(message);
+    if (st.managed) node.append(message); // (an empty line under "one version" would only be a gap)
     const versions = Object.keys(st.versions);
     if (versions.length > 1) node.append(diffPanel(base, versions, st));
     const commits = (h.ok && h.body && h.body.entries) || [];
