@@ -9,6 +9,8 @@ statuses in :func:`~skillscale.gateway.service.http_status`.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from pathlib import Path
@@ -20,8 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from skillscale import __version__
 from skillscale.core.errors import ErrorCode, SkillScaleError
@@ -36,18 +40,24 @@ from skillscale.gateway.models import (
     RolloutAction,
     RolloutStatus,
     RoutedInvokeRequest,
+    SkillHistory,
     SkillList,
     Stats,
     TopicInvokeRequest,
     TopicList,
+    VersionDiff,
 )
 from skillscale.gateway.security import BodyTooLarge, Door, allowed_hosts, is_loopback
 from skillscale.gateway.service import Gateway, error_detail, not_served
+from skillscale.gateway.versions import REVISION_PATTERN
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(str(files("skillscale.gateway") / "static"))
 TOPIC_PATH = r"^[A-Za-z0-9_.:\-]{1,256}$"
 RETRY_AFTER = "1"
 TopicParam = Annotated[str, PathParam(pattern=TOPIC_PATH)]
+RevisionParam = Annotated[str | None, Query(pattern=REVISION_PATTERN, max_length=48)]
 NameParam = Annotated[str, PathParam(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=64)]
 CONSOLE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -84,27 +94,144 @@ def _error(detail: ErrorDetail, headers: dict[str, str] | None = None) -> JSONRe
     )
 
 
+ANSWER_FIELDS = frozenset(InvokeResponse.model_fields) & frozenset(RequestRecord.model_fields)
+"""The record's fields that make up an :class:`InvokeResponse` (the same names)."""
+
+
 def _answer(record: RequestRecord) -> Response:
     if record.status == "error":
         assert record.error is not None
         return _error(record.error)
-    body = InvokeResponse(
-        request_id=record.request_id,
-        topic=record.topic,
-        content=record.content or "",
-        skill=record.skill,
-        server_id=record.server_id,
-        trace=record.trace,
-        timing=record.timing,
-        route=record.route,
-    )
-    return Response(body.model_dump_json(exclude_none=True), media_type="application/json")
+    # The record holds exactly the response's fields (status is "success" here):
+    # one serialisation in pydantic-core, no second model built and validated.
+    body = record.model_dump_json(include=set(ANSWER_FIELDS), exclude_none=True)
+    return Response(body, media_type="application/json")
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+async def invoke_on_topic(gateway: Gateway, topic: str, body: TopicInvokeRequest) -> Response:
+    """``POST /v1/topics/{topic}/invoke`` once its body is parsed (both paths)."""
+    known = gateway.known_topics()
+    if topic not in known:
+        await gateway.skills()  # a server may have come up since the last look
+        known = gateway.known_topics()
+        if topic not in known:
+            exc = not_served(topic, known)
+            return _error(error_detail(exc.code, exc.message, status=404))
+    record = await gateway.invoke(topic, body.intent(), timeout=body.timeout)
+    return _answer(record)
+
+
+class GatewayApp(FastAPI):
+    """The FastAPI app behind its :class:`Door`, with a lean path for the hot endpoint.
+
+    FastAPI's per-request machinery (dependency solving, a body parsed by
+    ``json.loads`` and then validated from Python objects, its exception and
+    telemetry middleware) costs more than everything else a trivial call
+    spends in the gateway. So ``POST /v1/topics/{topic}/invoke`` with a JSON
+    body and no ``Origin`` (no CORS to apply) is answered by :meth:`_invoke`:
+    the body is read (bounded by the door), parsed and validated in one
+    pydantic-core pass, and answered by :func:`invoke_on_topic`, which the
+    FastAPI route uses too. A body that does not validate is replayed, byte
+    for byte, into FastAPI, so every error answer stays exactly FastAPI's,
+    and the route stays in the OpenAPI document.
+    """
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        cfg = gateway.config
+        loopback = is_loopback(cfg.host)
+        self.door = Door(
+            self._inside,
+            token=cfg.token,
+            max_body_bytes=cfg.max_body_bytes,
+            hosts=allowed_hosts(cfg.host, cfg.port, cfg.allowed_hosts) if loopback else None,
+            origins=[*cfg.allowed_origins, *cfg.cors_origins],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.door(scope, receive, send)
+
+    async def _inside(self, scope: Scope, receive: Receive, send: Send) -> None:
+        topic = _fast_topic(scope)
+        if topic is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self._invoke(topic, scope, receive, send)
+
+    async def _invoke(self, topic: str, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away before sending its body
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except BodyTooLarge as exc:
+            await _error(error_detail(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)))(scope, receive, send)
+            return
+        raw = b"".join(chunks)
+        try:
+            body = TopicInvokeRequest.model_validate_json(raw)
+        except ValidationError:
+            await super().__call__(scope, _replay(raw, receive), send)
+            return
+        try:
+            response = await invoke_on_topic(self.gateway, topic, body)
+        except SkillScaleError as exc:
+            response = _error(error_detail(exc.code, exc.message, exc.request_id))
+        except Exception:
+            log.exception("invoke on %s failed", topic)
+            response = _error(error_detail(ErrorCode.INTERNAL, "the gateway failed"))
+        await response(scope, receive, send)
+
+
+_INVOKE_PREFIX, _INVOKE_SUFFIX = "/v1/topics/", "/invoke"
+JSON_TYPE = b"application/json"
+_TOPIC_RE = re.compile(TOPIC_PATH)
+
+
+def _fast_topic(scope: Scope) -> str | None:
+    """The topic of a request :class:`FastInvoke` may answer itself, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string"):
+        return None
+    path: str = scope["path"]
+    if not (path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX)):
+        return None
+    topic = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
+    if not _TOPIC_RE.match(topic):
+        return None
+    for name, value in scope["headers"]:
+        if name == b"origin":
+            return None  # a browser's cross-origin call: CORS (inside FastAPI) answers it
+        if name == b"content-type" and value.split(b";")[0].strip().lower() != JSON_TYPE:
+            return None
+    return topic
+
+
+def _replay(raw: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``raw`` as the whole body, then the real one's messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def create_app(gateway: Gateway) -> GatewayApp:
     """The ASGI app over a started (or about to be started) :class:`Gateway`."""
     cfg = gateway.config
-    app = FastAPI(
+    app = GatewayApp(
+        gateway,
+        # No OpenTelemetry here: its per-request check alone costs tens of µs.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="SkillScale gateway",
         version=__version__,
         description="The SkillScale fabric over HTTP: topics, skills, calls, traces, events.",
@@ -177,15 +304,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         topic: Annotated[str, PathParam(pattern=TOPIC_PATH)], body: TopicInvokeRequest
     ) -> Response:
         """Run an explicit skill (with data) or match a task on one topic."""
-        known = gateway.known_topics()
-        if topic not in known:
-            await gateway.skills()  # a server may have come up since the last look
-            known = gateway.known_topics()
-            if topic not in known:
-                exc = not_served(topic, known)
-                return _error(error_detail(exc.code, exc.message, status=404))
-        record = await gateway.invoke(topic, body.intent(), timeout=body.timeout)
-        return _answer(record)
+        return await invoke_on_topic(gateway, topic, body)
 
     @app.post(
         "/v1/invoke",
@@ -282,6 +401,25 @@ def create_app(gateway: Gateway) -> FastAPI:
         """Serve a retired version again (the one active before, by default)."""
         return await gateway.change_rollout(topic, name, "rollback", body.version, body.reason)
 
+    @app.get(skill_path + "/diff", response_model=VersionDiff, responses=version_errors,
+             tags=["versions"])  # fmt: skip
+    async def diff(
+        topic: TopicParam, name: NameParam, old: RevisionParam = None, new: RevisionParam = None
+    ) -> VersionDiff:
+        """What changed between two revisions: rollout versions (``1``, ``2``...) or
+        commits of the skill's git history (``git:HEAD~1``, ``git:<sha>``). Defaults:
+        the active version against the canary (or the newest draft, or the version
+        active before)."""
+        return await gateway.version_diff(topic, name, old, new)
+
+    @app.get(skill_path + "/history", response_model=SkillHistory, responses=version_errors,
+             tags=["versions"])  # fmt: skip
+    async def history(
+        topic: TopicParam, name: NameParam, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> SkillHistory:
+        """The skill's own git history, newest first (the distiller's commits, hand edits)."""
+        return await gateway.history(topic, name, limit)
+
     @app.get("/v1/stats", response_model=Stats, tags=["stats"])
     async def stats() -> Stats:
         """The per-topic figures the proxy exports (its /metrics, scraped)."""
@@ -300,12 +438,4 @@ def create_app(gateway: Gateway) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    hosts = allowed_hosts(cfg.host, cfg.port, cfg.allowed_hosts) if is_loopback(cfg.host) else None
-    app.add_middleware(
-        Door,
-        token=cfg.token,
-        max_body_bytes=cfg.max_body_bytes,
-        hosts=hosts,
-        origins=[*cfg.allowed_origins, *cfg.cors_origins],
-    )
     return app

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from skillscale.core.protocol import ID_PATTERN, TOPIC_PATTERN
 
 SKILL_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 MAX_TASK_CHARS = 1_000_000
@@ -129,6 +131,7 @@ class RequestRecord(BaseModel):
     content: str | None = None
     error: ErrorDetail | None = None
     skill: str | None = None
+    skill_version: str | None = None
     server_id: str | None = None
     trace: dict[str, Any] | None = None
     timing: Timing
@@ -205,9 +208,28 @@ class TopicStats(BaseModel):
     replicas: int | None = None
     queue_depth: int | None = None
     inflight: int | None = None
+    slots: int | None = Field(None, description="summed slots of its live, non-draining replicas")
+    draining: int | None = Field(None, description="replicas of the topic that are draining")
     messages: float = 0.0
     bytes: float = 0.0
     dropped: float = 0.0
+
+
+class ReplicaState(BaseModel):
+    """One replica as the proxy's ``/replicas`` lists it (its last heartbeat)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    server_id: str = Field(pattern=ID_PATTERN)
+    topics: list[Annotated[str, Field(pattern=TOPIC_PATTERN)]] = Field(max_length=64)
+    state: Literal["up", "draining", "joining", "unreachable"] = Field(
+        description="up; draining (takes no new work); joining (after a proxy take-over, "
+        "until it said what it holds); unreachable (a send failed, removed shortly)"
+    )
+    slots: int = Field(ge=0, description="requests it runs at once")
+    inflight: int = Field(ge=0, description="requests the proxy dispatched to it, unanswered")
+    busy: int = Field(ge=0, description="workers busy, as it last reported")
+    last_seen_s: float = Field(ge=0, description="seconds since its last message")
 
 
 class Stats(BaseModel):
@@ -224,6 +246,12 @@ class Stats(BaseModel):
     redelivered: float = 0.0
     duplicates_dropped: float = 0.0
     subscriptions: float | None = None
+    replicas: list[ReplicaState] = Field(
+        default_factory=list, description="every replica, from the proxy's /replicas"
+    )
+    replicas_error: str | None = Field(
+        None, description="why the replica list could not be read (an older proxy, ...)"
+    )
 
 
 class Health(BaseModel):
@@ -245,6 +273,63 @@ class RolloutStatus(BaseModel):
     canary: dict[str, Any] | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
     suggestions: list[dict[str, Any]] = Field(default_factory=list)
+    canary_history: list[CanarySample] = Field(
+        default_factory=list,
+        description="the canary's evidence each time this gateway read a change of it, "
+        "oldest first (what happened before the gateway first looked is not known)",
+    )
+
+
+class CanarySample(BaseModel):
+    """The canary's evidence at one moment, as this gateway saw it."""
+
+    at: float = Field(description="unix seconds")
+    pairs: int = Field(description="discordant pairs so far (the SPRT's sample count)")
+    candidate_wins: int
+    active_wins: int
+    llr: float = Field(description="the SPRT log-likelihood ratio after those pairs")
+    active_n: int
+    active_successes: int
+    candidate_n: int
+    candidate_successes: int
+
+
+class FileDiff(BaseModel):
+    """One file that differs between two revisions of a skill."""
+
+    path: str
+    change: Literal["added", "removed", "modified"]
+    binary: bool = False
+    diff: str = Field(description="unified diff (empty for a binary file)")
+
+
+class VersionDiff(BaseModel):
+    """What changed from ``old`` to ``new`` (``GET .../diff``)."""
+
+    skill: str
+    topic: str
+    old: str
+    new: str
+    files: list[FileDiff]
+    truncated: bool = Field(description="the diff text was cut at its size limit")
+
+
+class HistoryEntry(BaseModel):
+    """One commit of a skill's own git history (``skillscale.core.skill_history``)."""
+
+    sha: str
+    time: float
+    author: str
+    message: str
+    hand_edit: bool
+
+
+class SkillHistory(BaseModel):
+    """A skill's commits, newest first (empty when it has no history)."""
+
+    skill: str
+    topic: str
+    entries: list[HistoryEntry]
 
 
 class RolloutAction(BaseModel):

@@ -81,6 +81,13 @@ async def serve(
                     create_app(gateway),
                     log_level="warning",
                     access_log=False,
+                    # httptools' C parser; uvloop is the loop already (core.runtime.run).
+                    http="httptools",
+                    # No X-Forwarded-* rewriting: nothing here reads the client
+                    # address, and trusting forwarded headers is a choice to make
+                    # with the proxy in front, not by default.
+                    proxy_headers=False,
+                    server_header=False,
                     lifespan="off",
                     timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
                 )

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,17 +42,22 @@ from skillscale.core.transport import (
     proxy_xsub_endpoint,
     pump,
 )
+from skillscale.gateway import versions
 from skillscale.gateway.models import (
+    CanarySample,
     ErrorDetail,
+    ReplicaState,
     RequestRecord,
     RolloutStatus,
     RouteInfo,
+    SkillHistory,
     SkillInfo,
     SkillList,
     Stats,
     Timing,
     TopicInfo,
     TopicStats,
+    VersionDiff,
 )
 from skillscale.sdk.client import SkillScaleClient
 from skillscale.sdk.router import TopicRouter
@@ -69,8 +74,13 @@ CATALOG_TTL = 5.0
 CATALOG_TIMEOUT = 5.0
 METRICS_TTL = 0.5
 METRICS_TIMEOUT = 2.0
+MAX_METRICS_CHARS = 8 * 1024 * 1024
+MAX_REPLICAS = 1000
 LISTENER_QUEUE = 256
 MAX_LISTENERS = 64
+CANARY_SAMPLES = 500
+"""Canary evidence samples kept per canary (for the console's plot)."""
+CANARY_SKILLS = 64
 ORPHAN_EVENTS = 1024
 """Trace events kept for request ids the ring has not seen yet (they race the reply)."""
 
@@ -125,6 +135,10 @@ class Gateway(AsyncRole):
         self._catalog_lock = asyncio.Lock()
         self._stats: tuple[float, Stats] | None = None
         self._router: tuple[SkillList, TopicRouter] | None = None
+        self._canary_samples: OrderedDict[tuple[str, str, str, float], deque[CanarySample]] = (
+            OrderedDict()
+        )
+        self._known: tuple[tuple[object, object, object], frozenset[str]] | None = None
         # The local library: SKILL.md bodies, validation, versions (read once here).
         self._local = SkillDiscovery(config.skills_dirs).scan() if config.skills_dirs else Catalog()
         self.ready = False
@@ -244,14 +258,21 @@ class Gateway(AsyncRole):
 
     # -- calls -------------------------------------------------------------
 
-    def known_topics(self) -> set[str]:
+    def known_topics(self) -> frozenset[str]:
         """Topics the gateway may send to: configured, local and last seen served."""
+        # Asked on every call: recomputed only when one of its sources changed.
+        # (The cache holds its sources, so "is" cannot be fooled by a reused id.)
+        sources = (self._local, self._catalog, self._stats)
+        known = self._known
+        if known is not None and all(a is b for a, b in zip(known[0], sources, strict=True)):
+            return known[1]
         topics = set(self.config.topics) | set(self._local.topics())
         if self._catalog is not None:
             topics |= {s.topic for s in self._catalog[1].skills}
         if self._stats is not None:
             topics |= {t.topic for t in self._stats[1].topics if t.replicas}
-        return topics
+        self._known = (sources, frozenset(topics))
+        return self._known[1]
 
     async def invoke(
         self,
@@ -273,9 +294,12 @@ class Gateway(AsyncRole):
         except SkillScaleError as exc:
             reply = exc
         gateway_ms = round((time.perf_counter() - started) * 1000, 3)
+        # Records are built with model_construct: every value comes from a reply
+        # the SDK has validated already, or from here; a second validation per
+        # request would only cost time.
         if isinstance(reply, SkillScaleError):
             rid = reply.request_id or f"gw-{int(received * 1e6):x}"
-            record = RequestRecord(
+            record = RequestRecord.model_construct(
                 request_id=rid,
                 topic=topic,
                 intent=intent,
@@ -283,13 +307,14 @@ class Gateway(AsyncRole):
                 status="error",
                 http_status=http_status(reply.code),
                 error=error_detail(reply.code, reply.message, rid, reply.trace or None),
-                timing=Timing(gateway_ms=gateway_ms),
+                timing=Timing.model_construct(gateway_ms=gateway_ms),
                 route=route,
+                events=self._orphans.pop(rid, []),
             )
         else:
             trace = reply.trace.model_dump(exclude_none=True) if reply.trace else None
             server_ms = reply.elapsed_ms
-            timing = Timing(
+            timing = Timing.model_construct(
                 gateway_ms=gateway_ms,
                 server_ms=server_ms,
                 queue_ms=(trace or {}).get("queue_ms"),
@@ -297,7 +322,7 @@ class Gateway(AsyncRole):
                 bus_ms=round(gateway_ms - server_ms, 3) if server_ms is not None else None,
             )
             code = reply.error_code or ErrorCode.EXEC_FAILED
-            record = RequestRecord(
+            record = RequestRecord.model_construct(
                 request_id=reply.request_id,
                 topic=topic,
                 intent=intent,
@@ -309,12 +334,15 @@ class Gateway(AsyncRole):
                 if reply.ok
                 else error_detail(code, reply.error or "error reply", reply.request_id, trace),
                 skill=reply.skill,
+                skill_version=reply.skill_version,
                 server_id=reply.server_id,
                 trace=trace,
                 timing=timing,
                 route=route,
+                # Given, not defaulted: a default_factory costs model_construct
+                # an inspect.signature call.
+                events=self._orphans.pop(reply.request_id, []),
             )
-        record.events.extend(self._orphans.pop(record.request_id, []))
         self._remember(record)
         return record
 
@@ -322,6 +350,8 @@ class Gateway(AsyncRole):
         self._recent[record.request_id] = record
         while len(self._recent) > self.config.recent:
             self._recent.popitem(last=False)
+        if not self._listeners:
+            return
         self.publish(
             {
                 "event": "request",
@@ -504,7 +534,68 @@ class Gateway(AsyncRole):
             skill = self._local.skills[name]
             return RolloutStatus(skill=name, topic=topic, managed=False,
                                  active=skill.version, state="active")  # fmt: skip
-        return RolloutStatus(topic=topic, managed=True, **state.status())
+        status = RolloutStatus(topic=topic, managed=True, **state.status())
+        if state.canary is not None:
+            status.canary_history = self._sample_canary(topic, name, state.canary)
+        return status
+
+    def _sample_canary(self, topic: str, name: str, canary: rollout.Canary) -> list[CanarySample]:
+        """Add the canary's evidence to its bounded history if it moved; the history."""
+        key = (topic, name, canary.version, canary.started)
+        samples = self._canary_samples.pop(key, None) or deque(maxlen=CANARY_SAMPLES)
+        self._canary_samples[key] = samples  # most recently used last
+        while len(self._canary_samples) > CANARY_SKILLS:
+            self._canary_samples.popitem(last=False)
+        pairs = canary.pairs
+        arms = canary.arms
+        sample = CanarySample(
+            at=time.time(),
+            pairs=pairs.candidate_wins + pairs.active_wins,
+            candidate_wins=pairs.candidate_wins,
+            active_wins=pairs.active_wins,
+            llr=round(canary.llr, 4),
+            active_n=arms.active.n,
+            active_successes=arms.active.successes,
+            candidate_n=arms.candidate.n,
+            candidate_successes=arms.candidate.successes,
+        )
+        last = samples[-1] if samples else None
+        if last is None or last.model_dump(exclude={"at"}) != sample.model_dump(exclude={"at"}):
+            samples.append(sample)
+        return list(samples)
+
+    async def version_diff(
+        self, topic: str, name: str, old: str | None, new: str | None
+    ) -> VersionDiff:
+        """What changed between two revisions (defaults: the active version and the
+        canary, else the newest draft, else the version active before)."""
+        folder = self._skill_dir(topic, name)
+        if old is None or new is None:
+            state = await asyncio.to_thread(rollout.read_rollout, folder)
+            default_old, default_new = _default_pair(state)
+            old, new = old or default_old, new or default_new
+            if old is None or new is None:
+                raise SkillScaleError(
+                    f"{name} has one version only: nothing to compare (name two revisions)",
+                    code=ErrorCode.BAD_REQUEST,
+                )
+        if old.startswith("git:") != new.startswith("git:"):
+            raise SkillScaleError(
+                "compare two versions, or two git: revisions, not one of each",
+                code=ErrorCode.BAD_REQUEST,
+            )
+        try:
+            files, truncated = await asyncio.to_thread(versions.diff_revisions, folder, old, new)
+        except (versions.RevisionError, rollout.RolloutError) as exc:
+            raise SkillNotFoundError(str(exc)) from None
+        return VersionDiff(skill=name, topic=topic, old=old, new=new, files=files,
+                           truncated=truncated)  # fmt: skip
+
+    async def history(self, topic: str, name: str, limit: int) -> SkillHistory:
+        """The skill's own git history, newest first."""
+        folder = self._skill_dir(topic, name)
+        entries = await asyncio.to_thread(versions.history, folder, limit)
+        return SkillHistory(skill=name, topic=topic, entries=entries)
 
     async def change_rollout(
         self, topic: str, name: str, action: str, version: str | None, reason: str | None
@@ -541,15 +632,69 @@ class Gateway(AsyncRole):
             return Stats(available=False, timestamp=now, error="no proxy metrics URL configured")
         if self._http is None:
             return Stats(available=False, source=url, timestamp=now, error="gateway not started")
+        text, rows = await asyncio.gather(self._get(url), self._get(replicas_url(url)))
+        if isinstance(text, Exception):
+            return Stats(available=False, source=url, timestamp=now,
+                         error=f"{type(text).__name__}: {text}")  # fmt: skip
+        stats = parse_metrics(text, url, now)
+        if isinstance(rows, Exception):
+            stats.replicas_error = f"{type(rows).__name__}: {rows}"
+        else:
+            stats.replicas, stats.replicas_error = parse_replicas(rows)
+        return stats
+
+    async def _get(self, url: str) -> str | httpx.HTTPError:
+        assert self._http is not None
         try:
             response = await self._http.get(url)
             response.raise_for_status()
-            text = response.text
         except httpx.HTTPError as exc:
-            return Stats(
-                available=False, source=url, timestamp=now, error=f"{type(exc).__name__}: {exc}"
-            )
-        return parse_metrics(text, url, now)
+            return exc
+        return response.text[:MAX_METRICS_CHARS]
+
+
+def _default_pair(state: rollout.Rollout | None) -> tuple[str | None, str | None]:
+    """The two versions the console compares first."""
+    if state is None or state.active is None:
+        return None, None
+    if state.canary is not None:
+        return state.active, state.canary.version
+    drafts = state.drafts()
+    if drafts:
+        return state.active, drafts[-1]
+    retired = sorted(
+        ((i.decided or 0.0, v) for v, i in state.versions.items() if i.state == "retired"),
+        reverse=True,
+    )
+    return (retired[0][1], state.active) if retired else (state.active, None)
+
+
+def replicas_url(metrics_url: str) -> str:
+    """The proxy's ``/replicas`` beside its ``/metrics``."""
+    base = metrics_url.split("?", 1)[0]
+    return base.removesuffix("/metrics").rstrip("/") + "/replicas"
+
+
+def parse_replicas(text: str) -> tuple[list[ReplicaState], str | None]:
+    """The proxy's ``/replicas`` rows; rows that do not validate are left out, and said."""
+    try:
+        doc = json.loads(text)
+        rows = doc["replicas"]
+        if not isinstance(rows, list):
+            raise TypeError("replicas is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        return [], f"unparsable replica list: {type(exc).__name__}"
+    out: list[ReplicaState] = []
+    bad = 0
+    for row in rows[:MAX_REPLICAS]:
+        try:
+            out.append(ReplicaState.model_validate(row))
+        except ValueError:
+            bad += 1
+    problem = f"{bad} replica rows did not validate" if bad else None
+    if doc.get("truncated"):
+        problem = (problem + "; " if problem else "") + "the proxy truncated the list"
+    return out, problem
 
 
 def parse_metrics(text: str, source: str, now: float) -> Stats:
@@ -576,6 +721,10 @@ def parse_metrics(text: str, source: str, now: float) -> Stats:
                 topic(labels["topic"]).queue_depth = int(value)
             elif name == "skillscale_topic_inflight":
                 topic(labels["topic"]).inflight = int(value)
+            elif name == "skillscale_topic_slots":
+                topic(labels["topic"]).slots = int(value)
+            elif name == "skillscale_topic_replicas_draining":
+                topic(labels["topic"]).draining = int(value)
             elif (
                 name == "skillscale_proxy_messages_total"
                 and labels.get("direction") == "downstream"
@@ -633,7 +782,7 @@ def error_detail(
     )
 
 
-def not_served(topic: str, known: set[str]) -> SkillScaleError:
+def not_served(topic: str, known: frozenset[str]) -> SkillScaleError:
     """The error for a topic the gateway has never seen served."""
     served = ", ".join(sorted(known)) or "none"
     return SkillNotFoundError(

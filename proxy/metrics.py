@@ -12,20 +12,36 @@ per-topic gauges for KEDA's ``metrics-api`` scaler where no Prometheus runs:
 "replicas", "load"}`` (``load`` = waiting + in flight, exactly the sum the
 Prometheus trigger computes; all 0 for a topic the proxy has not seen, so a
 scaled-to-zero topic reads 0, not an error); without ``topic`` it lists all.
+
+``/replicas`` is the JSON view of every replica in the groups (the console's
+"up, draining, slots" per replica): ``{"replicas": [{"server_id", "topics",
+"state", "slots", "inflight", "busy", "last_seen_s"}], "truncated",
+"timestamp"}``, with ``state`` one of ``up``, ``draining``, ``joining``
+(not settled after a proxy take-over) and ``unreachable``; ``inflight`` is
+what the proxy has dispatched to it, ``busy`` what it last reported. Replicas
+come and go, so they are not Prometheus labels (a label lives forever): the
+per-topic sums are, as ``skillscale_topic_slots`` and
+``skillscale_topic_replicas_draining``. Every string in a row passed the
+heartbeat's own patterns (``ServerState``), and at most
+:data:`MAX_REPLICA_ROWS` rows are listed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Gauge, make_wsgi_app
 from prometheus_client import Counter as PromCounter
 
 from skillscale.core.health import HealthServer, RoleHealth
 from skillscale.core.protocol import MAX_TOPIC_BYTES, PROBE_TOPIC_PREFIX, REPLY_TOPIC_PREFIX
+from skillscale.core.replica_protocol import ServerState
 
 MAX_TOPIC_LABELS = 500
 """Distinct topic label values kept before new ones fold into ``_other``."""
@@ -35,12 +51,40 @@ _FOLDED_PREFIXES = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode())
 METRICS_PATH = "/metrics"
 QUEUES_PATH = "/queues"
 """JSON per-topic load for KEDA's ``metrics-api`` trigger."""
+REPLICAS_PATH = "/replicas"
+"""JSON per-replica state (see the module doc)."""
+MAX_REPLICA_ROWS = 1000
 QUEUE_DEPTH_METRIC = "skillscale_topic_queue_depth"
 INFLIGHT_METRIC = "skillscale_topic_inflight"
 """The two gauges whose sum per topic is the autoscaling input."""
 
 TopicLoad = tuple[int, int, int]
 """(waiting, in flight, live replicas) of one topic."""
+
+
+class Replica(Protocol):
+    """What :meth:`ProxyMetrics.set_replicas` reads of a group member."""
+
+    @property
+    def state(self) -> ServerState:
+        """Its last heartbeat."""
+
+    @property
+    def inflight(self) -> Mapping[bytes, object]:
+        """Requests dispatched to it and not answered."""
+
+    @property
+    def last_seen(self) -> float:
+        """Monotonic time of its last message."""
+
+    @property
+    def unreachable(self) -> bool:
+        """A send to it failed."""
+
+    @property
+    def settled(self) -> bool:
+        """It has said what it holds (always, but after a proxy take-over)."""
+
 
 DOWNSTREAM = "downstream"
 """Messages from publishers to subscribers (requests, replies)."""
@@ -96,6 +140,18 @@ class ProxyMetrics:
             ["topic"],
             registry=self.registry,
         )
+        self.slots = Gauge(
+            "skillscale_topic_slots",
+            "Requests a topic's live replicas run at once (their summed slots).",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.draining = Gauge(
+            "skillscale_topic_replicas_draining",
+            "Replicas of a topic that stopped taking work (draining).",
+            ["topic"],
+            registry=self.registry,
+        )
         self.error_replies = PromCounter(
             "skillscale_proxy_error_replies",
             "Error replies the proxy itself sent (no_server, overloaded, ...), by code.",
@@ -124,6 +180,10 @@ class ProxyMetrics:
         self._http: HealthServer | None = None
         self._loads: dict[str, TopicLoad] = {}
         """Replaced whole on each refresh (read by the HTTP thread)."""
+        self._replicas: tuple[list[dict[str, object]], bool] = ([], False)
+        """(rows, truncated), replaced whole on each refresh."""
+        self._capacity: set[str] = set()
+        """Topic labels the slot and draining gauges were last set for."""
 
     def topic_label(self, topic: bytes) -> str:
         """A bounded-cardinality label for a topic frame."""
@@ -164,6 +224,49 @@ class ProxyMetrics:
             self.replicas.labels(label).set(replicas)
         self._loads = {**self._loads, **loads}
 
+    def set_replicas(self, members: Iterable[Replica]) -> None:
+        """Refresh ``/replicas`` and the per-topic slot and draining gauges."""
+        now = time.monotonic()
+        rows: list[dict[str, object]] = []
+        slots: Counter[str] = Counter()
+        draining: Counter[str] = Counter()
+        count = 0
+        for member in members:
+            count += 1
+            state = member.state
+            for topic in state.topics:
+                label = self.topic_label(topic.encode())
+                if state.draining:
+                    draining[label] += 1
+                elif not member.unreachable:
+                    slots[label] += state.slots
+            if len(rows) >= MAX_REPLICA_ROWS:
+                continue
+            rows.append({
+                "server_id": state.server_id,
+                "topics": list(itertools.islice(state.topics, 64)),
+                "state": "unreachable" if member.unreachable
+                else "draining" if state.draining
+                else "joining" if not member.settled else "up",
+                "slots": state.slots,
+                "inflight": len(member.inflight),
+                "busy": state.busy,
+                "last_seen_s": round(max(0.0, now - member.last_seen), 3),
+            })  # fmt: skip
+        labels = set(slots) | set(draining)
+        for label in labels | self._capacity:
+            self.slots.labels(label).set(slots.get(label, 0))
+            self.draining.labels(label).set(draining.get(label, 0))
+        self._capacity = labels
+        rows.sort(key=lambda r: str(r["server_id"]))
+        self._replicas = (rows, count > len(rows))
+
+    def replica_rows(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        """The ``/replicas`` route (see the module doc)."""
+        rows, truncated = self._replicas
+        doc = {"replicas": rows, "truncated": truncated, "timestamp": time.time()}
+        return 200, "application/json", (json.dumps(doc) + "\n").encode()
+
     def queues(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         """The ``/queues`` route (see the module doc)."""
         loads = self._loads
@@ -185,7 +288,7 @@ class ProxyMetrics:
         """Serve ``/metrics``, health and ``/queues`` on ``host:port`` (0 = any free)."""
         self._http = HealthServer(
             health,
-            routes={QUEUES_PATH: self.queues},
+            routes={QUEUES_PATH: self.queues, REPLICAS_PATH: self.replica_rows},
             mounts={METRICS_PATH: make_wsgi_app(self.registry)},
         )
         return self._http.serve(host, port)

@@ -903,6 +903,7 @@ class Proxy(AsyncRole):
             }
         )
         self._gauged_topics = topics
+        metrics.set_replicas(groups.members.values())
         if len(self._replica_keys) > len(groups.members):
             self._replica_keys = {
                 i: k for i, k in self._replica_keys.items() if i in groups.members

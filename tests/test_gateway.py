@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ import pytest_asyncio
 
 from skillscale.core.errors import ErrorCode, SkillTimeoutError, UnavailableError
 from skillscale.gateway import Gateway, GatewayConfig, create_app
+from skillscale.gateway.app import GatewayApp
 from skillscale.gateway.security import check_exposure
-from skillscale.gateway.service import http_status, parse_metrics
+from skillscale.gateway.service import http_status, parse_metrics, parse_replicas, replicas_url
 from skillscale.proxy.metrics import DOWNSTREAM, ProxyMetrics
 from tests.helpers import BUNDLED_SKILLS, FIXTURE_SKILLS
 from tests.test_fabric_cases import CSV, Fabric
@@ -167,6 +170,55 @@ async def test_fabric_errors_map_to_statuses_in_one_shape(env: Env) -> None:
 
 
 @shared_loop
+async def test_the_lean_invoke_path_answers_as_fastapi_does(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(env.gateway)
+    lean: list[str] = []
+    original = GatewayApp._invoke
+
+    async def spy(self: GatewayApp, topic: str, *args: Any) -> None:
+        lean.append(topic)
+        await original(self, topic, *args)
+
+    monkeypatch.setattr(GatewayApp, "_invoke", spy)
+    transport = httpx.ASGITransport(app=app)
+    path = f"/v1/topics/{DATA}/invoke"
+    body = {"skill": "csv-analyzer", "data": CSV}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        fast = await http.post(path, json=body)
+        assert lean == [DATA]
+        # A browser's request (it sends Origin) goes through FastAPI's own route.
+        routed = await http.post(path, json=body, headers={"origin": BASE})
+        assert lean == [DATA]
+        assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        one, two = fast.json(), routed.json()
+        assert set(one) == set(two) and one["skill_version"] and one["content"] == two["content"]
+        # A body that does not validate is replayed into FastAPI: the same 422.
+        json_type = {"content-type": "application/json"}
+        for bad in (b'{"skill": "../x"}', b"{not json", b'{"task": "x", "extra": 1}'):
+            answers = [
+                await http.post(path, content=bad, headers=headers)
+                for headers in (json_type, {**json_type, "origin": BASE})
+            ]
+            assert [a.status_code for a in answers] == [422, 422]
+            assert error_of(answers[0]) == error_of(answers[1])
+        assert len(lean) == 4  # tried the lean path, then handed over
+
+        # A chunked body (no Content-Length) over the limit is refused on the way in.
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"task": "'
+            for _ in range(9):
+                yield b"a" * (1024 * 1024)
+            yield b'"}'
+
+        big = await http.post(path, content=chunks(), headers={"content-type": "application/json"})
+        assert big.status_code == 413 and error_of(big)["code"] == "payload_too_large"
+        assert len(lean) == 5
+
+
+@shared_loop
 @pytest.mark.parametrize(
     ("raised", "status"),
     [
@@ -265,6 +317,70 @@ async def test_versions_promote_and_rollback(tmp_path: Path) -> None:
         assert again.status_code == 400 and error_of(again)["code"] == "bad_request"
 
 
+async def test_versions_diff_history_and_the_canary_evidence(tmp_path: Path) -> None:
+    from skillscale.core import rollout, skill_history
+
+    skill = tmp_path / "skills" / "trivial" / "echo"
+    shutil.copytree(FIXTURE_SKILLS / "testing" / "echo", skill)
+    better = tmp_path / "better" / "echo"
+    shutil.copytree(skill, better)
+    (better / "SKILL.md").write_text(
+        (better / "SKILL.md").read_text().replace("Test fixture.", "Better fixture.")
+    )
+    (better / "scripts" / "helper.py").write_text("VALUE = 1\n")
+    config = GatewayConfig(metrics_url=None, skills_dirs=[tmp_path / "skills"])
+    transport = httpx.ASGITransport(app=create_app(Gateway(config)))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        path = "/v1/skills/TOPIC_TRIVIAL/echo"
+        alone = await http.get(path + "/diff")
+        assert alone.status_code == 400 and "one version" in error_of(alone)["message"]
+        skill_history.commit(skill, "initial")
+        version = rollout.propose_candidate(skill, better, {"by": "test"})
+        diff = (await http.get(path + "/diff")).json()
+        assert (diff["old"], diff["new"]) == ("1", version)
+        changes = {f["path"]: f for f in diff["files"]}
+        assert changes["scripts/helper.py"]["change"] == "added"
+        skill_md = changes["SKILL.md"]
+        assert skill_md["change"] == "modified"
+        assert "-Test fixture." in skill_md["diff"] and "+Better fixture." in skill_md["diff"]
+        back = (await http.get(path + "/diff", params={"old": version, "new": "1"})).json()
+        assert {f["path"]: f["change"] for f in back["files"]}["scripts/helper.py"] == "removed"
+        unknown = await http.get(path + "/diff", params={"old": "1", "new": "99"})
+        assert unknown.status_code == 404 and "no stored files" in error_of(unknown)["message"]
+        mixed = await http.get(path + "/diff", params={"old": "1", "new": "git:HEAD"})
+        assert mixed.status_code == 400
+        hostile = await http.get(path + "/diff", params={"old": "../../etc", "new": "1"})
+        assert hostile.status_code == 422
+
+        # The canary's evidence, sampled each time it changed when the gateway read it.
+        first = (await http.get(path + "/rollout")).json()
+        assert [s["pairs"] for s in first["canary_history"]] == [0]
+        for arm, success in [("candidate", True), ("active", False)] * 3:
+            state = rollout.read_rollout(skill)
+            assert state is not None and state.canary is not None
+            state.canary.record(arm, success)  # type: ignore[arg-type]
+            rollout.write_rollout(skill, state)
+            await http.get(path + "/rollout")
+        again = (await http.get(path + "/rollout")).json()
+        history = again["canary_history"]
+        # Each outcome is a sample: a candidate one waits for its partner, then pairs.
+        assert [s["pairs"] for s in history] == [0, 0, 1, 1, 2, 2, 3]
+        assert history[-1]["candidate_wins"] == 3 and history[-1]["candidate_successes"] == 3
+        assert history[-1]["llr"] == again["canary"]["llr"] > 0
+        lower, upper = again["canary"]["bounds"]
+        assert lower < 0 < upper
+
+        # Promotion commits to the skill's own history; its diff reads from git.
+        assert (await http.post(path + "/promote", json={})).status_code == 200
+        entries = (await http.get(path + "/history")).json()["entries"]
+        assert entries and "promote" in entries[0]["message"]
+        if len(entries) > 1:
+            git = await http.get(path + "/diff", params={"old": "git:HEAD~1", "new": "git:HEAD"})
+            assert git.status_code == 200, git.text
+        after = (await http.get(path + "/diff")).json()
+        assert (after["old"], after["new"]) == ("1", version)  # the one replaced, then now
+
+
 def test_stats_parse_what_the_proxy_exports() -> None:
     metrics = ProxyMetrics()
     metrics.replicas.labels(DATA).set(2)
@@ -284,6 +400,45 @@ def test_stats_parse_what_the_proxy_exports() -> None:
     assert not broken.available and broken.error
 
 
+def test_replica_state_is_exported_and_read_back() -> None:
+    from skillscale.core.replica_protocol import ServerState
+    from skillscale.proxy.groups import Job, Member
+
+    def member(sid: str, *, draining: bool = False, inflight: int = 0) -> Member:
+        state = ServerState(server_id=sid, topics=[DATA], slots=4, busy=inflight,
+                            draining=draining)  # fmt: skip
+        jobs = {bytes([i]): Job(bytes([i]), DATA.encode(), b"{}", 0.0) for i in range(inflight)}
+        return Member(sid.encode(), state, time.monotonic(), inflight=jobs)
+
+    metrics = ProxyMetrics()
+    metrics.set_replicas([member("data-2", draining=True), member("data-1", inflight=3)])
+    status, ctype, raw = metrics.replica_rows({})
+    assert status == 200 and ctype == "application/json"
+    rows, problem = parse_replicas(raw.decode())
+    assert problem is None
+    assert [(r.server_id, r.state, r.slots, r.inflight, r.busy) for r in rows] == [
+        ("data-1", "up", 4, 3, 3),
+        ("data-2", "draining", 4, 0, 0),
+    ]
+    from prometheus_client import generate_latest
+
+    stats = parse_metrics(generate_latest(metrics.registry).decode(), "http://x/metrics", 1.0)
+    (topic,) = stats.topics
+    assert (topic.topic, topic.slots, topic.draining) == (DATA, 4, 1)
+    # The drained replica left: its topic's gauges fall back to 0, not stay stale.
+    metrics.set_replicas([member("data-1")])
+    stats = parse_metrics(generate_latest(metrics.registry).decode(), "http://x/metrics", 1.0)
+    assert (stats.topics[0].slots, stats.topics[0].draining) == (4, 0)
+    # What the gateway reads is checked like any input: a hostile row is left out.
+    doc = json.loads(raw)
+    doc["replicas"].append({**doc["replicas"][0], "server_id": "<script>x</script>"})
+    doc["replicas"].append({"server_id": "x"})
+    kept, problem = parse_replicas(json.dumps(doc))
+    assert len(kept) == 2 and problem == "2 replica rows did not validate"
+    assert parse_replicas("[1, 2]")[1] == "unparsable replica list: TypeError"
+    assert replicas_url("http://127.0.0.1:9100/metrics") == "http://127.0.0.1:9100/replicas"
+
+
 @shared_loop
 async def test_the_console_is_served_with_its_files(env: Env) -> None:
     page = await env.http.get("/")
@@ -300,6 +455,13 @@ async def test_the_console_is_served_with_its_files(env: Env) -> None:
         "/v1/requests/{request_id}",
         "/v1/events",
         "/v1/stats",
+        "/v1/skills/{topic}/{name}/rollout",
+        "/v1/skills/{topic}/{name}/diff",
+        "/v1/skills/{topic}/{name}/history",
         "/healthz",
         "/readyz",
     } <= set(spec["paths"])
+    # The contract types what the dashboard reads: per-replica state in Stats.
+    replica = spec["components"]["schemas"]["ReplicaState"]
+    assert set(replica["required"]) >= {"server_id", "topics", "state", "slots", "inflight"}
+    assert replica["properties"]["state"]["enum"] == ["up", "draining", "joining", "unreachable"]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -23,6 +24,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 
+from skillscale.core import rollout
 from skillscale.tools.bench import BenchConfig, run_http_bench
 from tests.helpers import ROOT, RoleProcess, free_port, role_env
 
@@ -42,11 +44,32 @@ TEXT = (
 )
 
 
+CANARY_SKILL = "code-complexity"
+"""The skill given a canary (its candidate differs in SKILL.md only, so it runs alike)."""
+
+
 @pytest.fixture(scope="module")
-def fabric() -> Iterator[dict[str, Any]]:
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the bundled skills, with a canary running on one (the rollout API)."""
+    root = tmp_path_factory.mktemp("library") / "skills"
+    shutil.copytree(ROOT / "skills", root, ignore=shutil.ignore_patterns(".git", ".skillscale"))
+    skill = root / "code-analysis" / CANARY_SKILL
+    candidate = tmp_path_factory.mktemp("candidate") / CANARY_SKILL
+    shutil.copytree(skill, candidate)
+    text = (candidate / "SKILL.md").read_text()
+    (candidate / "SKILL.md").write_text(
+        text + "\n## Reading the figures\n\nA score over 10 marks a function worth splitting.\n"
+    )
+    rollout.propose_candidate(skill, candidate, {"by": "test_gateway_live"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def fabric(library: Path) -> Iterator[dict[str, Any]]:
     up = RoleProcess(
-        "up", "--xsub-port", "0", "--xpub-port", "0", "--router-port", "0",
-        "--metrics-port", "0", "--gateway-port", str(free_port()), "--json",
+        "up", "--skills-dir", str(library), "--xsub-port", "0", "--xpub-port", "0",
+        "--router-port", "0", "--metrics-port", "0", "--gateway-port", str(free_port()),
+        "--no-distill", "--json",
         env=role_env(SKILLSCALE_NO_GATEWAY="0"),
     )  # fmt: skip
     try:
@@ -68,8 +91,15 @@ def test_live_stats_topics_and_health(url: str) -> None:
         assert http.get("/readyz").status_code == 200
         stats = http.get("/v1/stats").json()
         assert stats["available"], stats
-        replicas = {t["topic"]: t["replicas"] for t in stats["topics"]}
-        assert replicas[DATA] == 1 and replicas[CODE] == 1
+        figures = {t["topic"]: t for t in stats["topics"]}
+        assert figures[DATA]["replicas"] == 1 and figures[CODE]["replicas"] == 1
+        assert figures[DATA]["slots"] >= 2 and figures[DATA]["draining"] == 0
+        # Per replica, from the proxy's /replicas: one server per topic, up, with its slots.
+        assert stats["replicas_error"] is None, stats
+        by_topic = {r["topics"][0]: r for r in stats["replicas"]}
+        assert set(by_topic) == {DATA, CODE}
+        assert all(r["state"] == "up" and r["slots"] >= 2 for r in by_topic.values())
+        assert by_topic[DATA]["slots"] == figures[DATA]["slots"]
         topics = {t["topic"]: t for t in http.get("/v1/topics").json()["topics"]}
         assert set(topics) == {DATA, CODE} and all(t["live"] for t in topics.values())
 
@@ -175,10 +205,36 @@ def chromium() -> str:
     return CHROMIUM
 
 
+def shot(page: Any, name: str) -> None:
+    """A full-page screenshot from the top (scrolled, the sticky bar lands mid-picture)."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def feed_the_canary(url: str, library: Path) -> None:
+    """Outcomes for both arms (the rollout file, as the evolution role writes it),
+    the gateway reading the status after each, as the console does while open."""
+    skill = library / "code-analysis" / CANARY_SKILL
+    outcomes = [("candidate", True), ("active", False), ("candidate", True), ("active", True),
+                ("candidate", True), ("active", False), ("candidate", False), ("active", True),
+                ("candidate", True), ("active", False)]  # fmt: skip
+    with httpx.Client(base_url=url, timeout=20) as http:
+        for arm, success in outcomes:
+            state = rollout.read_rollout(skill)
+            assert state is not None and state.canary is not None
+            state.canary.record(arm, success, latency_ms=40.0 if arm == "candidate" else 55.0)  # type: ignore[arg-type]
+            rollout.write_rollout(skill, state)
+            status = http.get(f"/v1/skills/{CODE}/{CANARY_SKILL}/rollout")
+            assert status.status_code == 200, status.text
+    pairs = status.json()["canary"]["pairs"]
+    assert pairs["candidate_wins"] + pairs["active_wins"] == 4, pairs
+
+
 @pytest.mark.timeout(400)
-def test_the_console_in_a_browser(url: str) -> None:
+def test_the_console_in_a_browser(url: str, library: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    feed_the_canary(url, library)
     executable = chromium()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
@@ -196,7 +252,12 @@ def test_the_console_in_a_browser(url: str) -> None:
             for topic in (DATA, CODE):
                 page.wait_for_selector(f"[data-topic={topic}] .pill.up", timeout=15_000)
             page.wait_for_selector("#live-dot.on", timeout=15_000)
-            page.screenshot(path=str(ARTIFACTS / "console-dashboard.png"), full_page=True)
+            # Each topic's replica, with its state and slots, as the proxy exports them.
+            for topic in (DATA, CODE):
+                row = page.locator(f"[data-topic={topic}] table.replicas tr[data-state=up]")
+                row.wait_for(timeout=15_000)
+                assert row.count() == 1 and row.locator(".slot").count() >= 2
+            shot(page, "console-dashboard.png")
 
             # Try: a task on data-processing; the reply is rendered, with its waterfall.
             page.click("a[data-view=try]")
@@ -208,7 +269,7 @@ def test_the_console_in_a_browser(url: str) -> None:
             assert page.locator("#try-result .markdown h3", has_text="Summary").count() == 1
             labels = page.locator("#try-result .wf-label").all_inner_texts()
             assert labels[0].startswith("client") and "exec" in labels
-            page.screenshot(path=str(ARTIFACTS / "console-try.png"), full_page=True)
+            shot(page, "console-try.png")
 
             # Skill output is text, never markup: a script tag comes back escaped.
             page.click("input[name=mode][value=skill]")
@@ -228,14 +289,90 @@ def test_the_console_in_a_browser(url: str) -> None:
             page.click("#trace-table tbody tr >> nth=0")
             page.wait_for_selector("#trace-detail .waterfall", timeout=10_000)
             assert "attempt 1" in page.inner_text("#trace-detail")
-            page.screenshot(path=str(ARTIFACTS / "console-traces.png"), full_page=True)
+            shot(page, "console-traces.png")
 
             # Skills: open one; its SKILL.md is rendered beside its metadata.
             page.click("a[data-view=skills]")
             page.click(".skill-item[data-skill=csv-analyzer]", timeout=10_000)
             page.wait_for_selector("#skill-detail .markdown h2", timeout=10_000)
             assert "valid SKILL.md" in page.inner_text("#skill-detail table.meta")
-            page.screenshot(path=str(ARTIFACTS / "console-skills.png"), full_page=True)
+            shot(page, "console-skills.png")
+
+            # A skill with a canary: versions, the diff, the SPRT plot, promote.
+            page.click(f".skill-item[data-skill={CANARY_SKILL}]")
+            page.wait_for_selector("#canary-panel canvas.sprt", timeout=10_000)
+            versions = page.locator("#skill-detail .versions-table tr[data-version]")
+            assert versions.count() == 2
+            assert "canary" in page.inner_text("#skill-detail .versions-table tr[data-version='2']")
+            page.wait_for_selector("#diff-panel pre.diff .dl.add", timeout=10_000)
+            added = page.locator("#diff-panel pre.diff .dl.add").all_inner_texts()
+            assert any("Reading the figures" in line for line in added), added
+            assert "4 discordant pairs" in page.inner_text("#canary-panel")
+            assert page.locator("#promote-btn").inner_text() == "Promote version 2"
+            shot(page, "console-canary.png")
+            page.click("#promote-btn")
+            page.wait_for_selector(".action-note:has-text('Promoted: version 2')", timeout=15_000)
+            assert "active" in page.inner_text("#skill-detail .versions-table tr[data-version='2']")
+            shot(page, "console-promoted.png")
         finally:
             browser.close()
     assert not problems, problems
+
+
+@pytest.mark.timeout(180)
+def test_a_draining_replica_shows_as_draining(tmp_path: Path) -> None:
+    """A server told to stop keeps answering what it holds; meanwhile the proxy,
+    /v1/stats and the dashboard show its replica draining."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    skills = tmp_path / "skills"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "skills" / "testing" / "slow",
+                    skills / "testing" / "slow")  # fmt: skip
+    up = RoleProcess(
+        "up", "--skills-dir", str(skills), "--xsub-port", "0", "--xpub-port", "0",
+        "--router-port", "0", "--metrics-port", "0", "--gateway-port", str(free_port()),
+        "--no-distill", "--grace", "30", "--json",
+        env=role_env(SKILLSCALE_NO_GATEWAY="0"),
+    )  # fmt: skip
+    answers: list[httpx.Response] = []
+    try:
+        base = str(up.ready["gateway"]).rstrip("/")
+        (server,) = up.ready["servers"]
+
+        def slow_call() -> None:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                answers.append(http.post("/v1/topics/TOPIC_TESTING/invoke",
+                                         json={"skill": "slow", "data": "6"}))  # fmt: skip
+
+        caller = threading.Thread(target=slow_call, daemon=True)
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                profile, executable_path=executable, args=CHROMIUM_ARGS, headless=True,
+                viewport={"width": 1280, "height": 720},
+            )  # fmt: skip
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                replica = "[data-topic=TOPIC_TESTING] table.replicas tr"
+                page.wait_for_selector(replica + "[data-state=up]", timeout=15_000)
+                caller.start()
+                # The slow call holds one of its slots...
+                page.wait_for_selector(replica + " .slot.used", timeout=15_000)
+                os.kill(server["pid"], signal.SIGTERM)
+                # ...and the replica, told to stop, drains: it takes no new work.
+                page.wait_for_selector(replica + "[data-state=draining]", timeout=15_000)
+                assert "draining" in page.inner_text("[data-topic=TOPIC_TESTING] header .pill")
+                shot(page, "console-draining.png")
+            finally:
+                browser.close()
+        with httpx.Client(base_url=base, timeout=20) as http:
+            stats = http.get("/v1/stats").json()
+        states = {r["server_id"]: r["state"] for r in stats["replicas"]}
+        figures = {t["topic"]: t for t in stats["topics"]}
+        assert "draining" in states.values() or figures["TOPIC_TESTING"]["replicas"] == 0, stats
+        caller.join(30)
+        assert answers and answers[0].status_code == 200, answers and answers[0].text
+        assert answers[0].json()["content"].strip() == "slept 6.0"
+    finally:
+        up.close()

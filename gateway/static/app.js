@@ -205,27 +205,61 @@
     return el("div", { class: "stat", title: hint || null }, [el("span", { class: "v", text: value }), el("span", { class: "l", text: label })]);
   }
 
+  function replicaTable(replicas) {
+    if (!replicas.length) return el("p", { class: "small muted replicas-none", text: "No replica state from the proxy." });
+    const table = el("table", { class: "replicas" }, [el("tr", {}, [
+      el("th", { text: "replica" }), el("th", { text: "state" }), el("th", { text: "slots in use" }), el("th", { class: "num", text: "seen" }),
+    ])]);
+    for (const r of replicas) {
+      const used = Math.min(r.inflight, r.slots);
+      const meter = el("span", { class: "slots", title: r.inflight + " in flight (proxy), " + r.busy + " busy (replica), " + r.slots + " slots" });
+      for (let i = 0; i < Math.min(r.slots, 16); i++) meter.append(el("span", { class: "slot" + (i < used ? " used" : "") }));
+      table.append(el("tr", { "data-replica": r.server_id, "data-state": r.state }, [
+        el("td", {}, [el("code", { class: "small", text: r.server_id })]),
+        el("td", {}, [el("span", { class: "pill small " + REPLICA_PILL[r.state], text: r.state })]),
+        el("td", {}, [meter, el("span", { class: "small muted", text: " " + r.inflight + " / " + r.slots })]),
+        el("td", { class: "num small muted", text: r.last_seen_s < 1 ? "now" : Math.round(r.last_seen_s) + " s" }),
+      ]));
+    }
+    return table;
+  }
+  const REPLICA_PILL = { up: "up", draining: "warn", joining: "idle", unreachable: "down" };
+
   function renderDashboard() {
     const cards = clear($("topic-cards"));
     const byTopic = {};
     for (const t of (state.stats && state.stats.topics) || []) byTopic[t.topic] = t;
+    const replicasOf = {};
+    for (const r of (state.stats && state.stats.replicas) || []) {
+      for (const topic of r.topics) (replicasOf[topic] = replicasOf[topic] || []).push(r);
+    }
     if (!state.topics.length) cards.append(el("p", { class: "muted", text: "No topics yet: is a skill server running?" }));
     for (const t of state.topics) {
       const s = series(t.topic);
       const recent = s.done.slice(-10).reduce((a, b) => a + b, 0) / 10;
       const errors = s.errors.reduce((a, b) => a + b, 0);
-      const up = t.replicas === null ? (t.live ? "serving" : "no answer") : t.replicas + (t.replicas === 1 ? " replica" : " replicas");
-      const health = t.replicas === 0 || !t.live ? "down" : "up";
+      const figures = byTopic[t.topic] || {};
+      const replicas = replicasOf[t.topic] || [];
+      const draining = replicas.filter((r) => r.state === "draining").length;
+      // The proxy's figures (refreshed every 2 s) over the topic list's (every 10 s).
+      const replicaCount = figures.replicas !== undefined && figures.replicas !== null ? figures.replicas : t.replicas;
+      const slots = figures.slots === null || figures.slots === undefined ? null : figures.slots;
+      const up = replicaCount === null ? (t.live ? "serving" : "no answer")
+        : replicaCount + (replicaCount === 1 ? " replica" : " replicas") + (draining ? " · " + draining + " draining" : "") +
+          (slots === null ? "" : " · " + slots + (slots === 1 ? " slot" : " slots"));
+      const health = replicaCount === 0 || !t.live ? "down" : draining ? "warn" : "up";
+      const queued = figures.queue_depth !== undefined ? figures.queue_depth : t.queue_depth;
+      const inflight = figures.inflight !== undefined ? figures.inflight : t.inflight;
       const canvas = el("canvas", { class: "spark", "aria-label": "requests per second, last minute" });
       const card = el("article", { class: "card topic", "data-topic": t.topic }, [
         el("header", {}, [
           el("div", {}, [el("h3", { text: short(t.topic) }), el("code", { class: "muted small", text: t.topic })]),
-          el("span", { class: "pill " + health, text: up }),
+          el("span", { class: "pill " + health, text: up, title: "slots: requests the replicas taking work run at once (a draining replica's are not counted)" }),
         ]),
         el("div", { class: "stats" }, [
           statBox("req/s", recent.toFixed(1), "completed requests per second, last 10 s (from the event stream)"),
-          statBox("queued", fmtNum(t.queue_depth), "waiting for a free replica slot (proxy)"),
-          statBox("in flight", fmtNum(t.inflight), "dispatched, not yet answered (proxy)"),
+          statBox("queued", fmtNum(queued), "waiting for a free replica slot (proxy)"),
+          statBox("in flight", fmtNum(inflight), "dispatched to a replica, not yet answered (proxy)"),
           statBox("errors", String(errors), "error outcomes in the last minute"),
         ]),
         canvas,
@@ -233,15 +267,15 @@
           el("span", { class: "key done" }), "done/s ", el("span", { class: "key err" }), "errors/s ",
           el("span", { class: "key queue" }), "queued — last 60 s",
         ]),
-        el("p", { class: "small muted skills-line", text: t.skills.length + " skills: " + t.skills.join(", ") }),
+        replicaTable(replicas),
+        el("p", { class: "small muted skills-line", text: t.skills.length + (t.skills.length === 1 ? " skill: " : " skills: ") + t.skills.join(", ") }),
       ]);
       cards.append(card);
       const max = Math.max(...s.done, ...s.queue, 1);
-      requestAnimationFrame(() => plot(canvas, [
-        { values: s.queue, color: "#c8a2ff" },
-        { values: s.done, color: "#2563eb" },
-        { values: s.errors, color: "#dc2626" },
-      ], max));
+      // Errors on top, but only when there were any: a red zero line reads as errors.
+      const lines = [{ values: s.queue, color: "#c8a2ff" }, { values: s.done, color: "#2563eb" }];
+      if (s.errors.some((v) => v > 0)) lines.push({ values: s.errors, color: "#dc2626" });
+      requestAnimationFrame(() => plot(canvas, lines, max));
     }
     const st = state.stats;
     const proxy = clear($("proxy-card"));
@@ -467,7 +501,8 @@
       el("span", { class: "pill " + (!s.valid ? "down" : s.live ? "up" : "idle"), text: !s.valid ? "invalid" : s.live ? "served live" : "not served" })]));
     node.append(el("p", { text: s.description }));
     const meta = el("table", { class: "meta" });
-    const rows = [["topic", s.topic], ["version", s.version || "–"], ["timeout", s.timeout ? s.timeout + " s" : "server default"],
+    // The servers' SKILL.md version; the rollout numbers its versions 1, 2, ... on its own.
+    const rows = [["topic", s.topic], ["version (served)", s.version || "–"], ["timeout", s.timeout ? s.timeout + " s" : "server default"],
       ["validation", s.valid ? "valid SKILL.md" : "invalid"]];
     for (const [k, v] of Object.entries(s.metadata || {})) rows.push(["metadata." + k, v]);
     for (const [k, v] of rows) {
@@ -499,41 +534,211 @@
     node.append(el("p", {}, [tryIt]));
   }
 
+  const VERSION_PILL = { active: "up", canary: "warn", draft: "info", retired: "idle" };
+
   async function renderVersions(node, s) {
     const base = "/v1/skills/" + encodeURIComponent(s.topic) + "/" + encodeURIComponent(s.name);
-    const r = await api(base + "/rollout");
+    const key = s.topic + "/" + s.name;
+    const [r, h] = await Promise.all([api(base + "/rollout"), api(base + "/history?limit=20")]);
+    if (state.selectedSkill !== key) return; // another skill was opened meanwhile
     clear(node);
     if (!r.ok || !r.body) return;
     const st = r.body;
     node.append(el("h3", { text: "Versions" }));
+    const message = el("p", { class: "small action-note", role: "status" });
     if (!st.managed) {
       node.append(el("p", { class: "muted small", text: "One version (" + (st.active || "unversioned") + "): no candidates yet." }));
-      return;
+    } else {
+      const table = el("table", { class: "meta versions-table" }, [el("tr", {}, [
+        el("th", { text: "rollout version" }), el("th", { text: "state" }), el("th", { text: "since" }), el("th", { text: "why" })])]);
+      for (const [v, info] of Object.entries(st.versions)) {
+        table.append(el("tr", { "data-version": v }, [
+          el("td", { text: v }),
+          el("td", {}, [el("span", { class: "pill small " + (VERSION_PILL[info.state] || "idle"), text: info.state })]),
+          el("td", { class: "small muted", text: ago(info.decided || info.created) }),
+          el("td", { class: "small", text: info.reason || "" }),
+        ]));
+      }
+      node.append(table);
     }
-    const table = el("table", { class: "meta" }, [el("tr", {}, [el("th", { text: "version" }), el("th", { text: "state" }), el("th", { text: "why" })])]);
-    for (const [v, info] of Object.entries(st.versions)) {
-      table.append(el("tr", {}, [el("td", { text: v }), el("td", {}, [el("span", { class: "pill small " + (info.state === "active" ? "up" : info.state === "canary" ? "idle" : "idle"), text: info.state })]), el("td", { class: "small", text: info.reason || "" })]));
-    }
-    node.append(table);
-    if (st.canary) {
-      const arms = (st.canary.arms || {});
-      const line = ["active", "candidate"].map((arm) => {
-        const a = arms[arm] || { n: 0, successes: 0 };
-        return arm + " " + a.successes + "/" + a.n;
-      }).join(" · ");
-      node.append(el("p", { class: "small", text: "Canary " + st.canary.version + ": " + line + (st.canary.llr !== undefined ? " · LLR " + Number(st.canary.llr).toFixed(2) : "") }));
-    }
-    const act = async (what, body) => {
-      const res = await api(base + "/" + what, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-      if (!res.ok) node.append(el("p", { class: "error", text: (res.body && res.body.error && res.body.error.message) || "failed" }));
-      else { state.skills = []; loadSkills(); }
+    if (st.canary) node.append(canaryPanel(st));
+    // Promote and roll back change what the servers serve: the buttons say what they will do.
+    const candidate = st.canary ? st.canary.version
+      : Object.entries(st.versions).filter(([, i]) => i.state === "draft").map(([v]) => v).pop();
+    const retired = Object.entries(st.versions).filter(([, i]) => i.state === "retired").map(([v]) => v);
+    const act = async (what, button) => {
+      button.disabled = true;
+      const res = await api(base + "/" + what, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason: what + " from the console" }) });
+      if (!res.ok) {
+        button.disabled = false;
+        message.className = "small action-note error";
+        message.textContent = (res.body && res.body.error && res.body.error.message) || "failed";
+        return;
+      }
+      state.flash = { key: key, text: (what === "promote" ? "Promoted: version " : "Rolled back: version ") + res.body.active + " is active." };
+      state.skills = [];
+      loadSkills();
     };
-    const hasRetired = Object.values(st.versions).some((i) => i.state === "retired");
-    const hasCandidate = Object.values(st.versions).some((i) => i.state === "canary" || i.state === "draft");
-    node.append(el("p", {}, [
-      el("button", { class: "ghost", disabled: !hasCandidate, onclick: () => act("promote", {}), text: "Promote" }), " ",
-      el("button", { class: "ghost", disabled: !hasRetired, onclick: () => act("rollback", {}), text: "Roll back" }),
-    ]));
+    if (st.managed) {
+      const promote = el("button", { class: "ghost", id: "promote-btn", disabled: !candidate, text: candidate ? "Promote version " + candidate : "Promote (no candidate)" });
+      promote.addEventListener("click", () => act("promote", promote));
+      const rollback = el("button", { class: "ghost", id: "rollback-btn", disabled: !retired.length, text: retired.length ? "Roll back" : "Roll back (nothing earlier)" });
+      rollback.addEventListener("click", () => act("rollback", rollback));
+      node.append(el("p", { class: "actions" }, [promote, " ", rollback]));
+    }
+    if (state.flash && state.flash.key === key) { message.textContent = state.flash.text; state.flash = null; }
+    if (st.managed) node.append(message); // (an empty line under "one version" would only be a gap)
+    const versions = Object.keys(st.versions);
+    if (versions.length > 1) node.append(diffPanel(base, versions, st));
+    const commits = (h.ok && h.body && h.body.entries) || [];
+    if (commits.length) node.append(historyPanel(commits));
+    if (st.canary) {
+      // While a canary runs its evidence grows: read it again, while this skill stays open.
+      setTimeout(() => {
+        if (state.view === "skills" && state.selectedSkill === key && node.isConnected) renderVersions(node, s);
+      }, 4000);
+    }
+  }
+
+  function canaryPanel(st) {
+    const c = st.canary;
+    const box = el("div", { class: "canary", id: "canary-panel" });
+    const decision = { continue: "collecting evidence", promote: "the test says promote", reject: "the test says reject" }[c.decision] || c.decision;
+    box.append(el("h3", { text: "Canary: version " + c.version + " on " + Math.round(c.share * 100) + "% of callers" }));
+    const left = c.time_left > 2 * 86400 ? Math.round(c.time_left / 86400) + " days" : c.time_left > 7200 ? Math.round(c.time_left / 3600) + " h" : Math.round(c.time_left / 60) + " min";
+    box.append(el("p", { class: "small muted", text: decision + " · " + left + " left before an undecided test is rejected as inconclusive" }));
+    const arms = el("table", { class: "meta arms" }, [el("tr", {}, [
+      el("th", { text: "arm" }), el("th", { class: "num", text: "calls" }), el("th", { class: "num", text: "successes" }),
+      el("th", { text: "success rate" }), el("th", { class: "num", text: "mean ms" })])]);
+    for (const name of ["active", "candidate"]) {
+      const a = c.arms[name] || { n: 0, successes: 0, success_rate: null, mean_latency_ms: null };
+      const rate = a.success_rate === null ? null : a.success_rate;
+      const meter = el("span", { class: "rate " + name }, [el("span", {})]);
+      meter.firstChild.style.width = (rate === null ? 0 : rate * 100) + "%";
+      arms.append(el("tr", {}, [
+        el("td", { text: name === "active" ? "active (v" + st.active + ")" : "candidate (v" + c.version + ")" }),
+        el("td", { class: "num", text: String(a.n) }), el("td", { class: "num", text: String(a.successes) }),
+        el("td", {}, [meter, el("span", { class: "small", text: rate === null ? " –" : " " + (rate * 100).toFixed(0) + "%" })]),
+        el("td", { class: "num", text: fmtMs(a.mean_latency_ms) }),
+      ]));
+    }
+    box.append(arms);
+    const canvas = el("canvas", { class: "sprt", id: "sprt-plot", "aria-label": "SPRT log-likelihood ratio against its bounds" });
+    box.append(canvas);
+    const p = c.pairs;
+    box.append(el("p", { class: "small muted", text: "SPRT on paired outcomes: " + (p.candidate_wins + p.active_wins) + " discordant pairs (" +
+      p.candidate_wins + " won by the candidate, " + p.active_wins + " by the active version, " + p.ties + " ties). " +
+      "LLR " + Number(c.llr).toFixed(2) + "; it promotes at " + c.bounds[1].toFixed(2) + " and rejects at " + c.bounds[0].toFixed(2) +
+      ". Points: what this gateway saw; the dashed start is from before it looked." }));
+    requestAnimationFrame(() => plotSprt(canvas, c, st.canary_history || []));
+    return box;
+  }
+
+  // The SPRT's path: LLR over discordant pairs, between its two bounds.
+  function plotSprt(canvas, c, history) {
+    const ratio = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || 420, h = canvas.clientHeight || 170;
+    canvas.width = w * ratio; canvas.height = h * ratio;
+    const ctx = canvas.getContext("2d");
+    ctx.scale(ratio, ratio);
+    const [lower, upper] = c.bounds;
+    const points = history.map((x) => [x.pairs, x.llr]);
+    const now = c.pairs.candidate_wins + c.pairs.active_wins;
+    if (!points.length || points[points.length - 1][0] !== now || points[points.length - 1][1] !== c.llr) points.push([now, c.llr]);
+    const maxX = Math.max(8, ...points.map((q) => q[0])) * 1.1;
+    const top = Math.max(upper, ...points.map((q) => q[1])) * 1.15, bottom = Math.min(lower, ...points.map((q) => q[1])) * 1.15;
+    const left = 34, right = 92, pad = 8;
+    const x = (v) => left + (v / maxX) * (w - left - right);
+    const y = (v) => pad + (top - v) / (top - bottom) * (h - 2 * pad - 14);
+    ctx.clearRect(0, 0, w, h);
+    ctx.font = "11px system-ui, sans-serif";
+    // Regions beyond the bounds, tinted with their verdict.
+    ctx.fillStyle = "rgba(21,128,61,.07)"; ctx.fillRect(left, y(top), w - left - right, y(upper) - y(top));
+    ctx.fillStyle = "rgba(220,38,38,.07)"; ctx.fillRect(left, y(lower), w - left - right, y(bottom) - y(lower));
+    const hline = (v, color, label, dash) => {
+      ctx.strokeStyle = color; ctx.lineWidth = 1; ctx.setLineDash(dash || []);
+      ctx.beginPath(); ctx.moveTo(left, y(v)); ctx.lineTo(w - right, y(v)); ctx.stroke(); ctx.setLineDash([]);
+      ctx.fillStyle = color; ctx.fillText(label, w - right + 6, y(v) + 4);
+    };
+    hline(upper, "#15803d", "promote " + upper.toFixed(2), [5, 3]);
+    hline(0, "#94a3b8", "0");
+    hline(lower, "#dc2626", "reject " + lower.toFixed(2), [5, 3]);
+    ctx.fillStyle = "#6b7280";
+    ctx.fillText("0", left - 3, h - 2);
+    ctx.fillText("discordant pairs →", left + 18, h - 2);
+    const ticks = Math.round(maxX / 1.1);
+    ctx.fillText(String(ticks), x(ticks) - 6, h - 2);
+    ctx.save(); ctx.translate(10, h / 2 + 10); ctx.rotate(-Math.PI / 2); ctx.fillText("LLR", 0, 0); ctx.restore();
+    // Before the first sample: unknown path from the origin, dashed.
+    ctx.strokeStyle = "#7c3aed"; ctx.lineWidth = 2;
+    if (points[0][0] > 0) {
+      ctx.setLineDash([3, 3]); ctx.beginPath(); ctx.moveTo(x(0), y(0)); ctx.lineTo(x(points[0][0]), y(points[0][1])); ctx.stroke(); ctx.setLineDash([]);
+    }
+    ctx.beginPath();
+    points.forEach((q, i) => { if (i === 0) ctx.moveTo(x(q[0]), y(q[1])); else ctx.lineTo(x(q[0]), y(q[1])); });
+    ctx.stroke();
+    ctx.fillStyle = "#7c3aed";
+    for (const q of points) { ctx.beginPath(); ctx.arc(x(q[0]), y(q[1]), 2.5, 0, 2 * Math.PI); ctx.fill(); }
+    const last = points[points.length - 1];
+    ctx.beginPath(); ctx.arc(x(last[0]), y(last[1]), 4.5, 0, 2 * Math.PI); ctx.fill();
+  }
+
+  function diffPanel(base, versions, st) {
+    const box = el("div", { class: "diff-panel", id: "diff-panel" });
+    const pick = (id) => {
+      const select = el("select", { id: id, class: "narrow" });
+      for (const v of versions) select.append(el("option", { value: v, text: "v" + v + " (" + st.versions[v].state + ")" }));
+      return select;
+    };
+    const oldSel = pick("diff-old"), newSel = pick("diff-new");
+    const out = el("div", { class: "diff-out" });
+    box.append(el("h3", { text: "Diff" }),
+      el("div", { class: "row diff-pick" }, [el("label", { class: "small" }, ["from ", oldSel]), el("label", { class: "small" }, ["to ", newSel])]), out);
+    let first = true;
+    const load = async () => {
+      const q = first ? "" : "?old=" + encodeURIComponent(oldSel.value) + "&new=" + encodeURIComponent(newSel.value);
+      const r = await api(base + "/diff" + q);
+      clear(out);
+      if (!r.ok) { out.append(el("p", { class: "error small", text: (r.body && r.body.error && r.body.error.message) || "no diff" })); return; }
+      if (first) { oldSel.value = r.body.old; newSel.value = r.body.new; first = false; }
+      out.append(renderDiff(r.body));
+    };
+    oldSel.addEventListener("change", load);
+    newSel.addEventListener("change", load);
+    load();
+    return box;
+  }
+
+  function renderDiff(d) {
+    const box = el("div", {});
+    if (!d.files.length) { box.append(el("p", { class: "muted small", text: "v" + d.old + " and v" + d.new + " have the same files." })); return box; }
+    for (const f of d.files) {
+      const file = el("div", { class: "diff-file" }, [el("div", { class: "diff-name" }, [
+        el("span", { class: "pill small " + ({ added: "up", removed: "down", modified: "info" }[f.change]), text: f.change }), " ",
+        el("code", { text: f.path })])]);
+      if (f.binary) { file.append(el("p", { class: "small muted pad", text: "binary or large file" })); box.append(file); continue; }
+      const pre = el("pre", { class: "diff" });
+      for (const line of f.diff.split("\n")) {
+        if (!line || line.startsWith("--- ") || line.startsWith("+++ ")) continue;
+        const kind = line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "ctx";
+        // A long unchanged line (a keyword list) is cut: the change is what matters here.
+        const shown = kind === "ctx" && line.length > 180 ? line.slice(0, 170) + " … (" + line.length + " chars)" : line;
+        pre.append(el("span", { class: "dl " + kind, text: shown + "\n", title: shown === line ? null : line }));
+      }
+      file.append(pre);
+      box.append(file);
+    }
+    if (d.truncated) box.append(el("p", { class: "small muted", text: "The diff is longer than shown." }));
+    return box;
+  }
+
+  function historyPanel(commits) {
+    const list = el("ul", { class: "history small" });
+    for (const c of commits.slice(0, 8)) {
+      list.append(el("li", {}, [el("code", { text: c.sha.slice(0, 8) }), " ", el("span", { class: "muted", text: ago(c.time) }), " ",
+        c.message.split("\n")[0], c.hand_edit ? el("span", { class: "pill small warn", text: "hand edit" }) : null]));
+    }
+    return el("div", { class: "history-panel" }, [el("h3", { text: "History (git)" }), list]);
   }
 
   // -- start ---------------------------------------------------------------------
