@@ -71,6 +71,14 @@ async def test_a_skilltopic_becomes_an_owned_deployment_and_scaled_object(
     assert args[:3] == ["server", "--topic", "TOPIC_DATA_PROCESSING"]
     assert args[args.index("--skills-dir") + 1] == "/var/lib/skillscale/skills/data-processing"
     assert "replicas" not in deployment["spec"]  # KEDA's to set
+    # Its servers are given both halves of k8s/proxy.yaml's pair, primary first.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    services = [d["metadata"]["name"] for d in load_docs(K8S / "proxy.yaml")
+                if d["kind"] == "Service"]  # fmt: skip
+    for variable, port in (("ROUTER", 5566), ("XSUB", 5444), ("XPUB", 5555)):
+        assert env[f"SKILLSCALE_PROXY_{variable}"] == ",".join(
+            f"tcp://{name}:{port}" for name in services
+        )
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["metadata"]["query"] == render.load_query("TOPIC_DATA_PROCESSING")
     assert trigger["metadata"]["threshold"] == "4"
