@@ -71,7 +71,7 @@ from skillscale.core.replica_protocol import (
     skills_digest,
 )
 from skillscale.core.runtime import AsyncRole, safe
-from skillscale.core.security import CurveKeys
+from skillscale.core.security import CurveKeys, diagnosed
 from skillscale.core.transport import (
     BusSocket,
     DealerSocket,
@@ -373,8 +373,19 @@ class SkillServer(AsyncRole):
         self._tasks.append(
             self.supervise(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         )
+        ready = asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
         try:
-            await asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
+            if isinstance(self._bus, ZmqTransport):
+                # A refused handshake (no CURVE keys against a CURVE proxy, an
+                # unlisted key) is named: fatal with a start deadline, else one
+                # warning while the wait goes on.
+                fatal = cfg.ready_timeout is not None
+                await diagnosed(
+                    ready, self._bus.ctx, routers[0], cfg.curve, who="server",
+                    timeout=cfg.ready_timeout, socket_type="dealer", fatal=fatal,
+                )  # fmt: skip
+            else:
+                await ready
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"no answer from the proxy's group endpoint {cfg.proxy_router} "
@@ -595,9 +606,10 @@ class SkillServer(AsyncRole):
         """To every proxy (the draining heartbeat, ``BYE``).
 
         Only a single proxy is waited for: of a pair, one may be dead, and
-        a stop must not wait on it (the other sees us go silent anyway).
+        a stop must not wait on it (the other sees us go silent anyway); nor
+        one that never answered (e.g. it refused our CURVE handshake).
         """
-        block = len(self._dealers) == 1
+        block = len(self._dealers) == 1 and self._proxy_ready.is_set()
         for link in range(len(self._dealers)):
             await self._send_group(frames, block=block, link=link)
 
