@@ -173,7 +173,20 @@ async def test_server_side_apply_over_the_api() -> None:
         assert body == obj
         applier.info = kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", token="wrong")
         with pytest.raises(RuntimeError, match="401"):
+            await applier.apply(obj)  # never logged in through kopf: nothing to redo
+        # Logged in through kopf's handler: a rotated token is read again, once.
+        tokens = iter(["stale", "t0ken", "never"])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kopf, "login_with_service_account", lambda **_: kopf.ConnectionInfo(
+                server=f"http://127.0.0.1:{port}", token=next(tokens)))  # fmt: skip
+            applier.login(logger=LOG)
+            seen.clear()
             await applier.apply(obj)
+            assert len(seen) == 2 and applier.info is not None and applier.info.token == "t0ken"
+            tokens = iter(["bad", "worse"])
+            applier.login(logger=LOG)
+            with pytest.raises(RuntimeError, match="401"):
+                await applier.apply(obj)  # still refused after one fresh login: reported
     finally:
         await runner.cleanup()
     with pytest.raises(ValueError, match="does not apply Secret"):
