@@ -401,7 +401,7 @@ class SkillServer(AsyncRole):
         self._pub = self._bus.publisher(cfg.proxy_xsub, hwm=cfg.hwm, linger_ms=1000,
                                         curve=cfg.curve)  # fmt: skip
         # Requests that arrive during the handshake are served, not lost.
-        await await_roundtrip(
+        roundtrip = await_roundtrip(
             self._pub,
             self._sub,
             probe,
@@ -409,6 +409,12 @@ class SkillServer(AsyncRole):
             on_other=self._on_pubsub_message,
             what=f"proxy at {cfg.proxy_xpub}",
         )
+        if isinstance(self._bus, ZmqTransport):  # a refused handshake is named (as above)
+            xsub, fatal = split_endpoints(cfg.proxy_xsub)[0], cfg.ready_timeout is not None
+            await diagnosed(roundtrip, self._bus.ctx, xsub, cfg.curve, who="server",
+                            timeout=cfg.ready_timeout, fatal=fatal)  # fmt: skip
+        else:
+            await roundtrip
         self._sub.unsubscribe(probe)
         self._tasks.append(
             self.supervise(asyncio.create_task(self._receive_pubsub(), name="receiver"))

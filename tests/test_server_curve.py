@@ -87,6 +87,17 @@ def test_a_server_without_keys_exits_naming_the_cause_at_its_connect_timeout(
     assert took < 15, f"the cause was waited out ({took:.1f} s), not named"
 
 
+def test_a_pubsub_server_without_keys_is_told_too(
+    curve_proxy: tuple[Path, dict[str, str]],
+) -> None:
+    _root, ready = curve_proxy
+    result, took = run_server(ready, "--mode", "pubsub", "--connect-timeout", "20")
+    assert result.returncode == 1, result.stderr
+    (line,) = errors(result.stderr)
+    assert "requires CURVE keys" in line and ready["xsub"] in line, line
+    assert took < 15, f"the cause was waited out ({took:.1f} s), not named"
+
+
 def test_a_server_with_an_unlisted_key_is_told_which_allow_list(
     curve_proxy: tuple[Path, dict[str, str]],
 ) -> None:
