@@ -892,11 +892,14 @@ class Proxy(AsyncRole):
     def _update_gauges(self) -> None:
         groups, metrics = self.groups, self.metrics
         topics = groups.topics()
+        # A passive half serves nothing, so its load reads 0 (even work it kept
+        # after yielding): KEDA sums both halves and must see the active one's.
+        serving = 1 if self.bstar is None or self.bstar.active else 0
         metrics.set_topics(
             {
                 metrics.topic_label(topic): (
-                    groups.queue_depth(topic),
-                    groups.inflight_count(topic),
+                    groups.queue_depth(topic) * serving,
+                    groups.inflight_count(topic) * serving,
                     groups.replica_count(topic),
                 )
                 for topic in topics | self._gauged_topics

@@ -77,7 +77,7 @@ from skillscale.core.replica_protocol import (
     skills_digest,
 )
 from skillscale.core.runtime import AsyncRole, safe
-from skillscale.core.security import CurveKeys
+from skillscale.core.security import CurveKeys, diagnosed
 from skillscale.core.transport import (
     BusSocket,
     DealerSocket,
@@ -382,8 +382,19 @@ class SkillServer(AsyncRole):
         self._tasks.append(
             self.supervise(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         )
+        ready = asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
         try:
-            await asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
+            if isinstance(self._bus, ZmqTransport):
+                # A refused handshake (no CURVE keys against a CURVE proxy, an
+                # unlisted key) is named: fatal with a start deadline, else one
+                # warning while the wait goes on.
+                fatal = cfg.ready_timeout is not None
+                await diagnosed(
+                    ready, self._bus.ctx, routers[0], cfg.curve, who="server",
+                    timeout=cfg.ready_timeout, socket_type="dealer", fatal=fatal,
+                )  # fmt: skip
+            else:
+                await ready
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"no answer from the proxy's group endpoint {cfg.proxy_router} "
@@ -399,7 +410,7 @@ class SkillServer(AsyncRole):
         self._pub = self._bus.publisher(cfg.proxy_xsub, hwm=cfg.hwm, linger_ms=1000,
                                         curve=cfg.curve)  # fmt: skip
         # Requests that arrive during the handshake are served, not lost.
-        await await_roundtrip(
+        roundtrip = await_roundtrip(
             self._pub,
             self._sub,
             probe,
@@ -407,6 +418,12 @@ class SkillServer(AsyncRole):
             on_other=self._on_pubsub_message,
             what=f"proxy at {cfg.proxy_xpub}",
         )
+        if isinstance(self._bus, ZmqTransport):  # a refused handshake is named (as above)
+            xsub, fatal = split_endpoints(cfg.proxy_xsub)[0], cfg.ready_timeout is not None
+            await diagnosed(roundtrip, self._bus.ctx, xsub, cfg.curve, who="server",
+                            timeout=cfg.ready_timeout, fatal=fatal)  # fmt: skip
+        else:
+            await roundtrip
         self._sub.unsubscribe(probe)
         self._tasks.append(
             self.supervise(asyncio.create_task(self._receive_pubsub(), name="receiver"))
@@ -604,9 +621,10 @@ class SkillServer(AsyncRole):
         """To every proxy (the draining heartbeat, ``BYE``).
 
         Only a single proxy is waited for: of a pair, one may be dead, and
-        a stop must not wait on it (the other sees us go silent anyway).
+        a stop must not wait on it (the other sees us go silent anyway); nor
+        one that never answered (e.g. it refused our CURVE handshake).
         """
-        block = len(self._dealers) == 1
+        block = len(self._dealers) == 1 and self._proxy_ready.is_set()
         for link in range(len(self._dealers)):
             await self._send_group(frames, block=block, link=link)
 

@@ -172,7 +172,7 @@ def test_every_manifest_validates_offline(capsys: pytest.CaptureFixture[str]) ->
 
 def test_the_validators_reject_what_a_cluster_would_reject_or_drop() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in all_manifests()}
-    deployment = copy.deepcopy(docs[("Deployment", "skillscale-proxy")])
+    deployment = copy.deepcopy(docs[("Deployment", render.PROXY_SERVICES[0])])
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = (
         "/x"
     )
@@ -274,7 +274,9 @@ def test_compose_service_matches_the_cli(name: str) -> None:
 def args_ports(args: argparse.Namespace, command: str) -> set[int]:
     if command != "proxy":
         return set()
-    binds = ((args.xsub_bind, 5444), (args.xpub_bind, 5555), (args.router_bind, 5566))
+    binds = [(args.xsub_bind, 5444), (args.xpub_bind, 5555), (args.router_bind, 5566)]
+    if args.failover != "off":
+        binds.append((args.peer_bind, render.PEER_PORT))
     return {int(str(b or f":{d}").rsplit(":", 1)[1]) for b, d in binds}
 
 
@@ -319,16 +321,22 @@ def test_kubernetes_workloads_match_the_cli() -> None:
         if command == "server":
             assert pod["terminationGracePeriodSeconds"] > args.grace, where
             assert args.health_host == "0.0.0.0", f"{where}: the kubelet cannot reach loopback"
-            router = urlparse(env["SKILLSCALE_PROXY_ROUTER"])
-            assert (router.hostname, router.port) == (render.PROXY_SERVICE, render.ROUTER_PORT)
+            # Both halves of the pair, primary first, for all three sides.
+            for variable, port in (("ROUTER", render.ROUTER_PORT), ("XSUB", render.XSUB_PORT),
+                                   ("XPUB", render.XPUB_PORT)):  # fmt: skip
+                urls = [urlparse(u) for u in env[f"SKILLSCALE_PROXY_{variable}"].split(",")]
+                assert [(u.hostname, u.port) for u in urls] == [
+                    (name, port) for name in render.PROXY_SERVICES
+                ], f"{where}: SKILLSCALE_PROXY_{variable}"
         if command == "proxy":
             proxy_args = args
             assert args.host == "0.0.0.0"
             assert set(named.values()) == args_ports(args, command) | {args.metrics_port}
     assert proxy_args is not None
-    service = docs[("Service", render.PROXY_SERVICE)]
-    assert {p["port"] for p in service["spec"]["ports"]} == {5444, 5555, 5566, 9100}
-    policy = docs[("NetworkPolicy", render.PROXY_SERVICE)]
+    for name in render.PROXY_SERVICES:
+        service = docs[("Service", name)]
+        assert {p["port"] for p in service["spec"]["ports"]} == {5444, 5555, 5566, 5577, 9100}
+    policy = docs[("NetworkPolicy", render.PROXY_NAME)]
     router_rules = [r for r in policy["spec"]["ingress"]
                     if any(p["port"] == render.ROUTER_PORT for p in r["ports"])]  # fmt: skip
     (rule,) = router_rules
@@ -339,16 +347,22 @@ def test_kubernetes_workloads_match_the_cli() -> None:
         assert (selector.items() <= labels.items()) == is_server, deployment["metadata"]["name"]
     for rule in policy["spec"]["ingress"]:
         if "from" not in rule:
-            assert all(p["port"] != render.ROUTER_PORT for p in rule["ports"])
+            assert all(p["port"] not in (render.ROUTER_PORT, render.PEER_PORT)
+                       for p in rule["ports"])  # fmt: skip
 
 
 def test_keda_triggers_read_what_the_proxy_exports() -> None:
     docs = k8s_docs()
-    proxy = docs[("Deployment", render.PROXY_SERVICE)]
-    proxy_args = build_parser().parse_args(
-        proxy["spec"]["template"]["spec"]["containers"][0]["args"]
-    )
+    halves = [
+        build_parser().parse_args(
+            docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+        for name in render.PROXY_SERVICES
+    ]
+    proxy_args = halves[0]
     waits = dict(proxy_args.no_server_wait_topic or [])
+    # Whichever half is active holds a scaled-to-zero topic's requests as long.
+    assert all(dict(h.no_server_wait_topic or []) == waits for h in halves)
     assert all(0 < w <= MAX_SANE_SECONDS for w in waits.values()), waits
     scaled = [d for (kind, _), d in docs.items() if kind == "ScaledObject"]
     assert len(scaled) == len([p for p in (ROOT / "skills").iterdir() if p.is_dir()])
@@ -367,12 +381,88 @@ def test_keda_triggers_read_what_the_proxy_exports() -> None:
         if obj["spec"]["minReplicaCount"] == 0:
             # Scale from zero: the proxy must hold the topic's requests while a pod starts.
             assert waits.get(topic, proxy_args.no_server_wait) >= 30, topic
-    # The metrics-api example reads the proxy's /queues on its metrics port.
+    # The metrics-api example reads both halves' /queues on their metrics port
+    # (one trigger each: the HPA takes the larger, the passive half reads 0).
     (example,) = load_docs(K8S / "examples" / "keda-metrics-api.yaml")
-    meta = example["spec"]["triggers"][0]["metadata"]
-    url = urlparse(meta["url"])
-    assert url.path == QUEUES_PATH and url.port == proxy_args.metrics_port
-    assert url.hostname == f"{render.PROXY_SERVICE}.{render.NAMESPACE}.svc"
-    (topic,) = parse_qs(url.query)["topic"]
-    status, _, body = ProxyMetrics().queues({"topic": [topic]})
-    assert status == 200 and isinstance(json.loads(body)[meta["valueLocation"]], int)
+    hosts = []
+    for trigger in example["spec"]["triggers"]:
+        meta = trigger["metadata"]
+        url = urlparse(meta["url"])
+        assert url.path == QUEUES_PATH and url.port == proxy_args.metrics_port
+        hosts.append(url.hostname)
+        (topic,) = parse_qs(url.query)["topic"]
+        status, _, body = ProxyMetrics().queues({"topic": [topic]})
+        assert status == 200 and isinstance(json.loads(body)[meta["valueLocation"]], int)
+    assert hosts == [f"{name}.{render.NAMESPACE}.svc" for name in render.PROXY_SERVICES]
+
+
+def peer_args_list(docs: dict[tuple[str, str], dict[str, Any]], name: str) -> list[str]:
+    args: list[str] = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    return args
+
+
+def without_role(argv: list[str]) -> list[str]:
+    """A proxy's args without ``--failover ROLE`` and ``--peer-connect URL``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg in ("--failover", "--peer-connect"):
+            skip = not skip
+            continue
+        out.append(arg)
+    return out
+
+
+def test_the_proxy_runs_as_a_wired_binary_star_pair() -> None:
+    """k8s/proxy.yaml: a primary and a backup that dial each other's state port,
+    one Service per half selecting exactly that half, apart on two nodes, one
+    PDB over both, and only the pair itself on the state port."""
+    docs = k8s_docs()
+    pods = {}
+    for (name, role), peer in zip(render.PROXY_PAIR, reversed(render.PROXY_SERVICES),
+                                  strict=True):  # fmt: skip
+        deployment = docs[("Deployment", name)]
+        spec = deployment["spec"]
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}, name
+        pod = spec["template"]
+        (container,) = pod["spec"]["containers"]
+        args = build_parser().parse_args(container["args"])
+        assert args.failover == role, name
+        assert 0 < args.peer_heartbeat <= 5, f"{name}: --peer-heartbeat is seconds"
+        # It dials the other half's Service on the port that half binds.
+        peer_args = build_parser().parse_args(peer_args_list(docs, peer))
+        dialled, bound = urlparse(args.peer_connect), urlparse(peer_args.peer_bind)
+        assert (dialled.hostname, dialled.port) == (peer, bound.port), name
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert named["peer"] == urlparse(args.peer_bind).port == render.PEER_PORT
+        # The Service of this half selects this half's pods and no other's.
+        service = docs[("Service", name)]
+        selector = service["spec"]["selector"]
+        assert selector.items() <= pod["metadata"]["labels"].items(), name
+        for target in service["spec"]["ports"]:
+            assert named[target["targetPort"]] == target["port"], (name, target)
+        anti = pod["spec"]["affinity"]["podAntiAffinity"]
+        (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        pods[name] = (pod["metadata"]["labels"], selector, term["labelSelector"]["matchLabels"])
+        # Both halves run the same proxy but for their role and peer.
+        assert without_role(container["args"]) == without_role(peer_args_list(docs, peer))
+    (a_labels, a_sel, a_apart), (b_labels, b_sel, b_apart) = pods.values()
+    assert not a_sel.items() <= b_labels.items() and not b_sel.items() <= a_labels.items()
+    assert a_apart.items() <= b_labels.items() and b_apart.items() <= a_labels.items()
+    pdb = docs[("PodDisruptionBudget", render.PROXY_NAME)]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= a_labels.items() & b_labels.items()
+    policy = docs[("NetworkPolicy", render.PROXY_NAME)]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= a_labels.items() & b_labels.items()
+    (peer_rule,) = [r for r in policy["ingress"]
+                    if any(p["port"] == render.PEER_PORT for p in r["ports"])]  # fmt: skip
+    (source,) = peer_rule["from"]
+    allowed = source["podSelector"]["matchLabels"]
+    assert allowed.items() <= a_labels.items() & b_labels.items()
+    assert [p["port"] for p in peer_rule["ports"]] == [render.PEER_PORT]
+    for deployment in (d for (kind, _), d in docs.items() if kind == "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        if deployment["metadata"]["name"] not in render.PROXY_SERVICES:
+            assert not allowed.items() <= labels.items(), deployment["metadata"]["name"]

@@ -383,49 +383,6 @@ async def test_in_its_recovery_window_the_proxy_sends_one_reply_per_id(tmp_path:
     assert len(replies) == 1 and replies[0].ok
 
 
-# -- the Kubernetes pair -------------------------------------------------------------
-
-
-def test_the_kubernetes_pair_validates_and_names_real_settings() -> None:
-    import re
-    import subprocess
-    import sys
-
-    import kubernetes_validate
-    import yaml
-
-    from tests.helpers import ROOT
-
-    path = ROOT / "k8s" / "examples" / "proxy-pair.yaml"
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    for doc in docs:
-        kubernetes_validate.validate(doc, "1.37.0", strict=True)
-    help_text = subprocess.run(
-        [sys.executable, "-m", "skillscale", "proxy", "--help"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
-    ).stdout  # fmt: skip
-    names = set(re.findall(r"SKILLSCALE_[A-Z_]+", path.read_text()))
-    flat = " ".join(help_text.split())
-    proxy_only = names - {
-        "SKILLSCALE_PROXY_XSUB",
-        "SKILLSCALE_PROXY_XPUB",
-        "SKILLSCALE_PROXY_ROUTER",
-    }
-    missing = [n for n in sorted(proxy_only) if f"env {n}" not in flat]
-    assert not missing, missing
-    roles = {
-        d["metadata"]["name"]: {
-            e["name"]: e["value"] for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
-        }
-        for d in docs
-        if d["kind"] == "Deployment"
-    }
-    assert roles["proxy-a"]["SKILLSCALE_FAILOVER"] == "primary"
-    assert roles["proxy-b"]["SKILLSCALE_FAILOVER"] == "backup"
-    assert roles["proxy-a"]["SKILLSCALE_PEER_CONNECT"] == "tcp://proxy-b:5577"
-    assert roles["proxy-b"]["SKILLSCALE_PEER_CONNECT"] == "tcp://proxy-a:5577"
-
-
 # -- a pair in one process, under CURVE ------------------------------------------------
 
 
@@ -523,3 +480,38 @@ def test_a_marked_retransmission_waits_for_its_holder_after_a_start() -> None:
     groups.defer = None
     groups.pump_all(0.2)
     assert [i for i, _ in io.sent] == [b"a"]
+
+
+async def test_a_passive_half_exports_no_load_even_what_it_kept_after_yielding() -> None:
+    """KEDA sums both halves' gauges: a passive proxy must read 0, or the sum
+    counts a queue twice (or counts work the passive half will never serve)."""
+    from skillscale.proxy import Proxy, ProxyConfig
+    from skillscale.proxy.failover import FailoverConfig
+    from skillscale.proxy.groups import GroupsConfig
+    from tests.helpers import free_port
+
+    peer = FailoverConfig(True, f"tcp://127.0.0.1:{free_port()}",
+                          f"tcp://127.0.0.1:{free_port()}", heartbeat=30.0)  # fmt: skip
+    config = ProxyConfig(
+        xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+        router_bind="tcp://127.0.0.1:0", metrics_port=None, failover=peer,
+        groups=GroupsConfig(no_server_wait=60.0),
+    )  # fmt: skip
+    request = Request(request_id="r1", reply_to="AGENT_REPLY_a", intent="x").to_bytes()
+
+    def load() -> tuple[float | None, ...]:
+        proxy._update_gauges()
+        return tuple(
+            proxy.metrics.registry.get_sample_value(name, {"topic": "TOPIC_X"})
+            for name in ("skillscale_topic_queue_depth", "skillscale_topic_replicas")
+        )
+
+    async with Proxy(config) as proxy:
+        assert proxy.bstar is not None
+        proxy.bstar.state = State.ACTIVE
+        proxy.groups.on_request(b"TOPIC_X", request, time.monotonic(), plain_subscriber=False)
+        assert proxy.groups.queue_depth(b"TOPIC_X") == 1
+        assert load() == (1, 0)  # no replica: held, and counted (KEDA wakes the topic)
+        proxy.bstar.state = State.PASSIVE  # the backup yielded after a dual-active split
+        assert proxy.groups.queue_depth(b"TOPIC_X") == 1  # still kept inside...
+        assert load() == (0, 0)  # ...but not exported

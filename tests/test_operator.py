@@ -71,6 +71,14 @@ async def test_a_skilltopic_becomes_an_owned_deployment_and_scaled_object(
     assert args[:3] == ["server", "--topic", "TOPIC_DATA_PROCESSING"]
     assert args[args.index("--skills-dir") + 1] == "/var/lib/skillscale/skills/data-processing"
     assert "replicas" not in deployment["spec"]  # KEDA's to set
+    # Its servers are given both halves of k8s/proxy.yaml's pair, primary first.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    services = [d["metadata"]["name"] for d in load_docs(K8S / "proxy.yaml")
+                if d["kind"] == "Service"]  # fmt: skip
+    for variable, port in (("ROUTER", 5566), ("XSUB", 5444), ("XPUB", 5555)):
+        assert env[f"SKILLSCALE_PROXY_{variable}"] == ",".join(
+            f"tcp://{name}:{port}" for name in services
+        )
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["metadata"]["query"] == render.load_query("TOPIC_DATA_PROCESSING")
     assert trigger["metadata"]["threshold"] == "4"
@@ -165,7 +173,20 @@ async def test_server_side_apply_over_the_api() -> None:
         assert body == obj
         applier.info = kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", token="wrong")
         with pytest.raises(RuntimeError, match="401"):
+            await applier.apply(obj)  # never logged in through kopf: nothing to redo
+        # Logged in through kopf's handler: a rotated token is read again, once.
+        tokens = iter(["stale", "t0ken", "never"])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kopf, "login_with_service_account", lambda **_: kopf.ConnectionInfo(
+                server=f"http://127.0.0.1:{port}", token=next(tokens)))  # fmt: skip
+            applier.login(logger=LOG)
+            seen.clear()
             await applier.apply(obj)
+            assert len(seen) == 2 and applier.info is not None and applier.info.token == "t0ken"
+            tokens = iter(["bad", "worse"])
+            applier.login(logger=LOG)
+            with pytest.raises(RuntimeError, match="401"):
+                await applier.apply(obj)  # still refused after one fresh login: reported
     finally:
         await runner.cleanup()
     with pytest.raises(ValueError, match="does not apply Secret"):

@@ -11,16 +11,28 @@ Nothing is lost on the way: every request is answered by a skill, none with
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import math
+import re
+import signal
 import time
 import urllib.request
 from typing import Any
 
 import pytest
 
+from skillscale import SkillScaleClient
 from tests.deploy_checks import K8S, evaluate_query, keda_replicas, load_docs, scrape
-from tests.helpers import FIXTURE_SKILLS, ReferenceClient, start_proxy, start_server
+from tests.helpers import (
+    FIXTURE_SKILLS,
+    ReferenceClient,
+    RoleProcess,
+    free_port,
+    start_proxy,
+    start_server,
+)
 
 TOPIC = "TOPIC_DATA_PROCESSING"
 BURST = 24
@@ -133,3 +145,155 @@ def test_idle_burst_drain_scales_0_to_n_to_0_without_losing_a_request(
             if (waiting, inflight, live, want) != shown:  # one line per change of state
                 print(f"{t:6.2f} {waiting:8d} {inflight:8d} {live:5d} {metric:7g} {want:8d}")
                 shown = (waiting, inflight, live, want)
+
+
+# -- the same over the Kubernetes pair: the active proxy dies in the middle of the burst --------
+
+
+def proxy_args(name: str) -> list[str]:
+    """The args of one half of the pair in ``k8s/proxy.yaml``."""
+    docs = load_docs(K8S / "proxy.yaml")
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def summed(scrapes: list[dict[tuple[str, str], float]]) -> dict[tuple[str, str], float]:
+    """What PromQL's ``sum`` over the proxies' series sees (a dead target has no series)."""
+    total: dict[tuple[str, str], float] = {}
+    for samples in scrapes:
+        for key, value in samples.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def serving(samples: dict[tuple[str, str], float], text: str) -> int:
+    match = re.search(r"^skillscale_proxy_serving (\S+)$", text, re.M)
+    assert match, "the proxy exports no skillscale_proxy_serving gauge"
+    return int(float(match[1]))
+
+
+@pytest.mark.timeout(120)
+async def test_the_pair_scales_on_the_sum_and_the_passive_half_reads_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Idle -> burst held at the active proxy -> SIGKILL it -> the backup takes
+    over and holds the retransmitted burst -> a server drains it -> 0.
+
+    The ScaledObject's query is evaluated over the *sum* of both proxies'
+    scrapes, as Prometheus sums both pods' series. While both run, the
+    passive half must read 0 (else the sum would count the burst twice).
+    """
+    obj = scaled_object()
+    query = obj["spec"]["triggers"][0]["metadata"]["query"]
+    threshold = float(obj["spec"]["triggers"][0]["metadata"]["threshold"])
+    # The pair as k8s/proxy.yaml runs it: roles, peer wiring, this topic's wait.
+    primary_args, backup_args = proxy_args("skillscale-proxy-a"), proxy_args("skillscale-proxy-b")
+    assert primary_args[primary_args.index("--failover") + 1] == "primary"
+    assert backup_args[backup_args.index("--failover") + 1] == "backup"
+    assert f"{TOPIC}=60" in primary_args and f"{TOPIC}=60" in backup_args
+    peer_a, peer_b = free_port(), free_port()
+    common = {
+        "peer_heartbeat": 0.25,
+        "heartbeat_timeout": 1.5,
+        "no_server_wait_topic": f"{TOPIC}=60",
+    }
+    proxies = {
+        "a": start_proxy(failover="primary", peer_bind=f"tcp://127.0.0.1:{peer_a}",
+                         peer_connect=f"tcp://127.0.0.1:{peer_b}", **common),
+        "b": start_proxy(failover="backup", peer_bind=f"tcp://127.0.0.1:{peer_b}",
+                         peer_connect=f"tcp://127.0.0.1:{peer_a}", **common),
+    }  # fmt: skip
+    alive = dict(proxies)
+    rows: list[tuple[float, str, float, float, float, int]] = []
+    started = time.monotonic()
+    server = None
+
+    def one(name: str) -> tuple[dict[tuple[str, str], float], int] | None:
+        try:
+            text = read(proxies[name].ready["metrics"])
+        except OSError:
+            return None  # a dead target: Prometheus marks its series stale
+        samples = scrape(text)
+        return samples, serving(samples, text)
+
+    def load_of(samples: dict[tuple[str, str], float]) -> float:
+        return evaluate_query(query, samples)
+
+    def sample(phase: str) -> tuple[float, float, int]:
+        per = {name: one(name) for name in alive}
+        live = {name: got for name, got in per.items() if got is not None}
+        metric = evaluate_query(query, summed([s for s, _ in live.values()]))
+        desired = keda_replicas(metric, obj)
+        a = load_of(live["a"][0]) if "a" in live else float("nan")
+        b = load_of(live["b"][0]) if "b" in live else float("nan")
+        active = "".join(name for name, (_, on) in sorted(live.items()) if on) or "-"
+        rows.append((time.monotonic() - started, f"{phase}/{active}", a, b, metric, desired))
+        return a, b, desired
+
+    async def until(phase: str, predicate: Any, timeout: float) -> tuple[float, float, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = await asyncio.to_thread(sample, phase)
+            if predicate(*got):
+                return got
+            assert time.monotonic() < deadline, (phase, rows[-3:])
+            await asyncio.sleep(0.1)  # the scrape interval of the simulation
+
+    endpoints = {k: [p.ready[k] for p in proxies.values()] for k in ("xsub", "xpub", "router")}
+    try:
+        # The pair settles: the primary serves, the backup is passive.
+        await until("settle", lambda a, b, d: rows[-1][1] == "settle/a", 10)
+        assert (await asyncio.to_thread(sample, "idle"))[2] == 0
+        async with SkillScaleClient(endpoints["xsub"], endpoints["xpub"], timeout=60,
+                                    failover_timeout=1.5) as client:  # fmt: skip
+            intent = json.dumps({"skill": "slow", "data": str(RUN_SECONDS)})
+            calls = [asyncio.ensure_future(client.call(TOPIC, intent)) for _ in range(BURST)]
+            # Burst, held at the active half; the passive half reads 0.
+            a, b, desired = await until("burst", lambda a, b, d: a == BURST, 15)
+            assert b == 0, f"the passive proxy exports load {b}: the sum would count it twice"
+            assert desired == min(obj["spec"]["maxReplicaCount"], math.ceil(BURST / threshold))
+            # The active half dies; clients fail over and retransmit to the backup,
+            # which takes over and now holds the burst (scraped alone).
+            proxies["a"].signal(signal.SIGKILL)
+            await asyncio.to_thread(proxies["a"].proc.wait, 10)
+            _, b, desired = await until("failover", lambda a, b, d: b == BURST, 30)
+            assert rows[-1][1] == "failover/b"
+            assert desired == min(obj["spec"]["maxReplicaCount"], math.ceil(BURST / threshold))
+            # KEDA wakes the topic: a server given both proxies drains the queue.
+            server = RoleProcess(
+                "server", "--skills-dir", str(FIXTURE_SKILLS / "testing"), "--topic", TOPIC,
+                "--workers", "2", "--reload-interval", "0",
+                "--proxy-xsub", ",".join(endpoints["xsub"]),
+                "--proxy-xpub", ",".join(endpoints["xpub"]),
+                "--proxy-router", ",".join(endpoints["router"]),
+            )  # fmt: skip
+            while not all(c.done() for c in calls):
+                await asyncio.wait(calls, timeout=0.25)  # the table's sampling period
+                await asyncio.to_thread(sample, "drain")
+            replies = [c.result() for c in calls]
+            await until("drain", lambda a, b, d: d == 0, 10)
+    finally:
+        if server is not None:
+            server.close()
+        for proxy in proxies.values():
+            proxy.kill()
+            proxy.close()
+    assert all(r.ok for r in replies), [r for r in replies if not r.ok]
+    desired_series = [row[5] for row in rows]
+    last_peak = len(desired_series) - 1 - desired_series[::-1].index(max(desired_series))
+    assert desired_series[-1] == 0 and max(desired_series) >= 2
+    drain = desired_series[last_peak:]
+    assert all(x >= y for x, y in itertools.pairwise(drain)), desired_series
+    with capsys.disabled():
+        print(f"\nscale simulation over the pair: {TOPIC}, burst {BURST} x {RUN_SECONDS} s, "
+              f"threshold {threshold:g}; load = the query on one proxy's scrape, "
+              "metric = on the sum of both (phase/active half)")  # fmt: skip
+        print(f"{'t (s)':>6} {'phase/active':>14} {'load a':>7} {'load b':>7} "
+              f"{'metric':>7} {'desired':>8}")  # fmt: skip
+        shown = None
+        for t, phase, a, b, metric, want in rows:
+            line = f"{phase:>14} {a:7g} {b:7g} {metric:7g} {want:8d}"  # nan != nan: compare text
+            if line != shown:
+                print(f"{t:6.2f} {line}")
+                shown = line

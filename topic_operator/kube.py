@@ -2,9 +2,15 @@
 
 Hand-written on purpose: applying an object is one ``PATCH`` with
 ``application/apply-patch+yaml`` (the API server merges it and tracks field
-ownership), and ``aiohttp`` comes with kopf already; the official client is a
-large synchronous dependency for that one call. The credentials are the ones
-kopf logged in with (service account in a pod, kubeconfig elsewhere).
+ownership), and ``aiohttp`` comes with kopf already. The alternatives were
+weighed (docs/deploy.md, "Why the operator's API client is hand-written"):
+the official ``kubernetes`` client is synchronous; ``kubernetes_asyncio``
+is a large generated dependency (a second credential loader beside kopf's,
+API discovery at start for its dynamic client) for this one call; kopf has
+no public client for other objects (its own is private API). The
+credentials are the ones kopf logged in with (service account in a pod,
+kubeconfig elsewhere); a 401 (a rotated service-account token) logs in
+again once and retries.
 """
 
 from __future__ import annotations
@@ -46,11 +52,13 @@ class ApiApplier:
 
     def __init__(self) -> None:
         self.info: kopf.ConnectionInfo | None = None
+        self._login_kwargs: dict[str, Any] | None = None
 
     def login(self, **kwargs: Any) -> kopf.ConnectionInfo | None:
         """kopf's login handler: log in as kopf would, and keep the credentials."""
         info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         self.info = info
+        self._login_kwargs = kwargs
         return info
 
     def _ssl(self, info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
@@ -66,6 +74,16 @@ class ApiApplier:
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
         """Server-side apply ``obj``; raises with the API server's message on failure."""
+        status, text = await self._patch(obj)
+        if status == 401 and self._login_kwargs is not None:
+            # The token was rotated (bound service-account tokens expire):
+            # read the credentials again, once.
+            self.login(**self._login_kwargs)
+            status, text = await self._patch(obj)
+        if status >= 300:
+            raise RuntimeError(f"{status} from {apply_path(obj)}: {text}")
+
+    async def _patch(self, obj: Mapping[str, Any]) -> tuple[int, str]:
         info = self.info
         if info is None:
             raise RuntimeError("not logged in to the cluster yet")
@@ -80,6 +98,5 @@ class ApiApplier:
                 url, data=json.dumps(obj), headers=headers, ssl=self._ssl(info)
             ) as answer,
         ):
-            if answer.status >= 300:
-                text = (await answer.text())[:500]
-                raise RuntimeError(f"{answer.status} from {apply_path(obj)}: {text}")
+            text = (await answer.text())[:500] if answer.status >= 300 else ""
+            return answer.status, text

@@ -35,8 +35,19 @@ NAMESPACE = "skillscale"
 IMAGE = "skillscale:0.1.0"
 SKILLS_ROOT = "/var/lib/skillscale/skills"
 """Where the image keeps the bundled skills (the skills volume's mount point)."""
-PROXY_SERVICE = "skillscale-proxy"
+PROXY_NAME = "skillscale-proxy"
+"""The ``app.kubernetes.io/name`` of both proxies of the pair (NetworkPolicy, PDB)."""
+PROXY_PAIR = (("skillscale-proxy-a", "primary"), ("skillscale-proxy-b", "backup"))
+"""(Deployment and Service name, ``--failover`` role) of each half, in the order
+servers and clients are given them."""
+PROXY_SERVICES = tuple(name for name, _ in PROXY_PAIR)
 XSUB_PORT, XPUB_PORT, ROUTER_PORT, METRICS_PORT = 5444, 5555, 5566, 9100
+PEER_PORT = 5577
+"""The failover state port each proxy binds (``--peer-bind``) and its peer dials."""
+PEER_HEARTBEAT = 1.0
+"""Seconds between state messages of the pair; a peer silent for twice that is dead."""
+SCALE_FROM_ZERO_WAIT = 60
+"""Seconds the proxy holds a scaled-to-zero topic's requests while its first pod starts."""
 HEALTH_PORT = 8080
 """A server's own health port inside its pod."""
 PROMETHEUS_URL = "http://prometheus-server.monitoring.svc:80"
@@ -124,11 +135,18 @@ def termination_grace(spec: TopicSpec) -> int:
     return math.ceil(spec.grace_seconds) + 10
 
 
+def proxy_endpoints(port: int) -> str:
+    """Both proxies of the pair on ``port``, comma-separated, primary first."""
+    return ",".join(f"tcp://{service}:{port}" for service in PROXY_SERVICES)
+
+
 def load_query(topic: str) -> str:
     """The PromQL KEDA evaluates: waiting + in-flight requests of ``topic``.
 
-    ``or vector(0)`` makes a topic the proxy has not seen yet (after a restart)
-    read 0 instead of "no data".
+    ``sum`` runs over both proxies of the pair; a passive proxy exports 0 for
+    both gauges, so the sum is the active proxy's load (and, right after a
+    take-over, the new active one's). ``or vector(0)`` makes a topic the
+    proxies have not seen yet (after a restart) read 0 instead of "no data".
     """
     selector = f'{{topic="{topic}"}}'
     return (
@@ -199,9 +217,11 @@ def render_deployment(spec: TopicSpec, namespace: str = NAMESPACE) -> dict[str, 
             "5",
         ],
         "env": [
-            {"name": "SKILLSCALE_PROXY_ROUTER", "value": f"tcp://{PROXY_SERVICE}:{ROUTER_PORT}"},
-            {"name": "SKILLSCALE_PROXY_XSUB", "value": f"tcp://{PROXY_SERVICE}:{XSUB_PORT}"},
-            {"name": "SKILLSCALE_PROXY_XPUB", "value": f"tcp://{PROXY_SERVICE}:{XPUB_PORT}"},
+            # Both proxies of the pair, in order: heartbeats go to both,
+            # replies to the active one (docs/failover.md).
+            {"name": "SKILLSCALE_PROXY_ROUTER", "value": proxy_endpoints(ROUTER_PORT)},
+            {"name": "SKILLSCALE_PROXY_XSUB", "value": proxy_endpoints(XSUB_PORT)},
+            {"name": "SKILLSCALE_PROXY_XPUB", "value": proxy_endpoints(XPUB_PORT)},
             {
                 "name": "SKILLSCALE_SERVER_ID",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
@@ -321,6 +341,186 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+# -- the proxy pair of the static manifests ------------------------------------------------
+
+
+def _proxy_labels(role: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": PROXY_NAME,
+        "app.kubernetes.io/component": "proxy",
+        "app.kubernetes.io/part-of": PART_OF,
+        "skillscale.io/pair-role": role,
+    }
+
+
+def _proxy_args(role: str, peer: str, topics: list[str]) -> list[str]:
+    waits = [
+        arg for t in topics for arg in ("--no-server-wait-topic", f"{t}={SCALE_FROM_ZERO_WAIT}")
+    ]
+    return [
+        "proxy",
+        "--host",
+        "0.0.0.0",  # noqa: S104 - servers and clients reach the pod IP
+        "--metrics-port",
+        str(METRICS_PORT),
+        "--no-server-wait",
+        "10",
+        *waits,
+        "--heartbeat-timeout",
+        "3",
+        "--failover",
+        role,
+        "--peer-bind",
+        f"tcp://0.0.0.0:{PEER_PORT}",
+        "--peer-connect",
+        f"tcp://{peer}:{PEER_PORT}",
+        "--peer-heartbeat",
+        f"{PEER_HEARTBEAT:g}",
+    ]
+
+
+_PROXY_PORTS = (("xsub", XSUB_PORT), ("xpub", XPUB_PORT), ("router", ROUTER_PORT),
+                ("peer", PEER_PORT), ("metrics", METRICS_PORT))  # fmt: skip
+
+
+def render_proxy_deployment(
+    name: str, role: str, peer: str, topics: list[str], namespace: str = NAMESPACE
+) -> dict[str, Any]:
+    """One half of the proxy pair: a Deployment of one pod, ``Recreate`` (never two
+    primaries during a rollout), kept off its peer's node."""
+    labels = _proxy_labels(role)
+    selector = {"app.kubernetes.io/name": PROXY_NAME, "skillscale.io/pair-role": role}
+    container = {
+        "name": "proxy",
+        "image": IMAGE,
+        "args": _proxy_args(role, peer, topics),
+        "ports": [
+            {"name": port_name, "containerPort": port, "protocol": "TCP"}
+            for port_name, port in _PROXY_PORTS
+        ],
+        # Ready = bound and looping, passive or active: the passive half must
+        # stay reachable through its Service (servers' heartbeats, clients' votes).
+        "readinessProbe": {**_probe(READINESS_PATH, period=5, failures=2),
+                           "httpGet": {"path": READINESS_PATH, "port": "metrics"}},
+        "livenessProbe": {**_probe(LIVENESS_PATH, period=10, failures=3),
+                          "httpGet": {"path": LIVENESS_PATH, "port": "metrics"}},
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "128Mi"},
+            "limits": {"cpu": "2", "memory": "512Mi"},
+        },
+        "securityContext": _container_security(),
+    }  # fmt: skip
+    pod_security = {k: v for k, v in _pod_security().items() if k != "fsGroup"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 3,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": 15,
+                    "automountServiceAccountToken": False,
+                    # The halves on different nodes, or one node failure takes both.
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "labelSelector": {
+                                        "matchLabels": {"app.kubernetes.io/name": PROXY_NAME}
+                                    },
+                                    "topologyKey": "kubernetes.io/hostname",
+                                }
+                            ]
+                        }
+                    },
+                    "securityContext": pod_security,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def render_proxy_service(name: str, role: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    """The Service of one half: clients and servers must reach a *chosen* proxy,
+    so there is one per proxy and none balancing over both."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/part-of": PART_OF},
+        },
+        "spec": {
+            "selector": {"app.kubernetes.io/name": PROXY_NAME, "skillscale.io/pair-role": role},
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port_name, "protocol": "TCP"}
+                for port_name, port in _PROXY_PORTS
+            ],
+        },
+    }
+
+
+def render_proxy_pair(topics: list[str], namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """Both halves of the pair, their Services, and one PodDisruptionBudget over both."""
+    (first, first_role), (second, second_role) = PROXY_PAIR
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": PROXY_NAME,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/part-of": PART_OF},
+        },
+        # A node drain evicts one half at a time; the other takes over.
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": PROXY_NAME}},
+        },
+    }
+    return [
+        render_proxy_deployment(first, first_role, second, topics, namespace),
+        render_proxy_deployment(second, second_role, first, topics, namespace),
+        render_proxy_service(first, first_role, namespace),
+        render_proxy_service(second, second_role, namespace),
+        pdb,
+    ]
+
+
+PROXY_HEADER = """\
+# Generated by `python -m skillscale.topic_operator.render k8s/`; do not edit.
+# The bus: the proxy as a Binary Star failover pair (docs/failover.md), two
+# Deployments of one pod each, {first} (primary) and {second} (backup), one
+# active, one passive (it takes the servers' heartbeats, so its replica table
+# is warm, and takes over when the active one dies and clients come to it).
+#
+# One Service per proxy, none over both: servers and clients are given both
+# endpoints, in this order, and talk to the active one (servers heartbeat to both):
+#   SKILLSCALE_PROXY_XSUB={xsub}
+#   SKILLSCALE_PROXY_XPUB={xpub}
+#   SKILLSCALE_PROXY_ROUTER={router}
+#
+# Readiness (/readyz) is "bound and looping" on both halves, passive included:
+# the passive proxy must stay reachable through its own Service. Who is active
+# is the gauge skillscale_proxy_serving (1 active, 0 passive). A passive proxy
+# exports 0 queue depth and in-flight, so KEDA's sum over both is the active
+# one's load. Scaled-to-zero topics' requests wait {wait} s for a first pod.
+"""
+
+
 # -- the skills ConfigMaps of the static manifests ------------------------------------------
 
 
@@ -369,9 +569,18 @@ def bundled_topics(skills_root: Path) -> list[tuple[Path, TopicSpec, dict[str, A
 
 
 def render_static(skills_root: Path) -> dict[str, str]:
-    """File name -> YAML text of the generated part of ``k8s/`` (one file per topic)."""
+    """File name -> YAML text of the generated part of ``k8s/``: the proxy pair (whose
+    per-topic no-server waits cover every bundled topic) and one file per topic."""
     files = {}
-    for category, spec, configmap in bundled_topics(skills_root):
+    topics = bundled_topics(skills_root)
+    header = PROXY_HEADER.format(
+        first=PROXY_SERVICES[0], second=PROXY_SERVICES[1], xsub=proxy_endpoints(XSUB_PORT),
+        xpub=proxy_endpoints(XPUB_PORT), router=proxy_endpoints(ROUTER_PORT),
+        wait=SCALE_FROM_ZERO_WAIT,
+    )  # fmt: skip
+    pair = render_proxy_pair([spec.topic for _, spec, _ in topics])
+    files["proxy.yaml"] = header + yaml.safe_dump_all(pair, sort_keys=False, width=100)
+    for category, spec, configmap in topics:
         docs = [configmap, render_deployment(spec), render_pdb(spec), render_scaled_object(spec)]
         header = (
             f"# Generated from skills/{category.name}/ by "

@@ -23,7 +23,7 @@ import os
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 import zmq
@@ -246,8 +246,17 @@ _HANDSHAKE_EVENTS = (
 T = TypeVar("T")
 
 
-def _client_cause(event: int, value: int, endpoint: str, curve: CurveKeys | None) -> str | None:
-    """What a failed handshake, seen by a client, means for the user (None: no failure)."""
+Peer = Literal["client", "server"]
+"""Who connects to the proxy: its allow-list is ``--curve-clients`` or ``--curve-servers``."""
+ProbeSocket = Literal["pub", "dealer"]
+"""The probe's socket: a PUB for the proxy's XSUB side, a DEALER for its ROUTER."""
+
+
+def _client_cause(
+    event: int, value: int, endpoint: str, curve: CurveKeys | None, who: Peer = "client"
+) -> str | None:
+    """What a failed handshake, seen by a client or a server, means for the user
+    (None: no failure)."""
     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
         return None
     where = f"the proxy at {endpoint}"
@@ -255,7 +264,7 @@ def _client_cause(event: int, value: int, endpoint: str, curve: CurveKeys | None
         # A NULL-mechanism handshake only fails against a CURVE server (the
         # proxy may close first, so the event is not always MECHANISM_MISMATCH).
         return (
-            f"{where} requires CURVE keys (handshake refused: this client has none); set "
+            f"{where} requires CURVE keys (handshake refused: this {who} has none); set "
             "SKILLSCALE_CURVE_SECRET and SKILLSCALE_CURVE_SERVER_KEY "
             "(`skillscale up --curve` prints both)"
         )
@@ -264,14 +273,14 @@ def _client_cause(event: int, value: int, endpoint: str, curve: CurveKeys | None
         and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
     ):
         return (
-            f"{where} does not use CURVE, but this client does (handshake refused); unset "
+            f"{where} does not use CURVE, but this {who} does (handshake refused); unset "
             "SKILLSCALE_CURVE_SECRET / SKILLSCALE_CURVE_SERVER_KEY, or start the proxy with CURVE"
         )
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         public = curve.secret_file.with_suffix(".key")
         return (
-            f"{where} refused this client's CURVE key (status {value}: not in its allow-list); "
-            f"copy {public} into the proxy's --curve-clients folder"
+            f"{where} refused this {who}'s CURVE key (status {value}: not in its allow-list); "
+            f"copy {public} into the proxy's --curve-{who}s folder"
         )
     return (
         f"the CURVE handshake with {where} failed ({zmq.Event(event).name}); is "
@@ -280,26 +289,35 @@ def _client_cause(event: int, value: int, endpoint: str, curve: CurveKeys | None
 
 
 async def handshake_failure(
-    ctx: zmq.asyncio.Context, endpoint: str, curve: CurveKeys | None, *, timeout: float
+    ctx: zmq.asyncio.Context,
+    endpoint: str,
+    curve: CurveKeys | None,
+    *,
+    timeout: float | None,
+    who: Peer = "client",
+    socket_type: ProbeSocket = "pub",
 ) -> str | None:
     """Connect one throw-away socket the way a client would and watch its
     handshake (ZMTP monitor events): the user's sentence for a refusal, or None
-    when it succeeds or nothing answers within ``timeout`` seconds.
+    when it succeeds or nothing answers within ``timeout`` seconds (None: wait
+    for the first handshake however long it takes).
 
     A fresh socket, monitored before it connects, sees the first handshake
-    (a refused one is not always retried); it sends nothing.
+    (a refused one is not always retried); it sends nothing. ``socket_type``
+    must be one the endpoint accepts (``"dealer"`` for the proxy's ROUTER), or
+    ZMTP refuses even a good key.
     """
-    sock = ctx.socket(zmq.PUB)
+    sock = ctx.socket(zmq.DEALER if socket_type == "dealer" else zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
     try:
         if curve is not None:
             curve.apply(sock)
         sock.connect(endpoint)
-        if not await monitor.poll(int(timeout * 1000)):
+        if not await monitor.poll(None if timeout is None else int(timeout * 1000)):
             return None
         event = parse_monitor_message(await monitor.recv_multipart())
-        return _client_cause(int(event["event"]), int(event["value"]), endpoint, curve)
+        return _client_cause(int(event["event"]), int(event["value"]), endpoint, curve, who)
     finally:
         sock.disable_monitor()
         monitor.close(0)
@@ -312,19 +330,30 @@ async def diagnosed(
     endpoint: str,
     curve: CurveKeys | None,
     *,
-    timeout: float,
+    timeout: float | None,
+    who: Peer = "client",
+    socket_type: ProbeSocket = "pub",
+    fatal: bool = True,
 ) -> T:
     """Await ``attempt`` (e.g. the client's first round trip); if a handshake
     with ``endpoint`` is refused meanwhile, stop it and raise a
-    :class:`ConfigError` naming the cause instead of letting it time out."""
+    :class:`ConfigError` naming the cause instead of letting it time out.
+
+    ``fatal=False`` (a server told to wait for its proxy however long): the
+    cause is logged once as a warning and the wait goes on (the proxy may be
+    restarted with other settings).
+    """
     main = asyncio.ensure_future(attempt)
-    probe = asyncio.ensure_future(handshake_failure(ctx, endpoint, curve, timeout=timeout))
+    probe = asyncio.ensure_future(handshake_failure(
+        ctx, endpoint, curve, timeout=timeout, who=who, socket_type=socket_type))  # fmt: skip
     try:
         await asyncio.wait([main, probe], return_when=asyncio.FIRST_COMPLETED)
         if not main.done() and probe.exception() is None:
             cause = probe.result()
             if cause is not None:
-                raise ConfigError(cause)
+                if fatal:
+                    raise ConfigError(cause)
+                log.warning("%s; still waiting", cause)
         return await main
     finally:
         for task in (main, probe):

@@ -84,6 +84,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
     )
     if args.server_id:
         config.server_id = args.server_id
+    config.ready_timeout = args.connect_timeout
     if args.health_port >= 0:
         config.health_port, config.health_host = args.health_port, args.health_host
 
@@ -268,6 +269,17 @@ def add_parser(sub: Any) -> None:
         "SKILLSCALE_TRACE_PAYLOADS",
         "put each request's task and reply (redacted, 4 KiB each) in its trace event "
         "(requests to a skill in canary always carry them, for the distiller's LLM judge)",
+    )
+    _flag(
+        p_server,
+        "--connect-timeout",
+        "SKILLSCALE_CONNECT_TIMEOUT",
+        None,
+        "seconds to wait at start for the proxy's first heartbeat answer, then exit 1 "
+        "naming the cause (e.g. a refused CURVE handshake); unset, the server waits for "
+        "as long as the proxy takes (an orchestrator may start it later)",
+        shown="wait forever",
+        type=_seconds,
     )
     add_health_port(p_server)
     p_server.set_defaults(func=_cmd_server)
