@@ -309,7 +309,7 @@ async def test_proxy_metrics_count_messages(
 
 @pytest.mark.parametrize("mode", ["group", "pubsub"])
 async def test_server_stops_gracefully_finishing_in_flight_work(
-    proxy: RoleProcess, client: SkillScaleClient, mode: str
+    proxy: RoleProcess, client: SkillScaleClient, testing_server: RoleProcess, mode: str
 ) -> None:
     server = start_server(proxy, FIXTURE_SKILLS / "testing", "TOPIC_GRACEFUL", grace=10, mode=mode)
     try:
