@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skillscale.core.llm import LLMSettings
 from skillscale.core.matching import KeywordMatcher
 from skillscale.core.skill_format import load_skill
 from skillscale.distiller.cluster import normalize_command
@@ -654,23 +655,30 @@ class Score:
     figures: dict[str, float | int | str] = field(default_factory=dict)
 
 
-async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[str, Any]:
-    """Generate, distill, score. Returns the figures."""
+async def run(
+    seed: int, workdir: Path, sessions: int = 40, k: int = 8, llm: LLMSettings | None = None
+) -> dict[str, Any]:
+    """Generate, distill (with ``llm`` when given: its segmentation and its
+    drafts behind the guard), score. Returns the figures."""
     plan, truth = generate(seed, sessions, k)
     sources = write_corpus(workdir / "sources", plan, seed)
     skills_dir = workdir / "skills"
-    out = await distill_once(Options(skills_dir, sources))
+    out = await distill_once(Options(skills_dir, sources, llm=llm))
     labels = _skill_labels(out, truth)
     minted = {n for e in out.skills["created"] for n in [e["name"]]}
     majority = {n: labels[n].most_common(1)[0][0] for n in minted if n in labels}
     found = {m for m in majority.values() if m in truth.recurring}
     true_pos = len(found)  # a second skill for the same procedure is not a hit
     boiler = sum(1 for m in majority.values() if m is None)
-    facts_total = facts_found = hallucinated = 0
+    facts_total = facts_found = hallucinated = steps_total = steps_noted = 0
     all_norm = {normalize_command(c) for c in truth.commands}
     for name, key in majority.items():
         text = (skills_dir / "distilled" / name / "SKILL.md").read_text()
         spans = _backticked(text)
+        steps_md = text.split("## Steps", 1)[-1].split("\n## ", 1)[0]
+        numbered = re.findall(r"^\d+\. `[^`]+`(.*)$", steps_md, re.M)
+        steps_total += len(numbered)
+        steps_noted += sum(1 for rest in numbered if rest.strip(" :."))
         norm_spans = {normalize_command(s) for s in spans}
         for cmd in spans:
             if cmd not in truth.commands and normalize_command(cmd) not in all_norm and " " in cmd:
@@ -703,7 +711,7 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
     plan2 = [[t for t in s if t.label in truth.recurring or t.label is None] for s in plan2]
     truth.intents.update(truth2.intents)
     sources2 = write_corpus(workdir / "sources2", plan2, seed + 1000)
-    out2 = await distill_once(Options(skills_dir, sources2))
+    out2 = await distill_once(Options(skills_dir, sources2, llm=llm))
     # Every new atom of a known procedure counts: one that reached no skill is a miss.
     owner = {a.id: name for name, g in out2.groups for a in g.atoms}
     old_ids = {a.id for _, g in out.groups for a in g.atoms}
@@ -733,13 +741,18 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
         "secrets leaked": _leaks(skills_dir, truth.secrets),
         "fact recall": round(facts_found / max(1, facts_total), 3),
         "hallucinated commands": hallucinated,
+        "steps explained": round(steps_noted / max(1, steps_total), 3),
         "matcher picks the right skill": round(picked / max(1, asked), 3),
         "matcher on held-out prompts": round(held_picked / max(1, held_asked), 3),
         "routing top-1": round(correct / max(1, routed), 3),
         "new atoms of known procedures": routed,
         "skills created by the second batch": second,
         "warnings": len(out.report.warnings),
-    }  # fmt: skip
+    } | ({
+        "llm drafts written": len((out.llm or {}).get("written", [])),
+        "llm drafts rejected": len((out.llm or {}).get("rejected", {})),
+        "llm unavailable": 0 if not (out.llm or {}).get("unavailable") else 1,
+    } if llm is not None else {})  # fmt: skip
 
 
 def _jsonl_lines(sources: Sequence[tuple[str, Path]]) -> tuple[int, int]:
@@ -792,9 +805,40 @@ def canary_rows(seed: int) -> dict[str, Any] | None:
     return dict(result)
 
 
-def main(seed: int, workdir: Path, sessions: int, with_scale: bool) -> dict[str, Any]:
-    """Everything ``skillscale distill bench`` prints."""
+HIGHER_WINS = (
+    "skill recall", "skill precision", "fact recall", "steps explained",
+    "matcher picks the right skill", "matcher on held-out prompts", "routing top-1",
+)  # fmt: skip
+LOWER_WINS = (
+    "skills from boilerplate", "skills from procedures seen twice", "secrets leaked",
+    "hallucinated commands", "skills created by the second batch",
+)  # fmt: skip
+
+
+def winners(offline: dict[str, Any], llm: dict[str, Any]) -> dict[str, str]:
+    """Per scored metric, which column did better (``tie`` when equal). The
+    offline pipeline is the floor: an LLM column that loses a row is a defect."""
+    out = {}
+    for key in (*HIGHER_WINS, *LOWER_WINS):
+        if key not in offline or key not in llm:
+            continue
+        a, b = offline[key], llm[key]
+        if a == b:
+            out[key] = "tie"
+        elif (b > a) == (key in HIGHER_WINS):
+            out[key] = "llm"
+        else:
+            out[key] = "offline"
+    return out
+
+
+def main(
+    seed: int, workdir: Path, sessions: int, with_scale: bool, llm: LLMSettings | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Everything ``skillscale distill bench`` prints: the offline column, and
+    the LLM column when ``llm`` is given (same corpus, same scoring)."""
     figures = asyncio.run(run(seed, workdir / "bench", sessions))
+    llm_figures = asyncio.run(run(seed, workdir / "bench-llm", sessions, llm=llm)) if llm else None
     canary = canary_rows(seed)
     if canary is not None:
         figures.update({f"canary {k}": v for k, v in canary.items()})
@@ -802,4 +846,4 @@ def main(seed: int, workdir: Path, sessions: int, with_scale: bool) -> dict[str,
         figures["canary simulation"] = "not in this build (distiller/evolution_sim.py)"
     if with_scale:
         figures.update({f"scale {k}": v for k, v in asyncio.run(scale(workdir / "scale")).items()})
-    return figures
+    return figures, llm_figures
