@@ -263,9 +263,11 @@ async def _write_skills(
                 out.groups.append((top, group))
                 continue
         intents = [" ".join(corpus.intent(a).split()) for a in group.atoms]
+        background = [[corpus.intent(a) for a in g.atoms] for g in groups if g is not group]
         name = derive_name(
-            [i for i in intents if i], [c for a in group.atoms for c in a.commands], taken
-        )
+            [i for i in intents if i], [c for a in group.atoms for c in a.commands], taken,
+            background,
+        )  # fmt: skip
         taken.add(name)
         fresh.append((name, group.atoms))
         out.groups.append((name, group))

@@ -28,7 +28,7 @@ from skillscale.core.matching import KeywordMatcher, tokenize
 from skillscale.core.protocol import is_valid_skill_name
 from skillscale.core.redact import Redactor
 from skillscale.core.skill_format import Skill, split_frontmatter, validate_frontmatter
-from skillscale.distiller.cluster import Corpus, normalize_command
+from skillscale.distiller.cluster import Corpus, is_look_around, normalize_command
 from skillscale.distiller.model import Atom
 
 MAX_LISTED = 8
@@ -99,12 +99,25 @@ class Rendered:
     """The exact strings a reader needs (commands, flags, errors, fixes)."""
 
 
-def _clean_intent(corpus: Corpus, atom: Atom) -> str:
-    """The prompt's first sentence, without boilerplate lines or redaction markers."""
+def _clean_intent(corpus: Corpus, atom: Atom, words: frozenset[str] = frozenset()) -> str:
+    """The prompt's sentence that says what the procedure is, without
+    boilerplate lines or redaction markers: the first sentence, or the one
+    with most of ``words`` (the procedure's common words), since a prompt
+    may open with chatter ("Next task.")."""
     text = " ".join(corpus.intent(atom).split())
     text = _MARKER.sub("", text)
-    first = re.split(r"(?<=[.?!])\s", text, maxsplit=1)[0]
-    return first.strip()
+    sentences = [t.strip() for t in re.split(r"(?<=[.?!])\s", text) if t.strip()] or [""]
+    if not words or len(sentences) == 1:
+        return sentences[0]
+    return max(sentences, key=lambda t: (len(words & set(_surface_words(t))), -sentences.index(t)))
+
+
+def _common_words(corpus: Corpus, atoms: Sequence[Atom]) -> frozenset[str]:
+    """Words at least half of the atoms' prompts use."""
+    counts: Counter[str] = Counter()
+    for a in atoms:
+        counts.update(set(_surface_words(corpus.intent(a))))
+    return frozenset(w for w, k in counts.items() if 2 * k >= len(atoms))
 
 
 def _surface_words(text: str) -> list[str]:
@@ -112,13 +125,26 @@ def _surface_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if tokenize(w)]
 
 
-def derive_name(intents: Sequence[str], commands: Sequence[str], taken: set[str]) -> str:
-    """A kebab-case name from the words most of the procedure's prompts share."""
+def derive_name(
+    intents: Sequence[str],
+    commands: Sequence[str],
+    taken: set[str],
+    background: Sequence[Sequence[str]] = (),
+) -> str:
+    """A kebab-case name from the words most of the procedure's prompts share,
+    leaving out the words many other procedures' prompts (``background``, one
+    list per group) use too: the way a user asks (``urgent``, ``please``,
+    ``asap``) names no procedure."""
     counts: Counter[str] = Counter()
     for text in intents:
         counts.update(set(_surface_words(text)))
+    spread: Counter[str] = Counter()
+    for texts in background:
+        spread.update({w for t in texts for w in _surface_words(t)})
     n = max(1, len(intents))
     shared = [w for w, k in counts.items() if 2 * k >= n]
+    limit = max(2, len(background) // 8)
+    shared = [w for w in shared if spread[w] <= limit] or shared
     first = Counter(intents).most_common(1)[0][0] if intents else ""
     order = {w: i for i, w in reversed(list(enumerate(_surface_words(first))))}
     words = sorted(shared, key=lambda w: (order.get(w, 999), -counts[w], w))[:4]
@@ -135,18 +161,26 @@ def derive_name(intents: Sequence[str], commands: Sequence[str], taken: set[str]
     return name
 
 
+def _shape(atom: Atom) -> tuple[str, ...]:
+    """The atom's command sequence without its noise: variable arguments as
+    placeholders, look-around commands left out."""
+    norm = [normalize_command(c) for c in atom.commands]
+    return tuple(n for n in norm if n and not is_look_around(n)) or tuple(norm)
+
+
 def _representative(atoms: Sequence[Atom]) -> Atom:
-    seqs = Counter(tuple(a.commands) for a in atoms)
-    best = max(seqs.items(), key=lambda kv: (kv[1], -len(kv[0])))[0]
-    return next(a for a in atoms if tuple(a.commands) == best)
+    """An occurrence of the most common sequence (file names aside), one that
+    did not stop to look around if there is one: its exact commands are the steps."""
+    shapes = Counter(_shape(a) for a in atoms)
+    best = max(shapes.items(), key=lambda kv: (kv[1], -len(kv[0]), kv[0]))[0]
+    return min((a for a in atoms if _shape(a) == best), key=lambda a: len(a.commands))
 
 
 def scriptable(atoms: Sequence[Atom], steps: Sequence[str]) -> bool:
     """A deterministic, safe-to-re-run command sequence (argv only, no shell)."""
     if not steps or not all(a.success for a in atoms):
         return False
-    norm = {tuple(normalize_command(c) for c in a.commands) for a in atoms}
-    if len(norm) != 1:
+    if len({_shape(a) for a in atoms}) != 1:
         return False
     for cmd in steps:
         if _SHELL_SYNTAX.search(cmd) or "[REDACTED" in cmd:
@@ -243,7 +277,8 @@ def render(
     atoms = sorted(atoms, key=lambda a: (a.session, a.trajectory, a.line_start))
     rep = _representative(atoms)
     steps = rep.commands
-    intents = [t for t in (_clean_intent(corpus, a) for a in atoms) if t]
+    common = _common_words(corpus, atoms)
+    intents = [t for t in (_clean_intent(corpus, a, common) for a in atoms) if t]
     intents.sort()
     ranked = Counter(i[:200] for i in intents).most_common()
     # The three most frequent phrasings, listed alphabetically: one more
@@ -421,7 +456,9 @@ def writing_request(
     gotchas = [{"failed": f, "error": e, "fix": x} for (f, e, x), _ in _shown_gotchas(counted)]
     payload = {
         "name": name,
-        "prompts": sorted({_clean_intent(corpus, a)[:300] for a in atoms} - {""})[:12],
+        "prompts": sorted(
+            {_MARKER.sub("", " ".join(corpus.intent(a).split()))[:300] for a in atoms} - {""}
+        )[:12],
         "occurrences": [
             {
                 "commands": [s.command for s in a.steps if s.command and s.ok][:20],
