@@ -829,6 +829,9 @@ async def run(
     } | ({
         "llm drafts written": len((out.llm or {}).get("written", [])),
         "llm drafts rejected": len((out.llm or {}).get("rejected", {})),
+        "llm drafts that invented a command (rejected)": sum(
+            "no source atom" in r for r in (out.llm or {}).get("rejected", {}).values()
+        ),
         "llm unavailable": 0 if not (out.llm or {}).get("unavailable") else 1,
     } if llm is not None else {})  # fmt: skip
 

@@ -101,9 +101,10 @@ class _ByRequest(fake_openai.Script):
 
 
 @contextmanager
-def scripted_server(mode: str) -> Iterator[tuple[str, fake_openai.Script]]:
+def scripted_server(mode: str, port: int = 0) -> Iterator[tuple[str, fake_openai.Script]]:
+    """The scripted LLM on loopback (a free port unless ``port``); yields ``(base_url, script)``."""
     script = _ByRequest(scripted_llm(mode))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake_openai.make_handler(script))
+    server = ThreadingHTTPServer(("127.0.0.1", port), fake_openai.make_handler(script))
     server.daemon_threads = True
     import threading
 
@@ -294,3 +295,14 @@ def test_bench_cli_prints_offline_and_llm_side_by_side() -> None:
     assert row.split()[-3:] == ["0", "0", "tie"], row
     rejected = next(ln for ln in lines if "llm drafts rejected" in ln)
     assert int(rejected.split()[-1]) > 0, rejected
+
+
+if __name__ == "__main__":
+    # By hand: `python -m tests.test_distill_llm good|hallucinate|nonsense PORT`, then
+    # SKILLSCALE_LLM_BASE_URL=http://127.0.0.1:PORT/v1 SKILLSCALE_LLM_MODEL=scripted
+    # skillscale distill bench --seed 1 --llm
+    import signal
+
+    with scripted_server(sys.argv[1], int(sys.argv[2])) as (base, _):
+        print(base, flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})

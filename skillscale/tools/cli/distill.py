@@ -141,6 +141,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sources = write_corpus(Path(args.generate).expanduser(), plan, args.seed)
         print(" ".join(f"--from {kind}={path}" for kind, path in sources))
         return EXIT_OK
+    import logging
+
+    for name in ("httpx", "httpx2"):  # one INFO line per LLM request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     llm = None
     # ``distill --llm bench`` and ``distill bench --llm`` both mean it.
     if args.llm or getattr(args, "bench_llm", False):
@@ -171,7 +175,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     assert llm is not None
     keys = list(dict.fromkeys([*figures, *llm_figures]))
     width = max(len(k) for k in keys)
-    col = max(12, *(len(str(v)) for v in figures.values() if not isinstance(v, str) or len(v) < 40))
+    col = max(8, *(len(str(v)) for v in figures.values() if not isinstance(v, str)))
     print(f"DistillBench (seed {args.seed}): offline pipeline (the floor) vs LLM {llm.model}")
     print(f"  {'metric':<{width}}  {'offline':<{col}}  {'llm':<{col}}  winner")
     for key in keys:
