@@ -108,6 +108,7 @@ def _message(verb: str, name: str, version: str, atoms: Sequence[Atom], rendered
         "",
         f"{len(atoms)} atoms from {len(sessions)} sessions; matcher self-check "
         f"{rendered.match_rate:.2f}.",
+        f"Written by: {rendered.writer}" + (f"; {rendered.note}" if rendered.note else "") + ".",
         "",
         *[f"Session: {s}" for s in sessions[:50]],
         *[f"Atom: {a.id} {a.trajectory} lines {a.line_start}-{a.line_end}" for a in atoms[:100]],

@@ -97,6 +97,8 @@ class Rendered:
     """Who wrote the text: ``offline`` or ``llm <model>``."""
     facts: tuple[str, ...] = ()
     """The exact strings a reader needs (commands, flags, errors, fixes)."""
+    note: str = ""
+    """Why the offline text was kept when an LLM was asked (empty otherwise)."""
 
 
 def _clean_intent(corpus: Corpus, atom: Atom, words: frozenset[str] = frozenset()) -> str:
@@ -159,6 +161,29 @@ def derive_name(
         name = f"{base}-{i}"
         i += 1
     return name
+
+
+# Runners whose next word is the tool actually run (``uv run alembic``).
+_RUNNERS = {("uv", "run"), ("poetry", "run"), ("pnpm", "exec"), ("npm", "exec"), ("yarn", "exec"),
+            ("python", "-m"), ("python3", "-m"), ("pipx", "run"), ("bundle", "exec")}  # fmt: skip
+_LAUNCHERS = ("npx", "uvx", "bunx", "pnpx")
+
+
+def _programs(steps: Sequence[str]) -> list[str]:
+    """The tools the steps run, the one behind a runner first (``uv run
+    mkdocs`` is mkdocs, run with uv): words users say when they ask."""
+    tools: list[str] = []
+    runners: list[str] = []
+    for cmd in steps:
+        words = cmd.split()
+        if len(words) > 2 and (words[0], words[1]) in _RUNNERS and not words[2].startswith("-"):
+            tools.append(words[2])
+            runners.append(words[0])
+        elif len(words) > 1 and words[0] in _LAUNCHERS and not words[1].startswith("-"):
+            tools.append(words[1])
+        elif words:
+            tools.append(words[0])
+    return list(dict.fromkeys([*tools, *runners]))[:5]
 
 
 def _shape(atom: Atom) -> tuple[str, ...]:
@@ -297,7 +322,7 @@ def render(
         other_counts.update(set(_surface_words(text)))
     distinct = [w for w in shared if other_counts[w] * n < counts[w] * max(1, len(other_intents))]
     keywords = " ".join(distinct or shared)
-    programs = list(dict.fromkeys(c.split()[0] for c in steps if c.split()))[:4]
+    programs = _programs(steps)
     lead = (examples[0] if examples else name.replace("-", " ")).rstrip(".")
     description = (
         f"{lead[:180]}. A recurring procedure distilled from agent sessions, run with "
@@ -393,7 +418,7 @@ def render(
     return Rendered(
         name, description, keywords, files,
         hashlib.sha256("\n".join(said).encode()).hexdigest()[:16], list(steps), rate,
-        writer, tuple(dict.fromkeys(facts)),
+        writer, tuple(dict.fromkeys(facts)), note,
     )  # fmt: skip
 
 

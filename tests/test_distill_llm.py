@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from skillscale.core import skill_history
 from skillscale.core.llm import LLMSettings
 from skillscale.core.redact import Redactor
 from skillscale.core.skill_format import load_skill
@@ -180,6 +181,8 @@ async def test_a_hallucinated_command_is_rejected_and_the_offline_draft_kept(
             in text
         )
         assert load_skill(lib / "distilled" / name).metadata["writer"] == "offline"
+        (entry,) = skill_history.log(lib / "distilled" / name)
+        assert "Written by: offline; the LLM draft (scripted) was rejected" in entry.message
 
 
 @pytest.mark.timeout(120)
