@@ -309,3 +309,51 @@ if __name__ == "__main__":
     with scripted_server(sys.argv[1], int(sys.argv[2])) as (base, _):
         print(base, flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+def _llm_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SKILLSCALE_LLM"))}
+    return env | {"SKILLSCALE_LLM_BASE_URL": url, "SKILLSCALE_LLM_MODEL": "scripted",
+                  "SKILLSCALE_CONFIG": "/nonexistent/config.yaml"}  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_once_json_with_the_llm_is_one_object_and_idempotent(small: dict[str, Any]) -> None:
+    lib = small["base"] / "cli"
+    args = [a for k, p in small["sources"] for a in ("--from", f"{k}={p}")]
+    cmd = [sys.executable, "-m", "skillscale", "distill", "--once", "--llm", *args,
+           "--skills-dir", str(lib), "--json"]  # fmt: skip
+    with scripted_server("good") as (url, _):
+        runs = [
+            subprocess.run(
+                cmd,
+                cwd=ROOT,
+                env=_llm_env(url),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            for _ in range(2)
+        ]
+    first, second = (json.loads(r.stdout) for r in runs)  # exactly one JSON object each
+    assert first["llm"]["written"] == sorted(e["name"] for e in first["skills"]["created"])
+    assert len(first["skills"]["created"]) == 4 and first["warnings"] == []
+    assert len(second["skills"]["unchanged"]) == 4 and second["atoms"]["new"] == 0
+    assert second["llm"]["written"] == first["llm"]["written"]  # from the cache
+
+
+@pytest.mark.timeout(180)
+def test_bench_json_with_the_llm_has_both_columns_and_the_winners() -> None:
+    with scripted_server("good") as (url, _):
+        done = subprocess.run(
+            [sys.executable, "-m", "skillscale", "distill", "--llm", "bench", "--seed", "1",
+             "--sessions", "20", "--no-scale", "--json"], cwd=ROOT, env=_llm_env(url),
+            capture_output=True, text=True, timeout=150, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result) == {"offline", "llm", "winner"}
+    assert result["winner"]["steps explained"] == "llm"
+    assert "offline" not in result["winner"].values(), result["winner"]
+    assert result["llm"]["llm drafts written"] == result["llm"]["skills minted"] > 0
