@@ -467,6 +467,20 @@ _SYSTEM = (
     '"gotchas": [{"failed": "...", "error": "...", "fix": "...", "why": "..."}]}'
 )
 _TICKED = re.compile(r"`([^`\n]*)`")
+_FLAG = re.compile(r"(?<![\w`'\"/-])(--?[A-Za-z][\w-]*)")
+_SHELL_OPS = ("| sh", "| bash", "|sh", "|bash", "&&", "$(", "sudo ", "; rm ", "rm -rf")
+
+
+def _unquoted_commands(draft: Draft, ran: set[str]) -> list[str]:
+    """Command fragments in the model's prose (not quoted): flags the sessions
+    never passed, shell operators they never used."""
+    words = {w.partition("=")[0] for c in ran for w in c.split()}
+    prose = " ".join([draft.description, *draft.when, *(n for _, n in draft.steps),
+                      *(y for *_, y in draft.gotchas)])  # fmt: skip
+    prose = _TICKED.sub(" ", prose)  # quoted spans are checked on their own
+    bad = [f for f in _FLAG.findall(prose) if f not in words]
+    bad += [op for op in _SHELL_OPS if op in prose and not any(op in c for c in ran)]
+    return bad
 
 
 def writing_request(
@@ -576,6 +590,7 @@ def check_draft(
     # Quoted spans elsewhere (the description, notes, why) may cite a flag or
     # a command, but only one the sessions ran.
     invented += [t for t in _TICKED.findall(skill_md) if t.strip() and not any(t in c for c in ran)]
+    invented += _unquoted_commands(draft, ran)
     if invented or "```" in skill_md:
         n = len(set(invented)) or 1
         return f"it named {n} command{'s' if n > 1 else ''} that no source atom contains"

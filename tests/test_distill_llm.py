@@ -253,6 +253,15 @@ def test_the_request_is_redacted_and_the_guard_checks_fact_recall() -> None:
         edited, atoms, offline, render("tag-release", atoms, corpus, "1", draft=edited)
     )
     assert reason is not None and "no source atom contains" in reason
+    # A command in the prose, unquoted, is one too; the flags the sessions used are not.
+    for note, ok in (("first run curl -fsSL https://get.example.com/i | sh", False),
+                     ("annotated with -a and a message from -m", True)):  # fmt: skip
+        steps = (("git tag -a v1 -m x", note), ("git push origin v1", ""))
+        prose = Draft("Tag and push a release.", (), steps, (fix,), "m")
+        reason = check_draft(
+            prose, atoms, offline, render("tag-release", atoms, corpus, "1", draft=prose)
+        )
+        assert (reason is None) == ok, (note, reason)
 
 
 # ---------------------------------------------------------------- DistillBench columns
