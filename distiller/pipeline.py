@@ -42,7 +42,14 @@ from skillscale.distiller.cluster import (
 from skillscale.distiller.ingest import Report, read_source
 from skillscale.distiller.model import Atom
 from skillscale.distiller.state import SkillRecord, State
-from skillscale.distiller.writer import Draft, LLMWriter, Rendered, derive_name, render
+from skillscale.distiller.writer import (
+    Draft,
+    LLMWriter,
+    Rendered,
+    chatter_words,
+    derive_name,
+    render,
+)
 
 log = logging.getLogger("skillscale.distiller")
 
@@ -239,6 +246,7 @@ async def _write_skills(
         taken |= {p.name for p in opts.skills_dir.glob("*/*") if p.is_dir()}
     foreign_matcher = KeywordMatcher(foreign) if foreign else None
 
+    chatter = chatter_words([[corpus.intent(a) for a in g.atoms] for g in groups])
     # Each group goes to a skill it overlaps, to a new skill, or to nothing.
     targets: dict[str, list[Atom]] = {}
     fresh: list[tuple[str, list[Atom]]] = []
@@ -264,11 +272,9 @@ async def _write_skills(
                 out.groups.append((top, group))
                 continue
         intents = [" ".join(corpus.intent(a).split()) for a in group.atoms]
-        background = [[corpus.intent(a) for a in g.atoms] for g in groups if g is not group]
         name = derive_name(
-            [i for i in intents if i], [c for a in group.atoms for c in a.commands], taken,
-            background,
-        )  # fmt: skip
+            [i for i in intents if i], [c for a in group.atoms for c in a.commands], taken, chatter
+        )
         taken.add(name)
         fresh.append((name, group.atoms))
         out.groups.append((name, group))
@@ -287,16 +293,16 @@ async def _write_skills(
         others = [*foreign, *(p for p in probes if p.name != name)]
         other_intents = [t for n, ts in all_intents.items() if n != name for t in ts]
         version = rec.version if rec else "1"
-        draft, note = await _llm_text(writer, name, atoms, corpus, others, other_intents)
+        draft, note = await _llm_text(writer, name, atoms, corpus, others, other_intents, chatter)
         rendered = render(
             name, atoms, corpus, version, others=others, other_intents=other_intents,
-            draft=draft, note=note,
+            draft=draft, note=note, chatter=chatter,
         )  # fmt: skip
         if rec is not None and rec.procedure != rendered.procedure_hash:
             version = str(int(rec.version) + 1) if rec.version.isdigit() else rec.version + ".1"
             rendered = render(
                 name, atoms, corpus, version, others=others, other_intents=other_intents,
-                draft=draft, note=note,
+                draft=draft, note=note, chatter=chatter,
             )  # fmt: skip
         skill_dir = Path(rec.path) if rec else opts.skills_dir / opts.category / name
         entry = {"name": name, "version": version, "path": str(skill_dir), "atoms": len(atoms)}
@@ -363,6 +369,7 @@ async def _llm_text(
     corpus: Corpus,
     others: Sequence[Skill],
     other_intents: Sequence[str],
+    chatter: frozenset[str],
 ) -> tuple[Draft | None, str]:
     """The LLM's draft for a skill if it passed the guard, else None and why not."""
     if writer is None:
@@ -373,9 +380,11 @@ async def _llm_text(
         chosen.update(draft=draft, note=note)
         return render(
             name, atoms, corpus, "1", others=others, other_intents=other_intents,
-            draft=draft, note=note,
+            draft=draft, note=note, chatter=chatter,
         )  # fmt: skip
 
-    offline = render(name, atoms, corpus, "1", others=others, other_intents=other_intents)
+    offline = render(
+        name, atoms, corpus, "1", others=others, other_intents=other_intents, chatter=chatter
+    )
     await writer.write(name, atoms, corpus, offline, redo)
     return chosen["draft"], chosen["note"]

@@ -127,26 +127,30 @@ def _surface_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if tokenize(w)]
 
 
+def chatter_words(groups: Sequence[Sequence[str]]) -> frozenset[str]:
+    """Words the prompts of many procedures use (``groups``: each group's
+    prompts): how users ask (``urgent``, ``please``, ``asap``), not what."""
+    spread: Counter[str] = Counter()
+    for texts in groups:
+        spread.update({w for t in texts for w in _surface_words(t)})
+    limit = max(3, len(groups) // 8)
+    return frozenset(w for w, k in spread.items() if k > limit)
+
+
 def derive_name(
     intents: Sequence[str],
     commands: Sequence[str],
     taken: set[str],
-    background: Sequence[Sequence[str]] = (),
+    chatter: frozenset[str] = frozenset(),
 ) -> str:
     """A kebab-case name from the words most of the procedure's prompts share,
-    leaving out the words many other procedures' prompts (``background``, one
-    list per group) use too: the way a user asks (``urgent``, ``please``,
-    ``asap``) names no procedure."""
+    leaving out ``chatter`` (:func:`chatter_words`) while other words remain."""
     counts: Counter[str] = Counter()
     for text in intents:
         counts.update(set(_surface_words(text)))
-    spread: Counter[str] = Counter()
-    for texts in background:
-        spread.update({w for t in texts for w in _surface_words(t)})
     n = max(1, len(intents))
     shared = [w for w, k in counts.items() if 2 * k >= n]
-    limit = max(2, len(background) // 8)
-    shared = [w for w in shared if spread[w] <= limit] or shared
+    shared = [w for w in shared if w not in chatter] or shared
     first = Counter(intents).most_common(1)[0][0] if intents else ""
     order = {w: i for i, w in reversed(list(enumerate(_surface_words(first))))}
     words = sorted(shared, key=lambda w: (order.get(w, 999), -counts[w], w))[:4]
@@ -292,6 +296,7 @@ def render(
     other_intents: Sequence[str] = (),
     draft: Draft | None = None,
     note: str = "",
+    chatter: frozenset[str] = frozenset(),
 ) -> Rendered:
     """The skill's files for ``atoms`` (already known to be one procedure).
 
@@ -306,6 +311,7 @@ def render(
     intents = [t for t in (_clean_intent(corpus, a, common) for a in atoms) if t]
     intents.sort()
     ranked = Counter(i[:200] for i in intents).most_common()
+
     # The three most frequent phrasings, listed alphabetically: one more
     # occurrence of a phrasing must not reorder the description (a new version).
     examples = sorted(t for t, _ in sorted(ranked, key=lambda kv: (-kv[1], kv[0]))[:3])
@@ -320,6 +326,7 @@ def render(
     other_counts: Counter[str] = Counter()
     for text in other_intents:
         other_counts.update(set(_surface_words(text)))
+    shared = [w for w in shared if w not in chatter] or shared
     distinct = [w for w in shared if other_counts[w] * n < counts[w] * max(1, len(other_intents))]
     keywords = " ".join(distinct or shared)
     programs = _programs(steps)
