@@ -16,6 +16,7 @@ routing of new atoms from a second batch into the skills of the first.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -595,6 +596,8 @@ def _openclaw(root: Path, sid: str, tasks: Sequence[Task], rng: random.Random, p
 
 def _opencode(db_path: Path, sessions: Sequence[tuple[str, Sequence[Task]]]) -> None:
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        stale.unlink(missing_ok=True)  # generating again writes the same corpus afresh
     db = sqlite3.connect(str(db_path))
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(
@@ -708,6 +711,15 @@ def _backticked(text: str) -> list[str]:
     return re.findall(r"`([^`\n]+)`", text)
 
 
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` and a hash of its bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
 def _leaks(skills_dir: Path, secrets: Sequence[str]) -> int:
     blobs: list[bytes] = []
     for path in skills_dir.rglob("*"):
@@ -739,6 +751,11 @@ async def run(
     sources = write_corpus(workdir / "sources", plan, seed)
     skills_dir = workdir / "skills"
     out = await distill_once(Options(skills_dir, sources, llm=llm))
+    # The same sources again: nothing may change (not a skill, not its history, not the state).
+    before = _tree(skills_dir)
+    await distill_once(Options(skills_dir, sources, llm=llm))
+    after = _tree(skills_dir)
+    changed = sum(1 for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     labels = _skill_labels(out, truth)
     minted = {n for e in out.skills["created"] for n in [e["name"]]}
     majority = {n: labels[n].most_common(1)[0][0] for n in minted if n in labels}
@@ -824,6 +841,7 @@ async def run(
         "matcher on held-out prompts": round(held_picked / max(1, held_asked), 3),
         "routing top-1": round(correct / max(1, routed), 3),
         "new atoms of known procedures": routed,
+        "files changed by an identical second pass": changed,
         "skills created by the second batch": second,
         "warnings": len(out.report.warnings),
     } | ({
@@ -893,6 +911,7 @@ HIGHER_WINS = (
 LOWER_WINS = (
     "skills from boilerplate", "skills from procedures seen twice", "secrets leaked",
     "hallucinated commands", "skills created by the second batch",
+    "files changed by an identical second pass",
 )  # fmt: skip
 
 

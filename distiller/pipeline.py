@@ -36,6 +36,7 @@ from skillscale.distiller.cluster import (
     corpus_of,
     group_atoms,
     intent_terms,
+    jaccard,
     recurs,
     route,
 )
@@ -247,6 +248,7 @@ async def _write_skills(
     foreign_matcher = KeywordMatcher(foreign) if foreign else None
 
     chatter = chatter_words([[corpus.intent(a) for a in g.atoms] for g in groups])
+    by_id = {a.id: a for a in all_atoms}
     # Each group goes to a skill it overlaps, to a new skill, or to nothing.
     targets: dict[str, list[Atom]] = {}
     fresh: list[tuple[str, list[Atom]]] = []
@@ -256,6 +258,15 @@ async def _write_skills(
         if owner is None or not owner.atoms & ids:
             words = {t for a in group.atoms for t in intent_terms(corpus.intent(a))}
             owner = route(group.core, words, known, opts.cluster.join)
+            # Kept apart by the clustering, and asked for in other words: not
+            # this skill's either. (In the same words, with a changed command
+            # line, it is this skill improved.)
+            if (
+                owner is not None
+                and jaccard(words, set(owner.terms)) < 0.8
+                and _own_procedure(group, owner, by_id, corpus)
+            ):
+                owner = None
         if owner is not None:
             targets.setdefault(owner.name, []).extend(group.atoms)
             out.groups.append((owner.name, group))
@@ -388,3 +399,18 @@ async def _llm_text(
     )
     await writer.write(name, atoms, corpus, offline, redo)
     return chosen["draft"], chosen["note"]
+
+
+def _own_procedure(group: Group, skill: KnownSkill, by_id: dict[str, Atom], corpus: Corpus) -> bool:
+    """Whether ``group``, seen more than once, is a procedure of its own beside
+    ``skill``: it always ran a command the skill's occurrences never did, or
+    never one they always did (the clustering's rule, applied to routing, so
+    a second pass over the same atoms routes them as the first grouped them)."""
+    if len(group.atoms) < 2:
+        return False
+    sigs = [corpus.signature(by_id[i]) for i in sorted(skill.atoms) if i in by_id]
+    if not sigs:
+        return False
+    ran = frozenset().union(*sigs)
+    always = frozenset.intersection(*sigs)
+    return bool(group.always - ran or always - frozenset(group.counts))

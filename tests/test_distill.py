@@ -496,6 +496,7 @@ async def test_distillbench_floors_on_a_fixed_seed(tmp_path: Path) -> None:
     assert f["fact recall"] >= 0.8 and f["hallucinated commands"] == 0, f
     assert f["routing top-1"] >= 0.9 and f["new atoms of known procedures"] >= 8, f
     assert f["skills created by the second batch"] == 0, f
+    assert f["files changed by an identical second pass"] == 0, f
     # A script only for the read-only, deterministic sequence (the Rust
     # checks, when they recur on this seed): never for deploys or migrations.
     scripts = sorted(tmp_path.glob("bench/skills/distilled/*/scripts/run.py"))
@@ -666,6 +667,7 @@ async def test_confusable_pairs_stay_apart_and_only_safe_sequences_get_a_script(
     assert f["recurring procedures"] == len(bench.BANK) == 12
     assert f["skill recall"] >= 0.9 and f["skill precision"] >= 0.9, f
     assert f["fact recall"] >= 0.8 and f["hallucinated commands"] == 0, f
+    assert f["files changed by an identical second pass"] == 0, f
     scripts = sorted(tmp_path.glob("bench/skills/distilled/*/scripts/run.py"))
     assert len(scripts) == 1, scripts  # the Rust checks: read-only and the same every time
     text = scripts[0].read_text().replace("'", '"')

@@ -276,6 +276,7 @@ async def test_distillbench_llm_column_and_the_guard(tmp_path: Path, mode: str) 
     won = bench.winners(offline, llm)
     assert llm["hallucinated commands"] == 0, llm  # the guard fell back
     assert llm["secrets leaked"] == 0 and llm["skills from boilerplate"] == 0
+    assert llm["files changed by an identical second pass"] == 0  # drafts from the cache
     if mode == "hallucinate":
         assert llm["llm drafts written"] == 0 and llm["llm drafts rejected"] == llm["skills minted"]
         assert "llm" not in won.values() and llm["steps explained"] == 0.0
