@@ -316,9 +316,11 @@ if __name__ == "__main__":
     # skillscale distill bench --seed 1 --llm
     import signal
 
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not a handler
     with scripted_server(sys.argv[1], int(sys.argv[2])) as (base, _):
         print(base, flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)
 
 
 def _llm_env(url: str) -> dict[str, str]:
