@@ -161,18 +161,33 @@ def parse_segments(answer: str, n: int) -> list[tuple[int, int, str]] | None:
     return out
 
 
-async def segment_llm(traj: Trajectory, client: LLMClient, redactor: Redactor) -> list[Atom]:
-    """Segments chosen by the LLM (the events sent are already redacted)."""
+async def segment_llm(
+    traj: Trajectory, client: LLMClient, redactor: Redactor, problems: list[str] | None = None
+) -> list[Atom]:
+    """Segments chosen by the LLM (the events sent are already redacted).
+
+    A failed call or an unusable answer falls back to :func:`segment`; the
+    problem is appended to ``problems`` when given (the caller warns once
+    per pass), else logged. A failed call raises :class:`LLMError` when
+    ``problems`` is given, so the caller can stop asking for the pass.
+    """
     events = traj.events
     if not events:
         return []
     try:
         answer = await client.complete(_SYSTEM, redactor.text(_listing(events)), max_tokens=800)
     except LLMError as exc:
+        if problems is not None:
+            raise
         log.warning("LLM segmentation of %s failed (%s); using the offline cut", traj.id, exc)
         return segment(traj)
     spans = parse_segments(answer, len(events))
     if spans is None:
-        log.warning("LLM segmentation of %s was not usable JSON; using the offline cut", traj.id)
+        if problems is not None:
+            problems.append(traj.id)
+        else:
+            log.warning(
+                "LLM segmentation of %s was not usable JSON; using the offline cut", traj.id
+            )
         return segment(traj)
     return [build_atom(traj, events[s : e + 1], redactor.text(intent)) for s, e, intent in spans]

@@ -16,6 +16,7 @@ routing of new atoms from a second batch into the skills of the first.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skillscale.core.llm import LLMSettings
 from skillscale.core.matching import KeywordMatcher
 from skillscale.core.skill_format import load_skill
 from skillscale.distiller.cluster import normalize_command
@@ -48,9 +50,11 @@ HOUSE_COMMAND = "cat AGENTS.md"
 # descriptions must make the matcher pick them for words they never saw whole.
 HELD_OUT = {
     "python-tests": "execute the python test suite",
+    "python-coverage": "measure how much of the python code the tests cover",
     "deploy-staging": "push the web app out to staging",
     "deploy-production": "push the web app out to production",
     "db-migrate": "upgrade the database schema with alembic",
+    "db-rollback": "undo the newest alembic revision",
     "frontend-build": "make a release build of the frontend",
     "frontend-lint": "run the frontend linter",
     "release-tag": "publish a new release tag",
@@ -71,41 +75,86 @@ class Procedure:
     error: str
 
 
-# {ver} and {n} are filled per occurrence: variable arguments the skill must generalise.
+# Filled per occurrence, so they are noise the skill must generalise over:
+# {ver} a version, {test} a test file, {src} a source folder, {sha} an image
+# tag, {mins} and {lines} numbers. Everything else (programs, subcommands,
+# flags and their fixed values) is the procedure.
 BANK = (
-    Procedure("python-tests", ("run the python unit tests", "run the pytest unit tests for the api", "please run the python unit tests again"),
-              ("uv sync --frozen", "uv run pytest -q --maxfail=1 tests/unit"),
-              "uv run pytest -q tests/unit", "E   ModuleNotFoundError: No module named 'pydantic_settings'"),
-    Procedure("deploy-staging", ("deploy the web app to staging", "ship the web service to the staging cluster", "roll out the web app to staging"),
-              ("docker build -t registry.example.com/web:staging .", "docker push registry.example.com/web:staging",
+    Procedure("python-tests", ("run the python unit tests", "run the pytest unit tests for the api", "please run the python unit tests again",
+                               "make sure the unit tests still pass", "execute pytest on the unit test folder", "check that nothing broke in the python unit tests"),
+              ("uv sync --frozen", "uv run pytest -q --maxfail=1 {test}"),
+              "uv run pytest -q {test}", "E   ModuleNotFoundError: No module named 'pydantic_settings'"),
+    # Confusable with python-tests: the same two commands and one more.
+    Procedure("python-coverage", ("measure the test coverage", "check the coverage of the unit tests", "make sure coverage stays above 85 percent",
+                                  "report the python test coverage", "run the coverage check", "is our coverage still above the bar"),
+              ("uv sync --frozen", "uv run pytest -q --maxfail=1 {test}", "uv run coverage report --fail-under=85"),
+              "uv run coverage report", "No data to report."),
+    Procedure("deploy-staging", ("deploy the web app to staging", "ship the web service to the staging cluster", "roll out the web app to staging",
+                                 "put the latest web build on staging", "update staging with the current web image", "release the web service to staging for qa"),
+              ("docker build -t registry.example.com/web:{sha} .", "docker push registry.example.com/web:{sha}",
                "kubectl --context staging-eu rollout restart deployment/web -n web"),
               "kubectl rollout restart deployment/web -n web", 'error: context "default" does not exist'),
-    Procedure("deploy-production", ("deploy the web app to production", "ship the web service to the production cluster", "roll out the web app to production"),
-              ("docker build -t registry.example.com/web:prod --build-arg ENV=prod .", "docker push registry.example.com/web:prod",
+    Procedure("deploy-production", ("deploy the web app to production", "ship the web service to the production cluster", "roll out the web app to production",
+                                    "put the latest web build on production", "update production with the current web image", "release the web service to prod customers"),
+              ("docker build -t registry.example.com/web:{sha} --build-arg ENV=prod .", "docker push registry.example.com/web:{sha}",
                "kubectl --context prod-us rollout restart deployment/web -n web --record"),
               "kubectl --context prod rollout restart deployment/web -n web", 'error: context "prod" does not exist'),
-    Procedure("db-migrate", ("apply the database migrations", "run the alembic migrations on the dev database", "migrate the database schema to head"),
-              ("docker compose up -d db", "uv run alembic upgrade head"),
+    Procedure("db-migrate", ("apply the database migrations", "run the alembic migrations on the dev database", "migrate the database schema to head",
+                             "bring the dev database schema up to date", "upgrade the db to the newest alembic revision", "apply the pending schema changes"),
+              ("docker compose up -d db", "uv run alembic current", "uv run alembic upgrade head"),
               "uv run alembic upgrade head", "sqlalchemy.exc.OperationalError: connection to server on port 5432 refused"),
-    Procedure("frontend-build", ("build the frontend bundle", "produce a production build of the react frontend", "compile the frontend bundle for release"),
+    # Confusable with db-migrate: two of its three commands, and the opposite one.
+    Procedure("db-rollback", ("roll back the last database migration", "undo the latest alembic migration", "revert the newest schema change",
+                              "downgrade the dev database by one revision", "take back the migration we just applied", "roll the db schema back one step"),
+              ("docker compose up -d db", "uv run alembic current", "uv run alembic downgrade -1"),
+              "uv run alembic downgrade", "alembic: error: the following arguments are required: revision"),
+    Procedure("frontend-build", ("build the frontend bundle", "produce a production build of the react frontend", "compile the frontend bundle for release",
+                                 "bundle the react app for production", "create the release bundle of the ui", "build the web ui for shipping"),
               ("pnpm install --frozen-lockfile", "pnpm run build -- --mode production"),
               "pnpm run build", "sh: 1: vite: not found"),
-    Procedure("frontend-lint", ("lint the frontend code", "run eslint on the react frontend", "check the frontend code for lint errors"),
-              ("pnpm install --frozen-lockfile", "pnpm exec eslint src --max-warnings 0"),
-              "pnpm exec eslint src", "Error: Cannot find module 'eslint-plugin-react'"),
-    Procedure("release-tag", ("tag a new release of the library", "cut a release tag for the library", "create and push a release tag"),
+    Procedure("frontend-lint", ("lint the frontend code", "run eslint on the react frontend", "check the frontend code for lint errors",
+                                "make eslint happy on the ui code", "look for lint warnings in the react components", "run the linter over the ui sources"),
+              ("pnpm install --frozen-lockfile", "pnpm exec eslint {src} --max-warnings 0"),
+              "pnpm exec eslint {src}", "Error: Cannot find module 'eslint-plugin-react'"),
+    Procedure("release-tag", ("tag a new release of the library", "cut a release tag for the library", "create and push a release tag",
+                              "make a version tag for the package", "tag this commit as the next release", "publish a git tag for the new version"),
               ("git fetch --tags", "git tag -a v{ver} -m 'release v{ver}'", "git push origin v{ver}"),
               "git push origin v{ver}", "error: src refspec v{ver} does not match any"),
-    Procedure("rust-checks", ("run the rust checks", "check the rust crate with clippy and tests", "run clippy and the rust tests"),
+    Procedure("rust-checks", ("run the rust checks", "check the rust crate with clippy and tests", "run clippy and the rust tests",
+                              "verify the rust code is clean", "make sure cargo clippy and the tests pass", "do the usual rust lint and test pass"),
               ("cargo fmt --check", "cargo clippy --all-targets -- -D warnings", "cargo test --workspace"),
               "cargo clippy -D warnings", "error: unexpected argument '-D' found"),
-    Procedure("api-logs", ("find why the api returns 500 errors", "check the api logs for 500 errors", "investigate the 500 errors of the api"),
-              ("kubectl --context staging-eu logs deployment/api -n api --since=1h --tail=500",),
+    Procedure("api-logs", ("find why the api returns 500 errors", "check the api logs for 500 errors", "investigate the 500 errors of the api",
+                           "see what the api logged around the failures", "dig into the api server errors", "why is the api throwing internal server errors"),
+              ("kubectl --context staging-eu logs deployment/api -n api --since={mins}m --tail={lines}",),
               "kubectl logs deployment/api", 'Error from server (NotFound): deployments.apps "api" not found'),
-    Procedure("docs-build", ("build the documentation site", "render the mkdocs documentation", "build the docs site strictly"),
+    Procedure("docs-build", ("build the documentation site", "render the mkdocs documentation", "build the docs site strictly",
+                             "regenerate the project docs", "check that the docs build without warnings", "produce the html documentation"),
               ("uv run mkdocs build --strict", "uv run linkchecker site/"),
               "mkdocs build", "mkdocs: command not found"),
 )  # fmt: skip
+
+# How different users (one per session) put the same request.
+AUTHORS = (
+    "{I}.",
+    "Could you please {i}? Thanks!",
+    "{i}",
+    "We are about to merge, so {i} and tell me what breaks.",
+    "URGENT: {i} asap",
+    "Can you {i} for me?",
+    "ok now {i} pls",
+    "Next task. {I}, then report back.",
+)
+# Commands an agent runs to look around, between a procedure's own steps.
+INSPECTION = ("git status", "ls -la", "git diff --stat", "pwd")
+TESTS = (
+    "tests/unit",
+    "tests/unit/test_models.py",
+    "tests/unit/test_api.py",
+    "tests/unit/test_auth.py",
+)
+SOURCES = ("src", "src/components", "src/pages", "src/hooks")
+
 
 DISTRACTORS = (
     ("show the disk usage of node_modules", "du -sh node_modules"),
@@ -167,8 +216,26 @@ class Truth:
     """Paraphrase (lowercase) -> procedure key."""
 
 
-def _fill(text: str, ver: str) -> str:
-    return text.replace("{ver}", ver)
+def _fill(text: str, ver: str, noise: dict[str, str] | None = None) -> str:
+    text = text.replace("{ver}", ver)
+    for key, value in (noise or {}).items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _noise(rng: random.Random) -> dict[str, str]:
+    """The variable arguments of one occurrence."""
+    return {
+        "test": rng.choice(TESTS),
+        "src": rng.choice(SOURCES),
+        "sha": "".join(rng.choice("0123456789abcdef") for _ in range(8)),
+        "mins": str(rng.choice((15, 30, 60, 120))),
+        "lines": str(rng.choice((200, 500, 1000))),
+    }
+
+
+_FACT_NOISE = {"test": "tests/unit/test_x.py", "src": "src/x", "sha": "0a1b2c3d", "mins": "10",
+               "lines": "100"}  # fmt: skip
 
 
 def _secret(rng: random.Random, truth: Truth, home_user: str) -> tuple[str, str]:
@@ -223,26 +290,35 @@ def generate(
         if per_session > 0:
             times = max(times, round(sessions * per_session / k))
         occurrences += [p] * times
-        truth.facts[p.key] = [*p.commands, p.wrong, p.error.split(":")[0]]
+        truth.facts[p.key] = [
+            _fill(f, "1.0.0", _FACT_NOISE) for f in (*p.commands, p.wrong, p.error.split(":")[0])
+        ]
     if first:
         for p in rare:
             occurrences += [p] * 2
         occurrences += list(DISTRACTORS[: min(len(DISTRACTORS), sessions)])
     rng.shuffle(occurrences)
     plan: list[list[Task]] = [[] for _ in range(sessions)]
+    authors = [rng.choice(AUTHORS) for _ in range(sessions)]
     home_user = "dev" + "".join(rng.choice("qwxzjkv") for _ in range(5))
     for i, occ in enumerate(occurrences):
         s = i % sessions
         if isinstance(occ, Procedure):
             ver = f"{rng.randint(1, 3)}.{rng.randint(0, 20)}.{rng.randint(0, 9)}"
+            noise = _noise(rng)
             intent = rng.choice(occ.intents)
             truth.intents[intent] = occ.key
-            prompt = intent[0].upper() + intent[1:] + "."
+            prompt = authors[s].replace("{I}", intent[0].upper() + intent[1:])
+            prompt = prompt.replace("{i}", intent)
             calls = []
             if rng.random() < 0.85:
-                calls.append(Call(_fill(occ.wrong, ver), _fill(occ.error, ver), 1))
-            for cmd in occ.commands:
-                calls.append(Call(_fill(cmd, ver), f"ok: {_fill(cmd, ver).split()[0]} finished", 0))
+                wrong = _fill(occ.wrong, ver, noise)
+                calls.append(Call(wrong, _fill(occ.error, ver, noise), 1))
+            steps = [_fill(cmd, ver, noise) for cmd in occ.commands]
+            if rng.random() < 0.2:  # the agent looks around between two steps
+                steps.insert(rng.randint(0, len(steps)), rng.choice(INSPECTION))
+            for cmd in steps:
+                calls.append(Call(cmd, f"ok: {cmd.split()[0]} finished", 0))
             if rng.random() < 0.35:
                 text, _ = _secret(rng, truth, home_user)
                 prompt += " " + text
@@ -253,9 +329,10 @@ def generate(
         else:
             intent, cmd = occ
             text, _ = _secret(rng, truth, home_user)
+            asked = authors[s].replace("{I}", intent[0].upper() + intent[1:])
             plan[s].append(
                 Task(
-                    f"{intent[0].upper() + intent[1:]}? {text}",
+                    f"{asked.replace('{i}', intent)} {text}",
                     [Call(cmd, "done", 0)],
                     "distractor",
                 )
@@ -519,6 +596,8 @@ def _openclaw(root: Path, sid: str, tasks: Sequence[Task], rng: random.Random, p
 
 def _opencode(db_path: Path, sessions: Sequence[tuple[str, Sequence[Task]]]) -> None:
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        stale.unlink(missing_ok=True)  # generating again writes the same corpus afresh
     db = sqlite3.connect(str(db_path))
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(
@@ -632,6 +711,15 @@ def _backticked(text: str) -> list[str]:
     return re.findall(r"`([^`\n]+)`", text)
 
 
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` and a hash of its bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
 def _leaks(skills_dir: Path, secrets: Sequence[str]) -> int:
     blobs: list[bytes] = []
     for path in skills_dir.rglob("*"):
@@ -654,23 +742,36 @@ class Score:
     figures: dict[str, float | int | str] = field(default_factory=dict)
 
 
-async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[str, Any]:
-    """Generate, distill, score. Returns the figures."""
+async def run(
+    seed: int, workdir: Path, sessions: int = 40, k: int = 8, llm: LLMSettings | None = None
+) -> dict[str, Any]:
+    """Generate, distill (with ``llm`` when given: its segmentation and its
+    drafts behind the guard), score. Returns the figures."""
     plan, truth = generate(seed, sessions, k)
     sources = write_corpus(workdir / "sources", plan, seed)
     skills_dir = workdir / "skills"
-    out = await distill_once(Options(skills_dir, sources))
+    out = await distill_once(Options(skills_dir, sources, llm=llm))
+    # The same sources again: nothing may change (not a skill, not its history, not the state).
+    before = _tree(skills_dir)
+    await distill_once(Options(skills_dir, sources, llm=llm))
+    after = _tree(skills_dir)
+    changed = sum(1 for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     labels = _skill_labels(out, truth)
     minted = {n for e in out.skills["created"] for n in [e["name"]]}
     majority = {n: labels[n].most_common(1)[0][0] for n in minted if n in labels}
     found = {m for m in majority.values() if m in truth.recurring}
     true_pos = len(found)  # a second skill for the same procedure is not a hit
     boiler = sum(1 for m in majority.values() if m is None)
-    facts_total = facts_found = hallucinated = 0
+    twice = sum(1 for m in majority.values() if m in truth.rare)
+    facts_total = facts_found = hallucinated = steps_total = steps_noted = 0
     all_norm = {normalize_command(c) for c in truth.commands}
     for name, key in majority.items():
         text = (skills_dir / "distilled" / name / "SKILL.md").read_text()
         spans = _backticked(text)
+        steps_md = text.split("## Steps", 1)[-1].split("\n## ", 1)[0]
+        numbered = re.findall(r"^\d+\. `[^`]+`(.*)$", steps_md, re.M)
+        steps_total += len(numbered)
+        steps_noted += sum(1 for rest in numbered if rest.strip(" :."))
         norm_spans = {normalize_command(s) for s in spans}
         for cmd in spans:
             if cmd not in truth.commands and normalize_command(cmd) not in all_norm and " " in cmd:
@@ -678,7 +779,7 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
         if key in truth.facts:
             for fact in truth.facts[key]:
                 facts_total += 1
-                if fact in text or normalize_command(_fill(fact, "1.0.0")) in norm_spans:
+                if fact in text or normalize_command(fact) in norm_spans:
                     facts_found += 1
     # The catalogue entries, judged by the fabric's own keyword matcher: does
     # each recurring procedure's prompt pick its own skill from the library?
@@ -691,7 +792,8 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
             if label not in truth.recurring:
                 continue
             asked += 1
-            best = matcher.match(atom.intent.split(".")[0]).best
+            # The whole prompt, as a user would send it (first sentences can be chatter).
+            best = matcher.match(atom.intent).best
             picked += best is not None and majority.get(best.skill.name) == label
     held_asked = held_picked = 0
     for key in sorted(found):
@@ -703,7 +805,7 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
     plan2 = [[t for t in s if t.label in truth.recurring or t.label is None] for s in plan2]
     truth.intents.update(truth2.intents)
     sources2 = write_corpus(workdir / "sources2", plan2, seed + 1000)
-    out2 = await distill_once(Options(skills_dir, sources2))
+    out2 = await distill_once(Options(skills_dir, sources2, llm=llm))
     # Every new atom of a known procedure counts: one that reached no skill is a miss.
     owner = {a.id: name for name, g in out2.groups for a in g.atoms}
     old_ids = {a.id for _, g in out.groups for a in g.atoms}
@@ -729,17 +831,27 @@ async def run(seed: int, workdir: Path, sessions: int = 40, k: int = 8) -> dict[
         "skill recall": round(true_pos / max(1, len(truth.recurring)), 3),
         "skill precision": round(true_pos / max(1, len(minted)), 3),
         "skills from boilerplate": boiler,
+        "skills from procedures seen twice": twice,
         "secrets planted": len(set(truth.secrets)),
         "secrets leaked": _leaks(skills_dir, truth.secrets),
         "fact recall": round(facts_found / max(1, facts_total), 3),
         "hallucinated commands": hallucinated,
+        "steps explained": round(steps_noted / max(1, steps_total), 3),
         "matcher picks the right skill": round(picked / max(1, asked), 3),
         "matcher on held-out prompts": round(held_picked / max(1, held_asked), 3),
         "routing top-1": round(correct / max(1, routed), 3),
         "new atoms of known procedures": routed,
+        "files changed by an identical second pass": changed,
         "skills created by the second batch": second,
         "warnings": len(out.report.warnings),
-    }  # fmt: skip
+    } | ({
+        "llm drafts written": len((out.llm or {}).get("written", [])),
+        "llm drafts rejected": len((out.llm or {}).get("rejected", {})),
+        "llm drafts that invented a command (rejected)": sum(
+            "no source atom" in r for r in (out.llm or {}).get("rejected", {}).values()
+        ),
+        "llm unavailable": 0 if not (out.llm or {}).get("unavailable") else 1,
+    } if llm is not None else {})  # fmt: skip
 
 
 def _jsonl_lines(sources: Sequence[tuple[str, Path]]) -> tuple[int, int]:
@@ -792,9 +904,41 @@ def canary_rows(seed: int) -> dict[str, Any] | None:
     return dict(result)
 
 
-def main(seed: int, workdir: Path, sessions: int, with_scale: bool) -> dict[str, Any]:
-    """Everything ``skillscale distill bench`` prints."""
+HIGHER_WINS = (
+    "skill recall", "skill precision", "fact recall", "steps explained",
+    "matcher picks the right skill", "matcher on held-out prompts", "routing top-1",
+)  # fmt: skip
+LOWER_WINS = (
+    "skills from boilerplate", "skills from procedures seen twice", "secrets leaked",
+    "hallucinated commands", "skills created by the second batch",
+    "files changed by an identical second pass",
+)  # fmt: skip
+
+
+def winners(offline: dict[str, Any], llm: dict[str, Any]) -> dict[str, str]:
+    """Per scored metric, which column did better (``tie`` when equal). The
+    offline pipeline is the floor: an LLM column that loses a row is a defect."""
+    out = {}
+    for key in (*HIGHER_WINS, *LOWER_WINS):
+        if key not in offline or key not in llm:
+            continue
+        a, b = offline[key], llm[key]
+        if a == b:
+            out[key] = "tie"
+        elif (b > a) == (key in HIGHER_WINS):
+            out[key] = "llm"
+        else:
+            out[key] = "offline"
+    return out
+
+
+def main(
+    seed: int, workdir: Path, sessions: int, with_scale: bool, llm: LLMSettings | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Everything ``skillscale distill bench`` prints: the offline column, and
+    the LLM column when ``llm`` is given (same corpus, same scoring)."""
     figures = asyncio.run(run(seed, workdir / "bench", sessions))
+    llm_figures = asyncio.run(run(seed, workdir / "bench-llm", sessions, llm=llm)) if llm else None
     canary = canary_rows(seed)
     if canary is not None:
         figures.update({f"canary {k}": v for k, v in canary.items()})
@@ -802,4 +946,4 @@ def main(seed: int, workdir: Path, sessions: int, with_scale: bool) -> dict[str,
         figures["canary simulation"] = "not in this build (distiller/evolution_sim.py)"
     if with_scale:
         figures.update({f"scale {k}": v for k, v in asyncio.run(scale(workdir / "scale")).items()})
-    return figures
+    return figures, llm_figures

@@ -23,25 +23,34 @@ from typing import Any
 from skillscale.core import skill_history
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.errors import ConfigError
-from skillscale.core.llm import LLMClient, LLMSettings
+from skillscale.core.llm import LLMClient, LLMError, LLMSettings
 from skillscale.core.matching import KeywordMatcher
 from skillscale.core.redact import Redactor
 from skillscale.core.skill_format import Skill, SkillFormatError, load_skill
 from skillscale.distiller import atoms as atoms_mod
 from skillscale.distiller.cluster import (
     Config,
+    Corpus,
     Group,
     KnownSkill,
     corpus_of,
     group_atoms,
     intent_terms,
+    jaccard,
     recurs,
     route,
 )
 from skillscale.distiller.ingest import Report, read_source
 from skillscale.distiller.model import Atom
 from skillscale.distiller.state import SkillRecord, State
-from skillscale.distiller.writer import Rendered, derive_name, render
+from skillscale.distiller.writer import (
+    Draft,
+    LLMWriter,
+    Rendered,
+    chatter_words,
+    derive_name,
+    render,
+)
 
 log = logging.getLogger("skillscale.distiller")
 
@@ -111,6 +120,7 @@ def _message(verb: str, name: str, version: str, atoms: Sequence[Atom], rendered
         "",
         f"{len(atoms)} atoms from {len(sessions)} sessions; matcher self-check "
         f"{rendered.match_rate:.2f}.",
+        f"Written by: {rendered.writer}" + (f"; {rendered.note}" if rendered.note else "") + ".",
         "",
         *[f"Session: {s}" for s in sessions[:50]],
         *[f"Atom: {a.id} {a.trajectory} lines {a.line_start}-{a.line_end}" for a in atoms[:100]],
@@ -142,6 +152,8 @@ class Outcome:
     routed_to_existing: dict[str, int] = field(default_factory=dict)
     groups: list[tuple[str | None, Group]] = field(default_factory=list)
     """(skill name or None, group): for DistillBench."""
+    llm: dict[str, Any] | None = None
+    """With an LLM: which skills it wrote and which drafts the guard rejected, and why."""
 
     def to_json(self, skills_dir: Path) -> dict[str, Any]:
         """The one JSON object ``distill --once --json`` prints."""
@@ -153,7 +165,7 @@ class Outcome:
             "skills": self.skills,
             "routed_to_existing": self.routed_to_existing,
             "warnings": self.report.warnings,
-        }
+        } | ({"llm": self.llm} if self.llm is not None else {})
 
 
 async def distill_once(opts: Options) -> Outcome:
@@ -169,12 +181,22 @@ async def distill_once(opts: Options) -> Outcome:
             "is another distill pass using this skills folder?"
         ) from None
     client = LLMClient(opts.llm) if opts.llm is not None else None
+    writer: LLMWriter | None = None
+    if client is not None:
+        writer = LLMWriter(client, redactor, state.llm_draft, state.put_llm_draft)
+    unusable: list[str] = []
     try:
         for kind, root in opts.sources:
             for chunk in read_source(kind, root, state, redactor, report):
-                if client is not None:
-                    cut = await atoms_mod.segment_llm(chunk.trajectory, client, redactor)
-                else:
+                cut = None
+                if client is not None and writer is not None and writer.down is None:
+                    try:
+                        cut = await atoms_mod.segment_llm(
+                            chunk.trajectory, client, redactor, unusable
+                        )
+                    except LLMError as exc:
+                        writer.down = str(exc)[:200]  # the rest of the pass is offline
+                if cut is None:
                     cut = atoms_mod.segment(chunk.trajectory)
                 for atom in cut:
                     if state.put_atom(atom):
@@ -182,7 +204,7 @@ async def distill_once(opts: Options) -> Outcome:
                 chunk.commit()
                 report.count(kind, "new_events", chunk.new_events)
             state.commit()
-        _write_skills(opts, state, out)
+        await _write_skills(opts, state, out, writer)
         state.commit()
         out.atoms_total = state.count_atoms()
     except sqlite3.OperationalError as exc:
@@ -194,10 +216,29 @@ async def distill_once(opts: Options) -> Outcome:
         state.close()
         if client is not None:
             await client.close()
+    problems = []
+    if unusable:
+        problems.append(
+            f"segmentation of {len(unusable)} trajectory(ies) was not usable JSON "
+            f"(first: {unusable[0]}), the offline cut was used for them"
+        )
+    if writer is not None:
+        problems += writer.summary()
+        # One warning per pass, however many calls went wrong.
+        if problems:
+            report.warn("LLM fell back to the offline pipeline: " + "; ".join(problems))
+        out.llm = {
+            "model": writer.client.settings.model,
+            "written": sorted(writer.accepted),
+            "rejected": dict(sorted(writer.rejected.items())),
+            "unavailable": writer.down,
+        }
     return out
 
 
-def _write_skills(opts: Options, state: State, out: Outcome) -> None:
+async def _write_skills(
+    opts: Options, state: State, out: Outcome, writer: LLMWriter | None = None
+) -> None:
     all_atoms = state.atoms()
     corpus = corpus_of(all_atoms, opts.cluster)
     groups = group_atoms(all_atoms, corpus, opts.cluster)
@@ -210,6 +251,8 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
         taken |= {p.name for p in opts.skills_dir.glob("*/*") if p.is_dir()}
     foreign_matcher = KeywordMatcher(foreign) if foreign else None
 
+    chatter = chatter_words([[corpus.intent(a) for a in g.atoms] for g in groups])
+    by_id = {a.id: a for a in all_atoms}
     # Each group goes to a skill it overlaps, to a new skill, or to nothing.
     targets: dict[str, list[Atom]] = {}
     fresh: list[tuple[str, list[Atom]]] = []
@@ -219,6 +262,15 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
         if owner is None or not owner.atoms & ids:
             words = {t for a in group.atoms for t in intent_terms(corpus.intent(a))}
             owner = route(group.core, words, known, opts.cluster.join)
+            # Kept apart by the clustering, and asked for in other words: not
+            # this skill's either. (In the same words, with a changed command
+            # line, it is this skill improved.)
+            if (
+                owner is not None
+                and jaccard(words, set(owner.terms)) < 0.8
+                and _own_procedure(group, owner, by_id, corpus)
+            ):
+                owner = None
         if owner is not None:
             targets.setdefault(owner.name, []).extend(group.atoms)
             out.groups.append((owner.name, group))
@@ -236,7 +288,7 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
                 continue
         intents = [" ".join(corpus.intent(a).split()) for a in group.atoms]
         name = derive_name(
-            [i for i in intents if i], [c for a in group.atoms for c in a.commands], taken
+            [i for i in intents if i], [c for a in group.atoms for c in a.commands], taken, chatter
         )
         taken.add(name)
         fresh.append((name, group.atoms))
@@ -256,12 +308,17 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
         others = [*foreign, *(p for p in probes if p.name != name)]
         other_intents = [t for n, ts in all_intents.items() if n != name for t in ts]
         version = rec.version if rec else "1"
-        rendered = render(name, atoms, corpus, version, others=others, other_intents=other_intents)
+        draft, note = await _llm_text(writer, name, atoms, corpus, others, other_intents, chatter)
+        rendered = render(
+            name, atoms, corpus, version, others=others, other_intents=other_intents,
+            draft=draft, note=note, chatter=chatter,
+        )  # fmt: skip
         if rec is not None and rec.procedure != rendered.procedure_hash:
             version = str(int(rec.version) + 1) if rec.version.isdigit() else rec.version + ".1"
             rendered = render(
-                name, atoms, corpus, version, others=others, other_intents=other_intents
-            )
+                name, atoms, corpus, version, others=others, other_intents=other_intents,
+                draft=draft, note=note, chatter=chatter,
+            )  # fmt: skip
         skill_dir = Path(rec.path) if rec else opts.skills_dir / opts.category / name
         entry = {"name": name, "version": version, "path": str(skill_dir), "atoms": len(atoms)}
         if rec is not None and not skill_dir.exists():
@@ -332,3 +389,46 @@ def _write_skills(opts: Options, state: State, out: Outcome) -> None:
             skill_history.commit(skill_dir, _message(verb, name, version, atoms, rendered))
             out.skills["updated"].append(entry)
         state.put_skill(new_rec)
+
+
+async def _llm_text(
+    writer: LLMWriter | None,
+    name: str,
+    atoms: Sequence[Atom],
+    corpus: Corpus,
+    others: Sequence[Skill],
+    other_intents: Sequence[str],
+    chatter: frozenset[str],
+) -> tuple[Draft | None, str]:
+    """The LLM's draft for a skill if it passed the guard, else None and why not."""
+    if writer is None:
+        return None, ""
+    chosen: dict[str, Any] = {"draft": None, "note": ""}
+
+    def redo(draft: Draft | None, note: str) -> Rendered:
+        chosen.update(draft=draft, note=note)
+        return render(
+            name, atoms, corpus, "1", others=others, other_intents=other_intents,
+            draft=draft, note=note, chatter=chatter,
+        )  # fmt: skip
+
+    offline = render(
+        name, atoms, corpus, "1", others=others, other_intents=other_intents, chatter=chatter
+    )
+    await writer.write(name, atoms, corpus, offline, redo)
+    return chosen["draft"], chosen["note"]
+
+
+def _own_procedure(group: Group, skill: KnownSkill, by_id: dict[str, Atom], corpus: Corpus) -> bool:
+    """Whether ``group``, seen more than once, is a procedure of its own beside
+    ``skill``: it always ran a command the skill's occurrences never did, or
+    never one they always did (the clustering's rule, applied to routing, so
+    a second pass over the same atoms routes them as the first grouped them)."""
+    if len(group.atoms) < 2:
+        return False
+    sigs = [corpus.signature(by_id[i]) for i in sorted(skill.atoms) if i in by_id]
+    if not sigs:
+        return False
+    ran = frozenset().union(*sigs)
+    always = frozenset.intersection(*sigs)
+    return bool(group.always - ran or always - frozenset(group.counts))

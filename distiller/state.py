@@ -3,8 +3,9 @@
 ``<skills-dir>/.skillscale/distill.sqlite`` holds how far each source file
 was read (so a pass reads only what was appended), a marker per SQLite or
 snapshot session (so a session is re-read only when it grew), and every atom
-cut so far (content-addressed: a segment read twice is stored once). Nothing
-in it is unredacted.
+cut so far (content-addressed: a segment read twice is stored once), and
+the LLM's (redacted) answers by the procedure they were asked about, so an
+unchanged procedure is not asked again. Nothing in it is unredacted.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ CREATE TABLE IF NOT EXISTS skills (
   name TEXT PRIMARY KEY, path TEXT NOT NULL, version TEXT NOT NULL,
   signature TEXT NOT NULL, terms TEXT NOT NULL, atoms TEXT NOT NULL,
   procedure TEXT NOT NULL, rendered TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS llm_drafts (
+  key TEXT PRIMARY KEY, answer TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS atoms_by_trajectory ON atoms(trajectory, line_start);
 """
@@ -146,6 +150,15 @@ class State:
             (rec.name, rec.path, rec.version, dumps(sorted(rec.signature)),
              dumps(sorted(rec.terms)), dumps(sorted(rec.atoms)), rec.procedure, rec.rendered),
         )  # fmt: skip
+
+    def llm_draft(self, key: str) -> str | None:
+        """The LLM's answer cached under ``key``, if any."""
+        row = self.db.execute("SELECT answer FROM llm_drafts WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def put_llm_draft(self, key: str, answer: str) -> None:
+        """Cache the LLM's (already redacted) ``answer`` under ``key``."""
+        self.db.execute("INSERT OR REPLACE INTO llm_drafts VALUES (?, ?)", (key, answer))
 
     def info(self) -> dict[str, Any]:
         """Counts for status output."""

@@ -140,7 +140,7 @@ def _run_role(args: argparse.Namespace, sources: list[tuple[str, Path]]) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from skillscale.distiller.bench import generate, write_corpus
+    from skillscale.distiller.bench import generate, winners, write_corpus
     from skillscale.distiller.bench import main as bench_main
 
     if args.generate:
@@ -148,16 +148,48 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sources = write_corpus(Path(args.generate).expanduser(), plan, args.seed)
         print(" ".join(f"--from {kind}={path}" for kind, path in sources))
         return EXIT_OK
+    import logging
+
+    for name in ("httpx", "httpx2"):  # one INFO line per LLM request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    llm = None
+    # ``distill --llm bench`` and ``distill bench --llm`` both mean it.
+    if args.llm or getattr(args, "bench_llm", False):
+        from skillscale.core.llm import LLMSettings
+
+        llm = LLMSettings.load()
+        if llm is None:
+            raise ConfigError(
+                "--llm: no LLM is configured (see `skillscale config`; or set "
+                "SKILLSCALE_LLM_BASE_URL and SKILLSCALE_LLM_MODEL)"
+            )
     with tempfile.TemporaryDirectory(prefix="distillbench-") as tmp:
         work = Path(args.workdir).expanduser() if args.workdir else Path(tmp)
-        figures = bench_main(args.seed, work, args.sessions, not args.no_scale)
-    if args.json:
-        print(json.dumps(figures))
-    else:
+        figures, llm_figures = bench_main(args.seed, work, args.sessions, not args.no_scale, llm)
+    if llm_figures is None:
+        if args.json:
+            print(json.dumps(figures))
+            return EXIT_OK
         width = max(len(k) for k in figures)
         print(f"DistillBench (offline pipeline, seed {args.seed})")
         for key, value in figures.items():
             print(f"  {key:<{width}}  {value}")
+        return EXIT_OK
+    won = winners(figures, llm_figures)
+    if args.json:
+        print(json.dumps({"offline": figures, "llm": llm_figures, "winner": won}))
+        return EXIT_OK
+    assert llm is not None
+    keys = list(dict.fromkeys([*figures, *llm_figures]))
+    width = max(len(k) for k in keys)
+    col = max(8, *(len(str(v)) for v in figures.values() if not isinstance(v, str)))
+    print(f"DistillBench (seed {args.seed}): offline pipeline (the floor) vs LLM {llm.model}")
+    print(f"  {'metric':<{width}}  {'offline':<{col}}  {'llm':<{col}}  winner")
+    for key in keys:
+        a, b = figures.get(key, ""), llm_figures.get(key, "")
+        if key.startswith(("canary ", "scale ")) and key not in llm_figures:
+            b = "(same)"  # no LLM in these rows: the simulation and the timing run
+        print(f"  {key:<{width}}  {a!s:<{col}}  {b!s:<{col}}  {won.get(key, '')}")
     return EXIT_OK
 
 
@@ -215,7 +247,8 @@ def add_parser(sub: Any) -> None:
         "--llm",
         action="store_true",
         default=os.environ.get("SKILLSCALE_DISTILL_LLM", "").lower() in ("1", "true", "yes"),
-        help="segment sessions with the configured LLM (see `skillscale config`) "
+        help="segment sessions and draft the skills' text with the configured LLM (see "
+        "`skillscale config`); a draft is kept only when it beats the offline one "
         "[env SKILLSCALE_DISTILL_LLM]",
     )
     _flag(
@@ -241,6 +274,14 @@ def add_parser(sub: Any) -> None:
         "--generate",
         metavar="DIR",
         help="only write the seeded corpus under DIR and print its --from arguments",
+    )
+    pb.add_argument(
+        "--llm",
+        dest="bench_llm",
+        action="store_true",
+        default=os.environ.get("SKILLSCALE_DISTILL_LLM", "").lower() in ("1", "true", "yes"),
+        help="also run the bench with the configured LLM and print both columns "
+        "[env SKILLSCALE_DISTILL_LLM]",
     )
     pb.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_distill)
