@@ -6,6 +6,12 @@ not a fresh interpreter: start-up and the imports skills share (the standard
 library, ``httpx``, ``openai``, ...) were paid once by the fork server. Skill
 files are read on every run, so edits take effect on the next request.
 
+Children are forked ahead of their runs while runs come (``waiting_children``,
+each used for one run), none at start, and let go after ``waiting_idle``
+seconds without a run, as php-fpm's ``ondemand`` manager does: an idle server
+is just itself and its fork server, and the first run after an idle period
+pays its own fork.
+
 A ``run.sh`` entry point is exec'd (bash) by a waiting child once its limits,
 directory and environment are set: no Python start-up for the trampoline.
 Skills whose ``metadata.warm`` is ``false``, and any run while the fork server
@@ -62,6 +68,11 @@ WAITING_CHILDREN = 2
 """Children forked ahead, each waiting for one run: the fork (and the setup
 that needs no request) is off the request's path. Each is a fresh fork used
 for one run only; two keep both default workers supplied while it refills."""
+WAITING_IDLE = 10.0
+"""Seconds without a run after which the waiting children are let go (the
+idle timeout of php-fpm's ``ondemand`` manager, whose default it is). None
+wait at start either: an idle server holds only itself and its fork server,
+and the first run after an idle period forks its own child on its path."""
 FORKSERVER_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
     "LD_LIBRARY_PATH", "SKILLSCALE_STAMPS",
@@ -196,12 +207,17 @@ class WarmExecutor(SubprocessExecutor):
         python: str | None = None,
         preload: Sequence[str] | None = None,
         waiting_children: int = WAITING_CHILDREN,
+        waiting_idle: float = WAITING_IDLE,
     ) -> None:
         super().__init__(python)
         self.waiting_children = max(0, waiting_children)
-        """How many forked children wait for their run (0: fork on demand)."""
+        """How many forked children wait for their run while runs come (0: fork on demand)."""
+        self.waiting_idle = waiting_idle
+        """Seconds without a run before the waiting children go (see :data:`WAITING_IDLE`)."""
         self._waiting: collections.deque[WarmProcess] = collections.deque()
         self._refilling: asyncio.Task[None] | None = None
+        self._last_run = float("-inf")
+        self._retire: asyncio.TimerHandle | None = None
         self._generation = 0
         self.preload = list(preload) if preload is not None else default_preload()
         self._proc: asyncio.subprocess.Process | None = None
@@ -257,7 +273,6 @@ class WarmExecutor(SubprocessExecutor):
             raise ForkServerUnavailable("the fork server did not start") from None
         self._generation += 1
         self.drop_waiting()
-        self._refill()
         if ready.get("missing"):
             log.info("fork server could not preload: %s", ", ".join(ready["missing"]))
         log.info("fork server %d up with %d modules preloaded", ready["pid"], len(self.preload))
@@ -267,8 +282,26 @@ class WarmExecutor(SubprocessExecutor):
         while self._waiting:
             self._waiting.popleft().discard()
 
+    @property
+    def waiting(self) -> int:
+        """How many forked children wait for a run now."""
+        return len(self._waiting)
+
+    def _retire_idle(self) -> None:
+        """Let the waiting children go once no run came for ``waiting_idle`` s."""
+        loop = asyncio.get_running_loop()
+        idle_for = loop.time() - self._last_run
+        if idle_for >= self.waiting_idle:
+            self._retire = None
+            self.drop_waiting()
+        else:
+            self._retire = loop.call_later(self.waiting_idle - idle_for, self._retire_idle)
+
     async def close(self) -> None:
         """Stop the fork server (its running children die with it)."""
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
         for task in (self._restarting, self._refilling):
             if task is not None:
                 task.cancel()
@@ -341,6 +374,7 @@ class WarmExecutor(SubprocessExecutor):
             # Exec'd by the waiting child once it is set up: one exec, where the
             # cold path pays a Python start-up (its trampoline) and then the exec.
             header["argv"] = self.argv(skill.entrypoint)
+        self._last_run = asyncio.get_running_loop().time()
         child = self._take_waiting()
         if child is None:
             child = await self._new_child()
@@ -369,7 +403,14 @@ class WarmExecutor(SubprocessExecutor):
         return None
 
     def _refill(self) -> None:
-        if self.waiting_children and (self._refilling is None or self._refilling.done()):
+        if not self.waiting_children:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_run >= self.waiting_idle:
+            return  # a run that outlasted the idle period: nobody is coming
+        if self._retire is None:
+            self._retire = loop.call_later(self.waiting_idle, self._retire_idle)
+        if self._refilling is None or self._refilling.done():
             self._refilling = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:

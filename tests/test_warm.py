@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,39 @@ async def test_run_sh_is_execd_by_a_warm_child(warm: WarmExecutor, tmp_path: Pat
     pid, sid, x, _nofile, cwd = first.split()
     assert pid == sid and x == "y" and cwd == str(folder) and rest == "in"
     assert warm.stats["warm"] == 1 and warm.stats["cold"] == 0
+
+
+async def test_waiting_children_come_with_runs_and_go_when_idle(tmp_path: Path) -> None:
+    # php-fpm's ondemand: none at start, forked once runs come, let go when idle.
+    executor = WarmExecutor(preload=["json"], waiting_children=2, waiting_idle=0.5)
+    await executor.start()
+    try:
+        skill = make_skill(tmp_path, "pids", "import os\nprint(os.getpid())\n")
+        assert executor.waiting == 0 and _forkserver_children(executor) == set()
+        first = await executor.run(skill, b"", ExecutionLimits(10))
+        assert first.ok
+        await _until(lambda: executor.waiting == 2)
+        waiting = _forkserver_children(executor)
+        assert len(waiting) == 2 and int(first.stdout) not in waiting
+        # The waiting children serve the next runs; then, idle, they go.
+        assert int((await executor.run(skill, b"", ExecutionLimits(10))).stdout) in waiting
+        await _until(lambda: executor.waiting == 0 and not _forkserver_children(executor))
+        # And the next run after the idle period forks its own child.
+        assert (await executor.run(skill, b"", ExecutionLimits(10))).ok
+        assert executor.stats["warm"] == 3 and executor.stats["cold"] == 0
+    finally:
+        await executor.close()
+
+
+def _forkserver_children(executor: WarmExecutor) -> set[int]:
+    pid = executor.forkserver_pid
+    assert pid is not None
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll the executor's state: no event says a refill or a retirement happened."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
