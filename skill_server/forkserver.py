@@ -224,6 +224,8 @@ class ForkServer:
         # skill server decides how its running skills end (it drains them).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.children: dict[int, socket.socket] = {}
+        self.retiring = False
+        """The skill server closed its end: no new runs, exit after the last."""
         self.pid = os.getpid()
         # A run whose connection the skill server closes before its status
         # came was abandoned (cancelled mid-start, or the executor closed):
@@ -235,18 +237,30 @@ class ForkServer:
             self.selector.register(self.hangups.fileno(), selectors.EVENT_READ)
 
     def serve(self) -> None:
-        """Run until the skill server closes its end or asks us to stop."""
+        """Run until the skill server closes its end (and the runs we forked
+        have ended) or asks us to stop.
+
+        A closed end with runs still going is a replacement (a fork server
+        with a larger preload took over): those runs finish here as usual,
+        and a run the skill server gives up on is killed as ever, when its
+        connection closes.
+        """
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
                     if not self._receive():
-                        return
+                        if not self.children:
+                            return
+                        self.selector.unregister(self.control)
+                        self.retiring = True
                 elif self.hangups is not None and key.fileobj == self.hangups.fileno():
                     self._abandoned()
                 else:
                     if signal.SIGTERM in os.read(self.wake_r, 4096):
                         return
                     self._reap()
+            if self.retiring and not self.children:
+                return
 
     def shutdown(self) -> None:
         """Kill every process below us, runs and their leftovers alike."""

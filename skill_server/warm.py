@@ -32,9 +32,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from skillscale.core.runtime import fd_ready
@@ -59,7 +61,8 @@ DEFAULT_PRELOAD = (
     "skillscale.skillkit",
 )  # fmt: skip
 OPTIONAL_PRELOAD = ("httpx", "openai")
-"""Preloaded when installed: the expensive imports LLM-calling skills make."""
+"""The expensive imports LLM-calling skills make: preloaded when installed,
+once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
 REFILL_DELAY = 0.002
@@ -89,9 +92,16 @@ def forkserver_env(python: str) -> dict[str, str]:
 
 
 def default_preload() -> list[str]:
-    """The standard set plus the optional modules that are installed."""
+    """The standard set plus the optional modules that are installed (what the
+    fork server holds once skills importing all of them have run)."""
     optional = [m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None]
     return [*DEFAULT_PRELOAD, *optional]
+
+
+def _imports(source: str, module: str) -> bool:
+    """Whether ``source`` has a line importing ``module`` (or a submodule)."""
+    pattern = rf"^[ \t]*(?:import|from)[ \t]+{re.escape(module)}\b"
+    return re.search(pattern, source, re.M) is not None
 
 
 class ForkServerUnavailable(Exception):
@@ -219,7 +229,17 @@ class WarmExecutor(SubprocessExecutor):
         self._last_run = float("-inf")
         self._retire: asyncio.TimerHandle | None = None
         self._generation = 0
-        self.preload = list(preload) if preload is not None else default_preload()
+        self.preload = list(preload) if preload is not None else list(DEFAULT_PRELOAD)
+        self._optional = (
+            [m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None]
+            if preload is None
+            else []
+        )
+        """Modules preloaded once a skill that imports them runs (see _follow_imports)."""
+        self._scanned: dict[str, tuple[int, frozenset[str]]] = {}
+        self._growing: asyncio.Task[None] | None = None
+        self._retired: list[asyncio.subprocess.Process] = []
+        """Fork servers replaced by a larger preload, finishing their runs."""
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._control_lock = asyncio.Lock()
@@ -249,11 +269,17 @@ class WarmExecutor(SubprocessExecutor):
             return
         if self._control is not None:
             self._control.close()
+            self._control = None
+        self._proc, self._control = await self._launch()
+        self._generation += 1
+        self.drop_waiting()
+
+    async def _launch(self) -> tuple[asyncio.subprocess.Process, socket.socket]:
+        """A new fork server with ``self.preload`` imported, and our end of its socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
-        self._control = ours
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 self.python, "-m", "skillscale.skill_server.forkserver",
                 str(theirs.fileno()), *self.preload,
                 stdout=asyncio.subprocess.PIPE,
@@ -261,21 +287,77 @@ class WarmExecutor(SubprocessExecutor):
                 env=forkserver_env(self.python),
                 pass_fds=(theirs.fileno(),),
             )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        assert self._proc.stdout is not None
+        assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(self._proc.stdout.readline(), READY_TIMEOUT)
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
             ready = json.loads(line)
         except (asyncio.TimeoutError, ValueError):
-            self._proc.kill()
-            await self._proc.wait()
+            ours.close()
+            proc.kill()
+            await proc.wait()
             raise ForkServerUnavailable("the fork server did not start") from None
-        self._generation += 1
-        self.drop_waiting()
         if ready.get("missing"):
             log.info("fork server could not preload: %s", ", ".join(ready["missing"]))
         log.info("fork server %d up with %d modules preloaded", ready["pid"], len(self.preload))
+        return proc, ours
+
+    def _follow_imports(self, script: Path) -> None:
+        """Preload what ``script`` imports of :data:`OPTIONAL_PRELOAD`, from now on.
+
+        The default preload leaves out the heavy optional modules (``openai``
+        costs some 40 MiB in the fork server, copied page tables in every
+        fork, and torn down at every exit) until a skill that imports them
+        runs: a fork server with them is then started beside the current
+        one, which finishes its runs before it goes. Until it is up (about
+        a second), such a skill imports them in its own child, as a cold
+        start would. Found by a look at the source (``import openai`` or
+        ``from openai ...`` at the start of a line), cached per file version.
+        """
+        key = str(script)
+        try:
+            version = script.stat().st_mtime_ns
+        except OSError:
+            return  # the run will report the missing file
+        cached = self._scanned.get(key)
+        if cached is None or cached[0] != version:
+            try:
+                text = script.read_text(errors="replace")
+            except OSError:
+                return
+            found = frozenset(m for m in self._optional if _imports(text, m))
+            if len(self._scanned) >= 4096:
+                self._scanned.clear()  # bounded: skills come and go
+            self._scanned[key] = cached = (version, found)
+        missing = [m for m in sorted(cached[1]) if m not in self.preload]
+        if missing and (self._growing is None or self._growing.done()):
+            self.preload += missing
+            self._growing = asyncio.ensure_future(self._grow())
+
+    async def _grow(self) -> None:
+        """Replace the running fork server by one with the larger preload."""
+        async with self._lock:
+            if not self.running:
+                return  # (re)started with self.preload anyway
+            try:
+                proc, control = await self._launch()
+            except ForkServerUnavailable:
+                log.exception("could not start a fork server with %s", ", ".join(self.preload))
+                return
+            old, old_control = self._proc, self._control
+            self._proc, self._control = proc, control
+            self._generation += 1
+            self.drop_waiting()
+            if old_control is not None:
+                # The old fork server stops taking work and exits once the
+                # runs it forked have ended (see forkserver.ForkServer.serve).
+                old_control.close()
+            if old is not None:
+                self._retired.append(old)
 
     def drop_waiting(self) -> None:
         """Let every waiting child go (they are forked again as runs need them)."""
@@ -302,7 +384,7 @@ class WarmExecutor(SubprocessExecutor):
         if self._retire is not None:
             self._retire.cancel()
             self._retire = None
-        for task in (self._restarting, self._refilling):
+        for task in (self._restarting, self._refilling, self._growing):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -315,12 +397,14 @@ class WarmExecutor(SubprocessExecutor):
             # every process below it first.
             self._control.close()
             self._control = None
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        for proc in [*self._retired, self._proc]:
+            if proc is not None and proc.returncode is None:
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except asyncio.TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        self._retired.clear()
         sweep_orphans()
 
     def is_warm(self, skill: Skill) -> bool:
@@ -364,6 +448,8 @@ class WarmExecutor(SubprocessExecutor):
         self, skill: Skill, env: dict[str, str], limits: ExecutionLimits
     ) -> WarmProcess:
         assert skill.entrypoint is not None
+        if self._optional and skill.entrypoint.suffix == ".py":
+            self._follow_imports(skill.entrypoint)
         header = {
             "script": str(skill.entrypoint),
             "cwd": str(skill.path),

@@ -152,3 +152,40 @@ async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+async def test_heavy_optional_modules_are_preloaded_once_a_skill_imports_them(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("httpx")
+    executor = WarmExecutor()  # the default preload: lean until a skill needs more
+    await executor.start()
+    try:
+        assert "httpx" not in executor.preload
+        plain = make_skill(tmp_path, "plain", "import sys\nprint('httpx' in sys.modules)\n")
+        assert (await executor.run(plain, b"", ExecutionLimits(10))).stdout == b"False\n"
+        assert executor._growing is None  # a skill without the import changes nothing
+        old = executor.forkserver_pid
+        # A run under way on the old fork server while it is replaced.
+        slow = make_skill(tmp_path, "slow", "import sys\nsys.stdout.write(sys.stdin.read())\n")
+        limits = ExecutionLimits(10)
+        proc = await executor.spawn(slow, {}, limits)
+        body = "import sys\nprint('httpx' in sys.modules)\nimport httpx\n"
+        llm = make_skill(tmp_path, "llm", body)
+        # Its first run finds httpx missing (imports it itself) and starts a
+        # fork server that has it.
+        assert (await executor.run(llm, b"", limits)).stdout == b"False\n"
+        assert executor._growing is not None
+        await executor._growing
+        assert "httpx" in executor.preload and executor.forkserver_pid != old
+        assert (await executor.run(llm, b"", limits)).stdout == b"True\n"
+        # The old fork server's run still completes, and then it exits.
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"still here")
+        proc.stdin.close()
+        assert await proc.stdout.read() == b"still here" and await proc.wait() == 0
+        assert old is not None
+        await asyncio.wait_for(executor._retired[0].wait(), 10)
+        assert executor.stats["cold"] == 0
+    finally:
+        await executor.close()
