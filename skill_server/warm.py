@@ -49,9 +49,13 @@ from skillscale.skill_server.executor import (
     scrubbed_env,
     sweep_orphans,
 )
+from skillscale.skill_server.forkserver import EXEC, RUN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
+"""Started by path (see its ``main``)."""
 
 DEFAULT_PRELOAD = (
     "argparse", "ast", "base64", "collections", "csv", "dataclasses", "datetime",
@@ -224,9 +228,15 @@ class WarmExecutor(SubprocessExecutor):
         """How many forked children wait for their run while runs come (0: fork on demand)."""
         self.waiting_idle = waiting_idle
         """Seconds without a run before the waiting children go (see :data:`WAITING_IDLE`)."""
-        self._waiting: collections.deque[WarmProcess] = collections.deque()
+        self._waiting: dict[bytes, collections.deque[WarmProcess]] = {
+            RUN: collections.deque(),
+            EXEC: collections.deque(),
+        }
+        """Waiting children by kind: Python runs (forked by the fork server) and
+        runs that only exec (forked by its exec server, see forkserver.main)."""
+        self._recent: dict[bytes, float] = {}
+        """When a run of each kind last came (kinds idle longer have no waiting children)."""
         self._refilling: asyncio.Task[None] | None = None
-        self._last_run = float("-inf")
         self._retire: asyncio.TimerHandle | None = None
         self._generation = 0
         self.preload = list(preload) if preload is not None else list(DEFAULT_PRELOAD)
@@ -238,6 +248,7 @@ class WarmExecutor(SubprocessExecutor):
         """Modules preloaded once a skill that imports them runs (see _follow_imports)."""
         self._scanned: dict[str, tuple[int, frozenset[str]]] = {}
         self._growing: asyncio.Task[None] | None = None
+        self._exec_servers: dict[int, int | None] = {}
         self._retired: list[asyncio.subprocess.Process] = []
         """Fork servers replaced by a larger preload, finishing their runs."""
         self._proc: asyncio.subprocess.Process | None = None
@@ -253,6 +264,12 @@ class WarmExecutor(SubprocessExecutor):
     def forkserver_pid(self) -> int | None:
         """The fork server's pid while it runs."""
         return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def exec_server_pid(self) -> int | None:
+        """The running fork server's exec server (its child, forking ``run.sh`` runs)."""
+        pid = self.forkserver_pid
+        return self._exec_servers.get(pid) if pid is not None else None
 
     @property
     def running(self) -> bool:
@@ -280,7 +297,7 @@ class WarmExecutor(SubprocessExecutor):
         ours.setblocking(False)
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "skillscale.skill_server.forkserver",
+                self.python, FORKSERVER,
                 str(theirs.fileno()), *self.preload,
                 stdout=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -304,6 +321,7 @@ class WarmExecutor(SubprocessExecutor):
         if ready.get("missing"):
             log.info("fork server could not preload: %s", ", ".join(ready["missing"]))
         log.info("fork server %d up with %d modules preloaded", ready["pid"], len(self.preload))
+        self._exec_servers[proc.pid] = ready.get("exec_server")
         return proc, ours
 
     def _follow_imports(self, script: Path) -> None:
@@ -359,25 +377,29 @@ class WarmExecutor(SubprocessExecutor):
             if old is not None:
                 self._retired.append(old)
 
-    def drop_waiting(self) -> None:
+    def drop_waiting(self, kinds: tuple[bytes, ...] = (RUN, EXEC)) -> None:
         """Let every waiting child go (they are forked again as runs need them)."""
-        while self._waiting:
-            self._waiting.popleft().discard()
+        for kind in kinds:
+            waiting = self._waiting[kind]
+            while waiting:
+                waiting.popleft().discard()
 
     @property
     def waiting(self) -> int:
         """How many forked children wait for a run now."""
-        return len(self._waiting)
+        return sum(map(len, self._waiting.values()))
 
     def _retire_idle(self) -> None:
-        """Let the waiting children go once no run came for ``waiting_idle`` s."""
-        loop = asyncio.get_running_loop()
-        idle_for = loop.time() - self._last_run
-        if idle_for >= self.waiting_idle:
-            self._retire = None
-            self.drop_waiting()
-        else:
-            self._retire = loop.call_later(self.waiting_idle - idle_for, self._retire_idle)
+        """Let a kind's waiting children go once no run of it came for ``waiting_idle`` s."""
+        now = asyncio.get_running_loop().time()
+        for kind, last in list(self._recent.items()):
+            if now - last >= self.waiting_idle:
+                del self._recent[kind]
+                self.drop_waiting((kind,))
+        self._retire = None
+        if self._recent:
+            wake = min(self._recent.values()) + self.waiting_idle - now
+            self._retire = asyncio.get_running_loop().call_later(wake, self._retire_idle)
 
     async def close(self) -> None:
         """Stop the fork server (its running children die with it)."""
@@ -460,29 +482,44 @@ class WarmExecutor(SubprocessExecutor):
             # Exec'd by the waiting child once it is set up: one exec, where the
             # cold path pays a Python start-up (its trampoline) and then the exec.
             header["argv"] = self.argv(skill.entrypoint)
-        self._last_run = asyncio.get_running_loop().time()
-        child = self._take_waiting()
-        if child is None:
-            child = await self._new_child()
+        kind = RUN if skill.entrypoint.suffix == ".py" else EXEC
+        self._recent[kind] = asyncio.get_running_loop().time()
+        line = json.dumps(header).encode() + b"\n"
+        child = self._take_waiting(kind)
+        # A waiting child may have died waiting, and a fresh one with the exec
+        # server (see forkserver.main) as it died: one more fresh child then.
+        retries = 1
+        while True:
+            try:
+                if child is None:
+                    retries -= 1
+                    child = await self._new_child(kind)
+                # The child reads this line and becomes the run; all it did
+                # before (fork, session, death signal, subreaper, stdio,
+                # closing fds) it did while waiting, off the request's path.
+                try:
+                    child.start(line)
+                except OSError as exc:
+                    child.discard()
+                    why = f"the fork server did not answer: {exc!r}"
+                    raise ForkServerUnavailable(why) from None
+                break
+            except ForkServerUnavailable:
+                if retries < 0:
+                    raise
+                child = None
         # Forked again once this run is over and its reply out, not now: a
         # fork beside the run would compete with it for the CPU (and the fork
         # server), and one at its end would delay its reply on our loop.
         child.waiter.add_done_callback(
             lambda _: asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
         )
-        try:
-            # The child reads this line and becomes the run; all it did before
-            # (fork, session, death signal, subreaper, stdio, closing fds) it
-            # did while waiting, off the request's path.
-            child.start(json.dumps(header).encode() + b"\n")
-        except OSError as exc:
-            child.discard()
-            raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
         return child
 
-    def _take_waiting(self) -> WarmProcess | None:
-        while self._waiting:
-            child = self._waiting.popleft()
+    def _take_waiting(self, kind: bytes) -> WarmProcess | None:
+        waiting = self._waiting[kind]
+        while waiting:
+            child = waiting.popleft()
             if child.generation == self._generation and not child.waiter.done():
                 return child
             child.discard()  # its fork server was replaced, or it ended waiting
@@ -492,7 +529,7 @@ class WarmExecutor(SubprocessExecutor):
         if not self.waiting_children:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() - self._last_run >= self.waiting_idle:
+        if not self._recent:
             return  # a run that outlasted the idle period: nobody is coming
         if self._retire is None:
             self._retire = loop.call_later(self.waiting_idle, self._retire_idle)
@@ -500,15 +537,17 @@ class WarmExecutor(SubprocessExecutor):
             self._refilling = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:
-        while self.running and len(self._waiting) < self.waiting_children:
-            try:
-                child = await self._new_child()
-            except ForkServerUnavailable as exc:
-                log.debug("no waiting child: %s", exc)  # the next run forks its own, or goes cold
-                return
-            self._waiting.append(child)
+        for kind in (RUN, EXEC):
+            waiting = self._waiting[kind]
+            while self.running and kind in self._recent and len(waiting) < self.waiting_children:
+                try:
+                    child = await self._new_child(kind)
+                except ForkServerUnavailable as exc:
+                    log.debug("no waiting child: %s", exc)  # the next run forks its own, or cold
+                    return
+                waiting.append(child)
 
-    async def _new_child(self) -> WarmProcess:
+    async def _new_child(self, kind: bytes = RUN) -> WarmProcess:
         """A child of the fork server, forked and waiting for its run's header."""
         control = self._control
         if not self.running or control is None:
@@ -537,7 +576,7 @@ class WarmExecutor(SubprocessExecutor):
             async def connect() -> tuple[asyncio.StreamReader, bytes]:
                 nonlocal child_ends, control_writer
                 async with self._control_lock:
-                    await _send_with_fds(control, b"R", [far.fileno()])
+                    await _send_with_fds(control, kind, [far.fileno()])
                 far.close()
                 await _send_with_fds(sock, b"S", child_ends)
                 for fd in child_ends:

@@ -107,15 +107,23 @@ async def test_run_sh_is_execd_by_a_warm_child(warm: WarmExecutor, tmp_path: Pat
     (folder / "scripts").mkdir(parents=True)
     (folder / "SKILL.md").write_text("---\nname: shell\ndescription: Test.\n---\n")
     (folder / "scripts" / "run.sh").write_text(
-        'echo "$$ $(ps -o sid= -p $$) $SKILLSCALE_X $(ulimit -n) $(pwd)"; cat\n'
+        'echo "$$ $(ps -o sid= -p $$) $SKILLSCALE_X $(ulimit -n) $(pwd) $PPID"; cat\n'
     )
     skill = load_skill(folder)
     result = await warm.run(skill, b"in", ExecutionLimits(10), env={"SKILLSCALE_X": "y"})
     assert result.ok, result
     first, rest = result.stdout.decode().split("\n", 1)
-    pid, sid, x, _nofile, cwd = first.split()
+    pid, sid, x, _nofile, cwd, parent = first.split()
     assert pid == sid and x == "y" and cwd == str(folder) and rest == "in"
+    # Forked by the fork server's small exec server, not the preloaded interpreter.
+    assert warm.exec_server_pid is not None and int(parent) == warm.exec_server_pid
     assert warm.stats["warm"] == 1 and warm.stats["cold"] == 0
+    # Without its exec server, the fork server forks such runs itself.
+    os.kill(warm.exec_server_pid, signal.SIGKILL)
+    for _ in range(2):  # the first may have been handed to the dying exec server
+        result = await warm.run(skill, b"in", ExecutionLimits(10), env={"SKILLSCALE_X": "z"})
+    assert result.ok, result
+    assert int(result.stdout.split()[5]) == warm.forkserver_pid and warm.stats["cold"] == 0
 
 
 async def test_waiting_children_come_with_runs_and_go_when_idle(tmp_path: Path) -> None:
@@ -143,7 +151,8 @@ async def test_waiting_children_come_with_runs_and_go_when_idle(tmp_path: Path) 
 def _forkserver_children(executor: WarmExecutor) -> set[int]:
     pid = executor.forkserver_pid
     assert pid is not None
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    children = {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    return children - {executor.exec_server_pid}
 
 
 async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
