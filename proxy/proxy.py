@@ -688,19 +688,24 @@ class Proxy(AsyncRole):
         topics: dict[bytes, list[Any]] = {}
         max_request = self.config.max_message_bytes
         publish = stream.publish if stream is not None else None
+        send = stream.send if stream is not None else None
         for frames in batch:
-            topic = _raw(frames[0])
+            topic = frames[0].bytes  # a zmq.Frame, or an in-memory frame
             entry = topics.get(topic)
             if entry is None:
                 entry = topics[topic] = [self._plain_topic(topic), 0, 0]
             try:
-                if entry[0] and publish is not None:
+                if entry[0] and send is not None and publish is not None:
                     size = sum(map(len, frames))
                     if size > max_request and entry[0] is _REQUEST:
                         size = self._forward_one(topic, frames, now)  # rejected there
                     else:
                         try:
-                            publish(frames)
+                            if len(frames) == 2:  # _Stream.publish, inlined for the usual shape
+                                send(frames[0], _SNDMORE_NOBLOCK, False)
+                                send(frames[1], _NOBLOCK, False)
+                            else:
+                                publish(frames)
                         except zmq.Again:  # a full subscriber: the lossy retry
                             if not self._send_xpub(frames, copy=False):
                                 self.metrics.drop(topic, "subscriber_hwm")
