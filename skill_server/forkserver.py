@@ -1,7 +1,7 @@
 """The warm fork server: a pre-imported Python that forks one child per run.
 
-A skill server starts one of these (``python -m skillscale.skill_server.forkserver FD
-MODULE...``) with a scrubbed environment: nothing of the skill server's
+A skill server starts one of these (``python .../skill_server/forkserver.py FD
+MODULE...``, by path: see :func:`main`) with a scrubbed environment: nothing of the skill server's
 environment (API keys, tokens) is in the fork server's environment block,
 which every child it forks carries as its own ``/proc/self/environ``. It
 imports the configured modules once, then waits on FD, one end of a
@@ -34,6 +34,13 @@ child subreapers, so a run's descendants stay below its child while it
 lives and come to the fork server when it ends, which kills them with their
 subtrees before it reports the status (see ``skillscale.skill_server.executor`` for
 the mechanism and where it is unavailable).
+
+Runs that only exec (``run.sh``) are forked by the *exec server*, a child
+the fork server forks before it imports anything (see
+:func:`_start_exec_server`): the same loop and the same child code, from a
+process a fifth of the size, so their fork and exec cost less. The skill
+server asks for such a child with ``E`` instead of ``R``; the fork server
+passes the connection on, or forks the child itself if the exec server died.
 
 The fork server is single-threaded on purpose: ``fork`` is only safe in a
 process without other threads. It dies with its skill server (PDEATHSIG,
@@ -405,6 +412,8 @@ class ForkServer:
         # skill server decides how its running skills end (it drains them).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.children: dict[int, socket.socket] = {}
+        self.killed: set[int] = set()
+        """Children killed because their connection closed (not yet reaped)."""
         self.retiring = False
         """The skill server closed its end: no new runs, exit after the last."""
         self.pid = os.getpid()
@@ -511,7 +520,9 @@ class ForkServer:
                 break
             if pid == 0:
                 break
-            if stamps.ON:
+            if pid in self.killed:
+                self.killed.discard(pid)  # a child let go, never a run: no stamp
+            elif stamps.ON:
                 stamps.stamp("fork.reaped")
             if pid == self.exec_pid:
                 self.exec_pid = None  # its runs died with it; we fork them now
@@ -540,6 +551,7 @@ class ForkServer:
                 # Its descendants die when it is reaped, like any run's.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(by_fd[fd], signal.SIGKILL)
+                    self.killed.add(by_fd[fd])
 
     def _may_have_orphans(self) -> bool:
         # One read of our (single) thread's children list says whether any

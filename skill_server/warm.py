@@ -3,8 +3,9 @@
 Each request still gets its own process (fresh fork, own session and process
 group, own pipes, working directory, environment, rlimits and timeout), but
 not a fresh interpreter: start-up and the imports skills share (the standard
-library, ``httpx``, ``openai``, ...) were paid once by the fork server. Skill
-files are read on every run, so edits take effect on the next request.
+library, ``skillscale.skillkit``, and ``httpx``/``openai`` once a skill that
+imports them has run) were paid once by the fork server. Skill files are read
+on every run, so edits take effect on the next request.
 
 Children are forked ahead of their runs while runs come (``waiting_children``,
 each used for one run), none at start, and let go after ``waiting_idle``
@@ -13,7 +14,9 @@ is just itself and its fork server, and the first run after an idle period
 pays its own fork.
 
 A ``run.sh`` entry point is exec'd (bash) by a waiting child once its limits,
-directory and environment are set: no Python start-up for the trampoline.
+directory and environment are set: no Python start-up for the trampoline. Such
+children are forked by the fork server's small exec server (forked before the
+preload), so their fork and exec cost a fraction of a fork of the full one.
 Skills whose ``metadata.warm`` is ``false``, and any run while the fork server
 is (re)starting, take the cold path.
 
