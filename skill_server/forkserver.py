@@ -389,6 +389,14 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         os._exit(code & 0xFF)
 
 
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the skill server closed its end of ``conn`` (bench stamps only)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP if hasattr(select, "POLLRDHUP") else 0)
+    return any(events & (select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+               for _fd, events in poller.poll(0))  # fmt: skip
+
+
 class ForkServer:
     """The receive/fork/reap loop."""
 
@@ -412,8 +420,6 @@ class ForkServer:
         # skill server decides how its running skills end (it drains them).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.children: dict[int, socket.socket] = {}
-        self.killed: set[int] = set()
-        """Children killed because their connection closed (not yet reaped)."""
         self.retiring = False
         """The skill server closed its end: no new runs, exit after the last."""
         self.pid = os.getpid()
@@ -520,9 +526,8 @@ class ForkServer:
                 break
             if pid == 0:
                 break
-            if pid in self.killed:
-                self.killed.discard(pid)  # a child let go, never a run: no stamp
-            elif stamps.ON:
+            if stamps.ON and pid in self.children and not _hung_up(self.children[pid]):
+                # (A child whose connection is closed was let go, never a run.)
                 stamps.stamp("fork.reaped")
             if pid == self.exec_pid:
                 self.exec_pid = None  # its runs died with it; we fork them now
@@ -551,7 +556,6 @@ class ForkServer:
                 # Its descendants die when it is reaped, like any run's.
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(by_fd[fd], signal.SIGKILL)
-                    self.killed.add(by_fd[fd])
 
     def _may_have_orphans(self) -> bool:
         # One read of our (single) thread's children list says whether any
