@@ -44,11 +44,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import gc
 import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +172,31 @@ class ProxyConfig:
 def _raw(frame: Any) -> bytes:
     """A received frame's bytes: copied (bytes), a zmq.Frame, or an in-memory frame."""
     return frame if isinstance(frame, bytes) else frame.bytes
+
+
+@contextlib.contextmanager
+def _collector_tuned(enabled: bool) -> Iterator[None]:
+    """Python's cyclic collector tuned for the stream, while the loop runs.
+
+    The stream allocates a few short-lived objects per message (frames,
+    lists), all freed by reference counting, yet each counts towards the
+    collector's next run: at the default threshold (700) it ran every ~200
+    messages and took 11 % of the proxy (``py-spy --native``), older passes
+    rescanning every start-up object. Those are frozen out of it, and young
+    objects collected per 20,000. Restored when the loop ends (a proxy run
+    in a test's process leaves it as it was).
+    """
+    if not enabled:
+        yield
+        return
+    saved = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
 
 
 _REQUEST = "request"
@@ -592,6 +618,10 @@ class Proxy(AsyncRole):
         no message can end this loop; an exception that still escapes here
         is a bug in the loop itself, and crashes the role (supervision).
         """
+        with _collector_tuned(self._stream is not None):
+            await self._forward_loop(sockets)
+
+    async def _forward_loop(self, sockets: ProxySockets) -> None:
         tick = self.config.tick
         next_tick = time.monotonic() + tick
         next_heartbeat = time.monotonic()

@@ -8,6 +8,8 @@ per-topic metrics.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 from collections.abc import Iterator
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 import zmq
 
+from skillscale.proxy import Proxy, ProxyConfig
 from tests.helpers import RoleProcess, start_proxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,3 +120,20 @@ def test_an_oversized_request_is_refused_not_forwarded(
     # The next message is the small request: the big one was never published.
     assert sub.poll(5000) and sub.recv_multipart() == [REQUEST, b"small"]
     assert metric(proxy, "skillscale_proxy_dropped_total", reason="too_large") == 1
+
+
+async def test_the_collector_is_tuned_while_the_stream_runs_and_restored_after() -> None:
+    # Process-wide state: a proxy run inside another process (a test's) must
+    # leave Python's cyclic collector as it found it.
+    before = gc.get_threshold()
+    config = ProxyConfig(
+        xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+        router_bind="tcp://127.0.0.1:0", metrics_port=None,
+    )  # fmt: skip
+    async with Proxy(config):
+        deadline = asyncio.get_running_loop().time() + 10
+        while gc.get_threshold()[0] != 20_000:  # the loop is a task: it starts soon
+            assert asyncio.get_running_loop().time() < deadline, "the collector was not tuned"
+            await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
