@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import zmq
+import zmq.asyncio
 
 from skillscale.proxy import Proxy, ProxyConfig
 from tests.helpers import RoleProcess, start_proxy
@@ -137,3 +138,42 @@ async def test_the_collector_is_tuned_while_the_stream_runs_and_restored_after()
             await asyncio.sleep(0.01)
         assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+async def test_a_message_failing_on_the_stream_is_dropped_and_the_stream_goes_on() -> None:
+    config = ProxyConfig(
+        xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+        router_bind="tcp://127.0.0.1:0", metrics_port=None,
+    )  # fmt: skip
+    async with Proxy(config) as proxy:
+        stream = proxy._stream
+        assert stream is not None
+        original = stream.publish
+
+        def flaky(frames: list[zmq.Frame]) -> None:
+            if frames[1].bytes == b"poison":
+                raise RuntimeError("injected fault on one message")
+            original(frames)
+
+        stream.publish = flaky  # type: ignore[method-assign]
+        ctx = zmq.asyncio.Context()
+        pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        try:
+            for sock in (pub, sub):
+                sock.setsockopt(zmq.LINGER, 0)
+            sub.subscribe(EVENT)
+            sub.connect(proxy.xpub_endpoint)
+            pub.connect(proxy.xsub_endpoint)
+            received: list[bytes] = []
+            for _ in range(200):  # three frames: the stream's publish, not the inline send
+                pub.send_multipart([EVENT, b"poison", b""])
+                pub.send_multipart([EVENT, b"fine", b""])
+                if await sub.poll(50):
+                    received.append((await sub.recv_multipart())[1])
+                    break
+            assert received == [b"fine"]
+            assert not proxy.crashed.is_set()
+        finally:
+            pub.close(0)
+            sub.close(0)
+            ctx.term()
