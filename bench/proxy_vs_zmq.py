@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -128,7 +130,9 @@ def round_trips(xsub: str, xpub: str, in_flight: int, total: int) -> float:
     return total / elapsed
 
 
-def start_ours(xsub: str, xpub: str, messages: int) -> subprocess.Popen[bytes]:
+def start_ours(
+    xsub: str, xpub: str, messages: int, checkout: str | None = None
+) -> subprocess.Popen[bytes]:
     # Its queues hold the whole burst, as the device's unbounded ones do (by
     # default a subscriber 1,000 messages behind, or a publisher 100,000
     # ahead, loses messages: XSUB drops at its high-water mark).
@@ -137,33 +141,45 @@ def start_ours(xsub: str, xpub: str, messages: int) -> subprocess.Popen[bytes]:
          "--router-bind", f"tcp://127.0.0.1:{free_port()}", "--metrics-host", "127.0.0.1",
          "--metrics-port", "0", "--subscriber-hwm", str(messages + 1000),
          "--hwm", str(messages + 1000)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE, cwd=checkout,
     )  # fmt: skip
     assert proc.stdout is not None
     json.loads(proc.stdout.readline())  # the ready line
     return proc
 
 
-def run(kind: str, messages: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(kind: str, messages: int, checkout: str | None = None) -> dict[str, float]:
+    """One proxy's figures: ``kind`` is ``zmq`` or ``ours`` (run from ``checkout``
+    if given: the same benchmark against another version of the code)."""
     xsub, xpub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     spawn = mp.get_context("spawn")
     if kind == "zmq":
         proxy: Any = spawn.Process(target=zmq_device, args=(xsub, xpub), daemon=True)
         proxy.start()
     else:
-        proxy = start_ours(xsub, xpub, messages)
+        proxy = start_ours(xsub, xpub, messages, checkout)
     try:
         ready, out = spawn.Event(), spawn.Queue()
         rx = spawn.Process(target=receiver, args=(xpub, messages, ready, out))
         rx.start()
         ready.wait(10)
         tx = spawn.Process(target=sender, args=(xsub, messages, ready))
+        cpu_before = cpu_seconds(proxy.pid)
         tx.start()
         got, first, last = out.get(timeout=300)
+        cpu = cpu_seconds(proxy.pid) - cpu_before
         tx.join(30)
         rx.join(30)
         figures = {"stream_rate": (got - 1) / (last - first) if got > 1 else 0.0,
-                   "lost": float(messages - got)}  # fmt: skip
+                   "lost": float(messages - got),
+                   "cpu_us_per_msg": cpu / max(got, 1) * 1e6}  # fmt: skip
         echo_ready = spawn.Event()
         responder = spawn.Process(target=echo, args=(xsub, xpub, echo_ready), daemon=True)
         responder.start()
@@ -183,17 +199,32 @@ def run(kind: str, messages: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run our proxy from this checkout (an A/B of two versions)",
+    )
     args = parser.parse_args()
-    results = {kind: run(kind, args.messages) for kind in ("zmq", "ours")}
-    for kind, fig in results.items():
-        print(
-            f"{kind:5} stream {fig['stream_rate']:>10,.0f} msg/s  lost {fig['lost']:.0f}   "
-            f"round trips: 1 in flight {fig['rt1']:>8,.0f}/s   "
-            f"20 in flight {fig['rt20']:>8,.0f}/s"
-        )
-    print("\nratios (ours / libzmq proxy device):")
+    kinds = [("zmq", None), ("ours", None)] + ([("base", args.baseline)] if args.baseline else [])
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    rounds: list[dict[str, dict[str, float]]] = []
+    for i in range(args.rounds):
+        results = {k: run("zmq" if k == "zmq" else "ours", args.messages, c) for k, c in kinds}
+        rounds.append(results)
+        for kind, fig in results.items():
+            print(
+                f"{i + 1} {kind:5} stream {fig['stream_rate']:>10,.0f} msg/s  lost "
+                f"{fig['lost']:.0f}  proxy CPU {fig['cpu_us_per_msg']:5.1f} µs/msg  round "
+                f"trips: 1 in flight {fig['rt1']:>8,.0f}/s  20 in flight {fig['rt20']:>8,.0f}/s"
+            )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("\nratios to libzmq's proxy device, median of rounds [min-max]:")
     for key, label in (("stream_rate", "stream"), ("rt1", "1 in flight"), ("rt20", "20 in flight")):
-        print(f"  {label:13} x{results['ours'][key] / results['zmq'][key]:.2f}")
+        for kind, _ in kinds[1:]:
+            ratios = [r[kind][key] / r["zmq"][key] for r in rounds]
+            print(f"  {label:13} {kind:5} x{statistics.median(ratios):.3f} "
+                  f"[{min(ratios):.3f}-{max(ratios):.3f}]")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,26 +49,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import resource
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from skillscale.core import stamps
 from skillscale.core.redact import redact
 from skillscale.core.runtime import fd_ready
 from skillscale.core.skill_format import Skill
+
+# Re-exported: the process-tree code lives beside the fork server (see there).
+from skillscale.skill_server.forkserver import ProcStat as ProcStat
+from skillscale.skill_server.forkserver import _await_exit
+from skillscale.skill_server.forkserver import kill_adopted as kill_adopted
+from skillscale.skill_server.forkserver import prctl as prctl
+from skillscale.skill_server.forkserver import proc_stat as proc_stat
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +120,6 @@ class ExecutionLimits:
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - non-glibc platforms
-    _LIBC = None
-
-
-def prctl(option: int, value: int) -> bool:
-    """``prctl(2)`` with one argument; False where it is unavailable or refused."""
-    if _LIBC is None or not sys.platform.startswith("linux"):
-        return False
-    return bool(_LIBC.prctl(option, value, 0, 0, 0) == 0)
 
 
 def rlimit_pairs(limits: ResourceLimits) -> list[tuple[int, int]]:
@@ -172,138 +165,6 @@ runpy.run_path(target[0], run_name="__main__")
 """Run by the cold path's child before the skill: ``python -c TRAMPOLINE PARENT
 LIMITS MODE TARGET...``, where LIMITS is ``resource=value,...`` and MODE is
 ``run`` (a Python script, run in this interpreter) or ``exec`` (an argv)."""
-
-
-class ProcStat(NamedTuple):
-    """The fields of ``/proc/PID/stat`` the orphan sweep needs."""
-
-    ppid: int
-    session: int
-    state: str
-    """``Z`` for a zombie (exited, not yet reaped)."""
-
-
-def proc_stat(pid: int) -> ProcStat | None:
-    """What ``/proc`` says about ``pid``, or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: parse from the last ")".
-    fields = data[data.rindex(b")") + 2 :].split()
-    return ProcStat(int(fields[1]), int(fields[3]), fields[0].decode())
-
-
-def _process_table() -> dict[int, ProcStat]:
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and (stat := proc_stat(int(name))) is not None:
-            table[int(name)] = stat
-    return table
-
-
-def _own_children() -> dict[int, ProcStat]:
-    """This process's children: from ``/proc/self/task/*/children`` where the
-    kernel has it (one small read per thread), else from a walk of ``/proc``."""
-    me = os.getpid()
-    pids: set[int] = set()
-    try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as fh:
-                pids.update(int(p) for p in fh.read().split())
-    except OSError:  # no CONFIG_PROC_CHILDREN, or a thread just ended
-        return {pid: st for pid, st in _process_table().items() if st.ppid == me}
-    stats = {pid: proc_stat(pid) for pid in pids}
-    return {pid: st for pid, st in stats.items() if st is not None and st.ppid == me}
-
-
-def _subtree(table: Mapping[int, ProcStat], roots: Iterable[int]) -> list[int]:
-    """``roots`` and all their descendants, parents before children."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid, stat in table.items():
-        children[stat.ppid].append(pid)
-    order: list[int] = []
-    seen: set[int] = set()
-    queue = list(roots)
-    while queue:
-        pid = queue.pop(0)
-        if pid not in seen:
-            seen.add(pid)
-            order.append(pid)
-            queue.extend(children.get(pid, ()))
-    return order
-
-
-def _kill_verified(pid: int, parents: set[int]) -> int | None:
-    """SIGKILL ``pid`` if its parent is still one of ``parents``; its pidfd, if any.
-
-    The pidfd pins the process before the parent check, so a pid recycled
-    since the walk of ``/proc`` is never signalled.
-    """
-    try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    except (OSError, AttributeError):  # kernel < 5.3: plain kill, checked just before
-        pidfd = None
-    stat = proc_stat(pid)
-    if stat is None or stat.ppid not in parents:
-        if pidfd is not None:
-            os.close(pidfd)
-        return None
-    with contextlib.suppress(ProcessLookupError):
-        if pidfd is None:
-            os.kill(pid, signal.SIGKILL)
-        else:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    return pidfd
-
-
-def _await_exit(pidfds: list[int], deadline: float) -> None:
-    """Block until every pidfd says its process exited, or until ``deadline``."""
-    poller = select.poll()
-    for fd in pidfds:
-        poller.register(fd, select.POLLIN)
-    pending = set(pidfds)
-    while pending and (remaining := deadline - time.monotonic()) > 0:
-        for fd, _event in poller.poll(remaining * 1000):
-            poller.unregister(fd)
-            pending.discard(fd)
-
-
-def kill_adopted(adopted: Callable[[int, ProcStat], bool], patience: float = 2.0) -> int:
-    """Kill every child of this process that ``adopted`` accepts, with its whole
-    subtree, and reap those children; returns how many processes were signalled.
-
-    For a subreaper these are the orphans it inherited from runs that ended.
-    Rounds repeat until none is left: a process forked between the walk of
-    ``/proc`` and the kill of its parent is re-parented here and caught by the
-    next round (a process with a SIGKILL pending can fork no more).
-    """
-    if not os.path.exists("/proc/self/stat"):
-        return 0  # not Linux, or no /proc: only the process-group kill is left
-    me = os.getpid()
-    deadline = time.monotonic() + patience
-    signalled = 0
-    while True:
-        orphans = {pid: st for pid, st in _own_children().items() if adopted(pid, st)}
-        live = [pid for pid, st in orphans.items() if st.state != "Z"]
-        if live and time.monotonic() < deadline:
-            doomed = _subtree(_process_table(), live)
-            parents = {me, *doomed}
-            pidfds = [fd for pid in doomed if (fd := _kill_verified(pid, parents)) is not None]
-            signalled += len(doomed)
-            try:
-                _await_exit(pidfds, deadline)
-            finally:
-                for fd in pidfds:
-                    os.close(fd)
-        for pid in orphans:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-        if not live or time.monotonic() >= deadline:
-            return signalled
 
 
 _SUBREAPER = False

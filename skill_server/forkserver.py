@@ -1,7 +1,7 @@
 """The warm fork server: a pre-imported Python that forks one child per run.
 
-A skill server starts one of these (``python -m skillscale.skill_server.forkserver FD
-MODULE...``) with a scrubbed environment: nothing of the skill server's
+A skill server starts one of these (``python .../skill_server/forkserver.py FD
+MODULE...``, by path: see :func:`main`) with a scrubbed environment: nothing of the skill server's
 environment (API keys, tokens) is in the fork server's environment block,
 which every child it forks carries as its own ``/proc/self/environ``. It
 imports the configured modules once, then waits on FD, one end of a
@@ -35,6 +35,13 @@ lives and come to the fork server when it ends, which kills them with their
 subtrees before it reports the status (see ``skillscale.skill_server.executor`` for
 the mechanism and where it is unavailable).
 
+Runs that only exec (``run.sh``) are forked by the *exec server*, a child
+the fork server forks before it imports anything (see
+:func:`_start_exec_server`): the same loop and the same child code, from a
+process a fifth of the size, so their fork and exec cost less. The skill
+server asks for such a child with ``E`` instead of ``R``; the fork server
+passes the connection on, or forks the child itself if the exec server died.
+
 The fork server is single-threaded on purpose: ``fork`` is only safe in a
 process without other threads. It dies with its skill server (PDEATHSIG,
 and the end of FD), killing every process below it first when it can.
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import gc
 import importlib
 import io
@@ -61,11 +69,35 @@ import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
-from skillscale.core import stamps
-from skillscale.skill_server.executor import kill_adopted, prctl
+if __name__ == "__main__" and sys.path and os.path.basename(sys.path[0]) == "skill_server":
+    # Started by path (see main): the folder of this file is no place to
+    # import from; the one holding the skillscale package is.
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.basename(_root) == "skillscale":  # installed: .../skillscale/skill_server
+        _root = os.path.dirname(_root)
+    sys.path[0] = _root
+
+
+class _NoStamps:
+    """Timestamps off: nothing of skillscale is imported for them."""
+
+    ON = False
+
+    @staticmethod
+    def stamp(stage: str) -> None:
+        """Never called (``ON`` is False)."""
+
+
+stamps: Any = _NoStamps
+if os.environ.get("SKILLSCALE_STAMPS"):  # bench only: this imports the skillscale package
+    stamps = importlib.import_module("skillscale.core.stamps")
+
 
 MAX_HEADER = 1024 * 1024
 HEADER_TIMEOUT = 10.0
@@ -75,6 +107,157 @@ then forks another when it needs one)."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+RUN = b"R"
+"""A run to fork here (a Python entry point: from the preloaded interpreter)."""
+EXEC = b"E"
+"""A run that only exec's (``run.sh``): forked by the exec server, see main."""
+# The process-tree code (prctl, the orphan sweep) lives here, in a module of
+# the standard library only, so that neither the fork server nor its exec
+# server imports anything of skillscale for it; the skill server's cold path
+# (skillscale.skill_server.executor) uses the same functions.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _LIBC = None
+
+
+def prctl(option: int, value: int) -> bool:
+    """``prctl(2)`` with one argument; False where it is unavailable or refused."""
+    if _LIBC is None or not sys.platform.startswith("linux"):
+        return False
+    return bool(_LIBC.prctl(option, value, 0, 0, 0) == 0)
+
+
+class ProcStat(NamedTuple):
+    """The fields of ``/proc/PID/stat`` the orphan sweep needs."""
+
+    ppid: int
+    session: int
+    state: str
+    """``Z`` for a zombie (exited, not yet reaped)."""
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """What ``/proc`` says about ``pid``, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: parse from the last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    return ProcStat(int(fields[1]), int(fields[3]), fields[0].decode())
+
+
+def _process_table() -> dict[int, ProcStat]:
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := proc_stat(int(name))) is not None:
+            table[int(name)] = stat
+    return table
+
+
+def _own_children() -> dict[int, ProcStat]:
+    """This process's children: from ``/proc/self/task/*/children`` where the
+    kernel has it (one small read per thread), else from a walk of ``/proc``."""
+    me = os.getpid()
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as fh:
+                pids.update(int(p) for p in fh.read().split())
+    except OSError:  # no CONFIG_PROC_CHILDREN, or a thread just ended
+        return {pid: st for pid, st in _process_table().items() if st.ppid == me}
+    stats = {pid: proc_stat(pid) for pid in pids}
+    return {pid: st for pid, st in stats.items() if st is not None and st.ppid == me}
+
+
+def _subtree(table: Mapping[int, ProcStat], roots: Iterable[int]) -> list[int]:
+    """``roots`` and all their descendants, parents before children."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, stat in table.items():
+        children[stat.ppid].append(pid)
+    order: list[int] = []
+    seen: set[int] = set()
+    queue = list(roots)
+    while queue:
+        pid = queue.pop(0)
+        if pid not in seen:
+            seen.add(pid)
+            order.append(pid)
+            queue.extend(children.get(pid, ()))
+    return order
+
+
+def _kill_verified(pid: int, parents: set[int]) -> int | None:
+    """SIGKILL ``pid`` if its parent is still one of ``parents``; its pidfd, if any.
+
+    The pidfd pins the process before the parent check, so a pid recycled
+    since the walk of ``/proc`` is never signalled.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    except (OSError, AttributeError):  # kernel < 5.3: plain kill, checked just before
+        pidfd = None
+    stat = proc_stat(pid)
+    if stat is None or stat.ppid not in parents:
+        if pidfd is not None:
+            os.close(pidfd)
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        if pidfd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    return pidfd
+
+
+def _await_exit(pidfds: list[int], deadline: float) -> None:
+    """Block until every pidfd says its process exited, or until ``deadline``."""
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    pending = set(pidfds)
+    while pending and (remaining := deadline - time.monotonic()) > 0:
+        for fd, _event in poller.poll(remaining * 1000):
+            poller.unregister(fd)
+            pending.discard(fd)
+
+
+def kill_adopted(adopted: Callable[[int, ProcStat], bool], patience: float = 2.0) -> int:
+    """Kill every child of this process that ``adopted`` accepts, with its whole
+    subtree, and reap those children; returns how many processes were signalled.
+
+    For a subreaper these are the orphans it inherited from runs that ended.
+    Rounds repeat until none is left: a process forked between the walk of
+    ``/proc`` and the kill of its parent is re-parented here and caught by the
+    next round (a process with a SIGKILL pending can fork no more).
+    """
+    if not os.path.exists("/proc/self/stat"):
+        return 0  # not Linux, or no /proc: only the process-group kill is left
+    me = os.getpid()
+    deadline = time.monotonic() + patience
+    signalled = 0
+    while True:
+        orphans = {pid: st for pid, st in _own_children().items() if adopted(pid, st)}
+        live = [pid for pid, st in orphans.items() if st.state != "Z"]
+        if live and time.monotonic() < deadline:
+            doomed = _subtree(_process_table(), live)
+            parents = {me, *doomed}
+            pidfds = [fd for pid in doomed if (fd := _kill_verified(pid, parents)) is not None]
+            signalled += len(doomed)
+            try:
+                _await_exit(pidfds, deadline)
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        if not live or time.monotonic() >= deadline:
+            return signalled
 
 
 def preload(modules: list[str]) -> list[str]:
@@ -206,10 +389,23 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         os._exit(code & 0xFF)
 
 
+def _hung_up(conn: socket.socket) -> bool:
+    """Whether the skill server closed its end of ``conn`` (bench stamps only)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP if hasattr(select, "POLLRDHUP") else 0)
+    return any(events & (select.POLLHUP | getattr(select, "POLLRDHUP", 0))
+               for _fd, events in poller.poll(0))  # fmt: skip
+
+
 class ForkServer:
     """The receive/fork/reap loop."""
 
-    def __init__(self, control_fd: int) -> None:
+    def __init__(
+        self, control_fd: int, exec_server: tuple[int, socket.socket] | None = None
+    ) -> None:
+        self.exec_pid: int | None = exec_server[0] if exec_server else None
+        self.exec_sock: socket.socket | None = exec_server[1] if exec_server else None
+        """The exec server (our child, see main) and our end of its socket."""
         self.control = socket.socket(fileno=control_fd)
         self.control.setblocking(False)
         self.selector = selectors.DefaultSelector()
@@ -224,6 +420,8 @@ class ForkServer:
         # skill server decides how its running skills end (it drains them).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.children: dict[int, socket.socket] = {}
+        self.retiring = False
+        """The skill server closed its end: no new runs, exit after the last."""
         self.pid = os.getpid()
         # A run whose connection the skill server closes before its status
         # came was abandoned (cancelled mid-start, or the executor closed):
@@ -235,18 +433,31 @@ class ForkServer:
             self.selector.register(self.hangups.fileno(), selectors.EVENT_READ)
 
     def serve(self) -> None:
-        """Run until the skill server closes its end or asks us to stop."""
+        """Run until the skill server closes its end (and the runs we forked
+        have ended) or asks us to stop.
+
+        A closed end with runs still going is a replacement (a fork server
+        with a larger preload took over): those runs finish here as usual,
+        and a run the skill server gives up on is killed as ever, when its
+        connection closes.
+        """
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
                     if not self._receive():
-                        return
+                        self._close_exec_server()  # it finishes its runs too
+                        if not self.children and self.exec_pid is None:
+                            return
+                        self.selector.unregister(self.control)
+                        self.retiring = True
                 elif self.hangups is not None and key.fileobj == self.hangups.fileno():
                     self._abandoned()
                 else:
                     if signal.SIGTERM in os.read(self.wake_r, 4096):
                         return
                     self._reap()
+            if self.retiring and not self.children and self.exec_pid is None:
+                return
 
     def shutdown(self) -> None:
         """Kill every process below us, runs and their leftovers alike."""
@@ -265,10 +476,27 @@ class ForkServer:
             if not data:
                 return False
             if len(fds) == 1 and not flags & socket.MSG_CTRUNC:
-                self._fork(socket.socket(fileno=fds[0]))
+                if data != EXEC or not self._pass_to_exec_server(fds[0]):
+                    self._fork(socket.socket(fileno=fds[0]))
             else:
                 for fd in fds:
                     os.close(fd)
+
+    def _pass_to_exec_server(self, fd: int) -> bool:
+        """Hand a run's connection to the exec server; False if it is gone."""
+        if self.exec_sock is None:
+            return False
+        try:
+            socket.send_fds(self.exec_sock, [RUN], [fd])
+        except OSError:
+            return False  # it died: this process forks such runs itself from now on
+        os.close(fd)
+        return True
+
+    def _close_exec_server(self) -> None:
+        if self.exec_sock is not None:
+            self.exec_sock.close()
+            self.exec_sock = None
 
     def _fork(self, conn: socket.socket) -> None:
         sys.stdout.flush()
@@ -298,8 +526,13 @@ class ForkServer:
                 break
             if pid == 0:
                 break
-            if stamps.ON:
+            if stamps.ON and pid in self.children and not _hung_up(self.children[pid]):
+                # (A child whose connection is closed was let go, never a run.)
                 stamps.stamp("fork.reaped")
+            if pid == self.exec_pid:
+                self.exec_pid = None  # its runs died with it; we fork them now
+                self._close_exec_server()
+                continue
             conn = self.children.pop(pid, None)
             if conn is not None:  # else an orphan a run left us, killed already
                 if self.hangups is not None:
@@ -308,7 +541,7 @@ class ForkServer:
                 ended.append((conn, os.waitstatus_to_exitcode(status)))
         if ended and self._may_have_orphans():
             # What a run left behind dies before the run is reported over.
-            kill_adopted(lambda pid, _st: pid not in self.children)
+            kill_adopted(lambda pid, _st: pid not in self.children and pid != self.exec_pid)
         for conn, code in ended:
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps({"status": code}).encode() + b"\n")
@@ -334,8 +567,8 @@ class ForkServer:
         except OSError:
             pass
         else:
-            return not pids <= self.children.keys()
-        if self.children or not hasattr(os, "waitid"):
+            return not pids <= self.children.keys() | {self.exec_pid}
+        if self.children or self.exec_pid is not None or not hasattr(os, "waitid"):
             return True  # cannot tell runs from orphans without looking
         try:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -344,19 +577,73 @@ class ForkServer:
         return True
 
 
+def _start_exec_server(control_fd: int) -> tuple[int, socket.socket] | None:
+    """Fork the exec server: a second fork server, for runs that only exec.
+
+    It is forked before the preload, so it is this interpreter with nothing
+    imported but what the loop needs (about a fifth of the memory): forking
+    a child of it copies fewer page tables, and the child's exec tears down
+    less. ``run.sh`` runs are forked there (same child code, same
+    guarantees: session, death signal, subreaper, limits, fds), Python runs
+    here. It dies with us (death signal), and without it we fork every run.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None  # every run is forked here
+    if pid:
+        theirs.close()
+        return pid, ours
+    code = 0
+    try:
+        ours.close()
+        os.close(control_fd)  # the skill server talks to us through the fork server only
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(137)
+        prctl(_PR_SET_DUMPABLE, 0)
+        prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 1)  # the fork server's ready line is the fork server's
+        os.close(devnull)
+        gc.freeze()
+        server = ForkServer(theirs.detach())
+        try:
+            server.serve()
+        finally:
+            server.shutdown()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
 def main(argv: list[str]) -> int:
-    """``python -m skillscale.skill_server.forkserver FD [MODULE ...]``."""
+    """``python .../skill_server/forkserver.py FD [MODULE ...]``.
+
+    Started by path, not with ``-m``: ``-m`` would import the skillscale
+    package first, which the exec server does not need.
+    """
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     prctl(_PR_SET_DUMPABLE, 0)
     prctl(_PR_SET_CHILD_SUBREAPER, 1)
     control_fd, modules = int(argv[0]), argv[1:]
+    sys.stdout.flush()
+    exec_server = _start_exec_server(control_fd)
     failed = preload(modules)
     # What was imported is never collected: kept out of the collector's reach,
     # a child's collections do not touch (and so copy) those pages.
     gc.freeze()
-    server = ForkServer(control_fd)
+    server = ForkServer(control_fd, exec_server)
     # One line on stdout: the skill server waits for it before sending work.
-    print(json.dumps({"ready": True, "pid": os.getpid(), "missing": failed}), flush=True)
+    exec_pid = exec_server[0] if exec_server else None
+    ready = {"ready": True, "pid": os.getpid(), "missing": failed, "exec_server": exec_pid}
+    print(json.dumps(ready), flush=True)
     try:
         server.serve()
     finally:

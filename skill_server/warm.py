@@ -3,11 +3,20 @@
 Each request still gets its own process (fresh fork, own session and process
 group, own pipes, working directory, environment, rlimits and timeout), but
 not a fresh interpreter: start-up and the imports skills share (the standard
-library, ``httpx``, ``openai``, ...) were paid once by the fork server. Skill
-files are read on every run, so edits take effect on the next request.
+library, ``skillscale.skillkit``, and ``httpx``/``openai`` once a skill that
+imports them has run) were paid once by the fork server. Skill files are read
+on every run, so edits take effect on the next request.
+
+Children are forked ahead of their runs while runs come (``waiting_children``,
+each used for one run), none at start, and let go after ``waiting_idle``
+seconds without a run, as php-fpm's ``ondemand`` manager does: an idle server
+is just itself and its fork server, and the first run after an idle period
+pays its own fork.
 
 A ``run.sh`` entry point is exec'd (bash) by a waiting child once its limits,
-directory and environment are set: no Python start-up for the trampoline.
+directory and environment are set: no Python start-up for the trampoline. Such
+children are forked by the fork server's small exec server (forked before the
+preload), so their fork and exec cost a fraction of a fork of the full one.
 Skills whose ``metadata.warm`` is ``false``, and any run while the fork server
 is (re)starting, take the cold path.
 
@@ -26,9 +35,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from skillscale.core.runtime import fd_ready
@@ -41,9 +52,13 @@ from skillscale.skill_server.executor import (
     scrubbed_env,
     sweep_orphans,
 )
+from skillscale.skill_server.forkserver import EXEC, RUN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
+"""Started by path (see its ``main``)."""
 
 DEFAULT_PRELOAD = (
     "argparse", "ast", "base64", "collections", "csv", "dataclasses", "datetime",
@@ -53,7 +68,8 @@ DEFAULT_PRELOAD = (
     "skillscale.skillkit",
 )  # fmt: skip
 OPTIONAL_PRELOAD = ("httpx", "openai")
-"""Preloaded when installed: the expensive imports LLM-calling skills make."""
+"""The expensive imports LLM-calling skills make: preloaded when installed,
+once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
 REFILL_DELAY = 0.002
@@ -62,6 +78,11 @@ WAITING_CHILDREN = 2
 """Children forked ahead, each waiting for one run: the fork (and the setup
 that needs no request) is off the request's path. Each is a fresh fork used
 for one run only; two keep both default workers supplied while it refills."""
+WAITING_IDLE = 10.0
+"""Seconds without a run after which the waiting children are let go (the
+idle timeout of php-fpm's ``ondemand`` manager, whose default it is). None
+wait at start either: an idle server holds only itself and its fork server,
+and the first run after an idle period forks its own child on its path."""
 FORKSERVER_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
     "LD_LIBRARY_PATH", "SKILLSCALE_STAMPS",
@@ -78,9 +99,16 @@ def forkserver_env(python: str) -> dict[str, str]:
 
 
 def default_preload() -> list[str]:
-    """The standard set plus the optional modules that are installed."""
+    """The standard set plus the optional modules that are installed (what the
+    fork server holds once skills importing all of them have run)."""
     optional = [m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None]
     return [*DEFAULT_PRELOAD, *optional]
+
+
+def _imports(source: str, module: str) -> bool:
+    """Whether ``source`` has a line importing ``module`` (or a submodule)."""
+    pattern = rf"^[ \t]*(?:import|from)[ \t]+{re.escape(module)}\b"
+    return re.search(pattern, source, re.M) is not None
 
 
 class ForkServerUnavailable(Exception):
@@ -196,14 +224,36 @@ class WarmExecutor(SubprocessExecutor):
         python: str | None = None,
         preload: Sequence[str] | None = None,
         waiting_children: int = WAITING_CHILDREN,
+        waiting_idle: float = WAITING_IDLE,
     ) -> None:
         super().__init__(python)
         self.waiting_children = max(0, waiting_children)
-        """How many forked children wait for their run (0: fork on demand)."""
-        self._waiting: collections.deque[WarmProcess] = collections.deque()
+        """How many forked children wait for their run while runs come (0: fork on demand)."""
+        self.waiting_idle = waiting_idle
+        """Seconds without a run before the waiting children go (see :data:`WAITING_IDLE`)."""
+        self._waiting: dict[bytes, collections.deque[WarmProcess]] = {
+            RUN: collections.deque(),
+            EXEC: collections.deque(),
+        }
+        """Waiting children by kind: Python runs (forked by the fork server) and
+        runs that only exec (forked by its exec server, see forkserver.main)."""
+        self._recent: dict[bytes, float] = {}
+        """When a run of each kind last came (kinds idle longer have no waiting children)."""
         self._refilling: asyncio.Task[None] | None = None
+        self._retire: asyncio.TimerHandle | None = None
         self._generation = 0
-        self.preload = list(preload) if preload is not None else default_preload()
+        self.preload = list(preload) if preload is not None else list(DEFAULT_PRELOAD)
+        self._optional = (
+            [m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None]
+            if preload is None
+            else []
+        )
+        """Modules preloaded once a skill that imports them runs (see _follow_imports)."""
+        self._scanned: dict[str, tuple[int, frozenset[str]]] = {}
+        self._growing: asyncio.Task[None] | None = None
+        self._exec_servers: dict[int, int | None] = {}
+        self._retired: list[asyncio.subprocess.Process] = []
+        """Fork servers replaced by a larger preload, finishing their runs."""
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._control_lock = asyncio.Lock()
@@ -217,6 +267,12 @@ class WarmExecutor(SubprocessExecutor):
     def forkserver_pid(self) -> int | None:
         """The fork server's pid while it runs."""
         return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def exec_server_pid(self) -> int | None:
+        """The running fork server's exec server (its child, forking ``run.sh`` runs)."""
+        pid = self.forkserver_pid
+        return self._exec_servers.get(pid) if pid is not None else None
 
     @property
     def running(self) -> bool:
@@ -233,43 +289,127 @@ class WarmExecutor(SubprocessExecutor):
             return
         if self._control is not None:
             self._control.close()
+            self._control = None
+        self._proc, self._control = await self._launch()
+        self._generation += 1
+        self.drop_waiting()
+
+    async def _launch(self) -> tuple[asyncio.subprocess.Process, socket.socket]:
+        """A new fork server with ``self.preload`` imported, and our end of its socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
-        self._control = ours
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "skillscale.skill_server.forkserver",
+            proc = await asyncio.create_subprocess_exec(
+                self.python, FORKSERVER,
                 str(theirs.fileno()), *self.preload,
                 stdout=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.DEVNULL,
                 env=forkserver_env(self.python),
                 pass_fds=(theirs.fileno(),),
             )  # fmt: skip
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        assert self._proc.stdout is not None
+        assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(self._proc.stdout.readline(), READY_TIMEOUT)
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
             ready = json.loads(line)
         except (asyncio.TimeoutError, ValueError):
-            self._proc.kill()
-            await self._proc.wait()
+            ours.close()
+            proc.kill()
+            await proc.wait()
             raise ForkServerUnavailable("the fork server did not start") from None
-        self._generation += 1
-        self.drop_waiting()
-        self._refill()
         if ready.get("missing"):
             log.info("fork server could not preload: %s", ", ".join(ready["missing"]))
         log.info("fork server %d up with %d modules preloaded", ready["pid"], len(self.preload))
+        self._exec_servers[proc.pid] = ready.get("exec_server")
+        return proc, ours
 
-    def drop_waiting(self) -> None:
+    def _follow_imports(self, script: Path) -> None:
+        """Preload what ``script`` imports of :data:`OPTIONAL_PRELOAD`, from now on.
+
+        The default preload leaves out the heavy optional modules (``openai``
+        costs some 40 MiB in the fork server, copied page tables in every
+        fork, and torn down at every exit) until a skill that imports them
+        runs: a fork server with them is then started beside the current
+        one, which finishes its runs before it goes. Until it is up (about
+        a second), such a skill imports them in its own child, as a cold
+        start would. Found by a look at the source (``import openai`` or
+        ``from openai ...`` at the start of a line), cached per file version.
+        """
+        key = str(script)
+        try:
+            version = script.stat().st_mtime_ns
+        except OSError:
+            return  # the run will report the missing file
+        cached = self._scanned.get(key)
+        if cached is None or cached[0] != version:
+            try:
+                text = script.read_text(errors="replace")
+            except OSError:
+                return
+            found = frozenset(m for m in self._optional if _imports(text, m))
+            if len(self._scanned) >= 4096:
+                self._scanned.clear()  # bounded: skills come and go
+            self._scanned[key] = cached = (version, found)
+        missing = [m for m in sorted(cached[1]) if m not in self.preload]
+        if missing and (self._growing is None or self._growing.done()):
+            self.preload += missing
+            self._growing = asyncio.ensure_future(self._grow())
+
+    async def _grow(self) -> None:
+        """Replace the running fork server by one with the larger preload."""
+        async with self._lock:
+            if not self.running:
+                return  # (re)started with self.preload anyway
+            try:
+                proc, control = await self._launch()
+            except ForkServerUnavailable:
+                log.exception("could not start a fork server with %s", ", ".join(self.preload))
+                return
+            old, old_control = self._proc, self._control
+            self._proc, self._control = proc, control
+            self._generation += 1
+            self.drop_waiting()
+            if old_control is not None:
+                # The old fork server stops taking work and exits once the
+                # runs it forked have ended (see forkserver.ForkServer.serve).
+                old_control.close()
+            if old is not None:
+                self._retired.append(old)
+
+    def drop_waiting(self, kinds: tuple[bytes, ...] = (RUN, EXEC)) -> None:
         """Let every waiting child go (they are forked again as runs need them)."""
-        while self._waiting:
-            self._waiting.popleft().discard()
+        for kind in kinds:
+            waiting = self._waiting[kind]
+            while waiting:
+                waiting.popleft().discard()
+
+    @property
+    def waiting(self) -> int:
+        """How many forked children wait for a run now."""
+        return sum(map(len, self._waiting.values()))
+
+    def _retire_idle(self) -> None:
+        """Let a kind's waiting children go once no run of it came for ``waiting_idle`` s."""
+        now = asyncio.get_running_loop().time()
+        for kind, last in list(self._recent.items()):
+            if now - last >= self.waiting_idle:
+                del self._recent[kind]
+                self.drop_waiting((kind,))
+        self._retire = None
+        if self._recent:
+            wake = min(self._recent.values()) + self.waiting_idle - now
+            self._retire = asyncio.get_running_loop().call_later(wake, self._retire_idle)
 
     async def close(self) -> None:
         """Stop the fork server (its running children die with it)."""
-        for task in (self._restarting, self._refilling):
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
+        for task in (self._restarting, self._refilling, self._growing):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -282,12 +422,14 @@ class WarmExecutor(SubprocessExecutor):
             # every process below it first.
             self._control.close()
             self._control = None
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        for proc in [*self._retired, self._proc]:
+            if proc is not None and proc.returncode is None:
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except asyncio.TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        self._retired.clear()
         sweep_orphans()
 
     def is_warm(self, skill: Skill) -> bool:
@@ -331,6 +473,8 @@ class WarmExecutor(SubprocessExecutor):
         self, skill: Skill, env: dict[str, str], limits: ExecutionLimits
     ) -> WarmProcess:
         assert skill.entrypoint is not None
+        if self._optional and skill.entrypoint.suffix == ".py":
+            self._follow_imports(skill.entrypoint)
         header = {
             "script": str(skill.entrypoint),
             "cwd": str(skill.path),
@@ -341,47 +485,72 @@ class WarmExecutor(SubprocessExecutor):
             # Exec'd by the waiting child once it is set up: one exec, where the
             # cold path pays a Python start-up (its trampoline) and then the exec.
             header["argv"] = self.argv(skill.entrypoint)
-        child = self._take_waiting()
-        if child is None:
-            child = await self._new_child()
+        kind = RUN if skill.entrypoint.suffix == ".py" else EXEC
+        self._recent[kind] = asyncio.get_running_loop().time()
+        line = json.dumps(header).encode() + b"\n"
+        child = self._take_waiting(kind)
+        # A waiting child may have died waiting, and a fresh one with the exec
+        # server (see forkserver.main) as it died: one more fresh child then.
+        retries = 1
+        while True:
+            try:
+                if child is None:
+                    retries -= 1
+                    child = await self._new_child(kind)
+                # The child reads this line and becomes the run; all it did
+                # before (fork, session, death signal, subreaper, stdio,
+                # closing fds) it did while waiting, off the request's path.
+                try:
+                    child.start(line)
+                except OSError as exc:
+                    child.discard()
+                    why = f"the fork server did not answer: {exc!r}"
+                    raise ForkServerUnavailable(why) from None
+                break
+            except ForkServerUnavailable:
+                if retries < 0:
+                    raise
+                child = None
         # Forked again once this run is over and its reply out, not now: a
         # fork beside the run would compete with it for the CPU (and the fork
         # server), and one at its end would delay its reply on our loop.
         child.waiter.add_done_callback(
             lambda _: asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
         )
-        try:
-            # The child reads this line and becomes the run; all it did before
-            # (fork, session, death signal, subreaper, stdio, closing fds) it
-            # did while waiting, off the request's path.
-            child.start(json.dumps(header).encode() + b"\n")
-        except OSError as exc:
-            child.discard()
-            raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
         return child
 
-    def _take_waiting(self) -> WarmProcess | None:
-        while self._waiting:
-            child = self._waiting.popleft()
+    def _take_waiting(self, kind: bytes) -> WarmProcess | None:
+        waiting = self._waiting[kind]
+        while waiting:
+            child = waiting.popleft()
             if child.generation == self._generation and not child.waiter.done():
                 return child
             child.discard()  # its fork server was replaced, or it ended waiting
         return None
 
     def _refill(self) -> None:
-        if self.waiting_children and (self._refilling is None or self._refilling.done()):
+        if not self.waiting_children:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._recent:
+            return  # a run that outlasted the idle period: nobody is coming
+        if self._retire is None:
+            self._retire = loop.call_later(self.waiting_idle, self._retire_idle)
+        if self._refilling is None or self._refilling.done():
             self._refilling = asyncio.ensure_future(self._fill())
 
     async def _fill(self) -> None:
-        while self.running and len(self._waiting) < self.waiting_children:
-            try:
-                child = await self._new_child()
-            except ForkServerUnavailable as exc:
-                log.debug("no waiting child: %s", exc)  # the next run forks its own, or goes cold
-                return
-            self._waiting.append(child)
+        for kind in (RUN, EXEC):
+            waiting = self._waiting[kind]
+            while self.running and kind in self._recent and len(waiting) < self.waiting_children:
+                try:
+                    child = await self._new_child(kind)
+                except ForkServerUnavailable as exc:
+                    log.debug("no waiting child: %s", exc)  # the next run forks its own, or cold
+                    return
+                waiting.append(child)
 
-    async def _new_child(self) -> WarmProcess:
+    async def _new_child(self, kind: bytes = RUN) -> WarmProcess:
         """A child of the fork server, forked and waiting for its run's header."""
         control = self._control
         if not self.running or control is None:
@@ -410,7 +579,7 @@ class WarmExecutor(SubprocessExecutor):
             async def connect() -> tuple[asyncio.StreamReader, bytes]:
                 nonlocal child_ends, control_writer
                 async with self._control_lock:
-                    await _send_with_fds(control, b"R", [far.fileno()])
+                    await _send_with_fds(control, kind, [far.fileno()])
                 far.close()
                 await _send_with_fds(sock, b"S", child_ends)
                 for fd in child_ends:

@@ -156,6 +156,37 @@ async def test_a_setsid_double_forked_daemon_dies_with_its_run(
         assert wait_pid_gone(daemons_child, 3), f"the daemon's child outlived the run ({mode})"
 
 
+SHELL_DAEMON = """\
+pid_file="$(cat)"
+# A new session, detached from our process group: only the subreapers hold it.
+setsid bash -c 'sleep 300 & echo "$$ $!" > "$1.tmp" && mv "$1.tmp" "$1"; wait' _ "$pid_file" \\
+    < /dev/null > /dev/null 2>&1 &
+while [ ! -s "$pid_file" ]; do sleep 0.01; done
+echo "daemon up $PPID"
+"""
+
+
+async def test_a_shell_skills_daemon_dies_with_its_run(
+    executor: SubprocessExecutor, tmp_path: Path
+) -> None:
+    # run.sh runs are forked by the fork server's exec server on the warm
+    # path: what they leave behind is killed there, as for Python runs.
+    folder = tmp_path / "shell-daemon"
+    (folder / "scripts").mkdir(parents=True)
+    (folder / "SKILL.md").write_text("---\nname: shell-daemon\ndescription: Test.\n---\n")
+    (folder / "scripts" / "run.sh").write_text(SHELL_DAEMON)
+    skill = SkillDiscovery([tmp_path]).scan().skills["shell-daemon"]
+    pid_file = tmp_path / "daemon.pids"
+    with reaped_daemons(pid_file):
+        result = await executor.run(skill, str(pid_file).encode(), ExecutionLimits(10))
+        assert result.ok and result.stdout.startswith(b"daemon up"), result
+        if isinstance(executor, WarmExecutor):
+            assert int(result.stdout.split()[2]) == executor.exec_server_pid
+        daemon, daemons_child = map(int, pid_file.read_text().split())
+        assert wait_pid_gone(daemon, 5), f"daemon {daemon} outlived its run"
+        assert wait_pid_gone(daemons_child, 5), "the daemon's child outlived the run"
+
+
 async def read_fifo(path: Path) -> str:
     """Everything one writer puts into the FIFO at ``path``, on readiness events."""
     loop = asyncio.get_running_loop()
@@ -255,7 +286,8 @@ def forkserver_children(warm: WarmExecutor) -> list[int]:
     pid = warm.forkserver_pid
     assert pid is not None
     with open(f"/proc/{pid}/task/{pid}/children") as fh:
-        return [int(p) for p in fh.read().split()]
+        # Its exec server (which forks run.sh runs) is a child for good.
+        return [int(p) for p in fh.read().split() if int(p) != warm.exec_server_pid]
 
 
 async def test_a_warm_run_cancelled_while_it_is_set_up_never_starts(

@@ -90,6 +90,9 @@ async def test_one_failing_message_is_dropped_and_the_loop_goes_on() -> None:
                 return original(topic, payload, now, **kw)
 
             proxy.groups.on_request = flaky  # type: ignore[method-assign]
+            # Through the full per-message path, where the fault is: a request
+            # no group serves would otherwise be only published (Proxy._plain_topic).
+            proxy._plain_topic = lambda topic: False  # type: ignore[method-assign]
             received: list[bytes] = []
             for _ in range(200):
                 pub.send_multipart([b"TOPIC_X", b"poison"])

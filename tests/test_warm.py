@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -106,12 +107,94 @@ async def test_run_sh_is_execd_by_a_warm_child(warm: WarmExecutor, tmp_path: Pat
     (folder / "scripts").mkdir(parents=True)
     (folder / "SKILL.md").write_text("---\nname: shell\ndescription: Test.\n---\n")
     (folder / "scripts" / "run.sh").write_text(
-        'echo "$$ $(ps -o sid= -p $$) $SKILLSCALE_X $(ulimit -n) $(pwd)"; cat\n'
+        'echo "$$ $(ps -o sid= -p $$) $SKILLSCALE_X $(ulimit -n) $(pwd) $PPID"; cat\n'
     )
     skill = load_skill(folder)
     result = await warm.run(skill, b"in", ExecutionLimits(10), env={"SKILLSCALE_X": "y"})
     assert result.ok, result
     first, rest = result.stdout.decode().split("\n", 1)
-    pid, sid, x, _nofile, cwd = first.split()
+    pid, sid, x, _nofile, cwd, parent = first.split()
     assert pid == sid and x == "y" and cwd == str(folder) and rest == "in"
+    # Forked by the fork server's small exec server, not the preloaded interpreter.
+    assert warm.exec_server_pid is not None and int(parent) == warm.exec_server_pid
     assert warm.stats["warm"] == 1 and warm.stats["cold"] == 0
+    # Without its exec server, the fork server forks such runs itself.
+    os.kill(warm.exec_server_pid, signal.SIGKILL)
+    for _ in range(2):  # the first may have been handed to the dying exec server
+        result = await warm.run(skill, b"in", ExecutionLimits(10), env={"SKILLSCALE_X": "z"})
+    assert result.ok, result
+    assert int(result.stdout.split()[5]) == warm.forkserver_pid and warm.stats["cold"] == 0
+
+
+async def test_waiting_children_come_with_runs_and_go_when_idle(tmp_path: Path) -> None:
+    # php-fpm's ondemand: none at start, forked once runs come, let go when idle.
+    executor = WarmExecutor(preload=["json"], waiting_children=2, waiting_idle=0.5)
+    await executor.start()
+    try:
+        skill = make_skill(tmp_path, "pids", "import os\nprint(os.getpid())\n")
+        assert executor.waiting == 0 and _forkserver_children(executor) == set()
+        first = await executor.run(skill, b"", ExecutionLimits(10))
+        assert first.ok
+        await _until(lambda: executor.waiting == 2)
+        waiting = _forkserver_children(executor)
+        assert len(waiting) == 2 and int(first.stdout) not in waiting
+        # The waiting children serve the next runs; then, idle, they go.
+        assert int((await executor.run(skill, b"", ExecutionLimits(10))).stdout) in waiting
+        await _until(lambda: executor.waiting == 0 and not _forkserver_children(executor))
+        # And the next run after the idle period forks its own child.
+        assert (await executor.run(skill, b"", ExecutionLimits(10))).ok
+        assert executor.stats["warm"] == 3 and executor.stats["cold"] == 0
+    finally:
+        await executor.close()
+
+
+def _forkserver_children(executor: WarmExecutor) -> set[int]:
+    pid = executor.forkserver_pid
+    assert pid is not None
+    children = {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    return children - {executor.exec_server_pid}
+
+
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll the executor's state: no event says a refill or a retirement happened."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_heavy_optional_modules_are_preloaded_once_a_skill_imports_them(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("httpx")
+    executor = WarmExecutor()  # the default preload: lean until a skill needs more
+    await executor.start()
+    try:
+        assert "httpx" not in executor.preload
+        plain = make_skill(tmp_path, "plain", "import sys\nprint('httpx' in sys.modules)\n")
+        assert (await executor.run(plain, b"", ExecutionLimits(10))).stdout == b"False\n"
+        assert executor._growing is None  # a skill without the import changes nothing
+        old = executor.forkserver_pid
+        # A run under way on the old fork server while it is replaced.
+        slow = make_skill(tmp_path, "slow", "import sys\nsys.stdout.write(sys.stdin.read())\n")
+        limits = ExecutionLimits(10)
+        proc = await executor.spawn(slow, {}, limits)
+        body = "import sys\nprint('httpx' in sys.modules)\nimport httpx\n"
+        llm = make_skill(tmp_path, "llm", body)
+        # Its first run finds httpx missing (imports it itself) and starts a
+        # fork server that has it.
+        assert (await executor.run(llm, b"", limits)).stdout == b"False\n"
+        assert executor._growing is not None
+        await executor._growing
+        assert "httpx" in executor.preload and executor.forkserver_pid != old
+        assert (await executor.run(llm, b"", limits)).stdout == b"True\n"
+        # The old fork server's run still completes, and then it exits.
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"still here")
+        proc.stdin.close()
+        assert await proc.stdout.read() == b"still here" and await proc.wait() == 0
+        assert old is not None
+        await asyncio.wait_for(executor._retired[0].wait(), 10)
+        assert executor.stats["cold"] == 0
+    finally:
+        await executor.close()
