@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from skillscale.core import rollout
 from skillscale.core.discovery import Catalog, SkillDiscovery
 from skillscale.core.errors import ErrorCode, SkillNotFoundError, SkillScaleError
-from skillscale.core.events import TRACE_TOPIC
+from skillscale.core.events import TRACE_TOPIC, SkillsChangedEvent
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.protocol import MAX_REQUEST_BYTES, TOPIC_PREFIX, Reply, topic_for_category
 from skillscale.core.runtime import AsyncRole
@@ -129,6 +129,7 @@ class Gateway(AsyncRole):
         )
         self._bus: Transport | None = None
         self._events: BusSocket | None = None
+        self._changes: BusSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
@@ -163,6 +164,10 @@ class Gateway(AsyncRole):
                 max_message_bytes=MAX_EVENT_BYTES,
                 curve=cfg.curve,
             )
+            # Rollout changes made here are announced as the distiller announces
+            # its own, so servers reload the skill at once, not on their rescan.
+            self._changes = bus.publisher(self.client.proxy_xsub, hwm=100, linger_ms=500,
+                                          curve=cfg.curve)  # fmt: skip
             self._http = httpx.AsyncClient(timeout=METRICS_TIMEOUT)
             self._reader = self.supervise(
                 asyncio.create_task(self._read_events(), name="gateway-events")
@@ -183,6 +188,9 @@ class Gateway(AsyncRole):
         if self._events is not None:
             self._events.close(0)
             self._events = None
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
         if self._bus is not None and self._bus is not self._given_transport:
             self._bus.close()
         self._bus = None
@@ -679,20 +687,35 @@ class Gateway(AsyncRole):
         why = reason or f"{action} from the gateway"
         try:
             if action == "promote":
-                await asyncio.to_thread(rollout.promote, folder, why)
+                subject = await asyncio.to_thread(rollout.promote, folder, why)
             elif action == "canary":
-                await asyncio.to_thread(
+                subject = await asyncio.to_thread(
                     functools.partial(rollout.start_canary, folder, version, share=share)
                 )
             elif action == "reject":
-                await asyncio.to_thread(rollout.reject, folder, why)
+                subject = await asyncio.to_thread(rollout.reject, folder, why)
             else:
-                await asyncio.to_thread(rollout.rollback, folder, version, why)
+                subject = await asyncio.to_thread(rollout.rollback, folder, version, why)
         except rollout.RolloutError as exc:
             raise SkillScaleError(exc.message, code=ErrorCode.BAD_REQUEST) from None
         self._catalog = None  # the servers reload the skill; ask them again
         await self._refresh_library()  # a promoted draft is a served skill now
-        return await self.rollout_status(topic, name)
+        status = await self.rollout_status(topic, name)
+        self._announce(action, subject, status, folder, why)
+        return status
+
+    def _announce(self, action: RolloutChange, version: str, status: RolloutStatus,
+                  folder: Path, reason: str) -> None:  # fmt: skip
+        """Publish the change as a skills-changed event (best effort, as PUB is)."""
+        if self._changes is None or self._changes.closed:
+            return
+        change = {"promote": "promoted", "canary": "canary", "reject": "rejected",
+                  "rollback": "rolled_back"}[action]  # fmt: skip
+        event = SkillsChangedEvent.model_validate(
+            {"change": change, "skill": status.skill, "version": version,
+             "active": status.active, "path": str(folder), "reason": reason[:2000]}
+        )  # fmt: skip
+        self._changes.send([SKILLS_CHANGED_TOPIC.encode(), event.model_dump_json().encode()])
 
     # -- proxy metrics -----------------------------------------------------
 

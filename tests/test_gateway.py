@@ -532,9 +532,30 @@ async def test_draft_skills_canary_reject_and_degraded(
                 assert refused.status_code == 400 and "promote" in error_of(refused)["message"]
                 wrong_topic = await http.get("/v1/skills/TOPIC_OTHER/parrot/rollout")
                 assert wrong_topic.status_code == 404
+                call = {"skill": "parrot", "data": "hi"}
+                before = await http.post("/v1/topics/TOPIC_TRIVIAL/invoke", json=call)
+                assert before.status_code == 404, before.text  # no server has a draft
+                events = gateway.listen()
+                first = asyncio.ensure_future(anext(events))
+                await asyncio.sleep(0)  # the listener is registered before the change
                 promoted = await http.post(path + "/promote", json={"reason": "test"})
                 assert promoted.status_code == 200, promoted.text
                 assert (promoted.json()["state"], promoted.json()["active"]) == ("active", "1")
+                # The gateway announces the change; the server (no periodic rescan
+                # here: reload_interval=0) reloads on that event alone.
+                event = await asyncio.wait_for(first, 10)
+                while event.get("event") != "skills_changed":
+                    event = await asyncio.wait_for(anext(events), 10)
+                assert (event["change"], event["skill"], event["version"]) == (
+                    "promoted", "parrot", "1",
+                )  # fmt: skip
+                await events.aclose()
+                for _ in range(50):  # the server's reload races the gateway's copy of the event
+                    answer = await http.post("/v1/topics/TOPIC_TRIVIAL/invoke", json=call)
+                    if answer.status_code == 200:
+                        break
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["content"].strip() == "hi"
                 assert "A new parrot." in (library / "trivial" / "parrot" / "SKILL.md").read_text()
                 after = {s["name"]: s for s in (await http.get("/v1/skills")).json()["skills"]}
                 assert (
