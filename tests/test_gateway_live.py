@@ -77,6 +77,12 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (source / "SKILL.md").write_text(text + "\n## Drafted\n\nA draft the distiller proposed.\n")
     rollout.create_draft_skill(root / "code-analysis" / DRAFT_SKILL, source, {"by": "test"})
+    # A served skill with a draft waiting (put in canary, then rejected, from the console).
+    served = root / "data-processing" / "csv-analyzer"
+    proposal = tmp_path_factory.mktemp("proposal") / "csv-analyzer"
+    shutil.copytree(served, proposal, ignore=shutil.ignore_patterns(".skillscale"))
+    (proposal / "SKILL.md").write_text((proposal / "SKILL.md").read_text() + "\nProposed.\n")
+    rollout.propose_candidate(served, proposal, {"by": "test"}, start_canary=False)
     # A skill whose runs fail repeatedly, as the evolution role records it.
     degraded = root / "code-analysis" / DEGRADED_SKILL
     state = rollout.ensure_rollout(degraded)
@@ -322,7 +328,21 @@ def test_the_console_in_a_browser(url: str, library: Path) -> None:
             page.click(".skill-item[data-skill=csv-analyzer]", timeout=10_000)
             page.wait_for_selector("#skill-detail .markdown h2", timeout=10_000)
             assert "valid SKILL.md" in page.inner_text("#skill-detail table.meta")
+            assert "1 draft" in page.inner_text(".skill-item[data-skill=csv-analyzer]")
             shot(page, "console-skills.png")
+            # Its draft goes to canary from here, and the canary is rejected.
+            page.click("#canary-btn:has-text('Canary version 2')", timeout=10_000)
+            page.wait_for_selector(
+                ".action-note:has-text('Canary started: version 2 on 20 % of callers')",
+                timeout=15_000,
+            )
+            page.wait_for_selector("#canary-panel", timeout=10_000)
+            page.click("#reject-btn:has-text('Reject version 2')", timeout=10_000)
+            page.wait_for_selector(".action-note:has-text('Rejected: version 2')", timeout=15_000)
+            assert "retired" in page.inner_text(
+                "#skill-detail .versions-table tr[data-version='2']"
+            )
+            assert page.locator("#canary-panel").count() == 0
 
             # A skill with a canary: versions, the diff, the SPRT plot, promote.
             page.click(f".skill-item[data-skill={CANARY_SKILL}]")
