@@ -181,6 +181,13 @@ def test_bench_http_mode_reports_the_same_figures(url: str) -> None:
     result = asyncio.run(run_http_bench(config, url))
     assert result.requests == 30 and result.failed == 0, result.failure_samples
     assert result.latency_ms["p50"] > 0 and result.throughput_rps > 0
+    # Errors are counted by the gateway's code, a dead door as http_error: never a success.
+    nowhere = BenchConfig(topic="TOPIC_NOWHERE", intent=TEXT, requests=4, concurrency=2,
+                          progress=False)  # fmt: skip
+    refused = asyncio.run(run_http_bench(nowhere, url))
+    assert refused.failed == 4 and set(refused.failures_by_code) == {"no_server"}, refused
+    dead = asyncio.run(run_http_bench(nowhere, f"http://127.0.0.1:{free_port()}"))
+    assert dead.failed == 4 and set(dead.failures_by_code) == {"http_error"}, dead
 
 
 # -- schemathesis: the OpenAPI document is the contract ------------------------
