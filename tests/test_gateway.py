@@ -527,6 +527,9 @@ async def test_draft_skills_canary_reject_and_degraded(
                     ["1"],
                 )
                 assert status["versions"]["1"]["state"] == "draft"
+                assert (await http.get(path + "/history")).status_code == 200
+                alone = await http.get(path + "/diff")
+                assert alone.status_code == 400 and "one version" in error_of(alone)["message"]
                 # A new skill has nothing to compare a canary with: promoted, not canaried.
                 refused = await http.post(path + "/canary", json={})
                 assert refused.status_code == 400 and "promote" in error_of(refused)["message"]
