@@ -11,8 +11,10 @@ round by round between the two doors to the same skill at 1 in flight:
 * ``http``: ``POST /v1/topics/TOPIC_TESTING/invoke`` over one keep-alive
   connection with a minimal HTTP/1.1 client (raw asyncio streams), so that
   the figure is the gateway's cost, not an HTTP client library's;
-* ``httpx``: the same request through ``httpx.AsyncClient``, the client
-  ``skillscale bench --mode http`` uses (shown apart: it adds its own cost).
+* ``aiohttp``: the same request through one ``aiohttp.ClientSession`` of one
+  keep-alive connection, as ``skillscale bench --mode http`` sends it;
+* ``httpx``: the same request through ``httpx.AsyncClient`` (what the HTTP
+  bench used before; shown apart: its own cost is the difference).
 
 Each round runs ``--per-round`` calls of each arm, in an order that alternates
 (A B C, then C B A, ...), and keeps each arm's median. The overhead is the
@@ -41,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp
 import httpx
 
 from skillscale.sdk.client import SkillScaleClient
@@ -177,13 +180,17 @@ async def measure(
     body = json.dumps({"skill": "echo", "data": DATA}).encode()
     raw = RawHTTP(gateway.host, gateway.port or 80)
     await raw.open()
-    samples: dict[str, list[float]] = {"bus": [], "http": [], "httpx": []}
-    per_round_medians: dict[str, list[float]] = {"bus": [], "http": [], "httpx": []}
+    samples: dict[str, list[float]] = {"bus": [], "http": [], "aiohttp": [], "httpx": []}
+    per_round_medians: dict[str, list[float]] = {name: [] for name in samples}
     gateway_ms: list[float] = []
     async with (
         SkillScaleClient(ready["xsub"], ready["xpub"], timeout=10) as client,
         httpx.AsyncClient(base_url=str(gateway), timeout=10) as http,
-    ):
+        aiohttp.ClientSession(
+            str(gateway), connector=aiohttp.TCPConnector(limit=1),
+            headers={"Content-Type": "application/json"}, auto_decompress=False,
+        ) as session,
+    ):  # fmt: skip
 
         async def bus() -> None:
             reply = await client.call(TOPIC, {"skill": "echo", "data": DATA})
@@ -199,12 +206,19 @@ async def measure(
                                        headers={"content-type": "application/json"})  # fmt: skip
             assert response.status_code == 200, response.text
 
-        arms = {"bus": bus, "http": raw_http, "httpx": via_httpx}
+        async def via_aiohttp() -> None:
+            async with session.post(path, data=body) as response:
+                answer = await response.read()
+                assert response.status == 200, answer
+            json.loads(answer)
+
+        arms = {"bus": bus, "http": raw_http, "aiohttp": via_aiohttp, "httpx": via_httpx}
         for _ in range(20):  # warm every path (imports, pools, the fork server)
             for call in arms.values():
                 await call()
         gateway_ms.clear()
         cpu_before = cpu_seconds(gateway_pid)
+        failures: dict[str, list[str]] = {}
         order = list(arms)
         for r in range(rounds):
             names = order if r % 2 == 0 else order[::-1]
@@ -213,7 +227,13 @@ async def measure(
             for _ in range(per_round):
                 for name in names:
                     started = time.perf_counter()
-                    await arms[name]()
+                    try:
+                        await arms[name]()
+                    except AssertionError as exc:
+                        # A failed call (the skill's run, not the door) is counted,
+                        # not timed: one flake must not void a long run.
+                        failures.setdefault(name, []).append(str(exc)[:300])
+                        continue
                     times[name].append((time.perf_counter() - started) * 1000)
             for name, values in times.items():
                 samples[name] += values
@@ -221,13 +241,14 @@ async def measure(
         cpu = cpu_seconds(gateway_pid) - cpu_before
     await raw.close()
     out: dict[str, Any] = {"rounds": rounds, "per_round": per_round}
+    out["failed_calls"] = {name: {"count": len(f), "first": f[0]} for name, f in failures.items()}
     # CPU is far less disturbed by load than latency: the gateway's CPU per HTTP call
     # (an upper bound: it also reads the trace events of the SDK's calls).
-    http_calls = len(samples["http"]) + len(samples["httpx"])
+    http_calls = len(samples["http"]) + len(samples["aiohttp"]) + len(samples["httpx"])
     out["gateway_cpu_ms_per_http_call"] = round(cpu * 1000 / http_calls, 3) if cpu else None
     for name, values in samples.items():
         out[f"{name}_p50_ms"] = round(statistics.median(values), 3)
-    for name in ("http", "httpx"):
+    for name in ("http", "aiohttp", "httpx"):
         bus_medians = per_round_medians["bus"]
         diffs = [a - b for a, b in zip(per_round_medians[name], bus_medians, strict=True)]
         low, high = median_ci(diffs)

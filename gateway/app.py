@@ -30,6 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from skillscale import __version__
 from skillscale.core.errors import ErrorCode, SkillScaleError
 from skillscale.gateway.models import (
+    CanaryAction,
     ErrorDetail,
     ErrorResponse,
     Health,
@@ -393,7 +394,19 @@ def create_app(gateway: Gateway) -> GatewayApp:
               tags=["versions"])  # fmt: skip
     async def promote(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
         """Make the canary (or, with none, the newest draft) the active version."""
-        return await gateway.change_rollout(topic, name, "promote", None, body.reason)
+        return await gateway.change_rollout(topic, name, "promote", reason=body.reason)
+
+    @app.post(skill_path + "/canary", response_model=RolloutStatus, responses=version_errors,
+              tags=["versions"])  # fmt: skip
+    async def canary(topic: TopicParam, name: NameParam, body: CanaryAction) -> RolloutStatus:
+        """Put a draft (the newest by default) in canary on a share of the callers."""
+        return await gateway.change_rollout(topic, name, "canary", body.version, share=body.share)
+
+    @app.post(skill_path + "/reject", response_model=RolloutStatus, responses=version_errors,
+              tags=["versions"])  # fmt: skip
+    async def reject(topic: TopicParam, name: NameParam, body: RolloutAction) -> RolloutStatus:
+        """Retire the canary without serving it."""
+        return await gateway.change_rollout(topic, name, "reject", reason=body.reason)
 
     @app.post(skill_path + "/rollback", response_model=RolloutStatus, responses=version_errors,
               tags=["versions"])  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skillscale.core.protocol import ID_PATTERN, TOPIC_PATTERN
+from skillscale.core.rollout import DEFAULT_SHARE
 
 SKILL_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 MAX_TASK_CHARS = 1_000_000
@@ -160,6 +161,10 @@ class RequestList(BaseModel):
     requests: list[RequestSummary]
 
 
+RolloutState = Literal["active", "canary", "degraded", "draft"]
+VersionStateName = Literal["draft", "canary", "active", "retired"]
+
+
 class SkillInfo(BaseModel):
     """One skill as a server of its topic lists it (plus the gateway's local copy)."""
 
@@ -173,6 +178,14 @@ class SkillInfo(BaseModel):
     valid: bool = Field(True, description="the local SKILL.md parses and validates")
     problems: list[str] = Field(default_factory=list)
     body: str | None = Field(None, description="the SKILL.md body (markdown), when local")
+    rollout_state: RolloutState | None = Field(
+        None,
+        description="where its rollout stands (from the gateway's --skills-dir; None: "
+        "not a local skill): active, canary, degraded, or draft (a new skill no server "
+        "serves until it is promoted)",
+    )
+    degraded: bool = Field(False, description="its runs fail repeatedly (see .../rollout)")
+    drafts: list[str] = Field(default_factory=list, description="versions waiting in draft")
 
 
 class SkillList(BaseModel):
@@ -267,9 +280,18 @@ class RolloutStatus(BaseModel):
     skill: str
     topic: str
     managed: bool = Field(description="the skill has a rollout file (versions beyond the first)")
-    active: str | None = None
-    state: str = Field(description="active, canary or degraded")
-    versions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    active: str | None = Field(None, description="the served version (None: a draft-only skill)")
+    state: RolloutState = Field(
+        description="canary (one runs), draft (a new skill, not served until promoted), "
+        "degraded (its runs fail repeatedly), else active"
+    )
+    degraded: bool = Field(
+        False, description="failing runs were clustered (see failures); also true in canary"
+    )
+    drafts: list[str] = Field(
+        default_factory=list, description="versions in draft, oldest first (promote or canary)"
+    )
+    versions: dict[str, VersionState] = Field(default_factory=dict)
     canary: dict[str, Any] | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
     suggestions: list[dict[str, Any]] = Field(default_factory=list)
@@ -278,6 +300,18 @@ class RolloutStatus(BaseModel):
         description="the canary's evidence each time this gateway read a change of it, "
         "oldest first (what happened before the gateway first looked is not known)",
     )
+
+
+class VersionState(BaseModel):
+    """One rollout version of a skill and where it stands."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: VersionStateName
+    created: float = Field(description="unix seconds")
+    decided: float | None = Field(None, description="when it last changed state (unix seconds)")
+    reason: str | None = None
+    provenance: dict[str, str] = Field(default_factory=dict)
 
 
 class CanarySample(BaseModel):
@@ -333,7 +367,7 @@ class SkillHistory(BaseModel):
 
 
 class RolloutAction(BaseModel):
-    """A promote or rollback request."""
+    """A promote, reject or rollback request."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -341,3 +375,16 @@ class RolloutAction(BaseModel):
         None, pattern=r"^[0-9]{1,12}$", description="rollback: the version to serve again"
     )
     reason: str | None = Field(None, max_length=500)
+
+
+class CanaryAction(BaseModel):
+    """Put a draft in canary: a share of the skill's callers get it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(
+        None, pattern=r"^[0-9]{1,12}$", description="the draft (default: the newest)"
+    )
+    share: float = Field(
+        DEFAULT_SHARE, gt=0, le=1, description="share of the skill's callers sent to it"
+    )

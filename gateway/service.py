@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from skillscale.core import rollout
 from skillscale.core.discovery import Catalog, SkillDiscovery
 from skillscale.core.errors import ErrorCode, SkillNotFoundError, SkillScaleError
-from skillscale.core.events import TRACE_TOPIC
+from skillscale.core.events import TRACE_TOPIC, SkillsChangedEvent
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.protocol import MAX_REQUEST_BYTES, TOPIC_PREFIX, Reply, topic_for_category
 from skillscale.core.runtime import AsyncRole
@@ -81,6 +83,7 @@ MAX_LISTENERS = 64
 CANARY_SAMPLES = 500
 """Canary evidence samples kept per canary (for the console's plot)."""
 CANARY_SKILLS = 64
+RolloutChange = Literal["promote", "canary", "reject", "rollback"]
 ORPHAN_EVENTS = 1024
 """Trace events kept for request ids the ring has not seen yet (they race the reply)."""
 
@@ -126,6 +129,7 @@ class Gateway(AsyncRole):
         )
         self._bus: Transport | None = None
         self._events: BusSocket | None = None
+        self._changes: BusSocket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
@@ -139,8 +143,10 @@ class Gateway(AsyncRole):
             OrderedDict()
         )
         self._known: tuple[tuple[object, object, object], frozenset[str]] | None = None
-        # The local library: SKILL.md bodies, validation, versions (read once here).
-        self._local = SkillDiscovery(config.skills_dirs).scan() if config.skills_dirs else Catalog()
+        # The local library: SKILL.md bodies, validation, versions, and the skills
+        # that exist only as drafts (no SKILL.md of their own, so no server has them).
+        self._local, self._drafts = _scan_library(config.skills_dirs)
+        self._library_at = time.monotonic()
         self.ready = False
 
     # -- life --------------------------------------------------------------
@@ -158,6 +164,10 @@ class Gateway(AsyncRole):
                 max_message_bytes=MAX_EVENT_BYTES,
                 curve=cfg.curve,
             )
+            # Rollout changes made here are announced as the distiller announces
+            # its own, so servers reload the skill at once, not on their rescan.
+            self._changes = bus.publisher(self.client.proxy_xsub, hwm=100, linger_ms=500,
+                                          curve=cfg.curve)  # fmt: skip
             self._http = httpx.AsyncClient(timeout=METRICS_TIMEOUT)
             self._reader = self.supervise(
                 asyncio.create_task(self._read_events(), name="gateway-events")
@@ -178,6 +188,9 @@ class Gateway(AsyncRole):
         if self._events is not None:
             self._events.close(0)
             self._events = None
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
         if self._bus is not None and self._bus is not self._given_transport:
             self._bus.close()
         self._bus = None
@@ -210,6 +223,7 @@ class Gateway(AsyncRole):
         event["_topic"] = topic
         if topic == SKILLS_CHANGED_TOPIC:
             self._catalog = None  # the next catalogue request asks the servers again
+            self._library_at = -math.inf  # and reads the local library again
         else:
             self._attach(event)
         self.publish(event)
@@ -408,7 +422,16 @@ class Gateway(AsyncRole):
             self._catalog = (time.monotonic(), listing)
             return listing
 
+    async def _refresh_library(self, *, max_age: float = 0.0) -> None:
+        """Read the local library again (in a thread) when older than ``max_age``:
+        the distiller adds drafts and promotes them while the gateway runs."""
+        if not self.config.skills_dirs or time.monotonic() - self._library_at < max_age:
+            return
+        self._library_at = time.monotonic()
+        self._local, self._drafts = await asyncio.to_thread(_scan_library, self.config.skills_dirs)
+
     async def _fetch_catalog(self) -> SkillList:
+        await self._refresh_library(max_age=CATALOG_TTL)
         stats = await self.stats()
         topics = set(self.config.topics) | set(self._local.topics())
         topics |= {t.topic for t in stats.topics if t.replicas}
@@ -459,6 +482,7 @@ class Gateway(AsyncRole):
                             body=skill.body,
                         )
                     )
+        skills.extend(await asyncio.to_thread(self._draft_skills))
         for problem in self._local.problems:
             folder = problem.path.parent if problem.path.name == "SKILL.md" else problem.path
             skills.append(
@@ -471,8 +495,50 @@ class Gateway(AsyncRole):
                     problems=[problem.message],
                 )
             )
+        await asyncio.to_thread(self._add_rollout_states, skills)
         skills.sort(key=lambda s: (s.topic, s.name))
         return SkillList(skills=skills, errors=errors)
+
+    def _add_rollout_states(self, skills: list[SkillInfo]) -> None:
+        """Each local skill's rollout state, drafts and degraded flag (blocking reads)."""
+        for info in skills:
+            skill = self._local.skills.get(info.name)
+            if info.rollout_state is not None or skill is None:
+                continue
+            if topic_for_category(self._local.category_of[info.name]) != info.topic:
+                continue
+            state = rollout.read_rollout(skill.path)
+            if state is None:
+                info.rollout_state = "active"
+                continue
+            status = state.status()
+            info.rollout_state = status["state"]
+            info.degraded, info.drafts = state.degraded, state.drafts()
+
+    def _draft_skills(self) -> list[SkillInfo]:
+        """The skills that exist only as drafts, described by their newest draft."""
+        out = []
+        for name, folder in sorted(self._drafts.items()):
+            if name in self._local.skills:
+                continue  # a served skill of that name wins; its drafts show there
+            state = rollout.read_rollout(folder)
+            drafts = state.drafts() if state is not None else []
+            info = SkillInfo(name=name, topic=_draft_topic(folder), description="", live=False,
+                             rollout_state="draft", drafts=drafts)  # fmt: skip
+            try:
+                draft = rollout.load_version(folder, drafts[-1])
+            except (IndexError, rollout.RolloutError, SkillScaleError) as exc:
+                info.valid = False
+                info.problems = [getattr(exc, "message", None) or "the draft is missing"]
+            else:
+                info.description, info.version, info.timeout = (
+                    draft.description,
+                    draft.version,
+                    draft.timeout,
+                )
+                info.metadata, info.body = dict(draft.metadata), draft.body
+            out.append(info)
+        return out
 
     async def _catalog_of(self, topic: str) -> list[dict[str, Any]]:
         reply = await self.client.call(topic, {"catalog": True}, timeout=CATALOG_TIMEOUT)
@@ -517,18 +583,27 @@ class Gateway(AsyncRole):
 
     # -- versions (skillscale.core.rollout) ---------------------------------
 
-    def _skill_dir(self, topic: str, name: str) -> Path:
-        skill = self._local.skills.get(name)
-        if skill is None or topic_for_category(self._local.category_of[name]) != topic:
-            raise SkillNotFoundError(
-                f"no local skill {name!r} on {topic}: versions are managed in the gateway's "
-                "--skills-dir"
-            )
-        return skill.path
+    async def _skill_dir(self, topic: str, name: str) -> Path:
+        """The folder of local skill ``name`` on ``topic``: served, or only a draft."""
+        for attempt in range(2):
+            skill = self._local.skills.get(name)
+            if skill is not None and topic_for_category(self._local.category_of[name]) == topic:
+                return skill.path
+            draft = self._drafts.get(name)
+            if skill is None and draft is not None and _draft_topic(draft) == topic:
+                return draft
+            if attempt == 0:
+                # Perhaps new since the last read (a draft the distiller just wrote);
+                # read again at most once per CATALOG_TTL, whatever callers ask for.
+                await self._refresh_library(max_age=CATALOG_TTL)
+        raise SkillNotFoundError(
+            f"no local skill {name!r} on {topic}: versions are managed in the gateway's "
+            "--skills-dir"
+        )
 
     async def rollout_status(self, topic: str, name: str) -> RolloutStatus:
         """A skill's versions and canary (read from its rollout file)."""
-        folder = self._skill_dir(topic, name)
+        folder = await self._skill_dir(topic, name)
         state = await asyncio.to_thread(rollout.read_rollout, folder)
         if state is None:
             skill = self._local.skills[name]
@@ -569,7 +644,7 @@ class Gateway(AsyncRole):
     ) -> VersionDiff:
         """What changed between two revisions (defaults: the active version and the
         canary, else the newest draft, else the version active before)."""
-        folder = self._skill_dir(topic, name)
+        folder = await self._skill_dir(topic, name)
         if old is None or new is None:
             state = await asyncio.to_thread(rollout.read_rollout, folder)
             default_old, default_new = _default_pair(state)
@@ -593,26 +668,54 @@ class Gateway(AsyncRole):
 
     async def history(self, topic: str, name: str, limit: int) -> SkillHistory:
         """The skill's own git history, newest first."""
-        folder = self._skill_dir(topic, name)
+        folder = await self._skill_dir(topic, name)
         entries = await asyncio.to_thread(versions.history, folder, limit)
         return SkillHistory(skill=name, topic=topic, entries=entries)
 
     async def change_rollout(
-        self, topic: str, name: str, action: str, version: str | None, reason: str | None
+        self,
+        topic: str,
+        name: str,
+        action: RolloutChange,
+        version: str | None = None,
+        reason: str | None = None,
+        share: float = rollout.DEFAULT_SHARE,
     ) -> RolloutStatus:
-        """Promote the canary (or newest draft) or roll back to a retired version."""
-        folder = self._skill_dir(topic, name)
+        """Promote the canary (or newest draft), put a draft in canary, reject the
+        canary, or roll back to a retired version; as ``skillscale skills ...`` does."""
+        folder = await self._skill_dir(topic, name)
         why = reason or f"{action} from the gateway"
         try:
             if action == "promote":
-                await asyncio.to_thread(rollout.promote, folder, why)
+                subject = await asyncio.to_thread(rollout.promote, folder, why)
+            elif action == "canary":
+                subject = await asyncio.to_thread(
+                    functools.partial(rollout.start_canary, folder, version, share=share)
+                )
+            elif action == "reject":
+                subject = await asyncio.to_thread(rollout.reject, folder, why)
             else:
-                await asyncio.to_thread(rollout.rollback, folder, version, why)
+                subject = await asyncio.to_thread(rollout.rollback, folder, version, why)
         except rollout.RolloutError as exc:
             raise SkillScaleError(exc.message, code=ErrorCode.BAD_REQUEST) from None
         self._catalog = None  # the servers reload the skill; ask them again
-        self._local = await asyncio.to_thread(SkillDiscovery(self.config.skills_dirs).scan)
-        return await self.rollout_status(topic, name)
+        await self._refresh_library()  # a promoted draft is a served skill now
+        status = await self.rollout_status(topic, name)
+        self._announce(action, subject, status, folder, why)
+        return status
+
+    def _announce(self, action: RolloutChange, version: str, status: RolloutStatus,
+                  folder: Path, reason: str) -> None:  # fmt: skip
+        """Publish the change as a skills-changed event (best effort, as PUB is)."""
+        if self._changes is None or self._changes.closed:
+            return
+        change = {"promote": "promoted", "canary": "canary", "reject": "rejected",
+                  "rollback": "rolled_back"}[action]  # fmt: skip
+        event = SkillsChangedEvent.model_validate(
+            {"change": change, "skill": status.skill, "version": version,
+             "active": status.active, "path": str(folder), "reason": reason[:2000]}
+        )  # fmt: skip
+        self._changes.send([SKILLS_CHANGED_TOPIC.encode(), event.model_dump_json().encode()])
 
     # -- proxy metrics -----------------------------------------------------
 
@@ -651,6 +754,19 @@ class Gateway(AsyncRole):
         except httpx.HTTPError as exc:
             return exc
         return response.text[:MAX_METRICS_CHARS]
+
+
+def _scan_library(roots: list[Path]) -> tuple[Catalog, dict[str, Path]]:
+    """The served skills below ``roots`` and the draft-only ones (blocking)."""
+    if not roots:
+        return Catalog(), {}
+    resolved = tuple(Path(r).expanduser().resolve() for r in roots)
+    return SkillDiscovery(roots).scan(), rollout.find_drafts(resolved)
+
+
+def _draft_topic(folder: Path) -> str:
+    """A draft-only skill's topic: its category folder's, as discovery derives it."""
+    return topic_for_category(folder.parent.name)
 
 
 def _default_pair(state: rollout.Rollout | None) -> tuple[str | None, str | None]:

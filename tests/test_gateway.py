@@ -458,6 +458,10 @@ async def test_the_console_is_served_with_its_files(env: Env) -> None:
         "/v1/skills/{topic}/{name}/rollout",
         "/v1/skills/{topic}/{name}/diff",
         "/v1/skills/{topic}/{name}/history",
+        "/v1/skills/{topic}/{name}/promote",
+        "/v1/skills/{topic}/{name}/canary",
+        "/v1/skills/{topic}/{name}/reject",
+        "/v1/skills/{topic}/{name}/rollback",
         "/healthz",
         "/readyz",
     } <= set(spec["paths"])
@@ -465,3 +469,138 @@ async def test_the_console_is_served_with_its_files(env: Env) -> None:
     replica = spec["components"]["schemas"]["ReplicaState"]
     assert set(replica["required"]) >= {"server_id", "topics", "state", "slots", "inflight"}
     assert replica["properties"]["state"]["enum"] == ["up", "draining", "joining", "unreachable"]
+    # ...and what the Skills view reads: drafts and the degraded state, typed.
+    schemas = spec["components"]["schemas"]
+    status = schemas["RolloutStatus"]["properties"]
+    assert status["state"]["enum"] == ["active", "canary", "degraded", "draft"]
+    assert status["drafts"]["items"]["type"] == "string"
+    assert status["degraded"]["type"] == "boolean"
+    assert "VersionState" in status["versions"]["additionalProperties"]["$ref"]
+    assert schemas["SkillInfo"]["properties"]["drafts"]["type"] == "array"
+
+
+async def test_draft_skills_canary_reject_and_degraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A skill that exists only as a draft is listed, has a status and is promoted
+    through the API; a draft of a served skill goes to canary and is rejected; a
+    degraded skill says so, in its status and in the catalogue."""
+    from skillscale.core import rollout
+    from skillscale.gateway import service
+
+    library = tmp_path / "skills"
+    served = library / "trivial" / "echo"
+    shutil.copytree(FIXTURE_SKILLS / "testing" / "echo", served)
+
+    def source(name: str, text: str) -> Path:
+        folder = tmp_path / "sources" / name
+        shutil.copytree(FIXTURE_SKILLS / "testing" / "echo", folder, dirs_exist_ok=True)
+        skill_md = (folder / "SKILL.md").read_text()
+        (folder / "SKILL.md").write_text(
+            skill_md.replace("name: echo", f"name: {name}").replace("Test fixture.", text)
+        )
+        return folder
+
+    rollout.create_draft_skill(library / "trivial" / "parrot", source("parrot", "A new parrot."))
+    fabric = Fabric("memory")
+    try:
+        proxy = await fabric.start_proxy()
+        await fabric.start_server(library / "trivial", "TOPIC_TRIVIAL", "trivial-1")
+        config = GatewayConfig(proxy_xsub=proxy.xsub_endpoint, proxy_xpub=proxy.xpub_endpoint,
+                               metrics_url=None, skills_dirs=[library], timeout=20)  # fmt: skip
+        async with Gateway(config, transport=fabric.bus) as gateway:
+            transport = httpx.ASGITransport(app=create_app(gateway))
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+                skills = {s["name"]: s for s in (await http.get("/v1/skills")).json()["skills"]}
+                draft = skills["parrot"]
+                assert (draft["live"], draft["rollout_state"], draft["drafts"]) == (
+                    False, "draft", ["1"],
+                )  # fmt: skip
+                assert draft["topic"] == "TOPIC_TRIVIAL" and "A new parrot." in draft["body"]
+                assert skills["echo"]["live"] and skills["echo"]["rollout_state"] == "active"
+
+                path = "/v1/skills/TOPIC_TRIVIAL/parrot"
+                status = (await http.get(path + "/rollout")).json()
+                assert (status["state"], status["active"], status["drafts"]) == (
+                    "draft",
+                    None,
+                    ["1"],
+                )
+                assert status["versions"]["1"]["state"] == "draft"
+                assert (await http.get(path + "/history")).status_code == 200
+                alone = await http.get(path + "/diff")
+                assert alone.status_code == 400 and "one version" in error_of(alone)["message"]
+                # A new skill has nothing to compare a canary with: promoted, not canaried.
+                refused = await http.post(path + "/canary", json={})
+                assert refused.status_code == 400 and "promote" in error_of(refused)["message"]
+                wrong_topic = await http.get("/v1/skills/TOPIC_OTHER/parrot/rollout")
+                assert wrong_topic.status_code == 404
+                call = {"skill": "parrot", "data": "hi"}
+                before = await http.post("/v1/topics/TOPIC_TRIVIAL/invoke", json=call)
+                assert before.status_code == 404, before.text  # no server has a draft
+                events = gateway.listen()
+                first = asyncio.ensure_future(anext(events))
+                await asyncio.sleep(0)  # the listener is registered before the change
+                promoted = await http.post(path + "/promote", json={"reason": "test"})
+                assert promoted.status_code == 200, promoted.text
+                assert (promoted.json()["state"], promoted.json()["active"]) == ("active", "1")
+                # The gateway announces the change; the server (no periodic rescan
+                # here: reload_interval=0) reloads on that event alone.
+                event = await asyncio.wait_for(first, 10)
+                while event.get("event") != "skills_changed":
+                    event = await asyncio.wait_for(anext(events), 10)
+                assert (event["change"], event["skill"], event["version"]) == (
+                    "promoted", "parrot", "1",
+                )  # fmt: skip
+                await events.aclose()
+                for _ in range(50):  # the server's reload races the gateway's copy of the event
+                    answer = await http.post("/v1/topics/TOPIC_TRIVIAL/invoke", json=call)
+                    if answer.status_code == 200:
+                        break
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["content"].strip() == "hi"
+                assert "A new parrot." in (library / "trivial" / "parrot" / "SKILL.md").read_text()
+                after = {s["name"]: s for s in (await http.get("/v1/skills")).json()["skills"]}
+                assert (
+                    after["parrot"]["rollout_state"] == "active" and not after["parrot"]["drafts"]
+                )
+
+                # A draft of a served skill: canary on half the callers, then rejected.
+                echo = "/v1/skills/TOPIC_TRIVIAL/echo"
+                version = rollout.propose_candidate(served, source("echo", "Better."),
+                                                    start_canary=False)  # fmt: skip
+                assert (await http.get(echo + "/rollout")).json()["drafts"] == [version]
+                bad_share = await http.post(echo + "/canary", json={"share": 1.5})
+                assert bad_share.status_code == 422
+                canary = await http.post(echo + "/canary", json={"share": 0.5})
+                assert canary.status_code == 200, canary.text
+                body = canary.json()
+                assert body["state"] == "canary" and body["canary"]["version"] == version
+                assert body["canary"]["share"] == 0.5 and body["drafts"] == []
+                rejected = await http.post(echo + "/reject", json={"reason": "not better"})
+                assert rejected.status_code == 200, rejected.text
+                body = rejected.json()
+                assert body["canary"] is None and body["state"] == "active"
+                assert body["versions"][version]["state"] == "retired"
+                assert body["versions"][version]["reason"] == "not better"
+                again = await http.post(echo + "/reject", json={})
+                assert again.status_code == 400 and "no canary" in error_of(again)["message"]
+
+                # Degraded: the evolution role's verdict, in the status and the list.
+                state = rollout.read_rollout(served)
+                assert state is not None
+                state.degraded = True
+                rollout.write_rollout(served, state)
+                status = (await http.get(echo + "/rollout")).json()
+                assert status["state"] == "degraded" and status["degraded"] is True
+                gateway._catalog = None
+                listed = {s["name"]: s for s in (await http.get("/v1/skills")).json()["skills"]}
+                assert listed["echo"]["degraded"] and listed["echo"]["rollout_state"] == "degraded"
+
+                # A draft written while the gateway runs is found on the next miss.
+                monkeypatch.setattr(service, "CATALOG_TTL", 0.0)
+                rollout.create_draft_skill(library / "trivial" / "myna", source("myna", "Myna."))
+                late = await http.get("/v1/skills/TOPIC_TRIVIAL/myna/rollout")
+                assert late.status_code == 200 and late.json()["state"] == "draft"
+    finally:
+        await asyncio.wait_for(fabric.close(), 20)

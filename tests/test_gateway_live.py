@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ TEXT = (
 
 CANARY_SKILL = "code-complexity"
 """The skill given a canary (its candidate differs in SKILL.md only, so it runs alike)."""
+DRAFT_SKILL = "unused-code-finder"
+"""A skill that exists only as a draft (promoted from the console)."""
+DEGRADED_SKILL = "dead-code-detector"
+"""A skill the evolution role marked degraded (a failure cluster)."""
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,33 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text + "\n## Reading the figures\n\nA score over 10 marks a function worth splitting.\n"
     )
     rollout.propose_candidate(skill, candidate, {"by": "test_gateway_live"})
+    # A new skill that exists only as a draft: no server serves it until promoted.
+    source = tmp_path_factory.mktemp("draft") / DRAFT_SKILL
+    shutil.copytree(root / "code-analysis" / "dead-code-detector", source,
+                    ignore=shutil.ignore_patterns(".skillscale"))  # fmt: skip
+    text = (
+        (source / "SKILL.md")
+        .read_text()
+        .replace("name: dead-code-detector", f"name: {DRAFT_SKILL}")
+    )
+    (source / "SKILL.md").write_text(text + "\n## Drafted\n\nA draft the distiller proposed.\n")
+    rollout.create_draft_skill(root / "code-analysis" / DRAFT_SKILL, source, {"by": "test"})
+    # A served skill with a draft waiting (put in canary, then rejected, from the console).
+    served = root / "data-processing" / "csv-analyzer"
+    proposal = tmp_path_factory.mktemp("proposal") / "csv-analyzer"
+    shutil.copytree(served, proposal, ignore=shutil.ignore_patterns(".skillscale"))
+    (proposal / "SKILL.md").write_text((proposal / "SKILL.md").read_text() + "\nProposed.\n")
+    rollout.propose_candidate(served, proposal, {"by": "test"}, start_canary=False)
+    # A skill whose runs fail repeatedly, as the evolution role records it.
+    degraded = root / "code-analysis" / DEGRADED_SKILL
+    state = rollout.ensure_rollout(degraded)
+    state.degraded = True
+    state.failures.append(rollout.FailureCluster(
+        key="k1", version=state.active, outcome="exec_failed", input_shape="text, 2 lines",
+        stderr="Traceback (most recent call last):\nValueError: no functions found", count=4,
+        first=time.time() - 600, last=time.time() - 60,
+    ))  # fmt: skip
+    rollout.write_rollout(degraded, state)
     return root
 
 
@@ -149,6 +181,13 @@ def test_bench_http_mode_reports_the_same_figures(url: str) -> None:
     result = asyncio.run(run_http_bench(config, url))
     assert result.requests == 30 and result.failed == 0, result.failure_samples
     assert result.latency_ms["p50"] > 0 and result.throughput_rps > 0
+    # Errors are counted by the gateway's code, a dead door as http_error: never a success.
+    nowhere = BenchConfig(topic="TOPIC_NOWHERE", intent=TEXT, requests=4, concurrency=2,
+                          progress=False)  # fmt: skip
+    refused = asyncio.run(run_http_bench(nowhere, url))
+    assert refused.failed == 4 and set(refused.failures_by_code) == {"no_server"}, refused
+    dead = asyncio.run(run_http_bench(nowhere, f"http://127.0.0.1:{free_port()}"))
+    assert dead.failed == 4 and set(dead.failures_by_code) == {"http_error"}, dead
 
 
 # -- schemathesis: the OpenAPI document is the contract ------------------------
@@ -296,7 +335,21 @@ def test_the_console_in_a_browser(url: str, library: Path) -> None:
             page.click(".skill-item[data-skill=csv-analyzer]", timeout=10_000)
             page.wait_for_selector("#skill-detail .markdown h2", timeout=10_000)
             assert "valid SKILL.md" in page.inner_text("#skill-detail table.meta")
+            assert "1 draft" in page.inner_text(".skill-item[data-skill=csv-analyzer]")
             shot(page, "console-skills.png")
+            # Its draft goes to canary from here, and the canary is rejected.
+            page.click("#canary-btn:has-text('Canary version 2')", timeout=10_000)
+            page.wait_for_selector(
+                ".action-note:has-text('Canary started: version 2 on 20 % of callers')",
+                timeout=15_000,
+            )
+            page.wait_for_selector("#canary-panel", timeout=10_000)
+            page.click("#reject-btn:has-text('Reject version 2')", timeout=10_000)
+            page.wait_for_selector(".action-note:has-text('Rejected: version 2')", timeout=15_000)
+            assert "retired" in page.inner_text(
+                "#skill-detail .versions-table tr[data-version='2']"
+            )
+            assert page.locator("#canary-panel").count() == 0
 
             # A skill with a canary: versions, the diff, the SPRT plot, promote.
             page.click(f".skill-item[data-skill={CANARY_SKILL}]")
@@ -314,6 +367,34 @@ def test_the_console_in_a_browser(url: str, library: Path) -> None:
             page.wait_for_selector(".action-note:has-text('Promoted: version 2')", timeout=15_000)
             assert "active" in page.inner_text("#skill-detail .versions-table tr[data-version='2']")
             shot(page, "console-promoted.png")
+
+            # A skill that is only a draft: listed as such, promoted from here.
+            draft = page.locator(f".skill-item[data-skill={DRAFT_SKILL}]")
+            assert draft.get_attribute("data-state") == "draft"
+            assert "draft" in draft.locator(".pill").last.inner_text()
+            draft.click()
+            page.wait_for_selector("#skill-detail .notice", timeout=10_000)
+            assert "Drafted" in page.inner_text("#skill-detail .markdown")
+            assert page.locator("#promote-btn").inner_text() == "Promote version 1"
+            assert page.locator("#canary-btn").count() == 0  # nothing to compare a canary with
+            shot(page, "console-draft.png")
+            page.click("#promote-btn")
+            page.wait_for_selector(".action-note:has-text('Promoted: version 1')", timeout=15_000)
+            page.wait_for_selector(f".skill-item[data-skill={DRAFT_SKILL}][data-state=active]",
+                                   timeout=10_000)  # fmt: skip
+            assert (library / "code-analysis" / DRAFT_SKILL / "SKILL.md").is_file()
+            # The gateway announced the promotion: the server loads the skill at once.
+            page.wait_for_selector(f".skill-item[data-skill={DRAFT_SKILL}] > .pill.up",
+                                   timeout=15_000)  # fmt: skip
+
+            # A degraded skill: flagged in the list, its failure cluster in the detail.
+            degraded = page.locator(f".skill-item[data-skill={DEGRADED_SKILL}]")
+            assert "degraded" in degraded.inner_text()
+            degraded.click()
+            page.wait_for_selector("#degraded-panel li", timeout=10_000)
+            assert "4 \u00d7 exec_failed" in page.inner_text("#degraded-panel")
+            assert "no functions found" in page.inner_text("#degraded-panel")
+            shot(page, "console-degraded.png")
         finally:
             browser.close()
     assert not problems, problems

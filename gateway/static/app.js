@@ -480,9 +480,16 @@
     for (const [topic, skills] of Object.entries(topics)) {
       list.append(el("h3", { class: "group", text: short(topic) }));
       for (const s of skills) {
-        list.append(el("button", { class: "skill-item" + (state.selectedSkill === topic + "/" + s.name ? " selected" : ""), "data-skill": s.name, onclick: () => openSkill(topic, s.name) }, [
-          el("span", { class: "name", text: s.name }),
-          el("span", { class: "pill small " + (!s.valid ? "down" : s.live ? "up" : "idle"), text: !s.valid ? "invalid" : s.live ? "live" : "not served" }),
+        const [pillClass, pillText] = skillPill(s, false);
+        const flags = [];
+        if (s.rollout_state === "canary") flags.push(el("span", { class: "pill small warn", text: "canary" }));
+        if (s.degraded) flags.push(el("span", { class: "pill small down", text: "degraded" }));
+        if (s.drafts && s.drafts.length && s.rollout_state !== "draft") {
+          flags.push(el("span", { class: "pill small info", text: s.drafts.length === 1 ? "1 draft" : s.drafts.length + " drafts" }));
+        }
+        list.append(el("button", { class: "skill-item" + (state.selectedSkill === topic + "/" + s.name ? " selected" : ""), "data-skill": s.name, "data-state": s.rollout_state || "", onclick: () => openSkill(topic, s.name) }, [
+          el("span", { class: "name" }, [s.name, flags.length ? " " : null].concat(flags)),
+          el("span", { class: "pill small " + pillClass, text: pillText }),
           el("span", { class: "desc muted small", text: s.description }),
         ]));
       }
@@ -491,18 +498,29 @@
     if (state.selectedSkill) { const [t, n] = state.selectedSkill.split("/"); openSkill(t, n); }
   }
 
+  // A draft-only skill is no server's yet: "draft", not the alarming "not served".
+  function skillPill(s, long) {
+    if (!s.valid) return ["down", "invalid"];
+    if (s.rollout_state === "draft" && !s.live) return ["info", long ? "draft: not served until promoted" : "draft"];
+    if (s.live) return ["up", long ? "served live" : "live"];
+    return ["idle", "not served"];
+  }
+
   function openSkill(topic, name) {
     state.selectedSkill = topic + "/" + name;
     for (const b of document.querySelectorAll(".skill-item")) b.classList.toggle("selected", b.dataset.skill === name);
     const s = state.skills.find((x) => x.topic === topic && x.name === name);
     const node = clear($("skill-detail"));
     if (!s) return;
+    const [pillClass, pillText] = skillPill(s, true);
     node.append(el("div", { class: "reply-head" }, [el("h2", { text: s.name }),
-      el("span", { class: "pill " + (!s.valid ? "down" : s.live ? "up" : "idle"), text: !s.valid ? "invalid" : s.live ? "served live" : "not served" })]));
+      el("span", { class: "pill " + pillClass, text: pillText }),
+      s.degraded ? el("span", { class: "pill down", text: "degraded" }) : null]));
     node.append(el("p", { text: s.description }));
     const meta = el("table", { class: "meta" });
     // The servers' SKILL.md version; the rollout numbers its versions 1, 2, ... on its own.
-    const rows = [["topic", s.topic], ["version (served)", s.version || "–"], ["timeout", s.timeout ? s.timeout + " s" : "server default"],
+    const draftOnly = s.rollout_state === "draft" && !s.live;
+    const rows = [["topic", s.topic], [draftOnly ? "version (draft)" : "version (served)", s.version || "–"], ["timeout", s.timeout ? s.timeout + " s" : "server default"],
       ["validation", s.valid ? "valid SKILL.md" : "invalid"]];
     for (const [k, v] of Object.entries(s.metadata || {})) rows.push(["metadata." + k, v]);
     for (const [k, v] of rows) {
@@ -519,13 +537,14 @@
     node.append(versions);
     if (s.valid) renderVersions(versions, s);
     if (s.body) {
-      node.append(el("h3", { text: "SKILL.md" }));
+      node.append(el("h3", { text: draftOnly ? "SKILL.md (the draft)" : "SKILL.md" }));
       const body = el("div", { class: "markdown" });
       body.innerHTML = md.render(s.body); // escaped first by markdown.js
       node.append(body);
     } else {
       node.append(el("p", { class: "muted", text: "The body is not available to this gateway (no local copy of the skill)." }));
     }
+    if (draftOnly) return; // nothing serves it yet: nothing to try
     const tryIt = el("button", { class: "ghost", text: "Try this skill", onclick: () => {
       $("try-topic").value = s.topic; fillSkillSelect();
       document.querySelector("input[name=mode][value=skill]").checked = true; syncTryForm();
@@ -561,32 +580,52 @@
       }
       node.append(table);
     }
+    if (st.state === "draft") {
+      node.append(el("p", { class: "small notice", text: "A new skill: no server serves it until its draft is promoted. "
+        + "Promoting writes its SKILL.md into the library; the servers load it on their next scan." }));
+    }
+    if (st.degraded) node.append(degradedPanel(st));
     if (st.canary) node.append(canaryPanel(st));
-    // Promote and roll back change what the servers serve: the buttons say what they will do.
-    const candidate = st.canary ? st.canary.version
-      : Object.entries(st.versions).filter(([, i]) => i.state === "draft").map(([v]) => v).pop();
+    // Each button says what it will do to what the servers serve.
+    const drafts = st.drafts || [];
+    const candidate = st.canary ? st.canary.version : drafts[drafts.length - 1];
     const retired = Object.entries(st.versions).filter(([, i]) => i.state === "retired").map(([v]) => v);
+    const done = {
+      // A promoted draft-only skill is new to the servers: "not served" until they load it.
+      promote: (b) => "Promoted: version " + b.active + " is active." + (st.state === "draft" ? " The servers are told to load the new skill." : ""),
+      rollback: (b) => "Rolled back: version " + b.active + " is active.",
+      canary: (b) => "Canary started: version " + b.canary.version + " on " + Math.round(b.canary.share * 100) + " % of callers.",
+      reject: () => "Rejected: version " + candidate + " is retired; version " + st.active + " stays active.",
+    };
     const act = async (what, button) => {
       button.disabled = true;
-      const res = await api(base + "/" + what, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ reason: what + " from the console" }) });
+      const body = what === "canary" ? { version: candidate } : { reason: what + " from the console" };
+      const res = await api(base + "/" + what, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
       if (!res.ok) {
         button.disabled = false;
         message.className = "small action-note error";
         message.textContent = (res.body && res.body.error && res.body.error.message) || "failed";
         return;
       }
-      state.flash = { key: key, text: (what === "promote" ? "Promoted: version " : "Rolled back: version ") + res.body.active + " is active." };
+      // Kept a few seconds: the skills-changed event this causes redraws the view again.
+      state.flash = { key: key, text: done[what](res.body), until: Date.now() + 10000 };
       state.skills = [];
       loadSkills();
     };
+    const button = (what, id, enabled, text, idle) => {
+      const b = el("button", { class: "ghost", id: id, disabled: !enabled, text: enabled ? text : idle });
+      b.addEventListener("click", () => act(what, b));
+      return b;
+    };
     if (st.managed) {
-      const promote = el("button", { class: "ghost", id: "promote-btn", disabled: !candidate, text: candidate ? "Promote version " + candidate : "Promote (no candidate)" });
-      promote.addEventListener("click", () => act("promote", promote));
-      const rollback = el("button", { class: "ghost", id: "rollback-btn", disabled: !retired.length, text: retired.length ? "Roll back" : "Roll back (nothing earlier)" });
-      rollback.addEventListener("click", () => act("rollback", rollback));
-      node.append(el("p", { class: "actions" }, [promote, " ", rollback]));
+      const buttons = [button("promote", "promote-btn", !!candidate, "Promote version " + candidate, "Promote (no candidate)")];
+      // A canary needs an active version to compare with: a new skill is promoted.
+      if (!st.canary && drafts.length && st.active) buttons.push(button("canary", "canary-btn", true, "Canary version " + candidate, ""));
+      if (st.canary) buttons.push(button("reject", "reject-btn", true, "Reject version " + st.canary.version, ""));
+      if (st.active) buttons.push(button("rollback", "rollback-btn", !!retired.length, "Roll back", "Roll back (nothing earlier)"));
+      node.append(el("p", { class: "actions" }, buttons));
     }
-    if (state.flash && state.flash.key === key) { message.textContent = state.flash.text; state.flash = null; }
+    if (state.flash && state.flash.key === key && Date.now() < state.flash.until) message.textContent = state.flash.text;
     if (st.managed) node.append(message); // (an empty line under "one version" would only be a gap)
     const versions = Object.keys(st.versions);
     if (versions.length > 1) node.append(diffPanel(base, versions, st));
@@ -598,6 +637,22 @@
         if (state.view === "skills" && state.selectedSkill === key && node.isConnected) renderVersions(node, s);
       }, 4000);
     }
+  }
+
+  function degradedPanel(st) {
+    const box = el("div", { class: "degraded", id: "degraded-panel" }, [el("h3", { text: "Degraded: its runs fail repeatedly" })]);
+    const failures = st.failures || [];
+    if (!failures.length) box.append(el("p", { class: "small muted", text: "No failure cluster is recorded." }));
+    const list = el("ul", { class: "failures small" });
+    for (const f of failures) {
+      const last = (f.stderr || "").trim().split("\n").pop() || "(no stderr)";
+      list.append(el("li", {}, [el("b", { text: f.count + " × " + f.outcome }), " on version " + (f.version || "?") +
+        (f.input_shape ? ", input " + f.input_shape : "") + ", last " + ago(f.last) + ": ", el("code", { text: last.slice(0, 200) })]));
+    }
+    if (failures.length) box.append(list);
+    const suggestion = (st.suggestions || []).slice(-1)[0];
+    if (suggestion && suggestion.text) box.append(el("p", { class: "small" }, [el("b", { text: "Suggestion: " }), suggestion.text.slice(0, 400)]));
+    return box;
   }
 
   function canaryPanel(st) {
