@@ -218,8 +218,6 @@ class RequestHandler:
     def _routed(self, request: Request, skill: Skill, trace: Trace) -> Skill:
         """The version this caller gets (a running canary takes its share, the same callers
         each time), recorded in the trace."""
-        if stamps.ON:
-            stamps.stamp("server.matched")
         trace.skill_version = skill.version
         if self.registry.canaries.get(skill.name) is None:
             return skill  # no canary: nothing to route, no caller hash to compute
@@ -254,6 +252,8 @@ class RequestHandler:
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
+        if stamps.ON:  # here only: process_now routes too, and an executed skill comes here after
+            stamps.stamp("server.matched")
         skill = self._routed(request, skill, trace)
         trace.input_shape = input_shape(intent.input)
         if skill.entrypoint is None:
