@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skillscale.core import stamps
+from skillscale.core.runtime import run
 from skillscale.tools.bench import BenchConfig, BenchResult, run_bench
 from skillscale.tools.supervisor import Fabric, FabricConfig
 
@@ -99,11 +101,34 @@ WAITING: list[str] = []
 """Extra server flags (``--waiting-children N``) for every fabric of this run."""
 
 
-def fabric_config(skills: Path, workers: int | None = None) -> FabricConfig:
+PREFETCH = 32
+"""``server --prefetch`` of the second fabric, whose instruction-only figures are
+reported beside the default's (the default is 0: see docs/speed.md)."""
+
+
+def fabric_config(skills: Path, workers: int | None = None, prefetch: int = 0) -> FabricConfig:
+    extra = list(WAITING) + (["--prefetch", str(prefetch)] if prefetch else [])
     return FabricConfig(
         skills_dirs=[skills], xsub_port=0, xpub_port=0, router_port=0, metrics_port=None,
-        workers=workers, extra_server_args=list(WAITING),
+        workers=workers, extra_server_args=extra,
     )  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_load(info: dict[str, Any], skill: str, requests: int,
+                   concurrency: int) -> tuple[BenchResult, dict[str, float]]:  # fmt: skip
+    """A load, and the CPU µs per request it cost each role (this process is the client)."""
+    pids = {"client": os.getpid(), "proxy": info["proxy_pid"],
+            "server": info["servers"][0]["pid"]}  # fmt: skip
+    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    result = await load(info, skill, requests, concurrency)
+    spent = {role: (cpu_seconds(pid) - before[role]) / requests * 1e6 for role, pid in pids.items()}
+    return result, spent
 
 
 async def load(info: dict[str, Any], skill: str, requests: int, concurrency: int) -> BenchResult:
@@ -125,21 +150,34 @@ class Figures:
     cold_median_ms: float
     cold_rate: float
     fabric: dict[str, BenchResult]
+    cpu: dict[str, dict[str, float]]
+    """CPU µs per request by role, for the instruction-only loads at 20 in flight."""
 
 
-async def one_round(info: dict[str, Any], script: Path, requests: int) -> Figures:
+async def instruction_loads(info: dict[str, Any], prefetched: dict[str, Any], requests: int,
+                            figures: dict[str, BenchResult],
+                            cpu: dict[str, dict[str, float]]) -> None:  # fmt: skip
+    """Instruction-only at 1 and 20 in flight, on the default fabric and the prefetching one."""
+    for tag, where in (("", info), ("+prefetch", prefetched)):
+        figures[f"instructions{tag}@1"] = await load(where, "instructions", requests * 2, 1)
+        figures[f"instructions{tag}@20"], cpu[f"instructions{tag}@20"] = await cpu_load(
+            where, "instructions", requests * 25, 20
+        )
+
+
+async def one_round(info: dict[str, Any], prefetched: dict[str, Any], script: Path,
+                    requests: int, *, only_instructions: bool = False) -> Figures:  # fmt: skip
     cold = cold_spawns(script, max(30, requests // 8))
-    fabric = {}
-    for skill, concurrency, n in (
-        ("trivial", 1, requests),
-        ("trivial", 20, requests * 2),
-        ("instructions", 1, requests * 2),
-        ("instructions", 20, requests * 25),
-        ("cat-sh", 20, requests * 2),
-        ("cat-sh-old", 20, requests),
-    ):
-        fabric[f"{skill}@{concurrency}"] = await load(info, skill, n, concurrency)
-    return Figures(statistics.median(cold), 1000 / statistics.mean(cold), fabric)
+    fabric: dict[str, BenchResult] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    if not only_instructions:
+        for skill, concurrency, n in (("trivial", 1, requests), ("trivial", 20, requests * 2)):
+            fabric[f"{skill}@{concurrency}"] = await load(info, skill, n, concurrency)
+    await instruction_loads(info, prefetched, requests, fabric, cpu)
+    if not only_instructions:
+        for skill, concurrency, n in (("cat-sh", 20, requests * 2), ("cat-sh-old", 20, requests)):
+            fabric[f"{skill}@{concurrency}"] = await load(info, skill, n, concurrency)
+    return Figures(statistics.median(cold), 1000 / statistics.mean(cold), fabric, cpu)
 
 
 # -- breakdown -----------------------------------------------------------------
@@ -299,50 +337,38 @@ Collected = tuple[
 async def collect(args: argparse.Namespace) -> Collected | None:
     """Every measurement, in order; None with ``--only-breakdown``."""
     print(f"load average at start: {uptime()} on {os.cpu_count()} cores", flush=True)
+    only = args.only_instructions
     with tempfile.TemporaryDirectory() as tmp:
         skills = write_skills(Path(tmp))
         script = skills / "speed" / "trivial" / "scripts" / "run.py"
-        rows = await breakdown(skills, args.breakdown_calls)
-        print_breakdown(rows)
+        rows = [] if only else await breakdown(skills, args.breakdown_calls)
+        if not only:
+            print_breakdown(rows)
         if args.only_breakdown:
             return None
         rounds: list[Figures] = []
-        async with Fabric(fabric_config(skills)) as fabric:
-            info = fabric.endpoints()
+        async with Fabric(fabric_config(skills)) as fabric, \
+                Fabric(fabric_config(skills, prefetch=PREFETCH)) as prefetching:  # fmt: skip
+            info, prefetched = fabric.endpoints(), prefetching.endpoints()
             for i in range(args.rounds):
                 print(f"round {i + 1}/{args.rounds}, load {uptime()}", flush=True)
-                rounds.append(await one_round(info, script, args.requests))
-        print(f"proxy vs zmq.proxy, load {uptime()}", flush=True)
-        proxies = proxy_rounds(args.messages, args.rounds)
-        rss = await idle_rss(skills)
+                rounds.append(await one_round(info, prefetched, script, args.requests,
+                                              only_instructions=only))  # fmt: skip
+        proxies: list[tuple[dict[str, float], dict[str, float]]] = []
+        rss = (math.nan, math.nan, 0)
+        if not only:
+            print(f"proxy vs zmq.proxy, load {uptime()}", flush=True)
+            proxies = proxy_rounds(args.messages, args.rounds)
+            rss = await idle_rss(skills)
     print(f"load average at end: {uptime()}")
     return rows, rounds, proxies, rss
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--breakdown-calls", type=int, default=300)
-    parser.add_argument("--only-breakdown", action="store_true")
-    parser.add_argument("--json", dest="json_out")
-    parser.add_argument("--waiting-children", type=int, help="server default if not given")
-    args = parser.parse_args()
-    if args.waiting_children is not None:
-        WAITING[:] = ["--waiting-children", str(args.waiting_children)]
-    collected = asyncio.run(collect(args))
-    if collected is None:
-        return 0
-    rows, rounds, proxies, (rss, pss, processes) = collected
-
-    def fab(key: str, what: str) -> list[float]:
-        out = []
-        for r in rounds:
-            res = r.fabric[key]
-            out.append(res.throughput_rps if what == "rps" else res.latency_ms[what])
-        return out
-
+def full_table(rounds: list[Figures], proxies: list[tuple[dict[str, float], dict[str, float]]],
+               memory: tuple[float, float, int],
+               fab: Any) -> list[tuple[str, str, str, float, bool]]:  # fmt: skip
+    """The targets other than the instruction-only ones."""
+    rss, pss, processes = memory
     cold_med = [r.cold_median_ms for r in rounds]
     cold_rate = [r.cold_rate for r in rounds]
     t1_p50, t1_p99 = fab("trivial@1", "p50"), fab("trivial@1", "p99")
@@ -354,8 +380,7 @@ def main() -> int:
     ratios_t20 = [r / c for r, c in zip(t20, cold_rate, strict=True)]
     ratios_sh = [n / o for n, o in zip(sh_new, sh_old, strict=True)]
     ratios_p99 = [b / a for a, b in zip(t1_p50, t1_p99, strict=True)]
-    i1, i20 = fab("instructions@1", "p50"), fab("instructions@20", "rps")
-    table = [
+    return [
         ("trivial py, 1 in flight, p50", "<= 0.35 x cold median",
          f"{spread(t1_p50, '{:.2f}')} ms vs cold {spread(cold_med, '{:.2f}')} ms",
          statistics.median(ratios_t1), statistics.median(ratios_t1) <= 0.35),
@@ -364,10 +389,6 @@ def main() -> int:
         ("trivial py, 20 in flight", ">= 5 x serial cold rate",
          f"{spread(t20, '{:.0f}')} req/s vs cold {spread(cold_rate, '{:.0f}')}/s",
          statistics.median(ratios_t20), statistics.median(ratios_t20) >= 5),
-        ("instruction-only, 1 in flight, p50", "<= 1 ms", f"{spread(i1, '{:.3f}')} ms",
-         statistics.median(i1), statistics.median(i1) <= 1.0),
-        ("instruction-only, 20 in flight", ">= 10000 req/s", f"{spread(i20, '{:.0f}')} req/s",
-         statistics.median(i20) / 10_000, statistics.median(i20) >= 10_000),
         ("run.sh cat, 20 in flight", ">= 2 x old path",
          f"{spread(sh_new, '{:.0f}')} vs old {spread(sh_old, '{:.0f}')} req/s",
          statistics.median(ratios_sh), statistics.median(ratios_sh) >= 2),
@@ -379,17 +400,78 @@ def main() -> int:
          f"{rss:.0f} MiB RSS summed over {processes} processes (PSS {pss:.0f} MiB)",
          rss / 150, rss < 150),
     ]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--breakdown-calls", type=int, default=300)
+    parser.add_argument("--only-breakdown", action="store_true")
+    parser.add_argument(
+        "--only-instructions",
+        action="store_true",
+        help="only the instruction-only figures (default and --prefetch fabric)",
+    )
+    parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--waiting-children", type=int, help="server default if not given")
+    args = parser.parse_args()
+    if args.waiting_children is not None:
+        WAITING[:] = ["--waiting-children", str(args.waiting_children)]
+    collected = run(lambda: collect(args))  # uvloop, as every role (and skillscale bench) runs
+    if collected is None:
+        return 0
+    rows, rounds, proxies, (rss, pss, processes) = collected
+
+    def fab(key: str, what: str) -> list[float]:
+        out = []
+        for r in rounds:
+            res = r.fabric[key]
+            out.append(res.throughput_rps if what == "rps" else res.latency_ms[what])
+        return out
+
+    i1, i20 = fab("instructions@1", "p50"), fab("instructions@20", "rps")
+    p1, p20 = fab("instructions+prefetch@1", "p50"), fab("instructions+prefetch@20", "rps")
+    pre = f"server --prefetch {PREFETCH}"
+    table = [
+        ("instruction-only, 1 in flight, p50", "<= 1 ms", f"{spread(i1, '{:.3f}')} ms",
+         statistics.median(i1), statistics.median(i1) <= 1.0),
+        ("instruction-only, 20 in flight", ">= 10000 req/s", f"{spread(i20, '{:.0f}')} req/s",
+         statistics.median(i20) / 10_000, statistics.median(i20) >= 10_000),
+        (f"  same, {pre}: 1 in flight", "<= 1 ms", f"{spread(p1, '{:.3f}')} ms",
+         statistics.median(p1), statistics.median(p1) <= 1.0),
+        (f"  same, {pre}: 20 in flight", ">= 10000 req/s", f"{spread(p20, '{:.0f}')} req/s",
+         statistics.median(p20) / 10_000, statistics.median(p20) >= 10_000),
+    ]  # fmt: skip
+    if not args.only_instructions:
+        table = full_table(rounds, proxies, (rss, pss, processes), fab) + table
     print(f"\ntargets (median of {args.rounds} alternating rounds [min-max])")
     print(f"  {'figure':36} {'target':24} {'ratio':>7}  {'pass':4}  measured")
     for figure, target, measured, ratio, ok in table:
         print(f"  {figure:36} {target:24} {ratio:7.3f}  {'PASS' if ok else 'FAIL':4}  {measured}")
-    print_breakdown(rows)
+    print(
+        "\nCPU per instruction-only request at 20 in flight (µs, all threads; "
+        "this process is the client)"
+    )
+    for key in ("instructions@20", "instructions+prefetch@20"):
+        per_role = {role: statistics.median(r.cpu[key][role] for r in rounds)
+                    for role in ("client", "proxy", "server")}  # fmt: skip
+        total = sum(per_role.values())
+        label = "default" if key == "instructions@20" else pre
+        print(
+            f"  {label:24} "
+            + "  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
+            + f"  total {total:4.0f}  (2 cores: at most {2e6 / total:,.0f} req/s)"
+        )
+    if rows:
+        print_breakdown(rows)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({
             "load": uptime(), "breakdown": rows,
             "targets": [dict(zip(("figure", "target", "measured", "ratio", "pass"), t, strict=True))
                         for t in table],
-            "proxy_rounds": proxies,
+            "proxy_rounds": proxies, "cpu_us_per_request": [r.cpu for r in rounds],
         }, indent=2) + "\n")  # fmt: skip
     return 0
 

@@ -52,10 +52,18 @@ class DedupeConfig:
 @dataclass
 class _Entry(Generic[J]):
     started: float
-    hash: str
+    key: Key
     reply: bytes | None = None
     finished: float = 0.0
     waiting: list[J] = field(default_factory=list)
+    _hash: str | None = None
+
+    @property
+    def hash(self) -> str:
+        """The request's short hash, computed when a heartbeat first announces it."""
+        if self._hash is None:
+            self._hash = request_key(*self.key)
+        return self._hash
 
 
 class DedupeWindow(Generic[J]):
@@ -90,7 +98,7 @@ class DedupeWindow(Generic[J]):
 
     def start(self, key: Key, now: float) -> None:
         """``key`` begins to run here."""
-        self._running[key] = _Entry(now, request_key(*key))
+        self._running[key] = _Entry(now, key)
 
     def finish(self, key: Key, payload: bytes, now: float) -> list[J]:
         """``key`` was answered with ``payload``; the jobs that waited for it."""

@@ -153,22 +153,45 @@ class RequestHandler:
     async def process(self, request: Request, received_at: float | None = None) -> Reply:
         """Produce the one reply for ``request``; never raises."""
         started = time.monotonic()
-        queue_ms = round((started - received_at) * 1000, 3) if received_at else None
         try:
             reply = await self._process(request)
         except Exception as exc:  # a bug of ours must still produce a reply
-            log.exception("internal error on request %s", request.request_id)
-            reply = self._failure(
-                request.request_id, ErrorCode.INTERNAL, f"internal server error: {exc}"
-            )
-        reply.elapsed_ms = round((time.monotonic() - started) * 1000, 3)
+            reply = self._internal(request, exc)
+        return self._finish(reply, started, received_at)
+
+    def process_now(self, request: Request, received_at: float | None = None) -> Reply | None:
+        """The reply :meth:`process` would give, if it needs no wait at all; else None.
+
+        An instruction-only skill named by the intent (explicit or slash), a
+        catalogue request, a deadline already passed, a bad intent, a skill
+        not served here: answered from memory, in the receiving task, with
+        no queue and no worker. Anything that runs a script or asks a
+        matcher returns None and goes through :meth:`process`. Never raises.
+        """
+        started = time.monotonic()
+        try:
+            reply = self._process_now(request)
+        except Exception as exc:  # a bug of ours must still produce a reply
+            reply = self._internal(request, exc)
+        return None if reply is None else self._finish(reply, started, received_at)
+
+    def _internal(self, request: Request, exc: Exception) -> Reply:
+        log.exception("internal error on request %s", request.request_id)
+        return self._failure(
+            request.request_id, ErrorCode.INTERNAL, f"internal server error: {exc}"
+        )
+
+    def _finish(self, reply: Reply, started: float, received_at: float | None) -> Reply:
+        now = time.monotonic()
+        reply.elapsed_ms = round((now - started) * 1000, 3)
         if reply.trace is None:
             reply.trace = Trace()
         reply.trace.server_id = self.config.server_id
-        reply.trace.queue_ms = queue_ms
+        reply.trace.queue_ms = round((started - received_at) * 1000, 3) if received_at else None
         return reply
 
-    async def _process(self, request: Request) -> Reply:
+    def _begin(self, request: Request) -> ParsedIntent | Reply:
+        """The checks every request passes first: its deadline, its intent, the catalogue."""
         rid = request.request_id
         if request.deadline is not None and request.deadline <= time.time():
             return self._failure(
@@ -190,16 +213,48 @@ class RequestHandler:
                 server_id=self.config.server_id,
                 trace=Trace(matcher_mode="catalog"),
             )
+        return intent
+
+    def _routed(self, request: Request, skill: Skill, trace: Trace) -> Skill:
+        """The version this caller gets (a running canary takes its share, the same callers
+        each time), recorded in the trace."""
+        trace.skill_version = skill.version
+        if self.registry.canaries.get(skill.name) is None:
+            return skill  # no canary: nothing to route, no caller hash to compute
+        skill, candidate = self.registry.route(skill, caller_id(request.reply_to))
+        trace.skill_version = skill.version
+        trace.candidate = candidate
+        return skill
+
+    def _process_now(self, request: Request) -> Reply | None:
+        begun = self._begin(request)
+        if isinstance(begun, Reply):
+            return begun
+        if begun.mode is IntentMode.TASK:
+            return None  # a matcher decides (an LLM may be asked): a worker's job
+        resolved = self._named(request.request_id, begun)
+        if isinstance(resolved, Reply):
+            return resolved
+        skill, trace = resolved
+        skill = self._routed(request, skill, trace)
+        if skill.entrypoint is not None:
+            return None
+        trace.input_shape = input_shape(begun.input)
+        return self._success(request.request_id, skill, skill.body, trace)
+
+    async def _process(self, request: Request) -> Reply:
+        rid = request.request_id
+        begun = self._begin(request)
+        if isinstance(begun, Reply):
+            return begun
+        intent = begun
         resolved = await self._resolve(rid, intent)
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
-        if stamps.ON:
+        if stamps.ON:  # here only: process_now routes too, and an executed skill comes here after
             stamps.stamp("server.matched")
-        # A running canary takes its share of callers, the same callers each time.
-        skill, candidate = self.registry.route(skill, caller_id(request.reply_to))
-        trace.skill_version = skill.version
-        trace.candidate = candidate if self.registry.canaries.get(skill.name) else None
+        skill = self._routed(request, skill, trace)
         trace.input_shape = input_shape(intent.input)
         if skill.entrypoint is None:
             # Instruction-only skill: activation discloses its body.
@@ -224,26 +279,30 @@ class RequestHandler:
         )
         return self._from_result(rid, skill, result, limits, trace)
 
-    async def _resolve(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
-        if intent.mode is not IntentMode.TASK:
-            assert intent.skill is not None
-            skill = self.registry.get(intent.skill)
-            if skill is None:
-                problem = self.registry.problem_for(intent.skill)
-                if problem is not None:
-                    return self._failure(
-                        rid,
-                        ErrorCode.SKILL_NOT_FOUND,
-                        f"skill {intent.skill!r} is here but invalid: {problem.message} "
-                        f"(fix {problem.path}; check it with `skillscale skills validate`)",
-                    )
+    def _named(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
+        """The skill an explicit or slash intent names, or the reply saying it is not here."""
+        assert intent.skill is not None
+        skill = self.registry.get(intent.skill)
+        if skill is None:
+            problem = self.registry.problem_for(intent.skill)
+            if problem is not None:
                 return self._failure(
                     rid,
                     ErrorCode.SKILL_NOT_FOUND,
-                    f"no skill named {intent.skill!r} here; available: "
-                    + (", ".join(self.registry.names) or "none"),
+                    f"skill {intent.skill!r} is here but invalid: {problem.message} "
+                    f"(fix {problem.path}; check it with `skillscale skills validate`)",
                 )
-            return skill, Trace(matcher_mode=intent.mode.value, skill_name=skill.name)
+            return self._failure(
+                rid,
+                ErrorCode.SKILL_NOT_FOUND,
+                f"no skill named {intent.skill!r} here; available: "
+                + (", ".join(self.registry.names) or "none"),
+            )
+        return skill, Trace(matcher_mode=intent.mode.value, skill_name=skill.name)
+
+    async def _resolve(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
+        if intent.mode is not IntentMode.TASK:
+            return self._named(rid, intent)
         if not intent.task.strip():
             return self._failure(rid, ErrorCode.BAD_REQUEST, "the intent is empty")
         decision = await self.registry.matcher.decide(intent.task)

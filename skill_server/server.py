@@ -69,6 +69,7 @@ from skillscale.core.replica_protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
     MAX_SKILLS_PER_SERVER,
+    MAX_SLOTS,
     REPLY,
     REQ,
     RETURN,
@@ -128,6 +129,13 @@ class ServerConfig:
     proxy_xpub: str = field(default_factory=proxy_xpub_endpoint)
     workers: int = field(default_factory=default_workers)
     queue_size: int = 256
+    prefetch: int = 0
+    """Group mode: requests the proxy may dispatch beyond the free workers (announced
+    as slots), so the next ones are already here when a worker frees up and a
+    burst travels in batches. Instruction-only skills, answered without a worker,
+    then take many at once. The cost: what waits here cannot go to another
+    replica that frees up first, and the proxy's queue depth (the autoscaling
+    signal) leaves it out."""
     default_timeout: float = 30.0
     max_request_bytes: int = 8 * 1024 * 1024
     max_output_bytes: int = 4 * 1024 * 1024
@@ -201,6 +209,11 @@ class SkillServer(AsyncRole):
             raise ValueError("a skill server needs at least one topic")
         if config.workers < 1 or config.queue_size < 1:
             raise ValueError("workers and queue_size must be at least 1")
+        if not 0 <= config.prefetch <= config.queue_size:
+            raise ConfigError(
+                f"prefetch {config.prefetch} must be between 0 and the queue size "
+                f"({config.queue_size})"
+            )
         bad = [t for t in config.topics if not re.match(TOPIC_PATTERN, t)]
         if bad:
             raise ConfigError(f"invalid topic {safe(bad[0])}: use letters, digits and _.:/-")
@@ -506,7 +519,7 @@ class SkillServer(AsyncRole):
         return ServerState(
             server_id=self.config.server_id,
             topics=self.config.topics,
-            slots=self.config.workers,
+            slots=min(self.config.workers + self.config.prefetch, MAX_SLOTS),
             busy=self._in_flight,
             # (a heartbeat is bounded; the catalogue intent lists them all)
             digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
@@ -609,6 +622,13 @@ class SkillServer(AsyncRole):
             await self._hand_back(job)
             return
         self._window.start(job.key, job.received_at)
+        # An instruction-only skill (or an answer that needs no skill) is
+        # answered here, in this receiving task: no queue, no worker, one
+        # event-loop hop less per request. Still one reply, deadline-checked.
+        reply = self.handler.process_now(job.request, job.received_at)
+        if reply is not None:
+            await self._answer(job, reply)
+            return
         self._in_flight += 1
         self._queue.put_nowait(job)
         if stamps.ON:
@@ -747,11 +767,14 @@ class SkillServer(AsyncRole):
                     self._answer_unfinished(job, "the server stopped while running it")
                 )
                 raise
-            if job.dispatch_id is not None and reply.trace is not None:
-                reply.trace.attempt = job.attempt
-                reply.trace.redelivered_from = job.history or None
             self._finish(job)
-            await self._reply(job, reply)
+            await self._answer(job, reply)
+
+    async def _answer(self, job: Job, reply: Reply) -> None:
+        if job.dispatch_id is not None and reply.trace is not None:
+            reply.trace.attempt = job.attempt
+            reply.trace.redelivered_from = job.history or None
+        await self._reply(job, reply)
 
     def _emit_trace(self, job: Job, reply: Reply) -> None:
         if not self.config.trace_events or self._pub is None or self._pub.closed:

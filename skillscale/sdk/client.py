@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -283,50 +284,57 @@ class SkillScaleClient(AsyncRole):
         if self._pub is None or self._reader is None:
             raise UnavailableError("client is not connected; use `async with` or connect()")
         wait = self.timeout if timeout is None else timeout
-        if wait <= 0:
+        if not 0 < wait < math.inf:
             raise RequestError("timeout must be positive (seconds)")
         if stamps.ON:
             stamps.stamp("client.call")
-        start = time.monotonic()
-        request = Request(
-            request_id=new_request_id(),
-            reply_to=self.reply_topic,
-            intent=intent if isinstance(intent, str) else json.dumps(intent),
-            timestamp=time.time(),
-            deadline=time.time() + wait,
-        )
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=wait)
-        except asyncio.TimeoutError:
-            raise SkillTimeoutError(
-                f"no free request slot within {wait:g} s", request_id=request.request_id
-            ) from None
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request.request_id] = future
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        request_id = new_request_id()
+        now = time.time()
+        deadline = now + wait
+        payload = _request_payload(request_id, self.reply_topic,
+                                   intent if isinstance(intent, str) else json.dumps(intent),
+                                   now, deadline)  # fmt: skip
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout=wait)
+            except asyncio.TimeoutError:
+                raise SkillTimeoutError(
+                    f"no free request slot within {wait:g} s", request_id=request_id
+                ) from None
+        else:
+            await self._slots.acquire()  # free: returns without suspending
+        future: asyncio.Future[Reply] = loop.create_future()
+        self._pending[request_id] = future
+        timer: asyncio.TimerHandle | None = None
         try:
             if not self._path_up.is_set():
                 # The proxy is away (restarting?): hold the request rather than
                 # publish it into a dropped connection.
-                remaining = wait - (time.monotonic() - start)
+                remaining = wait - (loop.time() - start)
                 await asyncio.wait_for(self._path_up.wait(), timeout=max(remaining, 0.001))
-            topic_b, payload = topic.encode(), request.to_bytes()
+            topic_b = topic.encode()
             self._pub.send([topic_b, payload])
-            self._retx.keep(request.request_id, topic_b, payload, request.deadline or 0.0,
-                            self._generation)  # fmt: skip
+            self._retx.keep(request_id, topic_b, payload, deadline, self._generation)
             if stamps.ON:
                 stamps.stamp("client.sent")
-            remaining = wait - (time.monotonic() - start)
-            reply = await asyncio.wait_for(future, timeout=max(remaining, 0.001))
+            # One timer per call, not wait_for's wrapper future and callbacks.
+            remaining = wait - (loop.time() - start)
+            timer = loop.call_at(loop.time() + max(remaining, 0.001), _expire, future)
+            reply = await future
             if stamps.ON:
                 stamps.stamp("client.woken")
             return reply
         except asyncio.TimeoutError:
             raise SkillTimeoutError(
-                f"no reply on {topic} within {wait:g} s", request_id=request.request_id
+                f"no reply on {topic} within {wait:g} s", request_id=request_id
             ) from None
         finally:
-            self._pending.pop(request.request_id, None)
-            self._retx.drop(request.request_id)
+            if timer is not None:
+                timer.cancel()
+            self._pending.pop(request_id, None)
+            self._retx.drop(request_id)
             self._slots.release()
 
     async def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
@@ -554,6 +562,31 @@ class SkillScaleClient(AsyncRole):
             log.debug("reply %s arrived after its caller stopped waiting", reply.request_id)
             return
         future.set_result(reply)
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
+
+
+def _request_payload(request_id: str, reply_to: str, intent: str, timestamp: float,
+                     deadline: float) -> bytes:  # fmt: skip
+    """A request's JSON frame, as :meth:`Request.to_bytes` writes it.
+
+    Built directly: every field but the intent is ours and valid by
+    construction, and the model's validation costs more than the rest of a
+    call's encoding. An intent that JSON cannot carry as UTF-8 (a lone
+    surrogate) goes through the model, which says what is wrong.
+    """
+    try:
+        return json.dumps(
+            {"request_id": request_id, "reply_to": reply_to, "intent": intent,
+             "timestamp": timestamp, "deadline": deadline},
+            ensure_ascii=False, separators=(",", ":"),
+        ).encode()  # fmt: skip
+    except UnicodeEncodeError:
+        return Request(request_id=request_id, reply_to=reply_to, intent=intent,
+                       timestamp=timestamp, deadline=deadline).to_bytes()  # fmt: skip
 
 
 class SyncSkillScaleClient:

@@ -62,6 +62,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         proxy_xpub=args.proxy_xpub,
         workers=args.workers,
         queue_size=args.queue_size,
+        prefetch=args.prefetch,
         default_timeout=args.timeout,
         max_request_bytes=args.max_request_bytes,
         max_output_bytes=args.max_output_bytes,
@@ -181,6 +182,15 @@ def add_parser(sub: Any) -> None:
         256,
         "requests waiting beyond the workers before 'overloaded'",
         type=_positive_int,
+    )
+    _flag(
+        p_server,
+        "--prefetch",
+        "SKILLSCALE_PREFETCH",
+        0,
+        "group mode: requests the proxy may send beyond the free workers (batches bursts; "
+        "instruction-only skills need no worker); what waits here cannot go to another replica",
+        type=int,
     )
     _flag(
         p_server,
