@@ -62,6 +62,14 @@ _WRITING_FLAGS = frozenset(
 )
 _WORD = re.compile(r"[a-z][a-z0-9]+")
 _MARKER = re.compile(r"\[redacted:[a-z_0-9]+\]", re.I)
+# A redacted home folder reads as "~": dropping only its marker left
+# "/home//src/app" in descriptions.
+_REDACTED_HOME = re.compile(r"(?:/home/|/Users/|[A-Za-z]:\\+Users\\+)\[REDACTED:user\]")
+
+
+def _readable(text: str) -> str:
+    """A prompt for people: home folders as ``~``, other redaction markers dropped."""
+    return _MARKER.sub("", _REDACTED_HOME.sub("~", text))
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def _clean_intent(corpus: Corpus, atom: Atom, words: frozenset[str] = frozenset(
     with most of ``words`` (the procedure's common words), since a prompt
     may open with chatter ("Next task.")."""
     text = " ".join(corpus.intent(atom).split())
-    text = _MARKER.sub("", text)
+    text = _readable(text)
     sentences = [t.strip() for t in re.split(r"(?<=[.?!])\s", text) if t.strip()] or [""]
     if not words or len(sentences) == 1:
         return sentences[0]
@@ -503,7 +511,7 @@ def writing_request(
     payload = {
         "name": name,
         "prompts": sorted(
-            {_MARKER.sub("", " ".join(corpus.intent(a).split()))[:300] for a in atoms} - {""}
+            {_readable(" ".join(corpus.intent(a).split()))[:300] for a in atoms} - {""}
         )[:12],
         "occurrences": [
             {

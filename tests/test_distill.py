@@ -672,3 +672,14 @@ async def test_confusable_pairs_stay_apart_and_only_safe_sequences_get_a_script(
     assert len(scripts) == 1, scripts  # the Rust checks: read-only and the same every time
     text = scripts[0].read_text().replace("'", '"')
     assert '["cargo", "clippy", "--all-targets", "--", "-D", "warnings"]' in text
+
+
+def test_a_redacted_home_folder_reads_as_a_tilde_in_written_prompts(tmp_path: Path) -> None:
+    from skillscale.distiller.writer import _readable
+
+    said = redact(
+        "run the tests, the checkout lives in /home/devqxz/src/app (token sk-ant-abcdefghijklmnop1234)"
+    )
+    shown = _readable(said)
+    assert "devqxz" not in shown and "/home//" not in shown and "[REDACTED" not in shown
+    assert "~/src/app" in shown
