@@ -9,6 +9,8 @@
 * With no fabric the file change still happens, one info line says servers
   pick it up on their next rescan, and the exit status is 0; with
   ``SKILLSCALE_NO_ANNOUNCE=1`` nothing is attempted and nothing is said.
+* Under CURVE the ``SKILLSCALE_CURVE_*`` keys carry the announcement; without
+  them the info line names the refused handshake.
 """
 
 from __future__ import annotations
@@ -196,3 +198,49 @@ async def test_with_no_fabric_the_change_is_made_and_one_info_line_says_so(
     assert took < 15, f"the announcement's 3 s deadline took {took:.1f} s"
     state = rollout.read_rollout(folder)
     assert state is not None and state.active == "2"
+
+
+@pytest.fixture(scope="module")
+def curve_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, RoleProcess]]:
+    """A proxy that admits only the listed CURVE client key ``announcer``."""
+    from skillscale.core.security import generate_keypair
+
+    root = tmp_path_factory.mktemp("curve")
+    for name in ("proxy", "announcer"):
+        generate_keypair(root, name)
+    (root / "clients").mkdir()
+    (root / "servers").mkdir()  # no server needed: the probe behind the event is the proof
+    (root / "clients" / "announcer.key").write_bytes((root / "announcer.key").read_bytes())
+    proc = RoleProcess(
+        "proxy", "--xsub-bind", "tcp://127.0.0.1:0", "--xpub-bind", "tcp://127.0.0.1:0",
+        "--router-bind", "tcp://127.0.0.1:0", "--metrics-port", "-1",
+        "--curve-secret", str(root / "proxy.key_secret"), "--curve-clients", str(root / "clients"),
+        "--curve-servers", str(root / "servers"),
+    )  # fmt: skip
+    yield root, proc
+    proc.close()
+
+
+@pytest.mark.timeout(60)
+async def test_under_curve_the_keys_from_the_environment_carry_the_announcement(
+    curve_proxy: tuple[Path, RoleProcess], tmp_path: Path
+) -> None:
+    root, proxy = curve_proxy
+    lib = library(tmp_path)
+    env = {"SKILLSCALE_PROXY_XSUB": proxy.ready["xsub"],
+           "SKILLSCALE_PROXY_XPUB": proxy.ready["xpub"]}  # fmt: skip
+    # Without keys the proxy refuses the handshake: the change is still made,
+    # and the info line names the cause.
+    code, out, err, _ = await cli("skills", "canary", "echo", "--skills-dir", str(lib), **env)
+    assert code == 0, err
+    assert "announced" not in out and err.startswith("info: not announced ("), err
+    assert "requires CURVE keys" in err and len(err.strip().splitlines()) == 1, err
+    # With the listed key (SKILLSCALE_CURVE_*), the probe behind the event comes back.
+    keys = {"SKILLSCALE_CURVE_SECRET": str(root / "announcer.key_secret"),
+            "SKILLSCALE_CURVE_SERVER_KEY": str(root / "proxy.key")}  # fmt: skip
+    code, out, err, _ = await cli("skills", "reject", "echo", "--skills-dir", str(lib),
+                                  **env, **keys)  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "echo version 2 is retired (announced to the servers)", out + err
+    state = rollout.read_rollout(lib / "announced" / "echo")
+    assert state is not None and state.canary is None and state.versions["2"].state == "retired"
