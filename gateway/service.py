@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from skillscale.core import rollout
 from skillscale.core.discovery import Catalog, SkillDiscovery
 from skillscale.core.errors import ErrorCode, SkillNotFoundError, SkillScaleError
-from skillscale.core.events import TRACE_TOPIC, SkillsChangedEvent
+from skillscale.core.events import SKILLS_CHANGED_TOPIC, TRACE_TOPIC, SkillsChangedEvent
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.protocol import MAX_REQUEST_BYTES, TOPIC_PREFIX, Reply, topic_for_category
 from skillscale.core.runtime import AsyncRole
@@ -66,9 +66,6 @@ from skillscale.sdk.router import TopicRouter
 
 log = logging.getLogger(__name__)
 
-SKILLS_CHANGED_TOPIC = "_SKILLSCALE_SKILLS_CHANGED"
-"""The skills-changed event topic (its model lives in ``skillscale.core.events``);
-the gateway passes those events through as JSON, so it needs only the name."""
 EVENT_TOPICS = (TRACE_TOPIC, SKILLS_CHANGED_TOPIC)
 MAX_EVENT_BYTES = 1024 * 1024
 CATALOG_TTL = 5.0

@@ -39,9 +39,11 @@ from skillscale.core.errors import (
 )
 from skillscale.core.events import (
     FEEDBACK_TOPIC,
+    SKILLS_CHANGED_TOPIC,
     TRAJECTORY_TOPIC,
     AgentTrajectory,
     FeedbackEvent,
+    SkillsChangedEvent,
 )
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.protocol import (
@@ -644,6 +646,25 @@ class SyncSkillScaleClient:
     def submit_trajectory(self, trajectory: AgentTrajectory | dict[str, Any]) -> AgentTrajectory:
         """Blocking :meth:`SkillScaleClient.submit_trajectory`."""
         return self._run(self._on_loop(self._client.submit_trajectory, trajectory))
+
+    def publish_skills_changed(self, event: SkillsChangedEvent, *, timeout: float = 3.0) -> bool:
+        """Publish ``event`` on ``_SKILLSCALE_SKILLS_CHANGED``; True once it has passed the proxy.
+
+        For tools that change a library outside a server (``skillscale skills
+        promote`` and friends) and exit right after: a probe sent behind the
+        event must come back within ``timeout`` seconds. One socket's messages
+        keep their order through the proxy, so by then the proxy has handed
+        the event to every subscribed server; False if no probe came back.
+        """
+        client = self._client
+
+        async def publish() -> bool:
+            if client._pub is None:
+                raise UnavailableError("client is not connected; use `with` or connect()")
+            client._pub.send([SKILLS_CHANGED_TOPIC.encode(), event.model_dump_json().encode()])
+            return await client._prove_path(timeout)
+
+        return self._run(publish())
 
     @staticmethod
     async def _on_loop(fn: Callable[..., T], *args: Any) -> T:

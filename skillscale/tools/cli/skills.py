@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from skillscale.core import rollout
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.protocol import topic_for_category
 from skillscale.core.skill_format import SkillFormatError, load_skill
@@ -104,7 +105,14 @@ def _skills_history(args: argparse.Namespace) -> int:
         print(skill_history.diff(skill.path, args.old, args.new), end="")
         return EXIT_OK
     sha = skill_history.rollback(skill.path, args.to)
-    print(f"rolled {args.name} back to {args.to}: commit {sha[:10]}")
+    version = rollout.folder_version(skill.path)
+    state = rollout.read_rollout(skill.path)
+    announced = skills_rollout.announce(
+        args, "rolled_back", args.name, version, state.active if state else version,
+        skill.path, f"rollback to {args.to} (commit {sha[:10]})",
+    )  # fmt: skip
+    print(f"rolled {args.name} back to {args.to}: commit {sha[:10]}"
+          + (" (announced to the servers)" if announced else ""))  # fmt: skip
     return EXIT_OK
 
 
@@ -126,6 +134,7 @@ def add_parser(sub: Any) -> None:
     p_rb = skills_sub.add_parser("rollback", help="restore an earlier version (a new commit)")
     p_rb.add_argument("name")
     p_rb.add_argument("--to", default="HEAD~1", help="sha prefix or HEAD~N (default HEAD~1)")
+    skills_rollout.add_announce_flags(p_rb)
     for p in (p_list, p_show, p_validate, p_log, p_diff, p_rb):
         add_skills_dir(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")

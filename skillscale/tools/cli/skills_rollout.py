@@ -5,6 +5,11 @@ active version, a running canary with samples and success rate per arm, the
 SPRT log-likelihood ratio against its bounds and the time left, and failure
 clusters of a degraded skill. ``install`` links the active library into the
 skill folders of coding agents (PRODUCT.md §5).
+
+``promote``, ``canary`` and ``reject`` (and ``skills rollback``) change the
+files first, then announce the change as a versioned skills-changed event
+(:func:`announce`), so running servers reload the skill at once instead of on
+their next rescan.
 """
 
 from __future__ import annotations
@@ -16,21 +21,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from skillscale.core import rollout
 from skillscale.core.discovery import SkillDiscovery
-from skillscale.core.errors import ConfigError
+from skillscale.core.errors import ConfigError, SkillScaleError
+from skillscale.core.events import SkillsChangedEvent
 from skillscale.core.llm import LLMSettings
 from skillscale.tools.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
+    _curve_keys,
     _dirs,
     _flag,
     _seconds,
     _switch,
+    add_curve_peer,
+    add_proxy_endpoints,
     add_skills_dir,
 )
 
 COMMANDS = ("status", "install", "promote", "canary", "reject")
+
+ANNOUNCE_TIMEOUT = 3.0
+"""Seconds an announcement may take: to reach the proxy, and to see it pass."""
 
 AGENT_DIRS = {
     "claude": Path(".claude") / "skills",
@@ -84,10 +98,73 @@ def _change(args: argparse.Namespace) -> int:
             done = f"{args.name} version {version} is retired"
     except rollout.RolloutError as exc:
         raise ConfigError(f"{args.name}: {exc.message}") from None
-    # Servers see the change on their rescan, and at once through the
-    # distiller's skills-changed event when a distiller runs.
-    print(json.dumps(rollout.status(folder), indent=2) if args.json else done)
+    change = {"promote": "promoted", "canary": "canary", "reject": "rejected"}[args.skills_cmd]
+    active = rollout.read_rollout(folder)
+    announced = announce(args, change, args.name, version,
+                         active.active if active else version, folder, why)  # fmt: skip
+    if args.json:
+        print(json.dumps(rollout.status(folder), indent=2))
+    else:
+        print(done + (" (announced to the servers)" if announced else ""))
     return EXIT_OK
+
+
+def announce(
+    args: argparse.Namespace,
+    change: str,
+    skill: str,
+    version: str | None,
+    active: str | None,
+    folder: Path,
+    reason: str | None,
+) -> bool:
+    """Publish a skills-changed event through the proxy; True once it has passed it.
+
+    The file change is already made: without a reachable fabric (or with
+    ``--no-announce``) servers still see it on their next rescan, which one
+    info line on stderr says. The SDK's connect proves a round trip first, so
+    the event cannot fall into ZeroMQ's slow-joiner window, and a probe sent
+    behind it proves it left before the process exits.
+    """
+    if args.no_announce:
+        return False
+    from skillscale.sdk.client import SyncSkillScaleClient
+
+    event = SkillsChangedEvent.model_validate(
+        {"change": change, "skill": skill, "version": _short(version), "active": _short(active),
+         "path": str(folder)[:4096], "reason": (reason or "")[:2000] or None}
+    )  # fmt: skip
+    why = "no proxy answered"
+    try:
+        with SyncSkillScaleClient(
+            args.proxy_xsub,
+            args.proxy_xpub,
+            connect_timeout=ANNOUNCE_TIMEOUT,
+            failover_timeout=ANNOUNCE_TIMEOUT / 2,
+            curve=_curve_keys(args),
+            retransmit=False,
+        ) as client:
+            if client.publish_skills_changed(event, timeout=ANNOUNCE_TIMEOUT):
+                return True
+    except (SkillScaleError, zmq.ZMQError, SystemExit) as exc:
+        # SystemExit: _curve_keys' verdict on half a CURVE setting.
+        why = getattr(exc, "message", None) or str(exc) or why
+    print(f"info: not announced ({why}); servers pick the change up on their next rescan",
+          file=sys.stderr)  # fmt: skip
+    return False
+
+
+def _short(version: str | None) -> str | None:
+    """A version as the event carries it (at most 16 characters; else none)."""
+    return version if version is not None and len(version) <= 16 else None
+
+
+def add_announce_flags(p: argparse.ArgumentParser) -> None:
+    """Where and whether a library change is announced (the proxy, CURVE, opt-out)."""
+    _switch(p, "--no-announce", "SKILLSCALE_NO_ANNOUNCE",
+            "change the files only; servers pick it up on their next rescan")  # fmt: skip
+    add_proxy_endpoints(p)
+    add_curve_peer(p)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -271,6 +348,8 @@ def add_parsers(skills_sub: Any) -> None:
     p_canary.add_argument("--version", help="the draft (default: the newest)")
     p_canary.add_argument("--share", type=_share, default=rollout.DEFAULT_SHARE,
                           help=f"share of callers (default {rollout.DEFAULT_SHARE})")  # fmt: skip
+    for p in (p_promote, p_canary, p_reject):
+        add_announce_flags(p)
     for p in (p_status, p_install, p_promote, p_canary, p_reject):
         add_skills_dir(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
