@@ -18,6 +18,13 @@ from tests.test_distill import PROMPTS, _session
 from tests.test_rollout import candidate, write_skill
 
 
+@pytest.fixture(autouse=True)
+def _no_announcement(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These calls are about the files; announcing is tests/test_skills_announce.py's,
+    # and with no fabric on the default ports each attempt waits out its deadline.
+    monkeypatch.setenv("SKILLSCALE_NO_ANNOUNCE", "1")
+
+
 @pytest.fixture()
 def library(tmp_path: Path) -> Path:
     write_skill(tmp_path / "lib" / "cat" / "echo", "echo", "print('v1')\n", "1")
