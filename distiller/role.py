@@ -236,7 +236,9 @@ class Distiller(AsyncRole):
             event = json.loads(payload)
             if not isinstance(event, dict):
                 raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        except (ValueError, UnicodeDecodeError, IndexError, RecursionError) as exc:
+            # RecursionError: nested too deeply for json.loads; one peer's
+            # bad message must not end the receiver.
             self.received["rejected"] += 1
             log.warning("distill: a bus event was rejected: %s", safe(exc))
             return

@@ -134,6 +134,7 @@ class Gateway(AsyncRole):
         self._http: httpx.AsyncClient | None = None
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
         self._orphans: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.malformed_events = 0  # bus events that were not a JSON object
         self._listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._catalog: tuple[float, SkillList] | None = None
         self._catalog_lock = asyncio.Lock()
@@ -215,9 +216,13 @@ class Gateway(AsyncRole):
             return
         try:
             event = json.loads(bytes(frames[1]))
-        except ValueError:
-            return
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
+            event = None
         if not isinstance(event, dict):
+            # A peer's bad message costs one count and one (rate-limited)
+            # warning; it must not end the events task.
+            self.malformed_events += 1
+            log.warning("gateway: a malformed %s event was dropped", topic)
             return
         event.setdefault("event", "execution" if topic == TRACE_TOPIC else "skills_changed")
         event["_topic"] = topic

@@ -604,3 +604,27 @@ async def test_draft_skills_canary_reject_and_degraded(
                 assert late.status_code == 200 and late.json()["state"] == "draft"
     finally:
         await asyncio.wait_for(fabric.close(), 20)
+
+
+@shared_loop
+async def test_a_hostile_nested_trace_event_leaves_the_gateway_reading(env: Env) -> None:
+    # ~10 KB of brackets: json.loads raises RecursionError, not ValueError.
+    pub = env.fabric.bus.publisher(env.gateway.client.proxy_xsub, hwm=100)
+    events = env.gateway.listen()
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0)
+    before = env.gateway.malformed_events
+    try:
+        pub.send([b"_SKILLSCALE_TRACE", b"[" * 10_000])
+        pub.send([b"_SKILLSCALE_SKILLS_CHANGED", b'{"a": ' * 5000])
+        pub.send([b"_SKILLSCALE_TRACE", json.dumps({"request_id": "after-hostile"}).encode()])
+        event = await asyncio.wait_for(first, 10)
+        while event.get("request_id") != "after-hostile":
+            event = await asyncio.wait_for(anext(events), 10)
+    finally:
+        await events.aclose()
+        pub.close(0)
+    assert env.gateway.malformed_events == before + 2
+    assert env.gateway._reader is not None and not env.gateway._reader.done()
+    topics = await env.http.get("/v1/topics")
+    assert topics.status_code == 200
