@@ -86,6 +86,24 @@ def test_redaction_removes_every_planted_secret_and_keeps_the_commands() -> None
         Redactor(["("])
 
 
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("x" * 130 + "_token=abcd12345", "abcd12345"),
+        ("API_KEY_" + "y" * 130 + "=abcd12345", "abcd12345"),
+        ("export " + "Z" * 300 + "_SECRET: 'hunter2hunter2'", "hunter2hunter2"),
+        ("a" * 40 + "://user:pass@host", "pass@"),
+        ("git clone " + "s" * 200 + "+ssh://me:pa55word@gitserver/x", "pa55word"),
+    ],
+    ids=["long-prefix", "long-suffix", "very-long-name", "long-scheme", "very-long-scheme"],
+)
+def test_a_long_identifier_does_not_hide_its_secret(text: str, secret: str) -> None:
+    # The linear-time patterns once capped these names at 128 (32 for a URL
+    # scheme) characters, and longer ones leaked.
+    out = redact(text)
+    assert secret not in out and "[REDACTED:" in out, out
+
+
 # ---------------------------------------------------------------- ingest traps
 
 
