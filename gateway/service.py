@@ -76,7 +76,7 @@ CATALOG_TTL = 5.0
 CATALOG_TIMEOUT = 5.0
 METRICS_TTL = 0.5
 METRICS_TIMEOUT = 2.0
-MAX_METRICS_CHARS = 8 * 1024 * 1024
+MAX_METRICS_BYTES = 8 * 1024 * 1024
 MAX_REPLICAS = 1000
 LISTENER_QUEUE = 256
 MAX_LISTENERS = 64
@@ -753,12 +753,19 @@ class Gateway(AsyncRole):
 
     async def _get(self, url: str) -> str | httpx.HTTPError:
         assert self._http is not None
+        # Streamed, to stop reading at the limit: a body read whole first is
+        # as large as whatever answers at the URL chooses to send.
+        body = bytearray()
         try:
-            response = await self._http.get(url)
-            response.raise_for_status()
+            async with self._http.stream("GET", url) as response:
+                response.raise_for_status()
+                async for chunk in response.aiter_bytes():
+                    body += chunk[: MAX_METRICS_BYTES - len(body)]
+                    if len(body) >= MAX_METRICS_BYTES:
+                        break
         except httpx.HTTPError as exc:
             return exc
-        return response.text[:MAX_METRICS_CHARS]
+        return body.decode(response.encoding or "utf-8", "replace")
 
 
 def _scan_library(roots: list[Path]) -> tuple[Catalog, dict[str, Path]]:
