@@ -475,6 +475,10 @@ async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> 
             # the receiver goes on to the trajectories behind them.
             pub.send([TRACE_TOPIC.encode(), b"[" * 10_000])
             pub.send([TRAJECTORY_TOPIC.encode(), b'{"a": ' * 5000])
+            # Parsed and valid, yet too deep to serialise and redact for the spool.
+            deep = '{"run_id": "deep", "agent": "a", "prompt": "p", "steps": [{"type": "tool", '
+            deep += '"name": "shell", "input": ' + "[" * 900 + "]" * 900 + "}]}"
+            pub.send([TRAJECTORY_TOPIC.encode(), deep.encode()])
             for i in range(3):
                 traj = AgentTrajectory(
                     run_id=f"r{i}", agent="langgraph", prompt=f"bump the lockfile key=sk-proj-{'x' * 20}",
@@ -496,7 +500,7 @@ async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> 
 
             await asyncio.wait_for(distilled(), 20)
             pub.close()
-        assert role.received["rejected"] == 3
+        assert role.received["rejected"] == 4
         spool = (lib / ".skillscale" / "bus" / "trajectories.jsonl").read_text()
         assert "sk-proj-" not in spool and spool.count("\n") == 3
         (made,) = [e for p in cfg.passes for e in p["skills"]["created"]]
