@@ -142,7 +142,7 @@ def parse_segments(answer: str, n: int) -> list[tuple[int, int, str]] | None:
         text = text.strip("`").removeprefix("json").strip()
     try:
         data: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None
     if not isinstance(data, list) or not data:
         return None

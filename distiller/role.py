@@ -236,18 +236,22 @@ class Distiller(AsyncRole):
             event = json.loads(payload)
             if not isinstance(event, dict):
                 raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        except (ValueError, UnicodeDecodeError, IndexError, RecursionError) as exc:
+            # RecursionError: nested too deeply for json.loads; one peer's
+            # bad message must not end the receiver.
             self.received["rejected"] += 1
             log.warning("distill: a bus event was rejected: %s", safe(exc))
             return
         if topic == TRAJECTORY_TOPIC:
             try:
                 traj = AgentTrajectory.model_validate(event)
-            except ValueError as exc:
+                # Valid yet nested too deeply to dump (ValueError) or redact
+                # (RecursionError) is as rejected as invalid.
+                line = json.dumps(self.redactor.obj(traj.model_dump(mode="json"))) + "\n"
+            except (ValueError, RecursionError) as exc:
                 self.received["rejected"] += 1
                 log.warning("distill: a trajectory event was rejected: %s", safe(exc))
                 return
-            line = json.dumps(self.redactor.obj(traj.model_dump(mode="json"))) + "\n"
             if self.spool.exists() and self.spool.stat().st_size + len(line) > MAX_SPOOL_BYTES:
                 self.received["rejected"] += 1
                 log.warning(

@@ -537,6 +537,15 @@ def writing_request(
 
 def parse_draft(answer: str, model: str, redactor: Redactor) -> Draft | None:
     """The model's draft if the answer is the JSON asked for, else None."""
+    try:
+        return _parse_draft(answer, model, redactor)
+    except RecursionError:
+        # Nested too deeply for json.loads, the redactor or str(): one bad
+        # answer is a rejected draft, not a dead pass.
+        return None
+
+
+def _parse_draft(answer: str, model: str, redactor: Redactor) -> Draft | None:
     text = answer.strip()
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
@@ -677,8 +686,11 @@ class LLMWriter:
                 self.down = str(exc)[:200]
                 return redo(None, "the LLM was unavailable for this pass")
             answer = self.redactor.text(answer)
-            self.cache_put(key, answer)
         draft = parse_draft(answer, model, self.redactor)
+        if fresh and draft is not None:
+            # Only answers that parse are kept: a cached answer that cannot
+            # be read would be re-read (and re-rejected) on every pass.
+            self.cache_put(key, answer)
         if draft is None:
             reason = "its answer was not the JSON asked for"
         else:

@@ -73,7 +73,7 @@ CATALOG_TTL = 5.0
 CATALOG_TIMEOUT = 5.0
 METRICS_TTL = 0.5
 METRICS_TIMEOUT = 2.0
-MAX_METRICS_CHARS = 8 * 1024 * 1024
+MAX_METRICS_BYTES = 8 * 1024 * 1024
 MAX_REPLICAS = 1000
 LISTENER_QUEUE = 256
 MAX_LISTENERS = 64
@@ -131,6 +131,7 @@ class Gateway(AsyncRole):
         self._http: httpx.AsyncClient | None = None
         self._recent: OrderedDict[str, RequestRecord] = OrderedDict()
         self._orphans: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.malformed_events = 0  # bus events that were not a JSON object
         self._listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._catalog: tuple[float, SkillList] | None = None
         self._catalog_lock = asyncio.Lock()
@@ -212,9 +213,13 @@ class Gateway(AsyncRole):
             return
         try:
             event = json.loads(bytes(frames[1]))
-        except ValueError:
-            return
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
+            event = None
         if not isinstance(event, dict):
+            # A peer's bad message costs one count and one (rate-limited)
+            # warning; it must not end the events task.
+            self.malformed_events += 1
+            log.warning("gateway: a malformed %s event was dropped", topic)
             return
         event.setdefault("event", "execution" if topic == TRACE_TOPIC else "skills_changed")
         event["_topic"] = topic
@@ -745,12 +750,19 @@ class Gateway(AsyncRole):
 
     async def _get(self, url: str) -> str | httpx.HTTPError:
         assert self._http is not None
+        # Streamed, to stop reading at the limit: a body read whole first is
+        # as large as whatever answers at the URL chooses to send.
+        body = bytearray()
         try:
-            response = await self._http.get(url)
-            response.raise_for_status()
+            async with self._http.stream("GET", url) as response:
+                response.raise_for_status()
+                async for chunk in response.aiter_bytes():
+                    body += chunk[: MAX_METRICS_BYTES - len(body)]
+                    if len(body) >= MAX_METRICS_BYTES:
+                        break
         except httpx.HTTPError as exc:
             return exc
-        return response.text[:MAX_METRICS_CHARS]
+        return body.decode(response.encoding or "utf-8", "replace")
 
 
 def _scan_library(roots: list[Path]) -> tuple[Catalog, dict[str, Path]]:

@@ -47,6 +47,7 @@ import fnmatch
 import gc
 import logging
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -187,17 +188,31 @@ def _collector_tuned(enabled: bool) -> Iterator[None]:
     objects collected per 20,000. Restored when the loop ends (a proxy run
     in a test's process leaves it as it was).
     """
+    global _gc_users, _gc_saved
     if not enabled:
         yield
         return
-    saved = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    # The settings are the process's, not this proxy's: counted, so that of
+    # two proxies in one process the first to stop does not undo the other's.
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(20_000, 50, 100)
+        _gc_users += 1
     try:
         yield
     finally:
-        gc.set_threshold(*saved)
-        gc.unfreeze()
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_saved)
+                gc.unfreeze()
+
+
+_gc_lock = threading.Lock()  # proxies may run on loops in several threads
+_gc_users = 0
+_gc_saved: tuple[int, int, int] = gc.get_threshold()
 
 
 _REQUEST = "request"

@@ -241,6 +241,9 @@ class WarmExecutor(SubprocessExecutor):
         """When a run of each kind last came (kinds idle longer have no waiting children)."""
         self._refilling: asyncio.Task[None] | None = None
         self._retire: asyncio.TimerHandle | None = None
+        self._refills: set[asyncio.TimerHandle] = set()
+        """Refills due after finished runs (cancelled by :meth:`close`)."""
+        self._closed = False
         self._generation = 0
         self.preload = list(preload) if preload is not None else list(DEFAULT_PRELOAD)
         self._optional = (
@@ -285,6 +288,7 @@ class WarmExecutor(SubprocessExecutor):
             await self._start_locked()
 
     async def _start_locked(self) -> None:
+        self._closed = False
         if self.running:
             return
         if self._control is not None:
@@ -406,6 +410,13 @@ class WarmExecutor(SubprocessExecutor):
 
     async def close(self) -> None:
         """Stop the fork server (its running children die with it)."""
+        # A run that ends from here on (its waiter cancelled below) must not
+        # schedule a refill, and a refill due now must not fork or time.
+        self._closed = True
+        self._recent.clear()
+        for handle in self._refills:
+            handle.cancel()
+        self._refills.clear()
         if self._retire is not None:
             self._retire.cancel()
             self._retire = None
@@ -514,10 +525,20 @@ class WarmExecutor(SubprocessExecutor):
         # Forked again once this run is over and its reply out, not now: a
         # fork beside the run would compete with it for the CPU (and the fork
         # server), and one at its end would delay its reply on our loop.
-        child.waiter.add_done_callback(
-            lambda _: asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
-        )
+        child.waiter.add_done_callback(self._refill_later)
         return child
+
+    def _refill_later(self, _: object) -> None:
+        if self._closed:
+            return
+        handle: asyncio.TimerHandle
+
+        def refill() -> None:
+            self._refills.discard(handle)
+            self._refill()
+
+        handle = asyncio.get_running_loop().call_later(REFILL_DELAY, refill)
+        self._refills.add(handle)
 
     def _take_waiting(self, kind: bytes) -> WarmProcess | None:
         waiting = self._waiting[kind]
@@ -529,7 +550,7 @@ class WarmExecutor(SubprocessExecutor):
         return None
 
     def _refill(self) -> None:
-        if not self.waiting_children:
+        if not self.waiting_children or self._closed:
             return
         loop = asyncio.get_running_loop()
         if not self._recent:

@@ -86,6 +86,24 @@ def test_redaction_removes_every_planted_secret_and_keeps_the_commands() -> None
         Redactor(["("])
 
 
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("x" * 130 + "_token=abcd12345", "abcd12345"),
+        ("API_KEY_" + "y" * 130 + "=abcd12345", "abcd12345"),
+        ("export " + "Z" * 300 + "_SECRET: 'hunter2hunter2'", "hunter2hunter2"),
+        ("a" * 40 + "://user:pass@host", "pass@"),
+        ("git clone " + "s" * 200 + "+ssh://me:pa55word@gitserver/x", "pa55word"),
+    ],
+    ids=["long-prefix", "long-suffix", "very-long-name", "long-scheme", "very-long-scheme"],
+)
+def test_a_long_identifier_does_not_hide_its_secret(text: str, secret: str) -> None:
+    # The linear-time patterns once capped these names at 128 (32 for a URL
+    # scheme) characters, and longer ones leaked.
+    out = redact(text)
+    assert secret not in out and "[REDACTED:" in out, out
+
+
 # ---------------------------------------------------------------- ingest traps
 
 
@@ -453,6 +471,14 @@ async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> 
     try:
         async with Distiller(cfg) as role:
             pub = bus.publisher(proxy.xsub_endpoint, hwm=100)
+            # Nested too deeply for json.loads (RecursionError): rejected, and
+            # the receiver goes on to the trajectories behind them.
+            pub.send([TRACE_TOPIC.encode(), b"[" * 10_000])
+            pub.send([TRAJECTORY_TOPIC.encode(), b'{"a": ' * 5000])
+            # Parsed and valid, yet too deep to serialise and redact for the spool.
+            deep = '{"run_id": "deep", "agent": "a", "prompt": "p", "steps": [{"type": "tool", '
+            deep += '"name": "shell", "input": ' + "[" * 900 + "]" * 900 + "}]}"
+            pub.send([TRAJECTORY_TOPIC.encode(), deep.encode()])
             for i in range(3):
                 traj = AgentTrajectory(
                     run_id=f"r{i}", agent="langgraph", prompt=f"bump the lockfile key=sk-proj-{'x' * 20}",
@@ -474,7 +500,7 @@ async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> 
 
             await asyncio.wait_for(distilled(), 20)
             pub.close()
-        assert role.received["rejected"] == 1
+        assert role.received["rejected"] == 4
         spool = (lib / ".skillscale" / "bus" / "trajectories.jsonl").read_text()
         assert "sk-proj-" not in spool and spool.count("\n") == 3
         (made,) = [e for p in cfg.passes for e in p["skills"]["created"]]

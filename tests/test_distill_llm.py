@@ -219,6 +219,28 @@ async def test_bad_llm_behaviour_falls_back_with_one_warning(
     }
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "answer",
+    ["[" * 3000, '{"description": "d", "steps": ' + "[" * 3000 + "]" * 3000 + "}"],
+    ids=["brackets", "nested-steps"],
+)
+async def test_a_deeply_nested_answer_falls_back_and_is_not_cached(
+    small: dict[str, Any], tmp_path: Path, answer: str
+) -> None:
+    # json.loads raises RecursionError (not ValueError) on these; the pass
+    # must fall back, and a second pass (which once re-read a cached crash)
+    # must too.
+    lib = tmp_path / "lib"
+    with fake_openai.fake_openai(("text", answer)) as (url, _):
+        for _ in range(2):
+            out = await distill_once(Options(lib, small["sources"], llm=_settings(url)))
+            (warning,) = out.report.warnings
+            assert "not the JSON asked for" in warning, warning
+            assert out.llm is not None and out.llm["written"] == []
+        assert len(_skill_texts(lib)) == 4
+
+
 def test_the_request_is_redacted_and_the_guard_checks_fact_recall() -> None:
     atom = Atom(
         id="a1", trajectory="codex:t", source="codex", session="codex:t",

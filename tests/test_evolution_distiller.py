@@ -466,8 +466,23 @@ async def test_trace_payloads_flag_puts_them_in_every_trace(
         "token-" * 2730,
         "1." * 8192,
         "-----BEGIN PRIVATE KEY-----" * 600,
+        "x" * 16384 + "token",
+        ("token" + " " * 50 + "=") * 300,
+        "a://b:" + "c:" * 8192,
+        "a+" * 8192 + "://",
     ],
-    ids=["dashes", "dots", "run", "keywords", "digits", "pem"],
+    ids=[
+        "dashes",
+        "dots",
+        "run",
+        "keywords",
+        "digits",
+        "pem",
+        "long-name",
+        "spaced-keywords",
+        "colons",
+        "long-scheme",
+    ],
 )
 def test_redaction_stays_linear_on_hostile_text(text: str) -> None:
     # A server redacts canary payloads on its event loop: before the patterns

@@ -604,3 +604,71 @@ async def test_draft_skills_canary_reject_and_degraded(
                 assert late.status_code == 200 and late.json()["state"] == "draft"
     finally:
         await asyncio.wait_for(fabric.close(), 20)
+
+
+@shared_loop
+async def test_a_hostile_nested_trace_event_leaves_the_gateway_reading(env: Env) -> None:
+    # ~10 KB of brackets: json.loads raises RecursionError, not ValueError.
+    pub = env.fabric.bus.publisher(env.gateway.client.proxy_xsub, hwm=100)
+    events = env.gateway.listen()
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0)
+    before = env.gateway.malformed_events
+    try:
+        pub.send([b"_SKILLSCALE_TRACE", b"[" * 10_000])
+        pub.send([b"_SKILLSCALE_SKILLS_CHANGED", b'{"a": ' * 5000])
+        pub.send([b"_SKILLSCALE_TRACE", json.dumps({"request_id": "after-hostile"}).encode()])
+        event = await asyncio.wait_for(first, 10)
+        while event.get("request_id") != "after-hostile":
+            event = await asyncio.wait_for(anext(events), 10)
+    finally:
+        await events.aclose()
+        pub.close(0)
+    assert env.gateway.malformed_events == before + 2
+    assert env.gateway._reader is not None and not env.gateway._reader.done()
+    topics = await env.http.get("/v1/topics")
+    assert topics.status_code == 200
+
+
+async def test_a_metrics_fetch_stops_reading_at_its_byte_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy (or anything at the metrics URL) that never stops sending: the
+    # gateway keeps at most the limit, not the whole body first.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from skillscale.gateway import service
+
+    class Endless(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()  # no length: the body ends when the connection does
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    self.wfile.write(b"# filler line of an endless metrics page\n" * 256)
+
+    stop = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(service, "MAX_METRICS_BYTES", 64 * 1024, raising=False)
+    gateway = Gateway(GatewayConfig(metrics_url=None))
+    gateway._http = httpx.AsyncClient(timeout=5)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        text = await asyncio.wait_for(gateway._get(url), 10)
+        assert isinstance(text, str) and 0 < len(text.encode()) <= 64 * 1024
+        assert text.startswith("# filler line")
+    finally:
+        stop.set()
+        await gateway._http.aclose()
+        await gateway.client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

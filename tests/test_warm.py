@@ -198,3 +198,22 @@ async def test_heavy_optional_modules_are_preloaded_once_a_skill_imports_them(
         assert executor.stats["cold"] == 0
     finally:
         await executor.close()
+
+
+async def test_closing_right_after_a_run_leaves_no_refill_behind(tmp_path: Path) -> None:
+    # A finished run refills the waiting children REFILL_DELAY later; closed
+    # before that, the executor must not come back to life: no retirement
+    # timer, no fill task, no child forked.
+    executor = WarmExecutor(preload=["json"], waiting_children=2, waiting_idle=30)
+    await executor.start()
+    try:
+        skill = make_skill(tmp_path, "pids", "import os\nprint(os.getpid())\n")
+        assert (await executor.run(skill, b"", ExecutionLimits(10))).ok
+    finally:
+        await executor.close()
+    # Let any refill timer due by now fire (REFILL_DELAY is 2 ms).
+    await asyncio.sleep(0.1)
+    assert executor._retire is None
+    assert executor._refilling is None or executor._refilling.done()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert executor.waiting == 0
