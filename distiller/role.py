@@ -280,6 +280,10 @@ class Distiller(AsyncRole):
                 except (SkillScaleError, OSError) as exc:
                     # A full disk or a busy state loses this pass, not the role.
                     log.error("distill pass failed: %s; trying again next pass", exc)
+                except Exception:
+                    # Sources are untrusted: input no parser foresaw must cost this
+                    # pass, not the worker (the issue: "nothing crashes the worker").
+                    log.exception("distill pass failed unexpectedly; trying again next pass")
                 else:
                     result = outcome.to_json(self.skills_dir)
                     self.config.passes.append(result)

@@ -709,3 +709,45 @@ def test_a_redacted_home_folder_reads_as_a_tilde_in_written_prompts(tmp_path: Pa
     shown = _readable(said)
     assert "devqxz" not in shown and "/home//" not in shown and "[REDACTED" not in shown
     assert "~/src/app" in shown
+
+
+async def test_a_pass_that_fails_unexpectedly_costs_that_pass_not_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from skillscale.core.memory_bus import MemoryBus
+    from skillscale.distiller import role as role_module
+    from skillscale.distiller.role import Distiller, RoleConfig
+    from skillscale.proxy.proxy import Proxy, ProxyConfig
+
+    calls: list[int] = []
+    real = role_module.distill_once
+
+    async def flaky(opts: Options) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a parser nobody foresaw")
+        return await real(opts)
+
+    monkeypatch.setattr(role_module, "distill_once", flaky)
+    bus = MemoryBus()
+    proxy = Proxy(
+        ProxyConfig(xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+                    router_bind="tcp://127.0.0.1:0", metrics_port=None, linger_ms=0, tick=0.05),
+        transport=bus,
+    )  # fmt: skip
+    await proxy.start()
+    source = tmp_path / "claude"
+    source.mkdir()
+    cfg = RoleConfig(
+        options=Options(tmp_path / "lib", [("claude-code", source)]), proxy_xpub=proxy.xpub_endpoint,
+        interval=0.05, min_interval=0.01, transport=bus,
+    )  # fmt: skip
+    try:
+        async with Distiller(cfg) as role:
+            async with role.pass_done:
+                await asyncio.wait_for(role.pass_done.wait_for(lambda: role.pass_count >= 2), 20)
+            assert not role.crashed.is_set()
+        assert len(calls) >= 2 and len(cfg.passes) >= 1
+        assert "distill pass failed unexpectedly" in caplog.text
+    finally:
+        await proxy.stop()
