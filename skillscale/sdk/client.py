@@ -97,6 +97,16 @@ class SkillScaleClient(AsyncRole):
     unanswered requests again (same ``request_id``, until their deadline);
     at most ``max_retransmit`` requests and ``max_retransmit_bytes`` are
     kept for that (``retransmit=False`` keeps none).
+
+    ``heartbeat_timeout`` (seconds, default 3; None turns it off): the
+    client's sockets ping the proxy every third of it (ZMTP heartbeats) and
+    drop a connection that stayed silent that long. A proxy whose node
+    vanished without a TCP reset (power loss, partition, a stopped process)
+    is then noticed like a dropped connection: the client fails over to the
+    next proxy, or with a single proxy holds calls until it is back. Any
+    traffic counts as an answer; the proxy's own ``--stuck-timeout`` drops a
+    client that stops answering in the same way. It applies to the client's
+    own ZeroMQ transport (not to a ``transport`` given to it).
     """
 
     def __init__(
@@ -116,7 +126,13 @@ class SkillScaleClient(AsyncRole):
         max_retransmit: int = 10_000,
         max_retransmit_bytes: int = 64 * 1024 * 1024,
         failover_timeout: float = 3.0,
+        heartbeat_timeout: float | None = 3.0,
     ) -> None:
+        if heartbeat_timeout is not None and not 0.01 <= heartbeat_timeout <= 6553:
+            raise ConfigError(
+                f"heartbeat_timeout must be 0.01-6553 s (or None), got {heartbeat_timeout}"
+            )
+        self.heartbeat_timeout = heartbeat_timeout
         self._given_transport = transport
         self._ring = EndpointRing(proxy_xsub or proxy_xsub_endpoint(),
                                   proxy_xpub or proxy_xpub_endpoint())  # fmt: skip
@@ -171,7 +187,7 @@ class SkillScaleClient(AsyncRole):
             return
         if self._curve is not None:
             self._curve.validate()  # a missing key file fails here, before any socket exists
-        self._bus = bus = self._given_transport or ZmqTransport()
+        self._bus = bus = self._given_transport or ZmqTransport(heartbeat=self.heartbeat_timeout)
         try:
             self._pub = bus.publisher(self.proxy_xsub, hwm=self._hwm, curve=self._curve)
             self._sub = bus.subscriber(self.proxy_xpub, [self._reply_topic_b, self._probe],
