@@ -16,6 +16,7 @@ versioned by ``schema_version``; fields are only ever added.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import uuid
@@ -61,8 +62,13 @@ def payload_fields(task: str, output: str) -> dict[str, Any]:
     return fields
 
 
+@functools.lru_cache(maxsize=4096)
 def caller_id(reply_to: str) -> str:
-    """A stable, non-reversible id of a caller (its reply topic is a secret)."""
+    """A stable, non-reversible id of a caller (its reply topic is a secret).
+
+    Cached (bounded): a client keeps one reply topic for all its calls, and
+    the server computes this for every request's trace event.
+    """
     return hashlib.sha256(reply_to.encode()).hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -21,6 +22,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic_core
 import zmq
 import zmq.asyncio
 from pydantic import ValidationError
@@ -52,7 +54,6 @@ from skillscale.core.protocol import (
     Reply,
     Request,
     new_reply_topic,
-    new_request_id,
 )
 from skillscale.core.runtime import AsyncRole
 from skillscale.core.security import CurveKeys, diagnosed
@@ -306,7 +307,7 @@ class SkillScaleClient(AsyncRole):
             stamps.stamp("client.call")
         loop = asyncio.get_running_loop()
         start = loop.time()
-        request_id = new_request_id()
+        request_id = _new_request_id()
         now = time.time()
         deadline = now + wait
         payload = _request_payload(request_id, self.reply_topic,
@@ -591,18 +592,23 @@ def _request_payload(request_id: str, reply_to: str, intent: str, timestamp: flo
 
     Built directly: every field but the intent is ours and valid by
     construction, and the model's validation costs more than the rest of a
-    call's encoding. An intent that JSON cannot carry as UTF-8 (a lone
-    surrogate) goes through the model, which says what is wrong.
+    call's encoding. Written by pydantic-core's serializer, the model's own
+    (~1 µs; ``json.dumps`` took ~7). An intent that JSON cannot carry as
+    UTF-8 (a lone surrogate) goes through the model, which says what is wrong.
     """
     try:
-        return json.dumps(
+        return pydantic_core.to_json(
             {"request_id": request_id, "reply_to": reply_to, "intent": intent,
              "timestamp": timestamp, "deadline": deadline},
-            ensure_ascii=False, separators=(",", ":"),
-        ).encode()  # fmt: skip
-    except UnicodeEncodeError:
+        )  # fmt: skip
+    except ValueError:
         return Request(request_id=request_id, reply_to=reply_to, intent=intent,
                        timestamp=timestamp, deadline=deadline).to_bytes()  # fmt: skip
+
+
+def _new_request_id() -> str:
+    """32 random hex characters, as :func:`new_request_id` (uuid4's formatting took ~4 µs)."""
+    return os.urandom(16).hex()
 
 
 class SyncSkillScaleClient:
