@@ -16,11 +16,14 @@ versioned by ``schema_version``; fields are only ever added.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field
 
 from skillscale.core.redact import redact, redact_obj
@@ -59,8 +62,13 @@ def payload_fields(task: str, output: str) -> dict[str, Any]:
     return fields
 
 
+@functools.lru_cache(maxsize=4096)
 def caller_id(reply_to: str) -> str:
-    """A stable, non-reversible id of a caller (its reply topic is a secret)."""
+    """A stable, non-reversible id of a caller (its reply topic is a secret).
+
+    Cached (bounded): a client keeps one reply topic for all its calls, and
+    the server computes this for every request's trace event.
+    """
     return hashlib.sha256(reply_to.encode()).hexdigest()[:16]
 
 
@@ -100,6 +108,84 @@ class ExecutionTrace(BaseModel):
     """The reply's content (or error message), bounded and redacted like ``task``."""
     payload_truncated: bool | None = None
     """True when ``task`` or ``output`` was cut to :data:`MAX_PAYLOAD_CHARS`."""
+
+
+_NONE = type(None)
+_STR, _OPT_STR = (str,), (str, _NONE)
+_OPT_INT, _OPT_BOOL = (int, _NONE), (bool, _NONE)
+_PLAIN = (str, int, float, bool, _NONE)
+# The exact types each field takes as is (``type(v) in ...``, so neither a
+# bool for an int nor a str subclass): anything else goes through the model.
+_TRACE_TYPES: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "timestamp": (float, int),
+    "request_id": _STR,
+    "caller": _STR,
+    "server_id": _STR,
+    "topic": _STR,
+    "skill": _OPT_STR,
+    "skill_version": _OPT_STR,
+    "matcher_mode": _OPT_STR,
+    "input_bytes": (int,),
+    "outcome": _STR,
+    "exit_code": _OPT_INT,
+    "elapsed_ms": (float, int, _NONE),
+    "attempt": _OPT_INT,
+    "candidate": _OPT_BOOL,
+    "input_shape": _OPT_STR,
+    "stderr": _OPT_STR,
+    "task": _OPT_STR,
+    "output": _OPT_STR,
+    "payload_truncated": _OPT_BOOL,
+}
+_TRACE_REQUIRED = ("request_id", "caller", "server_id", "topic", "outcome")
+
+
+def _trace_template() -> dict[str, Any]:
+    """Every field of :class:`ExecutionTrace` in its order, with its default."""
+    template: dict[str, Any] = {}
+    for name, info in ExecutionTrace.model_fields.items():
+        template[name] = None if info.is_required() or info.default_factory else info.default
+    assert list(template)[1:] == list(_TRACE_TYPES), "ExecutionTrace changed: update _TRACE_TYPES"
+    return template
+
+
+def execution_trace_json(fields: Mapping[str, Any]) -> bytes:
+    """``ExecutionTrace(**fields).model_dump_json()``, byte for byte, without the model.
+
+    Building and dumping the model cost the server ~9 µs per request; when every
+    value already has its field's type (the server's case) this writes the same
+    bytes from a plain dict in ~3 µs. Anything else (a missing field, another
+    type, an extra field that is not a plain scalar) goes through the model, so
+    the result is always the model's. Raises as the model does (e.g.
+    ``PydanticSerializationError`` for a lone surrogate).
+    """
+    event = _TEMPLATE.copy()
+    event["timestamp"] = time.time()
+    for name, value in fields.items():
+        kinds = _TRACE_TYPES.get(name)
+        if kinds is None:
+            if name == "event" and value == "execution":
+                continue
+            if name in event or type(value) not in _PLAIN:
+                return _trace_by_model(fields)
+        elif type(value) not in kinds:
+            return _trace_by_model(fields)
+        elif type(value) is int and float in kinds:
+            value = float(value)  # the model's float field makes 3 into 3.0
+        event[name] = value
+    for name in _TRACE_REQUIRED:
+        if event[name] is None:
+            return _trace_by_model(fields)
+    # inf/NaN become null, as the model's serializer writes them.
+    return pydantic_core.to_json(event, inf_nan_mode="null")
+
+
+def _trace_by_model(fields: Mapping[str, Any]) -> bytes:
+    return ExecutionTrace(**fields).model_dump_json().encode()
+
+
+_TEMPLATE = _trace_template()
 
 
 class TrajectoryStep(BaseModel):

@@ -622,16 +622,45 @@ class ZmqDealer:
             self.sock.close()
 
 
-class ZmqTransport:
-    """The product's transport: one ``zmq.asyncio`` context, sockets as before."""
+def set_heartbeat(pair: SocketPair, timeout: float) -> None:
+    """ZMTP heartbeats on ``pair``'s connections: a peer silent for ``timeout`` s is dropped.
 
-    def __init__(self) -> None:
+    Without them a connection to a peer that vanished without a TCP reset (its
+    node lost power, its process stopped, a partition) stays "connected" until
+    TCP gives up, minutes later. With them we ping every ``timeout / 3`` s and
+    disconnect (the socket's monitor says ``DISCONNECTED``, then ZeroMQ
+    reconnects) when nothing at all came back for ``timeout`` s; the TTL asks
+    the peer to drop us likewise. Any traffic counts as an answer, so a busy
+    connection pays nothing. Set before ``connect``: a connection takes the
+    options the socket had when it was made.
+    """
+    ms = max(1, int(timeout * 1000))
+    pair.set(zmq.HEARTBEAT_IVL, max(1, ms // 3))
+    pair.set(zmq.HEARTBEAT_TIMEOUT, ms)
+    # The TTL travels in the PING in tenths of seconds (at most 6553.5 s).
+    pair.set(zmq.HEARTBEAT_TTL, min(max(ms, 100), 6_553_500))
+
+
+class ZmqTransport:
+    """The product's transport: one ``zmq.asyncio`` context, sockets as before.
+
+    ``heartbeat``: seconds after which a silent peer's connection is dropped
+    (:func:`set_heartbeat`), on the publishers and subscribers it connects;
+    None sets no heartbeat (libzmq's default: only TCP notices a dead peer).
+    """
+
+    def __init__(self, *, heartbeat: float | None = None) -> None:
+        if heartbeat is not None and not 0.001 <= heartbeat <= 6553:
+            raise ValueError(f"heartbeat must be 0.001-6553 s, got {heartbeat}")
         self.ctx = zmq.asyncio.Context()
+        self.heartbeat = heartbeat
 
     def publisher(self, endpoint: str, *, hwm: int, linger_ms: int = 0,
                   curve: CurveKeys | None = None) -> SocketPair:  # fmt: skip
         pair = PublisherPair(self.ctx, linger_ms=linger_ms)
         pair.set(zmq.SNDHWM, hwm)
+        if self.heartbeat is not None:
+            set_heartbeat(pair, self.heartbeat)
         if curve is not None:
             curve.apply(pair.async_sock)
         for each in split_endpoints(endpoint):  # a failover pair: both (the passive drops)
@@ -643,6 +672,8 @@ class ZmqTransport:
                    curve: CurveKeys | None = None) -> SocketPair:  # fmt: skip
         pair = SocketPair(self.ctx, zmq.SUB)
         pair.set(zmq.RCVHWM, hwm)
+        if self.heartbeat is not None:
+            set_heartbeat(pair, self.heartbeat)
         if max_message_bytes is not None:
             # A message larger than this disconnects us rather than filling memory.
             pair.set(zmq.MAXMSGSIZE, max_message_bytes)

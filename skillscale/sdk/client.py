@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -21,6 +22,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic_core
 import zmq
 import zmq.asyncio
 from pydantic import ValidationError
@@ -54,7 +56,6 @@ from skillscale.core.protocol import (
     Reply,
     Request,
     new_reply_topic,
-    new_request_id,
 )
 from skillscale.core.runtime import AsyncRole
 from skillscale.core.security import CurveKeys, diagnosed
@@ -99,6 +100,16 @@ class SkillScaleClient(AsyncRole):
     unanswered requests again (same ``request_id``, until their deadline);
     at most ``max_retransmit`` requests and ``max_retransmit_bytes`` are
     kept for that (``retransmit=False`` keeps none).
+
+    ``heartbeat_timeout`` (seconds, default 3; None turns it off): the
+    client's sockets ping the proxy every third of it (ZMTP heartbeats) and
+    drop a connection that stayed silent that long. A proxy whose node
+    vanished without a TCP reset (power loss, partition, a stopped process)
+    is then noticed like a dropped connection: the client fails over to the
+    next proxy, or with a single proxy holds calls until it is back. Any
+    traffic counts as an answer; the proxy's own ``--stuck-timeout`` drops a
+    client that stops answering in the same way. It applies to the client's
+    own ZeroMQ transport (not to a ``transport`` given to it).
     """
 
     def __init__(
@@ -118,7 +129,13 @@ class SkillScaleClient(AsyncRole):
         max_retransmit: int = 10_000,
         max_retransmit_bytes: int = 64 * 1024 * 1024,
         failover_timeout: float = 3.0,
+        heartbeat_timeout: float | None = 3.0,
     ) -> None:
+        if heartbeat_timeout is not None and not 0.01 <= heartbeat_timeout <= 6553:
+            raise ConfigError(
+                f"heartbeat_timeout must be 0.01-6553 s (or None), got {heartbeat_timeout}"
+            )
+        self.heartbeat_timeout = heartbeat_timeout
         self._given_transport = transport
         self._ring = EndpointRing(proxy_xsub or proxy_xsub_endpoint(),
                                   proxy_xpub or proxy_xpub_endpoint())  # fmt: skip
@@ -173,7 +190,7 @@ class SkillScaleClient(AsyncRole):
             return
         if self._curve is not None:
             self._curve.validate()  # a missing key file fails here, before any socket exists
-        self._bus = bus = self._given_transport or ZmqTransport()
+        self._bus = bus = self._given_transport or ZmqTransport(heartbeat=self.heartbeat_timeout)
         try:
             self._pub = bus.publisher(self.proxy_xsub, hwm=self._hwm, curve=self._curve)
             self._sub = bus.subscriber(self.proxy_xpub, [self._reply_topic_b, self._probe],
@@ -292,7 +309,7 @@ class SkillScaleClient(AsyncRole):
             stamps.stamp("client.call")
         loop = asyncio.get_running_loop()
         start = loop.time()
-        request_id = new_request_id()
+        request_id = _new_request_id()
         now = time.time()
         deadline = now + wait
         payload = _request_payload(request_id, self.reply_topic,
@@ -577,18 +594,23 @@ def _request_payload(request_id: str, reply_to: str, intent: str, timestamp: flo
 
     Built directly: every field but the intent is ours and valid by
     construction, and the model's validation costs more than the rest of a
-    call's encoding. An intent that JSON cannot carry as UTF-8 (a lone
-    surrogate) goes through the model, which says what is wrong.
+    call's encoding. Written by pydantic-core's serializer, the model's own
+    (~1 µs; ``json.dumps`` took ~7). An intent that JSON cannot carry as
+    UTF-8 (a lone surrogate) goes through the model, which says what is wrong.
     """
     try:
-        return json.dumps(
+        return pydantic_core.to_json(
             {"request_id": request_id, "reply_to": reply_to, "intent": intent,
              "timestamp": timestamp, "deadline": deadline},
-            ensure_ascii=False, separators=(",", ":"),
-        ).encode()  # fmt: skip
-    except UnicodeEncodeError:
+        )  # fmt: skip
+    except ValueError:
         return Request(request_id=request_id, reply_to=reply_to, intent=intent,
                        timestamp=timestamp, deadline=deadline).to_bytes()  # fmt: skip
+
+
+def _new_request_id() -> str:
+    """32 random hex characters, as :func:`new_request_id` (uuid4's formatting took ~4 µs)."""
+    return os.urandom(16).hex()
 
 
 class SyncSkillScaleClient:
