@@ -59,6 +59,10 @@ def input_shape(data: str) -> str:
             value = json.loads(stripped)
         except ValueError:
             return "text"
+        except RecursionError:
+            # Nested past the parser's depth: still the skill's input to judge,
+            # only its shape is not described (it was answered `internal`).
+            return "json:deep"
         if isinstance(value, dict):
             return "json:object{" + ",".join(sorted(str(k)[:32] for k in value)[:16]) + "}"
         if isinstance(value, list):

@@ -47,6 +47,14 @@ async def test_explicit_skill(client: SkillScaleClient, testing_server: RoleProc
     assert reply.trace.elapsed_ms is not None and reply.trace.elapsed_ms > 0
 
 
+async def test_input_nested_past_the_json_parser_still_reaches_the_skill(
+    client: SkillScaleClient, testing_server: RoleProcess
+) -> None:
+    deep = "[" * 5000 + "]" * 5000  # a skill's input, not the request's structure
+    reply = await client.call(T, skill("echo", deep))
+    assert reply.ok and reply.content == deep, (reply.error_code, reply.error)
+
+
 async def test_invoke_helpers(client: SkillScaleClient, testing_server: RoleProcess) -> None:
     assert await client.invoke_skill(T, "echo", "x") == "x"
     assert await client.invoke_skill(T, "echo", {"a": 1}) == '{"a": 1}'
