@@ -451,18 +451,25 @@ def test_scripts_only_for_safe_deterministic_sequences(corpus: dict[str, Any]) -
 # ---------------------------------------------------------------- the role
 
 
-async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> None:
-    from skillscale.core.memory_bus import MemoryBus
-    from skillscale.distiller.role import Distiller, RoleConfig
+async def _memory_proxy(bus: Any) -> Any:
+    """A started proxy on the in-memory bus (the caller stops it)."""
     from skillscale.proxy.proxy import Proxy, ProxyConfig
 
-    bus = MemoryBus()
     proxy = Proxy(
         ProxyConfig(xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
                     router_bind="tcp://127.0.0.1:0", metrics_port=None, linger_ms=0, tick=0.05),
         transport=bus,
     )  # fmt: skip
     await proxy.start()
+    return proxy
+
+
+async def test_role_spools_bus_trajectories_and_distils_them(tmp_path: Path) -> None:
+    from skillscale.core.memory_bus import MemoryBus
+    from skillscale.distiller.role import Distiller, RoleConfig
+
+    bus = MemoryBus()
+    proxy = await _memory_proxy(bus)
     lib = tmp_path / "lib"
     cfg = RoleConfig(
         options=Options(lib, []), proxy_xpub=proxy.xpub_endpoint, interval=30,
@@ -717,7 +724,6 @@ async def test_a_pass_that_fails_unexpectedly_costs_that_pass_not_the_worker(
     from skillscale.core.memory_bus import MemoryBus
     from skillscale.distiller import role as role_module
     from skillscale.distiller.role import Distiller, RoleConfig
-    from skillscale.proxy.proxy import Proxy, ProxyConfig
 
     calls: list[int] = []
     real = role_module.distill_once
@@ -730,12 +736,7 @@ async def test_a_pass_that_fails_unexpectedly_costs_that_pass_not_the_worker(
 
     monkeypatch.setattr(role_module, "distill_once", flaky)
     bus = MemoryBus()
-    proxy = Proxy(
-        ProxyConfig(xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
-                    router_bind="tcp://127.0.0.1:0", metrics_port=None, linger_ms=0, tick=0.05),
-        transport=bus,
-    )  # fmt: skip
-    await proxy.start()
+    proxy = await _memory_proxy(bus)
     source = tmp_path / "claude"
     source.mkdir()
     cfg = RoleConfig(
