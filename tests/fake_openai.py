@@ -81,10 +81,10 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def fake_openai(*answers: tuple[str, Any]) -> Iterator[tuple[str, Script]]:
-    """Serve on a free loopback port; yields ``(base_url, script)``."""
+def fake_openai(*answers: tuple[str, Any], port: int = 0) -> Iterator[tuple[str, Script]]:
+    """Serve on loopback (a free port unless ``port``); yields ``(base_url, script)``."""
     script = Script(deque(answers))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(script))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -6,15 +6,13 @@ the repo's scripted chat-completions server (tests/fake_openai.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,35 +86,11 @@ def scripted_llm(mode: str) -> Callable[[dict[str, Any]], tuple[str, Any]]:
     return answer
 
 
-class _ByRequest(fake_openai.Script):
-    """The repo's scripted server, answering from the request it got."""
-
-    def __init__(self, fn: Callable[[dict[str, Any]], tuple[str, Any]]) -> None:
-        super().__init__(deque())
-        self.fn = fn
-
-    def next(self) -> tuple[str, Any]:
-        with self.lock:  # the handler appended this request just before
-            body = self.requests[-1]
-        return self.fn(body)
-
-
-@contextmanager
-def scripted_server(mode: str, port: int = 0) -> Iterator[tuple[str, fake_openai.Script]]:
+def scripted_server(
+    mode: str, port: int = 0
+) -> contextlib.AbstractContextManager[tuple[str, fake_openai.Script]]:
     """The scripted LLM on loopback (a free port unless ``port``); yields ``(base_url, script)``."""
-    script = _ByRequest(scripted_llm(mode))
-    server = ThreadingHTTPServer(("127.0.0.1", port), fake_openai.make_handler(script))
-    server.daemon_threads = True
-    import threading
-
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", script
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return fake_openai.fake_openai(("fn", scripted_llm(mode)), port=port)
 
 
 def _settings(url: str, timeout: float = 5.0, retries: int = 0) -> LLMSettings:

@@ -24,7 +24,7 @@ import io
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from skillscale.core.redact import redact
 from skillscale.core.transport import BusSocket, ZmqTransport, await_roundtrip
 from skillscale.tools.cli import main
 from tests.fake_openai import fake_openai
-from tests.helpers import RoleProcess, role_env, start_proxy, start_server
+from tests.helpers import RoleProcess, role_env, start_server
 from tests.test_rollout import write_skill
 
 OK = "import sys\nsys.stdin.read()\nprint('right answer')\n"
@@ -54,13 +54,6 @@ FAIL = "import sys\nsys.stdin.read()\nprint('broken input', file=sys.stderr)\nsy
 WRONG = "import sys\nsys.stdin.read()\nprint('WRONG answer')\n"
 SHARE = 0.5
 TOPIC = "TOPIC_EVO"
-
-
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[RoleProcess]:
-    proc = start_proxy()
-    yield proc
-    proc.close()
 
 
 def library(base: Path, skills: dict[str, tuple[str, str]]) -> Path:

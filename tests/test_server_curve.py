@@ -10,7 +10,6 @@ line and exit 1.
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FIXTURE_SKILLS, ROOT, RoleProcess, role_env
+from tests.helpers import FIXTURE_SKILLS, ROOT, RoleProcess, role_env, start_proxy
 
 pytestmark = pytest.mark.timeout(60)
 SKILLS = str(FIXTURE_SKILLS / "testing")
@@ -38,19 +37,15 @@ def curve_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     (root / "clients").mkdir()
     (root / "servers").mkdir()
     (root / "servers" / "worker.key").write_bytes((root / "worker.key").read_bytes())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skillscale", "proxy", "--xsub-bind", "tcp://127.0.0.1:0",
-         "--xpub-bind", "tcp://127.0.0.1:0", "--router-bind", "tcp://127.0.0.1:0",
-         "--metrics-port", "-1", "--curve-secret", str(root / "proxy.key_secret"),
-         "--curve-clients", str(root / "clients"), "--curve-servers", str(root / "servers")],
-        cwd=ROOT, env=role_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proxy = start_proxy(
+        curve_secret=root / "proxy.key_secret",
+        curve_clients=root / "clients",
+        curve_servers=root / "servers",
+    )
     try:
-        assert proc.stdout is not None
-        yield root, json.loads(proc.stdout.readline())
+        yield root, proxy.ready
     finally:
-        proc.kill()
-        proc.wait(10)
+        proxy.close()
 
 
 def server_args(ready: dict[str, str], *extra: str) -> list[str]:

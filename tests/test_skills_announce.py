@@ -31,17 +31,10 @@ from skillscale.core import rollout, skill_history
 from skillscale.core.events import SKILLS_CHANGED_TOPIC, SkillsChangedEvent
 from skillscale.core.protocol import Reply
 from skillscale.core.transport import BusSocket, ZmqTransport, await_roundtrip
-from tests.helpers import ROOT, RoleProcess, free_port, role_env, start_proxy, start_server
+from tests.helpers import ROOT, RoleProcess, free_port, role_env, start_server
 from tests.test_rollout import write_skill
 
 TOPIC = "TOPIC_ANNOUNCED"
-
-
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[RoleProcess]:
-    proc = start_proxy()
-    yield proc
-    proc.close()
 
 
 def library(base: Path) -> Path:
