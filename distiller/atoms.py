@@ -12,13 +12,11 @@ back to the deterministic cut, so an LLM can add intents but never commands.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shlex
 from collections.abc import Sequence
-from typing import Any
 
-from skillscale.core.llm import LLMClient, LLMError
+from skillscale.core.llm import LLMClient, LLMError, json_answer
 from skillscale.core.redact import Redactor
 from skillscale.distiller.model import Atom, Event, Gotcha, Step, Trajectory
 
@@ -137,13 +135,7 @@ def _listing(events: Sequence[Event]) -> str:
 
 def parse_segments(answer: str, n: int) -> list[tuple[int, int, str]] | None:
     """The model's segments if they are well-formed for ``n`` events, else None."""
-    text = answer.strip()
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    try:
-        data: Any = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        return None
+    data = json_answer(answer)
     if not isinstance(data, list) or not data:
         return None
     out: list[tuple[int, int, str]] = []

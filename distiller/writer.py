@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from skillscale.core.llm import LLMClient, LLMError
+from skillscale.core.llm import LLMClient, LLMError, json_answer
 from skillscale.core.matching import KeywordMatcher, tokenize
 from skillscale.core.protocol import is_valid_skill_name
 from skillscale.core.redact import Redactor
@@ -546,13 +546,7 @@ def parse_draft(answer: str, model: str, redactor: Redactor) -> Draft | None:
 
 
 def _parse_draft(answer: str, model: str, redactor: Redactor) -> Draft | None:
-    text = answer.strip()
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
+    data = json_answer(answer)
     if not isinstance(data, dict):
         return None
     data = redactor.obj(data)

@@ -16,6 +16,7 @@ everything in the process, holds the configured ``rpm``/``tpm``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -206,6 +207,18 @@ def bucket_for(settings: LLMSettings) -> TokenBucket | None:
     if key not in _BUCKETS:
         _BUCKETS[key] = TokenBucket(settings.rate_limit)
     return _BUCKETS[key]
+
+
+def json_answer(answer: str) -> Any | None:
+    """The JSON value a model answered, fenced in ```json or bare; None when it is
+    not JSON, or is nested too deeply to parse (a hostile answer is a bad answer)."""
+    text = answer.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 class LLMError(Exception):
