@@ -403,20 +403,17 @@ async def _llm_text(
     """The LLM's draft for a skill if it passed the guard, else None and why not."""
     if writer is None:
         return None, ""
-    chosen: dict[str, Any] = {"draft": None, "note": ""}
 
-    def redo(draft: Draft | None, note: str) -> Rendered:
-        chosen.update(draft=draft, note=note)
+    def candidate(draft: Draft) -> Rendered:
         return render(
             name, atoms, corpus, "1", others=others, other_intents=other_intents,
-            draft=draft, note=note, chatter=chatter,
+            draft=draft, chatter=chatter,
         )  # fmt: skip
 
     offline = render(
         name, atoms, corpus, "1", others=others, other_intents=other_intents, chatter=chatter
     )
-    await writer.write(name, atoms, corpus, offline, redo)
-    return chosen["draft"], chosen["note"]
+    return await writer.write(name, atoms, corpus, offline, candidate)
 
 
 def _own_procedure(group: Group, skill: KnownSkill, by_id: dict[str, Atom], corpus: Corpus) -> bool:

@@ -660,10 +660,10 @@ class LLMWriter:
         atoms: Sequence[Atom],
         corpus: Corpus,
         offline: Rendered,
-        redo: Callable[[Draft | None, str], Rendered],
-    ) -> Rendered:
-        """The LLM's rendering when it passes the guard, else the offline one
-        (re-rendered by ``redo`` with the reason in its provenance)."""
+        candidate: Callable[[Draft], Rendered],
+    ) -> tuple[Draft | None, str]:
+        """The LLM's draft when its rendering (by ``candidate``) passes the guard,
+        else None and why not (the note the offline text records)."""
         model = self.client.settings.model
         key = hashlib.sha256(
             f"{PROMPT_VERSION}\0{model}\0{offline.procedure_hash}".encode()
@@ -672,13 +672,13 @@ class LLMWriter:
         fresh = answer is None
         if answer is None:
             if self.down is not None:
-                return redo(None, "the LLM was unavailable for this pass")
+                return None, "the LLM was unavailable for this pass"
             try:
                 request = writing_request(name, atoms, corpus, offline, self.redactor)
                 answer = await self.client.complete(_SYSTEM, request, max_tokens=1500)
             except LLMError as exc:
                 self.down = str(exc)[:200]
-                return redo(None, "the LLM was unavailable for this pass")
+                return None, "the LLM was unavailable for this pass"
             answer = self.redactor.text(answer)
         draft = parse_draft(answer, model, self.redactor)
         if fresh and draft is not None:
@@ -688,15 +688,14 @@ class LLMWriter:
         if draft is None:
             reason = "its answer was not the JSON asked for"
         else:
-            candidate = redo(draft, "")
-            reason = check_draft(draft, atoms, offline, candidate) or ""
+            reason = check_draft(draft, atoms, offline, candidate(draft)) or ""
             if not reason:
                 self.accepted.append(name)
-                return candidate
+                return draft, ""
         self.rejected[name] = reason
         if fresh:
             self.fresh_rejections[name] = reason
-        return redo(None, f"the LLM draft ({model}) was rejected: {reason}")
+        return None, f"the LLM draft ({model}) was rejected: {reason}"
 
     def summary(self) -> list[str]:
         """The pass's warnings about the LLM: at most one per kind of failure."""
