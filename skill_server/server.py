@@ -36,6 +36,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -78,7 +79,7 @@ from skillscale.core.replica_protocol import (
     skills_digest,
 )
 from skillscale.core.runtime import AsyncRole, safe
-from skillscale.core.security import CurveKeys, diagnosed
+from skillscale.core.security import CurveKeys, ProbeSocket, diagnosed
 from skillscale.core.transport import (
     BusSocket,
     DealerSocket,
@@ -408,22 +409,24 @@ class SkillServer(AsyncRole):
         )
         ready = asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
         try:
-            if isinstance(self._bus, ZmqTransport):
-                # A refused handshake (no CURVE keys against a CURVE proxy, an
-                # unlisted key) is named: fatal with a start deadline, else one
-                # warning while the wait goes on.
-                fatal = cfg.ready_timeout is not None
-                await diagnosed(
-                    ready, self._bus.ctx, routers[0], cfg.curve, who="server",
-                    timeout=cfg.ready_timeout, socket_type="dealer", fatal=fatal,
-                )  # fmt: skip
-            else:
-                await ready
+            await self._diagnosed(ready, routers[0], socket_type="dealer")
         except asyncio.TimeoutError:
             raise TimeoutError(
                 f"no answer from the proxy's group endpoint {cfg.proxy_router} "
                 f"within {cfg.ready_timeout} s"
             ) from None
+
+    async def _diagnosed(
+        self, attempt: Awaitable[Any], endpoint: str, *, socket_type: ProbeSocket
+    ) -> None:
+        """Await the first contact with the proxy; a refused handshake (no CURVE
+        keys against a CURVE proxy, an unlisted key) is named: fatal with a start
+        deadline, else one warning while the wait goes on."""
+        if isinstance(self._bus, ZmqTransport):
+            await diagnosed(attempt, self._bus.ctx, endpoint, self.config.curve, who="server",
+                            timeout=self.config.ready_timeout, socket_type=socket_type)  # fmt: skip
+        else:
+            await attempt
 
     async def _start_pubsub(self) -> None:
         cfg = self.config
@@ -442,12 +445,7 @@ class SkillServer(AsyncRole):
             on_other=self._on_pubsub_message,
             what=f"proxy at {cfg.proxy_xpub}",
         )
-        if isinstance(self._bus, ZmqTransport):  # a refused handshake is named (as above)
-            xsub, fatal = split_endpoints(cfg.proxy_xsub)[0], cfg.ready_timeout is not None
-            await diagnosed(roundtrip, self._bus.ctx, xsub, cfg.curve, who="server",
-                            timeout=cfg.ready_timeout, fatal=fatal)  # fmt: skip
-        else:
-            await roundtrip
+        await self._diagnosed(roundtrip, split_endpoints(cfg.proxy_xsub)[0], socket_type="pub")
         self._sub.unsubscribe(probe)
         self._tasks.append(
             self.supervise(asyncio.create_task(self._receive_pubsub(), name="receiver"))

@@ -333,15 +333,14 @@ async def diagnosed(
     timeout: float | None,
     who: Peer = "client",
     socket_type: ProbeSocket = "pub",
-    fatal: bool = True,
 ) -> T:
     """Await ``attempt`` (e.g. the client's first round trip); if a handshake
     with ``endpoint`` is refused meanwhile, stop it and raise a
     :class:`ConfigError` naming the cause instead of letting it time out.
 
-    ``fatal=False`` (a server told to wait for its proxy however long): the
-    cause is logged once as a warning and the wait goes on (the proxy may be
-    restarted with other settings).
+    With no ``timeout`` (a server told to wait for its proxy however long),
+    the cause is logged once as a warning and the wait goes on (the proxy may
+    be restarted with other settings).
     """
     main = asyncio.ensure_future(attempt)
     probe = asyncio.ensure_future(handshake_failure(
@@ -351,7 +350,7 @@ async def diagnosed(
         if not main.done() and probe.exception() is None:
             cause = probe.result()
             if cause is not None:
-                if fatal:
+                if timeout is not None:
                     raise ConfigError(cause)
                 log.warning("%s; still waiting", cause)
         return await main
