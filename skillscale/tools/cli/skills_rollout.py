@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from skillscale.core import rollout
-from skillscale.core.discovery import SkillDiscovery
+from skillscale.core.discovery import Catalog, SkillDiscovery
 from skillscale.core.errors import ConfigError, SkillScaleError
 from skillscale.core.events import SkillsChangedEvent
 from skillscale.core.llm import LLMSettings
@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     return _install(args)
 
 
-def _library(args: argparse.Namespace) -> dict[str, Path]:
-    """Every skill folder by name: the served ones and those that are only drafts."""
+def _library(args: argparse.Namespace, catalog: Catalog | None = None) -> dict[str, Path]:
+    """Every skill folder by name: the served ones (``catalog``, scanned if not
+    given) and those that are only drafts."""
     roots = _dirs(args.skills_dir)
-    catalog = SkillDiscovery(roots).scan()
+    if catalog is None:
+        catalog = SkillDiscovery(roots).scan()
     found = {name: skill.path for name, skill in catalog.skills.items()}
     for name, path in rollout.find_drafts(tuple(roots)).items():
         found.setdefault(name, path)
@@ -168,9 +170,8 @@ def add_announce_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    roots = _dirs(args.skills_dir)
-    catalog = SkillDiscovery(roots).scan()
-    library = _library(args)
+    catalog = SkillDiscovery(_dirs(args.skills_dir)).scan()
+    library = _library(args, catalog)
     names = [args.name] if args.name else sorted(library)
     if args.name:
         _skill_dir(args, library)
