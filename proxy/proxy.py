@@ -222,7 +222,8 @@ _SNDMORE_NOBLOCK = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 
 
 class _Stream:
-    """The XSUB -> XPUB stream's receive and send, by frames.
+    """The XSUB -> XPUB stream's send, by frames (received by ``SocketPair.drain``
+    with ``copy=False``).
 
     A received ``zmq.Frame`` carries its "more" flag, where a copied receive
     needs ``getsockopt(RCVMORE)`` per frame, and pyzmq turns every option
@@ -235,25 +236,8 @@ class _Stream:
     wrapper 3.8 µs, frames + backend send 2.75 µs.
     """
 
-    def __init__(self, xsub: SocketPair, xpub: SocketPair) -> None:
-        self.recv = xsub.sync.recv
+    def __init__(self, xpub: SocketPair) -> None:
         self.send = super(zmq.Socket, xpub.sync).send
-
-    def drain(self, max_batch: int) -> list[list[zmq.Frame]]:
-        """Up to ``max_batch`` waiting messages, without blocking."""
-        recv = self.recv
-        batch: list[list[zmq.Frame]] = []
-        try:
-            for _ in range(max_batch):
-                frame = recv(_NOBLOCK, copy=False)
-                parts = [frame]
-                while frame.more:  # the rest of a message is there once its first part is
-                    frame = recv(_NOBLOCK, copy=False)
-                    parts.append(frame)
-                batch.append(parts)
-        except zmq.Again:
-            pass
-        return batch
 
     def publish(self, frames: list[zmq.Frame]) -> None:
         """Send on XPUB; only the first part can raise ``zmq.Again`` (see SocketPair.send)."""
@@ -392,7 +376,7 @@ class Proxy(AsyncRole):
         self._sockets = sockets
         self._xsub, self._xpub, self._router = sockets.xsub, sockets.xpub, sockets.router
         if isinstance(self._xsub, SocketPair) and isinstance(self._xpub, SocketPair):
-            self._stream = _Stream(self._xsub, self._xpub)
+            self._stream = _Stream(self._xpub)
         self.xsub_endpoint, self.xpub_endpoint, self.router_endpoint = sockets.endpoints
         self._xsub.send([b"\x01"])  # subscribe to everything (see module doc)
         if cfg.metrics_port is not None:
@@ -732,11 +716,7 @@ class Proxy(AsyncRole):
         # Frames, not copies: see _Stream. Under CURVE they also carry the
         # sender's key (User-Id).
         stream = self._stream
-        batch = (
-            stream.drain(self.config.batch)
-            if stream is not None
-            else self._xsub.drain(self.config.batch, copy=False)
-        )
+        batch = self._xsub.drain(self.config.batch, copy=False)
         # Per topic and batch: [plain, messages, bytes]. "Plain" topics need
         # no routing decision per message (see _plain_topic); their counts
         # go to the metrics once per batch.
