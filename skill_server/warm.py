@@ -361,6 +361,9 @@ class WarmExecutor(SubprocessExecutor):
         missing = [m for m in sorted(cached[1]) if m not in self.preload]
         if missing and (self._growing is None or self._growing.done()):
             self.preload += missing
+            # What is preloaded is never looked for again: once every optional
+            # module is, runs stop reading their scripts for imports.
+            self._optional = [m for m in self._optional if m not in self.preload]
             self._growing = asyncio.ensure_future(self._grow())
 
     async def _grow(self) -> None:
