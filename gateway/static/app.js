@@ -179,12 +179,19 @@
 
   // -- dashboard -------------------------------------------------------------
 
-  function plot(canvas, lines, max) {
+  // A canvas drawn at the screen's pixel density, in CSS pixels (the given size
+  // when the layout has none yet).
+  function sharpCanvas(canvas, width, height) {
     const ratio = window.devicePixelRatio || 1;
-    const w = canvas.clientWidth || 260, h = canvas.clientHeight || 56;
+    const w = canvas.clientWidth || width, h = canvas.clientHeight || height;
     canvas.width = w * ratio; canvas.height = h * ratio;
     const ctx = canvas.getContext("2d");
     ctx.scale(ratio, ratio);
+    return { ctx, w, h };
+  }
+
+  function plot(canvas, lines, max) {
+    const { ctx, w, h } = sharpCanvas(canvas, 260, 56);
     ctx.clearRect(0, 0, w, h);
     ctx.strokeStyle = "#e4e7ec"; ctx.lineWidth = 1;
     ctx.beginPath(); ctx.moveTo(0, h - 0.5); ctx.lineTo(w, h - 0.5); ctx.stroke();
@@ -691,11 +698,7 @@
 
   // The SPRT's path: LLR over discordant pairs, between its two bounds.
   function plotSprt(canvas, c, history) {
-    const ratio = window.devicePixelRatio || 1;
-    const w = canvas.clientWidth || 420, h = canvas.clientHeight || 170;
-    canvas.width = w * ratio; canvas.height = h * ratio;
-    const ctx = canvas.getContext("2d");
-    ctx.scale(ratio, ratio);
+    const { ctx, w, h } = sharpCanvas(canvas, 420, 170);
     const [lower, upper] = c.bounds;
     const points = history.map((x) => [x.pairs, x.llr]);
     const now = c.pairs.candidate_wins + c.pairs.active_wins;
