@@ -7,9 +7,16 @@ answer a request with an error). That keeps every routing rule unit-testable.
 
 Rules:
 
-* A request for a topic with live replicas goes to the replica with the most
-  free slots (ties: the one used least recently). With no free slot it waits
-  in the topic's bounded queue; a full queue answers ``overloaded``.
+* A request for a topic with live replicas goes to a replica with a free
+  worker slot if there is one, else to one with room in its inline lane; among
+  those, to the one with the most room (ties: the one used least recently).
+  With no room anywhere it waits in the topic's bounded queue; a full queue
+  answers ``overloaded``.
+* The inline lane (see ``skillscale.core.replica_protocol``): each reply a
+  replica marks ``inline`` lets one more dispatch beyond its worker slots, up
+  to the ``inline_slots`` it announced; a lane dispatch it hands back ``busy``
+  takes that allowance back to zero and returns to its place in the queue,
+  not counted as a delivery.
 * A request for a topic with no replica and no plain subscriber is parked for
   ``no_server_wait`` seconds (per topic: ``no_server_wait_topics``, e.g. long
   enough for an autoscaler to start a first pod); a replica announcing the
@@ -46,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from skillscale.core.errors import ErrorCode
-from skillscale.core.replica_protocol import REQ, VERSION, ServerState
+from skillscale.core.replica_protocol import LANE, REQ, VERSION, ServerState
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,9 @@ class Job:
     parked_until: float | None = None
     """Set while no replica serves the topic: when to answer ``no_server``."""
     attempt: int = 0
+    seq: int = 0
+    """Arrival order at this proxy (a lane dispatch handed back ``busy`` goes
+    back to its place by it)."""
     member: bytes | None = None
     history: list[str] = field(default_factory=list)
     """Server ids that were given this job and lost it."""
@@ -104,13 +114,21 @@ class Member:
     settled: bool = True
     """False from its first heartbeat to its second when it joined while
     :attr:`ReplicaGroups.admit_unsettled`: it has not said what it holds yet."""
+    lane: int = 0
+    """Dispatches allowed beyond its worker slots, learned from its replies
+    marked ``inline`` (at most ``state.inline_slots``)."""
 
     @property
     def free(self) -> int:
-        """Slots the proxy may still fill."""
+        """Dispatches the proxy may still send it: worker slots and lane."""
         if self.state.draining or self.unreachable or not self.settled:
             return 0
-        return self.state.slots - len(self.inflight)
+        return self.state.slots + min(self.lane, self.state.inline_slots) - len(self.inflight)
+
+    @property
+    def workers_free(self) -> bool:
+        """A dispatch now would be within its worker slots."""
+        return len(self.inflight) < self.state.slots
 
 
 class GroupIO(Protocol):
@@ -168,6 +186,8 @@ class ReplicaGroups:
         # Gauges read these every tick: kept as counts, not recounted.
         self._inflight_by_topic: Counter[bytes] = Counter()
         self.redelivered = 0
+        self.bounced = 0
+        """Lane dispatches handed back ``busy``."""
         self.admit_unsettled = False
         """Set by a proxy in its recovery window: a replica joining now gets work
         from its second heartbeat on (the first answer asks what it holds)."""
@@ -226,13 +246,15 @@ class ReplicaGroups:
         """Route a request; False if it is left to plain pub/sub subscribers."""
         if not self.serves(topic) and plain_subscriber:
             return False
-        job = Job(self._new_id(), topic, payload, now)
+        seq = next(self._ids)
+        job = Job(self._epoch + b"-" + str(seq).encode(), topic, payload, now, seq=seq)
         if self.serves(topic):
             member = self._preferred(topic, payload) if self.prefer is not None else None
+            lane = member is None
             if member is None and not (self.defer is not None and self.defer(payload)):
                 member = self._pick(topic)
             if member is not None:
-                self._dispatch(job, member)
+                self._dispatch(job, member, lane=lane)
                 self._reap(now)
                 return True
         cfg = self.config
@@ -291,10 +313,11 @@ class ReplicaGroups:
         self._reap(now)
 
     def on_reply(self, identity: bytes, dispatch_id: bytes, reply_to: bytes, payload: bytes,
-                 now: float) -> None:  # fmt: skip
+                 now: float, *, inline: bool = False) -> None:  # fmt: skip
         """The one reply for a dispatch: publish it unless it is a duplicate.
 
         ``reply_to`` must already be checked by the caller to be a reply topic.
+        ``inline``: the replica answered it without a worker (its lane grows).
         """
         job = self.inflight.get(dispatch_id)
         if job is None:
@@ -316,6 +339,8 @@ class ReplicaGroups:
         member = self.members.get(identity)
         if member is not None:
             member.inflight.pop(dispatch_id, None)
+            if inline and member.lane < member.state.inline_slots:
+                member.lane += 1
         if reply_to:
             self.io.publish([reply_to, payload])
         if member is not None:
@@ -324,8 +349,14 @@ class ReplicaGroups:
                 self._pump(topic.encode(), now)
         self._reap(now)
 
-    def on_return(self, identity: bytes, dispatch_id: bytes, now: float) -> None:
-        """A replica hands a job back (stopping): queue it for another."""
+    def on_return(self, identity: bytes, dispatch_id: bytes, now: float, *,
+                  busy: bool = False) -> None:  # fmt: skip
+        """A replica hands a job back: queue it for another.
+
+        ``busy``: a lane dispatch that found every worker taken. It was never
+        started, so it is no delivery: it goes back to its place in the queue,
+        and the replica's lane closes until its inline replies open it again.
+        """
         job = self.inflight.get(dispatch_id)
         if job is None:
             return
@@ -338,7 +369,15 @@ class ReplicaGroups:
         if member is not None:
             member.inflight.pop(dispatch_id, None)
             server_id = member.state.server_id
-        self._requeue(job, server_id, now, reason="handed back")
+            if busy:
+                member.lane = 0
+        if busy:
+            self.bounced += 1
+            job.attempt -= 1
+            job.member = None
+            self._reinsert(job, now)
+        else:
+            self._requeue(job, server_id, now, reason="handed back")
         self._pump(job.topic, now)
         self._reap(now)
 
@@ -404,6 +443,19 @@ class ReplicaGroups:
         self.queued += 1
         self.queued_bytes += len(job.payload)
 
+    def _reinsert(self, job: Job, now: float) -> None:
+        """Back into the queue at its arrival place (before later arrivals)."""
+        if job.deadline is None:
+            job.deadline = job_deadline(job.payload)
+        self._enqueue(job, now, front=True)
+        queue = self.queues[job.topic]
+        # Lane dispatches come back in the order they went out, each put in
+        # front: walk it back past the earlier arrivals bounced before it.
+        i = 0
+        while i + 1 < len(queue) and queue[i + 1].seq < job.seq:
+            queue[i], queue[i + 1] = queue[i + 1], queue[i]
+            i += 1
+
     def _leave_topic(self, topic: bytes, identity: bytes, now: float) -> None:
         members = self.by_topic.get(topic)
         if members is not None:
@@ -424,9 +476,6 @@ class ReplicaGroups:
             if not self._inflight_by_topic[job.topic]:
                 del self._inflight_by_topic[job.topic]
         return job
-
-    def _new_id(self) -> bytes:
-        return self._epoch + b"-" + str(next(self._ids)).encode()
 
     def _preferred(self, topic: bytes, payload: bytes) -> Member | None:
         """The replica that holds this retransmitted request, if live and serving it."""
@@ -452,15 +501,22 @@ class ReplicaGroups:
         if self.settling:
             return None
         best: Member | None = None
+        best_key = (False, 0, 0)
         for identity in self.by_topic.get(topic, ()):
             member = self.members[identity]
-            if member.free <= 0:
+            free = member.free
+            if free <= 0:
                 continue
-            if best is None or (member.free, -member.last_used) > (best.free, -best.last_used):
-                best = member
+            # A free worker slot first: a lane dispatch may come back busy.
+            key = (member.workers_free, free, -member.last_used)
+            if best is None or key > best_key:
+                best, best_key = member, key
         return best
 
-    def _dispatch(self, job: Job, member: Member) -> None:
+    def _dispatch(self, job: Job, member: Member, *, lane: bool = True) -> None:
+        """Send ``job`` to ``member``; ``lane=False`` (a retransmission sent to
+        the replica holding it, whatever its room) never rides the lane, which
+        could hand it back ``busy`` to be sent there again."""
         job.attempt += 1
         job.member = member.identity
         job.parked_until = None
@@ -468,6 +524,8 @@ class ReplicaGroups:
         member.last_used = next(self._uses)
         self.inflight[job.dispatch_id] = job
         self._inflight_by_topic[job.topic] += 1
+        # The job counts in the member's inflight already: beyond its worker
+        # slots, it rides the lane.
         frames = [
             VERSION,
             REQ,
@@ -476,6 +534,7 @@ class ReplicaGroups:
             job.payload,
             str(job.attempt).encode(),
             ",".join(job.history).encode(),
+            LANE if lane and len(member.inflight) > member.state.slots else b"",
         ]
         if not self.io.send_to(member.identity, frames) and not member.unreachable:
             # Removed by _reap, outside this call chain (see the module doc).
@@ -492,6 +551,7 @@ class ReplicaGroups:
         while queue:
             head = queue[0].payload
             member = self._preferred(topic, head) if self.prefer is not None else None
+            lane = member is None
             if member is None and not (self.defer is not None and self.defer(head)):
                 member = self._pick(topic)
             if member is None:
@@ -505,7 +565,7 @@ class ReplicaGroups:
                     "the caller's deadline passed while the request waited for a replica",
                 )  # fmt: skip
                 continue
-            self._dispatch(job, member)
+            self._dispatch(job, member, lane=lane)
 
     def _requeue(self, job: Job, lost_by: str, now: float, *, reason: str) -> None:
         job.history.append(lost_by)

@@ -163,6 +163,12 @@ class ProxyMetrics:
             "Requests re-dispatched after their replica was lost or handed them back.",
             registry=self.registry,
         )
+        self.lane_bounced = PromCounter(
+            "skillscale_proxy_lane_bounced",
+            "Inline-lane dispatches a replica handed back because every worker was "
+            "taken (each went back to its place in the queue).",
+            registry=self.registry,
+        )
         self.duplicates = PromCounter(
             "skillscale_proxy_duplicate_replies_dropped",
             "Replies dropped because an earlier attempt of the request already answered.",

@@ -75,9 +75,11 @@ from skillscale.core.protocol import (
     salvage_address,
 )
 from skillscale.core.replica_protocol import (
+    BUSY,
     BYE,
     HB,
     HEARTBEAT_INTERVAL,
+    INLINE,
     REPLY,
     RETURN,
     ROLE_ACTIVE,
@@ -330,7 +332,7 @@ class Proxy(AsyncRole):
         self._topic_rules: dict[bytes, list[str]] | None = None
         self._replica_keys: dict[bytes, bytes] = {}
         """Under CURVE: the key each replica routing id is bound to."""
-        self._counted = (0, 0, 0)
+        self._counted = (0, 0, 0, 0)
         self._published: _Outgoing | None = None
         """Replies to publish once the current batch of replica messages is read."""
         self.xsub_endpoint = ""
@@ -935,7 +937,8 @@ class Proxy(AsyncRole):
 
     def _on_replica_message(self, frames: list[Any], now: float) -> None:
         groups = self.groups
-        if len(frames) < 3 or len(frames) > 6 or _raw(frames[1]) != VERSION:
+        # (the longest: identity, version, REPLY, id, reply_to, payload, inline)
+        if len(frames) < 3 or len(frames) > 7 or _raw(frames[1]) != VERSION:
             self.metrics.drop(_GROUP, "malformed")
             return
         identity, command = _raw(frames[0]), _raw(frames[2])
@@ -971,7 +974,7 @@ class Proxy(AsyncRole):
                     if not self._unsettled:
                         self._settle(now)
                 self._io_send(identity, [VERSION, HB, *self._role_frames()])
-            elif command == REPLY and len(args) == 3:
+            elif command == REPLY and (len(args) == 3 or (len(args) == 4 and args[3] == INLINE)):
                 reply_to = args[1]
                 if reply_to and not is_reply_topic(reply_to):
                     # Answered, but published nowhere: a reply may only go to a
@@ -980,11 +983,11 @@ class Proxy(AsyncRole):
                     reply_to = b""
                 if stamps.ON:
                     stamps.stamp("proxy.reply")
-                groups.on_reply(identity, args[0], reply_to, args[2], now)
+                groups.on_reply(identity, args[0], reply_to, args[2], now, inline=len(args) == 4)
                 if stamps.ON:
                     stamps.stamp("proxy.published")
-            elif command == RETURN and len(args) == 1:
-                groups.on_return(identity, args[0], now)
+            elif command == RETURN and (len(args) == 1 or (len(args) == 2 and args[1] == BUSY)):
+                groups.on_return(identity, args[0], now, busy=len(args) == 2)
             elif command == BYE:
                 groups.on_bye(identity, now)
             else:
@@ -1081,9 +1084,11 @@ class Proxy(AsyncRole):
                 i: k for i, k in self._replica_keys.items() if i in groups.members
             }
         # The state machine keeps plain totals; counters move by the difference.
-        counted = (groups.redelivered, groups.duplicates_dropped, groups.foreign_dropped)
+        counted = (groups.redelivered, groups.duplicates_dropped, groups.foreign_dropped,
+                   groups.bounced)  # fmt: skip
         metrics.redelivered.inc(counted[0] - self._counted[0])
         metrics.duplicates.inc(counted[1] - self._counted[1])
+        metrics.lane_bounced.inc(counted[3] - self._counted[3])
         if counted[2] > self._counted[2]:
             metrics.dropped.labels("_SKILLSCALE_GROUP", "foreign_reply").inc(
                 counted[2] - self._counted[2]

@@ -64,11 +64,14 @@ from skillscale.core.protocol import (
     is_valid_id,
 )
 from skillscale.core.replica_protocol import (
+    BUSY,
     BYE,
     DEFAULT_PROXY_ROUTER,
     HB,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
+    INLINE,
+    LANE,
     MAX_SKILLS_PER_SERVER,
     MAX_SLOTS,
     REPLY,
@@ -139,6 +142,14 @@ class ServerConfig:
     proxy_xpub: str = field(default_factory=proxy_xpub_endpoint)
     workers: int = field(default_factory=default_workers)
     queue_size: int = 256
+    inline_slots: int = 32
+    """Group mode: dispatches the proxy may send beyond the worker slots for
+    requests answered without a worker (instruction-only skills, answers that
+    need no skill), so a burst of them travels in batches instead of two at a
+    time. The proxy opens this lane one reply marked ``inline`` at a time; a
+    lane dispatch that needs a worker while all are taken goes straight back
+    (``busy``), so nothing waits here that another replica could run, and the
+    proxy's queue stays the autoscaling signal. 0 closes the lane."""
     prefetch: int = 0
     """Group mode: requests the proxy may dispatch beyond the free workers (announced
     as slots), so the next ones are already here when a worker frees up and a
@@ -198,6 +209,10 @@ class Job:
     topic: str = ""
     origin: int = 0
     """Which proxy link (of a failover pair) dispatched it."""
+    mode: bytes | None = None
+    """The dispatch's ``mode`` frame (None from a proxy that sends none)."""
+    inline: bool = False
+    """Answered without a worker."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -223,6 +238,10 @@ class SkillServer(AsyncRole):
             raise ConfigError(
                 f"prefetch {config.prefetch} must be between 0 and the queue size "
                 f"({config.queue_size})"
+            )
+        if not 0 <= config.inline_slots <= MAX_SLOTS:
+            raise ConfigError(
+                f"inline slots {config.inline_slots} must be between 0 and {MAX_SLOTS}"
             )
         bad = [t for t in config.topics if not re.match(TOPIC_PATTERN, t)]
         if bad:
@@ -530,6 +549,7 @@ class SkillServer(AsyncRole):
             server_id=self.config.server_id,
             topics=self.config.topics,
             slots=min(self.config.workers + self.config.prefetch, MAX_SLOTS),
+            inline_slots=min(self.config.inline_slots, MAX_SLOTS),
             busy=self._in_flight,
             # (a heartbeat is bounded; the catalogue intent lists them all)
             digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
@@ -607,11 +627,15 @@ class SkillServer(AsyncRole):
         history = (
             [h for h in args[4].decode(errors="replace").split(",") if h] if len(args) > 4 else []
         )
+        # A proxy that sends the mode frame reads the optional reply frames.
+        mode = args[5] if len(args) > 5 else None
         decoded = self.handler.decode(payload)
         if isinstance(decoded, Rejection):
             reply_to = decoded.reply_to or ""
-            await self._send_group([VERSION, REPLY, dispatch_id, reply_to.encode(),
-                                    decoded.reply.to_bytes()], link=link)  # fmt: skip
+            frames = [VERSION, REPLY, dispatch_id, reply_to.encode(), decoded.reply.to_bytes()]
+            if mode is not None:
+                frames.append(INLINE)
+            await self._send_group(frames, link=link)
             return
         job = Job(
             decoded,
@@ -621,10 +645,12 @@ class SkillServer(AsyncRole):
             history,
             topic.decode(errors="replace"),
             origin=link,
+            mode=mode,
+            inline=True,
         )
         duplicate = self._window.lookup(job.key, job, job.received_at)
         if duplicate is True:
-            return  # answered with the running original
+            return  # answered with the running original, taking no worker
         if duplicate:
             await self._send_reply(job, duplicate)
             return
@@ -638,6 +664,12 @@ class SkillServer(AsyncRole):
         reply = self.handler.process_now(job.request, job.received_at)
         if reply is not None:
             await self._answer(job, reply)
+            return
+        job.inline = False
+        if mode == LANE and self._in_flight >= self.config.workers + self.config.prefetch:
+            # Sent on the inline lane, yet it needs a worker and none is free:
+            # back to the proxy's queue at once, where any replica can take it.
+            await self._hand_back(job, busy=True)
             return
         self._in_flight += 1
         self._queue.put_nowait(job)
@@ -662,6 +694,8 @@ class SkillServer(AsyncRole):
         """A group reply goes to the active proxy, waiting for one during a take-over."""
         assert job.dispatch_id is not None
         frames = [VERSION, REPLY, job.dispatch_id, job.request.reply_to.encode(), payload]
+        if job.inline and job.mode is not None:
+            frames.append(INLINE)
         deadline = time.monotonic() + REPLY_SEND_TIMEOUT
         while (link := self._links.target(job.origin, time.monotonic())) is None:
             remaining = deadline - time.monotonic()
@@ -684,12 +718,15 @@ class SkillServer(AsyncRole):
                       REPLY_SEND_TIMEOUT)  # fmt: skip
         return sent
 
-    async def _hand_back(self, job: Job) -> None:
+    async def _hand_back(self, job: Job, *, busy: bool = False) -> None:
         assert job.dispatch_id is not None
         # Whatever waited for it goes back too: it was never answered here.
         for waiting in [job, *self._window.abandon(job.key)]:
             assert waiting.dispatch_id is not None
-            await self._send_group([VERSION, RETURN, waiting.dispatch_id], link=waiting.origin)
+            frames = [VERSION, RETURN, waiting.dispatch_id]
+            if busy and waiting is job:
+                frames.append(BUSY)
+            await self._send_group(frames, link=waiting.origin)
 
     # -- intake: pubsub ----------------------------------------------------------
 

@@ -511,13 +511,16 @@ class RecordingIO:
 
     def send_to(self, identity: bytes, frames: list[bytes]) -> bool:
         self.attempted.append((identity, frames))
-        assert len(frames) == 7 and frames[:2] == [VERSION, REQ], frames
+        assert len(frames) == 8 and frames[:2] == [VERSION, REQ], frames
+        assert frames[7] in (b"", b"lane"), frames
         assert 1 <= int(frames[5]) <= self.max_attempts, frames[5]
         if self.groups is not None:
             member = self.groups.members.get(identity)
             assert member is not None, f"dispatch to {identity!r}, not a member"
             assert not member.state.draining, "dispatch to a draining replica"
-            assert len(member.inflight) <= member.state.slots, "dispatch beyond its slots"
+            lane = min(member.lane, member.state.inline_slots)
+            assert len(member.inflight) <= member.state.slots + lane, "dispatch beyond its room"
+            assert (frames[7] == b"lane") == (len(member.inflight) > member.state.slots), frames
             job = self.groups.inflight.get(frames[2])
             assert job is not None and job.member == identity
         return identity not in self.unreachable
@@ -603,13 +606,13 @@ class ReplicaGroupsMachine(RuleBasedStateMachine):
         ids |= {frames[2] for _, frames in self.io.attempted}
         return ids
 
-    def _reply(self, identity: bytes, did: bytes, reply_to: bytes) -> None:
+    def _reply(self, identity: bytes, did: bytes, reply_to: bytes, inline: bool = False) -> None:
         job = self.groups.inflight.get(did)
         accepted = job is not None and job.member == identity
         self.seq += 1
         payload = b"reply:" + did + b":" + str(self.seq).encode()
         before = len(self.io.published)
-        self.groups.on_reply(identity, did, reply_to, payload, self.now)
+        self.groups.on_reply(identity, did, reply_to, payload, self.now, inline=inline)
         mine = [f for f in self.io.published[before:] if f[1] == payload]
         if accepted:
             self.answered[did] += 1
@@ -654,11 +657,15 @@ class ReplicaGroupsMachine(RuleBasedStateMachine):
         topics=st.lists(st.sampled_from([t.decode() for t in TOPICS]), max_size=3),
         slots=st.integers(1, 3),
         draining=st.booleans(),
+        inline_slots=st.sampled_from([0, 0, 1, 4]),
     )
-    def heartbeat(self, identity: bytes, topics: list[str], slots: int, draining: bool) -> None:
+    def heartbeat(
+        self, identity: bytes, topics: list[str], slots: int, draining: bool, inline_slots: int
+    ) -> None:
         state = ServerState(
-            server_id=identity.decode(), topics=topics, slots=slots, draining=draining
-        )
+            server_id=identity.decode(), topics=topics, slots=slots, draining=draining,
+            inline_slots=inline_slots,
+        )  # fmt: skip
         self.groups.on_heartbeat(identity, state, self.now)
 
     @rule(identity=st.sampled_from(MEMBERS), raw=wire_states)
@@ -674,21 +681,33 @@ class ReplicaGroupsMachine(RuleBasedStateMachine):
         by_owner=st.booleans(),
         other=st.sampled_from((*MEMBERS, b"stranger")),
         reply_to=st.sampled_from([b"AGENT_REPLY_c", b""]),
+        inline=st.booleans(),
     )
-    def reply(self, data: st.DataObject, by_owner: bool, other: bytes, reply_to: bytes) -> None:
+    def reply(
+        self, data: st.DataObject, by_owner: bool, other: bytes, reply_to: bytes, inline: bool
+    ) -> None:
         choices = sorted(self.groups.inflight) + sorted(self.requests)[-3:]
         choices += [b"bogus", self.groups._epoch + b"-999999"]
         did = data.draw(st.sampled_from(choices))
         job = self.groups.inflight.get(did)
         identity = job.member if by_owner and job is not None and job.member else other
-        self._reply(identity, did, reply_to)
+        self._reply(identity, did, reply_to, inline)
 
-    @rule(data=st.data(), by_owner=st.booleans(), other=st.sampled_from((*MEMBERS, b"stranger")))
-    def hand_back(self, data: st.DataObject, by_owner: bool, other: bytes) -> None:
+    @rule(
+        data=st.data(),
+        by_owner=st.booleans(),
+        other=st.sampled_from((*MEMBERS, b"stranger")),
+        busy=st.booleans(),
+    )
+    def hand_back(self, data: st.DataObject, by_owner: bool, other: bytes, busy: bool) -> None:
         did = data.draw(st.sampled_from([*sorted(self.groups.inflight), b"bogus"]))
         job = self.groups.inflight.get(did)
         identity = job.member if by_owner and job is not None and job.member else other
-        self.groups.on_return(identity, did, self.now)
+        owned = job is not None and job.member == identity
+        owner = self.groups.members.get(identity) if owned else None
+        self.groups.on_return(identity, did, self.now, busy=busy)
+        if busy and owner is not None and owner.identity in self.groups.members:
+            assert owner.lane == 0, "a busy hand-back closes the lane"
 
     @rule(identity=st.sampled_from(MEMBERS))
     def bye(self, identity: bytes) -> None:
@@ -713,6 +732,9 @@ class ReplicaGroupsMachine(RuleBasedStateMachine):
         owned: dict[bytes, bytes] = {}
         for identity, member in g.members.items():
             assert member.identity == identity and not member.unreachable
+            assert 0 <= member.lane <= max(member.state.inline_slots, member.lane)
+            room = member.state.slots + member.state.inline_slots - len(member.inflight)
+            assert member.free <= max(0, room)
             for did, job in member.inflight.items():
                 assert did not in owned, f"{did!r} in flight on two members"
                 owned[did] = identity

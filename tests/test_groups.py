@@ -300,3 +300,92 @@ def test_no_server_suggests_the_served_topic_a_typo_meant() -> None:
     assert len(messages) == 2
     assert "did you mean TOPIC_DATA_PROCESSING?" in messages[0]
     assert "served topics: TOPIC_DATA_PROCESSING" in messages[1]
+
+
+# -- the inline lane ------------------------------------------------------------
+
+
+def modes(io: FakeIO) -> list[bytes]:
+    return [frames[7] for _, frames in io.sent]
+
+
+def test_the_lane_opens_one_inline_reply_at_a_time_up_to_what_was_announced() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1, inline_slots=2), 0)
+    for i in range(6):
+        groups.on_request(T, payload(f"r{i}"), 0, plain_subscriber=False)
+    assert modes(io) == [b""], "closed until the replica shows it answers inline"
+    ids = [frames[2] for _, frames in io.sent]
+    groups.on_reply(b"a", ids[0], b"AGENT_REPLY_c", b"{}", 1, inline=True)
+    assert modes(io) == [b"", b"", b"lane"]  # its slot again, and one more on the lane
+    groups.on_reply(b"a", io.sent[1][1][2], b"AGENT_REPLY_c", b"{}", 1, inline=True)
+    assert groups.members[b"a"].lane == 2
+    # r2, still out, now counts in the one worker slot: both new ones ride the lane.
+    assert modes(io)[3:] == [b"lane", b"lane"]
+    groups.on_reply(b"a", io.sent[2][1][2], b"AGENT_REPLY_c", b"{}", 1, inline=True)
+    assert groups.members[b"a"].lane == 2, "never past the announced inline_slots"
+    assert len(groups.members[b"a"].inflight) == 3  # 1 worker slot + 2 on the lane
+    # A worker's reply (not inline) frees its slot and leaves the lane as it is.
+    groups.on_reply(b"a", io.sent[3][1][2], b"AGENT_REPLY_c", b"{}", 1)
+    assert groups.members[b"a"].lane == 2 and len(groups.members[b"a"].inflight) == 2
+    assert len(io.sent) == 6 and not groups.queues[T]
+
+
+def test_a_busy_hand_back_is_no_delivery_and_goes_back_to_its_place() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1, inline_slots=4), 0)
+    groups.members[b"a"].lane = 4
+    for i in range(5):
+        groups.on_request(T, payload(f"r{i}"), 0, plain_subscriber=False)
+    groups.on_request(T, payload("late1"), 0, plain_subscriber=False)  # waits: no room
+    groups.on_request(T, payload("late2"), 0, plain_subscriber=False)
+    assert modes(io) == [b"", b"lane", b"lane", b"lane", b"lane"]
+    lane_ids = [frames[2] for _, frames in io.sent[1:]]
+    for did in lane_ids[:3]:  # handed back in the order they went out
+        groups.on_return(b"a", did, 1, busy=True)
+    member = groups.members[b"a"]
+    assert member.lane == 0 and groups.bounced == 3 and groups.redelivered == 0
+    waiting = [json.loads(job.payload)["request_id"] for job in groups.queues[T]]
+    assert waiting == ["r1", "r2", "r3", "late1", "late2"], "arrival order kept"
+    assert all(job.attempt == 0 and job.history == [] for job in groups.queues[T])
+    # The lane is shut: only its worker slot takes work again, once r0 and r4
+    # (still out) have answered.
+    sent = len(io.sent)
+    groups.on_reply(b"a", io.sent[0][1][2], b"AGENT_REPLY_c", b"{}", 2)
+    assert len(io.sent) == sent
+    groups.on_reply(b"a", io.sent[4][1][2], b"AGENT_REPLY_c", b"{}", 2)
+    assert len(io.sent) == sent + 1
+    assert io.sent[-1][1][5] == b"1" and io.sent[-1][1][7] == b"", "first delivery, no lane"
+    assert json.loads(io.sent[-1][1][4])["request_id"] == "r1"
+
+
+def test_a_free_worker_slot_wins_over_a_wider_lane() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=2, inline_slots=32), 0)
+    groups.on_heartbeat(b"b", state("b", slots=2, inline_slots=32), 0)
+    groups.members[b"a"].lane = 32
+    for i in range(2):  # a's worker slots fill first: it has the most room
+        groups.on_request(T, payload(f"r{i}"), 0, plain_subscriber=False)
+    assert io.dispatched_to() == [b"a", b"a"]
+    groups.on_request(T, payload("r2"), 0, plain_subscriber=False)
+    assert io.dispatched_to()[-1] == b"b", "b has a free worker; a only its lane"
+    assert modes(io) == [b"", b"", b""]
+
+
+def test_a_retransmission_sent_to_its_holder_never_rides_the_lane() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=1, inline_slots=4), 0)
+    groups.members[b"a"].lane = 4
+    groups.on_request(T, payload("r0"), 0, plain_subscriber=False)
+    groups.prefer = lambda _payload: b"a"
+    groups.on_request(T, payload("held"), 0, plain_subscriber=False)
+    assert modes(io) == [b"", b""], "sent to its holder beyond the slots: no lane"
+
+
+def test_servers_without_the_lane_keep_their_slots() -> None:
+    groups, io = make()
+    groups.on_heartbeat(b"a", state("a", slots=2), 0)  # an older server: no inline_slots
+    for i in range(4):
+        groups.on_request(T, payload(f"r{i}"), 0, plain_subscriber=False)
+    groups.on_reply(b"a", io.sent[0][1][2], b"AGENT_REPLY_c", b"{}", 1, inline=True)
+    assert len(groups.members[b"a"].inflight) == 2 and modes(io) == [b"", b"", b""]

@@ -11,13 +11,17 @@ direction   frames after the command   meaning
 server→     ``state`` (JSON)           heartbeat, and the full announcement: topics,
                                        slots, busy, skills digest, draining
 server→     ``id, reply_to, payload``  the one reply to dispatch ``id``
-                                       (empty ``reply_to``: nothing to publish)
-server→     ``id``                     ``RETURN``: hand ``id`` back unstarted or
-                                       cancelled, for another replica
+            [``inline``]               (empty ``reply_to``: nothing to publish;
+                                       ``inline``: answered without a worker)
+server→     ``id`` [``busy``]          ``RETURN``: hand ``id`` back unstarted or
+                                       cancelled, for another replica (``busy``:
+                                       a lane dispatch found every worker taken)
 server→     (none)                     ``BYE``: leaving now
 proxy→      ``id, topic, payload,``    ``REQ``: run this request (``attempt`` counts
             ``attempt, history``       deliveries, from 1; ``history`` lists, comma-
-                                       separated, the servers that lost it before)
+            [``mode``]                 separated, the servers that lost it before;
+                                       ``mode``: empty, or ``lane`` for a dispatch
+                                       beyond the worker slots)
 proxy→      (none) or ``role``         ``HB``: the proxy is alive; a proxy of a
                                        failover pair adds ``active`` or ``passive``
 ==========  =========================  ===========================================
@@ -30,6 +34,20 @@ request goes to the replica that already has it (see ``proxy/failover.py``).
 
 Because every heartbeat carries the whole announcement, a restarted proxy
 learns its servers back from their next heartbeat, with no handshake.
+
+**The inline lane.** A server answers requests for instruction-only skills
+(and answers that need no skill) in its receiving task, without a worker,
+in microseconds; holding them to the worker slots makes proxy and server
+play ping-pong, two requests at a time. So a server also announces
+``inline_slots``, and the proxy learns how many of them to use from what
+the server did: each reply marked ``inline`` lets one more dispatch beyond
+the worker slots (up to ``inline_slots``); a lane dispatch that needed a
+worker and found none is handed back ``busy`` (never queued there) and
+takes the allowance back to zero. A request that needs a worker therefore
+never waits inside a server while the proxy could give it to another
+replica, and the proxy's queue stays the autoscaling signal. The optional
+frames keep mixed versions working: a proxy that sends ``mode`` reads the
+two optional server frames, and a server sends them only to such a proxy.
 """
 
 from __future__ import annotations
@@ -48,6 +66,12 @@ REQ = b"REQ"
 REPLY = b"REPLY"
 RETURN = b"RETURN"
 BYE = b"BYE"
+LANE = b"lane"
+"""``REQ``'s ``mode`` frame for a dispatch beyond the worker slots."""
+INLINE = b"inline"
+"""``REPLY``'s optional last frame: answered without a worker."""
+BUSY = b"busy"
+"""``RETURN``'s optional last frame: a lane dispatch found every worker taken."""
 ROLE_ACTIVE = b"active"
 ROLE_PASSIVE = b"passive"
 """The optional frame after a proxy's ``HB``: which half of a failover pair it is."""
@@ -86,6 +110,9 @@ class ServerState(BaseModel):
     )
     slots: int = Field(ge=1, le=MAX_SLOTS)
     """Requests it will run at once (its workers)."""
+    inline_slots: int = Field(default=0, ge=0, le=MAX_SLOTS)
+    """Dispatches it takes beyond ``slots`` for requests it answers without a
+    worker (the inline lane; see the module doc)."""
     busy: int = Field(default=0, ge=0, le=1 << 30)
     digest: str = Field(default="", max_length=128)
     """Hash of its skill names and versions: replicas of a topic should agree."""

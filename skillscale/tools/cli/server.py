@@ -63,6 +63,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         workers=args.workers,
         queue_size=args.queue_size,
         prefetch=args.prefetch,
+        inline_slots=args.inline_slots,
         default_timeout=args.timeout,
         max_request_bytes=args.max_request_bytes,
         max_output_bytes=args.max_output_bytes,
@@ -182,6 +183,15 @@ def add_parser(sub: Any) -> None:
         256,
         "requests waiting beyond the workers before 'overloaded'",
         type=_positive_int,
+    )
+    _flag(
+        p_server,
+        "--inline-slots",
+        "SKILLSCALE_INLINE_SLOTS",
+        32,
+        "group mode: dispatches the proxy may send beyond the workers for requests answered "
+        "without one (instruction-only skills); one that needs a busy worker is handed back",
+        type=int,
     )
     _flag(
         p_server,
