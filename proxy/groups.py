@@ -249,10 +249,7 @@ class ReplicaGroups:
         seq = next(self._ids)
         job = Job(self._epoch + b"-" + str(seq).encode(), topic, payload, now, seq=seq)
         if self.serves(topic):
-            member = self._preferred(topic, payload) if self.prefer is not None else None
-            lane = member is None
-            if member is None and not (self.defer is not None and self.defer(payload)):
-                member = self._pick(topic)
+            member, lane = self._choose(topic, payload)
             if member is not None:
                 self._dispatch(job, member, lane=lane)
                 self._reap(now)
@@ -477,6 +474,16 @@ class ReplicaGroups:
                 del self._inflight_by_topic[job.topic]
         return job
 
+    def _choose(self, topic: bytes, payload: bytes) -> tuple[Member | None, bool]:
+        """The replica for a request now (None: it waits), and whether it may
+        ride the lane (not when sent to the replica holding it)."""
+        member = self._preferred(topic, payload) if self.prefer is not None else None
+        if member is not None:
+            return member, False
+        if self.defer is not None and self.defer(payload):
+            return None, True
+        return self._pick(topic), True
+
     def _preferred(self, topic: bytes, payload: bytes) -> Member | None:
         """The replica that holds this retransmitted request, if live and serving it."""
         assert self.prefer is not None
@@ -549,11 +556,7 @@ class ReplicaGroups:
     def _pump(self, topic: bytes, now: float) -> None:
         queue = self.queues.get(topic)
         while queue:
-            head = queue[0].payload
-            member = self._preferred(topic, head) if self.prefer is not None else None
-            lane = member is None
-            if member is None and not (self.defer is not None and self.defer(head)):
-                member = self._pick(topic)
+            member, lane = self._choose(topic, queue[0].payload)
             if member is None:
                 return
             job = queue.popleft()

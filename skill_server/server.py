@@ -549,7 +549,7 @@ class SkillServer(AsyncRole):
             server_id=self.config.server_id,
             topics=self.config.topics,
             slots=min(self.config.workers + self.config.prefetch, MAX_SLOTS),
-            inline_slots=min(self.config.inline_slots, MAX_SLOTS),
+            inline_slots=self.config.inline_slots,  # checked at start: <= MAX_SLOTS
             busy=self._in_flight,
             # (a heartbeat is bounded; the catalogue intent lists them all)
             digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
