@@ -266,8 +266,8 @@ async def test_first_reply_wins(fabric: Fabric, monkeypatch: pytest.MonkeyPatch)
     late = asyncio.Event()
     on_reply = proxy.groups.on_reply
 
-    def counted(*args: Any) -> None:
-        on_reply(*args)
+    def counted(*args: Any, **kwargs: Any) -> None:
+        on_reply(*args, **kwargs)
         late.set()
 
     monkeypatch.setattr(proxy.groups, "on_reply", counted)
