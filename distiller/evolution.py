@@ -58,6 +58,7 @@ from skillscale.core.events import (
 )
 from skillscale.core.llm import LLMClient, LLMError
 from skillscale.core.redact import redact
+from skillscale.core.runtime import within
 from skillscale.core.security import CurveKeys
 from skillscale.core.skill_format import SkillFormatError, load_skill
 from skillscale.core.transport import BusSocket, Transport, ZmqTransport, proxy_xsub_endpoint
@@ -362,14 +363,14 @@ class Evolution:
     async def settle(self, timeout: float = 60.0) -> None:
         """Wait until the judge has scored (or given up on) every reply queued so far."""
         if self._judge_task is not None:
-            await asyncio.wait_for(self._judge_queue.join(), timeout)
+            await within(self._judge_queue.join(), timeout)
 
     async def _judge_one(self, outcome: Outcome, task: str, output: str) -> None:
         assert self.judge is not None
         if not outcome.judging:
             return  # feedback came first and settled it
         try:
-            score = await asyncio.wait_for(
+            score = await within(
                 self.judge.score(outcome.skill, task, output), self.config.judge_timeout
             )
         except asyncio.TimeoutError:

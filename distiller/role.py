@@ -31,7 +31,7 @@ from skillscale.core.events import TRACE_TOPIC, TRAJECTORY_TOPIC, AgentTrajector
 from skillscale.core.health import HealthServer, RoleHealth, url_for
 from skillscale.core.llm import LLMClient, LLMSettings
 from skillscale.core.redact import Redactor
-from skillscale.core.runtime import AsyncRole, safe
+from skillscale.core.runtime import AsyncRole, safe, within
 from skillscale.core.security import CurveKeys
 from skillscale.core.transport import Transport, ZmqTransport
 from skillscale.distiller.pipeline import STATE_DIR, Options, distill_once
@@ -180,14 +180,14 @@ class Distiller(AsyncRole):
         """Canary decisions every ``evolution_interval``, whatever the passes are doing."""
         while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.evolution_interval)
+                await within(self._stop.wait(), self.config.evolution_interval)
             if self._stop.is_set():
                 break
             await self._tick()
 
     async def _tick(self) -> None:
         try:
-            await asyncio.wait_for(self._evolution.tick(), self.config.grace)
+            await within(self._evolution.tick(), self.config.grace)
         except asyncio.TimeoutError:
             # An LLM revision can outlast the grace; the next tick goes on from the files.
             log.warning("distill: an evolution step took over %g s and was cut short",
@@ -203,7 +203,7 @@ class Distiller(AsyncRole):
             receiver.cancel()
         if passer is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(passer), self.config.grace)
+                await within(asyncio.shield(passer), self.config.grace)
             passer.cancel()
         for task in self._tasks[2:]:
             task.cancel()
@@ -265,7 +265,7 @@ class Distiller(AsyncRole):
             return
         self.received["traces" if topic == TRACE_TOPIC else "feedback"] += 1
         if self._evolution is not None:
-            await asyncio.wait_for(self._evolution.observe(event), self.config.grace)
+            await within(self._evolution.observe(event), self.config.grace)
 
     async def _passes(self) -> None:
         while not self._stop.is_set():
@@ -300,9 +300,9 @@ class Distiller(AsyncRole):
             if self._stop.is_set():
                 break
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.config.min_interval)
+                await within(self._stop.wait(), self.config.min_interval)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.interval)
+                await within(self._wake.wait(), self.config.interval)
 
 
 def spool_path(skills_dir: Path) -> Path:

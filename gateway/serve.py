@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from skillscale.core.errors import ConfigError
+from skillscale.core.runtime import within
 from skillscale.core.transport import Transport
 from skillscale.gateway.app import create_app
 from skillscale.gateway.security import check_exposure
@@ -113,7 +114,7 @@ async def serve(
             gateway.end_streams()  # open event streams end now, not after the grace
             server.should_exit = True
             try:
-                await asyncio.wait_for(task, SHUTDOWN_GRACE + 2)
+                await within(task, SHUTDOWN_GRACE + 2)
             except asyncio.TimeoutError:
                 log.warning("the HTTP server did not stop in time")
             return 1 if gateway.crashed.is_set() else 0

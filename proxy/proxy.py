@@ -87,7 +87,7 @@ from skillscale.core.replica_protocol import (
     VERSION,
     ServerState,
 )
-from skillscale.core.runtime import AsyncRole, safe
+from skillscale.core.runtime import AsyncRole, safe, within
 from skillscale.core.security import (
     DOMAIN_PUBLISHERS,
     DOMAIN_SERVERS,
@@ -609,7 +609,7 @@ class Proxy(AsyncRole):
     ) -> None:
         """Wait until ``predicate(subscriptions)`` holds; ``TimeoutError`` after ``timeout`` s."""
         async with self._subscriptions_changed:
-            await asyncio.wait_for(
+            await within(
                 self._subscriptions_changed.wait_for(lambda: predicate(self.subscriptions)),
                 timeout,
             )

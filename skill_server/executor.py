@@ -64,7 +64,7 @@ from typing import Protocol
 
 from skillscale.core import stamps
 from skillscale.core.redact import redact
-from skillscale.core.runtime import fd_ready
+from skillscale.core.runtime import fd_ready, within
 from skillscale.core.skill_format import Skill
 
 # Re-exported: the process-tree code lives beside the fork server (see there).
@@ -439,7 +439,7 @@ class _Run:
         timed_out = False
         try:
             try:
-                await asyncio.wait_for(self._exited(), timeout=self.limits.timeout)
+                await within(self._exited(), timeout=self.limits.timeout)
                 if stamps.ON:
                     stamps.stamp("exec.exited")
             except asyncio.TimeoutError:
@@ -450,7 +450,7 @@ class _Run:
             self.kill_group()
             self.kill_leftovers()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), timeout=self.limits.pipe_grace)
+                await within(proc.wait(), timeout=self.limits.pipe_grace)
             _done, pending = await asyncio.wait(tasks, timeout=self.limits.pipe_grace)
             for task in pending:
                 task.cancel()

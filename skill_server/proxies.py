@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 
 from skillscale.core.replica_protocol import HEARTBEAT_TIMEOUT, ROLE_ACTIVE, ROLE_PASSIVE
+from skillscale.core.runtime import within
 
 
 class ProxyLinks:
@@ -74,4 +75,4 @@ class ProxyLinks:
         """Wait up to ``timeout`` s for a role change."""
         self.changed.clear()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), timeout)
+            await within(self.changed.wait(), timeout)

@@ -81,7 +81,7 @@ from skillscale.core.replica_protocol import (
     ServerState,
     skills_digest,
 )
-from skillscale.core.runtime import AsyncRole, safe
+from skillscale.core.runtime import AsyncRole, safe, within
 from skillscale.core.security import CurveKeys, ProbeSocket, diagnosed
 from skillscale.core.transport import (
     BusSocket,
@@ -426,7 +426,7 @@ class SkillServer(AsyncRole):
         self._tasks.append(
             self.supervise(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         )
-        ready = asyncio.wait_for(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
+        ready = within(self._proxy_ready.wait(), timeout=cfg.ready_timeout)
         try:
             await self._diagnosed(ready, routers[0], socket_type="dealer")
         except asyncio.TimeoutError:
@@ -489,7 +489,7 @@ class SkillServer(AsyncRole):
         workers = list(self._workers)
         if workers:
             try:
-                await asyncio.wait_for(self._queue.join(), timeout=grace)
+                await within(self._queue.join(), timeout=grace)
             except asyncio.TimeoutError:
                 log.warning("grace period of %.1f s over; cancelling unfinished work", grace)
             for task in workers:

@@ -37,12 +37,11 @@ import logging
 import os
 import re
 import socket
-import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
 
-from skillscale.core.runtime import fd_ready
+from skillscale.core.runtime import fd_ready, within
 from skillscale.core.skill_format import Skill
 from skillscale.skill_server.executor import (
     ChildProcess,
@@ -55,7 +54,6 @@ from skillscale.skill_server.executor import (
 from skillscale.skill_server.forkserver import EXEC, RUN
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 """Started by path (see its ``main``)."""
@@ -190,16 +188,6 @@ async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> No
         await loop.sock_sendall(sock, data[sent:])
 
 
-async def _deadline(aw: Coroutine[Any, Any, T], timeout: float) -> T:
-    """``aw`` within ``timeout`` s, keeping a cancellation: on 3.11 ``wait_for``
-    drops one that lands as its inner step completes (here often at once), and
-    a cancelled run would go on being set up."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout):
-            return await aw
-    return await asyncio.wait_for(aw, timeout)  # pragma: no cover - 3.10
-
-
 async def _pipe_reader(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**16)
@@ -318,7 +306,7 @@ class WarmExecutor(SubprocessExecutor):
             theirs.close()
         assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+            line = await within(proc.stdout.readline(), READY_TIMEOUT)
             ready = json.loads(line)
         except (asyncio.TimeoutError, ValueError):
             ours.close()
@@ -439,7 +427,7 @@ class WarmExecutor(SubprocessExecutor):
         for proc in [*self._retired, self._proc]:
             if proc is not None and proc.returncode is None:
                 try:
-                    await asyncio.wait_for(proc.wait(), 5)
+                    await within(proc.wait(), 5)
                 except asyncio.TimeoutError:
                     proc.kill()
                     await proc.wait()
@@ -612,7 +600,7 @@ class WarmExecutor(SubprocessExecutor):
                 reader, control_writer = await asyncio.open_unix_connection(sock=sock)
                 return reader, await reader.readline()
 
-            status, line = await _deadline(connect(), SEND_TIMEOUT)
+            status, line = await within(connect(), SEND_TIMEOUT)
             pid = int(json.loads(line)["pid"])
             assert control_writer is not None
         except BaseException as exc:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from skillscale.core.errors import ConfigError
+from skillscale.core.runtime import within
 
 CONFIG_TEMPLATE = """\
 # SkillScale configuration. Everything is commented out: with no LLM the
@@ -248,7 +249,7 @@ class LLMClient:
         try:
             if self._bucket is not None:
                 await self._bucket.acquire(estimate, timeout=self.settings.timeout)
-            response = await asyncio.wait_for(
+            response = await within(
                 self._client.chat.completions.create(
                     model=self.settings.model,
                     messages=[

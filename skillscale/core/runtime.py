@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -71,6 +71,22 @@ def safe(value: object, limit: int = 200) -> str:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     escaped = text[:limit].encode("unicode_escape").decode("ascii")
     return escaped + ("..." if len(text) > limit else "")
+
+
+async def within(aw: Awaitable[T], timeout: float | None) -> T:
+    """``await aw`` for at most ``timeout`` s (``None``: no limit), else ``TimeoutError``.
+
+    Use this, not ``asyncio.wait_for``: on 3.11 ``wait_for`` swallows a
+    cancellation that lands in the same loop step as its inner awaitable
+    completes, returning the result instead. A loop task cancelled that way
+    goes on to its next wait and never ends, so its owner's shutdown hangs
+    (the distiller's judge did, about one stop in twenty under load).
+    ``asyncio.timeout`` counts cancellations and keeps ours.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await aw
+    return await asyncio.wait_for(aw, timeout)  # pragma: no cover - 3.10 has no asyncio.timeout
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:

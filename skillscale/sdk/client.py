@@ -57,7 +57,7 @@ from skillscale.core.protocol import (
     Request,
     new_reply_topic,
 )
-from skillscale.core.runtime import AsyncRole
+from skillscale.core.runtime import AsyncRole, within
 from skillscale.core.security import CurveKeys, diagnosed
 from skillscale.core.skill_format import Skill
 from skillscale.core.transport import (
@@ -317,7 +317,7 @@ class SkillScaleClient(AsyncRole):
                                    now, deadline)  # fmt: skip
         if self._slots.locked():
             try:
-                await asyncio.wait_for(self._slots.acquire(), timeout=wait)
+                await within(self._slots.acquire(), timeout=wait)
             except asyncio.TimeoutError:
                 raise SkillTimeoutError(
                     f"no free request slot within {wait:g} s", request_id=request_id
@@ -332,7 +332,7 @@ class SkillScaleClient(AsyncRole):
                 # The proxy is away (restarting?): hold the request rather than
                 # publish it into a dropped connection.
                 remaining = wait - (loop.time() - start)
-                await asyncio.wait_for(self._path_up.wait(), timeout=max(remaining, 0.001))
+                await within(self._path_up.wait(), timeout=max(remaining, 0.001))
             topic_b = topic.encode()
             self._pub.send([topic_b, payload])
             self._retx.keep(request_id, topic_b, payload, deadline, self._generation)
@@ -504,7 +504,7 @@ class SkillScaleClient(AsyncRole):
         while True:
             down = not self._path_up.is_set()
             try:
-                raw = await asyncio.wait_for(
+                raw = await within(
                     self._monitor.recv_multipart(),
                     self.failover_timeout if several and down else None,
                 )
@@ -544,7 +544,7 @@ class SkillScaleClient(AsyncRole):
                 return False
             self._pub.send([self._probe, b"probe"])
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._probe_seen.wait(), interval)
+                await within(self._probe_seen.wait(), interval)
             interval = min(interval * 2, 0.25)
         return True
 

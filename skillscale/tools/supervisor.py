@@ -26,7 +26,7 @@ from typing import Any
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.core.errors import ConfigError
 from skillscale.core.protocol import topic_for_category
-from skillscale.core.runtime import AsyncRole
+from skillscale.core.runtime import AsyncRole, within
 from skillscale.core.security import FabricKeys
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class Fabric(AsyncRole):
         while True:
             remaining = deadline - time.monotonic()
             try:
-                line = await asyncio.wait_for(stdout.readline(), timeout=max(remaining, 0.01))
+                line = await within(stdout.readline(), timeout=max(remaining, 0.01))
             except asyncio.TimeoutError:
                 # Not ready in time: it must not live on beside its replacement.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -216,7 +216,7 @@ class Fabric(AsyncRole):
                 # Its stderr may still hold the reason: read it to the end
                 # (briefly: a grandchild could keep the pipe open).
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(relay), 2.0)
+                    await within(asyncio.shield(relay), 2.0)
                 reason = _last_words(child.held)
                 raise ConfigError(
                     f"{child.name} exited with status {code} before it was ready"
@@ -303,7 +303,7 @@ class Fabric(AsyncRole):
             delay = min(0.5 * 2**child.restarts, 8.0)
             log.error("%s %s; restart %d in %.1f s", child.name, reason, child.restarts, delay)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)  # the backoff, cut short by stop
+                await within(stop.wait(), delay)  # the backoff, cut short by stop
             if stop.is_set():
                 return
             try:
