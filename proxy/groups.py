@@ -378,6 +378,15 @@ class ReplicaGroups:
         self._pump(job.topic, now)
         self._reap(now)
 
+    def lost(self, identity: bytes, now: float) -> None:
+        """A send the proxy made later (a batch) found ``identity`` unreachable:
+        it is removed, and its work goes elsewhere."""
+        member = self.members.get(identity)
+        if member is not None and not member.unreachable:
+            member.unreachable = True
+            self._unreachable.append(identity)
+        self._reap(now)
+
     def on_bye(self, identity: bytes, now: float) -> None:
         """A replica leaves at once."""
         self._remove(identity, "left", now)

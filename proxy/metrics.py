@@ -169,6 +169,13 @@ class ProxyMetrics:
             "taken (each went back to its place in the queue).",
             registry=self.registry,
         )
+        self.batched = PromCounter(
+            "skillscale_proxy_batched",
+            "Dispatches sent to replicas, and replies received from them, several "
+            "to a message (batched REQ and REPLY; see the replica protocol).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.duplicates = PromCounter(
             "skillscale_proxy_duplicate_replies_dropped",
             "Replies dropped because an earlier attempt of the request already answered.",

@@ -80,12 +80,17 @@ from skillscale.core.replica_protocol import (
     HB,
     HEARTBEAT_INTERVAL,
     INLINE,
+    MAX_BATCH,
     REPLY,
+    REPLY_GROUP,
+    REQ,
+    REQ_GROUP,
     RETURN,
     ROLE_ACTIVE,
     ROLE_PASSIVE,
     VERSION,
     ServerState,
+    join_batch,
 )
 from skillscale.core.runtime import AsyncRole, safe, within
 from skillscale.core.security import (
@@ -112,6 +117,10 @@ from skillscale.proxy.subscriptions import Subscriptions
 log = logging.getLogger(__name__)
 
 _REPLY_PREFIX = REPLY_TOPIC_PREFIX.encode()
+_BATCHES = str(MAX_BATCH).encode()
+"""``HB``'s ``batches`` frame: the ``REPLY`` groups this proxy takes in one message."""
+_MAX_REPLICA_FRAMES = 3 + REPLY_GROUP * MAX_BATCH
+"""Identity, version, command and the longest batched ``REPLY``."""
 _TRACE_TOPIC = TRACE_TOPIC.encode()
 _NOT_REQUESTS = (REPLY_TOPIC_PREFIX.encode(), PROBE_TOPIC_PREFIX.encode(), b"_SKILLSCALE_")
 _GROUP = b"_SKILLSCALE_GROUP"
@@ -257,12 +266,54 @@ class _Outgoing:
 
 
 class _IO:
-    """The proxy's side of :class:`skillscale.proxy.groups.GroupIO`."""
+    """The proxy's side of :class:`skillscale.proxy.groups.GroupIO`.
+
+    While the proxy handles one batch of its sockets' messages,
+    :attr:`gathering` collects the dispatches to each replica that takes
+    batches; :meth:`flush` sends them after the batch as few batched ``REQ``
+    as it allows (see ``skillscale.core.replica_protocol``).
+    """
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
+        self.gathering: dict[bytes, list[list[bytes]]] | None = None
+        self.batched = [0, 0]
+        """Dispatches sent in batched ``REQ``, and replies received in batched ``REPLY``."""
 
     def send_to(self, identity: bytes, frames: list[bytes]) -> bool:
+        gathering = self.gathering
+        if gathering is not None and frames[1] == REQ and len(frames) == 2 + REQ_GROUP:
+            member = self.proxy.groups.members.get(identity)
+            if member is not None and member.state.batches > 1:
+                gathering.setdefault(identity, []).append(frames)
+                return True  # sent by flush, which reports a failure to the groups
+        return self._send(identity, frames)
+
+    def flush(self, now: float) -> None:
+        """Send what :attr:`gathering` holds and stop gathering."""
+        gathering, self.gathering = self.gathering, None
+        if not gathering:
+            return
+        groups = self.proxy.groups
+        for identity, messages in gathering.items():
+            member = groups.members.get(identity)
+            if member is None or member.unreachable:
+                continue  # removed meanwhile: its jobs were requeued already
+            # Only what is still this member's to run (a BYE in the same
+            # batch requeued the rest).
+            messages = [m for m in messages if m[2] in member.inflight]
+            if len(messages) > 1:
+                joined = join_batch(messages, REQ_GROUP, member.state.batches)
+                self.batched[0] += sum(
+                    (len(m) - 2) // REQ_GROUP for m in joined if len(m) > 2 + REQ_GROUP
+                )
+                messages = joined
+            for frames in messages:
+                if not self._send(identity, frames):
+                    groups.lost(identity, now)
+                    break
+
+    def _send(self, identity: bytes, frames: list[bytes]) -> bool:
         router = self.proxy._router
         if router is None:
             return False
@@ -333,6 +384,7 @@ class Proxy(AsyncRole):
         self._replica_keys: dict[bytes, bytes] = {}
         """Under CURVE: the key each replica routing id is bound to."""
         self._counted = (0, 0, 0, 0)
+        self._batched_counted = [0, 0]
         self._published: _Outgoing | None = None
         """Replies to publish once the current batch of replica messages is read."""
         self.xsub_endpoint = ""
@@ -574,7 +626,7 @@ class Proxy(AsyncRole):
         """``HB``'s extra frames: active or passive (a lone proxy is active), and
         this start's epoch (a server seeing a new one tells us what it holds)."""
         active = self.bstar is None or self.bstar.active
-        return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch]
+        return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch, _BATCHES]
 
     def _drain_passive(self) -> None:
         """Passive: forward nothing; a client request or probe is a vote to take over."""
@@ -637,12 +689,19 @@ class Proxy(AsyncRole):
         next_tick = time.monotonic() + tick
         next_heartbeat = time.monotonic()
         next_gauges = time.monotonic()
+        io = self._io
         while True:
             xsub_ready, xpub_ready, router_ready = await sockets.wait(next_tick - time.monotonic())
-            if xsub_ready:
-                self._forward_messages()
-            if router_ready:
-                self._on_router()
+            if xsub_ready or router_ready:
+                # Dispatches made while handling these go out together after them.
+                io.gathering = {}
+                try:
+                    if xsub_ready:
+                        self._forward_messages()
+                    if router_ready:
+                        self._on_router()
+                finally:
+                    io.flush(time.monotonic())
             if xpub_ready:
                 self._forward_subscriptions()
                 async with self._subscriptions_changed:
@@ -937,8 +996,7 @@ class Proxy(AsyncRole):
 
     def _on_replica_message(self, frames: list[Any], now: float) -> None:
         groups = self.groups
-        # (the longest: identity, version, REPLY, id, reply_to, payload, inline)
-        if len(frames) < 3 or len(frames) > 7 or _raw(frames[1]) != VERSION:
+        if len(frames) < 3 or len(frames) > _MAX_REPLICA_FRAMES or _raw(frames[1]) != VERSION:
             self.metrics.drop(_GROUP, "malformed")
             return
         identity, command = _raw(frames[0]), _raw(frames[2])
@@ -974,18 +1032,13 @@ class Proxy(AsyncRole):
                     if not self._unsettled:
                         self._settle(now)
                 self._io_send(identity, [VERSION, HB, *self._role_frames()])
-            elif command == REPLY and (len(args) == 3 or (len(args) == 4 and args[3] == INLINE)):
-                reply_to = args[1]
-                if reply_to and not is_reply_topic(reply_to):
-                    # Answered, but published nowhere: a reply may only go to a
-                    # reply topic, never into a request or an internal topic.
-                    self.metrics.drop(_GROUP, "bad_reply_to")
-                    reply_to = b""
-                if stamps.ON:
-                    stamps.stamp("proxy.reply")
-                groups.on_reply(identity, args[0], reply_to, args[2], now, inline=len(args) == 4)
-                if stamps.ON:
-                    stamps.stamp("proxy.published")
+            elif command == REPLY and len(args) == 3:
+                self._on_reply(identity, args[0], args[1], args[2], b"", now)
+            elif command == REPLY and args and len(args) % REPLY_GROUP == 0:
+                if len(args) > REPLY_GROUP:
+                    self._io.batched[1] += len(args) // REPLY_GROUP
+                for i in range(0, len(args), REPLY_GROUP):
+                    self._on_reply(identity, args[i], args[i + 1], args[i + 2], args[i + 3], now)
             elif command == RETURN and (len(args) == 1 or (len(args) == 2 and args[1] == BUSY)):
                 groups.on_return(identity, args[0], now, busy=len(args) == 2)
             elif command == BYE:
@@ -995,6 +1048,27 @@ class Proxy(AsyncRole):
         except ValueError as exc:
             log.warning("bad message from replica %s: %s", safe(identity), exc)
             self.metrics.drop(_GROUP, "malformed")
+
+    def _on_reply(self, identity: bytes, dispatch_id: bytes, reply_to: bytes, payload: bytes,
+                  flag: bytes, now: float) -> None:  # fmt: skip
+        """One reply (of a batch, perhaps): a malformed one costs only itself."""
+        if flag not in (b"", INLINE):
+            log.warning("bad reply from replica %s: flag %s", safe(identity), safe(flag))
+            self.metrics.drop(_GROUP, "malformed")
+            return
+        if reply_to and not is_reply_topic(reply_to):
+            # Answered, but published nowhere: a reply may only go to a
+            # reply topic, never into a request or an internal topic.
+            self.metrics.drop(_GROUP, "bad_reply_to")
+            reply_to = b""
+        if stamps.ON:
+            stamps.stamp("proxy.reply")
+        try:
+            self.groups.on_reply(identity, dispatch_id, reply_to, payload, now, inline=bool(flag))
+        except Exception:
+            self._failed(_GROUP, "a reply")
+        if stamps.ON:
+            stamps.stamp("proxy.published")
 
     def _key_matches(self, identity: bytes, frame: zmq.Frame, command: bytes) -> bool:
         """Under CURVE: is this message's key the one its routing id is bound to?
@@ -1089,6 +1163,9 @@ class Proxy(AsyncRole):
         metrics.redelivered.inc(counted[0] - self._counted[0])
         metrics.duplicates.inc(counted[1] - self._counted[1])
         metrics.lane_bounced.inc(counted[3] - self._counted[3])
+        for i, kind in enumerate(("dispatch", "reply")):
+            metrics.batched.labels(kind).inc(self._io.batched[i] - self._batched_counted[i])
+        self._batched_counted = list(self._io.batched)
         if counted[2] > self._counted[2]:
             metrics.dropped.labels("_SKILLSCALE_GROUP", "foreign_reply").inc(
                 counted[2] - self._counted[2]

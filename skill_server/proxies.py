@@ -13,7 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from skillscale.core.replica_protocol import HEARTBEAT_TIMEOUT, ROLE_ACTIVE, ROLE_PASSIVE
+from skillscale.core.replica_protocol import (
+    HEARTBEAT_TIMEOUT,
+    ROLE_ACTIVE,
+    ROLE_PASSIVE,
+    batch_frame,
+)
 from skillscale.core.runtime import within
 
 
@@ -27,6 +32,8 @@ class ProxyLinks:
         self.seen: list[float] = [0.0] * count
         self.epochs: list[bytes | None] = [None] * count
         """Each proxy's start epoch, when it sends one: a new one is a new start."""
+        self.batches: list[int] = [1] * count
+        """``REPLY`` groups each proxy takes in one message (1: it takes no batches)."""
         self.changed = asyncio.Event()
         """Set when a link's role changes (replies waiting for an active proxy)."""
 
@@ -38,6 +45,7 @@ class ProxyLinks:
         """
         role = ROLE_PASSIVE if args and args[0] == ROLE_PASSIVE else ROLE_ACTIVE
         self.seen[link] = now
+        self.batches[link] = batch_frame(args[2]) if len(args) > 2 else 1
         restarted = len(args) > 1 and args[1] != self.epochs[link]
         if restarted:
             self.epochs[link] = args[1]

@@ -72,13 +72,17 @@ from skillscale.core.replica_protocol import (
     HEARTBEAT_TIMEOUT,
     INLINE,
     LANE,
+    MAX_BATCH,
     MAX_SKILLS_PER_SERVER,
     MAX_SLOTS,
     REPLY,
+    REPLY_GROUP,
     REQ,
+    REQ_GROUP,
     RETURN,
     VERSION,
     ServerState,
+    join_batch,
     skills_digest,
 )
 from skillscale.core.runtime import AsyncRole, safe, within
@@ -105,6 +109,8 @@ from skillscale.skill_server.warm import WAITING_CHILDREN, ForkServerUnavailable
 
 log = logging.getLogger(__name__)
 
+MAX_REQ_FRAMES = REQ_GROUP * MAX_BATCH
+"""The most frames after ``REQ`` a batched dispatch may have."""
 REPLY_SEND_TIMEOUT = 60.0
 """Seconds a group reply may wait for the proxy (e.g. across a restart)."""
 
@@ -305,6 +311,9 @@ class SkillServer(AsyncRole):
         self._changes: BusSocket | None = None
         self._dealers: list[DealerSocket] = []
         self._links = ProxyLinks(1)
+        self._collecting: tuple[asyncio.Task[Any] | None, int, list[list[bytes]]] | None = None
+        """While the receiver answers a batched ``REQ``: its task, link, and the
+        replies it made (sent as one batched ``REPLY`` after the batch)."""
         self._window: DedupeWindow[Job] = DedupeWindow(config.dedupe)
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
@@ -550,6 +559,7 @@ class SkillServer(AsyncRole):
             topics=self.config.topics,
             slots=min(self.config.workers + self.config.prefetch, MAX_SLOTS),
             inline_slots=self.config.inline_slots,  # checked at start: <= MAX_SLOTS
+            batches=MAX_BATCH,
             busy=self._in_flight,
             # (a heartbeat is bounded; the catalogue intent lists them all)
             digest=skills_digest((n, self.registry.catalog.skills[n].version) for n in names),
@@ -609,18 +619,45 @@ class SkillServer(AsyncRole):
                     held = self._state(self._window.holding(self._proxy_seen))
                     await self._send_group([VERSION, HB, held.to_bytes()], block=False, link=link)
                 self._proxy_ready.set()
-            elif command == REQ and len(args) >= 4:
+            elif command == REQ and 4 <= len(args) <= REQ_GROUP:
                 if stamps.ON:
                     stamps.stamp("server.recv")
-                try:
-                    await self._on_group_request(args, link)
-                except Exception:
-                    # One bad dispatch must not end intake: hand it back (the
-                    # proxy gives up after its max attempts, with an answer).
-                    log.exception("failed to take dispatch %s; handing it back", safe(args[0]))
-                    await self._send_group([VERSION, RETURN, args[0]], link=link)
+                await self._take_dispatch(args, link)
+            elif command == REQ and len(args) % REQ_GROUP == 0 and len(args) <= MAX_REQ_FRAMES:
+                await self._take_batch(args, link)
+            elif command == REQ and args:
+                # Not ours to guess at: back to the proxy, which answers in the end.
+                log.warning("handing back a malformed dispatch of %d frames", len(args))
+                await self._send_group([VERSION, RETURN, args[0]], link=link)
             else:
                 log.warning("ignoring unknown proxy command %s", safe(command))
+
+    async def _take_dispatch(self, args: list[bytes], link: int) -> None:
+        try:
+            await self._on_group_request(args, link)
+        except Exception:
+            # One bad dispatch must not end intake: hand it back (the
+            # proxy gives up after its max attempts, with an answer).
+            log.exception("failed to take dispatch %s; handing it back", safe(args[0]))
+            await self._send_group([VERSION, RETURN, args[0]], link=link)
+
+    async def _take_batch(self, args: list[bytes], link: int) -> None:
+        """A batched ``REQ``: each group as its own dispatch; what is answered
+        here goes back as batched ``REPLY`` (when that proxy takes them)."""
+        collect = self._links.batches[link] > 1
+        replies: list[list[bytes]] = []
+        if collect:
+            self._collecting = (asyncio.current_task(), link, replies)
+        try:
+            for i in range(0, len(args), REQ_GROUP):
+                if stamps.ON:
+                    stamps.stamp("server.recv")
+                await self._take_dispatch(args[i : i + REQ_GROUP], link)
+        finally:
+            self._collecting = None
+            if replies:
+                for frames in join_batch(replies, REPLY_GROUP, self._links.batches[link]):
+                    await self._send_group(frames, link=link)
 
     async def _on_group_request(self, args: list[bytes], link: int = 0) -> None:
         dispatch_id, topic, payload, attempt_raw = args[:4]
@@ -709,6 +746,16 @@ class SkillServer(AsyncRole):
     async def _send_group(self, frames: list[bytes], *, block: bool = True,
                           link: int = 0) -> bool:  # fmt: skip
         """Send on a DEALER through the asyncio API; False if it could not go."""
+        collecting = self._collecting
+        if (
+            collecting is not None
+            and collecting[1] == link
+            and frames[1] == REPLY
+            and collecting[0] is asyncio.current_task()
+        ):
+            # A reply the receiver made answering a batch: it leaves with the batch.
+            collecting[2].append(frames if len(frames) == 2 + REPLY_GROUP else [*frames, b""])
+            return True
         dealer = self._dealers[link] if link < len(self._dealers) else None
         if dealer is None or dealer.closed:
             return False

@@ -22,8 +22,10 @@ proxy→      ``id, topic, payload,``    ``REQ``: run this request (``attempt`` 
             [``mode``]                 separated, the servers that lost it before;
                                        ``mode``: empty, or ``lane`` for a dispatch
                                        beyond the worker slots)
-proxy→      (none) or ``role``         ``HB``: the proxy is alive; a proxy of a
-                                       failover pair adds ``active`` or ``passive``
+proxy→      ``role, epoch``            ``HB``: the proxy is alive, ``active`` or
+            [``batches``]              ``passive``, and which start of it this is;
+                                       ``batches``: the ``REPLY`` groups it takes
+                                       in one message (ASCII digits)
 ==========  =========================  ===========================================
 
 A server connected to a failover pair heartbeats to both proxies and sends
@@ -48,6 +50,19 @@ never waits inside a server while the proxy could give it to another
 replica, and the proxy's queue stays the autoscaling signal. The optional
 frames keep mixed versions working: a proxy that sends ``mode`` reads the
 two optional server frames, and a server sends them only to such a proxy.
+
+**Batches.** An instruction-only burst is many small messages each way, and
+per message each end pays a ZeroMQ receive or send, its frames, and a wake-up
+of the other's I/O thread. So several dispatches to one replica, made while
+the proxy handles one batch of its sockets' messages, may travel as one
+``REQ`` of groups of :data:`REQ_GROUP` frames (``mode`` always present),
+and a server answering such a ``REQ`` without workers sends the answers as
+one ``REPLY`` of groups of :data:`REPLY_GROUP` frames (the flag always
+present: empty or ``inline``). Each end sends batches only to a peer that
+announced it takes them: a server by ``batches`` in its state, a proxy by the
+optional frame after its ``HB``'s epoch; neither is more than
+:data:`MAX_BATCH`. One group is exactly one message of today's shape, so a
+malformed group costs that group only.
 """
 
 from __future__ import annotations
@@ -72,6 +87,14 @@ INLINE = b"inline"
 """``REPLY``'s optional last frame: answered without a worker."""
 BUSY = b"busy"
 """``RETURN``'s optional last frame: a lane dispatch found every worker taken."""
+MAX_BATCH = 64
+"""Most groups one batched ``REQ`` or ``REPLY`` carries (see the module doc)."""
+REQ_GROUP = 6
+"""Frames per request in a batched ``REQ``: id, topic, payload, attempt, history, mode."""
+REPLY_GROUP = 4
+"""Frames per reply in a batched ``REPLY``: id, reply_to, payload, flag."""
+MAX_BATCH_BYTES = 256 * 1024
+"""A batch is closed once its payloads reach this (large answers travel alone)."""
 ROLE_ACTIVE = b"active"
 ROLE_PASSIVE = b"passive"
 """The optional frame after a proxy's ``HB``: which half of a failover pair it is."""
@@ -113,6 +136,8 @@ class ServerState(BaseModel):
     inline_slots: int = Field(default=0, ge=0, le=MAX_SLOTS)
     """Dispatches it takes beyond ``slots`` for requests it answers without a
     worker (the inline lane; see the module doc)."""
+    batches: int = Field(default=1, ge=1, le=MAX_BATCH)
+    """``REQ`` groups it takes in one message (1: one request per message)."""
     busy: int = Field(default=0, ge=0, le=1 << 30)
     digest: str = Field(default="", max_length=128)
     """Hash of its skill names and versions: replicas of a topic should agree."""
@@ -141,6 +166,37 @@ class ServerState(BaseModel):
             return cls.model_validate_json(raw)
         except ValidationError as exc:
             raise ValueError(f"malformed state: {_first_error(exc)}") from None
+
+
+def batch_frame(raw: bytes) -> int:
+    """A proxy's ``batches`` frame as a count in 1..MAX_BATCH (1 when malformed)."""
+    if not raw.isdigit() or len(raw) > 4:
+        return 1
+    return max(1, min(int(raw), MAX_BATCH))
+
+
+def join_batch(messages: list[list[bytes]], group: int, limit: int) -> list[list[bytes]]:
+    """``[VERSION, command, *group frames]`` messages joined into as few messages
+    as ``limit`` groups and :data:`MAX_BATCH_BYTES` of payload allow.
+
+    Every message must have exactly ``group`` frames after its command; the
+    third frame of each group is its payload.
+    """
+    joined: list[list[bytes]] = []
+    current: list[bytes] = []
+    count = size = 0
+    for message in messages:
+        if current and (count >= limit or size + len(message[4]) > MAX_BATCH_BYTES):
+            joined.append(current)
+            current, count, size = [], 0, 0
+        if not current:
+            current = message[:2]
+        current.extend(message[2 : 2 + group])
+        count += 1
+        size += len(message[4])
+    if current:
+        joined.append(current)
+    return joined
 
 
 def _first_error(exc: ValidationError) -> str:

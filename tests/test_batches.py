@@ -1,0 +1,206 @@
+"""Batched REQ and REPLY between the proxy and its replicas (see core/replica_protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from skillscale import Reply, Request
+from skillscale.core.memory_bus import MemoryBus
+from skillscale.core.replica_protocol import (
+    HB,
+    INLINE,
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    REPLY,
+    REQ,
+    REQ_GROUP,
+    VERSION,
+    ServerState,
+    batch_frame,
+    join_batch,
+)
+from skillscale.core.runtime import within
+from skillscale.core.transport import BusSocket, DealerSocket
+from skillscale.proxy import Proxy, ProxyConfig
+from skillscale.skill_server.proxies import ProxyLinks
+from skillscale.skill_server.server import ServerConfig, SkillServer
+from tests.helpers import FIXTURE_SKILLS
+
+pytestmark = pytest.mark.timeout(60)
+REPLY_TOPIC = "AGENT_REPLY_batches"
+
+
+def request(i: int, skill: str = "guide") -> Request:
+    return Request(request_id=f"r{i}", reply_to=REPLY_TOPIC,
+                   intent=json.dumps({"skill": skill, "data": str(i)}))  # fmt: skip
+
+
+def req(i: int, payload: bytes = b"{}") -> list[bytes]:
+    return [VERSION, REQ, b"d%d" % i, b"T", payload, b"1", b"", b""]
+
+
+def test_join_batch_keeps_order_and_respects_both_limits() -> None:
+    joined = join_batch([req(i) for i in range(70)], REQ_GROUP, MAX_BATCH)
+    assert [len(m) for m in joined] == [2 + 64 * REQ_GROUP, 2 + 6 * REQ_GROUP]
+    ids = [m[i] for m in joined for i in range(2, len(m), REQ_GROUP)]
+    assert ids == [b"d%d" % i for i in range(70)]
+    assert all(m[:2] == [VERSION, REQ] for m in joined)
+    assert len(join_batch([req(i) for i in range(10)], REQ_GROUP, 4)) == 3
+    big = b"x" * (MAX_BATCH_BYTES // 2 + 1)
+    # Two big payloads never share a message; a big one travels alone.
+    sizes = [len(m) for m in join_batch([req(0, big), req(1, big), req(2)], REQ_GROUP, 64)]
+    assert sizes == [2 + REQ_GROUP, 2 + 2 * REQ_GROUP]
+
+
+@pytest.mark.parametrize(
+    ("raw", "count"),
+    [(b"64", 64), (b"1", 1), (b"9999", MAX_BATCH), (b"0", 1), (b"", 1), (b"x2", 1),
+     (b"-5", 1), (b"123456", 1), ("٣".encode(), 1)],
+)  # fmt: skip
+def test_a_proxy_batches_frame_is_parsed_within_bounds(raw: bytes, count: int) -> None:
+    assert batch_frame(raw) == count
+
+
+def test_a_server_learns_from_each_proxy_heartbeat_whether_it_takes_batches() -> None:
+    links = ProxyLinks(2)
+    links.on_heartbeat(0, [b"active", b"e1", b"64"], 1.0)
+    links.on_heartbeat(1, [b"passive", b"e2"], 1.0)  # an older proxy: no frame
+    assert links.batches == [64, 1]
+    links.on_heartbeat(0, [b"active", b"e1"], 2.0)  # replaced by an older one
+    assert links.batches == [1, 1]
+
+
+async def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # state of in-process objects: no event to wait on
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def collect(sub: BusSocket, got: dict[str, Reply], count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(got) < count and (left := deadline - time.monotonic()) > 0:
+        if await sub.wait_readable(left):
+            for frames in sub.drain(1000):
+                reply = Reply.from_bytes(bytes(frames[1]))
+                assert reply.request_id not in got, "two replies for one request"
+                got[reply.request_id] = reply
+
+
+async def test_a_burst_travels_in_batches_both_ways_and_every_request_gets_one_reply() -> None:
+    bus = MemoryBus()
+    config = ServerConfig(topics=["T"], skills_dirs=[FIXTURE_SKILLS / "testing"], workers=2,
+                          inline_slots=32, executor="cold")  # fmt: skip
+    async with (
+        Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy,
+        SkillServer(config, transport=bus),
+    ):
+        sub = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=10_000)
+        pub = bus.publisher("memory://xsub", hwm=10_000)
+        got: dict[str, Reply] = {}
+        try:
+            await wait_until(lambda: bool(proxy.groups.members))
+            member = next(iter(proxy.groups.members.values()))
+            assert member.state.batches == MAX_BATCH
+            for i in range(300):
+                pub.send([b"T", request(i).to_bytes()])
+            await collect(sub, got, 300, 20)
+            proxy._update_gauges()
+            metrics = proxy.metrics.registry
+        finally:
+            sub.close()
+            pub.close()
+    assert sorted(got) == sorted(f"r{i}" for i in range(300))
+    assert all(r.ok and r.skill == "guide" for r in got.values())
+    dispatched, replied = proxy._io.batched
+    assert dispatched > 0 and replied > 0, proxy._io.batched
+    for kind, count in (("dispatch", dispatched), ("reply", replied)):
+        assert metrics.get_sample_value("skillscale_proxy_batched_total", {"kind": kind}) == count
+
+
+async def fake_replica(bus: MemoryBus, identity: bytes, state: ServerState) -> DealerSocket:
+    dealer = bus.dealer("memory://router", identity, hwm=10_000)
+    # Two: a proxy just started admits a replica once it said what it holds.
+    for _ in range(2):
+        await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
+    return dealer
+
+
+async def test_an_old_replica_gets_one_request_per_message_and_its_replies_are_taken() -> None:
+    bus = MemoryBus()
+    async with Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy:
+        old = ServerState(server_id="old-1", topics=["T"], slots=8)  # announces no batches
+        assert old.batches == 1
+        dealer = await fake_replica(bus, b"old-1", old)
+        sub = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
+        pub = bus.publisher("memory://xsub", hwm=1000)
+        got: dict[str, Reply] = {}
+        try:
+            await wait_until(lambda: b"old-1" in proxy.groups.members)
+            for i in range(8):
+                pub.send([b"T", request(i).to_bytes()])
+            reqs = []
+            while len(reqs) < 8:
+                frames = await within(dealer.recv_multipart(), 5)
+                if frames[1] == REQ:
+                    assert len(frames) == 2 + REQ_GROUP, "a batch sent to an old replica"
+                    reqs.append(frames)
+            for frames in reqs:  # the old REPLY shape: no flag frame
+                rid = Request.from_bytes(frames[4]).request_id
+                payload = Reply(request_id=rid, status="success", content="old").to_bytes()
+                answer = [VERSION, REPLY, frames[2], REPLY_TOPIC.encode(), payload]
+                await dealer.send(answer, timeout=5)
+            await collect(sub, got, 8, 10)
+        finally:
+            sub.close()
+            pub.close()
+            dealer.close()
+    assert sorted(got) == [f"r{i}" for i in range(8)] and proxy._io.batched == [0, 0]
+
+
+async def test_a_malformed_group_in_a_batched_reply_costs_only_itself() -> None:
+    bus = MemoryBus()
+    async with Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy:
+        state = ServerState(server_id="new-1", topics=["T"], slots=8, batches=MAX_BATCH)
+        dealer = await fake_replica(bus, b"new-1", state)
+        sub = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
+        pub = bus.publisher("memory://xsub", hwm=1000)
+        got: dict[str, Reply] = {}
+        try:
+            await wait_until(lambda: b"new-1" in proxy.groups.members)
+            for i in range(4):
+                pub.send([b"T", request(i).to_bytes()])
+            groups: list[list[bytes]] = []
+            while sum(len(g) for g in groups) < 4 * REQ_GROUP:
+                frames = await within(dealer.recv_multipart(), 5)
+                if frames[1] == REQ:
+                    groups.append(frames[2:])
+            flat = [f for g in groups for f in g]
+            dispatches = [flat[i : i + REQ_GROUP] for i in range(0, len(flat), REQ_GROUP)]
+            assert len(dispatches) == 4 and len(groups) < 4, "the burst was not batched"
+            answer: list[bytes] = [VERSION, REPLY]
+            for n, (dispatch_id, _topic, payload, *_rest) in enumerate(dispatches):
+                request_id = Request.from_bytes(payload).request_id
+                body = Reply(request_id=request_id, status="success", content="new").to_bytes()
+                flag = b"bogus" if n == 1 else (INLINE if n % 2 else b"")
+                answer += [dispatch_id, REPLY_TOPIC.encode(), body, flag]
+            await dealer.send(answer, timeout=5)
+            await collect(sub, got, 3, 10)
+            bad = Request.from_bytes(dispatches[1][2]).request_id
+            assert bad not in got and len(got) == 3
+            assert proxy.groups.inflight and list(proxy.groups.inflight) == [dispatches[1][0]]
+            # A message longer than any batch is dropped whole, loop unharmed.
+            await dealer.send([VERSION, REPLY, *([b"x"] * (4 * MAX_BATCH + 4))], timeout=5)
+            await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
+            await wait_until(lambda: proxy.metrics.registry.get_sample_value(
+                "skillscale_proxy_dropped_total",
+                {"topic": "_SKILLSCALE_GROUP", "reason": "malformed"}) == 2)  # fmt: skip
+        finally:
+            sub.close()
+            pub.close()
+            dealer.close()
