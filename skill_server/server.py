@@ -311,9 +311,9 @@ class SkillServer(AsyncRole):
         self._changes: BusSocket | None = None
         self._dealers: list[DealerSocket] = []
         self._links = ProxyLinks(1)
-        self._collecting: tuple[asyncio.Task[Any] | None, int, list[list[bytes]]] | None = None
-        """While the receiver answers a batched ``REQ``: its task, link, and the
-        replies it made (sent as one batched ``REPLY`` after the batch)."""
+        self._collecting: dict[asyncio.Task[Any] | None, tuple[int, list[list[bytes]]]] = {}
+        """While a receiver answers a batched ``REQ``, by its task: its link and
+        the replies it made (sent as batched ``REPLY`` after the batch)."""
         self._window: DedupeWindow[Job] = DedupeWindow(config.dedupe)
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = False
@@ -644,17 +644,17 @@ class SkillServer(AsyncRole):
     async def _take_batch(self, args: list[bytes], link: int) -> None:
         """A batched ``REQ``: each group as its own dispatch; what is answered
         here goes back as batched ``REPLY`` (when that proxy takes them)."""
-        collect = self._links.batches[link] > 1
         replies: list[list[bytes]] = []
-        if collect:
-            self._collecting = (asyncio.current_task(), link, replies)
+        task = asyncio.current_task()
+        if self._links.batches[link] > 1:
+            self._collecting[task] = (link, replies)
         try:
             for i in range(0, len(args), REQ_GROUP):
                 if stamps.ON:
                     stamps.stamp("server.recv")
                 await self._take_dispatch(args[i : i + REQ_GROUP], link)
         finally:
-            self._collecting = None
+            self._collecting.pop(task, None)
             if replies:
                 for frames in join_batch(replies, REPLY_GROUP, self._links.batches[link]):
                     await self._send_group(frames, link=link)
@@ -746,15 +746,10 @@ class SkillServer(AsyncRole):
     async def _send_group(self, frames: list[bytes], *, block: bool = True,
                           link: int = 0) -> bool:  # fmt: skip
         """Send on a DEALER through the asyncio API; False if it could not go."""
-        collecting = self._collecting
-        if (
-            collecting is not None
-            and collecting[1] == link
-            and frames[1] == REPLY
-            and collecting[0] is asyncio.current_task()
-        ):
+        collecting = self._collecting.get(asyncio.current_task()) if self._collecting else None
+        if collecting is not None and collecting[0] == link and frames[1] == REPLY:
             # A reply the receiver made answering a batch: it leaves with the batch.
-            collecting[2].append(frames if len(frames) == 2 + REPLY_GROUP else [*frames, b""])
+            collecting[1].append(frames if len(frames) == 2 + REPLY_GROUP else [*frames, b""])
             return True
         dealer = self._dealers[link] if link < len(self._dealers) else None
         if dealer is None or dealer.closed:

@@ -204,3 +204,49 @@ async def test_a_malformed_group_in_a_batched_reply_costs_only_itself() -> None:
             sub.close()
             pub.close()
             dealer.close()
+
+
+async def test_a_server_answers_a_batched_req_with_one_batched_reply_in_order() -> None:
+    bus = MemoryBus()
+    sockets = bus.bind_proxy()  # this test is the proxy
+    assert sockets.router is not None
+    router = sockets.router
+    config = ServerConfig(topics=["T"], skills_dirs=[FIXTURE_SKILLS / "testing"], workers=1,
+                          executor="cold", heartbeat_interval=0.05)  # fmt: skip
+
+    async def next_message(command: bytes) -> list[bytes]:
+        deadline = time.monotonic() + 10
+        while True:
+            assert time.monotonic() < deadline, f"no {command!r} from the server"
+            await sockets.wait(0.05)
+            for frames in router.drain(100):
+                raw = [bytes(f) for f in frames]
+                if raw[2] == command:
+                    return raw
+
+    server = SkillServer(config, transport=bus)
+    starting = asyncio.create_task(server.__aenter__())  # it waits for a proxy's heartbeat
+    try:
+        hb = await next_message(HB)
+        identity, state = hb[0], ServerState.from_bytes(hb[3])
+        assert state.batches == MAX_BATCH
+        router.send([identity, VERSION, HB, b"active", b"epoch-1", b"64"])
+        await within(starting, 10)
+        groups = [
+            [b"p-1", b"T", request(1).to_bytes(), b"1", b"", b""],
+            [b"p-2", b"T", b"\xff not json", b"1", b"", b""],
+            [b"p-3", b"T", request(3).to_bytes(), b"1", b"", b""],
+        ]
+        router.send([identity, VERSION, REQ, *[f for g in groups for f in g]])
+        reply = await next_message(REPLY)
+    finally:
+        await within(starting, 10)
+        await server.__aexit__(None, None, None)
+    args = reply[3:]
+    assert len(args) == 3 * 4, "not one batched REPLY"
+    assert [args[i] for i in range(0, 12, 4)] == [b"p-1", b"p-2", b"p-3"]
+    assert all(args[i + 3] == INLINE for i in range(0, 12, 4))
+    answers = [Reply.from_bytes(args[i + 2]) for i in range(0, 12, 4)]
+    assert answers[0].ok and answers[2].ok and answers[0].skill == "guide"
+    assert not answers[1].ok and answers[1].error_code is not None
+    assert answers[1].error_code.value == "bad_request"
