@@ -56,6 +56,7 @@ from skillscale.core.protocol import (
 from skillscale.core.replica_protocol import (
     BYE,
     HB,
+    INLINE,
     MAX_SKILLS_PER_SERVER,
     MAX_SLOTS,
     MAX_STATE_BYTES,
@@ -717,6 +718,12 @@ class ReplicaGroupsMachine(RuleBasedStateMachine):
     def reachability(self, identity: bytes, down: bool) -> None:
         (self.io.unreachable.add if down else self.io.unreachable.discard)(identity)
 
+    @rule(identity=st.sampled_from(MEMBERS))
+    def lost_after_a_batch(self, identity: bytes) -> None:
+        # A batched send that failed after the fact: the replica goes, its work elsewhere.
+        self.groups.lost(identity, self.now)
+        assert identity not in self.groups.members
+
     # the books
 
     @invariant()
@@ -1081,6 +1088,13 @@ class Junk:
                  b"_SKILLSCALE_TRACE", b"", r.randbytes(8)]
             )  # fmt: skip
             args = [r.choice(self.dispatch_ids), reply_to, self.payload(GROUP_TOPIC)]
+            if r.random() < 0.3:  # a batched REPLY, its flags good, empty or junk
+                args = [
+                    f
+                    for _ in range(r.randint(1, 70))
+                    for f in (r.choice(self.dispatch_ids), reply_to, self.payload(GROUP_TOPIC),
+                              r.choice([b"", INLINE, INLINE, r.randbytes(3)]))
+                ]  # fmt: skip
         elif command == RETURN:
             args = [r.choice(self.dispatch_ids)]
         else:
