@@ -35,7 +35,7 @@ def children(pid: int) -> list[int]:
 async def profile(out: Path, seconds: int) -> None:
     spy = shutil.which("py-spy")
     if spy is None:
-        raise SystemExit("py-spy is not installed")
+        raise SystemExit("py-spy is not installed: pip install -e '.[bench]'")
     with tempfile.TemporaryDirectory() as tmp:
         skills = write_skills(Path(tmp))
         async with Fabric(fabric_config(skills)) as fabric:
