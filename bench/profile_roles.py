@@ -1,12 +1,14 @@
 """Flame graphs (py-spy) of every role under load: proxy, server, fork server, client.
 
     python bench/profile_roles.py [--out bench/results/issue14] [--seconds 10]
+                                  [--skill trivial|instructions] [--tag NAME]
 
 Starts a fabric with bench/speed.py's skills, then loads it with
 ``skillscale bench`` (the trivial Python skill, 20 in flight) run under
 ``py-spy record``, while py-spy records the proxy, the skill server and its
 fork server by pid (that needs ptrace: root, or ``kernel.yama.ptrace_scope``
-0). Writes ``<role>.svg`` into ``--out``.
+0). Writes ``<role>[-<tag>].svg`` into ``--out``. ``--skill instructions``
+profiles the instruction-only skill (no process, so no fork server graph).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-async def profile(out: Path, seconds: int) -> None:
+async def profile(out: Path, seconds: int, skill: str = "trivial", tag: str = "") -> None:
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed: pip install -e '.[bench]'")
@@ -41,8 +43,12 @@ async def profile(out: Path, seconds: int) -> None:
         async with Fabric(fabric_config(skills)) as fabric:
             info = fabric.endpoints()
             server = info["servers"][0]["pid"]
-            forkserver = children(server)[0]
-            targets = {"proxy": info["proxy_pid"], "server": server, "forkserver": forkserver}
+            targets = {"proxy": info["proxy_pid"], "server": server}
+            if skill == "trivial":
+                targets["forkserver"] = children(server)[0]
+            suffix = f"-{tag}" if tag else ""
+            # Enough requests to outlast the recording (instruction-only runs ~20x faster).
+            requests = (300 if skill == "trivial" else 6000) * seconds // 2
             recorders = [
                 await asyncio.create_subprocess_exec(
                     spy,
@@ -51,7 +57,7 @@ async def profile(out: Path, seconds: int) -> None:
                     "-d",
                     str(seconds),
                     "-o",
-                    str(out / f"{name}.svg"),
+                    str(out / f"{name}{suffix}.svg"),
                     "--pid",
                     str(pid),
                     stdout=subprocess.DEVNULL,
@@ -60,9 +66,9 @@ async def profile(out: Path, seconds: int) -> None:
                 for name, pid in targets.items()
             ]
             client = await asyncio.create_subprocess_exec(
-                spy, "record", "--nonblocking", "-o", str(out / "client.svg"), "--",
+                spy, "record", "--nonblocking", "-o", str(out / f"client{suffix}.svg"), "--",
                 sys.executable, "-m", "skillscale", "bench", "--topic", TOPIC,
-                "--skill", "trivial", "--data", "x", "--requests", str(300 * seconds // 2),
+                "--skill", skill, "--data", "x", "--requests", str(requests),
                 "--concurrency", "20", "--no-progress", "--proxy-xsub", info["xsub"],
                 "--proxy-xpub", info["xpub"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -71,16 +77,18 @@ async def profile(out: Path, seconds: int) -> None:
             print(report.decode())
             for recorder in recorders:
                 await recorder.wait()
-    print(json.dumps({name: str(out / f"{name}.svg") for name in [*targets, "client"]}))
+    print(json.dumps({name: str(out / f"{name}{suffix}.svg") for name in [*targets, "client"]}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/issue14"))
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--skill", choices=["trivial", "instructions"], default="trivial")
+    parser.add_argument("--tag", default="", help="suffix of the SVG names")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(profile(args.out, args.seconds))
+    asyncio.run(profile(args.out, args.seconds, args.skill, args.tag))
 
 
 if __name__ == "__main__":
