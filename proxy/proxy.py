@@ -88,6 +88,8 @@ from skillscale.core.replica_protocol import (
     RETURN,
     ROLE_ACTIVE,
     ROLE_PASSIVE,
+    TRACES_UNWANTED,
+    TRACES_WANTED,
     VERSION,
     ServerState,
     join_batch,
@@ -385,6 +387,8 @@ class Proxy(AsyncRole):
         """Under CURVE: the key each replica routing id is bound to."""
         self._counted = (0, 0, 0, 0)
         self._batched_counted = [0, 0]
+        self._traces_wanted = False
+        """Whether any subscriber takes trace events (servers hear it in every ``HB``)."""
         self._published: _Outgoing | None = None
         """Replies to publish once the current batch of replica messages is read."""
         self.xsub_endpoint = ""
@@ -626,7 +630,18 @@ class Proxy(AsyncRole):
         """``HB``'s extra frames: active or passive (a lone proxy is active), and
         this start's epoch (a server seeing a new one tells us what it holds)."""
         active = self.bstar is None or self.bstar.active
-        return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch, _BATCHES]
+        traces = TRACES_WANTED if self._traces_wanted else TRACES_UNWANTED
+        return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch, _BATCHES, traces]
+
+    def _trace_subscribers_changed(self) -> bool:
+        """Recompute whether anyone subscribes to trace events; True if it changed.
+
+        A table that refused a subscription is incomplete: then they count as wanted.
+        """
+        wanted = self._subs.saturated or self._subs.all.matches(_TRACE_TOPIC)
+        changed = wanted != self._traces_wanted
+        self._traces_wanted = wanted
+        return changed
 
     def _drain_passive(self) -> None:
         """Passive: forward nothing; a client request or probe is a vote to take over."""
@@ -943,6 +958,10 @@ class Proxy(AsyncRole):
         metrics.subscriptions.set(len(subs))
         if counts:
             metrics.flush(UPSTREAM, counts, sizes)
+            if self._trace_subscribers_changed() and self._router is not None:
+                # At once: requests dispatched after this go behind it on
+                # each replica's pipe, so their traces reach the new subscriber.
+                self._heartbeat_all()
 
     @staticmethod
     def _key_of(frame: zmq.Frame) -> str | None:

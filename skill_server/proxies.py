@@ -17,6 +17,7 @@ from skillscale.core.replica_protocol import (
     HEARTBEAT_TIMEOUT,
     ROLE_ACTIVE,
     ROLE_PASSIVE,
+    TRACES_UNWANTED,
     batch_frame,
 )
 from skillscale.core.runtime import within
@@ -34,6 +35,8 @@ class ProxyLinks:
         """Each proxy's start epoch, when it sends one: a new one is a new start."""
         self.batches: list[int] = [1] * count
         """``REPLY`` groups each proxy takes in one message (1: it takes no batches)."""
+        self.traces: list[bool] = [True] * count
+        """Whether each proxy has a subscriber to trace events (True until it says not)."""
         self.changed = asyncio.Event()
         """Set when a link's role changes (replies waiting for an active proxy)."""
 
@@ -46,6 +49,7 @@ class ProxyLinks:
         role = ROLE_PASSIVE if args and args[0] == ROLE_PASSIVE else ROLE_ACTIVE
         self.seen[link] = now
         self.batches[link] = batch_frame(args[2]) if len(args) > 2 else 1
+        self.traces[link] = not (len(args) > 3 and args[3] == TRACES_UNWANTED)
         restarted = len(args) > 1 and args[1] != self.epochs[link]
         if restarted:
             self.epochs[link] = args[1]
@@ -61,6 +65,11 @@ class ProxyLinks:
             self.changed.set()
             return taken_over or restarted
         return restarted
+
+    @property
+    def traces_wanted(self) -> bool:
+        """True unless every proxy said nobody subscribes to trace events."""
+        return any(self.traces)
 
     def passive(self, link: int, now: float) -> bool:
         """True if ``link`` is a live passive proxy (it wants to hear what we hold)."""

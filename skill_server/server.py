@@ -307,6 +307,8 @@ class SkillServer(AsyncRole):
         self._sub: BusSocket | None = None
         self._pub: BusSocket | None = None
         self._traces: list[bytes] = []
+        self.traces_unwanted = 0
+        """Trace events not built because no proxy had a subscriber for them."""
         self._traces_timer: asyncio.TimerHandle | None = None
         self._changes: BusSocket | None = None
         self._dealers: list[DealerSocket] = []
@@ -868,6 +870,9 @@ class SkillServer(AsyncRole):
     def _emit_trace(self, job: Job, reply: Reply) -> None:
         if not self.config.trace_events or self._pub is None or self._pub.closed:
             return
+        if not self._links.traces_wanted:
+            self.traces_unwanted += 1
+            return  # nobody subscribes (the proxy says so in each heartbeat)
         trace = reply.trace
         request = job.request
         # A plain dict written by execution_trace_json: the model's bytes
