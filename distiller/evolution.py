@@ -280,7 +280,10 @@ class Evolution:
     ) -> None:  # fmt: skip
         if self._judge_task is not None:
             self._judge_task.cancel()
-            await asyncio.gather(self._judge_task, return_exceptions=True)
+            try:
+                await within(asyncio.gather(self._judge_task, return_exceptions=True), 5.0)
+            except asyncio.TimeoutError:  # a stop must not hang on the judge
+                log.warning("evolution: the judge did not stop within 5 s; left behind")
             self._judge_task = None
         async with self._lock:
             for outcome in self._open.values():
