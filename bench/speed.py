@@ -154,6 +154,34 @@ class Figures:
     """CPU µs per request by role, for the instruction-only loads at 20 in flight."""
 
 
+TRACE_LISTENER = """
+import sys, zmq
+sub = zmq.Context().socket(zmq.SUB)
+sub.connect(sys.argv[1])
+sub.subscribe(b"_SKILLSCALE_TRACE")
+print("ready", flush=True)
+while True:
+    sub.recv_multipart()
+"""
+"""A subscriber to trace events (what a gateway or a distiller is), in its own process."""
+
+
+async def traced_load(info: dict[str, Any], requests: int) -> tuple[BenchResult, dict[str, float]]:
+    """Instruction-only at 20 in flight while something subscribes to trace events:
+    servers then build and send one per request (without a subscriber they do not)."""
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TRACE_LISTENER, info["xpub"], stdout=subprocess.PIPE
+    )
+    try:
+        assert listener.stdout is not None
+        assert (await asyncio.wait_for(listener.stdout.readline(), 30)).strip() == b"ready"
+        await load(info, "instructions", 200, 20)  # the subscription reaches the servers
+        return await cpu_load(info, "instructions", requests, 20)
+    finally:
+        listener.kill()
+        await listener.wait()
+
+
 async def instruction_loads(info: dict[str, Any], prefetched: dict[str, Any], requests: int,
                             figures: dict[str, BenchResult],
                             cpu: dict[str, dict[str, float]]) -> None:  # fmt: skip
@@ -163,6 +191,9 @@ async def instruction_loads(info: dict[str, Any], prefetched: dict[str, Any], re
         figures[f"instructions{tag}@20"], cpu[f"instructions{tag}@20"] = await cpu_load(
             where, "instructions", requests * 25, 20
         )
+    figures["instructions+traced@20"], cpu["instructions+traced@20"] = await traced_load(
+        info, requests * 25
+    )
 
 
 async def one_round(info: dict[str, Any], prefetched: dict[str, Any], script: Path,
@@ -433,6 +464,7 @@ def main() -> int:
 
     i1, i20 = fab("instructions@1", "p50"), fab("instructions@20", "rps")
     p1, p20 = fab("instructions+prefetch@1", "p50"), fab("instructions+prefetch@20", "rps")
+    t20 = fab("instructions+traced@20", "rps")
     pre = f"server --prefetch {PREFETCH}"
     table = [
         ("instruction-only, 1 in flight, p50", "<= 1 ms", f"{spread(i1, '{:.3f}')} ms",
@@ -443,6 +475,9 @@ def main() -> int:
          statistics.median(p1), statistics.median(p1) <= 1.0),
         (f"  same, {pre}: 20 in flight", ">= 10000 req/s", f"{spread(p20, '{:.0f}')} req/s",
          statistics.median(p20) / 10_000, statistics.median(p20) >= 10_000),
+        ("  same, trace subscriber: 20 in flight", ">= 10000 req/s",
+         f"{spread(t20, '{:.0f}')} req/s", statistics.median(t20) / 10_000,
+         statistics.median(t20) >= 10_000),
     ]  # fmt: skip
     if not args.only_instructions:
         table = full_table(rounds, proxies, (rss, pss, processes), fab) + table
@@ -454,11 +489,12 @@ def main() -> int:
         "\nCPU per instruction-only request at 20 in flight (µs, all threads; "
         "this process is the client)"
     )
-    for key in ("instructions@20", "instructions+prefetch@20"):
+    labels = {"instructions@20": "default", "instructions+prefetch@20": pre,
+              "instructions+traced@20": "trace subscriber"}  # fmt: skip
+    for key, label in labels.items():
         per_role = {role: statistics.median(r.cpu[key][role] for r in rounds)
                     for role in ("client", "proxy", "server")}  # fmt: skip
         total = sum(per_role.values())
-        label = "default" if key == "instructions@20" else pre
         print(
             f"  {label:24} "
             + "  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
