@@ -301,9 +301,13 @@ class _IO:
             member = groups.members.get(identity)
             if member is None or member.unreachable:
                 continue  # removed meanwhile: its jobs were requeued already
-            # Only what is still this member's to run (a BYE in the same
-            # batch requeued the rest).
-            messages = [m for m in messages if m[2] in member.inflight]
+            # Only what is still this member's to run, as this attempt (a BYE
+            # in the same batch requeued the rest; a replica back under the
+            # same id may have been given some again, as a later attempt).
+            inflight = member.inflight
+            messages = [
+                m for m in messages if m[2] in inflight and m[5] == b"%d" % inflight[m[2]].attempt
+            ]
             if len(messages) > 1:
                 joined = join_batch(messages, REQ_GROUP, member.state.batches)
                 self.batched[0] += sum(

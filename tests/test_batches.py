@@ -250,3 +250,39 @@ async def test_a_server_answers_a_batched_req_with_one_batched_reply_in_order() 
     assert answers[0].ok and answers[2].ok and answers[0].skill == "guide"
     assert not answers[1].ok and answers[1].error_code is not None
     assert answers[1].error_code.value == "bad_request"
+
+
+async def test_a_replica_that_leaves_and_rejoins_within_one_batch_gets_each_request_once() -> None:
+    bus = MemoryBus()
+    async with Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy:
+        state = ServerState(server_id="back-1", topics=["T"], slots=8, batches=MAX_BATCH)
+        dealer = await fake_replica(bus, b"back-1", state)
+        pub = bus.publisher("memory://xsub", hwm=1000)
+        try:
+            await wait_until(lambda: b"back-1" in proxy.groups.members)
+            # All of it lands before the proxy's next turn: the requests are
+            # gathered for the replica, which then says BYE and comes back.
+            for i in range(3):
+                pub.send([b"T", request(i).to_bytes()])
+            await dealer.send([VERSION, b"BYE"], timeout=5)
+            for _ in range(2):
+                await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
+            dispatches: list[tuple[bytes, bytes]] = []
+            while len(dispatches) < 3:
+                frames = await within(dealer.recv_multipart(), 5)
+                if frames[1] == REQ:
+                    args = frames[2:]
+                    dispatches += [(args[i], args[i + 3]) for i in range(0, len(args), REQ_GROUP)]
+            member = proxy.groups.members[b"back-1"]
+            await wait_until(lambda: len(member.inflight) == 3)
+            # Nothing else is on its way: a heartbeat round trip comes back first.
+            await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
+            while (frames := await within(dealer.recv_multipart(), 5))[1] != HB:
+                args = frames[2:]
+                dispatches += [(args[i], args[i + 3]) for i in range(0, len(args), REQ_GROUP)]
+        finally:
+            pub.close()
+            dealer.close()
+    ids = [d for d, _ in dispatches]
+    assert len(ids) == len(set(ids)) == 3, dispatches
+    assert {attempt for _, attempt in dispatches} == {b"2"}  # the first attempt was lost with it
