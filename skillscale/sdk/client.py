@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pydantic_core
 import zmq
@@ -77,6 +78,19 @@ from skillscale.sdk.router import Route, TopicRouter
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_READ_BATCH = 512
+"""Replies taken in one reader callback before the loop runs anything else."""
+_EARLY = 0.001
+"""A deadline this close (seconds) counts as reached: loop timers fire to the
+millisecond, so a timer may run a hair early, and re-arming for the rest would
+spin the loop until the clock catches up."""
+_validate_reply = Reply.__pydantic_validator__.validate_json
+"""``Reply.model_validate_json`` without its Python wrapper (the same validator)."""
+
+_Deadline = tuple[float, int, "asyncio.Future[Reply]"]
 
 IntentLike = str | dict[str, Any]
 
@@ -155,6 +169,19 @@ class SkillScaleClient(AsyncRole):
         self._router: TopicRouter | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        # Every waiting call's deadline in one heap under one loop timer, armed
+        # for the earliest: a TimerHandle per call cost more to make and cancel
+        # than the heap push. An answered call's entry stays until it reaches
+        # the top or the heap is compacted (see _arm_deadline).
+        self._deadlines: list[_Deadline] = []
+        self._deadline_seq = 0
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_at = math.inf
+        self._reader_fd: int | None = None
+        """The SUB socket's FD while the reply callback watches it."""
+        self.late_replies = 0
+        """Replies that came when no call waited for them (it had timed out, been
+        cancelled or already had its reply, or the id is unknown): dropped."""
         self._bus: Transport | None = None
         self._pub: BusSocket | None = None
         self._sub: BusSocket | None = None
@@ -260,6 +287,10 @@ class SkillScaleClient(AsyncRole):
         self._pub.move(old.xsub, new.xsub)
         self._sub.move(old.xpub, new.xpub)
         self.proxy_xsub, self.proxy_xpub = new.xsub, new.xpub
+        if self._reader_fd is not None:
+            # (Dis)connecting may have taken the FD's signal for replies that
+            # already wait: read them now, not at the next signal.
+            asyncio.get_running_loop().call_soon(self._on_readable)
         log.warning("trying the proxy at %s / %s", new.xsub, new.xpub)
 
     async def close(self) -> None:
@@ -278,6 +309,11 @@ class SkillScaleClient(AsyncRole):
             if not future.done():
                 future.set_exception(UnavailableError("client closed before the reply arrived"))
         self._pending.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadline_timer_at = math.inf
+        self._deadlines.clear()
         if self._monitor is not None:
             if isinstance(self._pub, SocketPair) and not self._pub.closed:
                 self._pub.async_sock.disable_monitor()
@@ -326,7 +362,6 @@ class SkillScaleClient(AsyncRole):
             await self._slots.acquire()  # free: returns without suspending
         future: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = future
-        timer: asyncio.TimerHandle | None = None
         try:
             if not self._path_up.is_set():
                 # The proxy is away (restarting?): hold the request rather than
@@ -338,9 +373,8 @@ class SkillScaleClient(AsyncRole):
             self._retx.keep(request_id, topic_b, payload, deadline, self._generation)
             if stamps.ON:
                 stamps.stamp("client.sent")
-            # One timer per call, not wait_for's wrapper future and callbacks.
-            remaining = wait - (loop.time() - start)
-            timer = loop.call_at(loop.time() + max(remaining, 0.001), _expire, future)
+            now_loop = loop.time()
+            self._arm_deadline(loop, now_loop + max(wait - (now_loop - start), 0.001), future)
             reply = await future
             if stamps.ON:
                 stamps.stamp("client.woken")
@@ -350,11 +384,46 @@ class SkillScaleClient(AsyncRole):
                 f"no reply on {topic} within {wait:g} s", request_id=request_id
             ) from None
         finally:
-            if timer is not None:
-                timer.cancel()
+            if not future.done():
+                future.cancel()  # its deadline entry is then skipped, never expired
             self._pending.pop(request_id, None)
             self._retx.drop(request_id)
             self._slots.release()
+
+    # -- deadlines -------------------------------------------------------
+
+    def _arm_deadline(self, loop: asyncio.AbstractEventLoop, when: float,
+                      future: asyncio.Future[Reply]) -> None:  # fmt: skip
+        """Fail ``future`` with ``asyncio.TimeoutError`` at loop time ``when`` unless done first."""
+        heap = self._deadlines
+        self._deadline_seq += 1
+        heapq.heappush(heap, (when, self._deadline_seq, future))
+        if when < self._deadline_timer_at:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_timer = loop.call_at(when, self._on_deadline)
+            self._deadline_timer_at = when
+        elif len(heap) > 2 * len(self._pending) + 64:
+            # Answered calls' entries wait for their deadline (seconds away);
+            # dropping them once they outnumber the live ones keeps the heap
+            # within twice the calls in flight, at O(1) amortised per call.
+            self._deadlines = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(self._deadlines)
+
+    def _on_deadline(self) -> None:
+        """The timer fired: expire every call whose deadline is reached, re-arm for the next."""
+        self._deadline_timer = None
+        self._deadline_timer_at = math.inf
+        loop = asyncio.get_running_loop()
+        heap = self._deadlines
+        reached = loop.time() + _EARLY
+        while heap and (heap[0][0] <= reached or heap[0][2].done()):
+            future = heapq.heappop(heap)[2]
+            if not future.done():
+                future.set_exception(asyncio.TimeoutError())
+        if heap:
+            self._deadline_timer_at = heap[0][0]
+            self._deadline_timer = loop.call_at(self._deadline_timer_at, self._on_deadline)
 
     async def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
         """Send an intent (any form) and return the skill's content.
@@ -559,33 +628,86 @@ class SkillScaleClient(AsyncRole):
             log.info("retransmitted %d unanswered requests", len(due))
 
     async def _read_replies(self) -> None:
-        assert self._sub is not None
-        await pump(self._sub, self._on_message)
+        """Deliver replies until cancelled (by :meth:`close`).
+
+        Over ZeroMQ a loop reader callback on the SUB socket's FD takes every
+        waiting reply without blocking: no task wake-up, future or
+        ``ZMQ_EVENTS`` read per batch, which cost more than the reply. Any
+        other transport is pumped.
+        """
+        sub = self._sub
+        assert sub is not None
+        if not isinstance(sub, SocketPair):
+            await pump(sub, self._on_message)
+            return
+        loop = asyncio.get_running_loop()
+        sub.ready.detach()  # our callback owns the FD from now on (one reader per FD)
+        fd = cast(int, sub.sync.getsockopt(zmq.FD))
+        loop.add_reader(fd, self._on_readable)
+        self._reader_fd = fd
+        try:
+            # The FD signals changes only: what came before it was watched
+            # (and any signal the handshake's reads consumed) is read now.
+            self._on_readable()
+            await loop.create_future()  # until cancelled
+        finally:
+            self._reader_fd = None
+            if not loop.is_closed():
+                loop.remove_reader(fd)
+
+    def _on_readable(self) -> None:
+        """The SUB socket's FD fired: take every waiting message, without blocking.
+
+        ZeroMQ's FD is edge-triggered in effect (a signal says "something
+        changed" and any call on the socket may consume it), so this always
+        reads until ``zmq.Again``: a message left behind would wait for the
+        next signal. After a full batch it comes back at the next turn, so a
+        flood cannot starve the loop.
+        """
+        sub = self._sub
+        if self._reader_fd is None or not isinstance(sub, SocketPair) or sub.closed:
+            return
+        recv, more = sub.sync.recv, sub.sync.getsockopt
+        try:
+            for _ in range(_READ_BATCH):
+                frames: Frames = [recv(_NOBLOCK)]
+                while more(_RCVMORE):  # the rest of a message is there once its first part is
+                    frames.append(recv(_NOBLOCK))
+                try:
+                    self._on_message(frames)
+                except Exception:  # a bug here must not stop the reading of the rest
+                    log.exception("failed to deliver a reply")
+        except zmq.Again:
+            return
+        except zmq.ZMQError as exc:  # closed under us: close() stops the reader first
+            log.debug("reply reader stopped: %s", exc)
+            return
+        asyncio.get_running_loop().call_soon(self._on_readable)
 
     def _on_message(self, frames: Frames) -> None:
         if stamps.ON:
             stamps.stamp("client.recv")
-        topic = bytes(frames[0])
+        topic = frames[0]
+        if not isinstance(topic, bytes):
+            topic = bytes(topic)
         if topic == self._probe:
             self._probe_seen.set()
             return
         if len(frames) != 2 or topic != self._reply_topic_b:
             return  # noise on a longer topic sharing our prefix
+        payload = frames[1]
         try:
-            reply = Reply.from_bytes(bytes(frames[1]))
+            reply = cast(Reply, _validate_reply(
+                payload if isinstance(payload, bytes) else bytes(payload)))  # fmt: skip
         except ValidationError as exc:
             log.warning("discarding malformed reply: %s", exc.errors()[:1])
             return
         future = self._pending.get(reply.request_id)
         if future is None or future.done():
+            self.late_replies += 1
             log.debug("reply %s arrived after its caller stopped waiting", reply.request_id)
             return
         future.set_result(reply)
-
-
-def _expire(future: asyncio.Future[Reply]) -> None:
-    if not future.done():
-        future.set_exception(asyncio.TimeoutError())
 
 
 def _request_payload(request_id: str, reply_to: str, intent: str, timestamp: float,
