@@ -179,13 +179,15 @@ class SkillScaleClient(AsyncRole):
         self._deadline_timer_at = math.inf
         self._reader_fd: int | None = None
         """The SUB socket's FD while the reply callback watches it."""
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
         self.late_replies = 0
         """Replies that came when no call waited for them (it had timed out, been
         cancelled or already had its reply, or the id is unknown): dropped."""
         self._bus: Transport | None = None
         self._pub: BusSocket | None = None
         self._sub: BusSocket | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: asyncio.Future[None] | None = None
+        """The pump task, or over ZeroMQ a future standing for the FD callback."""
         self._watcher: asyncio.Task[None] | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self._path_up = asyncio.Event()
@@ -241,7 +243,11 @@ class SkillScaleClient(AsyncRole):
             await self._teardown()
             raise
         self._path_up.set()
-        self._reader = asyncio.create_task(self._read_replies(), name="skillscale-client-reader")
+        if isinstance(self._sub, SocketPair):
+            self._reader = self._watch_replies(self._sub)
+        else:
+            self._reader = asyncio.create_task(pump(self._sub, self._on_message),
+                                               name="skillscale-client-reader")  # fmt: skip
         if isinstance(self._pub, SocketPair):
             # Over ZeroMQ the connection can drop and come back (an in-process
             # bus cannot): watch it, and hold calls while it is down.
@@ -299,12 +305,14 @@ class SkillScaleClient(AsyncRole):
             await self._router.llm.close()
         tasks = [t for t in (self._reader, self._watcher) if t is not None]
         self._reader = self._watcher = None
+        self._unwatch_replies()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._teardown()
 
     async def _teardown(self) -> None:
+        self._unwatch_replies()  # before the socket closes: its FD number may be reused
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(UnavailableError("client closed before the reply arrived"))
@@ -627,33 +635,29 @@ class SkillScaleClient(AsyncRole):
         if due:
             log.info("retransmitted %d unanswered requests", len(due))
 
-    async def _read_replies(self) -> None:
-        """Deliver replies until cancelled (by :meth:`close`).
+    def _watch_replies(self, sub: SocketPair) -> asyncio.Future[None]:
+        """Deliver replies from a loop reader callback on ``sub``'s FD until :meth:`close`.
 
-        Over ZeroMQ a loop reader callback on the SUB socket's FD takes every
-        waiting reply without blocking: no task wake-up, future or
-        ``ZMQ_EVENTS`` read per batch, which cost more than the reply. Any
-        other transport is pumped.
+        It takes every waiting reply without blocking: no task wake-up,
+        future or ``ZMQ_EVENTS`` read per batch, which cost more than the
+        reply (any other transport is pumped by a task). Returns the future
+        that stands for the reader while it runs.
         """
-        sub = self._sub
-        assert sub is not None
-        if not isinstance(sub, SocketPair):
-            await pump(sub, self._on_message)
-            return
         loop = asyncio.get_running_loop()
         sub.ready.detach()  # our callback owns the FD from now on (one reader per FD)
         fd = cast(int, sub.sync.getsockopt(zmq.FD))
         loop.add_reader(fd, self._on_readable)
-        self._reader_fd = fd
-        try:
-            # The FD signals changes only: what came before it was watched
-            # (and any signal the handshake's reads consumed) is read now.
-            self._on_readable()
-            await loop.create_future()  # until cancelled
-        finally:
-            self._reader_fd = None
-            if not loop.is_closed():
-                loop.remove_reader(fd)
+        self._reader_fd, self._reader_loop = fd, loop
+        # The FD signals changes only: what came before it was watched (and
+        # any signal the handshake's reads consumed) is read now.
+        self._on_readable()
+        return loop.create_future()
+
+    def _unwatch_replies(self) -> None:
+        fd, loop = self._reader_fd, self._reader_loop
+        self._reader_fd = self._reader_loop = None
+        if fd is not None and loop is not None and not loop.is_closed():
+            loop.remove_reader(fd)
 
     def _on_readable(self) -> None:
         """The SUB socket's FD fired: take every waiting message, without blocking.
