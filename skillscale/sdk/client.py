@@ -411,10 +411,11 @@ class SkillScaleClient(AsyncRole):
                 self._deadline_timer.cancel()
             self._deadline_timer = loop.call_at(when, self._on_deadline)
             self._deadline_timer_at = when
-        elif len(heap) > 2 * len(self._pending) + 64:
+        if len(heap) > 2 * len(self._pending) + 64:
             # Answered calls' entries wait for their deadline (seconds away);
             # dropping them once they outnumber the live ones keeps the heap
-            # within twice the calls in flight, at O(1) amortised per call.
+            # within twice the calls in flight, at O(1) amortised per call. A
+            # dropped entry under the armed timer only makes it fire idle.
             self._deadlines = [entry for entry in heap if not entry[2].done()]
             heapq.heapify(self._deadlines)
 
