@@ -20,6 +20,7 @@ import zmq.asyncio
 from skillscale import Reply, Request
 from skillscale.core.errors import SkillTimeoutError
 from skillscale.core.protocol import PROBE_TOPIC_PREFIX
+from skillscale.core.transport import SocketPair
 from skillscale.sdk.client import _READ_BATCH, SkillScaleClient
 
 WAIT = 10.0
@@ -229,5 +230,31 @@ async def test_noise_and_malformed_replies_do_not_stop_the_reader(proxy: StandIn
         proxy.reply(request)
         assert (await asyncio.wait_for(task, WAIT)).ok
         assert client.late_replies == 0
+    finally:
+        await client.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_reply_whose_fd_signal_was_consumed_is_read_after_a_failover_move(
+    proxy: StandInProxy,
+) -> None:
+    """Any call on the SUB socket may take the FD's signal; a failover's move is
+    one, so the reader looks again right after it instead of waiting for the
+    next signal (which, with one call in flight, never comes)."""
+    client = SkillScaleClient([proxy.xsub, proxy.xsub], [proxy.xpub, proxy.xpub],
+                              connect_timeout=WAIT)  # fmt: skip
+    await client.connect()
+    try:
+        task = asyncio.create_task(client.call(T, "x", timeout=WAIT))
+        (request,) = await proxy.wait_requests(1)
+        proxy.reply(request)
+        assert client._sub is not None and isinstance(client._sub, SocketPair)
+        # Blocks the loop until the reply waits in the socket, reading
+        # ZMQ_EVENTS on the way: the FD's signal is gone before the loop polls.
+        poller = zmq.Poller()
+        poller.register(client._sub.sync, zmq.POLLIN)
+        assert poller.poll(WAIT * 1000)
+        client._fail_over()  # to the same endpoints: the sockets stay as they are
+        assert (await asyncio.wait_for(task, WAIT)).ok
     finally:
         await client.close()
