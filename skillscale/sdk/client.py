@@ -80,7 +80,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _NOBLOCK = int(zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
 _READ_BATCH = 512
 """Replies taken in one reader callback before the loop runs anything else."""
 _EARLY = 0.001
@@ -672,12 +671,16 @@ class SkillScaleClient(AsyncRole):
         sub = self._sub
         if self._reader_fd is None or not isinstance(sub, SocketPair) or sub.closed:
             return
-        recv, more = sub.sync.recv, sub.sync.getsockopt
+        recv = sub.sync.recv
         try:
             for _ in range(_READ_BATCH):
-                frames: Frames = [recv(_NOBLOCK)]
-                while more(_RCVMORE):  # the rest of a message is there once its first part is
-                    frames.append(recv(_NOBLOCK))
+                # A frame knows whether more follow: no RCVMORE getsockopt per
+                # frame, and the rest of a message is there once its first part is.
+                frame = recv(_NOBLOCK, copy=False)
+                frames: Frames = [frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
                 try:
                     self._on_message(frames)
                 except Exception:  # a bug here must not stop the reading of the rest
