@@ -228,6 +228,9 @@ class SocketPair:
         self.async_sock.setsockopt(zmq.LINGER, linger_ms)
         self.sync: zmq.Socket[Any] = zmq.Socket.shadow(self.async_sock.underlying)
         self.ready = Readiness(self.sync)
+        # The backend's send, without the Python wrapper's routing_id/group
+        # checks (we use neither): a 2-frame send took ~1.0 µs against ~2.7-3.3.
+        self._send = super(zmq.Socket, self.sync).send
 
     def set(self, option: int, value: int | bytes) -> None:
         """Set a socket option (before bind/connect for most options)."""
@@ -271,10 +274,10 @@ class SocketPair:
         """Send without blocking; raises ``zmq.Again`` only where HWM can push back."""
         # A multipart message is queued whole once its first part is: only
         # that one can raise zmq.Again.
-        send = self.sync.send
+        send = self._send
         for frame in frames[:-1]:
-            send(frame, _SNDMORE_NOBLOCK, copy=copy)
-        send(frames[-1], _NOBLOCK, copy=copy)
+            send(frame, _SNDMORE_NOBLOCK, copy)
+        send(frames[-1], _NOBLOCK, copy)
         self.ready.touched()
 
     def subscribe(self, topic: bytes) -> None:
@@ -537,6 +540,7 @@ class ZmqDealer:
         self.sock = sock
         self._sync: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
         self.ready = Readiness(self._sync)
+        self._send_frame = super(zmq.Socket, self._sync).send  # see SocketPair
         self._burst = 0
         self._receiver: asyncio.Task[Any] | None = None
         self._outbox: list[tuple[list[bytes], float | None]] = []
@@ -572,7 +576,7 @@ class ZmqDealer:
 
     def _send_now(self, frames: list[bytes]) -> None:
         # Queued whole once the first part is: only that one can raise zmq.Again.
-        send = self._sync.send
+        send = self._send_frame
         for frame in frames[:-1]:
             send(frame, _SNDMORE_NOBLOCK)
         send(frames[-1], _NOBLOCK)
