@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -131,79 +132,80 @@ async def fake_replica(bus: MemoryBus, identity: bytes, state: ServerState) -> D
     return dealer
 
 
-async def test_an_old_replica_gets_one_request_per_message_and_its_replies_are_taken() -> None:
+@contextlib.asynccontextmanager
+async def one_fake_replica(
+    state: ServerState,
+) -> AsyncIterator[tuple[Proxy, DealerSocket, BusSocket, BusSocket]]:
+    """A real proxy on the memory bus with one replica this test plays, admitted;
+    and a subscriber to the reply topic and a publisher of requests."""
     bus = MemoryBus()
+    identity = state.server_id.encode()
     async with Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy:
-        old = ServerState(server_id="old-1", topics=["T"], slots=8)  # announces no batches
-        assert old.batches == 1
-        dealer = await fake_replica(bus, b"old-1", old)
+        dealer = await fake_replica(bus, identity, state)
         sub = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
         pub = bus.publisher("memory://xsub", hwm=1000)
-        got: dict[str, Reply] = {}
         try:
-            await wait_until(lambda: b"old-1" in proxy.groups.members)
-            for i in range(8):
-                pub.send([b"T", request(i).to_bytes()])
-            reqs = []
-            while len(reqs) < 8:
-                frames = await within(dealer.recv_multipart(), 5)
-                if frames[1] == REQ:
-                    assert len(frames) == 2 + REQ_GROUP, "a batch sent to an old replica"
-                    reqs.append(frames)
-            for frames in reqs:  # the old REPLY shape: no flag frame
-                rid = Request.from_bytes(frames[4]).request_id
-                payload = Reply(request_id=rid, status="success", content="old").to_bytes()
-                answer = [VERSION, REPLY, frames[2], REPLY_TOPIC.encode(), payload]
-                await dealer.send(answer, timeout=5)
-            await collect(sub, got, 8, 10)
+            await wait_until(lambda: identity in proxy.groups.members)
+            yield proxy, dealer, sub, pub
         finally:
             sub.close()
             pub.close()
             dealer.close()
+
+
+async def test_an_old_replica_gets_one_request_per_message_and_its_replies_are_taken() -> None:
+    old = ServerState(server_id="old-1", topics=["T"], slots=8)  # announces no batches
+    assert old.batches == 1
+    got: dict[str, Reply] = {}
+    async with one_fake_replica(old) as (proxy, dealer, sub, pub):
+        for i in range(8):
+            pub.send([b"T", request(i).to_bytes()])
+        reqs = []
+        while len(reqs) < 8:
+            frames = await within(dealer.recv_multipart(), 5)
+            if frames[1] == REQ:
+                assert len(frames) == 2 + REQ_GROUP, "a batch sent to an old replica"
+                reqs.append(frames)
+        for frames in reqs:  # the old REPLY shape: no flag frame
+            rid = Request.from_bytes(frames[4]).request_id
+            payload = Reply(request_id=rid, status="success", content="old").to_bytes()
+            answer = [VERSION, REPLY, frames[2], REPLY_TOPIC.encode(), payload]
+            await dealer.send(answer, timeout=5)
+        await collect(sub, got, 8, 10)
     assert sorted(got) == [f"r{i}" for i in range(8)] and proxy._io.batched == [0, 0]
 
 
 async def test_a_malformed_group_in_a_batched_reply_costs_only_itself() -> None:
-    bus = MemoryBus()
-    async with Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy:
-        state = ServerState(server_id="new-1", topics=["T"], slots=8, batches=MAX_BATCH)
-        dealer = await fake_replica(bus, b"new-1", state)
-        sub = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
-        pub = bus.publisher("memory://xsub", hwm=1000)
-        got: dict[str, Reply] = {}
-        try:
-            await wait_until(lambda: b"new-1" in proxy.groups.members)
-            for i in range(4):
-                pub.send([b"T", request(i).to_bytes()])
-            groups: list[list[bytes]] = []
-            while sum(len(g) for g in groups) < 4 * REQ_GROUP:
-                frames = await within(dealer.recv_multipart(), 5)
-                if frames[1] == REQ:
-                    groups.append(frames[2:])
-            flat = [f for g in groups for f in g]
-            dispatches = [flat[i : i + REQ_GROUP] for i in range(0, len(flat), REQ_GROUP)]
-            assert len(dispatches) == 4 and len(groups) < 4, "the burst was not batched"
-            answer: list[bytes] = [VERSION, REPLY]
-            for n, (dispatch_id, _topic, payload, *_rest) in enumerate(dispatches):
-                request_id = Request.from_bytes(payload).request_id
-                body = Reply(request_id=request_id, status="success", content="new").to_bytes()
-                flag = b"bogus" if n == 1 else (INLINE if n % 2 else b"")
-                answer += [dispatch_id, REPLY_TOPIC.encode(), body, flag]
-            await dealer.send(answer, timeout=5)
-            await collect(sub, got, 3, 10)
-            bad = Request.from_bytes(dispatches[1][2]).request_id
-            assert bad not in got and len(got) == 3
-            assert proxy.groups.inflight and list(proxy.groups.inflight) == [dispatches[1][0]]
-            # A message longer than any batch is dropped whole, loop unharmed.
-            await dealer.send([VERSION, REPLY, *([b"x"] * (4 * MAX_BATCH + 4))], timeout=5)
-            await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
-            await wait_until(lambda: proxy.metrics.registry.get_sample_value(
-                "skillscale_proxy_dropped_total",
-                {"topic": "_SKILLSCALE_GROUP", "reason": "malformed"}) == 2)  # fmt: skip
-        finally:
-            sub.close()
-            pub.close()
-            dealer.close()
+    state = ServerState(server_id="new-1", topics=["T"], slots=8, batches=MAX_BATCH)
+    got: dict[str, Reply] = {}
+    async with one_fake_replica(state) as (proxy, dealer, sub, pub):
+        for i in range(4):
+            pub.send([b"T", request(i).to_bytes()])
+        groups: list[list[bytes]] = []
+        while sum(len(g) for g in groups) < 4 * REQ_GROUP:
+            frames = await within(dealer.recv_multipart(), 5)
+            if frames[1] == REQ:
+                groups.append(frames[2:])
+        flat = [f for g in groups for f in g]
+        dispatches = [flat[i : i + REQ_GROUP] for i in range(0, len(flat), REQ_GROUP)]
+        assert len(dispatches) == 4 and len(groups) < 4, "the burst was not batched"
+        answer: list[bytes] = [VERSION, REPLY]
+        for n, (dispatch_id, _topic, payload, *_rest) in enumerate(dispatches):
+            request_id = Request.from_bytes(payload).request_id
+            body = Reply(request_id=request_id, status="success", content="new").to_bytes()
+            flag = b"bogus" if n == 1 else (INLINE if n % 2 else b"")
+            answer += [dispatch_id, REPLY_TOPIC.encode(), body, flag]
+        await dealer.send(answer, timeout=5)
+        await collect(sub, got, 3, 10)
+        bad = Request.from_bytes(dispatches[1][2]).request_id
+        assert bad not in got and len(got) == 3
+        assert proxy.groups.inflight and list(proxy.groups.inflight) == [dispatches[1][0]]
+        # A message longer than any batch is dropped whole, loop unharmed.
+        await dealer.send([VERSION, REPLY, *([b"x"] * (4 * MAX_BATCH + 4))], timeout=5)
+        await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
+        await wait_until(lambda: proxy.metrics.registry.get_sample_value(
+            "skillscale_proxy_dropped_total",
+            {"topic": "_SKILLSCALE_GROUP", "reason": "malformed"}) == 2)  # fmt: skip
 
 
 async def test_a_server_answers_a_batched_req_with_one_batched_reply_in_order() -> None:
@@ -253,36 +255,28 @@ async def test_a_server_answers_a_batched_req_with_one_batched_reply_in_order() 
 
 
 async def test_a_replica_that_leaves_and_rejoins_within_one_batch_gets_each_request_once() -> None:
-    bus = MemoryBus()
-    async with Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy:
-        state = ServerState(server_id="back-1", topics=["T"], slots=8, batches=MAX_BATCH)
-        dealer = await fake_replica(bus, b"back-1", state)
-        pub = bus.publisher("memory://xsub", hwm=1000)
-        try:
-            await wait_until(lambda: b"back-1" in proxy.groups.members)
-            # All of it lands before the proxy's next turn: the requests are
-            # gathered for the replica, which then says BYE and comes back.
-            for i in range(3):
-                pub.send([b"T", request(i).to_bytes()])
-            await dealer.send([VERSION, b"BYE"], timeout=5)
-            for _ in range(2):
-                await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
-            dispatches: list[tuple[bytes, bytes]] = []
-            while len(dispatches) < 3:
-                frames = await within(dealer.recv_multipart(), 5)
-                if frames[1] == REQ:
-                    args = frames[2:]
-                    dispatches += [(args[i], args[i + 3]) for i in range(0, len(args), REQ_GROUP)]
-            member = proxy.groups.members[b"back-1"]
-            await wait_until(lambda: len(member.inflight) == 3)
-            # Nothing else is on its way: a heartbeat round trip comes back first.
+    state = ServerState(server_id="back-1", topics=["T"], slots=8, batches=MAX_BATCH)
+    async with one_fake_replica(state) as (proxy, dealer, _sub, pub):
+        # All of it lands before the proxy's next turn: the requests are
+        # gathered for the replica, which then says BYE and comes back.
+        for i in range(3):
+            pub.send([b"T", request(i).to_bytes()])
+        await dealer.send([VERSION, b"BYE"], timeout=5)
+        for _ in range(2):
             await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
-            while (frames := await within(dealer.recv_multipart(), 5))[1] != HB:
+        dispatches: list[tuple[bytes, bytes]] = []
+        while len(dispatches) < 3:
+            frames = await within(dealer.recv_multipart(), 5)
+            if frames[1] == REQ:
                 args = frames[2:]
                 dispatches += [(args[i], args[i + 3]) for i in range(0, len(args), REQ_GROUP)]
-        finally:
-            pub.close()
-            dealer.close()
+        member = proxy.groups.members[b"back-1"]
+        await wait_until(lambda: len(member.inflight) == 3)
+        # Nothing else is on its way: a heartbeat round trip comes back first.
+        await dealer.send([VERSION, HB, state.to_bytes()], timeout=5)
+        while (frames := await within(dealer.recv_multipart(), 5))[1] != HB:
+            args = frames[2:]
+            dispatches += [(args[i], args[i + 3]) for i in range(0, len(args), REQ_GROUP)]
     ids = [d for d, _ in dispatches]
     assert len(ids) == len(set(ids)) == 3, dispatches
     assert {attempt for _, attempt in dispatches} == {b"2"}  # the first attempt was lost with it

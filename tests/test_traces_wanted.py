@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -66,7 +68,9 @@ async def traces_of(sub: BusSocket, request_id: str, timeout: float) -> list[dic
     return found
 
 
-async def test_traces_start_for_the_request_right_after_a_subscription_and_stop_after() -> None:
+@contextlib.asynccontextmanager
+async def fabric() -> AsyncIterator[tuple[MemoryBus, Proxy, SkillServer]]:
+    """The real proxy and a server of the testing skills, on the in-memory bus."""
     bus = MemoryBus()
     config = ServerConfig(topics=["T"], skills_dirs=[FIXTURE_SKILLS / "testing"], workers=1,
                           executor="cold")  # fmt: skip
@@ -74,6 +78,11 @@ async def test_traces_start_for_the_request_right_after_a_subscription_and_stop_
         Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy,
         SkillServer(config, transport=bus) as server,
     ):
+        yield bus, proxy, server
+
+
+async def test_traces_start_for_the_request_right_after_a_subscription_and_stop_after() -> None:
+    async with fabric() as (bus, proxy, server):
         replies = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
         pub = bus.publisher("memory://xsub", hwm=1000)
         traces: BusSocket | None = None
@@ -101,13 +110,7 @@ async def test_traces_start_for_the_request_right_after_a_subscription_and_stop_
 
 
 async def test_a_subscriber_to_everything_wants_traces_too() -> None:
-    bus = MemoryBus()
-    config = ServerConfig(topics=["T"], skills_dirs=[FIXTURE_SKILLS / "testing"], workers=1,
-                          executor="cold")  # fmt: skip
-    async with (
-        Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy,
-        SkillServer(config, transport=bus) as server,
-    ):
+    async with fabric() as (bus, proxy, server):
         everything = bus.subscriber("memory://xpub", [b""], hwm=1000)
         pub = bus.publisher("memory://xsub", hwm=1000)
         try:
