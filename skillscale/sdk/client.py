@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pydantic_core
 import zmq
@@ -78,18 +77,6 @@ from skillscale.sdk.router import Route, TopicRouter
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_READ_BATCH = 512
-"""Replies taken in one reader callback before the loop runs anything else."""
-_EARLY = 0.001
-"""A deadline this close (seconds) counts as reached: loop timers fire to the
-millisecond, so a timer may run a hair early, and re-arming for the rest would
-spin the loop until the clock catches up."""
-_validate_reply = Reply.__pydantic_validator__.validate_json
-"""``Reply.model_validate_json`` without its Python wrapper (the same validator)."""
-
-_Deadline = tuple[float, int, "asyncio.Future[Reply]"]
 
 IntentLike = str | dict[str, Any]
 
@@ -168,25 +155,10 @@ class SkillScaleClient(AsyncRole):
         self._router: TopicRouter | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        # Every waiting call's deadline in one heap under one loop timer, armed
-        # for the earliest: a TimerHandle per call cost more to make and cancel
-        # than the heap push. An answered call's entry stays until it reaches
-        # the top or the heap is compacted (see _arm_deadline).
-        self._deadlines: list[_Deadline] = []
-        self._deadline_seq = 0
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_timer_at = math.inf
-        self._reader_fd: int | None = None
-        """The SUB socket's FD while the reply callback watches it."""
-        self._reader_loop: asyncio.AbstractEventLoop | None = None
-        self.late_replies = 0
-        """Replies that came when no call waited for them (it had timed out, been
-        cancelled or already had its reply, or the id is unknown): dropped."""
         self._bus: Transport | None = None
         self._pub: BusSocket | None = None
         self._sub: BusSocket | None = None
-        self._reader: asyncio.Future[None] | None = None
-        """The pump task, or over ZeroMQ a future standing for the FD callback."""
+        self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self._path_up = asyncio.Event()
@@ -242,11 +214,7 @@ class SkillScaleClient(AsyncRole):
             await self._teardown()
             raise
         self._path_up.set()
-        if isinstance(self._sub, SocketPair):
-            self._reader = self._watch_replies(self._sub)
-        else:
-            self._reader = asyncio.create_task(pump(self._sub, self._on_message),
-                                               name="skillscale-client-reader")  # fmt: skip
+        self._reader = asyncio.create_task(self._read_replies(), name="skillscale-client-reader")
         if isinstance(self._pub, SocketPair):
             # Over ZeroMQ the connection can drop and come back (an in-process
             # bus cannot): watch it, and hold calls while it is down.
@@ -292,10 +260,6 @@ class SkillScaleClient(AsyncRole):
         self._pub.move(old.xsub, new.xsub)
         self._sub.move(old.xpub, new.xpub)
         self.proxy_xsub, self.proxy_xpub = new.xsub, new.xpub
-        if self._reader_fd is not None:
-            # (Dis)connecting may have taken the FD's signal for replies that
-            # already wait: read them now, not at the next signal.
-            asyncio.get_running_loop().call_soon(self._on_readable)
         log.warning("trying the proxy at %s / %s", new.xsub, new.xpub)
 
     async def close(self) -> None:
@@ -304,23 +268,16 @@ class SkillScaleClient(AsyncRole):
             await self._router.llm.close()
         tasks = [t for t in (self._reader, self._watcher) if t is not None]
         self._reader = self._watcher = None
-        self._unwatch_replies()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._teardown()
 
     async def _teardown(self) -> None:
-        self._unwatch_replies()  # before the socket closes: its FD number may be reused
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(UnavailableError("client closed before the reply arrived"))
         self._pending.clear()
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        self._deadline_timer_at = math.inf
-        self._deadlines.clear()
         if self._monitor is not None:
             if isinstance(self._pub, SocketPair) and not self._pub.closed:
                 self._pub.async_sock.disable_monitor()
@@ -369,6 +326,7 @@ class SkillScaleClient(AsyncRole):
             await self._slots.acquire()  # free: returns without suspending
         future: asyncio.Future[Reply] = loop.create_future()
         self._pending[request_id] = future
+        timer: asyncio.TimerHandle | None = None
         try:
             if not self._path_up.is_set():
                 # The proxy is away (restarting?): hold the request rather than
@@ -380,8 +338,9 @@ class SkillScaleClient(AsyncRole):
             self._retx.keep(request_id, topic_b, payload, deadline, self._generation)
             if stamps.ON:
                 stamps.stamp("client.sent")
-            now_loop = loop.time()
-            self._arm_deadline(loop, now_loop + max(wait - (now_loop - start), 0.001), future)
+            # One timer per call, not wait_for's wrapper future and callbacks.
+            remaining = wait - (loop.time() - start)
+            timer = loop.call_at(loop.time() + max(remaining, 0.001), _expire, future)
             reply = await future
             if stamps.ON:
                 stamps.stamp("client.woken")
@@ -391,47 +350,11 @@ class SkillScaleClient(AsyncRole):
                 f"no reply on {topic} within {wait:g} s", request_id=request_id
             ) from None
         finally:
-            if not future.done():
-                future.cancel()  # its deadline entry is then skipped, never expired
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(request_id, None)
             self._retx.drop(request_id)
             self._slots.release()
-
-    # -- deadlines -------------------------------------------------------
-
-    def _arm_deadline(self, loop: asyncio.AbstractEventLoop, when: float,
-                      future: asyncio.Future[Reply]) -> None:  # fmt: skip
-        """Fail ``future`` with ``asyncio.TimeoutError`` at loop time ``when`` unless done first."""
-        heap = self._deadlines
-        self._deadline_seq += 1
-        heapq.heappush(heap, (when, self._deadline_seq, future))
-        if when < self._deadline_timer_at:
-            if self._deadline_timer is not None:
-                self._deadline_timer.cancel()
-            self._deadline_timer = loop.call_at(when, self._on_deadline)
-            self._deadline_timer_at = when
-        if len(heap) > 2 * len(self._pending) + 64:
-            # Answered calls' entries wait for their deadline (seconds away);
-            # dropping them once they outnumber the live ones keeps the heap
-            # within twice the calls in flight, at O(1) amortised per call. A
-            # dropped entry under the armed timer only makes it fire idle.
-            self._deadlines = [entry for entry in heap if not entry[2].done()]
-            heapq.heapify(self._deadlines)
-
-    def _on_deadline(self) -> None:
-        """The timer fired: expire every call whose deadline is reached, re-arm for the next."""
-        self._deadline_timer = None
-        self._deadline_timer_at = math.inf
-        loop = asyncio.get_running_loop()
-        heap = self._deadlines
-        reached = loop.time() + _EARLY
-        while heap and (heap[0][0] <= reached or heap[0][2].done()):
-            future = heapq.heappop(heap)[2]
-            if not future.done():
-                future.set_exception(asyncio.TimeoutError())
-        if heap:
-            self._deadline_timer_at = heap[0][0]
-            self._deadline_timer = loop.call_at(self._deadline_timer_at, self._on_deadline)
 
     async def invoke(self, topic: str, intent: IntentLike, *, timeout: float | None = None) -> str:
         """Send an intent (any form) and return the skill's content.
@@ -635,87 +558,34 @@ class SkillScaleClient(AsyncRole):
         if due:
             log.info("retransmitted %d unanswered requests", len(due))
 
-    def _watch_replies(self, sub: SocketPair) -> asyncio.Future[None]:
-        """Deliver replies from a loop reader callback on ``sub``'s FD until :meth:`close`.
-
-        It takes every waiting reply without blocking: no task wake-up,
-        future or ``ZMQ_EVENTS`` read per batch, which cost more than the
-        reply (any other transport is pumped by a task). Returns the future
-        that stands for the reader while it runs.
-        """
-        loop = asyncio.get_running_loop()
-        sub.ready.detach()  # our callback owns the FD from now on (one reader per FD)
-        fd = cast(int, sub.sync.getsockopt(zmq.FD))
-        loop.add_reader(fd, self._on_readable)
-        self._reader_fd, self._reader_loop = fd, loop
-        # The FD signals changes only: what came before it was watched (and
-        # any signal the handshake's reads consumed) is read now.
-        self._on_readable()
-        return loop.create_future()
-
-    def _unwatch_replies(self) -> None:
-        fd, loop = self._reader_fd, self._reader_loop
-        self._reader_fd = self._reader_loop = None
-        if fd is not None and loop is not None and not loop.is_closed():
-            loop.remove_reader(fd)
-
-    def _on_readable(self) -> None:
-        """The SUB socket's FD fired: take every waiting message, without blocking.
-
-        ZeroMQ's FD is edge-triggered in effect (a signal says "something
-        changed" and any call on the socket may consume it), so this always
-        reads until ``zmq.Again``: a message left behind would wait for the
-        next signal. After a full batch it comes back at the next turn, so a
-        flood cannot starve the loop.
-        """
-        sub = self._sub
-        if self._reader_fd is None or not isinstance(sub, SocketPair) or sub.closed:
-            return
-        recv = sub.sync.recv
-        try:
-            for _ in range(_READ_BATCH):
-                # A frame knows whether more follow: no RCVMORE getsockopt per
-                # frame, and the rest of a message is there once its first part is.
-                frame = recv(_NOBLOCK, copy=False)
-                frames: Frames = [frame.bytes]
-                while frame.more:
-                    frame = recv(_NOBLOCK, copy=False)
-                    frames.append(frame.bytes)
-                try:
-                    self._on_message(frames)
-                except Exception:  # a bug here must not stop the reading of the rest
-                    log.exception("failed to deliver a reply")
-        except zmq.Again:
-            return
-        except zmq.ZMQError as exc:  # closed under us: close() stops the reader first
-            log.debug("reply reader stopped: %s", exc)
-            return
-        asyncio.get_running_loop().call_soon(self._on_readable)
+    async def _read_replies(self) -> None:
+        assert self._sub is not None
+        await pump(self._sub, self._on_message)
 
     def _on_message(self, frames: Frames) -> None:
         if stamps.ON:
             stamps.stamp("client.recv")
-        topic = frames[0]
-        if not isinstance(topic, bytes):
-            topic = bytes(topic)
+        topic = bytes(frames[0])
         if topic == self._probe:
             self._probe_seen.set()
             return
         if len(frames) != 2 or topic != self._reply_topic_b:
             return  # noise on a longer topic sharing our prefix
-        payload = frames[1]
         try:
-            reply = cast(Reply, _validate_reply(
-                payload if isinstance(payload, bytes) else bytes(payload)))  # fmt: skip
+            reply = Reply.from_bytes(bytes(frames[1]))
         except ValidationError as exc:
             log.warning("discarding malformed reply: %s", exc.errors()[:1])
             return
         future = self._pending.get(reply.request_id)
         if future is None or future.done():
-            self.late_replies += 1
             log.debug("reply %s arrived after its caller stopped waiting", reply.request_id)
             return
         future.set_result(reply)
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(asyncio.TimeoutError())
 
 
 def _request_payload(request_id: str, reply_to: str, intent: str, timestamp: float,
