@@ -21,7 +21,7 @@ the proxy's replica groups, so every rule is unit-tested.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from skillscale.core.protocol import Reply, Trace
@@ -49,21 +49,14 @@ class DedupeConfig:
     passive proxy (a take-over happens within seconds)."""
 
 
+@dataclass
 class _Entry(Generic[J]):
-    """One request: running (``reply`` None) or answered."""
-
-    # A plain class with slots: one is made per request, and a dataclass with a
-    # default_factory took about as long to build as the request took to decode.
-    __slots__ = ("_hash", "finished", "key", "reply", "started", "waiting")
-
-    def __init__(self, started: float, key: Key) -> None:
-        self.started = started
-        self.key = key
-        self.reply: bytes | None = None
-        self.finished = 0.0
-        self.waiting: list[J] | None = None
-        """Duplicates waiting for this running request (None: none yet)."""
-        self._hash: str | None = None
+    started: float
+    key: Key
+    reply: bytes | None = None
+    finished: float = 0.0
+    waiting: list[J] = field(default_factory=list)
+    _hash: str | None = None
 
     @property
     def hash(self) -> str:
@@ -91,21 +84,14 @@ class DedupeWindow(Generic[J]):
     def lookup(self, key: Key, job: J, now: float) -> bytes | bool:
         """A duplicate's answer: the stored reply (marked), True if ``job`` now
         waits for the running original, False if ``key`` is new."""
+        self._evict(now)
         running = self._running.get(key)
         if running is not None:
             self.hits += 1
-            if running.waiting is None:
-                running.waiting = [job]
-            else:
-                running.waiting.append(job)
+            running.waiting.append(job)
             return True
         answered = self._answered.get(key)
         if answered is None or answered.reply is None:
-            return False
-        if answered.finished < now - self.config.max_age:
-            # Too old to answer: evicting is finish's job (once per answer, not
-            # twice per request), so an expired entry may still be here.
-            self._evict(now)
             return False
         self.hits += 1
         return mark_deduplicated(answered.reply)
@@ -119,23 +105,17 @@ class DedupeWindow(Generic[J]):
         entry = self._running.pop(key, None)
         if entry is None:
             return []
-        waiting, entry.waiting = entry.waiting, None
+        waiting, entry.waiting = entry.waiting, []
         entry.reply, entry.finished = payload, now
-        answered = self._answered
-        old = answered.pop(key, None)
-        if old is not None:
-            # Answered before (started again through the API without a lookup):
-            # its bytes leave the count, and the new answer goes to the back.
-            self._bytes -= len(old.reply or b"")
-        answered[key] = entry
+        self._answered[key] = entry
         self._bytes += len(payload)
         self._evict(now)
-        return waiting or []
+        return waiting
 
     def abandon(self, key: Key) -> list[J]:
         """``key`` will not be answered here (handed back, cancelled): forget it."""
         entry = self._running.pop(key, None)
-        return (entry.waiting or []) if entry is not None else []
+        return entry.waiting if entry is not None else []
 
     def holding(self, now: float) -> list[str]:
         """Hashes of what runs here or was answered within ``holding_age``."""
@@ -148,19 +128,15 @@ class DedupeWindow(Generic[J]):
         return out
 
     def _evict(self, now: float) -> None:
-        """Drop answered entries from the front (the oldest) while over a bound.
-
-        Each step is O(1) (``popitem(last=False)``), and each entry leaves once.
-        """
         cfg = self.config
         horizon = now - cfg.max_age
         answered = self._answered
         while answered:
-            if len(answered) <= cfg.max_entries and self._bytes <= cfg.max_bytes:
-                _, oldest = next(iter(answered.items()))
-                if oldest.finished >= horizon:
-                    return
-            _, entry = answered.popitem(last=False)
+            key, entry = next(iter(answered.items()))
+            over = len(answered) > cfg.max_entries or self._bytes > cfg.max_bytes
+            if entry.finished >= horizon and not over:
+                return
+            del answered[key]
             self._bytes -= len(entry.reply or b"")
 
 

@@ -19,7 +19,6 @@ from skillscale.core.errors import ErrorCode, RequestError
 from skillscale.core.events import caller_id
 from skillscale.core.matching import MatchResult, closest
 from skillscale.core.protocol import (
-    NOT_PARSED,
     IntentMode,
     ParsedIntent,
     Reply,
@@ -45,28 +44,17 @@ STDERR_TAIL_CHARS = 2000
 EVENT_STDERR_CHARS = 500
 MAX_SHAPE_INPUT = 64 * 1024
 """Inputs longer than this are not parsed again just to describe their shape."""
-KEPT_INTENTS = 64
-"""Parsed intents :meth:`RequestHandler.process_now` keeps for the worker that runs them."""
-KEPT_INTENT_CHARS = 8 * 1024 * 1024
-"""Characters of intent text those kept intents may hold together."""
 
 
-def input_shape(data: str, value: object = NOT_PARSED) -> str:
+def input_shape(data: str) -> str:
     """The shape of a skill's input without its values: ``json:object{a,b}``,
-    ``json:array[3]``, ``text``, ``empty``, ``large``. Failures of one shape cluster.
-
-    ``value``: ``data`` as the JSON value it encodes, when the caller has it
-    (:attr:`ParsedIntent.value`): the intent's ``data`` object is then not
-    parsed again from its own dump.
-    """
+    ``json:array[3]``, ``text``, ``empty``, ``large``. Failures of one shape cluster."""
     stripped = data.strip()
     if not stripped:
         return "empty"
     if len(stripped) > MAX_SHAPE_INPUT:
         return "large"
-    if value is NOT_PARSED:
-        if stripped[0] not in "{[":
-            return "text"
+    if stripped[0] in "{[":
         try:
             value = json.loads(stripped)
         except ValueError:
@@ -75,11 +63,11 @@ def input_shape(data: str, value: object = NOT_PARSED) -> str:
             # Nested past the parser's depth: still the skill's input to judge,
             # only its shape is not described (it was answered `internal`).
             return "json:deep"
-    if isinstance(value, dict):
-        return "json:object{" + ",".join(sorted(str(k)[:32] for k in value)[:16]) + "}"
-    if isinstance(value, list):
-        kinds = sorted({type(v).__name__ for v in value[:100]})
-        return f"json:array[{','.join(kinds)}]"
+        if isinstance(value, dict):
+            return "json:object{" + ",".join(sorted(str(k)[:32] for k in value)[:16]) + "}"
+        if isinstance(value, list):
+            kinds = sorted({type(v).__name__ for v in value[:100]})
+            return f"json:array[{','.join(kinds)}]"
     return "text"
 
 
@@ -118,7 +106,6 @@ class RequestHandler:
         self.config = config
         self.llm_env = llm_env or {}
         """LLM settings handed to skills whose ``metadata.llm`` is true."""
-        self._kept = _KeptIntents()
 
     def event_details(self, reply: Reply) -> dict[str, Any]:
         """Fields of a reply's execution-trace event beyond the reply itself.
@@ -187,7 +174,7 @@ class RequestHandler:
         """
         started = time.monotonic()
         try:
-            reply = self._process_now(request, _queue_ms(started, received_at))
+            reply = self._process_now(request)
         except Exception as exc:  # a bug of ours must still produce a reply
             reply = self._internal(request, exc)
         return None if reply is None else self._finish(reply, started, received_at)
@@ -201,16 +188,10 @@ class RequestHandler:
     def _finish(self, reply: Reply, started: float, received_at: float | None) -> Reply:
         now = time.monotonic()
         reply.elapsed_ms = round((now - started) * 1000, 3)
-        trace = reply.trace
-        if trace is None:
-            reply.trace = trace = Trace()
-        # Set only what is not set yet: a model's setattr costs about what a
-        # field given to its constructor does, and _trace gives most of them.
-        if trace.server_id != self.config.server_id:
-            trace.server_id = self.config.server_id
-        queue_ms = _queue_ms(started, received_at)
-        if trace.queue_ms != queue_ms:
-            trace.queue_ms = queue_ms
+        if reply.trace is None:
+            reply.trace = Trace()
+        reply.trace.server_id = self.config.server_id
+        reply.trace.queue_ms = round((started - received_at) * 1000, 3) if received_at else None
         return reply
 
     def _begin(self, request: Request) -> ParsedIntent | Reply:
@@ -220,12 +201,10 @@ class RequestHandler:
             return self._failure(
                 rid, ErrorCode.DEADLINE_EXCEEDED, "the caller's deadline passed before work began"
             )
-        intent = self._kept.take(request)  # parsed already by process_now
-        if intent is None:
-            try:
-                intent = parse_intent(request.intent)
-            except RequestError as exc:
-                return self._failure(rid, ErrorCode.BAD_REQUEST, exc.message)
+        try:
+            intent = parse_intent(request.intent)
+        except RequestError as exc:
+            return self._failure(rid, ErrorCode.BAD_REQUEST, exc.message)
         if intent.mode is IntentMode.CATALOG:
             listing = [
                 {k: v for k, v in skill.summary().items() if k not in ("path", "entrypoint")}
@@ -243,8 +222,7 @@ class RequestHandler:
     def _routed(self, request: Request, skill: Skill, trace: Trace) -> Skill:
         """The version this caller gets (a running canary takes its share, the same callers
         each time), recorded in the trace."""
-        if trace.skill_version != skill.version:  # _named sets it already
-            trace.skill_version = skill.version
+        trace.skill_version = skill.version
         if self.registry.canaries.get(skill.name) is None:
             return skill  # no canary: nothing to route, no caller hash to compute
         skill, candidate = self.registry.route(skill, caller_id(request.reply_to))
@@ -252,33 +230,20 @@ class RequestHandler:
         trace.candidate = candidate
         return skill
 
-    def _process_now(self, request: Request, queue_ms: float | None) -> Reply | None:
+    def _process_now(self, request: Request) -> Reply | None:
         begun = self._begin(request)
         if isinstance(begun, Reply):
             return begun
         if begun.mode is IntentMode.TASK:
             return None  # a matcher decides (an LLM may be asked): a worker's job
-        assert begun.skill is not None
-        skill = self.registry.get(begun.skill)
-        if skill is not None and self.registry.canaries.get(skill.name) is None:
-            # No canary to route: the skill is the one that runs, its trace
-            # built whole (the shape only once it is known nothing runs).
-            if skill.entrypoint is not None:
-                self._kept.keep(request, begun)  # process() runs it, without parsing it again
-                return None
-            fields = self._trace_fields(begun, skill)
-            fields["input_shape"] = input_shape(begun.input, begun.value)
-            fields["queue_ms"] = queue_ms
-            return self._success(request.request_id, skill, skill.body, _new_trace(fields))
         resolved = self._named(request.request_id, begun)
         if isinstance(resolved, Reply):
             return resolved
         skill, trace = resolved
         skill = self._routed(request, skill, trace)
         if skill.entrypoint is not None:
-            self._kept.keep(request, begun)
             return None
-        trace.input_shape = input_shape(begun.input, begun.value)
+        trace.input_shape = input_shape(begun.input)
         return self._success(request.request_id, skill, skill.body, trace)
 
     async def _process(self, request: Request) -> Reply:
@@ -294,7 +259,7 @@ class RequestHandler:
         if stamps.ON:  # here only: process_now routes too, and an executed skill comes here after
             stamps.stamp("server.matched")
         skill = self._routed(request, skill, trace)
-        trace.input_shape = input_shape(intent.input, intent.value)
+        trace.input_shape = input_shape(intent.input)
         if skill.entrypoint is None:
             # Instruction-only skill: activation discloses its body.
             return self._success(rid, skill, skill.body, trace)
@@ -337,17 +302,7 @@ class RequestHandler:
                 f"no skill named {intent.skill!r} here; available: "
                 + (", ".join(self.registry.names) or "none"),
             )
-        return skill, _new_trace(self._trace_fields(intent, skill))
-
-    def _trace_fields(self, intent: ParsedIntent, skill: Skill) -> dict[str, Any]:
-        """The trace fields of a named skill known at once: each later setattr
-        on a model costs about as much as a field given to its validation."""
-        return {
-            "matcher_mode": intent.mode.value,
-            "skill_name": skill.name,
-            "skill_version": skill.version,
-            "server_id": self.config.server_id,
-        }
+        return skill, Trace(matcher_mode=intent.mode.value, skill_name=skill.name)
 
     async def _resolve(self, rid: str, intent: ParsedIntent) -> tuple[Skill, Trace] | Reply:
         if intent.mode is not IntentMode.TASK:
@@ -489,18 +444,15 @@ class RequestHandler:
         return self._success(rid, skill, content, trace)
 
     def _success(self, rid: str, skill: Skill, content: str, trace: Trace) -> Reply:
-        fields = {
-            "request_id": rid,
-            "status": "success",
-            "content": content,
-            "skill": skill.name,
-            "server_id": self.config.server_id,
-            "trace": trace,
-        }
-        version = skill.version
-        if version is not None:  # a None given costs its validation; the default is None
-            fields["skill_version"] = version
-        return _new_reply(fields)
+        return Reply(
+            request_id=rid,
+            status="success",
+            content=content,
+            skill=skill.name,
+            skill_version=skill.version,
+            server_id=self.config.server_id,
+            trace=trace,
+        )
 
     def _failure(
         self,
@@ -520,65 +472,3 @@ class RequestHandler:
             skill=skill.name if skill else None,
             skill_version=skill.version if skill else None,
         )
-
-
-def _new_trace(fields: dict[str, Any]) -> Trace:
-    """``Trace(**fields)``: the model's own validation, called without
-    ``BaseModel.__init__`` around it (a fifth of the cost, on every request)."""
-    trace: Trace = _TRACE_VALIDATOR(fields)
-    return trace
-
-
-def _new_reply(fields: dict[str, Any]) -> Reply:
-    """``Reply(**fields)``, as :func:`_new_trace` does it."""
-    reply: Reply = _REPLY_VALIDATOR(fields)
-    return reply
-
-
-_TRACE_VALIDATOR = Trace.__pydantic_validator__.validate_python
-_REPLY_VALIDATOR = Reply.__pydantic_validator__.validate_python
-
-
-def _queue_ms(started: float, received_at: float | None) -> float | None:
-    """Milliseconds a request waited here before its processing began."""
-    return round((started - received_at) * 1000, 3) if received_at else None
-
-
-class _KeptIntents:
-    """Intents :meth:`RequestHandler.process_now` parsed for requests it left to a worker.
-
-    Keyed by the request object, which each entry holds (so its ``id`` cannot
-    be reused while kept) and which is frozen (so its intent is what was parsed).
-    Bounded in entries and characters, oldest out first: a request handed back
-    instead of run is simply forgotten; one not found is parsed again.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[Request, ParsedIntent]] = {}
-        self._chars = 0
-
-    def keep(self, request: Request, intent: ParsedIntent) -> None:
-        size = len(request.intent)
-        if size > KEPT_INTENT_CHARS:
-            return
-        entries = self._entries
-        old = entries.pop(id(request), None)
-        if old is not None:
-            self._chars -= len(old[0].intent)
-        while entries and (len(entries) >= KEPT_INTENTS or self._chars + size > KEPT_INTENT_CHARS):
-            dropped = entries.pop(next(iter(entries)))
-            self._chars -= len(dropped[0].intent)
-        entries[id(request)] = (request, intent)
-        self._chars += size
-
-    def take(self, request: Request) -> ParsedIntent | None:
-        if not self._entries:
-            return None
-        kept = self._entries.pop(id(request), None)
-        if kept is None:
-            return None
-        self._chars -= len(kept[0].intent)
-        return kept[1] if kept[0] is request else None
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -11,16 +11,14 @@ messages without it.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -58,20 +56,6 @@ def is_valid_skill_name(name: str) -> bool:
     return bool(SKILL_NAME_RE.match(name))
 
 
-# The names and reply topics each request carries repeat (a client keeps one
-# reply topic, a server has a few skills): the regex runs once per value and the
-# answer is kept in a bounded cache (a hit costs a fifth of the match). Only
-# values near the longest valid one are cached, so a cache holds little.
-@functools.lru_cache(maxsize=1024)
-def _cached_name_check(name: str) -> bool:
-    return is_valid_skill_name(name)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_reply_to_check(value: str) -> bool:
-    return _REPLY_TO_RE.match(value) is not None
-
-
 def topic_for_category(category: str) -> str:
     """``data-processing`` -> ``TOPIC_DATA_PROCESSING`` (the SDK's topic rule)."""
     cleaned = re.sub(r"[^A-Za-z0-9]+", "_", category).strip("_").upper()
@@ -105,7 +89,7 @@ class Request(BaseModel):
     @field_validator("reply_to")
     @classmethod
     def _check_reply_to(cls, value: str) -> str:
-        if not (_cached_reply_to_check(value) if len(value) <= 300 else _REPLY_TO_RE.match(value)):
+        if not _REPLY_TO_RE.match(value):
             raise ValueError(
                 f"reply_to must be {REPLY_TOPIC_PREFIX} followed by up to 244 "
                 "characters of [A-Za-z0-9_.:/-]"
@@ -123,17 +107,13 @@ class Request(BaseModel):
 
     def to_bytes(self) -> bytes:
         """The JSON payload frame."""
-        # The serializer itself: model_dump_json's bytes, without its wrapper
-        # and without decoding them to a str only to encode them again.
-        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
+        return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Request:
         """Parse and validate a payload frame, raising :class:`RequestError`."""
         try:
-            # model_validate_json without its wrapper (once per request on a server).
-            validated: Request = cls.__pydantic_validator__.validate_json(payload)
-            return validated
+            return cls.model_validate_json(payload)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
@@ -201,14 +181,12 @@ class Reply(BaseModel):
 
     def to_bytes(self) -> bytes:
         """The JSON payload frame (``_trace`` under its wire name)."""
-        # As Request.to_bytes: model_dump_json's bytes, straight from the serializer.
-        return self.__pydantic_serializer__.to_json(self, by_alias=True, exclude_none=True)
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> Reply:
         """Parse a reply payload; raises pydantic's ``ValidationError``."""
-        validated: Reply = cls.__pydantic_validator__.validate_json(payload)
-        return validated
+        return cls.model_validate_json(payload)
 
     @classmethod
     def failure(
@@ -241,10 +219,6 @@ class IntentMode(str, Enum):
     """``{"catalog": true}``: the server answers with its skills instead of running one."""
 
 
-NOT_PARSED: Final = object()
-""":attr:`ParsedIntent.value` when the input was not parsed as JSON."""
-
-
 @dataclass(frozen=True)
 class ParsedIntent:
     """An intent resolved into what to run and what to feed it."""
@@ -256,21 +230,6 @@ class ParsedIntent:
     """Text to match a skill against (task mode), or context otherwise."""
     input: str
     """What the skill receives on stdin."""
-    value: object = field(default=NOT_PARSED, compare=False, repr=False)
-    """``input`` as the JSON value it encodes, when parsing the intent already
-    produced it (``data`` given as an object or array), else :data:`NOT_PARSED`:
-    describing the input's shape then needs no second parse."""
-
-
-def _parsed(
-    mode: IntentMode, skill: str | None, task: str, input_: str, value: object = NOT_PARSED
-) -> ParsedIntent:
-    # ParsedIntent(...) with its fields written straight into the instance: a
-    # frozen dataclass's __init__ goes through object.__setattr__ per field,
-    # about as long as parsing the intent's JSON (once per request on a server).
-    parsed = object.__new__(ParsedIntent)
-    parsed.__dict__.update(mode=mode, skill=skill, task=task, input=input_, value=value)
-    return parsed
 
 
 def parse_intent(intent: str) -> ParsedIntent:
@@ -292,67 +251,45 @@ def parse_intent(intent: str) -> ParsedIntent:
     slash = _SLASH_RE.match(stripped)
     if slash:
         rest = slash.group(2) or ""
-        return _parsed(IntentMode.SLASH, slash.group(1), rest, rest)
-    return _parsed(IntentMode.TASK, None, intent, intent)
-
-
-_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-"""The C scanner behind ``json.loads`` (typeshed does not list the attribute): on
-a text already stripped and opening with ``{`` it parses the same object, without
-the wrapper's two whitespace passes."""
+        return ParsedIntent(IntentMode.SLASH, slash.group(1), rest, rest)
+    return ParsedIntent(IntentMode.TASK, None, intent, intent)
 
 
 def _parse_structured(text: str) -> ParsedIntent | None:
     try:
-        obj, end = _SCAN(text, 0)
+        obj = json.loads(text)
     except RecursionError:
         raise RequestError("the intent's JSON is nested too deeply") from None
-    except (ValueError, StopIteration):
+    except ValueError:
         return None
-    if end != len(text) or type(obj) is not dict:
-        # Data after the object ("Extra data" to json.loads): not the structured form.
+    if isinstance(obj, dict) and obj.get("catalog") is True:
+        return ParsedIntent(IntentMode.CATALOG, None, "", "")
+    if not isinstance(obj, dict) or not ({"skill", "data", "task"} & obj.keys()):
         return None
-    if obj.get("catalog") is True:
-        return _parsed(IntentMode.CATALOG, None, "", "")
     skill = obj.get("skill")
     task = obj.get("task")
     data = obj.get("data")
-    if (
-        skill is None
-        and task is None
-        and data is None
-        and "skill" not in obj
-        and "task" not in obj
-        and "data" not in obj
-    ):
-        return None
-    if not text.isascii() or "\\u" in text:
-        # Only a \u escape or a character already in the text can make a lone
-        # surrogate: an ASCII text without escapes is spared the three checks.
-        for name, text_field in (("skill", skill), ("task", task), ("data", data)):
-            if isinstance(text_field, str) and not _encodable(text_field):
-                raise RequestError(f"intent field {name!r} holds an unpaired UTF-16 surrogate")
+    for name, value in (("skill", skill), ("task", task), ("data", data)):
+        if isinstance(value, str) and not _encodable(value):
+            raise RequestError(f"intent field {name!r} holds an unpaired UTF-16 surrogate")
     if skill is not None and not isinstance(skill, str):
         raise RequestError("intent field 'skill' must be a string")
     if task is not None and not isinstance(task, str):
         raise RequestError("intent field 'task' must be a string")
-    value: object = data
     if data is None:
         payload = task or ""
-        value = NOT_PARSED
     elif isinstance(data, str):
         payload = data
-        value = NOT_PARSED
     else:
         payload = json.dumps(data, ensure_ascii=False)
     if skill:
-        if not (_cached_name_check(skill) if len(skill) <= 80 else is_valid_skill_name(skill)):
+        if not is_valid_skill_name(skill):
             raise RequestError(
                 f"invalid skill name {skill[:80]!r}: skill names are 1-64 lowercase "
                 "letters, digits and single hyphens"
             )
-        return _parsed(IntentMode.EXPLICIT, skill, task or "", payload, value)
-    return _parsed(IntentMode.TASK, None, task if task else payload, payload, value)
+        return ParsedIntent(IntentMode.EXPLICIT, skill, task or "", payload)
+    return ParsedIntent(IntentMode.TASK, None, task if task else payload, payload)
 
 
 def _encodable(text: str) -> bool:
