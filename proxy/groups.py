@@ -382,9 +382,8 @@ class ReplicaGroups:
         """A send the proxy made later (a batch) found ``identity`` unreachable:
         it is removed, and its work goes elsewhere."""
         member = self.members.get(identity)
-        if member is not None and not member.unreachable:
-            member.unreachable = True
-            self._unreachable.append(identity)
+        if member is not None:
+            self._mark_unreachable(member)
         self._reap(now)
 
     def on_bye(self, identity: bytes, now: float) -> None:
@@ -552,8 +551,13 @@ class ReplicaGroups:
             ",".join(job.history).encode(),
             LANE if lane and len(member.inflight) > member.state.slots else b"",
         ]
-        if not self.io.send_to(member.identity, frames) and not member.unreachable:
-            # Removed by _reap, outside this call chain (see the module doc).
+        if not self.io.send_to(member.identity, frames):
+            self._mark_unreachable(member)
+
+    def _mark_unreachable(self, member: Member) -> None:
+        """A send to it failed: no more work for it; :meth:`_reap` removes it,
+        outside the call chain that found it (see the module doc)."""
+        if not member.unreachable:
             member.unreachable = True
             self._unreachable.append(member.identity)
 
