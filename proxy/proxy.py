@@ -962,10 +962,12 @@ class Proxy(AsyncRole):
         metrics.subscriptions.set(len(subs))
         if counts:
             metrics.flush(UPSTREAM, counts, sizes)
-            if self._trace_subscribers_changed() and self._router is not None:
-                # At once: requests dispatched after this go behind it on
-                # each replica's pipe, so their traces reach the new subscriber.
-                self._heartbeat_all()
+        # After every batch, counted or not: a refused subscription (maybe to
+        # traces) leaves the table incomplete, and that alone makes them wanted.
+        if self._trace_subscribers_changed() and self._router is not None:
+            # At once: requests dispatched after this go behind it on
+            # each replica's pipe, so their traces reach the new subscriber.
+            self._heartbeat_all()
 
     @staticmethod
     def _key_of(frame: zmq.Frame) -> str | None:

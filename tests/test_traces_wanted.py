@@ -69,8 +69,9 @@ async def traces_of(sub: BusSocket, request_id: str, timeout: float) -> list[dic
 
 
 @contextlib.asynccontextmanager
-async def fabric() -> AsyncIterator[tuple[MemoryBus, Proxy, SkillServer]]:
-    """The real proxy and a server of the testing skills, on the in-memory bus."""
+async def fabric() -> AsyncIterator[tuple[MemoryBus, Proxy, SkillServer, BusSocket, BusSocket]]:
+    """The real proxy and a server of the testing skills, on the in-memory bus,
+    with a publisher of requests and a subscriber to their replies (subscribed)."""
     bus = MemoryBus()
     config = ServerConfig(topics=["T"], skills_dirs=[FIXTURE_SKILLS / "testing"], workers=1,
                           executor="cold")  # fmt: skip
@@ -78,16 +79,20 @@ async def fabric() -> AsyncIterator[tuple[MemoryBus, Proxy, SkillServer]]:
         Proxy(ProxyConfig(metrics_port=None), transport=bus) as proxy,
         SkillServer(config, transport=bus) as server,
     ):
-        yield bus, proxy, server
+        replies = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
+        pub = bus.publisher("memory://xsub", hwm=1000)
+        try:
+            await proxy.wait_subscriptions(lambda s: REPLY_TOPIC.encode() in s, 10)
+            yield bus, proxy, server, replies, pub
+        finally:
+            replies.close()
+            pub.close()
 
 
 async def test_traces_start_for_the_request_right_after_a_subscription_and_stop_after() -> None:
-    async with fabric() as (bus, proxy, server):
-        replies = bus.subscriber("memory://xpub", [REPLY_TOPIC.encode()], hwm=1000)
-        pub = bus.publisher("memory://xsub", hwm=1000)
+    async with fabric() as (bus, proxy, server, replies, pub):
         traces: BusSocket | None = None
         try:
-            await proxy.wait_subscriptions(lambda s: REPLY_TOPIC.encode() in s, 10)
             assert (await call(pub, replies, 1)).ok
             assert server.traces_unwanted == 1  # nobody listens: not even built
             traces = bus.subscriber("memory://xpub", [TRACE_TOPIC.encode()], hwm=1000)
@@ -104,15 +109,13 @@ async def test_traces_start_for_the_request_right_after_a_subscription_and_stop_
             assert (await call(pub, replies, 3)).ok
             assert server.traces_unwanted == 2
         finally:
-            for sock in (replies, pub, traces):
-                if sock is not None:
-                    sock.close()
+            if traces is not None:
+                traces.close()
 
 
 async def test_a_subscriber_to_everything_wants_traces_too() -> None:
-    async with fabric() as (bus, proxy, server):
+    async with fabric() as (bus, proxy, server, _replies, pub):
         everything = bus.subscriber("memory://xpub", [b""], hwm=1000)
-        pub = bus.publisher("memory://xsub", hwm=1000)
         try:
             await proxy.wait_subscriptions(lambda s: b"" in s, 10)
             assert (await call(pub, everything, 7)).ok
@@ -120,4 +123,22 @@ async def test_a_subscriber_to_everything_wants_traces_too() -> None:
             assert server.traces_unwanted == 0
         finally:
             everything.close()
-            pub.close()
+
+
+async def test_a_refused_trace_subscription_still_turns_traces_on() -> None:
+    # The table's bound refuses it: the proxy no longer knows who listens, so it
+    # must assume someone does (libzmq still delivers to that subscriber).
+    async with fabric() as (bus, proxy, server, replies, pub):
+        traces: BusSocket | None = None
+        try:
+            proxy._subs.max_total = len(proxy._subs)  # full: the next one is refused
+            traces = bus.subscriber("memory://xpub", [TRACE_TOPIC.encode()], hwm=1000)
+            deadline = time.monotonic() + 10
+            while not proxy._subs.saturated:  # in-process state: no event to wait on
+                assert time.monotonic() < deadline, "the trace subscription was not refused"
+                await asyncio.sleep(0.005)
+            assert (await call(pub, replies, 5)).ok
+            assert server.traces_unwanted == 0
+        finally:
+            if traces is not None:
+                traces.close()
