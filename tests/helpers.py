@@ -19,6 +19,9 @@ from typing import Any
 
 import zmq
 
+from skillscale.core.protocol import Reply
+from skillscale.core.transport import BusSocket
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_SKILLS = Path(__file__).resolve().parent / "fixtures" / "skills"
 BUNDLED_SKILLS = ROOT / "skills"
@@ -316,3 +319,16 @@ class EventSubscriber:
         self.sub.close(0)
         self.pub.close(0)
         self.ctx.term()
+
+
+async def collect_replies(sub: BusSocket, got: dict[str, Reply], count: int,
+                          timeout: float) -> None:  # fmt: skip
+    """Read replies from ``sub`` into ``got`` (by request id) until it holds
+    ``count`` or ``timeout`` s pass; a second reply to one request fails the test."""
+    deadline = time.monotonic() + timeout
+    while len(got) < count and (left := deadline - time.monotonic()) > 0:
+        if await sub.wait_readable(left):
+            for frames in sub.drain(1000):
+                reply = Reply.from_bytes(bytes(frames[1]))
+                assert reply.request_id not in got, "two replies for one request"
+                got[reply.request_id] = reply

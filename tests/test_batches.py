@@ -30,7 +30,7 @@ from skillscale.core.transport import BusSocket, DealerSocket
 from skillscale.proxy import Proxy, ProxyConfig
 from skillscale.skill_server.proxies import ProxyLinks
 from skillscale.skill_server.server import ServerConfig, SkillServer
-from tests.helpers import FIXTURE_SKILLS
+from tests.helpers import FIXTURE_SKILLS, collect_replies
 
 pytestmark = pytest.mark.timeout(60)
 REPLY_TOPIC = "AGENT_REPLY_batches"
@@ -83,16 +83,6 @@ async def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
         await asyncio.sleep(0.005)
 
 
-async def collect(sub: BusSocket, got: dict[str, Reply], count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while len(got) < count and (left := deadline - time.monotonic()) > 0:
-        if await sub.wait_readable(left):
-            for frames in sub.drain(1000):
-                reply = Reply.from_bytes(bytes(frames[1]))
-                assert reply.request_id not in got, "two replies for one request"
-                got[reply.request_id] = reply
-
-
 async def test_a_burst_travels_in_batches_both_ways_and_every_request_gets_one_reply() -> None:
     bus = MemoryBus()
     config = ServerConfig(topics=["T"], skills_dirs=[FIXTURE_SKILLS / "testing"], workers=2,
@@ -110,7 +100,7 @@ async def test_a_burst_travels_in_batches_both_ways_and_every_request_gets_one_r
             assert member.state.batches == MAX_BATCH
             for i in range(300):
                 pub.send([b"T", request(i).to_bytes()])
-            await collect(sub, got, 300, 20)
+            await collect_replies(sub, got, 300, 20)
             proxy._update_gauges()
             metrics = proxy.metrics.registry
         finally:
@@ -171,7 +161,7 @@ async def test_an_old_replica_gets_one_request_per_message_and_its_replies_are_t
             payload = Reply(request_id=rid, status="success", content="old").to_bytes()
             answer = [VERSION, REPLY, frames[2], REPLY_TOPIC.encode(), payload]
             await dealer.send(answer, timeout=5)
-        await collect(sub, got, 8, 10)
+        await collect_replies(sub, got, 8, 10)
     assert sorted(got) == [f"r{i}" for i in range(8)] and proxy._io.batched == [0, 0]
 
 
@@ -196,7 +186,7 @@ async def test_a_malformed_group_in_a_batched_reply_costs_only_itself() -> None:
             flag = b"bogus" if n == 1 else (INLINE if n % 2 else b"")
             answer += [dispatch_id, REPLY_TOPIC.encode(), body, flag]
         await dealer.send(answer, timeout=5)
-        await collect(sub, got, 3, 10)
+        await collect_replies(sub, got, 3, 10)
         bad = Request.from_bytes(dispatches[1][2]).request_id
         assert bad not in got and len(got) == 3
         assert proxy.groups.inflight and list(proxy.groups.inflight) == [dispatches[1][0]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -12,7 +11,7 @@ from skillscale import Reply, Request
 from skillscale.core.memory_bus import MemoryBus
 from skillscale.proxy import Proxy, ProxyConfig
 from skillscale.skill_server.server import ServerConfig, SkillServer
-from tests.helpers import FIXTURE_SKILLS
+from tests.helpers import FIXTURE_SKILLS, collect_replies
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,15 +38,6 @@ async def test_a_lane_dispatch_that_needs_a_busy_worker_goes_back_and_runs_later
         pub = bus.publisher("memory://xsub", hwm=1000)
         got: dict[str, Reply] = {}
 
-        async def collect(count: int, within: float) -> None:
-            deadline = time.monotonic() + within
-            while len(got) < count and (left := deadline - time.monotonic()) > 0:
-                if await sub.wait_readable(left):
-                    for frames in sub.drain(100):
-                        reply = Reply.from_bytes(bytes(frames[1]))
-                        assert reply.request_id not in got, "two replies for one request"
-                        got[reply.request_id] = reply
-
         try:
             while not proxy.groups.members:  # the server's first heartbeat
                 await asyncio.sleep(0.01)
@@ -55,14 +45,14 @@ async def test_a_lane_dispatch_that_needs_a_busy_worker_goes_back_and_runs_later
             assert member.state.inline_slots == 8
             for i in range(12):  # instruction-only: answered inline, the lane opens
                 pub.send([b"T", request(i, "guide").to_bytes()])
-            await collect(12, 10)
+            await collect_replies(sub, got, 12, 10)
             assert len(got) == 12 and all(r.ok for r in got.values())
             assert member.lane == 8
             # One worker, four scripts at once: one takes the worker, the rest
             # ride the lane, come back busy and wait in the proxy's queue.
             for i in range(100, 104):
                 pub.send([b"T", request(i, "slow", "0.2").to_bytes()])
-            await collect(16, 20)
+            await collect_replies(sub, got, 16, 20)
         finally:
             sub.close()
             pub.close()
