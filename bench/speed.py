@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from skillscale.core import stamps
-from skillscale.core.runtime import run
+from skillscale.core.runtime import run, within
 from skillscale.tools.bench import BenchConfig, BenchResult, run_bench
 from skillscale.tools.supervisor import Fabric, FabricConfig
 
@@ -180,7 +180,8 @@ async def traced_load(info: dict[str, Any], requests: int) -> tuple[BenchResult,
     )
     try:
         assert listener.stdout is not None
-        assert (await asyncio.wait_for(listener.stdout.readline(), 30)).strip() == b"ready"
+        if (await within(listener.stdout.readline(), 30)).strip() != b"ready":
+            raise SystemExit("the trace subscriber did not start")
         await load(info, "instructions", 200, 20)  # the subscription reaches the servers
         return await cpu_load(info, "instructions", requests, 20)
     finally:
