@@ -12,8 +12,10 @@ state, candidates) are not part of the history.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ def _files(skill_dir: Path) -> dict[str, bytes]:
     for dirpath, dirnames, filenames in os.walk(skill_dir):
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED)
         for name in sorted(filenames):
+            if name.endswith(".skillscale-tmp"):
+                continue  # a write cut short (see _write_atomically), not the skill's
             path = Path(dirpath) / name
             if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
                 continue
@@ -199,6 +203,17 @@ def diff(skill_dir: Path, old: str = "HEAD~1", new: str | None = None) -> str:
     return "".join(lines)
 
 
+def _write_atomically(dest: Path, data: bytes) -> None:
+    """Write beside ``dest`` and rename over it: a skill running meanwhile reads
+    the old file or the new one, never a truncated one (an empty reply, "ok")."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.skillscale-tmp")
+    tmp.write_bytes(data)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(tmp, stat.S_IMODE(dest.stat().st_mode))  # the history keeps no modes
+    os.replace(tmp, dest)
+
+
 def rollback(skill_dir: Path, rev: str = "HEAD~1") -> str:
     """Restore the files of ``rev`` as a new commit (history is kept); its sha.
 
@@ -215,10 +230,9 @@ def rollback(skill_dir: Path, rev: str = "HEAD~1") -> str:
     for path in _files(skill_dir):
         if path not in files:
             (skill_dir / path).unlink()
-    for path, data in files.items():
-        dest = skill_dir / path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+    # SKILL.md last: servers reload on its change, and by then scripts are new.
+    for path in sorted(files, key=lambda p: p == "SKILL.md"):
+        _write_atomically(skill_dir / path, files[path])
     sha = commit(
         skill_dir, f"Rollback of {skill_dir.name} to {short}\n\nSkillscale-Rollback: {short}\n"
     )
