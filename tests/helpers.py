@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import secrets
 import select
 import selectors
@@ -78,6 +79,14 @@ _LIVE: set[RoleProcess] = set()
 def _die_with_parent() -> None:
     # If pytest itself is killed (e.g. by a timeout), no role outlives it.
     _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def dump_stacks(*roles: RoleProcess) -> None:
+    """On a test's failure: every live role prints its threads' stacks to stderr."""
+    for role in roles:
+        role.dump_stacks()
+    # The roles write the dumps themselves; there is no event to wait on here.
+    time.sleep(0.5)
 
 
 def close_all_roles() -> None:
@@ -157,6 +166,12 @@ class RoleProcess:
             self.kill()
             raise
 
+    def dump_stacks(self) -> None:
+        """Have a live role print its threads' stacks to stderr (a failing test's clue)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # skillscale.core.runtime.run registers it
+            self.proc.send_signal(signal.SIGCONT)  # a stopped one prints once it runs
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -171,12 +186,37 @@ class RoleProcess:
                 self.proc.stdout.close()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A port free right now on loopback (for a proxy that must restart on it)."""
+    """A port free right now on loopback (for a proxy that must restart on it).
+
+    Below the kernel's ephemeral range: a port the kernel hands out (any
+    process's bind to port 0, any outgoing connection's local end) cannot
+    take it between this check and the role's bind, as one did to a
+    failover peer port ("exited with 1 before ready").
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORTS.randrange(max(1024, low - 20_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def start_proxy(ports: tuple[int, int, int] | None = None, **options: Any) -> RoleProcess:

@@ -58,6 +58,16 @@ def test_a_busy_metrics_port_names_the_port_and_the_flag(busy_port: int) -> None
     )  # fmt: skip
 
 
+def test_a_busy_failover_peer_port_names_that_port_not_the_metrics_one(busy_port: int) -> None:
+    one_line(
+        cli("proxy", "--xsub-bind", "tcp://127.0.0.1:0", "--xpub-bind", "tcp://127.0.0.1:0",
+            "--router-bind", "tcp://127.0.0.1:0", "--metrics-port", "-1",
+            "--failover", "primary", "--peer-bind", f"tcp://127.0.0.1:{busy_port}",
+            "--peer-connect", "tcp://127.0.0.1:1"),
+        f"peer (PUB) port {busy_port}", "--peer-bind",
+    )  # fmt: skip
+
+
 def test_data_from_a_missing_file() -> None:
     one_line(cli("invoke", "TOPIC_X", "--data", "@/no/such/file.csv"), "/no/such/file.csv")
 

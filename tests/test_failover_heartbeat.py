@@ -20,7 +20,7 @@ import zmq
 
 from skillscale import SkillScaleClient, SkillScaleError
 from skillscale.core.transport import ZmqTransport
-from tests.helpers import FIXTURE_SKILLS, RoleProcess
+from tests.helpers import FIXTURE_SKILLS, RoleProcess, dump_stacks
 from tests.test_failover import TOPIC, start_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -90,6 +90,9 @@ async def test_a_stopped_active_proxy_fails_the_client_over(
             assert client.proxy_xsub == backup.ready["xsub"]
             assert took < WITHIN
             print(f"HEARTBEAT failover after SIGSTOP: answered in {took:.2f} s")
+    except BaseException:
+        dump_stacks(backup, server, primary)
+        raise
     finally:
         primary.signal(signal.SIGKILL)  # a stopped process dies of SIGKILL too
         server.signal(signal.SIGTERM)

@@ -29,6 +29,7 @@ from tests.helpers import (
     FIXTURE_SKILLS,
     ReferenceClient,
     RoleProcess,
+    dump_stacks,
     free_port,
     start_proxy,
     start_server,
@@ -273,6 +274,9 @@ async def test_the_pair_scales_on_the_sum_and_the_passive_half_reads_zero(
                 await asyncio.to_thread(sample, "drain")
             replies = [c.result() for c in calls]
             await until("drain", lambda a, b, d: d == 0, 10)
+    except BaseException:
+        dump_stacks(*proxies.values(), *([server] if server is not None else []))
+        raise
     finally:
         if server is not None:
             server.close()

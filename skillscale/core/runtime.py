@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -90,7 +92,13 @@ async def within(aw: Awaitable[T], timeout: float | None) -> T:
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main()`` on uvloop when installed (``SKILLSCALE_NO_UVLOOP=1`` opts out)."""
+    """Run ``main()`` on uvloop when installed (``SKILLSCALE_NO_UVLOOP=1`` opts out).
+
+    ``kill -USR1 <pid>`` prints every thread's Python stack to stderr: how to
+    see where a role that is alive but not answering is stuck.
+    """
+    with contextlib.suppress(AttributeError, ValueError, RuntimeError):
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     if not os.environ.get("SKILLSCALE_NO_UVLOOP"):
         try:
             import uvloop

@@ -141,6 +141,9 @@ def _busy_port(config: ProxyConfig) -> ConfigError:
         ("subscriber (XPUB)", config.xpub_bind, "--xpub-bind / SKILLSCALE_XPUB_BIND"),
         ("replica-group (ROUTER)", config.router_bind, "--router-bind / SKILLSCALE_ROUTER_BIND"),
     ]
+    if config.failover is not None:
+        peer = config.failover.peer_bind
+        endpoints.append(("failover peer (PUB)", peer, "--peer-bind / SKILLSCALE_PEER_BIND"))
     for what, endpoint, flag in endpoints:
         if endpoint is None or not endpoint.startswith("tcp://"):
             continue
