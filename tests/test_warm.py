@@ -102,6 +102,32 @@ async def test_each_run_takes_a_fresh_waiting_child(warm: WarmExecutor, tmp_path
     assert len(set(seen)) == 4 and warm.stats["warm"] == 4
 
 
+MAIN_VIEW = """\
+import os
+import sys
+
+print(__name__, sys.argv == [__file__], sys.path[0] == os.path.dirname(__file__))
+print(sys.modules["__main__"].__dict__ is globals(), sorted(k for k in globals() if k[0] != "_"))
+print([m for m in sys.modules if "prewarm" in m])
+print([k for k in sys.path_importer_cache if k == os.devnull])
+"""
+
+
+async def test_a_warm_run_sees_main_as_a_cold_one_does(warm: WarmExecutor, tmp_path: Path) -> None:
+    # A waiting child warms runpy up with an empty script before its run
+    # comes (forkserver._prewarm); the run must see nothing of that.
+    warm_skill = make_skill(tmp_path, "warm-view", MAIN_VIEW)
+    cold_skill = make_skill(
+        tmp_path, "cold-view", MAIN_VIEW, metadata='metadata:\n  warm: "false"\n'
+    )
+    assert warm.waiting_children >= 1
+    warm_out = (await warm.run(warm_skill, b"", ExecutionLimits(10))).stdout
+    cold_out = (await warm.run(cold_skill, b"", ExecutionLimits(10))).stdout
+    assert warm.stats["warm"] == 1 and warm.stats["cold"] == 1
+    assert warm_out.startswith(b"__main__ True True\nTrue ['os', 'sys']\n"), warm_out
+    assert warm_out == cold_out
+
+
 async def test_run_sh_is_execd_by_a_warm_child(warm: WarmExecutor, tmp_path: Path) -> None:
     folder = tmp_path / "shell"
     (folder / "scripts").mkdir(parents=True)
