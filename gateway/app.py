@@ -202,7 +202,7 @@ def _fast_topic(scope: Scope) -> str | None:
     if not (path.startswith(_INVOKE_PREFIX) and path.endswith(_INVOKE_SUFFIX)):
         return None
     topic = path[len(_INVOKE_PREFIX) : -len(_INVOKE_SUFFIX)]
-    if not _TOPIC_RE.match(topic):
+    if not _TOPIC_RE.fullmatch(topic):
         return None
     for name, value in scope["headers"]:
         if name == b"origin":

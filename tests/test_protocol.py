@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from skillscale.core.errors import (
     ErrorCode,
@@ -20,6 +21,8 @@ from skillscale.core.protocol import (
     Reply,
     Request,
     Trace,
+    is_reply_topic,
+    is_valid_id,
     is_valid_skill_name,
     new_reply_topic,
     parse_intent,
@@ -146,6 +149,18 @@ def test_skill_name_rule() -> None:
     assert is_valid_skill_name("x" * 64)
     assert not is_valid_skill_name("x" * 65)
     assert not is_valid_skill_name("a--b")
+    assert not is_valid_skill_name("echo\n")  # `$` alone would match before a final newline
+
+
+def test_ids_and_reply_topics_take_no_trailing_newline() -> None:
+    # An id with a newline could forge a log line; a reply topic one a new frame's text.
+    assert is_valid_id("req-1") and not is_valid_id("req-1\n")
+    assert is_reply_topic(b"AGENT_REPLY_abc") and not is_reply_topic(b"AGENT_REPLY_abc\n")
+    request = {"request_id": "r1", "reply_to": "AGENT_REPLY_abc", "intent": "{}"}
+    assert Request.model_validate(request).reply_to == "AGENT_REPLY_abc"
+    for field, bad in (("reply_to", "AGENT_REPLY_abc\n"), ("request_id", "r1\n")):
+        with pytest.raises(ValidationError):
+            Request.model_validate({**request, field: bad})
 
 
 def test_topic_for_category() -> None:

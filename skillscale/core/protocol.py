@@ -53,7 +53,7 @@ _SLASH_RE = re.compile(r"^/([a-z0-9][a-z0-9-]{0,63})(?:[ \t\r\n]+(.*))?$", re.DO
 
 def is_valid_skill_name(name: str) -> bool:
     """True if ``name`` follows the Agent Skills naming rule."""
-    return bool(SKILL_NAME_RE.match(name))
+    return bool(SKILL_NAME_RE.fullmatch(name))
 
 
 def topic_for_category(category: str) -> str:
@@ -89,7 +89,7 @@ class Request(BaseModel):
     @field_validator("reply_to")
     @classmethod
     def _check_reply_to(cls, value: str) -> str:
-        if not _REPLY_TO_RE.match(value):
+        if not _REPLY_TO_RE.fullmatch(value):
             raise ValueError(
                 f"reply_to must be {REPLY_TOPIC_PREFIX} followed by up to 244 "
                 "characters of [A-Za-z0-9_.:/-]"
@@ -324,9 +324,9 @@ def salvage_address(payload: bytes) -> tuple[str | None, str]:
 
 def is_valid_id(value: str) -> bool:
     """True if ``value`` is a safe request or server id (see :data:`ID_PATTERN`)."""
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))
 
 
 def is_reply_topic(topic: bytes) -> bool:
     """True if ``topic`` is a well-formed reply topic (the only kind replies go to)."""
-    return bool(_REPLY_TO_RE.match(topic.decode("ascii", errors="replace")))
+    return bool(_REPLY_TO_RE.fullmatch(topic.decode("ascii", errors="replace")))
