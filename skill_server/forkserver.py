@@ -324,6 +324,7 @@ def _prewarm() -> None:
     """
     with contextlib.suppress(Exception):
         runpy.run_path(os.devnull, run_name="__skillscale_prewarm__")
+        json.loads('{"script": "/x", "cwd": "/", "env": {"A": "b"}, "rlimits": [[1, 2]]}')
 
 
 def _child(conn: socket.socket, server_pid: int) -> None:
@@ -353,6 +354,13 @@ def _child(conn: socket.socket, server_pid: int) -> None:
             keep = conn.fileno()
             os.closerange(3, keep)
             os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+            # Python's view of fds 0-2 needs nothing of the request either.
+            stdin, stdout, stderr = (io.FileIO(fd, mode, closefd=False)
+                                     for fd, mode in ((0, "r"), (1, "w"), (2, "w")))  # fmt: skip
+            sys.stdin = io.TextIOWrapper(stdin, encoding="utf-8")
+            sys.stdout = io.TextIOWrapper(stdout, encoding="utf-8", line_buffering=False)
+            sys.stderr = io.TextIOWrapper(stderr, encoding="utf-8", errors="backslashreplace",
+                                          line_buffering=True)  # fmt: skip
             # Everything above runs before the request exists (a waiting
             # child); from here on it is the request's time.
             if _PREWARM and not select.select([conn], [], [], 0)[0]:
@@ -369,11 +377,6 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         os.chdir(header["cwd"])
         os.environ.clear()
         os.environ.update(header["env"])
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                      line_buffering=False)  # fmt: skip
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                      errors="backslashreplace", line_buffering=True)  # fmt: skip
         if "argv" in header:  # not Python (run.sh): this process becomes it
             argv = [str(a) for a in header["argv"]]
             # As a shell would start it: SIGXFSZ was ignored for Python's sake.
