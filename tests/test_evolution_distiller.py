@@ -305,14 +305,32 @@ async def test_promotion_rejection_and_a_draft_through_a_distiller_process(
     canary = [t for t in events.traces if t.get("candidate") is not None]
     assert canary and all(t["task"] and t["payload_truncated"] is False for t in canary)
     assert all(t.get("task") is None for t in events.traces if t.get("candidate") is None)
-    # The status during the run: both canaries with their arms, the draft unserved, and
-    # flaky's failing v1 reported degraded with its failure cluster.
+    # The status during the run: both canaries with their arms, the draft unserved.
     assert mid_run and "canary v2 on 50% of callers" in mid_run[0], mid_run
     assert "SPRT LLR" in mid_run[0] and re.search(r"fresh +draft +not served", mid_run[0])
-    assert any(re.search(r"flaky +canary +active v1; DEGRADED", m) and "failing: " in m
-               for m in mid_run), mid_run  # fmt: skip
+    # flaky's failing v1 was reported as a failure cluster. Whether a status read
+    # between two rounds shows it DEGRADED first depends on whether the fifth
+    # failure and the deciding pair reach the distiller in one tick (it decides
+    # first): the rendering is checked on its own below.
+    flaky_log = rollout.read_rollout(lib / "evo" / "flaky").log  # type: ignore[union-attr]
+    assert any(n.action == "failures" and n.version == "1" for n in flaky_log), flaky_log
     assert events.feedback and events.feedback[-1]["request_id"] == sent.request_id
     assert events.feedback[-1]["score"] == 0.75
+
+
+def test_status_shows_a_degraded_active_version_under_its_canary(tmp_path: Path) -> None:
+    lib = library(tmp_path, {"flaky": (FAIL, OK)})
+    state = rollout.read_rollout(lib / "evo" / "flaky")
+    assert state is not None
+    state.degraded = True
+    state.failures = [
+        rollout.FailureCluster(key="k1", version="1", outcome="exit_1", input_shape="text",
+                               stderr="ValueError: wrong", count=5, first=1.0, last=2.0)
+    ]  # fmt: skip
+    rollout.write_rollout(lib / "evo" / "flaky", state)
+    shown = status_text(lib)
+    assert re.search(r"flaky +canary +active v1; DEGRADED", shown), shown
+    assert "failing: " in shown and "ValueError: wrong" in shown, shown
 
 
 def judge_env(tmp_path: Path, url: str, timeout: float) -> dict[str, str]:
