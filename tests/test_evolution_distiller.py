@@ -312,8 +312,9 @@ async def test_promotion_rejection_and_a_draft_through_a_distiller_process(
     # between two rounds shows it DEGRADED first depends on whether the fifth
     # failure and the deciding pair reach the distiller in one tick (it decides
     # first): the rendering is checked on its own below.
-    flaky_log = rollout.read_rollout(lib / "evo" / "flaky").log  # type: ignore[union-attr]
-    assert any(n.action == "failures" and n.version == "1" for n in flaky_log), flaky_log
+    flaky_state = rollout.read_rollout(lib / "evo" / "flaky")
+    assert flaky_state is not None
+    assert any(n.action == "failures" and n.version == "1" for n in flaky_state.log), flaky_state
     assert events.feedback and events.feedback[-1]["request_id"] == sent.request_id
     assert events.feedback[-1]["score"] == 0.75
 
