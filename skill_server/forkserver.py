@@ -21,7 +21,7 @@ anything from it:
   attached, starts a new session (so the skill server's timeout can kill the
   whole process group), takes the pipes as fds 0-2, closes every other fd,
   changes directory, replaces its environment, applies the rlimits, and runs
-  the script with ``runpy`` as ``__main__``, exactly like ``python run.py``
+  the script as ``__main__`` (``_run_main``), exactly like ``python run.py``
   but without interpreter start-up or re-imports; each run is a fresh fork,
   so no module state leaks from one run to the next. Because only the child
   reads the header, an LLM key handed to one run never enters the fork
@@ -63,7 +63,6 @@ import io
 import json
 import os
 import resource
-import runpy
 import select
 import selectors
 import signal
@@ -71,6 +70,7 @@ import socket
 import sys
 import time
 import traceback
+import types
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -272,18 +272,50 @@ def preload(modules: list[str]) -> list[str]:
 
 
 def _read_stdio(conn: socket.socket) -> list[int] | None:
-    """The three stdio fds (sent with one byte); None if the skill server hung up.
+    """The three stdio fds and the report pipe (sent with one byte); None if
+    the skill server hung up.
 
     A timeout mode, not a blocking one, because the fork server's socket
     object shares this descriptor's (non-blocking) flags.
     """
     conn.settimeout(HEADER_TIMEOUT)
-    raw, fds, flags, _addr = socket.recv_fds(conn, 1, 3)
+    raw, fds, flags, _addr = socket.recv_fds(conn, 1, 4)
     if not raw and not fds:
         return None
-    if len(fds) != 3 or flags & socket.MSG_CTRUNC:
-        raise ValueError(f"expected 3 fds, got {len(fds)}")
+    if len(fds) != 4 or flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"expected 4 fds, got {len(fds)}")
     return fds
+
+
+def _report_over(report: int, code: int) -> None:
+    """Tell the skill server this run is over, with its exit code, before the
+    exit itself: one byte on ``report``.
+
+    The exit of a fork of the fork server tears down its page tables, and
+    the pipe EOF, the pidfd and the fork server's status line all wait for
+    that: 1.1-1.5 ms on the request's path here (``bench/speed.py
+    --only-breakdown``). The report goes only when nothing of the run is
+    left: this process is a subreaper, so no child at all means no
+    descendant at all; a run that left any falls back to the exit, the reap
+    and the fork server's kill of its leftovers. fds 0-2 close first so the
+    skill server sees the output's end at once. The skill could write the
+    byte itself, early, with any code: it could exit early with any code
+    too, and the skill server kills the process group on the report, so
+    that gains it nothing.
+    """
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass  # a zombie child of the run's, reaped: look again
+        return  # a child still runs
+    except ChildProcessError:
+        pass
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.write(report, bytes((code & 0xFF,)))
 
 
 def _read_header(conn: socket.socket) -> dict[str, Any] | None:
@@ -306,25 +338,24 @@ def _read_header(conn: socket.socket) -> dict[str, Any] | None:
     return header
 
 
-_PREWARM = True
-"""Whether waiting children warm runpy up (not the exec server's: they exec)."""
+def _run_main(script: str) -> None:
+    """Run ``script`` as ``python script`` runs it: compiled from its source
+    (a coding cookie honoured, none of our ``__future__`` flags), in a fresh
+    ``__main__`` module whose globals are ``runpy.run_path``'s (``__file__``,
+    ``__cached__``, ``__loader__`` and ``__spec__`` None).
 
-
-def _prewarm() -> None:
-    """Take, while this child waits for its run, the page copies its run would take first.
-
-    A forked child shares the fork server's memory until it writes to it,
-    and running Python writes (reference counts, caches) to every object it
-    touches: the first ``run_path`` in a child cost 1.9 ms where a second
-    one cost 0.14 ms (measured, ``bench/speed.py --only-breakdown``), most
-    of it copy-on-write faults. An empty script takes that machinery's share
-    here. No request exists yet and the child serves one run only, so
-    nothing passes from one run to another; ``run_path`` restores
-    ``__main__`` and ``sys.argv`` as it found them.
+    Not ``runpy.run_path`` itself: in a fresh fork its path-hook lookups and
+    module bookkeeping write to some 280 more of the shared pages than this
+    does, and those copy-on-write faults cost the run 1.3 ms of CPU here
+    (children's CPU per run, ``bench/results/issue14/ab-h14g-*.txt``). The
+    cold trampoline (``executor.TRAMPOLINE``) runs scripts the same way.
     """
-    with contextlib.suppress(Exception):
-        runpy.run_path(os.devnull, run_name="__skillscale_prewarm__")
-        json.loads('{"script": "/x", "cwd": "/", "env": {"A": "b"}, "rlimits": [[1, 2]]}')
+    with open(script, "rb") as fh:
+        code = compile(fh.read(), script, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=script, __cached__=None)
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)  # noqa: S102 - the skill's own script, as python would run it
 
 
 def _child(conn: socket.socket, server_pid: int) -> None:
@@ -347,13 +378,17 @@ def _child(conn: socket.socket, server_pid: int) -> None:
             fds = _read_stdio(conn)
             if fds is None:
                 os._exit(0)  # never used: the skill server let this waiting child go
-            for target, fd in enumerate(fds):
+            for target, fd in enumerate(fds[:3]):
                 os.dup2(fd, target)
+            report = fds[3]
+            os.set_inheritable(report, False)  # gone at an exec (run.sh): EOF, no report
             # The control socket, other runs' nothing: all go but this run's
-            # connection, which the header is still to come on.
-            keep = conn.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+            # connection, which the header is still to come on, and the report pipe.
+            low = 3
+            for keep in sorted((conn.fileno(), report)):
+                os.closerange(low, keep)
+                low = keep + 1
+            os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
             # Python's view of fds 0-2 needs nothing of the request either.
             stdin, stdout, stderr = (io.FileIO(fd, mode, closefd=False)
                                      for fd, mode in ((0, "r"), (1, "w"), (2, "w")))  # fmt: skip
@@ -363,8 +398,6 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                                           line_buffering=True)  # fmt: skip
             # Everything above runs before the request exists (a waiting
             # child); from here on it is the request's time.
-            if _PREWARM and not select.select([conn], [], [], 0)[0]:
-                _prewarm()  # the run is not here yet: use the wait
             header = _read_header(conn)
             if header is None:
                 os._exit(0)
@@ -394,7 +427,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         if stamps.ON:  # only after closerange: stamp() opens a descriptor
             stamps.stamp("child.ready")
         try:
-            runpy.run_path(script, run_name="__main__")
+            _run_main(script)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -410,6 +443,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                 stream.flush()
         if stamps.ON:
             stamps.stamp("child.ran")
+        _report_over(report, code)
     finally:
         os._exit(code & 0xFF)
 
@@ -632,8 +666,6 @@ def _start_exec_server(control_fd: int) -> tuple[int, socket.socket] | None:
             os._exit(137)
         prctl(_PR_SET_DUMPABLE, 0)
         prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        global _PREWARM
-        _PREWARM = False  # its children exec: no Python of theirs runs
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 1)  # the fork server's ready line is the fork server's
         os.close(devnull)

@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +46,7 @@ from skillscale.core.skill_format import Skill
 from skillscale.skill_server.executor import (
     ChildProcess,
     ExecutionLimits,
+    ExecutionResult,
     SubprocessExecutor,
     rlimit_pairs,
     scrubbed_env,
@@ -70,7 +71,7 @@ OPTIONAL_PRELOAD = ("httpx", "openai")
 once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
-REFILL_DELAY = 0.002
+REFILL_DELAY = 0.0005
 """Seconds after a run's exit before its replacement is forked (its reply first)."""
 WAITING_CHILDREN = 2
 """Children forked ahead, each waiting for one run: the fork (and the setup
@@ -124,6 +125,7 @@ class WarmProcess:
         stdin: asyncio.StreamWriter,
         stdout: asyncio.StreamReader,
         stderr: asyncio.StreamReader,
+        report_fd: int | None = None,
     ) -> None:
         self.pid = pid
         self.stdin: asyncio.StreamWriter | None = stdin
@@ -136,6 +138,7 @@ class WarmProcess:
         """Which fork server (start) forked it."""
         self.opened: list[asyncio.BaseTransport] = []
         """The pipe transports, for :meth:`discard`."""
+        self._report_fd = report_fd
         # Started at once so the connection is always read to its end and
         # closed, whatever happens to the run; the executor keeps a reference.
         self.waiter: asyncio.Task[int] = asyncio.ensure_future(self._read_status())
@@ -150,6 +153,15 @@ class WarmProcess:
         self._control.close()
         for transport in self.opened:
             transport.close()
+        fd = self.take_report_fd()
+        if fd is not None:
+            os.close(fd)
+
+    def take_report_fd(self) -> int | None:
+        """The read end of the report pipe (see ``forkserver._report_over``),
+        non-blocking; the caller closes it. None once taken."""
+        fd, self._report_fd = self._report_fd, None
+        return fd
 
     @property
     def returncode(self) -> int | None:
@@ -513,11 +525,22 @@ class WarmExecutor(SubprocessExecutor):
                 if retries < 0:
                     raise
                 child = None
-        # Forked again once this run is over and its reply out, not now: a
-        # fork beside the run would compete with it for the CPU (and the fork
-        # server), and one at its end would delay its reply on our loop.
-        child.waiter.add_done_callback(self._refill_later)
         return child
+
+    async def run(
+        self,
+        skill: Skill,
+        data: bytes,
+        limits: ExecutionLimits,
+        env: Mapping[str, str] | None = None,
+    ) -> ExecutionResult:
+        try:
+            return await super().run(skill, data, limits, env)
+        finally:
+            # Forked again once this run is over and its reply out, not now: a
+            # fork beside the run would compete with it for the CPU (and the fork
+            # server), and one at its end would delay its reply on our loop.
+            self._refill_later(None)
 
     def _refill_later(self, _: object) -> None:
         if self._closed:
@@ -571,7 +594,9 @@ class WarmExecutor(SubprocessExecutor):
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        child_ends = [stdin_r, stdout_w, stderr_w]
+        report_r, report_w = os.pipe()
+        os.set_blocking(report_r, False)
+        child_ends = [stdin_r, stdout_w, stderr_w, report_w]
         # From here on our ends belong to these files, and then to transports:
         # closing those, never the fds again, is what cleans up.
         files = [os.fdopen(stdin_w, "wb", 0), os.fdopen(stdout_r, "rb", 0),
@@ -614,10 +639,12 @@ class WarmExecutor(SubprocessExecutor):
                 transport.close()
             for file in files:
                 file.close()
+            os.close(report_r)
             if isinstance(exc, (OSError, ValueError, KeyError, asyncio.TimeoutError)):
                 raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
             raise
-        child = WarmProcess(pid, status, control_writer, stdin=stdin, stdout=stdout, stderr=stderr)
+        child = WarmProcess(pid, status, control_writer, stdin=stdin, stdout=stdout, stderr=stderr,
+                            report_fd=report_r)  # fmt: skip
         child.generation = generation
         child.opened = opened
         self._waiters.add(child.waiter)

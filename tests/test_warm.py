@@ -13,6 +13,7 @@ import pytest
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits
 from skillscale.skill_server.warm import WarmExecutor
+from tests.helpers import wait_pid_gone
 
 PROBE = """\
 import os
@@ -114,8 +115,8 @@ print([k for k in sys.path_importer_cache if k == os.devnull])
 
 
 async def test_a_warm_run_sees_main_as_a_cold_one_does(warm: WarmExecutor, tmp_path: Path) -> None:
-    # A waiting child warms runpy up with an empty script before its run
-    # comes (forkserver._prewarm); the run must see nothing of that.
+    # Both paths run the script in a fresh __main__ (forkserver._run_main
+    # and executor.TRAMPOLINE): a script sees the same either way.
     warm_skill = make_skill(tmp_path, "warm-view", MAIN_VIEW)
     cold_skill = make_skill(
         tmp_path, "cold-view", MAIN_VIEW, metadata='metadata:\n  warm: "false"\n'
@@ -243,3 +244,59 @@ async def test_closing_right_after_a_run_leaves_no_refill_behind(tmp_path: Path)
     assert executor._refilling is None or executor._refilling.done()
     assert asyncio.all_tasks() == {asyncio.current_task()}
     assert executor.waiting == 0
+
+
+FIND_REPORT_PIPE = """\
+import os
+import stat
+import sys
+import time
+
+# The one pipe beyond stdio a warm run holds is its report pipe
+# (forkserver._report_over): a skill can find it and write to it.
+pipes = []
+for name in os.listdir("/proc/self/fd"):
+    path = f"/proc/self/fd/{name}"
+    if int(name) > 2 and os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode):
+        pipes.append(int(name))
+assert len(pipes) == 1, pipes
+print(os.getpid(), flush=True)
+os.write(pipes[0], WRITE)
+print("after", flush=True)
+AFTER
+"""
+
+
+async def test_a_run_that_reports_its_own_end_early_is_killed_and_gains_nothing(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    body = FIND_REPORT_PIPE.replace("WRITE", "bytes((5,))").replace("AFTER", "time.sleep(60)")
+    skill = make_skill(tmp_path, "forger", body)
+    result = await warm.run(skill, b"", ExecutionLimits(30))
+    # The end it claimed, with the code it claimed, as if it had exited so;
+    # and it is killed, not left running to its sleep.
+    assert result.exit_code == 5 and not result.timed_out, result
+    pid = int(result.stdout.split()[0])
+    assert wait_pid_gone(pid, 5), "a run that reported its end still runs"
+
+
+async def test_bytes_that_are_no_report_leave_the_exit_to_decide(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    body = FIND_REPORT_PIPE.replace("WRITE", "b'not a report'").replace("AFTER", "sys.exit(3)")
+    skill = make_skill(tmp_path, "scribbler", body)
+    result = await warm.run(skill, b"", ExecutionLimits(30))
+    assert result.exit_code == 3 and result.stdout.endswith(b"after\n"), result
+
+
+async def test_a_reported_run_keeps_its_code_and_all_its_output(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # Written unflushed, then an exception: the wrapper flushes, closes
+    # stdio, reports 1 (the traceback's code) and only then exits.
+    body = "import sys\nsys.stdout.write('x' * 300000)\nraise RuntimeError('boom')\n"
+    skill = make_skill(tmp_path, "loud", body)
+    for _ in range(3):
+        result = await warm.run(skill, b"", ExecutionLimits(30))
+        assert result.exit_code == 1 and result.stdout == b"x" * 300000, result.exit_code
+        assert b"RuntimeError: boom" in result.stderr
