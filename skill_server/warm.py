@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,7 +46,6 @@ from skillscale.core.skill_format import Skill
 from skillscale.skill_server.executor import (
     ChildProcess,
     ExecutionLimits,
-    ExecutionResult,
     SubprocessExecutor,
     rlimit_pairs,
     scrubbed_env,
@@ -71,7 +70,7 @@ OPTIONAL_PRELOAD = ("httpx", "openai")
 once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
-REFILL_DELAY = 0.0005
+REFILL_DELAY = 0.002
 """Seconds after a run's exit before its replacement is forked (its reply first)."""
 WAITING_CHILDREN = 2
 """Children forked ahead, each waiting for one run: the fork (and the setup
@@ -525,22 +524,11 @@ class WarmExecutor(SubprocessExecutor):
                 if retries < 0:
                     raise
                 child = None
+        # Forked again once this run is over and its reply out, not now: a
+        # fork beside the run would compete with it for the CPU (and the fork
+        # server), and one at its end would delay its reply on our loop.
+        child.waiter.add_done_callback(self._refill_later)
         return child
-
-    async def run(
-        self,
-        skill: Skill,
-        data: bytes,
-        limits: ExecutionLimits,
-        env: Mapping[str, str] | None = None,
-    ) -> ExecutionResult:
-        try:
-            return await super().run(skill, data, limits, env)
-        finally:
-            # Forked again once this run is over and its reply out, not now: a
-            # fork beside the run would compete with it for the CPU (and the fork
-            # server), and one at its end would delay its reply on our loop.
-            self._refill_later(None)
 
     def _refill_later(self, _: object) -> None:
         if self._closed:
