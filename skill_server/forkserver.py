@@ -61,6 +61,7 @@ import gc
 import importlib
 import io
 import json
+import marshal
 import os
 import resource
 import select
@@ -100,6 +101,8 @@ if os.environ.get("SKILLSCALE_STAMPS"):  # bench only: this imports the skillsca
 
 
 MAX_HEADER = 1024 * 1024
+MAX_CODE = 64 * 1024 * 1024
+"""Bound on a compiled script sent after a header."""
 HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 3600.0
 """Seconds a waiting child waits for its run before it ends (the skill server
@@ -318,9 +321,11 @@ def _report_over(report: int, code: int) -> None:
         os.write(report, bytes((code & 0xFF,)))
 
 
-def _read_header(conn: socket.socket) -> dict[str, Any] | None:
-    """The run's header (one JSON line); None if the skill server hung up first
-    or never sent one in ``IDLE_TIMEOUT`` seconds."""
+def _read_header(conn: socket.socket) -> tuple[dict[str, Any], bytes | None] | None:
+    """The run's header (one JSON line) and the compiled script that follows
+    it if the header says so (``"code": size``, see ``WarmExecutor._compiled``);
+    None if the skill server hung up first or never sent one in
+    ``IDLE_TIMEOUT`` seconds."""
     conn.settimeout(IDLE_TIMEOUT)
     try:
         raw = conn.recv(64 * 1024)
@@ -329,20 +334,40 @@ def _read_header(conn: socket.socket) -> dict[str, Any] | None:
     if not raw:
         return None
     conn.settimeout(HEADER_TIMEOUT)  # once a header has begun, the rest is due
-    while not raw.endswith(b"\n"):
+    while (end := raw.find(b"\n")) < 0:
         chunk = conn.recv(64 * 1024)
         if not chunk or len(raw) > MAX_HEADER:
             raise ValueError("incomplete header")
         raw += chunk
-    header: dict[str, Any] = json.loads(raw)
-    return header
+    header: dict[str, Any] = json.loads(raw[:end])
+    size = header.get("code")
+    if size is None:
+        return header, None
+    if type(size) is not int or not 0 < size <= MAX_CODE:
+        raise ValueError(f"bad compiled script size {size!r}")
+    parts, have = [raw[end + 1 :]], len(raw) - end - 1
+    while have < size:
+        chunk = conn.recv(min(size - have, 1024 * 1024))
+        if not chunk:
+            raise ValueError("incomplete compiled script")
+        parts.append(chunk)
+        have += len(chunk)
+    if have != size:
+        raise ValueError("more bytes than the compiled script's size")
+    return header, b"".join(parts)
 
 
-def _run_main(script: str) -> None:
+def _run_main(script: str, compiled: bytes | None = None) -> None:
     """Run ``script`` as ``python script`` runs it: compiled from its source
     (a coding cookie honoured, none of our ``__future__`` flags), in a fresh
     ``__main__`` module whose globals are ``runpy.run_path``'s (``__file__``,
     ``__cached__``, ``__loader__`` and ``__spec__`` None).
+
+    ``compiled`` is that code, marshalled, compiled by the skill server from
+    the script's current version: the compiler's first use in a fresh fork
+    costs some 250 µs of CPU (its copy-on-write faults, mostly) on the
+    request's path, and ``marshal.loads`` almost none. It comes from the skill
+    server only, on this run's own connection, never from a skill.
 
     Not ``runpy.run_path`` itself: in a fresh fork its path-hook lookups and
     module bookkeeping write to some 280 more of the shared pages than this
@@ -350,8 +375,11 @@ def _run_main(script: str) -> None:
     (children's CPU per run, ``bench/results/issue14/ab-h14g-*.txt``). The
     cold trampoline (``executor.TRAMPOLINE``) runs scripts the same way.
     """
-    with open(script, "rb") as fh:
-        code = compile(fh.read(), script, "exec", dont_inherit=True)
+    if compiled is not None:
+        code = marshal.loads(compiled)  # noqa: S302 - the skill server's, see above
+    else:
+        with open(script, "rb") as fh:
+            code = compile(fh.read(), script, "exec", dont_inherit=True)
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=script, __cached__=None)
     sys.modules["__main__"] = main
@@ -398,9 +426,10 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                                           line_buffering=True)  # fmt: skip
             # Everything above runs before the request exists (a waiting
             # child); from here on it is the request's time.
-            header = _read_header(conn)
-            if header is None:
+            request = _read_header(conn)
+            if request is None:
                 os._exit(0)
+            header, compiled = request
         except (OSError, ValueError) as exc:
             print(f"fork server child: bad run request: {exc}", file=sys.stderr, flush=True)
             raise
@@ -427,7 +456,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         if stamps.ON:  # only after closerange: stamp() opens a descriptor
             stamps.stamp("child.ready")
         try:
-            _run_main(script)
+            _run_main(script, compiled)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

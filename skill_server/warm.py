@@ -34,9 +34,11 @@ import collections
 import importlib.util
 import json
 import logging
+import marshal
 import os
 import re
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -68,6 +70,8 @@ DEFAULT_PRELOAD = (
 OPTIONAL_PRELOAD = ("httpx", "openai")
 """The expensive imports LLM-calling skills make: preloaded when installed,
 once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
+MAX_COMPILED_SOURCE = 1024 * 1024
+"""Scripts up to this size go to their child compiled (larger ones it compiles)."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
 REFILL_DELAY = 0.002
@@ -252,6 +256,8 @@ class WarmExecutor(SubprocessExecutor):
         )
         """Modules preloaded once a skill that imports them runs (see _follow_imports)."""
         self._scanned: dict[str, tuple[int, frozenset[str]]] = {}
+        self._code: dict[str, tuple[bytes, bytes]] = {}
+        """Compiled scripts by path: (source, marshalled code)."""
         self._growing: asyncio.Task[None] | None = None
         self._exec_servers: dict[int, int | None] = {}
         self._retired: list[asyncio.subprocess.Process] = []
@@ -364,6 +370,38 @@ class WarmExecutor(SubprocessExecutor):
             # module is, runs stop reading their scripts for imports.
             self._optional = [m for m in self._optional if m not in self.preload]
             self._growing = asyncio.ensure_future(self._grow())
+
+    def _compiled(self, script: Path) -> bytes | None:
+        """``script`` compiled and marshalled, once per content of the file
+        (see ``forkserver._run_main``); None to let the child compile it.
+
+        The file is read on every run and compared with what was compiled
+        (a small read, some 15 µs): an edit counts at once, even one within
+        the file system's timestamp resolution that keeps the size.
+        """
+        if self.python != sys.executable:
+            return None  # marshal's format is its interpreter version's
+        try:
+            with open(script, "rb") as fh:
+                source = fh.read(MAX_COMPILED_SOURCE + 1)
+        except OSError:
+            return None  # the run will report the missing file
+        key = str(script)
+        cached = self._code.get(key)
+        if cached is not None and cached[0] == source:
+            return cached[1]
+        if len(source) > MAX_COMPILED_SOURCE:
+            return None
+        try:
+            # optimize=0: the fork server runs without -O, whatever we run with.
+            code = compile(source, key, "exec", dont_inherit=True, optimize=0)
+        except (SyntaxError, ValueError):
+            return None  # the child compiles it, and reports the error as python would
+        if len(self._code) >= 1024:
+            self._code.clear()  # bounded: skills come and go
+        compiled = marshal.dumps(code)
+        self._code[key] = (source, compiled)
+        return compiled
 
     async def _grow(self) -> None:
         """Replace the running fork server by one with the larger preload."""
@@ -488,7 +526,7 @@ class WarmExecutor(SubprocessExecutor):
         assert skill.entrypoint is not None
         if self._optional and skill.entrypoint.suffix == ".py":
             self._follow_imports(skill.entrypoint)
-        header = {
+        header: dict[str, object] = {
             "script": str(skill.entrypoint),
             "cwd": str(skill.path),
             "env": env,
@@ -500,7 +538,10 @@ class WarmExecutor(SubprocessExecutor):
             header["argv"] = self.argv(skill.entrypoint)
         kind = RUN if skill.entrypoint.suffix == ".py" else EXEC
         self._recent[kind] = asyncio.get_running_loop().time()
-        line = json.dumps(header).encode() + b"\n"
+        compiled = self._compiled(skill.entrypoint) if kind == RUN else None
+        if compiled is not None:
+            header["code"] = len(compiled)
+        line = json.dumps(header).encode() + b"\n" + (compiled or b"")
         child = self._take_waiting(kind)
         # A waiting child may have died waiting, and a fresh one with the exec
         # server (see forkserver.main) as it died: one more fresh child then.

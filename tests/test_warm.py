@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import marshal
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits
+from skillscale.skill_server.forkserver import _read_header
 from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import wait_pid_gone
 
@@ -57,8 +60,18 @@ async def test_each_run_is_a_fresh_fork_in_its_own_session(
 async def test_edits_take_effect_on_the_next_request(warm: WarmExecutor, tmp_path: Path) -> None:
     skill = make_skill(tmp_path, "probe", PROBE.replace("VERSION", "1"))
     assert b"version=1" in (await warm.run(skill, b"", ExecutionLimits(10))).stdout
-    (skill.path / "scripts" / "run.py").write_text(PROBE.replace("VERSION", "2"))
+    script = skill.path / "scripts" / "run.py"
+    # Same size, same mtime: the compiled script the skill server caches is
+    # checked against the content, not the file's timestamps.
+    stat = script.stat()
+    script.write_text(PROBE.replace("VERSION", "2"))
+    os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert b"version=2" in (await warm.run(skill, b"", ExecutionLimits(10))).stdout
+    # A script that does not compile is compiled (and reported) by its child.
+    script.write_text("print('unbalanced'\n")
+    result = await warm.run(skill, b"", ExecutionLimits(10))
+    assert result.exit_code == 1 and b"SyntaxError" in result.stderr, result
+    assert b"run.py" in result.stderr
 
 
 async def test_preloaded_modules_are_already_imported(warm: WarmExecutor, tmp_path: Path) -> None:
@@ -111,6 +124,17 @@ print(__name__, sys.argv == [__file__], sys.path[0] == os.path.dirname(__file__)
 print(sys.modules["__main__"].__dict__ is globals(), sorted(k for k in globals() if k[0] != "_"))
 print([m for m in sys.modules if "prewarm" in m])
 print([k for k in sys.path_importer_cache if k == os.devnull])
+
+
+def f(x: int) -> None: ...
+
+
+# Compiled by the skill server for a warm run: none of its __future__ flags, no -O.
+print(f.__annotations__["x"] is int, __debug__)
+try:
+    assert False
+except AssertionError:
+    print("asserts on")
 """
 
 
@@ -126,6 +150,7 @@ async def test_a_warm_run_sees_main_as_a_cold_one_does(warm: WarmExecutor, tmp_p
     cold_out = (await warm.run(cold_skill, b"", ExecutionLimits(10))).stdout
     assert warm.stats["warm"] == 1 and warm.stats["cold"] == 1
     assert warm_out.startswith(b"__main__ True True\nTrue ['os', 'sys']\n"), warm_out
+    assert warm_out.endswith(b"True True\nasserts on\n"), warm_out
     assert warm_out == cold_out
 
 
@@ -300,3 +325,41 @@ async def test_a_reported_run_keeps_its_code_and_all_its_output(
         result = await warm.run(skill, b"", ExecutionLimits(30))
         assert result.exit_code == 1 and result.stdout == b"x" * 300000, result.exit_code
         assert b"RuntimeError: boom" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("tail", "error"),
+    [
+        (b'{"script": "/x", "code": 0}\n', "bad compiled script size"),
+        (b'{"script": "/x", "code": "3"}\n', "bad compiled script size"),
+        (b'{"script": "/x", "code": true}\n', "bad compiled script size"),
+        (b'{"script": "/x", "code": 99999999999}\n', "bad compiled script size"),
+        (b'{"script": "/x", "code": 4}\nabc', "incomplete compiled script"),
+        (b'{"script": "/x", "code": 2}\nabc', "more bytes than"),
+        (b'{"script": "/x"', "incomplete header"),
+    ],
+)
+def test_a_run_request_is_read_within_its_bounds(tail: bytes, error: str) -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        ours.sendall(tail)
+        ours.shutdown(socket.SHUT_WR)
+        with pytest.raises(ValueError, match=error):
+            _read_header(theirs)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_run_request_carries_its_compiled_script_after_the_header() -> None:
+    code = marshal.dumps(compile("x = 1", "/x", "exec"))
+    ours, theirs = socket.socketpair()
+    try:
+        ours.sendall(b'{"script": "/x", "code": %d}\n' % len(code) + code)
+        request = _read_header(theirs)
+        assert request == ({"script": "/x", "code": len(code)}, code)
+        ours.sendall(b'{"script": "/y"}\n')
+        assert _read_header(theirs) == ({"script": "/y"}, None)
+    finally:
+        ours.close()
+        theirs.close()
