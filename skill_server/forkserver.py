@@ -424,6 +424,10 @@ def _child(conn: socket.socket, server_pid: int) -> None:
             sys.stdout = io.TextIOWrapper(stdout, encoding="utf-8", line_buffering=False)
             sys.stderr = io.TextIOWrapper(stderr, encoding="utf-8", errors="backslashreplace",
                                           line_buffering=True)  # fmt: skip
+            # The fork server's environment goes now, not once the header is
+            # here: the clear writes to (and so copies) the pages of every
+            # variable, some 150 µs of the request's time otherwise.
+            os.environ.clear()
             # Everything above runs before the request exists (a waiting
             # child); from here on it is the request's time.
             request = _read_header(conn)
@@ -437,7 +441,6 @@ def _child(conn: socket.socket, server_pid: int) -> None:
         for kind, value in header.get("rlimits", []):
             resource.setrlimit(kind, (value, value))
         os.chdir(header["cwd"])
-        os.environ.clear()
         os.environ.update(header["env"])
         if "argv" in header:  # not Python (run.sh): this process becomes it
             argv = [str(a) for a in header["argv"]]
