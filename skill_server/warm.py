@@ -382,16 +382,25 @@ class WarmExecutor(SubprocessExecutor):
         if self.python != sys.executable:
             return None  # marshal's format is its interpreter version's
         try:
-            with open(script, "rb") as fh:
-                source = fh.read(MAX_COMPILED_SOURCE + 1)
+            fd = os.open(script, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None  # the run will report the missing file
+        try:
+            # Sized reads: a read of the bound would allocate the bound, every run.
+            size = os.fstat(fd).st_size
+            if size > MAX_COMPILED_SOURCE:
+                return None
+            source = os.read(fd, size + 1)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(source) != size:
+            return None  # changing as we read: the child reads it
         key = str(script)
         cached = self._code.get(key)
         if cached is not None and cached[0] == source:
             return cached[1]
-        if len(source) > MAX_COMPILED_SOURCE:
-            return None
         try:
             # optimize=0: the fork server runs without -O, whatever we run with.
             code = compile(source, key, "exec", dont_inherit=True, optimize=0)
