@@ -115,21 +115,39 @@ def fabric_config(skills: Path, workers: int | None = None, prefetch: int = 0) -
     )  # fmt: skip
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (all its threads)."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of a process so far (all its threads); with ``reaped``,
+    that of its children it has reaped instead."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if reaped else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid`` (a skill server's: its fork servers)."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 async def cpu_load(info: dict[str, Any], skill: str, requests: int,
                    concurrency: int) -> tuple[BenchResult, dict[str, float]]:  # fmt: skip
-    """A load, and the CPU µs per request it cost each role (this process is the client)."""
-    pids = {"client": os.getpid(), "proxy": info["proxy_pid"],
-            "server": info["servers"][0]["pid"]}  # fmt: skip
-    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    """A load, and the CPU µs per request it cost each role (this process is the
+    client); for a script skill also the fork server's and the skill
+    processes' it reaped (a run still going at the end is not counted)."""
+    server = info["servers"][0]["pid"]
+    pids = {"client": os.getpid(), "proxy": info["proxy_pid"], "server": server}
+    forkservers = child_pids(server)
+
+    def now() -> dict[str, float]:
+        spent = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        if skill != "instructions":
+            spent["fork server"] = sum(cpu_seconds(pid) for pid in forkservers)
+            spent["skill processes"] = sum(cpu_seconds(pid, reaped=True) for pid in forkservers)
+        return spent
+
+    before = now()
     result = await load(info, skill, requests, concurrency)
-    spent = {role: (cpu_seconds(pid) - before[role]) / requests * 1e6 for role, pid in pids.items()}
-    return result, spent
+    after = now()
+    return result, {role: (after[role] - before[role]) / requests * 1e6 for role in before}
 
 
 async def load(info: dict[str, Any], skill: str, requests: int, concurrency: int) -> BenchResult:
@@ -213,8 +231,8 @@ async def one_round(info: dict[str, Any], prefetched: dict[str, Any], script: Pa
     fabric: dict[str, BenchResult] = {}
     cpu: dict[str, dict[str, float]] = {}
     if not only_instructions:
-        for skill, concurrency, n in (("trivial", 1, requests), ("trivial", 20, requests * 2)):
-            fabric[f"{skill}@{concurrency}"] = await load(info, skill, n, concurrency)
+        fabric["trivial@1"] = await load(info, "trivial", requests, 1)
+        fabric["trivial@20"], cpu["trivial@20"] = await cpu_load(info, "trivial", requests * 2, 20)
     await instruction_loads(info, prefetched, requests, fabric, cpu)
     if not only_instructions:
         for skill, concurrency, n in (("cat-sh", 20, requests * 2), ("cat-sh-old", 20, requests)):
@@ -235,8 +253,8 @@ PATH_STAGES = (
     ("executor hand-off (spawn returns)", "exec.start", "exec.spawned"),
     ("child ready (header, fds, env)", "exec.spawned", "child.ready"),
     ("script run", "child.ready", "child.ran"),
-    ("exit and reap (fork server)", "child.ran", "fork.reaped"),
-    ("exit seen by executor", "child.ran", "exec.exited"),
+    ("exit and reap (fork server, off path)", "child.ran", "fork.reaped"),
+    ("end seen by executor (report or exit)", "child.ran", "exec.exited"),
     ("pipes drained, run done", "exec.exited", "exec.done"),
     ("result -> reply", "exec.done", "server.encode"),
     ("reply encode and send", "server.encode", "server.replied"),
@@ -516,6 +534,15 @@ def main() -> int:
             + "  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
             + f"  total {total:4.0f}  (2 cores: at most {2e6 / total:,.0f} req/s)"
         )
+    if not args.only_instructions:
+        roles = ("client", "proxy", "server", "fork server", "skill processes")
+        per_role = {role: statistics.median(r.cpu["trivial@20"][role] for r in rounds)
+                    for role in roles}  # fmt: skip
+        total = sum(per_role.values())
+        print("\nCPU per trivial Python request at 20 in flight (µs; skill processes: "
+              "those the fork server reaped)")  # fmt: skip
+        print("  " + "  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
+              + f"  total {total:4.0f}  (2 cores: at most {2e6 / total:,.0f} req/s)")  # fmt: skip
     if rows:
         print_breakdown(rows)
     if args.json_out:
