@@ -303,6 +303,19 @@ def breakdown_rows(by_stage: dict[str, list[int]], calls: int) -> list[tuple[str
         total = sorted((y - x) / 1000 for x, y in zip(a, b, strict=True))
         rows.append(("TOTAL (client call -> woken)", statistics.median(total),
                      total[int(len(total) * 0.9)]))  # fmt: skip
+        # A call is slower by about a fork for each waiting child the fork
+        # server forks during it (to replace the one a call took): the split
+        # shows how much of TOTAL that is (one fork per call on average).
+        spans = list(zip(fork_a, fork_b, strict=False))
+        by_forks: dict[int, list[float]] = defaultdict(list)
+        for x, y in zip(a, b, strict=True):
+            during = min(2, sum(1 for f, g in spans if f < y and g > x))
+            by_forks[during].append((y - x) / 1000)
+        for during, totals in sorted(by_forks.items()):
+            totals.sort()
+            what = {0: "no fork", 1: "1 fork", 2: "2+ forks"}[during]
+            label = f"  calls during {what} ({len(totals)})"
+            rows.append((label, statistics.median(totals), totals[int(len(totals) * 0.9)]))
     return rows
 
 
