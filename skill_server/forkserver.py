@@ -292,7 +292,7 @@ def _read_stdio(conn: socket.socket) -> list[int] | None:
     return fds
 
 
-def _report_over(report: int, code: int) -> None:
+def _report_over(report: int, code: int, run_pid: int) -> None:
     """Tell the skill server this run is over, with its exit code, before the
     exit itself: one byte on ``report``.
 
@@ -306,8 +306,12 @@ def _report_over(report: int, code: int) -> None:
     skill server sees the output's end at once. The skill could write the
     byte itself, early, with any code: it could exit early with any code
     too, and the skill server kills the process group on the report, so
-    that gains it nothing.
+    that gains it nothing. A process the script forked (without an exec)
+    that ends its copy of the script ends here too, and must not report
+    the run over: only ``run_pid`` does.
     """
+    if os.getpid() != run_pid:
+        return
     try:
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass  # a zombie child of the run's, reaped: look again
@@ -454,6 +458,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                 print(f"cannot run {argv[-1]}: {exc}", file=sys.stderr, flush=True)
                 os._exit(127)
         script = header["script"]
+        run_pid = os.getpid()
         sys.argv = [script]
         sys.path[0] = os.path.dirname(script)
         if stamps.ON:  # only after closerange: stamp() opens a descriptor
@@ -475,7 +480,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                 stream.flush()
         if stamps.ON:
             stamps.stamp("child.ran")
-        _report_over(report, code)
+        _report_over(report, code, run_pid)
     finally:
         os._exit(code & 0xFF)
 

@@ -363,3 +363,23 @@ def test_a_run_request_carries_its_compiled_script_after_the_header() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+async def test_a_process_the_script_forks_does_not_end_the_run(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # The forked copy leaves the script by SystemExit, as the run itself would,
+    # and passes through the same wrapper: only the run's process may report.
+    body = (
+        "import os, sys, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    sys.exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "time.sleep(0.3)\n"
+        "print('parent done')\n"
+        "sys.exit(3)\n"
+    )
+    skill = make_skill(tmp_path, "forker", body)
+    result = await warm.run(skill, b"", ExecutionLimits(30))
+    assert result.exit_code == 3 and result.stdout == b"parent done\n", result
