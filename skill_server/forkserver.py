@@ -376,8 +376,9 @@ def _run_main(script: str, compiled: bytes | None = None) -> None:
     Not ``runpy.run_path`` itself: in a fresh fork its path-hook lookups and
     module bookkeeping write to some 280 more of the shared pages than this
     does, and those copy-on-write faults cost the run 1.3 ms of CPU here
-    (children's CPU per run, ``bench/results/issue14/ab-h14g-*.txt``). The
-    cold trampoline (``executor.TRAMPOLINE``) runs scripts the same way.
+    (the children's CPU per run in a loop of warm runs; ``docs/speed.md``,
+    sixth pass). The cold trampoline (``executor.TRAMPOLINE``) runs scripts
+    the same way.
     """
     if compiled is not None:
         code = marshal.loads(compiled)  # noqa: S302 - the skill server's, see above
