@@ -157,14 +157,16 @@ for pair in filter(None, limits.split(",")):
     resource.setrlimit(kind, (value, value))
 if mode == "exec":
     os.execv(target[0], target)
-import types
+import builtins, types
+from importlib.machinery import SourceFileLoader
 sys.argv = target
 sys.path.insert(0, os.path.dirname(target[0]))
-# As the warm path runs it (forkserver._run_main): a fresh __main__.
+# As the warm path runs it (forkserver._run_main): a fresh __main__, as python gives it.
 with open(target[0], "rb") as fh:
     code = compile(fh.read(), target[0], "exec", dont_inherit=True)
 main = types.ModuleType("__main__")
-main.__dict__.update(__file__=target[0], __cached__=None)
+main.__dict__.update(__file__=target[0], __cached__=None, __annotations__={},
+                     __builtins__=builtins, __loader__=SourceFileLoader("__main__", target[0]))
 sys.modules["__main__"] = main
 del fh
 exec(code, main.__dict__)

@@ -55,10 +55,12 @@ needs exactly those.
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import ctypes
 import gc
 import importlib
+import importlib.machinery
 import io
 import json
 import marshal
@@ -292,12 +294,12 @@ def _read_stdio(conn: socket.socket) -> list[int] | None:
     return fds
 
 
-def _report_over(report: int, code: int, run_pid: int) -> None:
+def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int) -> None:
     """Tell the skill server this run is over, with its exit code, before the
     exit itself: one byte on ``report``.
 
     The exit of a fork of the fork server tears down its page tables, and
-    the pipe EOF, the pidfd and the fork server's status line all wait for
+    the pipes' EOF, the pidfd and the fork server's status line all wait for
     that: 1.1-1.5 ms on the request's path here (``bench/speed.py
     --only-breakdown``). The report goes only when nothing of the run is
     left: this process is a subreaper, so no child at all means no
@@ -322,7 +324,11 @@ def _report_over(report: int, code: int, run_pid: int) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     with contextlib.suppress(OSError):
-        os.write(report, bytes((code & 0xFF,)))
+        # The script may have closed fd ``report`` and opened a file that got
+        # its number: the byte goes only where it was meant to (``channel``).
+        st = os.fstat(report)
+        if (st.st_dev, st.st_ino) == channel:
+            os.write(report, bytes((code & 0xFF,)))
 
 
 def _read_header(conn: socket.socket) -> tuple[dict[str, Any], bytes | None] | None:
@@ -364,8 +370,9 @@ def _read_header(conn: socket.socket) -> tuple[dict[str, Any], bytes | None] | N
 def _run_main(script: str, compiled: bytes | None = None) -> None:
     """Run ``script`` as ``python script`` runs it: compiled from its source
     (a coding cookie honoured, none of our ``__future__`` flags), in a fresh
-    ``__main__`` module whose globals are ``runpy.run_path``'s (``__file__``,
-    ``__cached__``, ``__loader__`` and ``__spec__`` None).
+    ``__main__`` module with the globals ``python script`` gives it (the
+    builtins module, a ``SourceFileLoader``, ``__spec__``, ``__package__``
+    and ``__cached__`` None, empty ``__annotations__``).
 
     ``compiled`` is that code, marshalled, compiled by the skill server from
     the script's current version: the compiler's first use in a fresh fork
@@ -386,7 +393,9 @@ def _run_main(script: str, compiled: bytes | None = None) -> None:
         with open(script, "rb") as fh:
             code = compile(fh.read(), script, "exec", dont_inherit=True)
     main = types.ModuleType("__main__")
-    main.__dict__.update(__file__=script, __cached__=None)
+    loader = importlib.machinery.SourceFileLoader("__main__", script)
+    main.__dict__.update(__file__=script, __cached__=None, __annotations__={},
+                         __builtins__=builtins, __loader__=loader)  # fmt: skip
     sys.modules["__main__"] = main
     exec(code, main.__dict__)  # noqa: S102 - the skill's own script, as python would run it
 
@@ -415,6 +424,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                 os.dup2(fd, target)
             report = fds[3]
             os.set_inheritable(report, False)  # gone at an exec (run.sh): EOF, no report
+            reported_to = os.fstat(report)
             # The control socket, other runs' nothing: all go but this run's
             # connection, which the header is still to come on, and the report pipe.
             low = 3
@@ -481,7 +491,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
                 stream.flush()
         if stamps.ON:
             stamps.stamp("child.ran")
-        _report_over(report, code, run_pid)
+        _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
     finally:
         os._exit(code & 0xFF)
 

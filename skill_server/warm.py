@@ -38,7 +38,9 @@ import marshal
 import os
 import re
 import socket
+import stat
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -70,8 +72,12 @@ DEFAULT_PRELOAD = (
 OPTIONAL_PRELOAD = ("httpx", "openai")
 """The expensive imports LLM-calling skills make: preloaded when installed,
 once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
-MAX_COMPILED_SOURCE = 1024 * 1024
+MAX_COMPILED_SOURCE = 256 * 1024
 """Scripts up to this size go to their child compiled (larger ones it compiles)."""
+MAX_COMPILED_GROWTH = 8
+"""Compiled code larger than this many times its source (plus 64 KiB) is left to the child."""
+MAX_COMPILED_CACHE = 32 * 1024 * 1024
+"""Bytes of sources and compiled code kept; past it the cache starts over."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
 REFILL_DELAY = 0.002
@@ -258,6 +264,8 @@ class WarmExecutor(SubprocessExecutor):
         self._scanned: dict[str, tuple[int, frozenset[str]]] = {}
         self._code: dict[str, tuple[bytes, bytes]] = {}
         """Compiled scripts by path: (source, marshalled code)."""
+        self._code_bytes = 0
+        """What :attr:`_code` holds, in bytes (bounded by MAX_COMPILED_CACHE)."""
         self._growing: asyncio.Task[None] | None = None
         self._exec_servers: dict[int, int | None] = {}
         self._retired: list[asyncio.subprocess.Process] = []
@@ -377,39 +385,55 @@ class WarmExecutor(SubprocessExecutor):
 
         The file is read on every run and compared with what was compiled
         (a small read, some 15 µs): an edit counts at once, even one within
-        the file system's timestamp resolution that keeps the size.
+        the file system's timestamp resolution that keeps the size. Anything
+        out of the ordinary (not a regular file, too large, an error or a
+        warning from the compiler, code much larger than its source) is left
+        to the child, which compiles and reports it as ``python`` would, in
+        its own limits.
         """
         if self.python != sys.executable:
             return None  # marshal's format is its interpreter version's
         try:
-            fd = os.open(script, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO put in the script's place must not block our loop.
+            fd = os.open(script, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             return None  # the run will report the missing file
         try:
-            # Sized reads: a read of the bound would allocate the bound, every run.
-            size = os.fstat(fd).st_size
-            if size > MAX_COMPILED_SOURCE:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COMPILED_SOURCE:
                 return None
-            source = os.read(fd, size + 1)
+            # Sized reads: a read of the bound would allocate the bound, every run.
+            source = os.read(fd, st.st_size + 1)
         except OSError:
             return None
         finally:
             os.close(fd)
-        if len(source) != size:
+        if len(source) != st.st_size:
             return None  # changing as we read: the child reads it
         key = str(script)
         cached = self._code.get(key)
         if cached is not None and cached[0] == source:
             return cached[1]
         try:
-            # optimize=0: the fork server runs without -O, whatever we run with.
-            code = compile(source, key, "exec", dont_inherit=True, optimize=0)
-        except (SyntaxError, ValueError):
-            return None  # the child compiles it, and reports the error as python would
-        if len(self._code) >= 1024:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # optimize=0: the fork server runs without -O, whatever we run with.
+                code = compile(source, key, "exec", dont_inherit=True, optimize=0)
+            compiled = marshal.dumps(code)
+        except Exception:  # SyntaxError, RecursionError, MemoryError...: the child's to report
+            return None
+        if caught or len(compiled) > MAX_COMPILED_GROWTH * len(source) + 64 * 1024:
+            # Its warnings belong on the run's stderr; folded constants
+            # ("x" * 10**6) would be ours to hold and send.
+            return None
+        if self._code_bytes + len(source) + len(compiled) > MAX_COMPILED_CACHE:
             self._code.clear()  # bounded: skills come and go
-        compiled = marshal.dumps(code)
+            self._code_bytes = 0
+        if key in self._code:
+            old_source, old_compiled = self._code.pop(key)
+            self._code_bytes -= len(old_source) + len(old_compiled)
         self._code[key] = (source, compiled)
+        self._code_bytes += len(source) + len(compiled)
         return compiled
 
     async def _grow(self) -> None:
@@ -632,7 +656,10 @@ class WarmExecutor(SubprocessExecutor):
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        report_r, report_w = os.pipe()
+        # A socket, not a pipe: another run (same uid) could reopen a pipe
+        # through /proc/<pid>/fd and report this run over; a socket cannot
+        # be opened that way.
+        report_r, report_w = (end.detach() for end in socket.socketpair())
         os.set_blocking(report_r, False)
         child_ends = [stdin_r, stdout_w, stderr_w, report_w]
         # From here on our ends belong to these files, and then to transports:

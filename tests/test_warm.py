@@ -7,6 +7,7 @@ import marshal
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -277,13 +278,15 @@ import stat
 import sys
 import time
 
-# The one pipe beyond stdio a warm run holds is its report pipe
+# The one socket beyond stdio a warm run holds is its report channel
 # (forkserver._report_over): a skill can find it and write to it.
 pipes = []
 for name in os.listdir("/proc/self/fd"):
-    path = f"/proc/self/fd/{name}"
-    if int(name) > 2 and os.path.exists(path) and stat.S_ISFIFO(os.stat(path).st_mode):
-        pipes.append(int(name))
+    try:
+        if int(name) > 2 and stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+            pipes.append(int(name))
+    except OSError:
+        pass  # the listing's own descriptor, closed by now
 assert len(pipes) == 1, pipes
 print(os.getpid(), flush=True)
 os.write(pipes[0], WRITE)
@@ -383,3 +386,81 @@ async def test_a_process_the_script_forks_does_not_end_the_run(
     skill = make_skill(tmp_path, "forker", body)
     result = await warm.run(skill, b"", ExecutionLimits(30))
     assert result.exit_code == 3 and result.stdout == b"parent done\n", result
+
+
+GLOBALS_VIEW = """\
+print(sorted(globals()))
+print(type(__builtins__).__name__, type(__loader__).__name__, __spec__, __package__, __cached__)
+"""
+
+
+async def test_a_warm_run_sees_the_globals_python_gives_a_script(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "globals", GLOBALS_VIEW)
+    assert skill.entrypoint is not None
+    warm_out = (await warm.run(skill, b"", ExecutionLimits(10))).stdout
+    cold = make_skill(
+        tmp_path, "globals-cold", GLOBALS_VIEW, metadata='metadata:\n  warm: "false"\n'
+    )
+    cold_out = (await warm.run(cold, b"", ExecutionLimits(10))).stdout
+    plain = await asyncio.create_subprocess_exec(
+        sys.executable, "-S", str(skill.entrypoint), stdout=asyncio.subprocess.PIPE
+    )
+    python_out, _ = await asyncio.wait_for(plain.communicate(), 30)
+    assert warm_out == python_out == cold_out, (warm_out, python_out, cold_out)
+    assert b"module SourceFileLoader None None None" in warm_out
+
+
+async def test_a_run_is_answered_on_its_report_without_waiting_for_the_reap(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "four", "import sys\nsys.stdout.write('out')\nsys.exit(4)\n")
+    assert (await warm.run(skill, b"", ExecutionLimits(10))).exit_code == 4
+    await warm._fill()  # a waiting child, forked before the fork server stops
+    assert warm.waiting >= 1 and warm.forkserver_pid is not None
+    # A stopped fork server reaps nothing and sends no status: only the
+    # child's own report can end the run with its code (the exit alone would
+    # leave the code unknown, None, after the pipe grace).
+    os.kill(warm.forkserver_pid, signal.SIGSTOP)
+    try:
+        result = await warm.run(skill, b"", ExecutionLimits(10, pipe_grace=0.2))
+    finally:
+        os.kill(warm.forkserver_pid, signal.SIGCONT)
+    assert result.exit_code == 4 and result.stdout == b"out", result
+
+
+FOLDED = "".join(f"a{i} = '{i:04d}' * 1024\n" for i in range(1000)) + "print(len(a999))\n"
+"""1000 distinct 4 KiB constants, folded at compile time: 27 KB of source, 4 MB of code."""
+
+
+async def test_scripts_the_skill_server_should_not_compile_are_left_to_the_child(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    cases = {
+        # Folded constants: code too large to hold and send.
+        "folded": (FOLDED, 0, b"4096\n"),
+        # The compiler recurses past its limit: the child reports it.
+        "deep": ("x = " + "(" * 300_000 + ")" * 300_000 + "\n", 1, b""),
+        # A warning belongs on the run's stderr, where the child puts it.
+        "warns": ("print('x' is 'x')\n", 0, b"True\n"),
+    }
+    for name, (body, code, out) in cases.items():
+        skill = make_skill(tmp_path, name, body)
+        result = await warm.run(skill, b"", ExecutionLimits(20))
+        assert result.exit_code == code and result.stdout == out, (name, result)
+        assert warm._compiled(skill.entrypoint) is None if skill.entrypoint else False, name
+    warns = await warm.run(
+        make_skill(tmp_path, "warns", cases["warns"][0]), b"", ExecutionLimits(20)
+    )
+    assert b"SyntaxWarning" in warns.stderr, warns
+    # A FIFO in the script's place blocks neither the skill server nor the
+    # other runs: only its own run waits, until its timeout.
+    fifo_skill = make_skill(tmp_path, "fifo", "")
+    assert fifo_skill.entrypoint is not None
+    fifo_skill.entrypoint.unlink()
+    os.mkfifo(fifo_skill.entrypoint)
+    slow = asyncio.ensure_future(warm.run(fifo_skill, b"", ExecutionLimits(2)))
+    quick = await warm.run(make_skill(tmp_path, "quick", "print('ok')\n"), b"", ExecutionLimits(10))
+    assert quick.stdout == b"ok\n" and not slow.done()
+    assert (await asyncio.wait_for(slow, 20)).timed_out
