@@ -423,7 +423,12 @@ async def test_a_judge_that_fails_changes_no_decision_and_is_logged_once(
     assert result["state"] == "active" and result["reason"].startswith("sprt: candidate better")
     # Exit status alone decided, as with no judge: no score turned a success into a failure.
     assert result["candidate_ok"] == result["candidate_n"] > 0 and result["active_ok"] == 0
-    assert len(judge_lines) == 1, judge_lines
+    # Once each: the judge's failure, and (when replies outrun the hanging
+    # first call, as warm runs now do) the judge queue's overflow.
+    unavailable = [ln for ln in judge_lines if "judge unavailable" in ln]
+    behind = [ln for ln in judge_lines if "replies behind" in ln]
+    assert len(unavailable) == 1 and len(behind) <= 1, judge_lines
+    assert len(judge_lines) == len(unavailable) + len(behind), judge_lines
 
 
 def test_payloads_are_redacted_and_bounded() -> None:
