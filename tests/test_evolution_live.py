@@ -154,7 +154,14 @@ async def test_promotion_and_rejection_through_live_servers(
                 last = replies[-1][2]
                 unique[0].feedback(last.request_id, 1.0)
                 end = time.monotonic() + 10
-                while not feedback and time.monotonic() < end:
+
+                def settled() -> bool:
+                    # The feedback, and the trace of a post-decision flaky reply:
+                    # trace events trail their replies (sent after, in batches).
+                    after = any(t["skill"] == "flaky" and t["candidate"] is None for t in traces)
+                    return bool(feedback) and after
+
+                while not settled() and time.monotonic() < end:
                     await asyncio.wait_for(sub.wait_readable(), end - time.monotonic())
                     await forward()
     finally:
