@@ -479,6 +479,15 @@ def full_table(rounds: list[Figures], proxies: list[tuple[dict[str, float], dict
     ]  # fmt: skip
 
 
+def cpu_line(rounds: list[Figures], key: str, roles: tuple[str, ...]) -> str:
+    """The median CPU µs per request of each role over ``rounds``, their total,
+    and the request rate that total allows on two cores."""
+    per_role = {role: statistics.median(r.cpu[key][role] for r in rounds) for role in roles}
+    total = sum(per_role.values())
+    return ("  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
+            + f"  total {total:4.0f}  (2 cores: at most {2e6 / total:,.0f} req/s)")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -539,23 +548,12 @@ def main() -> int:
     labels = {"instructions@20": "default", "instructions+prefetch@20": pre,
               "instructions+traced@20": "trace subscriber"}  # fmt: skip
     for key, label in labels.items():
-        per_role = {role: statistics.median(r.cpu[key][role] for r in rounds)
-                    for role in ("client", "proxy", "server")}  # fmt: skip
-        total = sum(per_role.values())
-        print(
-            f"  {label:24} "
-            + "  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
-            + f"  total {total:4.0f}  (2 cores: at most {2e6 / total:,.0f} req/s)"
-        )
+        print(f"  {label:24} " + cpu_line(rounds, key, ("client", "proxy", "server")))
     if not args.only_instructions:
-        roles = ("client", "proxy", "server", "fork server", "skill processes")
-        per_role = {role: statistics.median(r.cpu["trivial@20"][role] for r in rounds)
-                    for role in roles}  # fmt: skip
-        total = sum(per_role.values())
         print("\nCPU per trivial Python request at 20 in flight (µs; skill processes: "
               "those the fork server reaped)")  # fmt: skip
-        print("  " + "  ".join(f"{k} {v:4.0f}" for k, v in per_role.items())
-              + f"  total {total:4.0f}  (2 cores: at most {2e6 / total:,.0f} req/s)")  # fmt: skip
+        roles = ("client", "proxy", "server", "fork server", "skill processes")
+        print("  " + cpu_line(rounds, "trivial@20", roles))
     if rows:
         print_breakdown(rows)
     if args.json_out:

@@ -64,7 +64,7 @@ from typing import Protocol
 
 from skillscale.core import stamps
 from skillscale.core.redact import redact
-from skillscale.core.runtime import fd_ready, within
+from skillscale.core.runtime import fd_ready, first_ready, within
 from skillscale.core.skill_format import Skill
 
 # Re-exported: the process-tree code lives beside the fork server (see there).
@@ -376,24 +376,6 @@ class ChildProcess(Protocol):
     async def wait(self) -> int: ...
 
 
-async def _first_ready(*fds: int) -> int:
-    """Wait, without polling, until one of ``fds`` is readable; which one."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[int] = loop.create_future()
-
-    def on_event(fd: int) -> None:
-        if not ready.done():
-            ready.set_result(fd)
-
-    for fd in fds:
-        loop.add_reader(fd, on_event, fd)
-    try:
-        return await ready
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-
-
 def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 3)
 
@@ -437,8 +419,8 @@ class _Run:
         self.stderr = bytearray()
         self.overflow = False
         self.stderr_truncated = False
-        # A warm child (WarmProcess.take_report_fd) hands over the read end of
-        # the pipe it reports its end on. getattr, not a runtime-checkable
+        # A warm child (WarmProcess.take_report_fd) hands over our end of the
+        # channel it reports its end on. getattr, not a runtime-checkable
         # Protocol: isinstance against one costs some 30 µs on Python 3.11.
         take: Callable[[], int | None] | None = getattr(proc, "take_report_fd", None)
         self.report_fd = take() if take is not None else None
@@ -527,7 +509,7 @@ class _Run:
         try:
             report = self.report_fd
             while report is not None:
-                if await _first_ready(pidfd, report) == pidfd:
+                if await first_ready(pidfd, report) == pidfd:
                     return None
                 try:
                     said = os.read(report, 2)

@@ -277,8 +277,8 @@ def preload(modules: list[str]) -> list[str]:
 
 
 def _read_stdio(conn: socket.socket) -> list[int] | None:
-    """The three stdio fds and the report pipe (sent with one byte); None if
-    the skill server hung up.
+    """The three stdio fds and the report channel (sent with one byte); None
+    if the skill server hung up.
 
     A timeout mode, not a blocking one, because the fork server's socket
     object shares this descriptor's (non-blocking) flags.
@@ -426,7 +426,7 @@ def _child(conn: socket.socket, server_pid: int) -> None:
             os.set_inheritable(report, False)  # gone at an exec (run.sh): EOF, no report
             reported_to = os.fstat(report)
             # The control socket, other runs' nothing: all go but this run's
-            # connection, which the header is still to come on, and the report pipe.
+            # connection, which the header is still to come on, and the report channel.
             low = 3
             for keep in sorted((conn.fileno(), report)):
                 os.closerange(low, keep)

@@ -167,7 +167,7 @@ class WarmProcess:
             os.close(fd)
 
     def take_report_fd(self) -> int | None:
-        """The read end of the report pipe (see ``forkserver._report_over``),
+        """Our end of the report channel (see ``forkserver._report_over``),
         non-blocking; the caller closes it. None once taken."""
         fd, self._report_fd = self._report_fd, None
         return fd

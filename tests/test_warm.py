@@ -272,7 +272,7 @@ async def test_closing_right_after_a_run_leaves_no_refill_behind(tmp_path: Path)
     assert executor.waiting == 0
 
 
-FIND_REPORT_PIPE = """\
+FIND_REPORT_CHANNEL = """\
 import os
 import stat
 import sys
@@ -280,16 +280,16 @@ import time
 
 # The one socket beyond stdio a warm run holds is its report channel
 # (forkserver._report_over): a skill can find it and write to it.
-pipes = []
+channels = []
 for name in os.listdir("/proc/self/fd"):
     try:
         if int(name) > 2 and stat.S_ISSOCK(os.fstat(int(name)).st_mode):
-            pipes.append(int(name))
+            channels.append(int(name))
     except OSError:
         pass  # the listing's own descriptor, closed by now
-assert len(pipes) == 1, pipes
+assert len(channels) == 1, channels
 print(os.getpid(), flush=True)
-os.write(pipes[0], WRITE)
+os.write(channels[0], WRITE)
 print("after", flush=True)
 AFTER
 """
@@ -298,7 +298,7 @@ AFTER
 async def test_a_run_that_reports_its_own_end_early_is_killed_and_gains_nothing(
     warm: WarmExecutor, tmp_path: Path
 ) -> None:
-    body = FIND_REPORT_PIPE.replace("WRITE", "bytes((5,))").replace("AFTER", "time.sleep(60)")
+    body = FIND_REPORT_CHANNEL.replace("WRITE", "bytes((5,))").replace("AFTER", "time.sleep(60)")
     skill = make_skill(tmp_path, "forger", body)
     result = await warm.run(skill, b"", ExecutionLimits(30))
     # The end it claimed, with the code it claimed, as if it had exited so;
@@ -311,7 +311,7 @@ async def test_a_run_that_reports_its_own_end_early_is_killed_and_gains_nothing(
 async def test_bytes_that_are_no_report_leave_the_exit_to_decide(
     warm: WarmExecutor, tmp_path: Path
 ) -> None:
-    body = FIND_REPORT_PIPE.replace("WRITE", "b'not a report'").replace("AFTER", "sys.exit(3)")
+    body = FIND_REPORT_CHANNEL.replace("WRITE", "b'not a report'").replace("AFTER", "sys.exit(3)")
     skill = make_skill(tmp_path, "scribbler", body)
     result = await warm.run(skill, b"", ExecutionLimits(30))
     assert result.exit_code == 3 and result.stdout.endswith(b"after\n"), result

@@ -227,18 +227,26 @@ async def serve_until(stop: asyncio.Event, *roles: AsyncRole) -> int:
 async def fd_ready(fd: Any, *, write: bool = False) -> None:
     """Wait, without polling, until ``fd`` (a file descriptor or socket) is
     readable (or writable); one event, then the watch is removed."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
+    await first_ready(fd, write=write)
 
-    def on_event() -> None:
+
+async def first_ready(*fds: Any, write: bool = False) -> Any:
+    """Wait, without polling, until one of ``fds`` is readable (or writable);
+    returns that one. One event, then every watch is removed."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[Any] = loop.create_future()
+
+    def on_event(fd: Any) -> None:
         if not ready.done():
-            ready.set_result(None)
+            ready.set_result(fd)
 
     add, remove = (loop.add_writer, loop.remove_writer) if write else (
         loop.add_reader, loop.remove_reader,
     )  # fmt: skip
-    add(fd, on_event)
+    for fd in fds:
+        add(fd, on_event, fd)
     try:
-        await ready
+        return await ready
     finally:
-        remove(fd)
+        for fd in fds:
+            remove(fd)
