@@ -356,6 +356,7 @@ class SkillServer(AsyncRole):
             ", ".join(cfg.topics),
             ", ".join(self.registry.names) or "(none)",
         )
+        self._expect_imports()
         if isinstance(self.executor, WarmExecutor):
             try:
                 await self.executor.start()
@@ -581,6 +582,14 @@ class SkillServer(AsyncRole):
                 continue
             if changed:
                 log.info("skills reloaded: %s", ", ".join(self.registry.names) or "(none)")
+                self._expect_imports()
+
+    def _expect_imports(self) -> None:
+        """Tell a warm executor what the skills import, for its preload."""
+        executor = self.executor
+        if isinstance(executor, WarmExecutor):
+            skills = self.registry.catalog.skills.values()
+            executor.expect(s.entrypoint for s in skills if s.entrypoint and executor.is_warm(s))
 
     async def _heartbeats(self) -> None:
         warned = False

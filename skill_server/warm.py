@@ -41,7 +41,7 @@ import socket
 import stat
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,16 +62,23 @@ log = logging.getLogger(__name__)
 FORKSERVER = str(Path(__file__).with_name("forkserver.py"))
 """Started by path (see its ``main``)."""
 
-DEFAULT_PRELOAD = (
+PRELOAD_CANDIDATES = (
     "argparse", "ast", "base64", "collections", "csv", "dataclasses", "datetime",
     "decimal", "functools", "hashlib", "io", "itertools", "json", "logging", "math",
     "pathlib", "random", "re", "statistics", "string", "subprocess", "tempfile",
     "textwrap", "time", "typing", "urllib.parse", "uuid",
     "skillscale.skillkit",
 )  # fmt: skip
+"""Modules the fork server imports once a skill of this server imports them
+(see ``WarmExecutor.expect``): never all of them up front, since every
+module the fork server holds is page tables copied at every fork, pages
+faulted in every child and torn down at every exit, for skills that never
+use it too (``docs/speed.md``, seventh pass). A module not listed here is
+never imported by the fork server on a skill's say-so: importing runs the
+module's code in the process every later run is forked from."""
 OPTIONAL_PRELOAD = ("httpx", "openai")
-"""The expensive imports LLM-calling skills make: preloaded when installed,
-once a skill that imports them has run (see ``WarmExecutor._follow_imports``)."""
+"""The expensive imports LLM-calling skills make: candidates like the above
+where they are installed."""
 MAX_COMPILED_SOURCE = 256 * 1024
 """Scripts up to this size go to their child compiled (larger ones it compiles)."""
 MAX_COMPILED_GROWTH = 8
@@ -106,17 +113,36 @@ def forkserver_env(python: str) -> dict[str, str]:
     return env
 
 
-def default_preload() -> list[str]:
-    """The standard set plus the optional modules that are installed (what the
-    fork server holds once skills importing all of them have run)."""
+def preload_candidates() -> list[str]:
+    """What the default fork server may preload: :data:`PRELOAD_CANDIDATES`
+    and the optional modules that are installed."""
     optional = [m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None]
-    return [*DEFAULT_PRELOAD, *optional]
+    return [*PRELOAD_CANDIDATES, *optional]
 
 
-def _imports(source: str, module: str) -> bool:
-    """Whether ``source`` has a line importing ``module`` (or a submodule)."""
-    pattern = rf"^[ \t]*(?:import|from)[ \t]+{re.escape(module)}\b"
-    return re.search(pattern, source, re.M) is not None
+_IMPORT = re.compile(r"^[ \t]*import[ \t]+([\w., \t]+)", re.M)
+_FROM = re.compile(r"^[ \t]*from[ \t]+([\w.]+)[ \t]+import\b", re.M)
+
+
+def imported_names(source: str) -> frozenset[str]:
+    """The absolute module names ``source``'s import statements name (``import
+    a.b, c as d`` and ``from a.b import x``, each at the start of a line).
+
+    A look at the text, not a parse: the preload is an optimisation, and a
+    name this misses (an import in a string, or spread over lines) only
+    means the run imports the module itself, as a cold start would.
+    """
+    names = {m.group(1) for m in _FROM.finditer(source)}
+    for m in _IMPORT.finditer(source):
+        for part in m.group(1).split(","):
+            if words := part.split():
+                names.add(words[0])
+    return frozenset(names)
+
+
+def wanted(names: frozenset[str], candidates: Sequence[str]) -> frozenset[str]:
+    """The candidates that ``names`` import (a candidate, or a submodule of one)."""
+    return frozenset(c for c in candidates if any(n == c or n.startswith(c + ".") for n in names))
 
 
 class ForkServerUnavailable(Exception):
@@ -254,19 +280,19 @@ class WarmExecutor(SubprocessExecutor):
         """Refills due after finished runs (cancelled by :meth:`close`)."""
         self._closed = False
         self._generation = 0
-        self.preload = list(preload) if preload is not None else list(DEFAULT_PRELOAD)
-        self._optional = (
-            [m for m in OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None]
-            if preload is None
-            else []
-        )
-        """Modules preloaded once a skill that imports them runs (see _follow_imports)."""
+        self.preload = list(preload) if preload is not None else []
+        """What the fork server imports (see :data:`PRELOAD_CANDIDATES`)."""
+        self._candidates = preload_candidates() if preload is None else []
+        """Modules preloaded once a skill that imports them is seen (see
+        :meth:`expect`); none when the preload was given."""
         self._scanned: dict[str, tuple[int, frozenset[str]]] = {}
         self._code: dict[str, tuple[bytes, bytes]] = {}
         """Compiled scripts by path: (source, marshalled code)."""
         self._code_bytes = 0
         """What :attr:`_code` holds, in bytes (bounded by MAX_COMPILED_CACHE)."""
         self._growing: asyncio.Task[None] | None = None
+        self._pending: list[str] = []
+        """Candidates a skill imports, for the next fork server."""
         self._exec_servers: dict[int, int | None] = {}
         self._retired: list[asyncio.subprocess.Process] = []
         """Fork servers replaced by a larger preload, finishing their runs."""
@@ -344,17 +370,31 @@ class WarmExecutor(SubprocessExecutor):
         self._exec_servers[proc.pid] = ready.get("exec_server")
         return proc, ours
 
-    def _follow_imports(self, script: Path) -> None:
-        """Preload what ``script`` imports of :data:`OPTIONAL_PRELOAD`, from now on.
+    def expect(self, scripts: Iterable[Path]) -> None:
+        """Preload what these Python entry points import (of the candidates,
+        :data:`PRELOAD_CANDIDATES`), from now on: the server's skills, at its
+        start and after each reload.
 
-        The default preload leaves out the heavy optional modules (``openai``
-        costs some 40 MiB in the fork server, copied page tables in every
-        fork, and torn down at every exit) until a skill that imports them
-        runs: a fork server with them is then started beside the current
-        one, which finishes its runs before it goes. Until it is up (about
-        a second), such a skill imports them in its own child, as a cold
-        start would. Found by a look at the source (``import openai`` or
-        ``from openai ...`` at the start of a line), cached per file version.
+        Before :meth:`start` this only sets what the fork server will import.
+        Once it runs, a fork server with the larger preload is started beside
+        the current one, which finishes its runs before it goes; until it is
+        up (about a second) a run imports what it lacks itself, as a cold
+        start would. A skill added without a reload is seen at its first
+        run (:meth:`_follow_imports`).
+        """
+        for script in scripts:
+            if script.suffix == ".py":
+                self._follow_imports(script, grow=False)
+        if self.running and self._pending:
+            self._grow_soon()
+
+    def _follow_imports(self, script: Path, *, grow: bool = True) -> None:
+        """Note what ``script`` imports of the candidates; with ``grow``, start
+        a fork server that has them (see :meth:`expect`).
+
+        Found by a look at the source (:func:`imported_names`), cached per
+        file version, so a run pays a ``stat`` of its script for it while
+        candidates are left.
         """
         key = str(script)
         try:
@@ -367,16 +407,27 @@ class WarmExecutor(SubprocessExecutor):
                 text = script.read_text(errors="replace")
             except OSError:
                 return
-            found = frozenset(m for m in self._optional if _imports(text, m))
+            found = wanted(imported_names(text), self._candidates)
             if len(self._scanned) >= 4096:
                 self._scanned.clear()  # bounded: skills come and go
             self._scanned[key] = cached = (version, found)
-        missing = [m for m in sorted(cached[1]) if m not in self.preload]
-        if missing and (self._growing is None or self._growing.done()):
-            self.preload += missing
-            # What is preloaded is never looked for again: once every optional
-            # module is, runs stop reading their scripts for imports.
-            self._optional = [m for m in self._optional if m not in self.preload]
+        missing = [m for m in sorted(cached[1]) if m not in self.preload and m not in self._pending]
+        self._pending += missing
+        if grow and self._pending:
+            self._grow_soon()  # (a no-op while one grows: the next run asks again)
+        if not self.running:
+            self._take_pending()  # a fork server started from now on has them
+
+    def _take_pending(self) -> None:
+        self.preload += self._pending
+        # What is preloaded is never looked for again: once every candidate
+        # is, runs stop reading their scripts for imports.
+        self._candidates = [m for m in self._candidates if m not in self._pending]
+        self._pending = []
+
+    def _grow_soon(self) -> None:
+        if self._growing is None or self._growing.done():
+            self._take_pending()
             self._growing = asyncio.ensure_future(self._grow())
 
     def _compiled(self, script: Path) -> bytes | None:
@@ -557,7 +608,7 @@ class WarmExecutor(SubprocessExecutor):
         self, skill: Skill, env: dict[str, str], limits: ExecutionLimits
     ) -> WarmProcess:
         assert skill.entrypoint is not None
-        if self._optional and skill.entrypoint.suffix == ".py":
+        if self._candidates and skill.entrypoint.suffix == ".py":
             self._follow_imports(skill.entrypoint)
         header: dict[str, object] = {
             "script": str(skill.entrypoint),

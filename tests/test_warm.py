@@ -16,7 +16,7 @@ import pytest
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits
 from skillscale.skill_server.forkserver import _read_header
-from skillscale.skill_server.warm import WarmExecutor
+from skillscale.skill_server.warm import WarmExecutor, imported_names, wanted
 from tests.helpers import wait_pid_gone
 
 PROBE = """\
@@ -464,3 +464,104 @@ async def test_scripts_the_skill_server_should_not_compile_are_left_to_the_child
     quick = await warm.run(make_skill(tmp_path, "quick", "print('ok')\n"), b"", ExecutionLimits(10))
     assert quick.stdout == b"ok\n" and not slow.done()
     assert (await asyncio.wait_for(slow, 20)).timed_out
+
+
+def test_import_statements_are_read_from_the_source() -> None:
+    source = (
+        "import os, csv as table\n"
+        "    import urllib.parse\n"
+        "from decimal import Decimal\n"
+        "from . import sibling\n"
+        "# import statistics\n"
+        "x = 'import random'\n"
+    )
+    names = imported_names(source)
+    assert names >= {"os", "csv", "urllib.parse", "decimal"}
+    assert not names & {"table", "statistics", "random", "sibling"}
+    candidates = ["csv", "urllib.parse", "decimal", "statistics", "random", "uuid"]
+    assert wanted(names, candidates) == {"csv", "urllib.parse", "decimal"}
+    # A submodule of a candidate is the candidate; a parent package is not.
+    assert wanted(frozenset({"xml.dom", "urllib"}), ["xml", "urllib.parse"]) == {"xml"}
+
+
+CHECK_DECIMAL = "import sys\nprint('decimal' in sys.modules)\n"
+
+
+async def test_the_default_preload_is_what_the_skills_import(tmp_path: Path) -> None:
+    # Every module the fork server holds costs each fork, so a server of skills
+    # that import nothing forks from a bare interpreter.
+    plain = make_skill(tmp_path, "plain", CHECK_DECIMAL)
+    executor = WarmExecutor()
+    executor.expect([plain.entrypoint] if plain.entrypoint else [])
+    assert executor.preload == []
+    await executor.start()
+    try:
+        assert (await executor.run(plain, b"", ExecutionLimits(10))).stdout == b"False\n"
+        assert executor._growing is None
+    finally:
+        await executor.close()
+    # Told of a skill that imports a candidate before it starts: preloaded from the start.
+    money = make_skill(tmp_path, "money", CHECK_DECIMAL + "import decimal\n")
+    executor = WarmExecutor()
+    executor.expect([p for p in (plain.entrypoint, money.entrypoint) if p])
+    assert executor.preload == ["decimal"]
+    await executor.start()
+    try:
+        assert (await executor.run(money, b"", ExecutionLimits(10))).stdout == b"True\n"
+        assert (await executor.run(plain, b"", ExecutionLimits(10))).stdout == b"True\n"
+        assert executor._growing is None
+    finally:
+        await executor.close()
+
+
+async def test_a_new_skills_imports_grow_the_preload_once_seen(tmp_path: Path) -> None:
+    executor = WarmExecutor()
+    await executor.start()
+    try:
+        old = executor.forkserver_pid
+        money = make_skill(tmp_path, "money", CHECK_DECIMAL + "from decimal import Decimal\n")
+        # Its first run imports the module itself and starts a fork server that has it.
+        assert (await executor.run(money, b"", ExecutionLimits(10))).stdout == b"False\n"
+        assert executor._growing is not None
+        await executor._growing
+        assert executor.preload == ["decimal"] and executor.forkserver_pid != old
+        assert (await executor.run(money, b"", ExecutionLimits(10))).stdout == b"True\n"
+        # Told after its start (a reload), it grows at once, before any run.
+        stats = make_skill(tmp_path, "stats", "import statistics\nprint('ok')\n")
+        executor.expect([stats.entrypoint] if stats.entrypoint else [])
+        assert executor._growing is not None and not executor._growing.done()
+        await executor._growing
+        assert executor.preload == ["decimal", "statistics"]
+        # A module that is not a candidate is never imported on a skill's say-so.
+        other = make_skill(tmp_path, "other", "import colorsys\nprint('ok')\n")
+        executor.expect([other.entrypoint] if other.entrypoint else [])
+        assert executor.preload == ["decimal", "statistics"] and executor._growing.done()
+        assert executor.stats["cold"] == 0
+    finally:
+        await executor.close()
+
+
+async def test_a_server_preloads_what_its_skills_import(tmp_path: Path) -> None:
+    from skillscale.core.memory_bus import MemoryBus
+    from skillscale.proxy import Proxy, ProxyConfig
+    from skillscale.skill_server.server import ServerConfig, SkillServer
+
+    make_skill(tmp_path / "cat", "money", CHECK_DECIMAL + "import decimal\n")
+    make_skill(tmp_path / "cat", "plain", CHECK_DECIMAL)
+    bus = MemoryBus()
+    config = ServerConfig(topics=["T"], skills_dirs=[tmp_path / "cat"], workers=1)
+    async with Proxy(ProxyConfig(metrics_port=None), transport=bus), \
+            SkillServer(config, transport=bus) as server:  # fmt: skip
+        executor = server.executor
+        assert isinstance(executor, WarmExecutor)
+        # Known at the start: the first fork server has it, none is started beside it.
+        assert executor.preload == ["decimal"] and executor._growing is None
+        plain = server.registry.catalog.skills["plain"]
+        assert (await executor.run(plain, b"", ExecutionLimits(10))).stdout == b"True\n"
+        # A skill that appears on a reload is expected at once.
+        make_skill(tmp_path / "cat", "stats", "import statistics\n")
+        assert server.registry.reload_if_changed()
+        server._expect_imports()
+        assert executor._growing is not None
+        await executor._growing
+        assert executor.preload == ["decimal", "statistics"]

@@ -242,7 +242,7 @@ def add_parser(sub: Any) -> None:
         "SKILLSCALE_PRELOAD",
         None,
         "comma-separated modules the fork server imports",
-        shown="common standard library modules, skillscale.skillkit, httpx/openai if installed",
+        shown="what the skills import of common stdlib modules, skillscale.skillkit, httpx, openai",
     )
     _flag(
         p_server,
