@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import importlib.util
 import json
 import logging
@@ -359,11 +360,17 @@ class WarmExecutor(SubprocessExecutor):
         try:
             line = await within(proc.stdout.readline(), READY_TIMEOUT)
             ready = json.loads(line)
-        except (asyncio.TimeoutError, ValueError):
+        except BaseException as exc:
+            # Cancelled too (a grow under way when the executor closes): the
+            # half-started fork server is killed and reaped, never left to
+            # the garbage collector with its transport.
             ours.close()
             proc.kill()
-            await proc.wait()
-            raise ForkServerUnavailable("the fork server did not start") from None
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await within(asyncio.shield(proc.wait()), 5)
+            if isinstance(exc, (asyncio.TimeoutError, ValueError)):
+                raise ForkServerUnavailable("the fork server did not start") from None
+            raise
         if ready.get("missing"):
             log.info("fork server could not preload: %s", ", ".join(ready["missing"]))
         log.info("fork server %d up with %d modules preloaded", ready["pid"], len(self.preload))

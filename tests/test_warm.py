@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import marshal
 import os
 import signal
 import socket
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -565,3 +567,50 @@ async def test_a_server_preloads_what_its_skills_import(tmp_path: Path) -> None:
         assert executor._growing is not None
         await executor._growing
         assert executor.preload == ["decimal", "statistics"]
+
+
+def _forkservers() -> set[int]:
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as fh:
+            pids.update(int(p) for p in fh.read().split())
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"forkserver.py" in fh.read():
+                    found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
+async def test_a_grow_cancelled_by_close_leaves_no_fork_server(tmp_path: Path) -> None:
+    # expect() after start begins a grow; closing while the new fork server is
+    # still starting cancels it: that process is killed and reaped, not left.
+    executor = WarmExecutor()
+    await executor.start()
+    try:
+        first = executor.forkserver_pid
+        money = make_skill(tmp_path, "money", "import decimal\n")
+        executor.expect([money.entrypoint] if money.entrypoint else [])
+        grow = executor._growing
+        assert grow is not None
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (_forkservers() - {first}):  # the new one is spawned (no event to wait on)
+            assert asyncio.get_running_loop().time() < deadline, "no second fork server"
+            await asyncio.sleep(0.001)
+        assert not grow.done()
+        started = _forkservers() - {first}
+    finally:
+        await executor.close()
+    assert grow.done() and not (_forkservers() & started)
+    del grow
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()  # an abandoned subprocess transport would warn here
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
+    for pid in started:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped already, not a zombie left to us
