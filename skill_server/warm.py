@@ -146,6 +146,31 @@ def wanted(names: frozenset[str], candidates: Sequence[str]) -> frozenset[str]:
     return frozenset(c for c in candidates if any(n == c or n.startswith(c + ".") for n in names))
 
 
+def _read_regular(path: Path, limit: int) -> bytes | None:
+    """``path``'s bytes if it is a regular file of at most ``limit`` bytes;
+    None otherwise (missing, a FIFO or a device, larger, changing as we read).
+
+    Skills' files are theirs to replace with anything: opened non-blocking, a
+    FIFO in a script's place cannot block our loop, and nothing past the
+    bound is read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        # Sized reads: a read of the bound would allocate the bound, every run.
+        data = os.read(fd, st.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == st.st_size else None
+
+
 class ForkServerUnavailable(Exception):
     """The fork server is not running (starting, or it died)."""
 
@@ -399,8 +424,9 @@ class WarmExecutor(SubprocessExecutor):
         """Note what ``script`` imports of the candidates; with ``grow``, start
         a fork server that has them (see :meth:`expect`).
 
-        Found by a look at the source (:func:`imported_names`), cached per
-        file version, so a run pays a ``stat`` of its script for it while
+        Found by a look at the source (:func:`imported_names`; up to
+        :data:`MAX_COMPILED_SOURCE` bytes of a regular file), cached per file
+        version, so a run pays a ``stat`` of its script for it while
         candidates are left.
         """
         key = str(script)
@@ -410,11 +436,9 @@ class WarmExecutor(SubprocessExecutor):
             return  # the run will report the missing file
         cached = self._scanned.get(key)
         if cached is None or cached[0] != version:
-            try:
-                text = script.read_text(errors="replace")
-            except OSError:
-                return
-            found = wanted(imported_names(text), self._candidates)
+            # (Not a regular file, or past the bound: nothing to preload for it.)
+            source = _read_regular(script, MAX_COMPILED_SOURCE) or b""
+            found = wanted(imported_names(source.decode(errors="replace")), self._candidates)
             if len(self._scanned) >= 4096:
                 self._scanned.clear()  # bounded: skills come and go
             self._scanned[key] = cached = (version, found)
@@ -451,23 +475,9 @@ class WarmExecutor(SubprocessExecutor):
         """
         if self.python != sys.executable:
             return None  # marshal's format is its interpreter version's
-        try:
-            # O_NONBLOCK: a FIFO put in the script's place must not block our loop.
-            fd = os.open(script, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return None  # the run will report the missing file
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_COMPILED_SOURCE:
-                return None
-            # Sized reads: a read of the bound would allocate the bound, every run.
-            source = os.read(fd, st.st_size + 1)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        if len(source) != st.st_size:
-            return None  # changing as we read: the child reads it
+        source = _read_regular(script, MAX_COMPILED_SOURCE)
+        if source is None:
+            return None  # missing, not a regular file, too large: the child's to run or report
         key = str(script)
         cached = self._code.get(key)
         if cached is not None and cached[0] == source:

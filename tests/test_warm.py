@@ -618,3 +618,28 @@ async def test_a_grow_cancelled_by_close_leaves_no_fork_server(tmp_path: Path) -
     for pid in started:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reaped already, not a zombie left to us
+
+
+async def test_the_import_scan_reads_no_fifo_and_no_huge_script(tmp_path: Path) -> None:
+    # The default executor reads skills' sources for their imports, at start
+    # and per run: a FIFO in a script's place must not block the skill server
+    # (only its own run waits, until its timeout), and a script past the bound
+    # is not read for it.
+    fifo_skill = make_skill(tmp_path, "fifo", "")
+    assert fifo_skill.entrypoint is not None
+    fifo_skill.entrypoint.unlink()
+    os.mkfifo(fifo_skill.entrypoint)
+    huge = make_skill(tmp_path, "huge", "import decimal\n" + "#" * (300 * 1024) + "\n")
+    executor = WarmExecutor()
+    executor.expect([p for p in (fifo_skill.entrypoint, huge.entrypoint) if p])
+    assert executor.preload == []
+    await executor.start()
+    try:
+        slow = asyncio.ensure_future(executor.run(fifo_skill, b"", ExecutionLimits(2)))
+        quick = make_skill(tmp_path, "quick", "print('ok')\n")
+        assert (await executor.run(quick, b"", ExecutionLimits(10))).stdout == b"ok\n"
+        assert not slow.done()
+        assert (await asyncio.wait_for(slow, 20)).timed_out
+        assert (await executor.run(huge, b"", ExecutionLimits(10))).exit_code == 0
+    finally:
+        await executor.close()
