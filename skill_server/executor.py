@@ -64,7 +64,7 @@ from typing import Protocol
 
 from skillscale.core import stamps
 from skillscale.core.redact import redact
-from skillscale.core.runtime import fd_ready, first_ready, within
+from skillscale.core.runtime import within
 from skillscale.core.skill_format import Skill
 
 # Re-exported: the process-tree code lives beside the fork server (see there).
@@ -335,45 +335,98 @@ class SubprocessExecutor:
         """Start the entry point as a fresh interpreter (the cold path)."""
         assert skill.entrypoint is not None
         global _SPAWNING, _SWEEP_PENDING
+        # Our own pipes, not asyncio's: the run serves raw fds (see _Run).
+        # os.pipe's ends are close-on-exec; the child gets its three as 0-2.
+        (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = open_pipes(3)
+        ours = (stdin_w, stdout_r, stderr_r)
         _SPAWNING += 1
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.trampoline_argv(skill.entrypoint, limits.resources),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr_w,
                 cwd=str(skill.path),
                 env=env,
                 start_new_session=True,
             )
-            _COLD_ROOTS[proc.pid] = proc
+            child = ColdProcess(proc, ours)
+            _COLD_ROOTS[proc.pid] = child
         except BaseException:
-            # Cancelled while asyncio connected the pipes: it killed and
-            # reaped the child, whose descendants are now ours to kill.
+            # Cancelled while asyncio set the child up: it killed and reaped
+            # the child, whose descendants are now ours to kill.
             _SWEEP_PENDING = True
+            for fd in ours:
+                os.close(fd)
             raise
         finally:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
             _SPAWNING -= 1
             if not _SPAWNING and _SWEEP_PENDING:
                 sweep_orphans()
-        return proc
+        for fd in ours:
+            os.set_blocking(fd, False)
+        return child
 
     async def close(self) -> None:
         """Release what the executor holds (nothing, for the cold path)."""
 
 
+def open_pipes(count: int) -> list[tuple[int, int]]:
+    """``count`` pipes (read end, write end), close-on-exec; none if one fails
+    (out of fds: the run fails to start, and nothing leaks)."""
+    pipes: list[tuple[int, int]] = []
+    try:
+        for _ in range(count):
+            pipes.append(os.pipe())
+    except OSError:
+        for pipe in pipes:
+            for fd in pipe:
+                os.close(fd)
+        raise
+    return pipes
+
+
 class ChildProcess(Protocol):
-    """What a run needs of a child: its pid (= process group), pipes and exit."""
+    """What a run needs of a child: its pid (= process group), pipe ends and exit."""
 
     pid: int
-    stdin: asyncio.StreamWriter | None
-    stdout: asyncio.StreamReader | None
-    stderr: asyncio.StreamReader | None
+
+    def take_pipes(self) -> tuple[int, int, int]:
+        """Our ends of its stdin, stdout and stderr, non-blocking; the caller closes them."""
+        ...
 
     @property
     def returncode(self) -> int | None: ...
 
     async def wait(self) -> int: ...
+
+
+class ColdProcess:
+    """A cold run's interpreter (an asyncio process) and our ends of its pipes."""
+
+    __slots__ = ("_pipes", "_proc", "pid")
+
+    def __init__(self, proc: asyncio.subprocess.Process, pipes: tuple[int, int, int]) -> None:
+        self.pid = proc.pid
+        self._proc = proc
+        self._pipes: tuple[int, int, int] | None = pipes
+
+    def take_pipes(self) -> tuple[int, int, int]:
+        """Our pipe ends, once (see :class:`ChildProcess`)."""
+        pipes, self._pipes = self._pipes, None
+        assert pipes is not None, "the pipes were taken already"
+        return pipes
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped; ``-N`` for death by signal N."""
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        """The exit status, once asyncio reaped the process."""
+        return await self._proc.wait()
 
 
 def _ms(started: float) -> float:
@@ -405,7 +458,16 @@ def redact_stderr(stderr: bytes, truncated: bool) -> bytes:
 
 
 class _Run:
-    """The bookkeeping of one child: its pipes, limits and process group."""
+    """The bookkeeping of one child: its pipes, limits, exit and process group.
+
+    Everything a run waits on (its stdin taking the input, its stdout and
+    stderr, its exit through a pidfd, a warm child's report, the timeout) is
+    a raw non-blocking fd or a timer served by event-loop callbacks, and the
+    run awaits two futures. Why not asyncio's streams: they cost each run
+    three pipe transports with their protocols, two readers, a writer and
+    three tasks, plus a task per wait; that machinery was a fifth of the
+    skill server's CPU per warm run (``docs/speed.md``, eighth pass).
+    """
 
     def __init__(
         self, proc: ChildProcess, limits: ExecutionLimits, started: float, *, sweep: bool
@@ -424,6 +486,19 @@ class _Run:
         # Protocol: isinstance against one costs some 30 µs on Python 3.11.
         take: Callable[[], int | None] | None = getattr(proc, "take_report_fd", None)
         self.report_fd = take() if take is not None else None
+        self._loop = asyncio.get_running_loop()
+        self._over: asyncio.Future[int | None] = self._loop.create_future()
+        """The run's end: the code a warm child reported, or None (it exited, or time is up)."""
+        self._drained: asyncio.Future[None] = self._loop.create_future()
+        """Both output pipes reached their end (or were let go)."""
+        self._timed_out = False
+        self._pidfd: int | None = None
+        self._stdin: int | None = None
+        self._stdout: int | None = None
+        self._stderr: int | None = None
+        self._input = memoryview(b"")
+        self._writing = False
+        self._reaped: asyncio.Future[int] | None = None
 
     def kill_group(self) -> None:
         # The child is a session leader, so its pid is the group id; killing
@@ -444,42 +519,43 @@ class _Run:
 
     async def complete(self, data: bytes) -> ExecutionResult:
         proc = self.proc
-        assert proc.stdin and proc.stdout and proc.stderr
-        tasks = [
-            asyncio.create_task(self._feed(proc.stdin, data)),
-            asyncio.create_task(self._read_stdout(proc.stdout)),
-            asyncio.create_task(self._read_stderr(proc.stderr)),
-        ]
-        timed_out = False
+        loop = self._loop
+        timer = loop.call_later(self.limits.timeout, self._time_up)
         reported: int | None = None
+        timed_out = False
         try:
-            try:
-                reported = await within(self._exited(), timeout=self.limits.timeout)
-                if stamps.ON:
-                    stamps.stamp("exec.exited")
-            except asyncio.TimeoutError:
-                timed_out = not self.overflow
+            self._stdin, self._stdout, self._stderr = proc.take_pipes()
+            loop.add_reader(self._stdout, self._on_stdout)
+            loop.add_reader(self._stderr, self._on_stderr)
+            self._input = memoryview(data)
+            self._on_stdin()
+            self._watch_exit()
+            reported = await self._over
+            timer.cancel()
+            if stamps.ON:
+                stamps.stamp("exec.exited")
+            timed_out = self._timed_out and not self.overflow
             # The skill is gone, over or out of time; descendants still holding
             # our pipes would keep them open forever, so the whole group goes,
             # and so does every daemon that left the group.
             self.kill_group()
             self.kill_leftovers()
-            if reported is None:  # a reported run left nothing; its reap is not waited for
+            if reported is None and proc.returncode is None:
+                # A reported run left nothing; its reap is not waited for.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await within(proc.wait(), timeout=self.limits.pipe_grace)
-            _done, pending = await asyncio.wait(tasks, timeout=self.limits.pipe_grace)
-            for task in pending:
-                task.cancel()
+            if not self._drained.done():
+                grace = loop.call_later(self.limits.pipe_grace, self._let_output_go)
+                try:
+                    await self._drained
+                finally:
+                    grace.cancel()
         finally:
-            # Cancelled (server stopping) or not: no process and no task outlives the run.
+            # Cancelled (server stopping) or not: no process, fd or watch outlives the run.
+            timer.cancel()
             self.kill_group()
             self.kill_leftovers()
-            if self.report_fd is not None:
-                os.close(self.report_fd)
-                self.report_fd = None
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._release()
         if stamps.ON:
             stamps.stamp("exec.done")
         return ExecutionResult(
@@ -492,68 +568,155 @@ class _Run:
             stderr_truncated=self.stderr_truncated,
         )
 
-    async def _exited(self) -> int | None:
-        """Return when the child exits, whoever still holds its pipes, or
-        when it reports its run over (see ``forkserver._report_over``): then
-        with the exit code it reported.
+    def _time_up(self) -> None:
+        self._timed_out = True
+        self._end(None)
+
+    def _end(self, reported: int | None) -> None:
+        # A pidfd stays readable once its process is gone: the watches go at
+        # the run's end, not after the pipe grace.
+        for fd in (self._pidfd, self.report_fd):
+            if fd is not None:
+                self._loop.remove_reader(fd)
+        if not self._over.done():
+            self._over.set_result(reported)
+
+    def _watch_exit(self) -> None:
+        """Resolve ``_over`` when the child exits, whoever still holds its
+        pipes, or when it reports its run over (see ``forkserver._report_over``):
+        then with the exit code it reported.
 
         On Python < 3.12 ``Process.wait()`` also waits for every pipe to
         close, so a skill that leaves a background grandchild behind would
         look like a hang. A pidfd becomes readable at exit itself.
         """
         try:
-            pidfd = os.pidfd_open(self.proc.pid)
+            self._pidfd = os.pidfd_open(self.proc.pid)
         except (AttributeError, OSError):
-            await self.proc.wait()  # no pidfd (old kernel) or already reaped
-            return None
+            # No pidfd (old kernel), or already reaped: the reap decides.
+            self._reaped = asyncio.ensure_future(self.proc.wait())
+            self._reaped.add_done_callback(lambda _: self._end(None))
+        else:
+            self._loop.add_reader(self._pidfd, self._end, None)
+        if self.report_fd is not None:
+            self._loop.add_reader(self.report_fd, self._on_report)
+
+    def _on_report(self) -> None:
+        assert self.report_fd is not None
         try:
-            report = self.report_fd
-            while report is not None:
-                if await first_ready(pidfd, report) == pidfd:
-                    return None
-                try:
-                    said = os.read(report, 2)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    said = b""
-                if len(said) == 1:
-                    return said[0]
-                # EOF (an exec, or death before the end) or bytes the skill
-                # wrote itself: the exit decides.
-                report = None
-            await fd_ready(pidfd)
-            return None
-        finally:
-            os.close(pidfd)
+            said = os.read(self.report_fd, 2)
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        if len(said) == 1:
+            self._end(said[0])
+            return
+        # EOF (an exec, or death before the end) or bytes the skill wrote
+        # itself: the exit decides. The fd stays open to the end: the run's
+        # own report byte, closed, would kill it with SIGPIPE.
+        self._loop.remove_reader(self.report_fd)
+
+    def _on_stdin(self) -> None:
+        # A skill may never read stdin: the rest of the input then waits for
+        # room in the pipe, not the run, and EPIPE at its exit is expected.
+        fd = self._stdin
+        if fd is None:
+            return
+        if self._input:
+            try:
+                sent = os.write(fd, self._input)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._input = memoryview(b"")
+            else:
+                self._input = self._input[sent:]
+        if not self._input:
+            self._close_stdin()
+        elif not self._writing:
+            self._writing = True
+            self._loop.add_writer(fd, self._on_stdin)
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            if self._writing:
+                self._loop.remove_writer(self._stdin)
+                self._writing = False
+            os.close(self._stdin)
+            self._stdin = None
+
+    def _on_stdout(self) -> None:
+        assert self._stdout is not None
+        chunk = self._read(self._stdout)
+        if chunk is None:
+            return
+        if not chunk:
+            self._close_output(self._stdout)
+            self._stdout = None
+            return
+        room = self.limits.max_stdout - len(self.stdout)
+        if len(chunk) > room:
+            self.stdout += chunk[:room]
+            self.overflow = True
+            self.kill_group()
+            self._close_output(self._stdout)
+            self._stdout = None
+            return
+        self.stdout += chunk
+
+    def _on_stderr(self) -> None:
+        # Keep the *tail* of stderr: the traceback is at the end.
+        assert self._stderr is not None
+        chunk = self._read(self._stderr)
+        if chunk is None:
+            return
+        if not chunk:
+            self._close_output(self._stderr)
+            self._stderr = None
+            return
+        self.stderr += chunk
+        limit = self.limits.max_stderr
+        if len(self.stderr) > limit:
+            del self.stderr[: len(self.stderr) - limit]
+            self.stderr_truncated = True
 
     @staticmethod
-    async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-        # A skill may never read stdin; a full pipe then blocks this writer,
-        # not the run, and the error when the child exits is expected.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            if data:
-                stdin.write(data)
-                await stdin.drain()
-            stdin.close()
-            await stdin.wait_closed()
+    def _read(fd: int) -> bytes | None:
+        """A chunk, ``b""`` at the end (or a broken pipe), None if nothing is there yet."""
+        try:
+            return os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
-    async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
-        limit = self.limits.max_stdout
-        while chunk := await stream.read(READ_CHUNK):
-            room = limit - len(self.stdout)
-            if len(chunk) > room:
-                self.stdout += chunk[:room]
-                self.overflow = True
-                self.kill_group()
-                return
-            self.stdout += chunk
+    def _close_output(self, fd: int) -> None:
+        """Stop reading ``fd`` and close it (the caller forgets it); resolve
+        ``_drained`` with the last one."""
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        others = [other for other in (self._stdout, self._stderr) if other not in (None, fd)]
+        if not others and not self._drained.done():
+            self._drained.set_result(None)
 
-    async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
-        # Keep the *tail* of stderr: the traceback is at the end.
-        limit = self.limits.max_stderr
-        while chunk := await stream.read(READ_CHUNK):
-            self.stderr += chunk
-            if len(self.stderr) > limit:
-                del self.stderr[: len(self.stderr) - limit]
-                self.stderr_truncated = True
+    def _let_output_go(self) -> None:
+        """The pipe grace is over: what descendants still write is not waited for."""
+        if not self._drained.done():
+            self._drained.set_result(None)
+
+    def _release(self) -> None:
+        loop = self._loop
+        self._close_stdin()
+        for fd in (self._stdout, self._stderr):
+            if fd is not None:
+                loop.remove_reader(fd)
+                os.close(fd)
+        self._stdout = self._stderr = None
+        for fd in (self._pidfd, self.report_fd):
+            if fd is not None:
+                loop.remove_reader(fd)
+                os.close(fd)
+        self._pidfd = self.report_fd = None
+        if self._reaped is not None:
+            self._reaped.cancel()

@@ -44,7 +44,6 @@ import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from skillscale.core.runtime import fd_ready, within
 from skillscale.core.skill_format import Skill
@@ -52,6 +51,7 @@ from skillscale.skill_server.executor import (
     ChildProcess,
     ExecutionLimits,
     SubprocessExecutor,
+    open_pipes,
     rlimit_pairs,
     scrubbed_env,
     sweep_orphans,
@@ -88,6 +88,8 @@ MAX_COMPILED_CACHE = 32 * 1024 * 1024
 """Bytes of sources and compiled code kept; past it the cache starts over."""
 READY_TIMEOUT = 60.0
 SEND_TIMEOUT = 10.0
+MAX_STATUS_LINE = 4096
+"""Bytes of a line from the fork server (a pid or a status) past which it is not believed."""
 REFILL_DELAY = 0.002
 """Seconds after a run's exit before its replacement is forked (its reply first)."""
 WAITING_CHILDREN = 2
@@ -176,47 +178,127 @@ class ForkServerUnavailable(Exception):
 
 
 class WarmProcess:
-    """A child of the fork server, seen through the :class:`ChildProcess` interface."""
+    """A child of the fork server, seen through the :class:`ChildProcess` interface.
 
-    def __init__(
-        self,
-        pid: int,
-        status: asyncio.StreamReader,
-        control: asyncio.StreamWriter,
-        stdin: asyncio.StreamWriter,
-        stdout: asyncio.StreamReader,
-        stderr: asyncio.StreamReader,
-        report_fd: int | None = None,
-    ) -> None:
-        self.pid = pid
-        self.stdin: asyncio.StreamWriter | None = stdin
-        self.stdout: asyncio.StreamReader | None = stdout
-        self.stderr: asyncio.StreamReader | None = stderr
-        self._status = status
-        self._control = control
+    It owns our end of the child's connection to the fork server (which
+    brings its pid, then its exit status) and our ends of its pipes until a
+    run takes them. All of it is raw non-blocking fds served by loop
+    callbacks, no streams: see ``executor._Run`` for why.
+    """
+
+    def __init__(self, sock: socket.socket, pipes: tuple[int, int, int], report_fd: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.pid = 0
+        """Known once :attr:`ready` is."""
+        self._sock = sock
+        self._pipes: tuple[int, int, int] | None = pipes
+        self._report_fd: int | None = report_fd
         self._returncode: int | None = None
+        self._received = bytearray()
+        self._unsent = memoryview(b"")
         self.generation = 0
         """Which fork server (start) forked it."""
-        self.opened: list[asyncio.BaseTransport] = []
-        """The pipe transports, for :meth:`discard`."""
-        self._report_fd = report_fd
-        # Started at once so the connection is always read to its end and
-        # closed, whatever happens to the run; the executor keeps a reference.
-        self.waiter: asyncio.Task[int] = asyncio.ensure_future(self._read_status())
+        self.ready: asyncio.Future[int | None] = self._loop.create_future()
+        """Its pid, once forked; None if the fork server hung up first."""
+        self.waiter: asyncio.Future[int] = self._loop.create_future()
+        """Its exit status, from the fork server; the connection closes with it."""
+        self.waiter.add_done_callback(self._hang_up)
+        # Watched from the start, so the connection is always read to its
+        # end and closed, whatever happens to the run.
+        self._loop.add_reader(sock.fileno(), self._on_readable)
 
     def start(self, header: bytes) -> None:
-        """Hand the waiting child its run (it reads ``header`` and runs)."""
-        self._control.write(header)
+        """Hand the waiting child its run (it reads ``header`` and runs);
+        what the socket does not take at once follows as it drains."""
+        sent = self._sock.send(header)
+        if sent < len(header):
+            self._unsent = memoryview(header)[sent:]
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self._sock.send(self._unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(self._unsent)  # the child is gone: its status says so
+        self._unsent = self._unsent[sent:]
+        if not self._unsent:
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = self._sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._finish(None)
+            return
+        self._received += chunk
+        while (end := self._received.find(b"\n")) >= 0:
+            line = bytes(self._received[:end])
+            del self._received[: end + 1]
+            key = "status" if self.ready.done() else "pid"
+            try:
+                value = int(json.loads(line)[key])
+            except (ValueError, KeyError, TypeError, IndexError):
+                self._finish(None)
+                return
+            if key == "pid":
+                self.pid = value
+                self.ready.set_result(value)
+            else:
+                self._finish(value)
+                return
+        if len(self._received) > MAX_STATUS_LINE:
+            self._finish(None)
+
+    def _finish(self, status: int | None) -> None:
+        if status is None:
+            # The fork server died (or said nonsense): its children died
+            # with it, and what they started was re-parented to us.
+            status = -9
+            if self.ready.done():
+                sweep_orphans()
+        if not self.ready.done():
+            self.ready.set_result(None)
+        self._returncode = status
+        if not self.waiter.done():
+            self.waiter.set_result(status)
+
+    def _hang_up(self, _: object) -> None:
+        fd = self._sock.fileno()
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            if self._unsent:
+                self._loop.remove_writer(fd)
+                self._unsent = memoryview(b"")
+        self._sock.close()
+        if not self.ready.done():
+            self.ready.set_result(None)
 
     def discard(self) -> None:
         """Let a child that will never run go: closing its connection makes
-        the fork server kill it; our pipe ends close with their transports."""
-        self._control.close()
-        for transport in self.opened:
-            transport.close()
-        fd = self.take_report_fd()
-        if fd is not None:
+        the fork server kill it; our pipe ends close with it."""
+        if not self.waiter.done():
+            self._returncode = -9
+            self.waiter.set_result(-9)
+        for fd in self._take_all():
             os.close(fd)
+
+    def _take_all(self) -> list[int]:
+        fds = list(self._pipes or ())
+        self._pipes = None
+        report = self.take_report_fd()
+        return [*fds, report] if report is not None else fds
+
+    def take_pipes(self) -> tuple[int, int, int]:
+        """Our ends of its stdin, stdout and stderr, non-blocking, once; the caller closes them."""
+        pipes, self._pipes = self._pipes, None
+        assert pipes is not None, "the pipes were taken already"
+        return pipes
 
     def take_report_fd(self) -> int | None:
         """Our end of the report channel (see ``forkserver._report_over``),
@@ -233,20 +315,6 @@ class WarmProcess:
         """The exit status, as the fork server reaped it."""
         return await asyncio.shield(self.waiter)
 
-    async def _read_status(self) -> int:
-        try:
-            line = await self._status.readline()
-            code = int(json.loads(line)["status"])
-        except (ValueError, KeyError):
-            # The fork server died: its children died with it, and what they
-            # started was re-parented to us.
-            code = -9
-            sweep_orphans()
-        finally:
-            self._control.close()
-        self._returncode = code
-        return code
-
 
 async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
     """Send ``data`` on a non-blocking stream socket, ``fds`` with its first byte."""
@@ -259,21 +327,6 @@ async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> No
             await fd_ready(sock, write=True)
     if sent < len(data):
         await loop.sock_sendall(sock, data[sent:])
-
-
-async def _pipe_reader(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**16)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    opened.append(transport)
-    return reader
-
-
-async def _pipe_writer(pipe: BinaryIO, opened: list[asyncio.BaseTransport]) -> asyncio.StreamWriter:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, pipe)
-    opened.append(transport)
-    return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 class WarmExecutor(SubprocessExecutor):
@@ -329,7 +382,7 @@ class WarmExecutor(SubprocessExecutor):
         self._lock = asyncio.Lock()
         self._restarting: asyncio.Task[None] | None = None
         self.stats = {"warm": 0, "cold": 0, "restarts": 0}
-        self._waiters: set[asyncio.Task[int]] = set()
+        self._waiters: set[asyncio.Future[int]] = set()
 
     @property
     def forkserver_pid(self) -> int | None:
@@ -721,33 +774,37 @@ class WarmExecutor(SubprocessExecutor):
         if not self.running or control is None:
             raise ForkServerUnavailable("the fork server is not running")
         generation = self._generation
-        stdin_r, stdin_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        # A socket, not a pipe: another run (same uid) could reopen a pipe
-        # through /proc/<pid>/fd and report this run over; a socket cannot
-        # be opened that way.
-        report_r, report_w = (end.detach() for end in socket.socketpair())
-        os.set_blocking(report_r, False)
-        child_ends = [stdin_r, stdout_w, stderr_w, report_w]
-        # From here on our ends belong to these files, and then to transports:
-        # closing those, never the fds again, is what cleans up.
-        files = [os.fdopen(stdin_w, "wb", 0), os.fdopen(stdout_r, "rb", 0),
-                 os.fdopen(stderr_r, "rb", 0)]  # fmt: skip
-        opened: list[asyncio.BaseTransport] = []
-        # One connection per run: the fork server forks on receiving its far
-        # end, and the child alone reads the header from it. Closing ours
-        # before the status came tells the fork server to kill the child.
-        sock, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        control_writer: asyncio.StreamWriter | None = None
+        pipes = open_pipes(3)
+        (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = pipes
         try:
-            stdin = await _pipe_writer(files[0], opened)
-            stdout = await _pipe_reader(files[1], opened)
-            stderr = await _pipe_reader(files[2], opened)
-            sock.setblocking(False)
+            # A socket, not a pipe: another run (same uid) could reopen a pipe
+            # through /proc/<pid>/fd and report this run over; a socket cannot
+            # be opened that way.
+            report_r, report_w = (end.detach() for end in socket.socketpair())
+            try:
+                # One connection per run: the fork server forks on receiving
+                # its far end, and the child alone reads the header from it.
+                # Closing ours before the status came tells the fork server
+                # to kill the child.
+                sock, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            except OSError:
+                os.close(report_r)
+                os.close(report_w)
+                raise
+        except OSError as exc:
+            for fd in [end for pipe in pipes for end in pipe]:
+                os.close(fd)
+            raise ForkServerUnavailable(f"no fds for a child: {exc!r}") from None
+        child_ends = [stdin_r, stdout_w, stderr_w, report_w]
+        for fd in (stdin_w, stdout_r, stderr_r, report_r):
+            os.set_blocking(fd, False)
+        sock.setblocking(False)
+        # From here on the child owns our ends, and discard() closes them.
+        child = WarmProcess(sock, (stdin_w, stdout_r, stderr_r), report_r)
+        try:
 
-            async def connect() -> tuple[asyncio.StreamReader, bytes]:
-                nonlocal child_ends, control_writer
+            async def connect() -> int | None:
+                nonlocal child_ends
                 async with self._control_lock:
                     await _send_with_fds(control, kind, [far.fileno()])
                 far.close()
@@ -755,31 +812,20 @@ class WarmExecutor(SubprocessExecutor):
                 for fd in child_ends:
                     os.close(fd)
                 child_ends = []
-                reader, control_writer = await asyncio.open_unix_connection(sock=sock)
-                return reader, await reader.readline()
+                return await child.ready
 
-            status, line = await within(connect(), SEND_TIMEOUT)
-            pid = int(json.loads(line)["pid"])
-            assert control_writer is not None
+            pid = await within(connect(), SEND_TIMEOUT)
+            if pid is None:
+                raise ConnectionResetError("the fork server hung up")
         except BaseException as exc:
-            if control_writer is not None:
-                control_writer.close()
             far.close()
-            sock.close()
             for fd in child_ends:
                 os.close(fd)
-            for transport in opened:
-                transport.close()
-            for file in files:
-                file.close()
-            os.close(report_r)
+            child.discard()
             if isinstance(exc, (OSError, ValueError, KeyError, asyncio.TimeoutError)):
                 raise ForkServerUnavailable(f"the fork server did not answer: {exc!r}") from None
             raise
-        child = WarmProcess(pid, status, control_writer, stdin=stdin, stdout=stdout, stderr=stderr,
-                            report_fd=report_r)  # fmt: skip
         child.generation = generation
-        child.opened = opened
         self._waiters.add(child.waiter)
         child.waiter.add_done_callback(self._waiters.discard)
         return child

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -160,3 +162,46 @@ async def test_cpu_limit(executor: SubprocessExecutor, tmp_path: Path) -> None:
     result = await executor.run(load_skill(spin), b"", limits)
     assert result.exit_code in (-signal.SIGXCPU, -signal.SIGKILL) and not result.timed_out
     assert time.monotonic() - started < 10
+
+
+async def test_megabytes_each_way_travel_whole(executor: SubprocessExecutor) -> None:
+    # More than any pipe buffer in both directions: the input goes in as the
+    # child makes room, and the output is read as it comes.
+    data = os.urandom(3 * 1024 * 1024)
+    result = await executor.run(CATALOG.skills["echo"], data, ExecutionLimits(30))
+    assert result.ok, result
+    assert result.stdout == data
+
+
+async def test_runs_leave_no_fd_and_no_loop_watch_behind(
+    executor: SubprocessExecutor, tmp_path: Path
+) -> None:
+    # Every way a run can end, once each: ok, crash, output over its bound,
+    # timeout, input never read. Each run opens pipes, a pidfd and (warm) a
+    # report channel and a connection, and watches them on the loop.
+    if isinstance(executor, WarmExecutor):
+        executor.waiting_children = 0  # children forked ahead hold pipes by design
+        executor.drop_waiting()
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+
+    async def held() -> tuple[int, int]:
+        if isinstance(executor, WarmExecutor):
+            # A run's connection closes once the fork server's status line is in.
+            await asyncio.gather(*list(executor._waiters))
+        watched = len(selector.get_map()) if selector is not None else 0
+        return len(os.listdir("/proc/self/fd")), watched
+
+    await executor.run(CATALOG.skills["echo"], b"warm-up", ExecutionLimits(10))
+    before = await held()
+    runs = [
+        ("echo", b"x", ExecutionLimits(10)),
+        ("crash", b"", ExecutionLimits(10)),
+        ("flood", b"", ExecutionLimits(10, max_stdout=64 * 1024)),
+        ("hang", str(tmp_path / "pid").encode(), ExecutionLimits(0.5)),
+        ("noread", b"x" * (300 * 1024), ExecutionLimits(10)),
+    ]
+    for name, data, limits in runs:
+        result = await executor.run(CATALOG.skills[name], data, limits)
+        assert result.exit_code is not None or result.timed_out, (name, result)
+    assert await held() == before

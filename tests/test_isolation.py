@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from skillscale.core.discovery import SkillDiscovery
+from skillscale.skill_server import warm as warm_module
 from skillscale.skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
 from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import FIXTURE_SKILLS, pid_alive, wait_pid_gone
@@ -242,23 +244,25 @@ async def test_a_daemon_dies_when_the_run_is_cancelled(
 async def test_a_daemon_dies_when_the_run_is_cancelled_while_it_starts(
     executor: SubprocessExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The skill is running but the executor has not finished setting the run
-    # up (slow pipe or connection set-up) when the run is cancelled: nobody
-    # holds the child's pid yet to kill it. The skill reads its input from
-    # SKILLSCALE_INTENT, since nothing feeds its stdin before set-up ends.
+    # The skill is running but asyncio has not finished setting the process
+    # up (its transport's connection step, a loop step or more) when the run
+    # is cancelled: nobody holds the child's pid yet to kill it. The skill
+    # reads its input from SKILLSCALE_INTENT, since nothing feeds its stdin
+    # before set-up ends.
     if isinstance(executor, WarmExecutor):
         pytest.skip("a warm child starts the skill only after set-up: see the next test")
-    loop = asyncio.get_running_loop()
-    released = asyncio.Event()
-    target: Any = loop if not isinstance(executor, WarmExecutor) else asyncio
-    name = "connect_read_pipe" if target is loop else "open_unix_connection"
-    original = getattr(target, name)
+    if not isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        pytest.skip("the set-up step is held through asyncio's own subprocess transport")
+    released, entered = asyncio.Event(), asyncio.Event()
+    transport = asyncio.base_subprocess.BaseSubprocessTransport
+    original = transport._connect_pipes
 
-    async def slow(*args: Any, **kwargs: Any) -> Any:
+    async def slow(self: Any, waiter: Any) -> None:
+        entered.set()
         await released.wait()
-        return await original(*args, **kwargs)
+        await original(self, waiter)
 
-    monkeypatch.setattr(target, name, slow)
+    monkeypatch.setattr(transport, "_connect_pipes", slow)
     fifo = tmp_path / "daemon.fifo"
     os.mkfifo(fifo)
     pids_read = asyncio.ensure_future(read_fifo(fifo))
@@ -267,6 +271,7 @@ async def test_a_daemon_dies_when_the_run_is_cancelled_while_it_starts(
     )
     try:
         pids = [int(p) for p in (await asyncio.wait_for(pids_read, 20)).split()]
+        assert entered.is_set() and not task.done(), "the run got past its set-up"
         task.cancel()
         released.set()
         with contextlib.suppress(asyncio.CancelledError):
@@ -302,14 +307,17 @@ async def test_a_warm_run_cancelled_while_it_is_set_up_never_starts(
     warm.waiting_children = 0
     warm.drop_waiting()
     released, entered = asyncio.Event(), asyncio.Event()
-    original = asyncio.open_unix_connection
+    original = warm_module._send_with_fds
 
-    async def slow(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        await released.wait()
-        return await original(*args, **kwargs)
+    async def slow(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+        # Held once the fork server was asked to fork, before the child has
+        # its stdio (the second send of _new_child).
+        if data == b"S":
+            entered.set()
+            await released.wait()
+        await original(sock, data, fds)
 
-    monkeypatch.setattr(asyncio, "open_unix_connection", slow)
+    monkeypatch.setattr(warm_module, "_send_with_fds", slow)
     fifo = tmp_path / "daemon.fifo"
     os.mkfifo(fifo)
     pids_read = asyncio.ensure_future(read_fifo(fifo))
@@ -321,7 +329,7 @@ async def test_a_warm_run_cancelled_while_it_is_set_up_never_starts(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 20)
-        monkeypatch.setattr(asyncio, "open_unix_connection", original)
+        monkeypatch.setattr(warm_module, "_send_with_fds", original)
         released.set()  # a refill (forking a waiting child) may be held up too
         # The fork server handles requests in order: once a later run is
         # done, the abandoned one was forked and found abandoned.

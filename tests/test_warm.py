@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from skillscale.core.skill_format import Skill, load_skill
-from skillscale.skill_server.executor import ExecutionLimits
+from skillscale.skill_server.executor import ExecutionLimits, _Run
 from skillscale.skill_server.forkserver import _read_header
 from skillscale.skill_server.warm import WarmExecutor, imported_names, wanted
 from tests.helpers import wait_pid_gone
@@ -244,10 +245,8 @@ async def test_heavy_optional_modules_are_preloaded_once_a_skill_imports_them(
         assert "httpx" in executor.preload and executor.forkserver_pid != old
         assert (await executor.run(llm, b"", limits)).stdout == b"True\n"
         # The old fork server's run still completes, and then it exits.
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(b"still here")
-        proc.stdin.close()
-        assert await proc.stdout.read() == b"still here" and await proc.wait() == 0
+        result = await _Run(proc, limits, time.monotonic(), sweep=False).complete(b"still here")
+        assert result.stdout == b"still here" and result.exit_code == 0
         assert old is not None
         await asyncio.wait_for(executor._retired[0].wait(), 10)
         assert executor.stats["cold"] == 0
@@ -643,3 +642,22 @@ async def test_the_import_scan_reads_no_fifo_and_no_huge_script(tmp_path: Path) 
         assert (await executor.run(huge, b"", ExecutionLimits(10))).exit_code == 0
     finally:
         await executor.close()
+
+
+async def test_a_header_larger_than_the_socket_buffer_reaches_its_child(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # Compiled code travels after the header, on the child's connection: a
+    # large script's is more than that socket takes at once, and the rest
+    # follows as the child reads.
+    body = "".join(f"value_{i} = {i} * 2 + 1\n" for i in range(9000))
+    skill = make_skill(tmp_path, "big", body + "print(value_8999)\n")
+    assert skill.entrypoint is not None
+    compiled = warm._compiled(skill.entrypoint)
+    probe, _peer = socket.socketpair()
+    with probe, _peer:
+        room = probe.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert compiled is not None and len(compiled) > room
+    result = await warm.run(skill, b"", ExecutionLimits(20))
+    assert result.ok and result.stdout == b"17999\n", result
+    assert warm.stats == {"warm": 1, "cold": 0, "restarts": 0}
