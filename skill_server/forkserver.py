@@ -621,7 +621,7 @@ class ForkServer:
         conn.settimeout(5)
         # If the skill server gave up, this fails and so will the status.
         with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            conn.sendall(b'{"pid": %d}\n' % pid)
         self._reap()  # the child may already have exited
 
     def _reap(self) -> None:
@@ -651,7 +651,7 @@ class ForkServer:
             kill_adopted(lambda pid, _st: pid not in self.children and pid != self.exec_pid)
         for conn, code in ended:
             with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"status": code}).encode() + b"\n")
+                conn.sendall(b'{"status": %d}\n' % code)
             conn.close()
 
     def _abandoned(self) -> None:
