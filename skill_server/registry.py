@@ -7,7 +7,7 @@ the server's ``--matcher`` setting, rebuilt over each new catalogue.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,8 +125,11 @@ class SkillRegistry:
             return skill, False
         return canary.skill, True
 
-    async def follow_changes(self, sub: BusSocket) -> None:
-        """Reload on every ``_SKILLS_CHANGED`` event arriving on ``sub``, forever.
+    async def follow_changes(
+        self, sub: BusSocket, on_reload: Callable[[], None] | None = None
+    ) -> None:
+        """Reload on every ``_SKILLS_CHANGED`` event arriving on ``sub``, forever;
+        ``on_reload`` is called after each reload that succeeded.
 
         The reload swaps the catalogue between requests: a request already
         running keeps the :class:`Skill` it resolved, the next one sees the
@@ -149,6 +152,11 @@ class SkillRegistry:
                 return
             log.info("skill %s %s (version %s): reloaded", event.skill, event.change,
                      event.version)  # fmt: skip
+            if on_reload is not None:
+                try:
+                    on_reload()
+                except Exception:
+                    log.exception("after the reload for %s", event.skill)
 
         await pump(sub, on_event)
 

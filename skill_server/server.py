@@ -377,7 +377,8 @@ class SkillServer(AsyncRole):
                                              hwm=1000, max_message_bytes=1 << 20,
                                              curve=cfg.curve)  # fmt: skip
         self._tasks.append(self.supervise(asyncio.create_task(
-            self.registry.follow_changes(self._changes), name="skills-changed")))  # fmt: skip
+            self.registry.follow_changes(self._changes, self._expect_imports),
+            name="skills-changed")))  # fmt: skip
         self._workers = [
             self.supervise(asyncio.create_task(self._work(), name=f"worker-{i}"))
             for i in range(cfg.workers)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from skillscale.core.events import SKILLS_CHANGED_TOPIC, SkillsChangedEvent
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits, _Run
 from skillscale.skill_server.forkserver import _read_header
@@ -566,6 +567,23 @@ async def test_a_server_preloads_what_its_skills_import(tmp_path: Path) -> None:
         assert executor._growing is not None
         await executor._growing
         assert executor.preload == ["decimal", "statistics"]
+        # So does one that a skills-changed event on the bus brought in.
+        make_skill(tmp_path / "cat", "wrap", "import textwrap\n")
+        event = SkillsChangedEvent(change="created", skill="wrap").model_dump_json().encode()
+        pub = bus.publisher(config.proxy_xsub, hwm=100)
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while "textwrap" not in executor.preload and (
+                executor._growing is None or executor._growing.done()
+            ):
+                assert asyncio.get_running_loop().time() < deadline, executor.preload
+                pub.send([SKILLS_CHANGED_TOPIC.encode(), event])
+                await asyncio.sleep(0.05)  # events are best-effort: sent until one reloads
+        finally:
+            pub.close()
+        if executor._growing is not None:
+            await executor._growing
+        assert executor.preload == ["decimal", "statistics", "textwrap"]
 
 
 def _forkservers() -> set[int]:
