@@ -52,6 +52,7 @@ import contextlib
 import logging
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -553,9 +554,11 @@ class _Run:
         finally:
             # Cancelled (server stopping) or not: no process, fd or watch outlives the run.
             timer.cancel()
-            self.kill_group()
-            self.kill_leftovers()
-            self._release()
+            try:
+                self.kill_group()
+                self.kill_leftovers()
+            finally:
+                self._release()
         if stamps.ON:
             stamps.stamp("exec.done")
         return ExecutionResult(
@@ -569,6 +572,18 @@ class _Run:
         )
 
     def _time_up(self) -> None:
+        if self._over.done():
+            return
+        # A loop stalled past the deadline (uvloop runs timers before I/O)
+        # may hold an exit or a report that came in time: they win.
+        for fd in (self.report_fd, self._pidfd):
+            if fd is not None and select.select([fd], [], [], 0)[0]:
+                if fd == self.report_fd:
+                    self._on_report()
+                else:
+                    self._end(None)
+                if self._over.done():
+                    return
         self._timed_out = True
         self._end(None)
 

@@ -211,11 +211,19 @@ def _kill_verified(pid: int, parents: set[int]) -> int | None:
         if pidfd is not None:
             os.close(pidfd)
         return None
-    with contextlib.suppress(ProcessLookupError):
+    try:
         if pidfd is None:
             os.kill(pid, signal.SIGKILL)
         else:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        # It changed its uid (a setuid program a run started): out of our
+        # reach, like an escape from the tree; not a reason to stop.
+        if pidfd is not None:
+            os.close(pidfd)
+        return None
     return pidfd
 
 

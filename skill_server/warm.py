@@ -256,17 +256,24 @@ class WarmProcess:
             self._finish(None)
 
     def _finish(self, status: int | None) -> None:
-        if status is None:
-            # The fork server died (or said nonsense): its children died
-            # with it, and what they started was re-parented to us.
-            status = -9
-            if self.ready.done():
-                sweep_orphans()
+        if self.waiter.done():
+            return
+        orphaned = status is None and self.ready.done()
         if not self.ready.done():
             self.ready.set_result(None)
-        self._returncode = status
-        if not self.waiter.done():
-            self.waiter.set_result(status)
+        self._returncode = -9 if status is None else status
+        # Resolved, and the connection hung up now (not from the waiter's
+        # callback a loop step later), before anything that could raise: a
+        # watch left on a socket at EOF would spin the loop.
+        self.waiter.set_result(self._returncode)
+        self._hang_up(None)
+        if orphaned:
+            # The fork server died (or said nonsense): its children died
+            # with it, and what they started was re-parented to us.
+            try:
+                sweep_orphans()
+            except OSError:
+                log.exception("could not kill what a dead fork server's runs left")
 
     def _hang_up(self, _: object) -> None:
         fd = self._sock.fileno()
@@ -309,6 +316,9 @@ class WarmProcess:
     @property
     def returncode(self) -> int | None:
         """The exit status once known; ``-N`` for death by signal N."""
+        waiter = self.waiter
+        if self._returncode is None and waiter.done() and not waiter.cancelled():
+            return waiter.result()  # resolved from outside (the executor's close)
         return self._returncode
 
     async def wait(self) -> int:
@@ -620,8 +630,12 @@ class WarmExecutor(SubprocessExecutor):
                 await asyncio.gather(task, return_exceptions=True)
         self.drop_waiting()
         for waiter in list(self._waiters):
-            waiter.cancel()
-        await asyncio.gather(*self._waiters, return_exceptions=True)
+            # Resolved, not cancelled: a run still waiting for its reap gets
+            # the kill's status (the fork server's end kills its children)
+            # rather than a CancelledError it never asked for.
+            if not waiter.done():
+                waiter.set_result(-9)
+        await asyncio.sleep(0)  # one loop step: their callbacks close the connections
         if self._control is not None:
             # The end of its socket stops the fork server, and it kills
             # every process below it first.
@@ -774,7 +788,10 @@ class WarmExecutor(SubprocessExecutor):
         if not self.running or control is None:
             raise ForkServerUnavailable("the fork server is not running")
         generation = self._generation
-        pipes = open_pipes(3)
+        try:
+            pipes = open_pipes(3)
+        except OSError as exc:
+            raise ForkServerUnavailable(f"no fds for a child: {exc!r}") from None
         (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = pipes
         try:
             # A socket, not a pipe: another run (same uid) could reopen a pipe

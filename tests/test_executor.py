@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from skillscale.core.discovery import SkillDiscovery
-from skillscale.skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
+from skillscale.core.skill_format import load_skill
+from skillscale.skill_server.executor import (
+    ExecutionLimits,
+    ExecutionResult,
+    ResourceLimits,
+    SubprocessExecutor,
+)
 from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import FIXTURE_SKILLS, wait_pid_gone
 
@@ -189,6 +196,7 @@ async def test_runs_leave_no_fd_and_no_loop_watch_behind(
         if isinstance(executor, WarmExecutor):
             # A run's connection closes once the fork server's status line is in.
             await asyncio.gather(*list(executor._waiters))
+        gc.collect()  # what earlier tests left, closed now rather than mid-test
         watched = len(selector.get_map()) if selector is not None else 0
         return len(os.listdir("/proc/self/fd")), watched
 
@@ -204,4 +212,51 @@ async def test_runs_leave_no_fd_and_no_loop_watch_behind(
     for name, data, limits in runs:
         result = await executor.run(CATALOG.skills[name], data, limits)
         assert result.exit_code is not None or result.timed_out, (name, result)
-    assert await held() == before
+    fds, watched = await held()
+    # Not equal: something of an earlier test may still close meanwhile.
+    assert fds <= before[0] and watched <= before[1], (fds, watched, before)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("kind", ["cold", "warm"])
+def test_an_exit_in_time_wins_over_a_loop_stalled_past_the_deadline(
+    loop: str, kind: str, tmp_path: Path
+) -> None:
+    # The skill ends 0.5 s after it started, while the loop is blocked (a long
+    # synchronous step elsewhere in the server) until after the run's 1.5 s
+    # deadline. When the loop comes back, the timer and the exit are both
+    # due: the exit came first. uvloop (what the roles run on) runs due
+    # timers before it polls for I/O.
+    folder = tmp_path / "late"
+    (folder / "scripts").mkdir(parents=True)
+    (folder / "SKILL.md").write_text("---\nname: late\ndescription: Test.\n---\n")
+    (folder / "scripts" / "run.py").write_text(
+        "import pathlib, sys, time\n"
+        "pathlib.Path(sys.stdin.read()).touch()\n"
+        "time.sleep(0.5)\n"
+        "print('done')\n"
+    )
+    skill = load_skill(folder)
+    started = tmp_path / "started"
+
+    async def main() -> ExecutionResult:
+        executor = SubprocessExecutor() if kind == "cold" else WarmExecutor()
+        if isinstance(executor, WarmExecutor):
+            await executor.start()
+        try:
+            run = asyncio.ensure_future(
+                executor.run(skill, str(started).encode(), ExecutionLimits(1.5))
+            )
+            deadline = time.monotonic() + 20
+            while not started.exists():  # the skill runs, its deadline is armed
+                assert time.monotonic() < deadline and not run.done(), run
+                await asyncio.sleep(0.01)
+            time.sleep(2.0)  # the stall itself, on purpose: nothing else runs meanwhile
+            return await asyncio.wait_for(run, 20)
+        finally:
+            await executor.close()
+
+    run = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
+    result = run(main())
+    assert result.ok and not result.timed_out, result
+    assert result.stdout == b"done\n"

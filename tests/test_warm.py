@@ -679,3 +679,61 @@ async def test_a_header_larger_than_the_socket_buffer_reaches_its_child(
     result = await warm.run(skill, b"", ExecutionLimits(20))
     assert result.ok and result.stdout == b"17999\n", result
     assert warm.stats == {"warm": 1, "cold": 0, "restarts": 0}
+
+
+async def test_a_sweep_that_fails_after_the_fork_server_died_does_not_spin_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dead fork server's runs left their descendants to us; killing one can
+    # fail (it changed its uid). The run still ends once, and the connection
+    # at EOF is not watched again: each loop step would call back otherwise.
+    import skillscale.skill_server.warm as warm_module
+
+    executor = WarmExecutor(preload=[], waiting_children=0)
+    await executor.start()
+    calls = 0
+
+    def refused() -> int:
+        nonlocal calls
+        calls += 1
+        raise PermissionError(1, "Operation not permitted")
+
+    try:
+        slow = make_skill(tmp_path, "slow", "import time\ntime.sleep(30)\n")
+        run = asyncio.ensure_future(executor.run(slow, b"", ExecutionLimits(60)))
+        while not executor._waiters:
+            await asyncio.sleep(0)  # until its child is forked
+        monkeypatch.setattr(warm_module, "sweep_orphans", refused)
+        pid = executor.forkserver_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        result = await asyncio.wait_for(run, 20)
+        assert not result.ok and result.exit_code is not None, result
+        seen = calls
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert calls == seen <= 1
+    finally:
+        monkeypatch.undo()
+        await executor.close()
+
+
+async def test_closing_with_runs_in_flight_ends_them_without_a_cancellation(
+    tmp_path: Path,
+) -> None:
+    # close() stops the fork server, whose children die with it: a run
+    # waiting for its child's status gets the kill's, not a CancelledError
+    # it never asked for.
+    executor = WarmExecutor(preload=[], waiting_children=0)
+    await executor.start()
+    slow = make_skill(tmp_path, "slow", "import time\ntime.sleep(30)\n")
+    runs = [asyncio.ensure_future(executor.run(slow, b"", ExecutionLimits(60))) for _ in range(3)]
+    try:
+        while len(executor._waiters) < len(runs):
+            await asyncio.sleep(0)  # until every child is forked
+    finally:
+        await executor.close()
+    results = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 20)
+    for result in results:
+        assert not isinstance(result, BaseException), result
+        assert not result.ok and result.exit_code is not None, result
