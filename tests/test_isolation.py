@@ -421,3 +421,28 @@ def test_a_truncated_stderr_tail_loses_its_partial_first_line_and_keeps_its_byte
     tail = b"oj-abcdefghijklmnopqrstuvwxyz0123\nkey AKIAIOSFODNN7EXAMPLE \xff\n"
     assert redact_stderr(tail, truncated=True) == b"key [REDACTED:aws_key] \xff\n"
     assert redact_stderr(b"no secrets \xfe", truncated=False) == b"no secrets \xfe"
+
+
+def test_an_orphan_out_of_reach_is_skipped_and_its_pidfd_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An orphan that changed its uid (a setuid program a run started) cannot
+    # be signalled: the kill says so with None, keeps no pidfd, raises nothing.
+    from skillscale.skill_server import forkserver
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+
+        def refused(*_: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(signal, "pidfd_send_signal", refused)
+        monkeypatch.setattr(os, "kill", refused)
+        before = len(os.listdir("/proc/self/fd"))
+        assert forkserver._kill_verified(child.pid, {os.getpid()}) is None
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert child.poll() is None  # not signalled, as the refusal said
+    finally:
+        monkeypatch.undo()
+        child.kill()
+        child.wait()
