@@ -668,7 +668,6 @@ class _Run:
             return
         if not chunk:
             self._close_output(self._stdout)
-            self._stdout = None
             return
         room = self.limits.max_stdout - len(self.stdout)
         if len(chunk) > room:
@@ -676,7 +675,6 @@ class _Run:
             self.overflow = True
             self.kill_group()
             self._close_output(self._stdout)
-            self._stdout = None
             return
         self.stdout += chunk
 
@@ -688,7 +686,6 @@ class _Run:
             return
         if not chunk:
             self._close_output(self._stderr)
-            self._stderr = None
             return
         self.stderr += chunk
         limit = self.limits.max_stderr
@@ -707,12 +704,15 @@ class _Run:
             return b""
 
     def _close_output(self, fd: int) -> None:
-        """Stop reading ``fd`` and close it (the caller forgets it); resolve
-        ``_drained`` with the last one."""
+        """Stop reading stdout's or stderr's ``fd``, close and forget it;
+        resolve ``_drained`` with the last one."""
         self._loop.remove_reader(fd)
         os.close(fd)
-        others = [other for other in (self._stdout, self._stderr) if other not in (None, fd)]
-        if not others and not self._drained.done():
+        if fd == self._stdout:
+            self._stdout = None
+        else:
+            self._stderr = None
+        if self._stdout is None and self._stderr is None and not self._drained.done():
             self._drained.set_result(None)
 
     def _let_output_go(self) -> None:
@@ -725,9 +725,7 @@ class _Run:
         self._close_stdin()
         for fd in (self._stdout, self._stderr):
             if fd is not None:
-                loop.remove_reader(fd)
-                os.close(fd)
-        self._stdout = self._stderr = None
+                self._close_output(fd)
         for fd in (self._pidfd, self.report_fd):
             if fd is not None:
                 loop.remove_reader(fd)

@@ -193,7 +193,6 @@ class WarmProcess:
         self._sock = sock
         self._pipes: tuple[int, int, int] | None = pipes
         self._report_fd: int | None = report_fd
-        self._returncode: int | None = None
         self._received = bytearray()
         self._unsent = memoryview(b"")
         self.generation = 0
@@ -261,11 +260,10 @@ class WarmProcess:
         orphaned = status is None and self.ready.done()
         if not self.ready.done():
             self.ready.set_result(None)
-        self._returncode = -9 if status is None else status
         # Resolved, and the connection hung up now (not from the waiter's
         # callback a loop step later), before anything that could raise: a
         # watch left on a socket at EOF would spin the loop.
-        self.waiter.set_result(self._returncode)
+        self.waiter.set_result(-9 if status is None else status)
         self._hang_up(None)
         if orphaned:
             # The fork server died (or said nonsense): its children died
@@ -290,7 +288,6 @@ class WarmProcess:
         """Let a child that will never run go: closing its connection makes
         the fork server kill it; our pipe ends close with it."""
         if not self.waiter.done():
-            self._returncode = -9
             self.waiter.set_result(-9)
         for fd in self._take_all():
             os.close(fd)
@@ -317,9 +314,7 @@ class WarmProcess:
     def returncode(self) -> int | None:
         """The exit status once known; ``-N`` for death by signal N."""
         waiter = self.waiter
-        if self._returncode is None and waiter.done() and not waiter.cancelled():
-            return waiter.result()  # resolved from outside (the executor's close)
-        return self._returncode
+        return waiter.result() if waiter.done() and not waiter.cancelled() else None
 
     async def wait(self) -> int:
         """The exit status, as the fork server reaped it."""
