@@ -84,14 +84,19 @@ class DedupeWindow(Generic[J]):
     def lookup(self, key: Key, job: J, now: float) -> bytes | bool:
         """A duplicate's answer: the stored reply (marked), True if ``job`` now
         waits for the running original, False if ``key`` is new."""
-        self._evict(now)
         running = self._running.get(key)
         if running is not None:
             self.hits += 1
             running.waiting.append(job)
             return True
+        # Eviction runs as replies are stored (finish); here only the entry
+        # found is checked for age, which keeps the lookup of every request
+        # (nearly always a miss) to two dict probes.
         answered = self._answered.get(key)
         if answered is None or answered.reply is None:
+            return False
+        if answered.finished < now - self.config.max_age:
+            self._evict(now)
             return False
         self.hits += 1
         return mark_deduplicated(answered.reply)

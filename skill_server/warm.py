@@ -56,7 +56,7 @@ from skillscale.skill_server.executor import (
     scrubbed_env,
     sweep_orphans,
 )
-from skillscale.skill_server.forkserver import EXEC, RUN
+from skillscale.skill_server.forkserver import EXEC, RUN, encode_header
 
 log = logging.getLogger(__name__)
 
@@ -702,9 +702,7 @@ class WarmExecutor(SubprocessExecutor):
         kind = RUN if skill.entrypoint.suffix == ".py" else EXEC
         self._recent[kind] = asyncio.get_running_loop().time()
         compiled = self._compiled(skill.entrypoint) if kind == RUN else None
-        if compiled is not None:
-            header["code"] = len(compiled)
-        line = json.dumps(header).encode() + b"\n" + (compiled or b"")
+        line = encode_header(header, compiled)
         child = self._take_waiting(kind)
         # A waiting child may have died waiting, and a fresh one with the exec
         # server (see forkserver.main) as it died: one more fresh child then.

@@ -8,6 +8,7 @@ import marshal
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 import warnings
@@ -19,7 +20,7 @@ import pytest
 from skillscale.core.events import SKILLS_CHANGED_TOPIC, SkillsChangedEvent
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits, _Run
-from skillscale.skill_server.forkserver import _read_header
+from skillscale.skill_server.forkserver import _read_header, encode_header
 from skillscale.skill_server.warm import WarmExecutor, imported_names, wanted
 from tests.helpers import wait_pid_gone
 
@@ -332,16 +333,29 @@ async def test_a_reported_run_keeps_its_code_and_all_its_output(
         assert b"RuntimeError: boom" in result.stderr
 
 
+def _framed(blob: bytes) -> bytes:
+    return struct.pack("!I", len(blob)) + blob
+
+
+def _header(**fields: object) -> bytes:
+    return _framed(marshal.dumps(fields))
+
+
 @pytest.mark.parametrize(
     ("tail", "error"),
     [
-        (b'{"script": "/x", "code": 0}\n', "bad compiled script size"),
-        (b'{"script": "/x", "code": "3"}\n', "bad compiled script size"),
-        (b'{"script": "/x", "code": true}\n', "bad compiled script size"),
-        (b'{"script": "/x", "code": 99999999999}\n', "bad compiled script size"),
-        (b'{"script": "/x", "code": 4}\nabc', "incomplete compiled script"),
-        (b'{"script": "/x", "code": 2}\nabc', "more bytes than"),
-        (b'{"script": "/x"', "incomplete header"),
+        (_header(script="/x", code=0), "bad compiled script size"),
+        (_header(script="/x", code="3"), "bad compiled script size"),
+        (_header(script="/x", code=True), "bad compiled script size"),
+        (_header(script="/x", code=99999999999), "bad compiled script size"),
+        (_header(script="/x", code=4) + b"abc", "incomplete compiled script"),
+        (_header(script="/x", code=2) + b"abc", "more bytes than"),
+        (_header(script="/x") + b"abc", "bytes after a header"),
+        (_header(script="/x")[:-1], "incomplete header"),
+        (b"\x00\x00", "incomplete header"),
+        (struct.pack("!I", 1 << 30), "more than"),
+        (_framed(b"\xff\x00"), "unreadable header"),
+        (_framed(marshal.dumps(["/x"])), "not a mapping"),
     ],
 )
 def test_a_run_request_is_read_within_its_bounds(tail: bytes, error: str) -> None:
@@ -360,14 +374,38 @@ def test_a_run_request_carries_its_compiled_script_after_the_header() -> None:
     code = marshal.dumps(compile("x = 1", "/x", "exec"))
     ours, theirs = socket.socketpair()
     try:
-        ours.sendall(b'{"script": "/x", "code": %d}\n' % len(code) + code)
-        request = _read_header(theirs)
-        assert request == ({"script": "/x", "code": len(code)}, code)
-        ours.sendall(b'{"script": "/y"}\n')
-        assert _read_header(theirs) == ({"script": "/y"}, None)
+        ours.sendall(encode_header({"script": "/x"}, code))
+        assert _read_header(theirs) == ({"script": "/x", "code": len(code)}, code)
+        header = {"script": "/y", "env": {"A": "b"}, "rlimits": [[9, 64]]}
+        ours.sendall(encode_header(header))
+        assert _read_header(theirs) == (header, None)
     finally:
         ours.close()
         theirs.close()
+
+
+class _Trickle:
+    """A connection that hands out at most three bytes per read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads = 0
+
+    def settimeout(self, _: float) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        chunk, self.data = self.data[: min(size, 3)], self.data[min(size, 3) :]
+        return chunk
+
+
+def test_a_run_request_read_in_pieces_is_whole() -> None:
+    code = marshal.dumps(compile("y = 2", "/x", "exec"))
+    conn = _Trickle(encode_header({"script": "/x", "cwd": "/"}, code))
+    size = len(conn.data)
+    assert _read_header(conn) == ({"script": "/x", "cwd": "/", "code": len(code)}, code)  # type: ignore[arg-type]
+    assert conn.reads >= size // 3 and conn.data == b""
 
 
 async def test_a_process_the_script_forks_does_not_end_the_run(
