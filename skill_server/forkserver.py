@@ -13,12 +13,12 @@ end, children close every inherited fd, and the fork server is not dumpable
 root can, and root skills are trusted code anyway).
 
 For each run the skill server creates a new socketpair and sends one end
-over FD (``SCM_RIGHTS``). The fork server forks at once, without reading
-anything from it:
+over FD (``SCM_RIGHTS``), with the run's stdin, stdout and stderr pipe ends
+and its report channel (:data:`RUN_FDS`). The fork server forks at once,
+without reading anything from the connection:
 
 * the child reads the run's header (script, working directory,
-  environment, resource limits) with the stdin, stdout and stderr pipe ends
-  attached, starts a new session (so the skill server's timeout can kill the
+  environment, resource limits) from it, starts a new session (so the skill server's timeout can kill the
   whole process group), takes the pipes as fds 0-2, closes every other fd,
   changes directory, replaces its environment, applies the rlimits, and runs
   the script as ``__main__`` (``_run_main``), exactly like ``python run.py``
@@ -26,8 +26,9 @@ anything from it:
   so no module state leaks from one run to the next. Because only the child
   reads the header, an LLM key handed to one run never enters the fork
   server's memory, from which every later run is forked;
-* the parent answers ``{"pid": N}`` at once and ``{"status": S}`` when the
-  child exits (reaped on SIGCHLD), then closes the connection.
+* the parent closes its copies of the run's fds, answers ``{"pid": N}`` at
+  once and ``{"status": S}`` when the child exits (reaped on SIGCHLD), then
+  closes the connection.
 
 No process a run starts outlives it: the fork server and each child are
 child subreapers, so a run's descendants stay below its child while it
@@ -113,6 +114,12 @@ then forks another when it needs one)."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+RUN_FDS = 5
+"""What comes with each run request on the control socket: the run's
+connection (the child reads its header there, the fork server answers its
+pid and status), then the child's stdin, stdout, stderr and report channel.
+One message: the child has its stdio from the fork, with no second receive
+(some 30 copy-on-write faults of a fresh fork, and a send, per run)."""
 RUN = b"R"
 """A run to fork here (a Python entry point: from the preloaded interpreter)."""
 EXEC = b"E"
@@ -294,24 +301,6 @@ def preload(modules: list[str]) -> list[str]:
     return failed
 
 
-def _read_stdio(conn: socket.socket) -> list[int] | None:
-    """The three stdio fds and the report channel (sent with one byte); None
-    if the skill server hung up.
-
-    A timeout mode, not a blocking one, because the fork server's socket
-    object shares this descriptor's (non-blocking) flags.
-    """
-    conn.settimeout(HEADER_TIMEOUT)
-    raw, fds, flags, _addr = socket.recv_fds(conn, 1, 4)
-    if not raw and not fds:
-        return None
-    if len(fds) != 4 or flags & socket.MSG_CTRUNC:
-        for fd in fds:
-            os.close(fd)
-        raise ValueError(f"expected 4 fds, got {len(fds)}")
-    return fds
-
-
 def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int) -> None:
     """Tell the skill server this run is over, with its exit code, before the
     exit itself: one byte on ``report``.
@@ -449,8 +438,9 @@ def _run_main(script: str, compiled: bytes | None = None) -> None:
     exec(code, main.__dict__)  # noqa: S102 - the skill's own script, as python would run it
 
 
-def _child(conn: socket.socket, server_pid: int) -> None:
-    """Become the skill process; never returns."""
+def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
+    """Become the skill process (``fds``: its stdin, stdout, stderr and report
+    channel, see :data:`RUN_FDS`); never returns."""
     code = 1
     try:
         os.setsid()
@@ -466,9 +456,6 @@ def _child(conn: socket.socket, server_pid: int) -> None:
             _csignal.signal(signum, _csignal.SIG_DFL)
         _csignal.signal(_SIGXFSZ, _csignal.SIG_IGN)  # as a fresh interpreter has it
         try:
-            fds = _read_stdio(conn)
-            if fds is None:
-                os._exit(0)  # never used: the skill server let this waiting child go
             for target, fd in enumerate(fds[:3]):
                 os.dup2(fd, target)
             report = fds[3]
@@ -627,27 +614,28 @@ class ForkServer:
         """Fork a child per connection the skill server sent; False at its end."""
         while True:
             try:
-                data, fds, flags, _addr = socket.recv_fds(self.control, 1, 1)
+                data, fds, flags, _addr = socket.recv_fds(self.control, 1, RUN_FDS)
             except BlockingIOError:
                 return True
             if not data:
                 return False
-            if len(fds) == 1 and not flags & socket.MSG_CTRUNC:
-                if data != EXEC or not self._pass_to_exec_server(fds[0]):
-                    self._fork(socket.socket(fileno=fds[0]))
+            if len(fds) == RUN_FDS and not flags & socket.MSG_CTRUNC:
+                if data != EXEC or not self._pass_to_exec_server(fds):
+                    self._fork(socket.socket(fileno=fds[0]), fds[1:])
             else:
                 for fd in fds:
                     os.close(fd)
 
-    def _pass_to_exec_server(self, fd: int) -> bool:
-        """Hand a run's connection to the exec server; False if it is gone."""
+    def _pass_to_exec_server(self, fds: list[int]) -> bool:
+        """Hand a run's connection and fds to the exec server; False if it is gone."""
         if self.exec_sock is None:
             return False
         try:
-            socket.send_fds(self.exec_sock, [RUN], [fd])
+            socket.send_fds(self.exec_sock, [RUN], fds)
         except OSError:
             return False  # it died: this process forks such runs itself from now on
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
         return True
 
     def _close_exec_server(self) -> None:
@@ -655,14 +643,18 @@ class ForkServer:
             self.exec_sock.close()
             self.exec_sock = None
 
-    def _fork(self, conn: socket.socket) -> None:
+    def _fork(self, conn: socket.socket, fds: list[int]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         if stamps.ON:
             stamps.stamp("fork.start")
-        pid = os.fork()
-        if pid == 0:
-            _child(conn, self.pid)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(conn, self.pid, fds)
+        finally:
+            for fd in fds:  # the child's now (or nobody's: the skill server sees the failure)
+                os.close(fd)
         if stamps.ON:
             stamps.stamp("fork.done")
         self.children[pid] = conn

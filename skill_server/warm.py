@@ -816,9 +816,8 @@ class WarmExecutor(SubprocessExecutor):
             async def connect() -> int | None:
                 nonlocal child_ends
                 async with self._control_lock:
-                    await _send_with_fds(control, kind, [far.fileno()])
+                    await _send_with_fds(control, kind, [far.fileno(), *child_ends])
                 far.close()
-                await _send_with_fds(sock, b"S", child_ends)
                 for fd in child_ends:
                     os.close(fd)
                 child_ends = []

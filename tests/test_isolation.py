@@ -25,6 +25,7 @@ import pytest
 from skillscale.core.discovery import SkillDiscovery
 from skillscale.skill_server import warm as warm_module
 from skillscale.skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
+from skillscale.skill_server.forkserver import RUN
 from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import FIXTURE_SKILLS, pid_alive, wait_pid_gone
 
@@ -310,12 +311,12 @@ async def test_a_warm_run_cancelled_while_it_is_set_up_never_starts(
     original = warm_module._send_with_fds
 
     async def slow(sock: socket.socket, data: bytes, fds: list[int]) -> None:
-        # Held once the fork server was asked to fork, before the child has
-        # its stdio (the second send of _new_child).
-        if data == b"S":
+        # Held once the fork server was asked to fork, before the executor
+        # has the child's pid (so before it can give the child its run).
+        await original(sock, data, fds)
+        if data == RUN:
             entered.set()
             await released.wait()
-        await original(sock, data, fds)
 
     monkeypatch.setattr(warm_module, "_send_with_fds", slow)
     fifo = tmp_path / "daemon.fifo"
