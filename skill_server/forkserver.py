@@ -120,15 +120,11 @@ RUN_FDS = 5
 connection (the child reads its header there, the fork server answers its
 pid and status), then the child's stdin, stdout, stderr and report channel.
 One message: the child has its stdio from the fork, with no second receive
-(some 30 copy-on-write faults of a fresh fork, and a send, per run)."""
+(some 20 copy-on-write faults of a fresh fork, and a send, per run)."""
 RUN = b"R"
 """A run to fork here (a Python entry point: from the preloaded interpreter)."""
 EXEC = b"E"
 """A run that only exec's (``run.sh``): forked by the exec server, see main."""
-# The process-tree code (prctl, the orphan sweep) lives here, in a module of
-# the standard library only, so that neither the fork server nor its exec
-# server imports anything of skillscale for it; the skill server's cold path
-# (skillscale.skill_server.executor) uses the same functions.
 # signal's C functions themselves: the module's Python wrappers convert
 # numbers and handlers to and from enums, and in a fresh fork that machinery
 # writes to (so copies) some 30 more pages of the fork server's memory than
@@ -138,6 +134,10 @@ _DEFAULT_IN_CHILD = tuple(
     int(signum) for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)
 )
 _SIGXFSZ = int(signal.SIGXFSZ)
+# The process-tree code (prctl, the orphan sweep) lives here, in a module of
+# the standard library only, so that neither the fork server nor its exec
+# server imports anything of skillscale for it; the skill server's cold path
+# (skillscale.skill_server.executor) uses the same functions.
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:  # pragma: no cover - non-glibc platforms
@@ -361,12 +361,16 @@ def encode_header(header: Mapping[str, Any], compiled: bytes | None = None) -> b
 
 
 def _recv_until(conn: socket.socket, raw: bytes, size: int, what: str) -> bytes:
-    while len(raw) < size:
-        chunk = conn.recv(min(size - len(raw), 1024 * 1024))
+    """``raw`` and what follows it on ``conn``, ``size`` bytes at least."""
+    if len(raw) >= size:
+        return raw
+    buf = bytearray(raw)  # amortised appends: a compiled script may be megabytes
+    while len(buf) < size:
+        chunk = conn.recv(min(size - len(buf), 1024 * 1024))
         if not chunk:
             raise ValueError(f"incomplete {what}")
-        raw += chunk
-    return raw
+        buf += chunk
+    return bytes(buf)
 
 
 def _read_header(conn: socket.socket) -> tuple[dict[str, Any], bytes | None] | None:
