@@ -123,6 +123,14 @@ def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int, *, reaped: bool = False) -> int:
+    """Minor page faults of a process so far (copy-on-write ones among them);
+    with ``reaped``, those of its children it has reaped. Unlike CPU time,
+    the count hardly moves with the machine's phase."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[8 if reaped else 7])
+
+
 def child_pids(pid: int) -> list[int]:
     """The children of ``pid`` (a skill server's: its fork servers)."""
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -142,6 +150,11 @@ async def cpu_load(info: dict[str, Any], skill: str, requests: int,
         if skill != "instructions":
             spent["fork server"] = sum(cpu_seconds(pid) for pid in forkservers)
             spent["skill processes"] = sum(cpu_seconds(pid, reaped=True) for pid in forkservers)
+            # Counts, not seconds: scaled by 1e-6 so the per-request figure below is a count.
+            spent["fork server faults"] = sum(minor_faults(pid) for pid in forkservers) / 1e6
+            spent["skill process faults"] = (
+                sum(minor_faults(pid, reaped=True) for pid in forkservers) / 1e6
+            )
         return spent
 
     before = now()
@@ -554,6 +567,11 @@ def main() -> int:
               "those the fork server reaped)")  # fmt: skip
         roles = ("client", "proxy", "server", "fork server", "skill processes")
         print("  " + cpu_line(rounds, "trivial@20", roles))
+        if all("fork server faults" in r.cpu["trivial@20"] for r in rounds):
+            faults = {k: statistics.median(r.cpu["trivial@20"][k] for r in rounds)
+                      for k in ("fork server faults", "skill process faults")}  # fmt: skip
+            print(f"  minor page faults per request: fork server {faults['fork server faults']:.0f}"
+                  f", skill processes {faults['skill process faults']:.0f}")  # fmt: skip
     if rows:
         print_breakdown(rows)
     if args.json_out:
