@@ -188,7 +188,8 @@ class Figures:
     otherwise make the fabric look faster next to it than it is."""
     fabric: dict[str, BenchResult]
     cpu: dict[str, dict[str, float]]
-    """CPU µs per request by role, for the instruction-only loads at 20 in flight."""
+    """CPU µs per request by role for the loads at 20 in flight; for a script
+    skill also minor faults per request (the keys ending in ``" faults"``)."""
 
 
 TRACE_LISTENER = """
@@ -492,6 +493,17 @@ def full_table(rounds: list[Figures], proxies: list[tuple[dict[str, float], dict
     ]  # fmt: skip
 
 
+def split_faults(
+    cpu: dict[str, dict[str, float]],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """A round's per-request figures as (CPU µs by role, fault counts by process)."""
+    times = {load: {k: v for k, v in roles.items() if not k.endswith(" faults")}
+             for load, roles in cpu.items()}  # fmt: skip
+    faults = {load: {k: v for k, v in roles.items() if k.endswith(" faults")}
+              for load, roles in cpu.items()}  # fmt: skip
+    return times, {load: counts for load, counts in faults.items() if counts}
+
+
 def cpu_line(rounds: list[Figures], key: str, roles: tuple[str, ...]) -> str:
     """The median CPU µs per request of each role over ``rounds``, their total,
     and the request rate that total allows on two cores."""
@@ -579,7 +591,8 @@ def main() -> int:
             "load": uptime(), "breakdown": rows,
             "targets": [dict(zip(("figure", "target", "measured", "ratio", "pass"), t, strict=True))
                         for t in table],
-            "proxy_rounds": proxies, "cpu_us_per_request": [r.cpu for r in rounds],
+            "proxy_rounds": proxies, "cpu_us_per_request": [split_faults(r.cpu)[0] for r in rounds],
+            "minor_faults_per_request": [split_faults(r.cpu)[1] for r in rounds],
         }, indent=2) + "\n")  # fmt: skip
     return 0
 

@@ -626,7 +626,13 @@ class ForkServer:
                 return False
             if len(fds) == RUN_FDS and not flags & socket.MSG_CTRUNC:
                 if data != EXEC or not self._pass_to_exec_server(fds):
-                    self._fork(socket.socket(fileno=fds[0]), fds[1:])
+                    try:
+                        conn = socket.socket(fileno=fds[0])
+                    except OSError:  # not a socket: no run, and this process goes on
+                        for fd in fds:
+                            os.close(fd)
+                    else:
+                        self._fork(conn, fds[1:])
             else:
                 for fd in fds:
                     os.close(fd)
@@ -661,8 +667,16 @@ class ForkServer:
             pid = os.fork()
             if pid == 0:
                 _child(conn, self.pid, fds)
+        except OSError as exc:
+            # Out of processes (a skill can use up the user's RLIMIT_NPROC) or
+            # of memory: this run fails, not this process with every run in
+            # flight. Its connection closes unanswered, which the skill server
+            # takes as this child lost (a retry, then a cold start).
+            print(f"fork server: cannot fork a run: {exc}", file=sys.stderr, flush=True)
+            conn.close()
+            return
         finally:
-            for fd in fds:  # the child's now (or nobody's: the skill server sees the failure)
+            for fd in fds:  # the child's now, or nobody's
                 os.close(fd)
         if stamps.ON:
             stamps.stamp("fork.done")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import marshal
 import os
@@ -12,7 +13,7 @@ import struct
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from skillscale.core.events import SKILLS_CHANGED_TOPIC, SkillsChangedEvent
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits, _Run
-from skillscale.skill_server.forkserver import _read_header, encode_header
+from skillscale.skill_server.forkserver import RUN, ForkServer, _read_header, encode_header
 from skillscale.skill_server.warm import WarmExecutor, imported_names, wanted
 from tests.helpers import wait_pid_gone
 
@@ -406,6 +407,102 @@ def test_a_run_request_read_in_pieces_is_whole() -> None:
     size = len(conn.data)
     assert _read_header(conn) == ({"script": "/x", "cwd": "/", "code": len(code)}, code)  # type: ignore[arg-type]
     assert conn.reads >= size // 3 and conn.data == b""
+
+
+@contextlib.contextmanager
+def _fork_server_here() -> Iterator[tuple[ForkServer, socket.socket]]:
+    """A ForkServer in this process (its signal set-up undone after), and our
+    end of its control socket."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)}
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    ours, theirs = socket.socketpair()
+    server = ForkServer(theirs.detach())
+    try:
+        yield server, ours
+    finally:
+        signal.set_wakeup_fd(wakeup)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        server.selector.close()
+        if server.hangups is not None:
+            server.hangups.close()
+        os.close(server.wake_r)
+        os.close(server.wake_w)
+        server.control.close()
+        ours.close()
+
+
+def _send_run(control: socket.socket, first: int | None = None) -> tuple[socket.socket, int, int]:
+    """A run request as the skill server sends it; our ends of its connection,
+    stdin and stdout (every far end sent, and closed here)."""
+    conn, far = socket.socketpair()
+    (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = (os.pipe() for _ in range(3))
+    report_r, report_w = socket.socketpair()
+    ends = [
+        far.fileno() if first is None else first,
+        stdin_r,
+        stdout_w,
+        stderr_w,
+        report_w.fileno(),
+    ]
+    socket.send_fds(control, [RUN], ends)
+    for fd in (stdin_r, stdout_w, stderr_w, stderr_r):
+        os.close(fd)
+    far.close()
+    report_w.close()
+    report_r.close()
+    return conn, stdin_w, stdout_r
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_fork_that_fails_fails_only_its_run(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Out of processes (a skill can use up RLIMIT_NPROC) or of memory: the run
+    # gets a closed connection (the executor's cue to retry, then go cold),
+    # its fds are closed, and the fork server goes on serving.
+    with _fork_server_here() as (server, control):
+        before = _open_fds()
+        conn, stdin_w, stdout_r = _send_run(control)
+
+        def no_fork() -> int:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+        assert server._receive() is True
+        monkeypatch.undo()
+        conn.settimeout(10)
+        assert conn.recv(64) == b""  # closed unanswered: no pid line
+        assert os.read(stdout_r, 1) == b""  # the fork server kept no stdout end
+        with pytest.raises(BrokenPipeError):
+            os.write(stdin_w, b"x")  # nor any stdin end
+        assert server.children == {}
+        for fd in (stdin_w, stdout_r):
+            os.close(fd)
+        conn.close()
+        assert _open_fds() == before
+    assert "cannot fork a run" in capfd.readouterr().err
+
+
+def test_a_request_whose_connection_is_no_socket_is_dropped() -> None:
+    with _fork_server_here() as (server, control):
+        before = _open_fds()
+        pipe_r, pipe_w = os.pipe()
+        conn, stdin_w, stdout_r = _send_run(control, first=pipe_r)
+        assert server._receive() is True  # no crash: nothing forked
+        assert server.children == {}
+        assert os.read(stdout_r, 1) == b""
+        os.close(pipe_r)
+        with pytest.raises(BrokenPipeError):
+            os.write(pipe_w, b"x")  # the fork server closed the pipe it got
+        for fd in (stdin_w, stdout_r, pipe_w):
+            os.close(fd)
+        conn.close()
+        assert _open_fds() == before
 
 
 async def test_a_process_the_script_forks_does_not_end_the_run(
