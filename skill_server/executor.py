@@ -663,11 +663,8 @@ class _Run:
 
     def _on_stdout(self) -> None:
         assert self._stdout is not None
-        chunk = self._read(self._stdout)
+        chunk = self._next_chunk(self._stdout)
         if chunk is None:
-            return
-        if not chunk:
-            self._close_output(self._stdout)
             return
         room = self.limits.max_stdout - len(self.stdout)
         if len(chunk) > room:
@@ -681,11 +678,8 @@ class _Run:
     def _on_stderr(self) -> None:
         # Keep the *tail* of stderr: the traceback is at the end.
         assert self._stderr is not None
-        chunk = self._read(self._stderr)
+        chunk = self._next_chunk(self._stderr)
         if chunk is None:
-            return
-        if not chunk:
-            self._close_output(self._stderr)
             return
         self.stderr += chunk
         limit = self.limits.max_stderr
@@ -693,15 +687,19 @@ class _Run:
             del self.stderr[: len(self.stderr) - limit]
             self.stderr_truncated = True
 
-    @staticmethod
-    def _read(fd: int) -> bytes | None:
-        """A chunk, ``b""`` at the end (or a broken pipe), None if nothing is there yet."""
+    def _next_chunk(self, fd: int) -> bytes | None:
+        """The next chunk from stdout's or stderr's ``fd``; None if nothing is
+        there yet, or at its end (or a broken pipe), which closes it."""
         try:
-            return os.read(fd, READ_CHUNK)
+            chunk = os.read(fd, READ_CHUNK)
         except BlockingIOError:
             return None
         except OSError:
-            return b""
+            chunk = b""
+        if not chunk:
+            self._close_output(fd)
+            return None
+        return chunk
 
     def _close_output(self, fd: int) -> None:
         """Stop reading stdout's or stderr's ``fd``, close and forget it;
