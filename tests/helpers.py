@@ -37,6 +37,11 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def open_fd_count() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def wait_pid_gone(pid: int, timeout: float = 5.0) -> bool:
     """Wait for a process to exit, on the kernel's event (a pidfd), not by polling."""
     try:

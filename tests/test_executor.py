@@ -21,7 +21,7 @@ from skillscale.skill_server.executor import (
     SubprocessExecutor,
 )
 from skillscale.skill_server.warm import WarmExecutor
-from tests.helpers import FIXTURE_SKILLS, wait_pid_gone
+from tests.helpers import FIXTURE_SKILLS, open_fd_count, wait_pid_gone
 
 CATALOG = SkillDiscovery([FIXTURE_SKILLS / "testing"]).scan()
 
@@ -205,7 +205,7 @@ async def test_runs_leave_no_fd_and_no_loop_watch_behind(
                 await asyncio.sleep(0)  # a transport closes a loop step after its EOF
         gc.collect()  # what earlier tests left, closed now rather than mid-test
         watched = len(selector.get_map()) if selector is not None else 0
-        return len(os.listdir("/proc/self/fd")), watched
+        return open_fd_count(), watched
 
     runs = [
         ("echo", b"x", ExecutionLimits(10)),

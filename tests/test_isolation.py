@@ -27,7 +27,7 @@ from skillscale.skill_server import warm as warm_module
 from skillscale.skill_server.executor import ExecutionLimits, ResourceLimits, SubprocessExecutor
 from skillscale.skill_server.forkserver import RUN
 from skillscale.skill_server.warm import WarmExecutor
-from tests.helpers import FIXTURE_SKILLS, pid_alive, wait_pid_gone
+from tests.helpers import FIXTURE_SKILLS, open_fd_count, pid_alive, wait_pid_gone
 
 HOSTILE = SkillDiscovery([FIXTURE_SKILLS / "hostile"]).scan().skills
 SECRETS = {
@@ -439,9 +439,9 @@ def test_an_orphan_out_of_reach_is_skipped_and_its_pidfd_closed(
 
         monkeypatch.setattr(signal, "pidfd_send_signal", refused)
         monkeypatch.setattr(os, "kill", refused)
-        before = len(os.listdir("/proc/self/fd"))
+        before = open_fd_count()
         assert forkserver._kill_verified(child.pid, {os.getpid()}) is None
-        assert len(os.listdir("/proc/self/fd")) == before
+        assert open_fd_count() == before
         assert child.poll() is None  # not signalled, as the refusal said
     finally:
         monkeypatch.undo()

@@ -23,7 +23,7 @@ from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits, _Run
 from skillscale.skill_server.forkserver import RUN, ForkServer, _read_header, encode_header
 from skillscale.skill_server.warm import WarmExecutor, imported_names, wanted
-from tests.helpers import wait_pid_gone
+from tests.helpers import open_fd_count, wait_pid_gone
 
 PROBE = """\
 import os
@@ -455,10 +455,6 @@ def _send_run(control: socket.socket, first: int | None = None) -> tuple[socket.
     return conn, stdin_w, stdout_r
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_a_fork_that_fails_fails_only_its_run(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -466,7 +462,7 @@ def test_a_fork_that_fails_fails_only_its_run(
     # gets a closed connection (the executor's cue to retry, then go cold),
     # its fds are closed, and the fork server goes on serving.
     with _fork_server_here() as (server, control):
-        before = _open_fds()
+        before = open_fd_count()
         conn, stdin_w, stdout_r = _send_run(control)
 
         def no_fork() -> int:
@@ -484,13 +480,13 @@ def test_a_fork_that_fails_fails_only_its_run(
         for fd in (stdin_w, stdout_r):
             os.close(fd)
         conn.close()
-        assert _open_fds() == before
+        assert open_fd_count() == before
     assert "cannot fork a run" in capfd.readouterr().err
 
 
 def test_a_request_whose_connection_is_no_socket_is_dropped() -> None:
     with _fork_server_here() as (server, control):
-        before = _open_fds()
+        before = open_fd_count()
         pipe_r, pipe_w = os.pipe()
         conn, stdin_w, stdout_r = _send_run(control, first=pipe_r)
         assert server._receive() is True  # no crash: nothing forked
@@ -502,7 +498,7 @@ def test_a_request_whose_connection_is_no_socket_is_dropped() -> None:
         for fd in (stdin_w, stdout_r, pipe_w):
             os.close(fd)
         conn.close()
-        assert _open_fds() == before
+        assert open_fd_count() == before
 
 
 async def test_a_process_the_script_forks_does_not_end_the_run(
