@@ -455,6 +455,25 @@ def _send_run(control: socket.socket, first: int | None = None) -> tuple[socket.
     return conn, stdin_w, stdout_r
 
 
+def _serves_a_run_next(
+    server: ForkServer, control: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next, sound request gets its pid line (the fork itself stubbed: a
+    real one would run a child of the test process)."""
+    conn, stdin_w, stdout_r = _send_run(control)
+    monkeypatch.setattr(os, "fork", lambda: 4_000_001)
+    try:
+        assert server._receive() is True
+    finally:
+        monkeypatch.undo()
+    conn.settimeout(10)
+    assert conn.recv(64) == b'{"pid": 4000001}\n'
+    server.children.pop(4_000_001).close()
+    for fd in (stdin_w, stdout_r):
+        os.close(fd)
+    conn.close()
+
+
 def test_a_fork_that_fails_fails_only_its_run(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -481,10 +500,13 @@ def test_a_fork_that_fails_fails_only_its_run(
             os.close(fd)
         conn.close()
         assert open_fd_count() == before
+        _serves_a_run_next(server, control, monkeypatch)
     assert "cannot fork a run" in capfd.readouterr().err
 
 
-def test_a_request_whose_connection_is_no_socket_is_dropped() -> None:
+def test_a_request_whose_connection_is_no_socket_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with _fork_server_here() as (server, control):
         before = open_fd_count()
         pipe_r, pipe_w = os.pipe()
@@ -499,6 +521,7 @@ def test_a_request_whose_connection_is_no_socket_is_dropped() -> None:
             os.close(fd)
         conn.close()
         assert open_fd_count() == before
+        _serves_a_run_next(server, control, monkeypatch)
 
 
 async def test_a_process_the_script_forks_does_not_end_the_run(
