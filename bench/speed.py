@@ -45,6 +45,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import fork_floor
+
 from skillscale.core import stamps
 from skillscale.core.runtime import run, within
 from skillscale.tools.bench import BenchConfig, BenchResult, run_bench
@@ -574,6 +576,7 @@ def main() -> int:
               "instructions+traced@20": "trace subscriber"}  # fmt: skip
     for key, label in labels.items():
         print(f"  {label:24} " + cpu_line(rounds, key, ("client", "proxy", "server")))
+    floor: dict[str, float] | None = None
     if not args.only_instructions:
         print("\nCPU per trivial Python request at 20 in flight (µs; skill processes: "
               "those the fork server reaped)")  # fmt: skip
@@ -584,6 +587,14 @@ def main() -> int:
                       for k in ("fork server faults", "skill process faults")}  # fmt: skip
             print(f"  minor page faults per request: fork server {faults['fork server faults']:.0f}"
                   f", skill processes {faults['skill process faults']:.0f}")  # fmt: skip
+        # The floor under all of it: one bare fork + exit of this interpreter,
+        # which every warm run pays before any of its own work.
+        floor = fork_floor.probe([], [], 400)
+        hooks = " and ".join(m for m in ("threading", "random") if floor[m]) or "neither"
+        print(f"  floor, one bare fork + exit of this interpreter (bench/fork_floor.py): "
+              f"parent {floor['parent_us']:.0f} µs, child {floor['child_us']:.0f} µs, "
+              f"child faults {floor['child_faults']:.0f}; imported at start-up, with "
+              f"after-fork hooks: {hooks}")  # fmt: skip
     if rows:
         print_breakdown(rows)
     if args.json_out:
@@ -593,6 +604,7 @@ def main() -> int:
                         for t in table],
             "proxy_rounds": proxies, "cpu_us_per_request": [split_faults(r.cpu)[0] for r in rounds],
             "minor_faults_per_request": [split_faults(r.cpu)[1] for r in rounds],
+            "fork_floor": floor,
         }, indent=2) + "\n")  # fmt: skip
     return 0
 
