@@ -134,6 +134,7 @@ _DEFAULT_IN_CHILD = tuple(
     int(signum) for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)
 )
 _SIGXFSZ = int(signal.SIGXFSZ)
+_SIGKILL = int(signal.SIGKILL)
 # The process-tree code (prctl, the orphan sweep) lives here, in a module of
 # the standard library only, so that neither the fork server nor its exec
 # server imports anything of skillscale for it; the skill server's cold path
@@ -144,11 +145,22 @@ except OSError:  # pragma: no cover - non-glibc platforms
     _LIBC = None
 
 
+_PRCTL: Any = None
+"""``prctl(2)`` itself, bound once with its C types, or None off Linux. A
+fresh fork's first call through a Python wrapper writes to shared pages
+(three calls: 16 copy-on-write faults through :func:`prctl`, 4 through
+this), so a child calls it directly."""
+if _LIBC is not None and sys.platform.startswith("linux"):
+    _PRCTL = _LIBC.prctl
+    _PRCTL.argtypes = (ctypes.c_int, *(ctypes.c_ulong,) * 4)
+    _PRCTL.restype = ctypes.c_int
+
+
 def prctl(option: int, value: int) -> bool:
     """``prctl(2)`` with one argument; False where it is unavailable or refused."""
-    if _LIBC is None or not sys.platform.startswith("linux"):
+    if _PRCTL is None:
         return False
-    return bool(_LIBC.prctl(option, value, 0, 0, 0) == 0)
+    return bool(_PRCTL(option, value, 0, 0, 0) == 0)
 
 
 class ProcStat(NamedTuple):
@@ -443,19 +455,73 @@ def _run_main(script: str, compiled: bytes | None = None) -> None:
     exec(code, main.__dict__)  # noqa: S102 - the skill's own script, as python would run it
 
 
+Stdio = tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]
+
+
+def child_stdio() -> Stdio:
+    """New ``sys.stdin``, ``stdout`` and ``stderr`` over fds 0-2, which need
+    nothing of the fork server's own wrappers (their buffers, their fds' past)."""
+    stdin, stdout, stderr = (io.FileIO(fd, mode, closefd=False)
+                             for fd, mode in ((0, "r"), (1, "w"), (2, "w")))  # fmt: skip
+    return (
+        io.TextIOWrapper(stdin, encoding="utf-8"),
+        io.TextIOWrapper(stdout, encoding="utf-8", line_buffering=False),
+        io.TextIOWrapper(stderr, encoding="utf-8", errors="backslashreplace", line_buffering=True),
+    )
+
+
+def premade_stdio() -> Stdio | None:
+    """:func:`child_stdio`, made once in the fork server for every child it
+    forks, which then only assigns them: making them in a fresh fork wrote
+    to some 30 shared pages per run (their objects, the codec lookups).
+
+    They are never used here. They are made while fds 0-2 are pipes, as a
+    run's are, because the wrappers note at creation whether their fd is
+    seekable (the fork server's stdin is ``/dev/null``, which is); then the
+    fork server's own fds 0-2 come back. None (each child makes its own) if
+    one of those fds is closed.
+    """
+    saved: list[int] = []
+    try:
+        for fd in (0, 1, 2):
+            saved.append(os.dup(fd))
+    except OSError:
+        for fd in saved:
+            os.close(fd)
+        return None
+    pipes = [os.pipe() for _ in range(3)]
+    try:
+        for target, (read, write) in enumerate(pipes):
+            os.dup2(read if target == 0 else write, target)
+        return child_stdio()
+    finally:
+        for target, fd in enumerate(saved):
+            os.dup2(fd, target)
+            os.close(fd)
+        for pipe in pipes:
+            for fd in pipe:
+                os.close(fd)
+
+
+_CHILD_STDIO: Stdio | None = None
+"""This fork server's :func:`premade_stdio` (see :func:`main`)."""
+
+
 def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
     """Become the skill process (``fds``: its stdin, stdout, stderr and report
     channel, see :data:`RUN_FDS`); never returns."""
     code = 1
     try:
         os.setsid()
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
         if os.getppid() != server_pid:
             os._exit(137)  # the fork server died before the death signal was armed
-        prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        # Dumpable again, as a freshly exec'd skill is: nothing secret is
-        # inherited, and the skill's own tools may read its /proc entries.
-        prctl(_PR_SET_DUMPABLE, 1)
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            # Dumpable again, as a freshly exec'd skill is: nothing secret is
+            # inherited, and the skill's own tools may read its /proc entries.
+            _PRCTL(_PR_SET_DUMPABLE, 1, 0, 0, 0)
         _csignal.set_wakeup_fd(-1)
         for signum in _DEFAULT_IN_CHILD:
             _csignal.signal(signum, _csignal.SIG_DFL)
@@ -474,12 +540,7 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 low = keep + 1
             os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
             # Python's view of fds 0-2 needs nothing of the request either.
-            stdin, stdout, stderr = (io.FileIO(fd, mode, closefd=False)
-                                     for fd, mode in ((0, "r"), (1, "w"), (2, "w")))  # fmt: skip
-            sys.stdin = io.TextIOWrapper(stdin, encoding="utf-8")
-            sys.stdout = io.TextIOWrapper(stdout, encoding="utf-8", line_buffering=False)
-            sys.stderr = io.TextIOWrapper(stderr, encoding="utf-8", errors="backslashreplace",
-                                          line_buffering=True)  # fmt: skip
+            sys.stdin, sys.stdout, sys.stderr = _CHILD_STDIO or child_stdio()
             # The fork server's environment goes now, not once the header is
             # here: the clear writes to (and so copies) the pages of every
             # variable, some 150 µs of the request's time otherwise.
@@ -820,6 +881,8 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     exec_server = _start_exec_server(control_fd)
     failed = preload(modules)
+    global _CHILD_STDIO
+    _CHILD_STDIO = premade_stdio()
     # What was imported is never collected: kept out of the collector's reach,
     # a child's collections do not touch (and so copy) those pages.
     gc.freeze()

@@ -21,7 +21,13 @@ import pytest
 from skillscale.core.events import SKILLS_CHANGED_TOPIC, SkillsChangedEvent
 from skillscale.core.skill_format import Skill, load_skill
 from skillscale.skill_server.executor import ExecutionLimits, _Run
-from skillscale.skill_server.forkserver import RUN, ForkServer, _read_header, encode_header
+from skillscale.skill_server.forkserver import (
+    RUN,
+    ForkServer,
+    _read_header,
+    encode_header,
+    premade_stdio,
+)
 from skillscale.skill_server.warm import WarmExecutor, imported_names, wanted
 from tests.helpers import open_fd_count, wait_pid_gone
 
@@ -584,6 +590,63 @@ async def test_a_run_is_answered_on_its_report_without_waiting_for_the_reap(
     finally:
         os.kill(warm.forkserver_pid, signal.SIGCONT)
     assert result.exit_code == 4 and result.stdout == b"out", result
+
+
+STDIO_VIEW = """\
+import sys
+
+for stream in (sys.stdin, sys.stdout, sys.stderr):
+    print(stream.fileno(), stream.seekable(), stream.encoding, stream.errors,
+          stream.line_buffering, stream.readable(), stream.writable())
+sys.stdin.read()  # the run's own input only
+print(repr(sys.stdin.read()), end="")
+sys.stderr.write("err\\n")
+"""
+
+
+async def test_a_warm_runs_stdio_is_made_for_its_pipes(warm: WarmExecutor, tmp_path: Path) -> None:
+    # The wrappers are made once in the fork server, over pipes like a run's:
+    # made over its own fds 0-2 (stdin is /dev/null, which is seekable) they
+    # would call the run's pipes seekable.
+    skill = make_skill(tmp_path, "stdio", STDIO_VIEW)
+    for data in (b"first input", b"second"):
+        result = await warm.run(skill, data, ExecutionLimits(10))
+        assert result.exit_code == 0, result
+        assert result.stdout == (
+            b"0 False utf-8 strict False True False\n"
+            b"1 False utf-8 strict False False True\n"
+            b"2 False utf-8 backslashreplace True False True\n"
+            b"''"
+        ), result.stdout
+        assert result.stderr == b"err\n"
+    assert warm.stats["warm"] == 2
+
+
+def test_premade_stdio_is_made_over_pipes_and_gives_fds_0_to_2_back(tmp_path: Path) -> None:
+    seekable = tmp_path / "stdin"
+    seekable.write_bytes(b"")
+    before = [os.fstat(fd) for fd in (0, 1, 2)]
+    fds = open_fd_count()
+    replaced = os.open(seekable, os.O_RDONLY)
+    saved = os.dup(0)
+    os.dup2(replaced, 0)
+    try:
+        stdio = premade_stdio()
+        after = [os.fstat(fd) for fd in (0, 1, 2)]
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(replaced)
+    assert stdio is not None
+    assert [s.fileno() for s in stdio] == [0, 1, 2]
+    assert not any(s.seekable() for s in stdio)
+    # fd 0 is the file again, fds 1 and 2 what they were.
+    assert (after[0].st_dev, after[0].st_ino) == (
+        os.stat(seekable).st_dev,
+        os.stat(seekable).st_ino,
+    )
+    assert [(a.st_dev, a.st_ino) for a in after[1:]] == [(b.st_dev, b.st_ino) for b in before[1:]]
+    assert open_fd_count() == fds  # the pipes and the saved fds are closed
 
 
 FOLDED = "".join(f"a{i} = '{i:04d}' * 1024\n" for i in range(1000)) + "print(len(a999))\n"
