@@ -586,11 +586,17 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
         except BaseException:
             traceback.print_exc()
             code = 1
-        with contextlib.suppress(Exception):
+        # try/except, not contextlib.suppress: a fresh fork's first use of a
+        # context manager object writes to shared pages (see _fork).
+        try:  # noqa: SIM105
             atexit._run_exitfuncs()
+        except Exception:  # noqa: S110 - a broken handler must not cost the report
+            pass
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
+            try:  # noqa: SIM105
                 stream.flush()
+            except Exception:  # noqa: S110 - a closed or broken stream: the output is what it is
+                pass
         if stamps.ON:
             stamps.stamp("child.ran")
         _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
