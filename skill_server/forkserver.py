@@ -160,6 +160,8 @@ def prctl(option: int, value: int) -> bool:
     """``prctl(2)`` with one argument; False where it is unavailable or refused."""
     if _PRCTL is None:
         return False
+    if not 0 <= value < 2**64:  # c_ulong would wrap it silently
+        raise ValueError(f"prctl value {value} out of range")
     return bool(_PRCTL(option, value, 0, 0, 0) == 0)
 
 
@@ -481,19 +483,25 @@ def premade_stdio() -> Stdio | None:
     fork server's own fds 0-2 come back. None (each child makes its own) if
     one of those fds is closed.
     """
+    try:
+        for fd in (0, 1, 2):
+            # All three open, so the copies below get numbers above 2 (a
+            # closed fd 2 would be dup's answer and then swapped around).
+            os.fstat(fd)
+    except OSError:
+        return None
     saved: list[int] = []
+    pipes: list[tuple[int, int]] = []
     try:
         for fd in (0, 1, 2):
             saved.append(os.dup(fd))
-    except OSError:
-        for fd in saved:
-            os.close(fd)
-        return None
-    pipes = [os.pipe() for _ in range(3)]
-    try:
+        for _ in range(3):
+            pipes.append(os.pipe())
         for target, (read, write) in enumerate(pipes):
             os.dup2(read if target == 0 else write, target)
         return child_stdio()
+    except OSError:
+        return None  # out of fds: each child makes its own
     finally:
         for target, fd in enumerate(saved):
             os.dup2(fd, target)

@@ -649,6 +649,48 @@ def test_premade_stdio_is_made_over_pipes_and_gives_fds_0_to_2_back(tmp_path: Pa
     assert open_fd_count() == fds  # the pipes and the saved fds are closed
 
 
+PREMADE_EDGES = """\
+import os, resource, sys
+from skillscale.skill_server.forkserver import premade_stdio
+
+def fds():  # not /proc/self/fd: listing it takes an fd, the lowest free one
+    out = []
+    for fd in range(256):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        out.append(fd)
+    return out
+
+def ids(targets):
+    return [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in targets]
+
+# fd 2 closed: None, and fds 0 and 1 are what they were (no swap).
+before, open_before = ids((0, 1)), fds()
+os.close(2)
+got = premade_stdio()
+out = [got is None, ids((0, 1)) == before, fds() == [fd for fd in open_before if fd != 2]]
+# Out of fds after the saved copies: None, and nothing leaks.
+os.dup2(1, 2)
+open_before = fds()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_before) + 5, hard))
+got = premade_stdio()
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+out += [got is None, fds() == open_before]
+print(out)
+"""
+
+
+async def test_premade_stdio_gives_up_cleanly_on_a_closed_fd_or_no_fds() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PREMADE_EDGES, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert out == b"[True, True, True, True, True]\n", out
+
+
 FOLDED = "".join(f"a{i} = '{i:04d}' * 1024\n" for i in range(1000)) + "print(len(a999))\n"
 """1000 distinct 4 KiB constants, folded at compile time: 27 KB of source, 4 MB of code."""
 
