@@ -7,8 +7,8 @@ interpreter holds when it forks: its size (page tables copied, then torn
 down) and the after-fork hooks of what it imported (``threading`` and
 ``random`` register one each, and a fresh child's first run of any Python
 code writes to shared pages). Each configuration runs in its own interpreter
-with the fork server's own imports and ``gc.freeze()``, as the fork server
-does:
+with the fork server's module loaded (its imports, its module-level state)
+and ``gc.freeze()``, as the fork server does:
 
 * ``site``: the interpreter as started by default (site-packages and its
   ``.pth`` files processed; the fork server runs so);
@@ -30,15 +30,18 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = r"""
-import gc, importlib, json, os, resource, sys, time
-for name in sys.argv[2:]:
+import gc, importlib, importlib.util, json, os, resource, sys, time
+forks, forkserver = int(sys.argv[1]), sys.argv[2]
+for name in sys.argv[3:]:
     importlib.import_module(name)
-# The fork server's own imports (skill_server/forkserver.py).
-import ctypes, marshal, selectors, socket, struct, traceback  # noqa: F401
+# The fork server's module itself, loaded by path as the fork server starts
+# it (its imports, its module-level state), not main().
+spec = importlib.util.spec_from_file_location("forkserver", forkserver)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
 gc.freeze()
-forks = int(sys.argv[1])
 
 def measure(n):
     s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -63,6 +66,8 @@ out["random"] = "random" in sys.modules
 print(json.dumps(out))
 """
 
+FORKSERVER = Path(__file__).resolve().parent.parent / "skill_server" / "forkserver.py"
+
 CONFIGS: list[tuple[str, list[str], list[str]]] = [
     ("site", [], []),
     ("-S", ["-S"], []),
@@ -72,7 +77,7 @@ CONFIGS: list[tuple[str, list[str], list[str]]] = [
 
 
 def probe(flags: list[str], modules: list[str], forks: int) -> dict[str, float]:
-    argv = [sys.executable, *flags, "-c", PROBE, str(forks), *modules]
+    argv = [sys.executable, *flags, "-c", PROBE, str(forks), str(FORKSERVER), *modules]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
     result: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
     return result

@@ -40,7 +40,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -117,20 +117,35 @@ def fabric_config(skills: Path, workers: int | None = None, prefetch: int = 0) -
     )  # fmt: skip
 
 
-def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
-    """User + system CPU of a process so far (all its threads); with ``reaped``,
-    that of its children it has reaped instead."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    first = 13 if reaped else 11
-    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+class ProcCounters(NamedTuple):
+    """What ``/proc/<pid>/stat`` says a process has used so far."""
 
-
-def minor_faults(pid: int, *, reaped: bool = False) -> int:
-    """Minor page faults of a process so far (copy-on-write ones among them);
-    with ``reaped``, those of its children it has reaped. Unlike CPU time,
+    cpu: float
+    """User + system CPU seconds (all its threads)."""
+    reaped_cpu: float
+    """The same, of its children it has reaped."""
+    faults: int
+    """Minor page faults (copy-on-write ones among them). Unlike CPU time,
     the count hardly moves with the machine's phase."""
+    reaped_faults: int
+    """The same, of its children it has reaped."""
+
+
+def proc_counters(pid: int) -> ProcCounters:
+    """One read of ``/proc/<pid>/stat``: every counter from the same instant."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[8 if reaped else 7])
+    tick = os.sysconf("SC_CLK_TCK")
+    return ProcCounters(
+        cpu=(int(fields[11]) + int(fields[12])) / tick,
+        reaped_cpu=(int(fields[13]) + int(fields[14])) / tick,
+        faults=int(fields[7]),
+        reaped_faults=int(fields[8]),
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads)."""
+    return proc_counters(pid).cpu
 
 
 def child_pids(pid: int) -> list[int]:
@@ -150,13 +165,12 @@ async def cpu_load(info: dict[str, Any], skill: str, requests: int,
     def now() -> dict[str, float]:
         spent = {role: cpu_seconds(pid) for role, pid in pids.items()}
         if skill != "instructions":
-            spent["fork server"] = sum(cpu_seconds(pid) for pid in forkservers)
-            spent["skill processes"] = sum(cpu_seconds(pid, reaped=True) for pid in forkservers)
+            counters = [proc_counters(pid) for pid in forkservers]
+            spent["fork server"] = sum(c.cpu for c in counters)
+            spent["skill processes"] = sum(c.reaped_cpu for c in counters)
             # Counts, not seconds: scaled by 1e-6 so the per-request figure below is a count.
-            spent["fork server faults"] = sum(minor_faults(pid) for pid in forkservers) / 1e6
-            spent["skill process faults"] = (
-                sum(minor_faults(pid, reaped=True) for pid in forkservers) / 1e6
-            )
+            spent["fork server faults"] = sum(c.faults for c in counters) / 1e6
+            spent["skill process faults"] = sum(c.reaped_faults for c in counters) / 1e6
         return spent
 
     before = now()
@@ -598,12 +612,13 @@ def main() -> int:
     if rows:
         print_breakdown(rows)
     if args.json_out:
+        split = [split_faults(r.cpu) for r in rounds]
         Path(args.json_out).write_text(json.dumps({
             "load": uptime(), "breakdown": rows,
             "targets": [dict(zip(("figure", "target", "measured", "ratio", "pass"), t, strict=True))
                         for t in table],
-            "proxy_rounds": proxies, "cpu_us_per_request": [split_faults(r.cpu)[0] for r in rounds],
-            "minor_faults_per_request": [split_faults(r.cpu)[1] for r in rounds],
+            "proxy_rounds": proxies, "cpu_us_per_request": [times for times, _ in split],
+            "minor_faults_per_request": [faults for _, faults in split],
             "fork_floor": floor,
         }, indent=2) + "\n")  # fmt: skip
     return 0
