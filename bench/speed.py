@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -61,6 +62,7 @@ def write_skills(root: Path) -> Path:
     category = root / "speed"
     skills: dict[str, tuple[str, str | None, str]] = {
         "trivial": ("", "run.py", TRIVIAL),
+        "trivial-reused": ("metadata:\n  isolation: reused-process\n", "run.py", TRIVIAL),
         "cat-sh": ("", "run.sh", "cat\n"),
         "cat-sh-old": ("metadata:\n  warm: 'false'\n", "run.sh", "cat\n"),
         "instructions": ("", None, ""),
@@ -157,7 +159,7 @@ async def cpu_load(info: dict[str, Any], skill: str, requests: int,
                    concurrency: int) -> tuple[BenchResult, dict[str, float]]:  # fmt: skip
     """A load, and the CPU µs per request it cost each role (this process is the
     client); for a script skill also the fork server's and the skill
-    processes' it reaped (a run still going at the end is not counted)."""
+    processes' (those it reaped, and those alive: a reused process lives on)."""
     server = info["servers"][0]["pid"]
     pids = {"client": os.getpid(), "proxy": info["proxy_pid"], "server": server}
     forkservers = child_pids(server)
@@ -166,11 +168,20 @@ async def cpu_load(info: dict[str, Any], skill: str, requests: int,
         spent = {role: cpu_seconds(pid) for role, pid in pids.items()}
         if skill != "instructions":
             counters = [proc_counters(pid) for pid in forkservers]
+            live = []
+            for pid in forkservers:
+                for child in child_pids(pid):
+                    with contextlib.suppress(OSError):  # gone since the list was read
+                        live.append(proc_counters(child))
             spent["fork server"] = sum(c.cpu for c in counters)
-            spent["skill processes"] = sum(c.reaped_cpu for c in counters)
+            spent["skill processes"] = sum(c.reaped_cpu for c in counters) + sum(
+                c.cpu for c in live
+            )
             # Counts, not seconds: scaled by 1e-6 so the per-request figure below is a count.
             spent["fork server faults"] = sum(c.faults for c in counters) / 1e6
-            spent["skill process faults"] = sum(c.reaped_faults for c in counters) / 1e6
+            spent["skill process faults"] = (
+                sum(c.reaped_faults for c in counters) + sum(c.faults for c in live)
+            ) / 1e6
         return spent
 
     before = now()
@@ -263,6 +274,11 @@ async def one_round(info: dict[str, Any], prefetched: dict[str, Any], script: Pa
     if not only_instructions:
         fabric["trivial@1"] = await load(info, "trivial", requests, 1)
         fabric["trivial@20"], cpu["trivial@20"] = await cpu_load(info, "trivial", requests * 2, 20)
+        # The opt-in mode that gives up a fresh process per run (not the target's default).
+        fabric["reused@1"] = await load(info, "trivial-reused", requests, 1)
+        fabric["reused@20"], cpu["reused@20"] = await cpu_load(
+            info, "trivial-reused", requests * 4, 20
+        )
     await instruction_loads(info, prefetched, requests, fabric, cpu)
     if not only_instructions:
         for skill, concurrency, n in (("cat-sh", 20, requests * 2), ("cat-sh-old", 20, requests)):
@@ -481,6 +497,9 @@ def full_table(rounds: list[Figures], proxies: list[tuple[dict[str, float], dict
     lost = sum(ours["lost"] for _, ours in proxies)
     ratios_t1 = [p / c for p, c in zip(t1_p50, cold_med, strict=True)]
     ratios_t20 = [r / c for r, c in zip(t20, cold_rate, strict=True)]
+    r1, r20 = fab("reused@1", "p50"), fab("reused@20", "rps")
+    ratios_r1 = [p / c for p, c in zip(r1, cold_med, strict=True)]
+    ratios_r20 = [r / c for r, c in zip(r20, cold_rate, strict=True)]
     ratios_sh = [n / o for n, o in zip(sh_new, sh_old, strict=True)]
     ratios_p99 = [b / a for a, b in zip(t1_p50, t1_p99, strict=True)]
     plain, bare = [r.cold_both[0] for r in rounds], [r.cold_both[1] for r in rounds]
@@ -496,6 +515,10 @@ def full_table(rounds: list[Figures], proxies: list[tuple[dict[str, float], dict
         ("trivial py, 20 in flight", ">= 5 x serial cold rate",
          f"{spread(t20, '{:.0f}')} req/s vs cold {spread(cold_rate, '{:.0f}')}/s",
          statistics.median(ratios_t20), statistics.median(ratios_t20) >= 5),
+        ("  same, isolation: reused-process, 1", "opt-in, not the target",
+         f"{spread(r1, '{:.2f}')} ms", statistics.median(ratios_r1), None),
+        ("  same, isolation: reused-process, 20", "opt-in, not the target",
+         f"{spread(r20, '{:.0f}')} req/s", statistics.median(ratios_r20), None),
         ("run.sh cat, 20 in flight", ">= 2 x old path",
          f"{spread(sh_new, '{:.0f}')} vs old {spread(sh_old, '{:.0f}')} req/s",
          statistics.median(ratios_sh), statistics.median(ratios_sh) >= 2),
@@ -593,9 +616,11 @@ def main() -> int:
     floor: dict[str, float] | None = None
     if not args.only_instructions:
         print("\nCPU per trivial Python request at 20 in flight (µs; skill processes: "
-              "those the fork server reaped)")  # fmt: skip
+              "the fork server's children, reaped and alive)")  # fmt: skip
         roles = ("client", "proxy", "server", "fork server", "skill processes")
         print("  " + cpu_line(rounds, "trivial@20", roles))
+        print("  isolation: reused-process (opt-in): "
+              + cpu_line(rounds, "reused@20", roles))  # fmt: skip
         if all("fork server faults" in r.cpu["trivial@20"] for r in rounds):
             faults = {k: statistics.median(r.cpu["trivial@20"][k] for r in rounds)
                       for k in ("fork server faults", "skill process faults")}  # fmt: skip

@@ -524,6 +524,8 @@ class _Run:
         timer = loop.call_later(self.limits.timeout, self._time_up)
         reported: int | None = None
         timed_out = False
+        kept = False
+        """A reused process (``warm.REUSED_PROCESS``) that waits for its next run: it lives on."""
         try:
             self._stdin, self._stdout, self._stderr = proc.take_pipes()
             loop.add_reader(self._stdout, self._on_stdout)
@@ -536,11 +538,18 @@ class _Run:
             if stamps.ON:
                 stamps.stamp("exec.exited")
             timed_out = self._timed_out and not self.overflow
-            # The skill is gone, over or out of time; descendants still holding
-            # our pipes would keep them open forever, so the whole group goes,
-            # and so does every daemon that left the group.
-            self.kill_group()
-            self.kill_leftovers()
+            if reported is not None and not self.overflow:
+                # Reported over means nothing of the run is left (see
+                # forkserver._report_over): a process that waits for its
+                # next run has no group to kill.
+                keep: Callable[[], bool] | None = getattr(proc, "keep", None)
+                kept = keep is not None and keep()
+            if not kept:
+                # The skill is gone, over or out of time; descendants still holding
+                # our pipes would keep them open forever, so the whole group goes,
+                # and so does every daemon that left the group.
+                self.kill_group()
+                self.kill_leftovers()
             if reported is None and proc.returncode is None:
                 # A reported run left nothing; its reap is not waited for.
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -555,10 +564,14 @@ class _Run:
             # Cancelled (server stopping) or not: no process, fd or watch outlives the run.
             timer.cancel()
             try:
-                self.kill_group()
-                self.kill_leftovers()
+                if not kept:
+                    self.kill_group()
+                    self.kill_leftovers()
             finally:
                 self._release()
+                release: Callable[[bool], None] | None = getattr(proc, "release", None)
+                if release is not None:
+                    release(kept)
         if stamps.ON:
             stamps.stamp("exec.done")
         return ExecutionResult(

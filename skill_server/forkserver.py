@@ -121,6 +121,9 @@ connection (the child reads its header there, the fork server answers its
 pid and status), then the child's stdin, stdout, stderr and report channel.
 One message: the child has its stdio from the fork, with no second receive
 (some 20 copy-on-write faults of a fresh fork, and a send, per run)."""
+AGAIN = b"again\n"
+"""What a reused process says on its channel after a run it reports over
+when it waits for the next (see ``_child``)."""
 RUN = b"R"
 """A run to fork here (a Python entry point: from the preloaded interpreter)."""
 EXEC = b"E"
@@ -316,7 +319,7 @@ def preload(modules: list[str]) -> list[str]:
     return failed
 
 
-def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int) -> None:
+def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int) -> bool:
     """Tell the skill server this run is over, with its exit code, before the
     exit itself: one byte on ``report``.
 
@@ -334,23 +337,59 @@ def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int)
     that ends its copy of the script ends here too, and must not report
     the run over: only ``run_pid`` does.
     """
-    if os.getpid() != run_pid:
-        return
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass  # a zombie child of the run's, reaped: look again
-        return  # a child still runs
-    except ChildProcessError:
-        pass
+    if os.getpid() != run_pid or _has_children():
+        return False
     for fd in (0, 1, 2):
         with contextlib.suppress(OSError):
             os.close(fd)
-    with contextlib.suppress(OSError):
+    try:
         # The script may have closed fd ``report`` and opened a file that got
         # its number: the byte goes only where it was meant to (``channel``).
         st = os.fstat(report)
-        if (st.st_dev, st.st_ino) == channel:
-            os.write(report, bytes((code & 0xFF,)))
+        return (st.st_dev, st.st_ino) == channel and os.write(report, bytes((code & 0xFF,))) == 1
+    except OSError:
+        return False
+
+
+def _has_children() -> bool:
+    """Whether this process has a child (zombies reaped on the way)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass  # a zombie child of the run's, reaped: look again
+        return True  # a child still runs
+    except ChildProcessError:
+        return False
+
+
+def _fd_id(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _reusable(run_pid: int, channel_id: tuple[int, int] | None, channel_fd: int) -> bool:
+    """Whether this process may take another run of its skill
+    (``isolation: reused-process``): it is the run's own process, nothing the
+    run started is left (no child, no thread), its channel is still the
+    one the skill server sends runs on, and the CPU time and memory the
+    runs used so far leave each limit at least half of its room (the
+    kernel counts them per process, not per run)."""
+    if os.getpid() != run_pid or _has_children() or _fd_id(channel_fd) != channel_id:
+        return False
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:
+            return False
+    except OSError:
+        return False  # no /proc: threads cannot be counted, so no reuse
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]
+    memory = resource.getrlimit(resource.RLIMIT_AS)[0]
+    infinity = resource.RLIM_INFINITY
+    return (cpu == infinity or usage.ru_utime + usage.ru_stime < cpu / 2) and (
+        memory == infinity or usage.ru_maxrss * 1024 < memory / 2
+    )
 
 
 _HEADER_SIZE = struct.Struct("!I")
@@ -391,14 +430,50 @@ def _read_header(conn: socket.socket) -> tuple[dict[str, Any], bytes | None] | N
     """The run's header and the compiled script that follows it if the
     header says so (see :func:`encode_header`); None if the skill server hung
     up first or never sent one in ``IDLE_TIMEOUT`` seconds."""
+    request = _read_request(conn, 0)
+    return None if request is None else request[:2]
+
+
+def _read_request(
+    conn: socket.socket, nfds: int, *, exact: bool = True
+) -> tuple[dict[str, Any], bytes | None, list[int]] | None:
+    """:func:`_read_header`, with the ``nfds`` fds that come with its first
+    byte (a reused process's channel with its first run, its stdio and
+    report channel with each next one, see :func:`_next_run`); a request
+    with other than those (fewer, with ``exact=False``) is refused, and no
+    fd received is left open on an error."""
     conn.settimeout(IDLE_TIMEOUT)
+    fds: list[int] = []
     try:
-        raw = conn.recv(64 * 1024)
-    except TimeoutError:
-        return None
-    if not raw:
-        return None
-    conn.settimeout(HEADER_TIMEOUT)  # once a header has begun, the rest is due
+        try:
+            if nfds:
+                # recvmsg itself, not socket.recv_fds: that Python wrapper's
+                # first run in a fresh fork writes to shared pages (see _fork).
+                raw, ancillary, flags, _addr = conn.recvmsg(64 * 1024, socket.CMSG_SPACE(4 * nfds))
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds += [int.from_bytes(data[i : i + 4], sys.byteorder, signed=True)
+                                for i in range(0, len(data) - len(data) % 4, 4)]  # fmt: skip
+                if raw and (flags & socket.MSG_CTRUNC or (len(fds) != nfds and exact)):
+                    raise ValueError(f"a run request with {len(fds)} fds, not {nfds}")
+            else:
+                raw = conn.recv(64 * 1024)
+        except TimeoutError:
+            raw = b""
+        if not raw:
+            for fd in fds:
+                os.close(fd)
+            return None
+        conn.settimeout(HEADER_TIMEOUT)  # once a header has begun, the rest is due
+        header, code = _parse_request(conn, raw)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return header, code, fds
+
+
+def _parse_request(conn: socket.socket, raw: bytes) -> tuple[dict[str, Any], bytes | None]:
     raw = _recv_until(conn, raw, _HEADER_SIZE.size, "header")
     (length,) = _HEADER_SIZE.unpack_from(raw)
     if length > MAX_HEADER:
@@ -555,14 +630,26 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
             os.environ.clear()
             # Everything above runs before the request exists (a waiting
             # child); from here on it is the request's time.
-            request = _read_header(conn)
+            # With the header of a skill whose runs reuse their process
+            # (``isolation: reused-process``) comes its channel to the skill
+            # server: the next runs come there, never on this connection,
+            # which the fork server's pid and status lines use.
+            request = _read_request(conn, 1, exact=False)
             if request is None:
                 os._exit(0)
-            header, compiled = request
+            header, compiled, extra = request
+            channel: socket.socket | None = None
+            if header.get("reuse") is True and "argv" not in header and len(extra) == 1:
+                channel = socket.socket(fileno=extra[0])
+                channel.set_inheritable(False)
+            else:
+                for fd in extra:
+                    os.close(fd)
         except (OSError, ValueError) as exc:
             print(f"fork server child: bad run request: {exc}", file=sys.stderr, flush=True)
             raise
         conn.close()
+        channel_id = None if channel is None else _fd_id(channel.fileno())
         for kind, value in header.get("rlimits", []):
             resource.setrlimit(kind, (value, value))
         os.chdir(header["cwd"])
@@ -578,38 +665,122 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
             except OSError as exc:
                 print(f"cannot run {argv[-1]}: {exc}", file=sys.stderr, flush=True)
                 os._exit(127)
-        script = header["script"]
         run_pid = os.getpid()
-        sys.argv = [script]
-        sys.path[0] = os.path.dirname(script)
-        if stamps.ON:  # only after closerange: stamp() opens a descriptor
-            stamps.stamp("child.ready")
-        try:
-            _run_main(script, compiled)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if exc.code is not None and not isinstance(exc.code, int):
-                print(exc.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        # try/except, not contextlib.suppress: a fresh fork's first use of a
-        # context manager object writes to shared pages (see _fork).
-        try:  # noqa: SIM105
-            atexit._run_exitfuncs()
-        except Exception:  # noqa: S110 - a broken handler must not cost the report
-            pass
-        for stream in (sys.stdout, sys.stderr):
-            try:  # noqa: SIM105
-                stream.flush()
-            except Exception:  # noqa: S110 - a closed or broken stream: the output is what it is
-                pass
-        if stamps.ON:
-            stamps.stamp("child.ran")
-        _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
+        while True:
+            code, flushed = _run_script(header["script"], compiled)
+            again = (
+                channel is not None and flushed and _reusable(run_pid, channel_id, channel.fileno())
+            )
+            if again:
+                assert channel is not None
+                # Before the report, so the skill server has it when it sees the run over.
+                try:
+                    channel.sendall(AGAIN)
+                except OSError:
+                    again = False
+            reported = _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
+            if not (again and reported and channel is not None):
+                break
+            following = _next_run(channel, report)
+            if following is None:
+                code = 0  # the skill server let this process go
+                break
+            header, compiled, report = following
+            reported_to = os.fstat(report)
+            os.chdir(header["cwd"])
+            os.environ.update(header["env"])
     finally:
         os._exit(code & 0xFF)
+
+
+def _run_script(script: str, compiled: bytes | None) -> tuple[int, bool]:
+    """Run ``script`` as ``__main__`` (``sys.argv``, ``sys.path[0]`` and all);
+    its exit code once its exit handlers ran and its output is flushed, and
+    whether that flush worked (else output may be left in a buffer)."""
+    sys.argv = [script]
+    sys.path[0] = os.path.dirname(script)
+    if stamps.ON:  # only after closerange: stamp() opens a descriptor
+        stamps.stamp("child.ready")
+    try:
+        _run_main(script, compiled)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    # try/except, not contextlib.suppress: a fresh fork's first use of a
+    # context manager object writes to shared pages (see _fork).
+    try:  # noqa: SIM105
+        atexit._run_exitfuncs()
+    except Exception:  # noqa: S110 - a broken handler must not cost the report
+        pass
+    flushed = True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: the output is what it is
+            flushed = False
+    if stamps.ON:
+        stamps.stamp("child.ran")
+    return code, flushed
+
+
+def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes | None, int] | None:
+    """Wait for a reused process's next run: its header, compiled script and
+    report channel, its stdio in place as fds 0-2 and ``sys`` streams, the
+    previous run's exit handlers, alarm, environment and channel gone.
+    None when the skill server lets this process go instead (or sends
+    something that is no run request, which it also says on stderr)."""
+    with contextlib.suppress(OSError):
+        os.close(report)
+    with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
+        atexit._clear()
+    _csignal.alarm(0)
+    for signum in _DEFAULT_IN_CHILD:
+        _csignal.signal(signum, _csignal.SIG_DFL)
+    os.environ.clear()
+    # fds 0-2 were closed with the report: /dev/null holds their numbers, so
+    # the fds that come with the request are numbered above them.
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        if target != null:
+            os.dup2(null, target)
+    if null > 2:
+        os.close(null)
+    try:
+        request = _read_request(conn, RUN_FDS - 1)
+    except (OSError, ValueError):
+        return None
+    if request is None:
+        return None
+    header, compiled, fds = request
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.set_inheritable(fds[3], False)
+    # stdout and stderr stay the objects they were if the last run left
+    # them as it got them: what holds them (a logging handler made at an
+    # import) writes to this run's pipes, and they are flushed at its end.
+    # Flushed at the last run's end too, they hold nothing of it. stdin is
+    # always new: its buffer may hold what the last run did not read.
+    if _intact(sys.stdout, 1) and _intact(sys.stderr, 2):
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    else:
+        sys.stdin, sys.stdout, sys.stderr = child_stdio()
+    return header, compiled, fds[3]
+
+
+def _intact(stream: object, fd: int) -> bool:
+    """Whether ``stream`` is still a text stream of ours over ``fd``, open."""
+    if type(stream) is not io.TextIOWrapper or stream.closed:
+        return False
+    try:
+        return stream.fileno() == fd
+    except (OSError, ValueError):
+        return False
 
 
 def _hung_up(conn: socket.socket) -> bool:

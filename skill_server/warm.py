@@ -42,7 +42,7 @@ import socket
 import stat
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from skillscale.core.runtime import fd_ready, within
@@ -56,7 +56,7 @@ from skillscale.skill_server.executor import (
     scrubbed_env,
     sweep_orphans,
 )
-from skillscale.skill_server.forkserver import EXEC, RUN, encode_header
+from skillscale.skill_server.forkserver import AGAIN, EXEC, RUN, encode_header
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,19 @@ WAITING_IDLE = 10.0
 idle timeout of php-fpm's ``ondemand`` manager, whose default it is). None
 wait at start either: an idle server holds only itself and its fork server,
 and the first run after an idle period forks its own child on its path."""
+REUSED_PROCESS = "reused-process"
+"""``metadata.isolation`` of a skill whose runs may share a process, in
+turn: each run still gets its own pipes, environment, working directory,
+timeout and report, but not a fresh fork, so what one run leaves in the
+process (module state, caches, globals of imported modules, signal
+handlers) the next run of the same skill sees. Never shared between skills.
+The default, ``fresh-process``, forks every run anew."""
+MAX_REUSED_RUNS = 1000
+"""Runs one reused process takes before it is let go (a bound on what runs leave in it)."""
+MAX_REUSED_IDLE = 16
+"""Reused processes waiting for their skill's next run, at most (over all skills)."""
+_REUSED = b"U"
+"""The kind the idle timer knows reused processes by (see ``_recent``)."""
 FORKSERVER_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
     "LD_LIBRARY_PATH", "SKILLSCALE_STAMPS",
@@ -195,8 +208,21 @@ class WarmProcess:
         self._report_fd: int | None = report_fd
         self._received = bytearray()
         self._unsent = memoryview(b"")
+        self._unsent_to = sock
         self.generation = 0
         """Which fork server (start) forked it."""
+        self.reuse: tuple[str, str, tuple[tuple[int, int], ...]] | None = None
+        """For a skill of ``isolation: reused-process``: what its runs share
+        (script, working directory, rlimits); None for a fresh fork per run."""
+        self.runs = 0
+        """Runs started in this process."""
+        self.channel: socket.socket | None = None
+        """A reused process's channel (ours, non-blocking): its next runs go
+        there, and it says there that it waits for one (``forkserver.AGAIN``).
+        The script can write to it too: it is read at a run's end only, for
+        exactly that word, and anything else lets the process go."""
+        self.on_free: Callable[[WarmProcess], None] | None = None
+        """Called with this process once a run of it ended and it waits for another."""
         self.ready: asyncio.Future[int | None] = self._loop.create_future()
         """Its pid, once forked; None if the fork server hung up first."""
         self.waiter: asyncio.Future[int] = self._loop.create_future()
@@ -206,24 +232,29 @@ class WarmProcess:
         # end and closed, whatever happens to the run.
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
-    def start(self, header: bytes) -> None:
+    def start(self, header: bytes, fds: Sequence[int] = ()) -> None:
         """Hand the waiting child its run (it reads ``header`` and runs);
-        what the socket does not take at once follows as it drains."""
-        sent = self._sock.send(header)
+        what the socket does not take at once follows as it drains. ``fds``
+        go with the first byte (a reused process's next run, see :meth:`next_run`)."""
+        self.runs += 1
+        sock = self._sock if self.runs == 1 or self.channel is None else self.channel
+        sent = socket.send_fds(sock, [header], fds) if fds else sock.send(header)
         if sent < len(header):
             self._unsent = memoryview(header)[sent:]
-            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+            self._unsent_to = sock
+            self._loop.add_writer(sock.fileno(), self._on_writable)
 
     def _on_writable(self) -> None:
+        sock = self._unsent_to
         try:
-            sent = self._sock.send(self._unsent)
+            sent = sock.send(self._unsent)
         except BlockingIOError:
             return
         except OSError:
             sent = len(self._unsent)  # the child is gone: its status says so
         self._unsent = self._unsent[sent:]
         if not self._unsent:
-            self._loop.remove_writer(self._sock.fileno())
+            self._loop.remove_writer(sock.fileno())
 
     def _on_readable(self) -> None:
         try:
@@ -274,21 +305,25 @@ class WarmProcess:
                 log.exception("could not kill what a dead fork server's runs left")
 
     def _hang_up(self, _: object) -> None:
+        if self._unsent and self._unsent_to.fileno() >= 0:
+            self._loop.remove_writer(self._unsent_to.fileno())
+        self._unsent = memoryview(b"")
         fd = self._sock.fileno()
         if fd >= 0:
             self._loop.remove_reader(fd)
-            if self._unsent:
-                self._loop.remove_writer(fd)
-                self._unsent = memoryview(b"")
         self._sock.close()
+        if self.channel is not None:
+            self.channel.close()
         if not self.ready.done():
             self.ready.set_result(None)
 
     def discard(self) -> None:
-        """Let a child that will never run go: closing its connection makes
-        the fork server kill it; our pipe ends close with it."""
+        """Let a child that will never run (again) go: closing its connection
+        makes the fork server kill it; our pipe ends close with it."""
         if not self.waiter.done():
             self.waiter.set_result(-9)
+        elif self.channel is not None:
+            self.channel.close()  # (the waiter's callback closed the rest)
         for fd in self._take_all():
             os.close(fd)
 
@@ -310,6 +345,42 @@ class WarmProcess:
         fd, self._report_fd = self._report_fd, None
         return fd
 
+    def next_run(self, header: bytes) -> None:
+        """Hand a reused process (waiting after a run) its next run: new pipes
+        and report channel, sent with ``header`` on its connection.
+
+        Raises OSError when that cannot be done (no fds, the process gone).
+        """
+        ends = _run_ends()
+        child_ends, ours, report = ends
+        try:
+            self.start(header, child_ends)
+        except BaseException:
+            for fd in [*child_ends, *ours, report]:
+                os.close(fd)
+            raise
+        for fd in child_ends:
+            os.close(fd)
+        self._pipes, self._report_fd = ours, report
+
+    def keep(self) -> bool:
+        """After a run it reported over: whether this process waits for
+        another (a reused process that said so, and is alive)."""
+        channel = self.channel
+        if channel is None or self.waiter.done() or channel.fileno() < 0:
+            return False
+        try:
+            # Said before the report, which is read already: it is here.
+            said = channel.recv(len(AGAIN) + 1)
+        except OSError:
+            said = b""
+        return said == AGAIN
+
+    def release(self, kept: bool) -> None:
+        """A run of this process ended (its fds are closed); ``kept``: see :meth:`keep`."""
+        if kept and self.on_free is not None:
+            self.on_free(self)
+
     @property
     def returncode(self) -> int | None:
         """The exit status once known; ``-N`` for death by signal N."""
@@ -319,6 +390,27 @@ class WarmProcess:
     async def wait(self) -> int:
         """The exit status, as the fork server reaped it."""
         return await asyncio.shield(self.waiter)
+
+
+def _run_ends() -> tuple[list[int], tuple[int, int, int], int]:
+    """A run's pipes and report channel: the child's ends (stdin, stdout,
+    stderr, report), ours (stdin, stdout, stderr; non-blocking) and our end
+    of the report channel (non-blocking). Raises OSError, leaking nothing,
+    when out of fds."""
+    pipes = open_pipes(3)
+    (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = pipes
+    try:
+        # A socket, not a pipe: another run (same uid) could reopen a pipe
+        # through /proc/<pid>/fd and report this run over; a socket cannot
+        # be opened that way.
+        report_r, report_w = (end.detach() for end in socket.socketpair())
+    except OSError:
+        for fd in [end for pipe in pipes for end in pipe]:
+            os.close(fd)
+        raise
+    for fd in (stdin_w, stdout_r, stderr_r, report_r):
+        os.set_blocking(fd, False)
+    return [stdin_r, stdout_w, stderr_w, report_w], (stdin_w, stdout_r, stderr_r), report_r
 
 
 async def _send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
@@ -344,8 +436,13 @@ class WarmExecutor(SubprocessExecutor):
         preload: Sequence[str] | None = None,
         waiting_children: int = WAITING_CHILDREN,
         waiting_idle: float = WAITING_IDLE,
+        max_reused_runs: int = MAX_REUSED_RUNS,
     ) -> None:
         super().__init__(python)
+        self.max_reused_runs = max(1, max_reused_runs)
+        """Runs a reused process takes before it goes (see :data:`REUSED_PROCESS`)."""
+        self._reused: collections.OrderedDict[WarmProcess, None] = collections.OrderedDict()
+        """Reused processes waiting for their skill's next run, oldest first."""
         self.waiting_children = max(0, waiting_children)
         """How many forked children wait for their run while runs come (0: fork on demand)."""
         self.waiting_idle = waiting_idle
@@ -386,7 +483,7 @@ class WarmExecutor(SubprocessExecutor):
         """One writer at a time: a sender waiting for room owns the socket's writer slot."""
         self._lock = asyncio.Lock()
         self._restarting: asyncio.Task[None] | None = None
-        self.stats = {"warm": 0, "cold": 0, "restarts": 0}
+        self.stats = {"warm": 0, "cold": 0, "restarts": 0, "reused": 0}
         self._waiters: set[asyncio.Future[int]] = set()
 
     @property
@@ -583,9 +680,13 @@ class WarmExecutor(SubprocessExecutor):
             if old is not None:
                 self._retired.append(old)
 
-    def drop_waiting(self, kinds: tuple[bytes, ...] = (RUN, EXEC)) -> None:
+    def drop_waiting(self, kinds: tuple[bytes, ...] = (RUN, EXEC, _REUSED)) -> None:
         """Let every waiting child go (they are forked again as runs need them)."""
         for kind in kinds:
+            if kind == _REUSED:
+                while self._reused:
+                    self._reused.popitem(last=False)[0].discard()
+                continue
             waiting = self._waiting[kind]
             while waiting:
                 waiting.popleft().discard()
@@ -594,6 +695,49 @@ class WarmExecutor(SubprocessExecutor):
     def waiting(self) -> int:
         """How many forked children wait for a run now."""
         return sum(map(len, self._waiting.values()))
+
+    @property
+    def reused_waiting(self) -> int:
+        """How many reused processes wait for their skill's next run now."""
+        return len(self._reused)
+
+    def reuses(self, skill: Skill) -> bool:
+        """Whether ``skill``'s runs may share a process (see :data:`REUSED_PROCESS`):
+        a warm Python entry point whose ``metadata.isolation`` asks for it."""
+        return (
+            skill.entrypoint is not None
+            and skill.entrypoint.suffix == ".py"
+            and skill.metadata.get("isolation", "").strip().lower() == REUSED_PROCESS
+            and self.is_warm(skill)
+        )
+
+    def _take_reused(self, key: tuple[str, str, tuple[tuple[int, int], ...]]) -> WarmProcess | None:
+        # The most recent first: its pages are the likeliest still cached.
+        for child in reversed(list(self._reused)):
+            if child.reuse == key:
+                del self._reused[child]
+                if child.generation == self._generation and not child.waiter.done():
+                    return child
+                child.discard()  # it ended waiting: look on
+        return None
+
+    def _free_reused(self, child: WarmProcess) -> None:
+        """A reused process's run ended and it waits for the next: keep it, within bounds."""
+        if (
+            self._closed
+            or child.generation != self._generation
+            or child.runs >= self.max_reused_runs
+            or child.waiter.done()
+        ):
+            child.discard()
+            return
+        self._reused[child] = None
+        while len(self._reused) > MAX_REUSED_IDLE:
+            self._reused.popitem(last=False)[0].discard()
+        loop = asyncio.get_running_loop()
+        self._recent[_REUSED] = loop.time()
+        if self._retire is None:
+            self._retire = loop.call_later(self.waiting_idle, self._retire_idle)
 
     def _retire_idle(self) -> None:
         """Let a kind's waiting children go once no run of it came for ``waiting_idle`` s."""
@@ -689,19 +833,34 @@ class WarmExecutor(SubprocessExecutor):
         assert skill.entrypoint is not None
         if self._candidates and skill.entrypoint.suffix == ".py":
             self._follow_imports(skill.entrypoint)
+        rlimits = rlimit_pairs(limits.resources)
         header: dict[str, object] = {
             "script": str(skill.entrypoint),
             "cwd": str(skill.path),
             "env": env,
-            "rlimits": rlimit_pairs(limits.resources),
+            "rlimits": rlimits,
         }
         if skill.entrypoint.suffix != ".py":
             # Exec'd by the waiting child once it is set up: one exec, where the
             # cold path pays a Python start-up (its trampoline) and then the exec.
             header["argv"] = self.argv(skill.entrypoint)
         kind = RUN if skill.entrypoint.suffix == ".py" else EXEC
-        self._recent[kind] = asyncio.get_running_loop().time()
         compiled = self._compiled(skill.entrypoint) if kind == RUN else None
+        reuse = None
+        if self.reuses(skill):
+            reuse = (str(skill.entrypoint), str(skill.path), tuple(rlimits))
+            reused = self._take_reused(reuse)
+            if reused is not None:
+                try:
+                    reused.next_run(encode_header(header, compiled))
+                except OSError:
+                    reused.discard()  # gone meanwhile: a process of its own, below
+                else:
+                    self.stats["reused"] += 1
+                    return reused
+            header["reuse"] = True
+        else:
+            self._recent[kind] = asyncio.get_running_loop().time()
         line = encode_header(header, compiled)
         child = self._take_waiting(kind)
         # A waiting child may have died waiting, and a fresh one with the exec
@@ -716,7 +875,10 @@ class WarmExecutor(SubprocessExecutor):
                 # before (fork, session, death signal, subreaper, stdio,
                 # closing fds) it did while waiting, off the request's path.
                 try:
-                    child.start(line)
+                    if reuse is None:
+                        child.start(line)
+                    else:
+                        self._start_reused(child, line)
                 except OSError as exc:
                     child.discard()
                     why = f"the fork server did not answer: {exc!r}"
@@ -730,7 +892,23 @@ class WarmExecutor(SubprocessExecutor):
         # fork beside the run would compete with it for the CPU (and the fork
         # server), and one at its end would delay its reply on our loop.
         child.waiter.add_done_callback(self._refill_later)
+        if reuse is not None:
+            child.reuse = reuse
+            child.on_free = self._free_reused
         return child
+
+    @staticmethod
+    def _start_reused(child: WarmProcess, line: bytes) -> None:
+        """Start a reused process's first run, with its channel (see ``WarmProcess.channel``)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with theirs:
+            try:
+                child.start(line, [theirs.fileno()])
+            except BaseException:
+                ours.close()
+                raise
+        ours.setblocking(False)
+        child.channel = ours
 
     def _refill_later(self, _: object) -> None:
         if self._closed:
@@ -782,35 +960,22 @@ class WarmExecutor(SubprocessExecutor):
             raise ForkServerUnavailable("the fork server is not running")
         generation = self._generation
         try:
-            pipes = open_pipes(3)
+            child_ends, ours, report_r = _run_ends()
         except OSError as exc:
             raise ForkServerUnavailable(f"no fds for a child: {exc!r}") from None
-        (stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w) = pipes
         try:
-            # A socket, not a pipe: another run (same uid) could reopen a pipe
-            # through /proc/<pid>/fd and report this run over; a socket cannot
-            # be opened that way.
-            report_r, report_w = (end.detach() for end in socket.socketpair())
-            try:
-                # One connection per run: the fork server forks on receiving
-                # its far end, and the child alone reads the header from it.
-                # Closing ours before the status came tells the fork server
-                # to kill the child.
-                sock, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            except OSError:
-                os.close(report_r)
-                os.close(report_w)
-                raise
+            # One connection per child: the fork server forks on receiving
+            # its far end, and the child alone reads the header from it.
+            # Closing ours before the status came tells the fork server
+            # to kill the child.
+            sock, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as exc:
-            for fd in [end for pipe in pipes for end in pipe]:
+            for fd in [*child_ends, *ours, report_r]:
                 os.close(fd)
             raise ForkServerUnavailable(f"no fds for a child: {exc!r}") from None
-        child_ends = [stdin_r, stdout_w, stderr_w, report_w]
-        for fd in (stdin_w, stdout_r, stderr_r, report_r):
-            os.set_blocking(fd, False)
         sock.setblocking(False)
         # From here on the child owns our ends, and discard() closes them.
-        child = WarmProcess(sock, (stdin_w, stdout_r, stderr_r), report_r)
+        child = WarmProcess(sock, ours, report_r)
         try:
 
             async def connect() -> int | None:

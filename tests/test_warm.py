@@ -937,7 +937,7 @@ async def test_a_header_larger_than_the_socket_buffer_reaches_its_child(
     assert compiled is not None and len(compiled) > room
     result = await warm.run(skill, b"", ExecutionLimits(20))
     assert result.ok and result.stdout == b"17999\n", result
-    assert warm.stats == {"warm": 1, "cold": 0, "restarts": 0}
+    assert warm.stats == {"warm": 1, "cold": 0, "restarts": 0, "reused": 0}
 
 
 async def test_a_sweep_that_fails_after_the_fork_server_died_does_not_spin_the_loop(

@@ -1,0 +1,264 @@
+"""``isolation: reused-process``: runs of one skill share a process, in turn.
+
+What the mode gives up is a fresh process per run (so state one run leaves,
+the next run of the same skill sees); what it keeps is tested here: each run
+its own input, output, environment and exit code, one reply per run, the
+timeout, no process or thread outliving its run, no process shared between
+skills, and bounds on how long and how often one process is reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from skillscale.core.skill_format import Skill
+from skillscale.skill_server.executor import ExecutionLimits, ExecutionResult
+from skillscale.skill_server.forkserver import _read_request, encode_header
+from skillscale.skill_server.warm import WarmExecutor
+from tests.helpers import open_fd_count, wait_pid_gone
+from tests.test_warm import _until, make_skill
+
+pytestmark = pytest.mark.timeout(120)
+
+REUSED = "metadata:\n  isolation: reused-process\n"
+
+COUNTER = """\
+import os, sys
+import colorsys
+
+colorsys.runs = getattr(colorsys, "runs", 0) + 1
+data = sys.stdin.read()
+home = os.path.dirname(os.path.dirname(__file__))
+print(f"pid={os.getpid()} runs={colorsys.runs} in={data} "
+      f"intent={os.environ['SKILLSCALE_INTENT']} cwd={os.getcwd() == home} "
+      f"leader={os.getsid(0) == os.getpid()} extra={os.environ.get('SKILLSCALE_LEFT', '-')}")
+os.environ["SKILLSCALE_LEFT"] = data
+sys.exit(colorsys.runs)
+"""
+
+
+@pytest.fixture
+async def warm() -> AsyncIterator[WarmExecutor]:
+    executor = WarmExecutor(preload=["colorsys"])
+    await executor.start()
+    try:
+        yield executor
+    finally:
+        await executor.close()
+
+
+async def run(
+    executor: WarmExecutor, skill: Skill, data: str, timeout: float = 20
+) -> ExecutionResult:
+    return await executor.run(skill, data.encode(), ExecutionLimits(timeout))
+
+
+def fields(result: ExecutionResult) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in result.stdout.decode().split())
+
+
+async def test_runs_of_a_reused_skill_share_one_process_in_turn(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "counter", COUNTER, REUSED)
+    results = [await run(warm, skill, f"call{i}") for i in range(4)]
+    seen = [fields(r) for r in results]
+    # Module state carries over (what the mode gives up) ...
+    assert [s["runs"] for s in seen] == ["1", "2", "3", "4"]
+    assert len({s["pid"] for s in seen}) == 1
+    # ... but each run has its own input, environment, directory and exit code.
+    assert [s["in"] for s in seen] == [f"call{i}" for i in range(4)]
+    assert [s["intent"] for s in seen] == [f"call{i}" for i in range(4)]
+    assert all(s["extra"] == "-" for s in seen), "an environment variable outlived its run"
+    assert all(s["cwd"] == "True" and s["leader"] == "True" for s in seen)
+    assert [r.exit_code for r in results] == [1, 2, 3, 4]
+    assert warm.stats["reused"] == 3 and warm.reused_waiting == 1
+
+
+async def test_skills_never_share_a_process_and_fresh_ones_stay_fresh(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    first = make_skill(tmp_path, "first", COUNTER, REUSED)
+    second = make_skill(tmp_path, "second", COUNTER, REUSED)
+    fresh = make_skill(tmp_path, "fresh", COUNTER)
+    pids: dict[str, list[str]] = {"first": [], "second": [], "fresh": []}
+    for _ in range(3):
+        for name, skill in (("first", first), ("second", second), ("fresh", fresh)):
+            pids[name].append(fields(await run(warm, skill, name))["pid"])
+    assert len(set(pids["first"])) == 1 and len(set(pids["second"])) == 1
+    assert set(pids["first"]) != set(pids["second"])
+    assert len(set(pids["fresh"])) == 3
+    assert not set(pids["fresh"]) & set(pids["first"] + pids["second"])
+
+
+async def test_concurrent_runs_of_one_skill_each_have_a_process(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    body = "import os, sys, time\ntime.sleep(0.3)\nprint(os.getpid(), sys.stdin.read())\n"
+    skill = make_skill(tmp_path, "slow", body, REUSED)
+    for _round in range(2):
+        results = await asyncio.gather(*(run(warm, skill, f"r{i}") for i in range(3)))
+        assert sorted(r.stdout.split()[1] for r in results) == [b"r0", b"r1", b"r2"]
+        assert len({r.stdout.split()[0] for r in results}) == 3
+    assert warm.reused_waiting == 3 and warm.stats["reused"] == 3
+
+
+LEAVER = """\
+import os, subprocess, sys, threading, time
+what = sys.stdin.read()
+if what == "process":
+    subprocess.Popen(["sleep", "60"])
+elif what == "thread":
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+elif what == "forked":
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+elif what == "crash":
+    os._exit(5)
+elif what == "raise":
+    raise RuntimeError("boom")
+elif what == "hang":
+    time.sleep(60)
+print(os.getpid())
+"""
+
+
+@pytest.mark.parametrize(
+    ("leave", "code"), [("process", 0), ("thread", 0), ("forked", 0), ("crash", 5)]
+)
+async def test_a_run_that_leaves_anything_behind_ends_its_process(
+    warm: WarmExecutor, tmp_path: Path, leave: str, code: int
+) -> None:
+    skill = make_skill(tmp_path, "leaver", LEAVER, REUSED)
+    before = int((await run(warm, skill, "nothing")).stdout)
+    result = await run(warm, skill, leave)
+    assert result.exit_code == code, result
+    # The process that ran it (with all it left) is gone, not waiting for a run ...
+    assert wait_pid_gone(before, 10)
+    # ... and the next run has a process of its own, itself reused again.
+    after = [int((await run(warm, skill, "nothing")).stdout) for _ in range(2)]
+    assert after[0] == after[1] != before
+    assert warm.reused_waiting == 1
+
+
+async def test_an_exception_or_sys_exit_keeps_the_process(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "leaver", LEAVER + "raise SystemExit(3)\n", REUSED)
+    first = await run(warm, skill, "nothing")
+    assert first.exit_code == 3
+    failed = await run(warm, skill, "raise")
+    assert failed.exit_code == 1 and b"RuntimeError: boom" in failed.stderr
+    last = await run(warm, skill, "nothing")
+    assert last.exit_code == 3 and last.stdout == first.stdout
+
+
+async def test_a_run_out_of_time_is_killed_and_the_next_starts_afresh(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "leaver", LEAVER, REUSED)
+    before = int((await run(warm, skill, "nothing")).stdout)
+    result = await run(warm, skill, "hang", timeout=1)
+    assert result.timed_out and not result.ok
+    assert wait_pid_gone(before, 10)
+    after = int((await run(warm, skill, "nothing")).stdout)
+    assert after != before
+
+
+async def test_output_and_input_never_cross_from_one_run_to_the_next(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # A logging handler made by the first run holds that run's sys.stderr;
+    # a print without a newline sits in a buffer at the script's end; the
+    # first run reads one byte of its input and leaves the rest.
+    body = """\
+import logging, sys
+import colorsys
+if not hasattr(colorsys, "log"):
+    colorsys.log = logging.getLogger("reused")
+    colorsys.log.addHandler(logging.StreamHandler(sys.stderr))
+colorsys.log.warning("log of " + sys.argv[0][-6:])
+first = sys.stdin.read(1)
+if first == "a":
+    print("partial", end="")
+else:
+    print("rest=" + first + sys.stdin.read())
+"""
+    skill = make_skill(tmp_path, "streams", body, REUSED)
+    one = await run(warm, skill, "abcdefgh" * 1000)
+    two = await run(warm, skill, "xyz")
+    assert one.stdout == b"partial" and one.stderr == b"log of run.py\n"
+    assert two.stdout == b"rest=xyz\n" and two.stderr == b"log of run.py\n"
+    assert warm.stats["reused"] == 1
+
+
+async def test_a_process_goes_after_its_runs_and_when_idle(tmp_path: Path) -> None:
+    executor = WarmExecutor(preload=["colorsys"], max_reused_runs=3, waiting_idle=0.5)
+    await executor.start()
+    try:
+        skill = make_skill(tmp_path, "leaver", LEAVER, REUSED)
+        pids = [int((await run(executor, skill, "nothing")).stdout) for _ in range(4)]
+        assert pids[0] == pids[1] == pids[2] != pids[3]
+        assert wait_pid_gone(pids[0], 10)
+        assert executor.reused_waiting == 1
+        # Idle past waiting_idle: let go, like waiting children.
+        await _until(lambda: executor.reused_waiting == 0)
+        assert await asyncio.to_thread(wait_pid_gone, pids[3], 10)
+    finally:
+        await executor.close()
+
+
+async def test_nonsense_on_its_channels_costs_the_script_its_process_only(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # A reused process holds its report channel and its channel to the skill
+    # server (for its next runs) while the script runs: what the script
+    # writes there makes its run an honest failure (the report is not
+    # believed, so the run ends at its timeout), and ends that process; the
+    # fork server's status lines come on a connection the script never holds.
+    body = """\
+import os, stat, sys
+spoil = sys.stdin.read() == "spoil"
+for fd in range(3, 64):
+    try:
+        if spoil and stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.write(fd, b'{"status": 0}\\nagain\\nnonsense\\n')
+    except OSError:
+        pass
+print(os.getpid())
+"""
+    skill = make_skill(tmp_path, "spoiler", body, REUSED)
+    before = int((await run(warm, skill, "fine")).stdout)
+    spoiled = await run(warm, skill, "spoil", timeout=2)
+    assert spoiled.timed_out and not spoiled.ok, spoiled
+    assert wait_pid_gone(before, 10)
+    after = [int((await run(warm, skill, "fine")).stdout) for _ in range(2)]
+    assert after[0] == after[1] != before
+
+
+def test_a_next_run_request_brings_exactly_its_fds_or_is_refused() -> None:
+    ours, theirs = socket.socketpair()
+    extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
+    with ours, theirs:
+        open_before = open_fd_count()
+        socket.send_fds(ours, [encode_header({"script": "x"})], extra)
+        with pytest.raises(ValueError, match="2 fds, not 4"):
+            _read_request(theirs, 4)
+        assert open_fd_count() == open_before  # what came is closed again
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)]
+        socket.send_fds(ours, [encode_header({"script": "y"})], fds)
+        request = _read_request(theirs, 4)
+        assert request is not None and request[0] == {"script": "y"} and len(request[2]) == 4
+        for fd in [*fds, *request[2]]:
+            os.close(fd)
+        ours.close()
+        assert _read_request(theirs, 4) is None  # the skill server let it go
+    for fd in extra:
+        os.close(fd)
