@@ -31,6 +31,14 @@ without reading anything from the connection:
   once and ``{"status": S}`` when the child exits (reaped on SIGCHLD), then
   closes the connection.
 
+A run of a skill of ``isolation: reused-process`` brings, with its header,
+one more fd: the child's own channel to the skill server. After a run that
+left nothing behind (no child, no thread) the child says so there
+(:data:`AGAIN`), reports the run over, and waits on that channel for its
+skill's next run (header and fresh stdio and report channel) instead of
+exiting; its connection here is closed before the script runs, as in
+every run, so the status lines stay the fork server's alone.
+
 No process a run starts outlives it: the fork server and each child are
 child subreapers, so a run's descendants stay below its child while it
 lives and come to the fork server when it ends, which kills them with their
@@ -681,10 +689,13 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
             reported = _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
             if not (again and reported and channel is not None):
                 break
+            # Not 0 from here until a run ends: an exit now (a next run the
+            # skill server sent as it let this process go, a directory gone)
+            # must not read as that run's success.
+            code = 1
             following = _next_run(channel, report)
             if following is None:
-                code = 0  # the skill server let this process go
-                break
+                break  # the skill server let this process go (or sent no run)
             header, compiled, report = following
             reported_to = os.fstat(report)
             os.chdir(header["cwd"])
@@ -732,8 +743,9 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
     """Wait for a reused process's next run: its header, compiled script and
     report channel, its stdio in place as fds 0-2 and ``sys`` streams, the
     previous run's exit handlers, alarm, environment and channel gone.
-    None when the skill server lets this process go instead (or sends
-    something that is no run request, which it also says on stderr)."""
+    None when the skill server lets this process go instead, or sends
+    something that is no run request (fds it cannot take: a script that
+    left too many open), or this process is out of fds itself."""
     with contextlib.suppress(OSError):
         os.close(report)
     with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
@@ -744,13 +756,13 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
     os.environ.clear()
     # fds 0-2 were closed with the report: /dev/null holds their numbers, so
     # the fds that come with the request are numbered above them.
-    null = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        if target != null:
-            os.dup2(null, target)
-    if null > 2:
-        os.close(null)
     try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            if target != null:
+                os.dup2(null, target)
+        if null > 2:
+            os.close(null)
         request = _read_request(conn, RUN_FDS - 1)
     except (OSError, ValueError):
         return None

@@ -20,6 +20,13 @@ preload), so their fork and exec cost a fraction of a fork of the full one.
 Skills whose ``metadata.warm`` is ``false``, and any run while the fork server
 is (re)starting, take the cold path.
 
+A skill whose ``metadata.isolation`` is ``reused-process`` (opt-in, for
+trusted skills that keep no per-caller state) gives up the fresh fork per
+run: its runs take turns in processes forked the same way, each of which,
+after a run that left nothing behind, waits for its skill's next run on a
+channel of its own (:data:`REUSED_PROCESS`; ``docs/skills.md`` says what is
+given up and what is kept).
+
 The fork server starts with an environment of its own (:func:`forkserver_env`),
 never the skill server's, since every warm skill inherits its environment
 block; a run's own environment (with the LLM settings for skills that asked

@@ -243,6 +243,27 @@ print(os.getpid())
     assert after[0] == after[1] != before
 
 
+async def test_a_process_that_cannot_take_its_next_run_fails_it_honestly(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # The first run leaves its process unable to receive the next run's fds
+    # (its own RLIMIT_NOFILE, lowered): that run must fail, never read as
+    # an empty success, and the one after runs in a new process.
+    body = """\
+import os, resource, sys
+if sys.stdin.read() == "cramp":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (6, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(os.getpid())
+"""
+    skill = make_skill(tmp_path, "cramped", body, REUSED)
+    before = int((await run(warm, skill, "cramp")).stdout)
+    failed = await run(warm, skill, "fine")
+    assert not failed.ok and failed.exit_code not in (0, None) and not failed.stdout, failed
+    assert wait_pid_gone(before, 10)
+    after = int((await run(warm, skill, "fine")).stdout)
+    assert after != before
+
+
 def test_a_next_run_request_brings_exactly_its_fds_or_is_refused() -> None:
     ours, theirs = socket.socketpair()
     extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
