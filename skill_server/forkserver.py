@@ -123,6 +123,7 @@ then forks another when it needs one)."""
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 RUN_FDS = 5
 """What comes with each run request on the control socket: the run's
 connection (the child reads its header there, the fork server answers its
@@ -377,27 +378,111 @@ def _fd_id(fd: int) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _reusable(run_pid: int, channel_id: tuple[int, int] | None, channel_fd: int) -> bool:
-    """Whether this process may take another run of its skill
-    (``isolation: reused-process``): it is the run's own process, nothing the
-    run started is left (no child, no thread), its channel is still the
-    one the skill server sends runs on, and the CPU time and memory the
-    runs used so far leave each limit at least half of its room (the
-    kernel counts them per process, not per run)."""
-    if os.getpid() != run_pid or _has_children() or _fd_id(channel_fd) != channel_id:
-        return False
-    try:
-        if len(os.listdir("/proc/self/task")) != 1:
+class _Reuse:
+    """What a reused process (``isolation: reused-process``) checks after each
+    run and sets back before the next: the state a fresh process of its
+    skill would start with, taken before its first run."""
+
+    def __init__(self, channel: socket.socket, rlimits: list[tuple[int, int]]) -> None:
+        self.channel = channel
+        self.channel_id = _fd_id(channel.fileno())
+        self.pid = os.getpid()
+        self.rlimits = [(kind, (value, value)) for kind, value in rlimits]
+        self.priority = os.getpriority(os.PRIO_PROCESS, 0)
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+        self.mask = _csignal.pthread_sigmask(_csignal.SIG_BLOCK, ())
+        self.handlers: dict[int, Any] = {}
+        for signum in _csignal.valid_signals():
+            handler = _csignal.getsignal(signum)
+            if handler is not None:  # (None: set outside Python, left alone)
+                self.handlers[signum] = handler
+
+    def reusable(self, report: int) -> bool:
+        """Whether this process may take its skill's next run: it is the run's
+        own process, and nothing the run started or changed outlives it in a
+        way the next run could meet (a child, a sibling of ours in our
+        session, a thread, an fd still on this run's stdio or report
+        channel, a limit, priority or subreaper flag changed), its channel
+        is the one runs come on, and the runs so far left each kernel limit
+        counted per process (CPU seconds, address space) half its room."""
+        if (
+            os.getpid() != self.pid
+            or _has_children()
+            or _fd_id(self.channel.fileno()) != self.channel_id
+        ):
             return False
-    except OSError:
-        return False  # no /proc: threads cannot be counted, so no reuse
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]
-    memory = resource.getrlimit(resource.RLIMIT_AS)[0]
-    infinity = resource.RLIM_INFINITY
-    return (cpu == infinity or usage.ru_utime + usage.ru_stime < cpu / 2) and (
-        memory == infinity or usage.ru_maxrss * 1024 < memory / 2
-    )
+        try:
+            if len(os.listdir("/proc/self/task")) != 1 or self._siblings_in_session():
+                return False
+            if self._run_fds_kept(report):
+                return False
+            with open("/proc/self/statm", "rb") as fh:
+                size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return False  # no /proc: what is left cannot be seen, so no reuse
+        if any(resource.getrlimit(kind) != limits for kind, limits in self.rlimits):
+            return False
+        if os.getpriority(os.PRIO_PROCESS, 0) != self.priority:
+            return False
+        if _PRCTL is not None:
+            flag = ctypes.c_int(0)
+            if (
+                _PRCTL(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), 0, 0, 0) != 0
+                or not flag.value
+            ):
+                return False
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]
+        memory = resource.getrlimit(resource.RLIMIT_AS)[0]
+        infinity = resource.RLIM_INFINITY
+        return (cpu == infinity or usage.ru_utime + usage.ru_stime < cpu / 2) and (
+            memory == infinity or size < memory / 2
+        )
+
+    def _siblings_in_session(self) -> bool:
+        # A process of the run's that left this process's tree for the fork
+        # server's (CLONE_PARENT, or a double fork with the subreaper flag
+        # off) is a child of the fork server in our session.
+        parent = os.getppid()
+        with open(f"/proc/{parent}/task/{parent}/children", "rb") as fh:
+            siblings = [int(p) for p in fh.read().split()]
+        for pid in siblings:
+            if (
+                pid != self.pid
+                and (stat := proc_stat(pid)) is not None
+                and stat.session == self.pid
+            ):
+                return True
+        return False
+
+    def _run_fds_kept(self, report: int) -> bool:
+        # A copy of the run's stdin, stdout, stderr or report channel under
+        # another number would reach the next run's caller (what is left to
+        # read) or hold the pipes open.
+        ours = {_fd_id(fd) for fd in (0, 1, 2, report)} - {None}
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in (0, 1, 2, report, self.channel.fileno()) and _fd_id(fd) in ours:
+                return True
+        return False
+
+    def reset(self) -> None:
+        """Set back, before the next run, what a fresh process starts with and
+        the last run may have changed: exit handlers, timers, signal
+        handlers and mask, umask, environment."""
+        with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
+            atexit._clear()
+        _csignal.alarm(0)
+        for timer in (_csignal.ITIMER_REAL, _csignal.ITIMER_VIRTUAL, _csignal.ITIMER_PROF):
+            _csignal.setitimer(timer, 0)
+        for signum, handler in self.handlers.items():
+            if _csignal.getsignal(signum) is not handler:
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    _csignal.signal(signum, handler)
+        _csignal.pthread_sigmask(_csignal.SIG_SETMASK, self.mask)
+        os.umask(self.umask)
+        os.environ.clear()
 
 
 _HEADER_SIZE = struct.Struct("!I")
@@ -657,7 +742,6 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
             print(f"fork server child: bad run request: {exc}", file=sys.stderr, flush=True)
             raise
         conn.close()
-        channel_id = None if channel is None else _fd_id(channel.fileno())
         for kind, value in header.get("rlimits", []):
             resource.setrlimit(kind, (value, value))
         os.chdir(header["cwd"])
@@ -674,11 +758,10 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 print(f"cannot run {argv[-1]}: {exc}", file=sys.stderr, flush=True)
                 os._exit(127)
         run_pid = os.getpid()
+        reuse = None if channel is None else _Reuse(channel, header.get("rlimits", []))
         while True:
-            code, flushed = _run_script(header["script"], compiled)
-            again = (
-                channel is not None and flushed and _reusable(run_pid, channel_id, channel.fileno())
-            )
+            code, flushed = _run_script(header["script"], compiled, collect=reuse is not None)
+            again = reuse is not None and flushed and reuse.reusable(report)
             if again:
                 assert channel is not None
                 # Before the report, so the skill server has it when it sees the run over.
@@ -687,13 +770,16 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 except OSError:
                     again = False
             reported = _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
-            if not (again and reported and channel is not None):
+            if reported and reuse is not None:
+                # Its run has its code. From here until the next run ends, an
+                # exit (after an "again" the script wrote itself, at a next run
+                # this process cannot take, a directory gone) must not read as
+                # that next run's success.
+                code = 1
+            if not (again and reported and reuse is not None):
                 break
-            # Not 0 from here until a run ends: an exit now (a next run the
-            # skill server sent as it let this process go, a directory gone)
-            # must not read as that run's success.
-            code = 1
-            following = _next_run(channel, report)
+            reuse.reset()
+            following = _next_run(reuse.channel, report)
             if following is None:
                 break  # the skill server let this process go (or sent no run)
             header, compiled, report = following
@@ -704,10 +790,15 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
         os._exit(code & 0xFF)
 
 
-def _run_script(script: str, compiled: bytes | None) -> tuple[int, bool]:
+def _run_script(script: str, compiled: bytes | None, *, collect: bool) -> tuple[int, bool]:
     """Run ``script`` as ``__main__`` (``sys.argv``, ``sys.path[0]`` and all);
     its exit code once its exit handlers ran and its output is flushed, and
-    whether that flush worked (else output may be left in a buffer)."""
+    whether that flush worked (else output may be left in a buffer).
+
+    As python's own shutdown does, ``__main__``'s globals are cleared before
+    the flush, so what only they held (a buffered writer over fd 1 the
+    script never flushed) is finalized into this run's output; ``collect``
+    (a reused process) also collects what they held in cycles."""
     sys.argv = [script]
     sys.path[0] = os.path.dirname(script)
     if stamps.ON:  # only after closerange: stamp() opens a descriptor
@@ -728,6 +819,14 @@ def _run_script(script: str, compiled: bytes | None) -> tuple[int, bool]:
         atexit._run_exitfuncs()
     except Exception:  # noqa: S110 - a broken handler must not cost the report
         pass
+    main = sys.modules.get("__main__")
+    try:
+        if type(main) is types.ModuleType:
+            main.__dict__.clear()
+        if collect:
+            gc.collect()
+    except BaseException:  # noqa: S110 - a finalizer's error: the output is what it is
+        pass
     flushed = True
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -742,18 +841,12 @@ def _run_script(script: str, compiled: bytes | None) -> tuple[int, bool]:
 def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes | None, int] | None:
     """Wait for a reused process's next run: its header, compiled script and
     report channel, its stdio in place as fds 0-2 and ``sys`` streams, the
-    previous run's exit handlers, alarm, environment and channel gone.
+    previous run's report channel gone (and its state, see :meth:`_Reuse.reset`).
     None when the skill server lets this process go instead, or sends
     something that is no run request (fds it cannot take: a script that
     left too many open), or this process is out of fds itself."""
     with contextlib.suppress(OSError):
         os.close(report)
-    with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
-        atexit._clear()
-    _csignal.alarm(0)
-    for signum in _DEFAULT_IN_CHILD:
-        _csignal.signal(signum, _csignal.SIG_DFL)
-    os.environ.clear()
     # fds 0-2 were closed with the report: /dev/null holds their numbers, so
     # the fds that come with the request are numbered above them.
     try:

@@ -120,7 +120,7 @@ MAX_REUSED_RUNS = 1000
 MAX_REUSED_IDLE = 16
 """Reused processes waiting for their skill's next run, at most (over all skills)."""
 _REUSED = b"U"
-"""The kind the idle timer knows reused processes by (see ``_recent``)."""
+"""Reused processes, as a kind of waiting children (see ``drop_waiting``)."""
 FORKSERVER_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "VIRTUAL_ENV",
     "LD_LIBRARY_PATH", "SKILLSCALE_STAMPS",
@@ -448,8 +448,9 @@ class WarmExecutor(SubprocessExecutor):
         super().__init__(python)
         self.max_reused_runs = max(1, max_reused_runs)
         """Runs a reused process takes before it goes (see :data:`REUSED_PROCESS`)."""
-        self._reused: collections.OrderedDict[WarmProcess, None] = collections.OrderedDict()
-        """Reused processes waiting for their skill's next run, oldest first."""
+        self._reused: collections.OrderedDict[WarmProcess, float] = collections.OrderedDict()
+        """Reused processes waiting for their skill's next run, with the loop
+        time each began to wait, oldest first."""
         self.waiting_children = max(0, waiting_children)
         """How many forked children wait for their run while runs come (0: fork on demand)."""
         self.waiting_idle = waiting_idle
@@ -738,24 +739,27 @@ class WarmExecutor(SubprocessExecutor):
         ):
             child.discard()
             return
-        self._reused[child] = None
+        loop = asyncio.get_running_loop()
+        self._reused[child] = loop.time()
         while len(self._reused) > MAX_REUSED_IDLE:
             self._reused.popitem(last=False)[0].discard()
-        loop = asyncio.get_running_loop()
-        self._recent[_REUSED] = loop.time()
         if self._retire is None:
             self._retire = loop.call_later(self.waiting_idle, self._retire_idle)
 
     def _retire_idle(self) -> None:
-        """Let a kind's waiting children go once no run of it came for ``waiting_idle`` s."""
+        """Let a kind's waiting children go once no run of it came for
+        ``waiting_idle`` s, and each reused process once it waited that long."""
         now = asyncio.get_running_loop().time()
         for kind, last in list(self._recent.items()):
             if now - last >= self.waiting_idle:
                 del self._recent[kind]
                 self.drop_waiting((kind,))
+        while self._reused and now - next(iter(self._reused.values())) >= self.waiting_idle:
+            self._reused.popitem(last=False)[0].discard()
         self._retire = None
-        if self._recent:
-            wake = min(self._recent.values()) + self.waiting_idle - now
+        due = [*self._recent.values(), *self._reused.values()]
+        if due:
+            wake = min(due) + self.waiting_idle - now
             self._retire = asyncio.get_running_loop().call_later(wake, self._retire_idle)
 
     async def close(self) -> None:

@@ -264,6 +264,176 @@ print(os.getpid())
     assert after != before
 
 
+@pytest.mark.parametrize("metadata", [REUSED, ""], ids=["reused", "fresh"])
+async def test_output_the_script_left_in_its_own_buffer_is_its_runs(
+    warm: WarmExecutor, tmp_path: Path, metadata: str
+) -> None:
+    # A buffered writer over fd 1 that only __main__ held, never flushed:
+    # python flushes it at its exit, and so must a run, into its own output.
+    body = (
+        "import sys\nout = open(sys.stdout.fileno(), 'wb', closefd=False)\n"
+        "out.write(b'reply for ' + sys.stdin.read().encode())\n"
+    )
+    skill = make_skill(tmp_path, "buffered", body, metadata)
+    outputs = [(await run(warm, skill, f"caller{i}")).stdout for i in range(3)]
+    assert outputs == [b"reply for caller0", b"reply for caller1", b"reply for caller2"]
+
+
+SNOOP = """\
+import os, stat, sys, threading, time
+import colorsys
+data = sys.stdin.read()
+sockets = {}
+for fd in range(3, 64):
+    try:
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            sockets[os.readlink(f"/proc/self/fd/{fd}")] = fd
+    except OSError:
+        pass
+if data == "fake":
+    # The channel is the socket that was there in the last run too.
+    for name, fd in sockets.items():
+        if name in getattr(colorsys, "seen", ()):
+            os.write(fd, b"again\\n")
+    threading.Thread(target=time.sleep, args=(0.5,), daemon=True).start()
+colorsys.seen = set(sockets)
+print(os.getpid())
+"""
+
+
+async def test_an_again_the_script_says_itself_never_passes_off_a_run(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    # It makes the skill server keep a process that then exits (it left a
+    # thread): the run handed to it fails, and never reads as an empty success.
+    skill = make_skill(tmp_path, "snoop", SNOOP, REUSED)
+    first = int((await run(warm, skill, "a")).stdout)
+    assert int((await run(warm, skill, "fake")).stdout) == first
+    victim = await run(warm, skill, "victim")
+    assert not victim.ok and victim.exit_code not in (0, None) and not victim.stdout, victim
+    assert int((await run(warm, skill, "after")).stdout) != first
+
+
+ESCAPE = """\
+import ctypes, os, sys, time
+how = sys.stdin.read()
+libc = ctypes.CDLL(None, use_errno=True)
+if how == "clone-parent":  # a sibling: a child of the fork server
+    pid = libc.syscall(56, 0x00008000 | 17, 0, 0, 0, 0)  # clone(CLONE_PARENT | SIGCHLD)
+elif how == "subreaper-off":  # a double fork, re-parented past this process
+    libc.prctl(36, 0, 0, 0, 0)
+    pid = os.fork()
+    if pid and os.waitpid(pid, 0):
+        pid = -1
+    elif pid == 0 and os.fork():
+        os._exit(0)
+else:
+    pid = -1
+if pid == 0:
+    with open(os.environ["SKILLSCALE_SKILL_DIR"] + "/escaped", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.closerange(0, 3)
+    time.sleep(60)
+    os._exit(0)
+while how != "nothing" and not os.path.exists(os.environ["SKILLSCALE_SKILL_DIR"] + "/escaped"):
+    time.sleep(0.01)
+print(os.getpid())
+"""
+
+
+@pytest.mark.parametrize("how", ["clone-parent", "subreaper-off"])
+async def test_a_process_that_left_the_runs_tree_still_ends_with_it(
+    warm: WarmExecutor, tmp_path: Path, how: str
+) -> None:
+    skill = make_skill(tmp_path, "escape", ESCAPE, REUSED)
+    before = int((await run(warm, skill, "nothing")).stdout)
+    assert int((await run(warm, skill, how)).stdout) == before
+    escaped = int((skill.path / "escaped").read_text())
+    assert wait_pid_gone(escaped, 10), "the escaped process outlived its run"
+    assert wait_pid_gone(before, 10)
+    assert int((await run(warm, skill, "nothing")).stdout) != before
+
+
+async def test_a_copy_of_a_runs_stdin_ends_its_process(warm: WarmExecutor, tmp_path: Path) -> None:
+    body = """\
+import os, select, sys
+import colorsys
+if sys.stdin.read(1) == "a":
+    colorsys.kept = os.dup(0)  # what the run did not read, kept
+found = []
+for fd in range(3, 64):
+    try:
+        if select.select([fd], [], [], 0)[0]:
+            found.append(os.read(fd, 100))
+    except (OSError, ValueError):
+        pass
+print(os.getpid(), found)
+"""
+    skill = make_skill(tmp_path, "dup", body, REUSED)
+    first = (await run(warm, skill, "alice's private input")).stdout.split()[0]
+    second = (await run(warm, skill, "bob")).stdout
+    assert b"private" not in second and second.split()[0] != first
+
+
+async def test_timers_signal_handlers_and_mask_are_set_back_between_runs(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    body = """\
+import os, signal, sys, time
+what = sys.stdin.read()
+if what == "arm":
+    signal.signal(signal.SIGPROF, lambda *_: print("handler of the last run"))
+    signal.setitimer(signal.ITIMER_PROF, 0.01, 0.01)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+else:
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+print(os.getpid(), signal.pthread_sigmask(signal.SIG_BLOCK, set()) == set(),
+      signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL)
+"""
+    skill = make_skill(tmp_path, "timers", body, REUSED)
+    armed = (await run(warm, skill, "arm")).stdout.split()
+    after = await run(warm, skill, "busy")
+    assert after.stdout.split() == [armed[0], b"True", b"True"], after
+
+
+async def test_a_limit_a_run_lowered_ends_its_process(warm: WarmExecutor, tmp_path: Path) -> None:
+    body = """\
+import os, resource, sys, tempfile
+if sys.stdin.read() == "lower":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+else:
+    with tempfile.TemporaryFile() as fh:
+        fh.write(b"x" * 100)
+print(os.getpid())
+"""
+    skill = make_skill(tmp_path, "limits", body, REUSED)
+    first = int((await run(warm, skill, "write")).stdout)
+    assert int((await run(warm, skill, "lower")).stdout) == first
+    after = await run(warm, skill, "write")
+    assert after.ok and int(after.stdout) != first, after
+
+
+async def test_each_reused_process_is_let_go_after_its_own_idle_time(tmp_path: Path) -> None:
+    executor = WarmExecutor(preload=["colorsys"], waiting_idle=1.0)
+    await executor.start()
+    try:
+        busy = make_skill(tmp_path, "busy", LEAVER, REUSED)
+        quiet = make_skill(tmp_path, "quiet", LEAVER, REUSED)
+        quiet_pid = int((await run(executor, quiet, "nothing")).stdout)
+        deadline = asyncio.get_running_loop().time() + 10
+        # The busy skill's runs keep coming; the quiet one's process goes.
+        while os.path.exists(f"/proc/{quiet_pid}"):
+            assert asyncio.get_running_loop().time() < deadline, "the quiet process stayed"
+            await run(executor, busy, "nothing")
+        assert executor.reused_waiting == 1
+        assert int((await run(executor, quiet, "nothing")).stdout) != quiet_pid
+    finally:
+        await executor.close()
+
+
 def test_a_next_run_request_brings_exactly_its_fds_or_is_refused() -> None:
     ours, theirs = socket.socketpair()
     extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(2)]
