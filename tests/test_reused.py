@@ -305,13 +305,18 @@ async def test_an_again_the_script_says_itself_never_passes_off_a_run(
     warm: WarmExecutor, tmp_path: Path
 ) -> None:
     # It makes the skill server keep a process that then exits (it left a
-    # thread): the run handed to it fails, and never reads as an empty success.
+    # thread). A run handed to it before its exit status came fails; one
+    # after runs in a new process. Neither reads as an (empty) success.
     skill = make_skill(tmp_path, "snoop", SNOOP, REUSED)
-    first = int((await run(warm, skill, "a")).stdout)
-    assert int((await run(warm, skill, "fake")).stdout) == first
-    victim = await run(warm, skill, "victim")
-    assert not victim.ok and victim.exit_code not in (0, None) and not victim.stdout, victim
-    assert int((await run(warm, skill, "after")).stdout) != first
+    for _attempt in range(5):
+        first = int((await run(warm, skill, "a")).stdout)
+        assert int((await run(warm, skill, "fake")).stdout) == first
+        victim = await run(warm, skill, "victim")
+        if victim.ok:
+            assert int(victim.stdout) != first, victim
+        else:
+            assert victim.exit_code not in (0, None) and not victim.stdout, victim
+        assert int((await run(warm, skill, "after")).stdout) != first
 
 
 ESCAPE = """\
