@@ -86,6 +86,7 @@ class Fabric:
     ) -> SkillServer:
         assert self.proxy is not None and self.proxy.router_endpoint is not None
         kw.setdefault("workers", 2)
+        kw.setdefault("executor", "cold")
         cfg = ServerConfig(
             topics=[topic],
             skills_dirs=[skills],
@@ -93,7 +94,6 @@ class Fabric:
             proxy_xsub=self.proxy.xsub_endpoint,
             proxy_xpub=self.proxy.xpub_endpoint,
             server_id=server_id,
-            executor="cold",
             matcher="keyword",
             heartbeat_interval=0.1,
             reload_interval=0,

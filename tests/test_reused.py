@@ -22,6 +22,7 @@ from skillscale.skill_server.executor import ExecutionLimits, ExecutionResult
 from skillscale.skill_server.forkserver import _read_request, encode_header
 from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import open_fd_count, wait_pid_gone
+from tests.test_fabric_cases import WAIT, Fabric, explicit
 from tests.test_warm import _until, make_skill
 
 pytestmark = pytest.mark.timeout(120)
@@ -437,6 +438,37 @@ async def test_each_reused_process_is_let_go_after_its_own_idle_time(tmp_path: P
         assert int((await run(executor, quiet, "nothing")).stdout) != quiet_pid
     finally:
         await executor.close()
+
+
+@pytest.fixture(params=["memory", "zmq"])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Fabric]:
+    fabric = Fabric(request.param)
+    try:
+        yield fabric
+    finally:
+        await asyncio.wait_for(fabric.close(), WAIT)
+
+
+async def test_a_server_runs_a_reused_skill_in_one_process_over_the_bus(
+    bus: Fabric, tmp_path: Path
+) -> None:
+    # The metadata, read from SKILL.md by a real server, behind the proxy, on
+    # the memory bus and on ZeroMQ; a skill without it beside it.
+    body = "import os, sys\nprint(os.getpid(), sys.stdin.read())\n"
+    make_skill(tmp_path, "shared", body, REUSED)
+    make_skill(tmp_path, "own", body)
+    await bus.start_proxy()
+    await bus.start_server(tmp_path, "TOPIC_REUSED", "reused-1", executor="warm")
+    client = await bus.client()
+    answers: dict[str, list[list[str]]] = {"shared": [], "own": []}
+    for i in range(3):
+        for name in answers:
+            reply = await client.call("TOPIC_REUSED", explicit(name, f"{name}{i}"))
+            assert reply.ok, reply.error
+            answers[name].append(reply.content.split())
+    assert [data for _pid, data in answers["shared"]] == ["shared0", "shared1", "shared2"]
+    assert len({pid for pid, _data in answers["shared"]}) == 1
+    assert len({pid for pid, _data in answers["own"]}) == 3
 
 
 def test_a_next_run_request_brings_exactly_its_fds_or_is_refused() -> None:
