@@ -1,14 +1,16 @@
 """Flame graphs (py-spy) of every role under load: proxy, server, fork server, client.
 
     python bench/profile_roles.py [--out bench/results/issue14] [--seconds 10]
-                                  [--skill trivial|instructions] [--tag NAME]
+                                  [--skill trivial|trivial-reused|instructions]
+                                  [--tag NAME]
 
 Starts a fabric with bench/speed.py's skills, then loads it with
 ``skillscale bench`` (the trivial Python skill, 20 in flight) run under
 ``py-spy record``, while py-spy records the proxy, the skill server and its
 fork server by pid (that needs ptrace: root, or ``kernel.yama.ptrace_scope``
 0). Writes ``<role>[-<tag>].svg`` into ``--out``. ``--skill instructions``
-profiles the instruction-only skill (no process, so no fork server graph).
+profiles the instruction-only skill (no process, so no fork server graph);
+``--skill trivial-reused`` the trivial skill with ``isolation: reused-process``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ async def profile(out: Path, seconds: int, skill: str = "trivial", tag: str = ""
                 targets["forkserver"] = children(server)[0]
             suffix = f"-{tag}" if tag else ""
             # Enough requests to outlast the recording (instruction-only runs ~20x faster).
-            requests = (300 if skill == "trivial" else 6000) * seconds // 2
+            per_second = {"trivial": 300, "trivial-reused": 1800}.get(skill, 6000)
+            requests = per_second * seconds // 2
             recorders = [
                 await asyncio.create_subprocess_exec(
                     spy,
@@ -84,7 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/issue14"))
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--skill", choices=["trivial", "instructions"], default="trivial")
+    parser.add_argument(
+        "--skill", choices=["trivial", "trivial-reused", "instructions"], default="trivial"
+    )
     parser.add_argument("--tag", default="", help="suffix of the SVG names")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
