@@ -821,6 +821,12 @@ def _run_script(script: str, compiled: bytes | None, *, collect: bool) -> tuple[
         pass
     main = sys.modules.get("__main__")
     try:
+        # python's order: its std streams flushed, then modules cleared.
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: S110 - a closed or broken stream: checked below
+        pass
+    try:
         if type(main) is types.ModuleType:
             main.__dict__.clear()
         if collect:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -271,13 +272,19 @@ async def test_output_the_script_left_in_its_own_buffer_is_its_runs(
 ) -> None:
     # A buffered writer over fd 1 that only __main__ held, never flushed:
     # python flushes it at its exit, and so must a run, into its own output.
+    # (After what print() left in sys.stdout, as python orders them.)
     body = (
         "import sys\nout = open(sys.stdout.fileno(), 'wb', closefd=False)\n"
-        "out.write(b'reply for ' + sys.stdin.read().encode())\n"
+        "print('reply', end=' ')\nout.write(b'for ' + sys.stdin.read().encode())\n"
     )
     skill = make_skill(tmp_path, "buffered", body, metadata)
     outputs = [(await run(warm, skill, f"caller{i}")).stdout for i in range(3)]
     assert outputs == [b"reply for caller0", b"reply for caller1", b"reply for caller2"]
+    script = skill.path / "scripts" / "run.py"
+    cold = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert (await cold.communicate(b"caller0"))[0] == outputs[0]  # as python gives it
 
 
 SNOOP = """\
