@@ -85,6 +85,7 @@ import sys
 import time
 import traceback
 import types
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -121,6 +122,7 @@ IDLE_TIMEOUT = 3600.0
 """Seconds a waiting child waits for its run before it ends (the skill server
 then forks another when it needs one)."""
 _PR_SET_PDEATHSIG = 1
+_PR_GET_PDEATHSIG = 2
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
@@ -378,16 +380,52 @@ def _fd_id(fd: int) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+MAX_REUSED_FDS = 1024
+"""A reused process with this many fds open (or half its ``RLIMIT_NOFILE``)
+takes no next run: a run that leaks fds would leave a later caller's run
+unable to receive its own (see :func:`_next_run`)."""
+_RLIMITS = tuple(
+    getattr(resource, name) for name in sorted(dir(resource))
+    if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"
+)  # fmt: skip
+_STATUS_KEPT = (
+    b"Uid", b"Gid", b"Groups", b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb",
+    b"NoNewPrivs", b"Seccomp", b"Seccomp_filters",
+)  # fmt: skip
+"""What of ``/proc/self/status`` a run must leave as it found it: the
+process's credentials, capabilities and syscall filters."""
+
+
+def _identity() -> tuple[object, ...]:
+    """Who and where this process is, as a reused process's next run would
+    inherit it: credentials and capabilities, its namespaces, its root
+    directory and its parent-death signal (see :meth:`_Reuse.reusable`)."""
+    with open("/proc/self/status", "rb") as fh:
+        status = tuple(line for line in fh.read().splitlines()
+                       if line.split(b":", 1)[0] in _STATUS_KEPT)  # fmt: skip
+    namespaces = tuple(sorted(os.readlink(f"/proc/self/ns/{name}")
+                              for name in os.listdir("/proc/self/ns")))  # fmt: skip
+    death = ctypes.c_int(-1)
+    if _PRCTL is not None:
+        _PRCTL(_PR_GET_PDEATHSIG, ctypes.addressof(death), 0, 0, 0)
+    return status, namespaces, _fd_id_of("/proc/self/root"), death.value
+
+
+def _fd_id_of(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 class _Reuse:
     """What a reused process (``isolation: reused-process``) checks after each
     run and sets back before the next: the state a fresh process of its
     skill would start with, taken before its first run."""
 
-    def __init__(self, channel: socket.socket, rlimits: list[tuple[int, int]]) -> None:
+    def __init__(self, channel: socket.socket) -> None:
         self.channel = channel
         self.channel_id = _fd_id(channel.fileno())
         self.pid = os.getpid()
-        self.rlimits = [(kind, (value, value)) for kind, value in rlimits]
+        self.rlimits = [(kind, resource.getrlimit(kind)) for kind in _RLIMITS]
         self.priority = os.getpriority(os.PRIO_PROCESS, 0)
         self.umask = os.umask(0o022)
         os.umask(self.umask)
@@ -397,15 +435,26 @@ class _Reuse:
             handler = _csignal.getsignal(signum)
             if handler is not None:  # (None: set outside Python, left alone)
                 self.handlers[signum] = handler
+        try:
+            self.identity: tuple[object, ...] | None = _identity()
+        except OSError:
+            self.identity = None  # no /proc: reusable() says no
+        self.environ, self.environb = os.environ, os.environb
+        self.main = sys.modules.get("__main__")
+        self.argv, self.path = list(sys.argv), list(sys.path)
+        self.gc = (gc.isenabled(), gc.get_threshold(), list(gc.callbacks))
+        self.trace = (sys.gettrace(), sys.getprofile())
 
     def reusable(self, report: int) -> bool:
         """Whether this process may take its skill's next run: it is the run's
         own process, and nothing the run started or changed outlives it in a
         way the next run could meet (a child, a sibling of ours in our
         session, a thread, an fd still on this run's stdio or report
-        channel, a limit, priority or subreaper flag changed), its channel
-        is the one runs come on, and the runs so far left each kernel limit
-        counted per process (CPU seconds, address space) half its room."""
+        channel, more fds than a next run may need room beside, a limit,
+        priority, credential, capability, namespace, root directory,
+        parent-death signal or subreaper flag changed), its channel is the
+        one runs come on, and the runs so far left each kernel limit counted
+        per process (CPU seconds, address space) half its room."""
         if (
             os.getpid() != self.pid
             or _has_children()
@@ -415,7 +464,7 @@ class _Reuse:
         try:
             if len(os.listdir("/proc/self/task")) != 1 or self._siblings_in_session():
                 return False
-            if self._run_fds_kept(report):
+            if self._fds_in_the_way(report) or _identity() != self.identity:
                 return False
             with open("/proc/self/statm", "rb") as fh:
                 size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -456,23 +505,51 @@ class _Reuse:
                 return True
         return False
 
-    def _run_fds_kept(self, report: int) -> bool:
+    def _fds_in_the_way(self, report: int) -> bool:
         # A copy of the run's stdin, stdout, stderr or report channel under
         # another number would reach the next run's caller (what is left to
-        # read) or hold the pipes open.
+        # read) or hold the pipes open; too many fds would leave the next
+        # request's no room (MSG_CTRUNC: that run would fail).
+        names = os.listdir("/proc/self/fd")
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile != resource.RLIM_INFINITY and len(names) >= nofile // 2:
+            return True
+        if len(names) >= MAX_REUSED_FDS:
+            return True
         ours = {_fd_id(fd) for fd in (0, 1, 2, report)} - {None}
-        for name in os.listdir("/proc/self/fd"):
+        for name in names:
             fd = int(name)
             if fd not in (0, 1, 2, report, self.channel.fileno()) and _fd_id(fd) in ours:
                 return True
         return False
 
     def reset(self) -> None:
-        """Set back, before the next run, what a fresh process starts with and
-        the last run may have changed: exit handlers, timers, signal
-        handlers and mask, umask, environment."""
+        """Set back what a fresh process starts with and the run may have
+        changed: its std streams, ``__main__``, ``sys.argv`` and
+        ``sys.path``, exit handlers, weakref finalizers' shutdown flag,
+        timers, signal handlers and mask, umask, environment (the C one
+        too), trace and profile functions, the collector's settings.
+
+        Called at the run's end, before its last flush and its report: what
+        this drops (a handler, an exit function, a stream the script put in
+        ``sys``) is finalized now, into this run's output or its exit,
+        never into the next run's, which may be another caller's.
+        """
+        stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
+        if not (_intact(stdout, 1) and _intact(stderr, 2)):
+            stdin, stdout, stderr = child_stdio()
+        elif not _intact(stdin, 0):
+            stdin = child_stdio()[0]
+        sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
+        sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr
+        sys.modules["__main__"] = self.main  # type: ignore[assignment]
+        sys.argv, sys.path = list(self.argv), list(self.path)
         with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
             atexit._clear()
+        # A run's exit functions ended with weakref's, which stops every
+        # finalizer after it: the next run's must work, and register again.
+        weakref.finalize._shutdown = False  # type: ignore[attr-defined]
+        weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]
         _csignal.alarm(0)
         for timer in (_csignal.ITIMER_REAL, _csignal.ITIMER_VIRTUAL, _csignal.ITIMER_PROF):
             _csignal.setitimer(timer, 0)
@@ -482,7 +559,23 @@ class _Reuse:
                     _csignal.signal(signum, handler)
         _csignal.pthread_sigmask(_csignal.SIG_SETMASK, self.mask)
         os.umask(self.umask)
-        os.environ.clear()
+        # os.environ may have been replaced, and os.putenv changes only the C
+        # environment (which subprocesses inherit): both go back to empty,
+        # as in a fresh run before its header's variables.
+        os.environ, os.environb = self.environ, self.environb
+        if _LIBC is not None:
+            _LIBC.clearenv()
+        else:  # pragma: no cover - non-glibc platforms
+            self.environ.clear()
+        data: dict[bytes, bytes] = {}
+        for mapping in (self.environ, self.environb):
+            object.__setattr__(mapping, "_data", data)
+        sys.settrace(self.trace[0])
+        sys.setprofile(self.trace[1])
+        enabled, threshold, callbacks = self.gc
+        gc.callbacks[:] = callbacks
+        gc.set_threshold(*threshold)
+        (gc.enable if enabled else gc.disable)()
 
 
 _HEADER_SIZE = struct.Struct("!I")
@@ -547,7 +640,9 @@ def _read_request(
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                         fds += [int.from_bytes(data[i : i + 4], sys.byteorder, signed=True)
                                 for i in range(0, len(data) - len(data) % 4, 4)]  # fmt: skip
-                if raw and (flags & socket.MSG_CTRUNC or (len(fds) != nfds and exact)):
+                if raw and flags & socket.MSG_CTRUNC:
+                    raise ValueError(f"no room for the {nfds} fds of a run request (MSG_CTRUNC)")
+                if raw and len(fds) != nfds and exact:
                     raise ValueError(f"a run request with {len(fds)} fds, not {nfds}")
             else:
                 raw = conn.recv(64 * 1024)
@@ -592,7 +687,9 @@ def _parse_request(conn: socket.socket, raw: bytes) -> tuple[dict[str, Any], byt
     return header, code
 
 
-def _run_main(script: str, compiled: bytes | None = None) -> None:
+def _run_main(
+    script: str, compiled: bytes | None = None, main: types.ModuleType | None = None
+) -> None:
     """Run ``script`` as ``python script`` runs it: compiled from its source
     (a coding cookie honoured, none of our ``__future__`` flags), in a fresh
     ``__main__`` module with the globals ``python script`` gives it (the
@@ -617,12 +714,19 @@ def _run_main(script: str, compiled: bytes | None = None) -> None:
     else:
         with open(script, "rb") as fh:
             code = compile(fh.read(), script, "exec", dont_inherit=True)
+    if main is None:
+        main = _main_module(script)
+    exec(code, main.__dict__)  # noqa: S102 - the skill's own script, as python would run it
+
+
+def _main_module(script: str) -> types.ModuleType:
+    """A fresh ``__main__`` for ``script`` (see :func:`_run_main`), in ``sys.modules``."""
     main = types.ModuleType("__main__")
     loader = importlib.machinery.SourceFileLoader("__main__", script)
     main.__dict__.update(__file__=script, __cached__=None, __annotations__={},
                          __builtins__=builtins, __loader__=loader)  # fmt: skip
     sys.modules["__main__"] = main
-    exec(code, main.__dict__)  # noqa: S102 - the skill's own script, as python would run it
+    return main
 
 
 Stdio = tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]
@@ -717,6 +821,7 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
             os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
             # Python's view of fds 0-2 needs nothing of the request either.
             sys.stdin, sys.stdout, sys.stderr = _CHILD_STDIO or child_stdio()
+            sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
             # The fork server's environment goes now, not once the header is
             # here: the clear writes to (and so copies) the pages of every
             # variable, some 150 µs of the request's time otherwise.
@@ -758,9 +863,9 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 print(f"cannot run {argv[-1]}: {exc}", file=sys.stderr, flush=True)
                 os._exit(127)
         run_pid = os.getpid()
-        reuse = None if channel is None else _Reuse(channel, header.get("rlimits", []))
+        reuse = None if channel is None else _Reuse(channel)
         while True:
-            code, flushed = _run_script(header["script"], compiled, collect=reuse is not None)
+            code, flushed = _run_script(header["script"], compiled, reuse)
             again = reuse is not None and flushed and reuse.reusable(report)
             if again:
                 assert channel is not None
@@ -778,7 +883,6 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 code = 1
             if not (again and reported and reuse is not None):
                 break
-            reuse.reset()
             following = _next_run(reuse.channel, report)
             if following is None:
                 break  # the skill server let this process go (or sent no run)
@@ -790,21 +894,26 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
         os._exit(code & 0xFF)
 
 
-def _run_script(script: str, compiled: bytes | None, *, collect: bool) -> tuple[int, bool]:
+def _run_script(script: str, compiled: bytes | None, reuse: _Reuse | None) -> tuple[int, bool]:
     """Run ``script`` as ``__main__`` (``sys.argv``, ``sys.path[0]`` and all);
     its exit code once its exit handlers ran and its output is flushed, and
     whether that flush worked (else output may be left in a buffer).
 
     As python's own shutdown does, ``__main__``'s globals are cleared before
     the flush, so what only they held (a buffered writer over fd 1 the
-    script never flushed) is finalized into this run's output; ``collect``
-    (a reused process) also collects what they held in cycles."""
+    script never flushed) is finalized into this run's output. In a reused
+    process (``reuse``), what the run changed is set back here too (see
+    :meth:`_Reuse.reset`), and what that leaves in cycles collected, so
+    that all of it is finalized before the last flush and the report."""
     sys.argv = [script]
     sys.path[0] = os.path.dirname(script)
     if stamps.ON:  # only after closerange: stamp() opens a descriptor
         stamps.stamp("child.ready")
+    # The dict the script runs in, held here: the script may replace its
+    # module in sys.modules or change the module's class.
+    namespace = _main_module(script).__dict__
     try:
-        _run_main(script, compiled)
+        _run_main(script, compiled, sys.modules["__main__"])
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -819,7 +928,6 @@ def _run_script(script: str, compiled: bytes | None, *, collect: bool) -> tuple[
         atexit._run_exitfuncs()
     except Exception:  # noqa: S110 - a broken handler must not cost the report
         pass
-    main = sys.modules.get("__main__")
     try:
         # python's order: its std streams flushed, then modules cleared.
         sys.stdout.flush()
@@ -827,9 +935,9 @@ def _run_script(script: str, compiled: bytes | None, *, collect: bool) -> tuple[
     except BaseException:  # noqa: S110 - a closed or broken stream: checked below
         pass
     try:
-        if type(main) is types.ModuleType:
-            main.__dict__.clear()
-        if collect:
+        namespace.clear()
+        if reuse is not None:
+            reuse.reset()
             gc.collect()
     except BaseException:  # noqa: S110 - a finalizer's error: the output is what it is
         pass
@@ -862,6 +970,11 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
                 os.dup2(null, target)
         if null > 2:
             os.close(null)
+        # Whatever was written since the last run's final flush (a
+        # finalizer's print) goes there, not into the next run's output.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         request = _read_request(conn, RUN_FDS - 1)
     except (OSError, ValueError):
         return None
@@ -881,6 +994,7 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
     else:
         sys.stdin, sys.stdout, sys.stderr = child_stdio()
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     return header, compiled, fds[3]
 
 

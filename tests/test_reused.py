@@ -245,25 +245,30 @@ print(os.getpid())
     assert after[0] == after[1] != before
 
 
-async def test_a_process_that_cannot_take_its_next_run_fails_it_honestly(
-    warm: WarmExecutor, tmp_path: Path
+@pytest.mark.parametrize("how", ["cramp", "leak"])
+async def test_a_run_that_leaves_its_process_short_of_fds_ends_it(
+    warm: WarmExecutor, tmp_path: Path, how: str
 ) -> None:
     # The first run leaves its process unable to receive the next run's fds
-    # (its own RLIMIT_NOFILE, lowered): that run must fail, never read as
-    # an empty success, and the one after runs in a new process.
+    # (its own RLIMIT_NOFILE lowered, or more than a thousand fds kept open):
+    # that process must not take the next run, which is another caller's
+    # and runs, in a new process.
     body = """\
 import os, resource, sys
-if sys.stdin.read() == "cramp":
+import colorsys
+how = sys.stdin.read()
+if how == "cramp":
     resource.setrlimit(resource.RLIMIT_NOFILE, (6, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+elif how == "leak":
+    colorsys.kept = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
 print(os.getpid())
 """
     skill = make_skill(tmp_path, "cramped", body, REUSED)
-    before = int((await run(warm, skill, "cramp")).stdout)
-    failed = await run(warm, skill, "fine")
-    assert not failed.ok and failed.exit_code not in (0, None) and not failed.stdout, failed
-    assert wait_pid_gone(before, 10)
-    after = int((await run(warm, skill, "fine")).stdout)
-    assert after != before
+    first = int((await run(warm, skill, "fine")).stdout)
+    assert int((await run(warm, skill, how)).stdout) == first
+    after = await run(warm, skill, "fine")
+    assert after.ok and int(after.stdout) != first, after
+    assert wait_pid_gone(first, 10)
 
 
 @pytest.mark.parametrize("metadata", [REUSED, ""], ids=["reused", "fresh"])
@@ -343,8 +348,10 @@ elif how == "subreaper-off":  # a double fork, re-parented past this process
 else:
     pid = -1
 if pid == 0:
-    with open(os.environ["SKILLSCALE_SKILL_DIR"] + "/escaped", "w") as fh:
+    # Written whole before the name appears: the run waits for the name.
+    with open(os.environ["SKILLSCALE_SKILL_DIR"] + "/escaping", "w") as fh:
         fh.write(str(os.getpid()))
+    os.rename(fh.name, os.environ["SKILLSCALE_SKILL_DIR"] + "/escaped")
     os.closerange(0, 3)
     time.sleep(60)
     os._exit(0)
@@ -445,6 +452,167 @@ async def test_each_reused_process_is_let_go_after_its_own_idle_time(tmp_path: P
         assert int((await run(executor, quiet, "nothing")).stdout) != quiet_pid
     finally:
         await executor.close()
+
+
+FINALIZED = """\
+import os, signal, sys, types
+import colorsys
+what = sys.stdin.read()
+
+class Handler:
+    # What __del__ needs, its own: __main__'s globals may be gone by then.
+    def __init__(self, what, exit, write):
+        self.what, self.exit, self.write = what, exit, write
+
+    def __call__(self, *args):
+        pass
+
+    def __del__(self):
+        if self.what == "exit":
+            self.exit(0)
+        self.write("from the run of " + self.what)
+
+if what in ("exit", "print"):
+    signal.signal(signal.SIGUSR1, Handler(what, os._exit, print))
+elif what == "alice":
+    # A buffered writer only __main__ holds, the module no longer a plain module.
+    out = open(1, "wb", closefd=False)
+    out.write(b"for alice")
+    sys.modules[__name__].__class__ = type("Main", (types.ModuleType,), {})
+print(os.getpid())
+"""
+
+
+@pytest.mark.parametrize("what", ["exit", "print", "alice"])
+async def test_what_a_run_leaves_to_finalize_is_finalized_in_that_run(
+    warm: WarmExecutor, tmp_path: Path, what: str
+) -> None:
+    # A signal handler the run set, with a finalizer that exits or writes,
+    # and a writer held only by a __main__ the run changed the class of: all
+    # finalized at that run's end, into its output (or its exit), never into
+    # the next run's, which is another caller's; and never an exit read as
+    # the next run's success.
+    skill = make_skill(tmp_path, "finalized", FINALIZED, REUSED)
+    for _attempt in range(3):
+        left = await run(warm, skill, what)
+        assert left.ok, left
+        victim = await run(warm, skill, "bob")
+        assert victim.ok and victim.stdout.strip().isdigit(), victim
+        assert int(victim.stdout) > 0 and victim.stderr == b"", victim
+    if what == "alice":
+        assert left.stdout.startswith(b"for alice") or left.stdout.endswith(b"for alice"), left
+
+
+async def test_the_original_std_streams_hold_nothing_of_the_last_run(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    body = """\
+import sys
+if sys.argv and sys.__stdin__.read(1) == "a":
+    print("took a")
+else:
+    print("rest=" + sys.__stdin__.read(), file=sys.__stdout__)
+"""
+    skill = make_skill(tmp_path, "originals", body, REUSED)
+    assert (await run(warm, skill, "alice's secret " * 100)).stdout == b"took a\n"
+    second = await run(warm, skill, "bob")
+    assert second.stdout == b"rest=ob\n", second
+
+
+ENVIRON = """\
+import os, subprocess, sys
+what = sys.stdin.read()
+if what == "putenv":
+    os.putenv("SKILLSCALE_LEAK", "alice")
+elif what == "replace":
+    real = os.environ
+    os.environ = dict(real)
+    real["SKILLSCALE_LEAK"] = "alice"
+seen = subprocess.run(["env"], capture_output=True, check=True).stdout.decode()
+print(os.getpid(), "SKILLSCALE_LEAK" in seen, type(os.environ).__name__,
+      os.environ.get("SKILLSCALE_INTENT"))
+"""
+
+
+@pytest.mark.parametrize("what", ["putenv", "replace"])
+async def test_an_environment_changed_below_os_environ_is_set_back(
+    warm: WarmExecutor, tmp_path: Path, what: str
+) -> None:
+    skill = make_skill(tmp_path, "environ", ENVIRON, REUSED)
+    first = (await run(warm, skill, what)).stdout.split()
+    second = (await run(warm, skill, "bob")).stdout.split()
+    assert second == [first[0], b"False", b"_Environ", b"bob"], second
+
+
+async def test_weakref_finalizers_work_in_every_run(warm: WarmExecutor, tmp_path: Path) -> None:
+    body = """\
+import os, sys, weakref
+class Thing:
+    pass
+thing = Thing()
+weakref.finalize(thing, print, "finalized", sys.stdin.read())
+del thing
+print(os.getpid())
+"""
+    skill = make_skill(tmp_path, "finalize", body, REUSED)
+    outputs = [(await run(warm, skill, f"run{i}")).stdout.split() for i in range(3)]
+    assert [o[:2] for o in outputs] == [[b"finalized", f"run{i}".encode()] for i in range(3)]
+    assert len({o[2] for o in outputs}) == 1
+
+
+CREDENTIALS = """\
+import ctypes, os, signal, sys
+what = sys.stdin.read()
+libc = ctypes.CDLL(None)
+if what == "pdeathsig":
+    libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: none
+elif what == "groups":
+    os.setgroups([4242])
+elif what == "gid":
+    os.setresgid(4242, 4242, 4242)
+elif what == "namespace":
+    libc.unshare(0x04000000)  # CLONE_NEWUTS
+elif what == "capability":
+    libc.prctl(24, 21, 0, 0, 0)  # PR_CAPBSET_DROP, CAP_SYS_ADMIN
+with open("/proc/self/status") as fh:
+    bounding = [line.split()[1] for line in fh if line.startswith("CapBnd")]
+print(os.getpid(), os.getresgid(), os.getgroups(), bounding, os.readlink("/proc/self/ns/uts"))
+"""
+
+
+@pytest.mark.parametrize("what", ["pdeathsig", "groups", "gid", "namespace", "capability"])
+async def test_a_run_that_changed_its_credentials_or_death_signal_ends_its_process(
+    warm: WarmExecutor, tmp_path: Path, what: str
+) -> None:
+    if what != "pdeathsig" and os.geteuid() != 0:
+        pytest.skip("only root can change its groups, namespaces, capabilities")
+    skill = make_skill(tmp_path, "credentials", CREDENTIALS, REUSED)
+    first = (await run(warm, skill, "fine")).stdout
+    changed = (await run(warm, skill, what)).stdout
+    assert changed.split()[0] == first.split()[0]
+    after = (await run(warm, skill, "fine")).stdout
+    assert after.split()[0] != first.split()[0], after
+    assert after.split(maxsplit=1)[1] == first.split(maxsplit=1)[1]
+    assert wait_pid_gone(int(first.split()[0]), 10)
+
+
+async def test_tracing_and_gc_hooks_a_run_set_are_gone_in_the_next(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    body = """\
+import gc, os, sys
+if sys.stdin.read() == "hook":
+    sys.settrace(lambda *a: None)
+    sys.setprofile(lambda *a: None)
+    gc.callbacks.append(lambda *a: None)
+    gc.disable()
+print(os.getpid(), sys.gettrace() is None, sys.getprofile() is None, len(gc.callbacks),
+      gc.isenabled())
+"""
+    skill = make_skill(tmp_path, "hooks", body, REUSED)
+    first = (await run(warm, skill, "plain")).stdout.split()
+    await run(warm, skill, "hook")
+    assert (await run(warm, skill, "plain")).stdout.split() == first
 
 
 @pytest.fixture(params=["memory", "zmq"])
