@@ -88,7 +88,7 @@ import types
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 if __name__ == "__main__" and sys.path and os.path.basename(sys.path[0]) == "skill_server":
     # Started by path (see main): the folder of this file is no place to
@@ -330,7 +330,7 @@ def preload(modules: list[str]) -> list[str]:
     return failed
 
 
-def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int) -> bool:
+def _report_over(report: int, channel: tuple[int, int] | None, code: int, run_pid: int) -> bool:
     """Tell the skill server this run is over, with its exit code, before the
     exit itself: one byte on ``report``.
 
@@ -356,8 +356,11 @@ def _report_over(report: int, channel: tuple[int, int], code: int, run_pid: int)
     try:
         # The script may have closed fd ``report`` and opened a file that got
         # its number: the byte goes only where it was meant to (``channel``).
-        st = os.fstat(report)
-        return (st.st_dev, st.st_ino) == channel and os.write(report, bytes((code & 0xFF,))) == 1
+        return (
+            channel is not None
+            and _fd_id(report) == channel
+            and os.write(report, bytes((code & 0xFF,))) == 1
+        )
     except OSError:
         return False
 
@@ -372,9 +375,10 @@ def _has_children() -> bool:
         return False
 
 
-def _fd_id(fd: int) -> tuple[int, int] | None:
+def _fd_id(target: int | str) -> tuple[int, int] | None:
+    """The file an fd (or a path) is, as device and inode; None if there is none."""
     try:
-        st = os.fstat(fd)
+        st = os.stat(target)
     except OSError:
         return None
     return st.st_dev, st.st_ino
@@ -408,12 +412,7 @@ def _identity() -> tuple[object, ...]:
     death = ctypes.c_int(-1)
     if _PRCTL is not None:
         _PRCTL(_PR_GET_PDEATHSIG, ctypes.addressof(death), 0, 0, 0)
-    return status, namespaces, _fd_id_of("/proc/self/root"), death.value
-
-
-def _fd_id_of(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
+    return status, namespaces, _fd_id("/proc/self/root"), death.value
 
 
 class _Reuse:
@@ -540,8 +539,7 @@ class _Reuse:
             stdin, stdout, stderr = child_stdio()
         elif not _intact(stdin, 0):
             stdin = child_stdio()[0]
-        sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
-        sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr
+        _use_stdio((stdin, stdout, stderr))
         sys.modules["__main__"] = self.main  # type: ignore[assignment]
         sys.argv, sys.path = list(self.argv), list(self.path)
         with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
@@ -783,6 +781,16 @@ def premade_stdio() -> Stdio | None:
                 os.close(fd)
 
 
+def _use_stdio(streams: tuple[TextIO, TextIO, TextIO]) -> None:
+    """Make ``streams`` this run's ``sys.stdin``, ``stdout`` and ``stderr``, and
+    its ``sys.__stdin__`` and the rest too, as python starts a script: the
+    originals the fork server had, or a last run left there, would read or
+    write past this run (a buffer of a last run's unread input)."""
+    sys.stdin, sys.stdout, sys.stderr = streams
+    # Through the dict: typeshed marks the originals final.
+    vars(sys).update(__stdin__=streams[0], __stdout__=streams[1], __stderr__=streams[2])
+
+
 _CHILD_STDIO: Stdio | None = None
 """This fork server's :func:`premade_stdio` (see :func:`main`)."""
 
@@ -811,7 +819,7 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 os.dup2(fd, target)
             report = fds[3]
             os.set_inheritable(report, False)  # gone at an exec (run.sh): EOF, no report
-            reported_to = os.fstat(report)
+            reported_to = _fd_id(report)
             # The control socket, other runs' nothing: all go but this run's
             # connection, which the header is still to come on, and the report channel.
             low = 3
@@ -820,8 +828,7 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 low = keep + 1
             os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
             # Python's view of fds 0-2 needs nothing of the request either.
-            sys.stdin, sys.stdout, sys.stderr = _CHILD_STDIO or child_stdio()
-            sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+            _use_stdio(_CHILD_STDIO or child_stdio())
             # The fork server's environment goes now, not once the header is
             # here: the clear writes to (and so copies) the pages of every
             # variable, some 150 µs of the request's time otherwise.
@@ -874,7 +881,7 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                     channel.sendall(AGAIN)
                 except OSError:
                     again = False
-            reported = _report_over(report, (reported_to.st_dev, reported_to.st_ino), code, run_pid)
+            reported = _report_over(report, reported_to, code, run_pid)
             if reported and reuse is not None:
                 # Its run has its code. From here until the next run ends, an
                 # exit (after an "again" the script wrote itself, at a next run
@@ -887,7 +894,7 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
             if following is None:
                 break  # the skill server let this process go (or sent no run)
             header, compiled, report = following
-            reported_to = os.fstat(report)
+            reported_to = _fd_id(report)
             os.chdir(header["cwd"])
             os.environ.update(header["env"])
     finally:
@@ -991,10 +998,10 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
     # Flushed at the last run's end too, they hold nothing of it. stdin is
     # always new: its buffer may hold what the last run did not read.
     if _intact(sys.stdout, 1) and _intact(sys.stderr, 2):
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        _use_stdio((stdin, sys.stdout, sys.stderr))
     else:
-        sys.stdin, sys.stdout, sys.stderr = child_stdio()
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+        _use_stdio(child_stdio())
     return header, compiled, fds[3]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,6 +18,18 @@ from tests.helpers import (
     start_proxy,
     start_server,
 )
+from tests.test_fabric_cases import WAIT, Fabric
+
+
+@pytest.fixture(params=["memory", "zmq"])
+async def fabric(request: pytest.FixtureRequest) -> AsyncIterator[Fabric]:
+    """The in-process fabric (:class:`tests.test_fabric_cases.Fabric`): each test
+    that takes it runs once on the memory bus and once on real ZeroMQ."""
+    fab = Fabric(request.param)
+    try:
+        yield fab
+    finally:
+        await asyncio.wait_for(fab.close(), WAIT)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +128,6 @@ class Fabric:
             await server.stop(grace=0)
         if self.proxy is not None:
             await self.proxy.stop()
-
-
-@pytest.fixture(params=["memory", "zmq"])
-async def fabric(request: pytest.FixtureRequest) -> AsyncIterator[Fabric]:
-    fab = Fabric(request.param)
-    try:
-        yield fab
-    finally:
-        await asyncio.wait_for(fab.close(), WAIT)
 
 
 class Gate:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,15 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 T = "TOPIC_TESTING"
 TESTING = FIXTURE_SKILLS / "testing"
 REPLY_TO = "AGENT_REPLY_" + "c" * 32
-
-
-@pytest.fixture(params=["memory", "zmq"])
-async def fabric(request: pytest.FixtureRequest) -> AsyncIterator[Fabric]:
-    fab = Fabric(request.param)
-    try:
-        yield fab
-    finally:
-        await asyncio.wait_for(fab.close(), WAIT)
 
 
 # -- the SDK's request frame -------------------------------------------------------

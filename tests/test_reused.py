@@ -23,7 +23,7 @@ from skillscale.skill_server.executor import ExecutionLimits, ExecutionResult
 from skillscale.skill_server.forkserver import _read_request, encode_header
 from skillscale.skill_server.warm import WarmExecutor
 from tests.helpers import open_fd_count, wait_pid_gone
-from tests.test_fabric_cases import WAIT, Fabric, explicit
+from tests.test_fabric_cases import Fabric, explicit
 from tests.test_warm import _until, make_skill
 
 pytestmark = pytest.mark.timeout(120)
@@ -615,26 +615,17 @@ print(os.getpid(), sys.gettrace() is None, sys.getprofile() is None, len(gc.call
     assert (await run(warm, skill, "plain")).stdout.split() == first
 
 
-@pytest.fixture(params=["memory", "zmq"])
-async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Fabric]:
-    fabric = Fabric(request.param)
-    try:
-        yield fabric
-    finally:
-        await asyncio.wait_for(fabric.close(), WAIT)
-
-
 async def test_a_server_runs_a_reused_skill_in_one_process_over_the_bus(
-    bus: Fabric, tmp_path: Path
+    fabric: Fabric, tmp_path: Path
 ) -> None:
     # The metadata, read from SKILL.md by a real server, behind the proxy, on
     # the memory bus and on ZeroMQ; a skill without it beside it.
     body = "import os, sys\nprint(os.getpid(), sys.stdin.read())\n"
     make_skill(tmp_path, "shared", body, REUSED)
     make_skill(tmp_path, "own", body)
-    await bus.start_proxy()
-    await bus.start_server(tmp_path, "TOPIC_REUSED", "reused-1", executor="warm")
-    client = await bus.client()
+    await fabric.start_proxy()
+    await fabric.start_server(tmp_path, "TOPIC_REUSED", "reused-1", executor="warm")
+    client = await fabric.client()
     answers: dict[str, list[list[str]]] = {"shared": [], "own": []}
     for i in range(3):
         for name in answers:
