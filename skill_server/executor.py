@@ -625,9 +625,18 @@ class _Run:
             self._reaped = asyncio.ensure_future(self.proc.wait())
             self._reaped.add_done_callback(lambda _: self._end(None))
         else:
-            self._loop.add_reader(self._pidfd, self._end, None)
+            self._loop.add_reader(self._pidfd, self._on_exit)
         if self.report_fd is not None:
             self._loop.add_reader(self.report_fd, self._on_report)
+
+    def _on_exit(self) -> None:
+        # A child reports before it exits, but both fds may turn readable in
+        # one turn of the loop, the exit's callback first: the report wins
+        # (the exit code may never come, from a fork server that is stuck).
+        fd = self.report_fd
+        if fd is not None and select.select([fd], [], [], 0)[0]:
+            self._on_report()
+        self._end(None)
 
     def _on_report(self) -> None:
         assert self.report_fd is not None

@@ -592,6 +592,31 @@ async def test_a_run_is_answered_on_its_report_without_waiting_for_the_reap(
     assert result.exit_code == 4 and result.stdout == b"out", result
 
 
+async def test_a_report_and_an_exit_seen_together_end_the_run_with_the_report() -> None:
+    # The exit's callback may run first in the loop's turn that has both:
+    # the report, written before the exit, must still give the run its code
+    # (from a fork server that is stuck, the exit's status never comes).
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.write(write, bytes((7,)))
+
+    class Reported:
+        pid = os.getpid()
+        returncode = None
+
+        @staticmethod
+        def take_report_fd() -> int:
+            return read
+
+    run = _Run(Reported(), ExecutionLimits(10), time.monotonic(), sweep=False)  # type: ignore[arg-type]
+    try:
+        run._on_exit()
+        assert run._over.done() and run._over.result() == 7
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 STDIO_VIEW = """\
 import sys
 
