@@ -306,16 +306,23 @@ class SubprocessExecutor:
         if stamps.ON:
             stamps.stamp("exec.start")
         started = time.monotonic()
-        try:
-            run_env = scrubbed_env(self.python, self.skill_env(skill, data, env))
-            proc = await self.spawn(skill, run_env, limits)
-            if stamps.ON:
-                stamps.stamp("exec.spawned")
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
-        # Warm runs' leftovers are the fork server's to kill, cold ones ours.
-        cold = _COLD_ROOTS.get(proc.pid) is proc
-        return await _Run(proc, limits, started, sweep=cold).complete(data)
+        # A second try only for a run whose script never began (a reused
+        # process that ended between two runs): nothing of it ran.
+        for again in (False, True):
+            try:
+                run_env = scrubbed_env(self.python, self.skill_env(skill, data, env))
+                proc = await self.spawn(skill, run_env, limits)
+                if stamps.ON:
+                    stamps.stamp("exec.spawned")
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                return ExecutionResult(None, b"", b"", _ms(started), start_error=str(exc))
+            # Warm runs' leftovers are the fork server's to kill, cold ones ours.
+            cold = _COLD_ROOTS.get(proc.pid) is proc
+            run = _Run(proc, limits, started, sweep=cold)
+            result = await run.complete(data)
+            if not run.not_begun or again:
+                break
+        return result
 
     @staticmethod
     def skill_env(skill: Skill, data: bytes, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -500,6 +507,8 @@ class _Run:
         self._input = memoryview(b"")
         self._writing = False
         self._reaped: asyncio.Future[int] | None = None
+        self.not_begun = False
+        """It ended before its script began (see ``WarmProcess.began``)."""
 
     def kill_group(self) -> None:
         # The child is a session leader, so its pid is the group id; killing
@@ -524,6 +533,7 @@ class _Run:
         timer = loop.call_later(self.limits.timeout, self._time_up)
         reported: int | None = None
         timed_out = False
+        not_begun: str | None = None
         kept = False
         """A reused process (``warm.REUSED_PROCESS``) that waits for its next run: it lives on."""
         try:
@@ -550,6 +560,14 @@ class _Run:
                 # and so does every daemon that left the group.
                 self.kill_group()
                 self.kill_leftovers()
+            if reported is None and not timed_out:
+                began: Callable[[], bool] | None = getattr(proc, "began", None)
+                if began is not None and not began():
+                    self.not_begun = True
+                    not_begun = (
+                        "its reused process ended before the run began (its last run "
+                        "left it so), and so did a second try"
+                    )
             if reported is None and proc.returncode is None:
                 # A reported run left nothing; its reap is not waited for.
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -574,6 +592,9 @@ class _Run:
                     release(kept)
         if stamps.ON:
             stamps.stamp("exec.done")
+        if not_begun is not None:
+            # What came on its pipes is not the run's: its script never ran.
+            return ExecutionResult(None, b"", b"", _ms(self.started), start_error=not_begun)
         return ExecutionResult(
             exit_code=proc.returncode if reported is None else reported,
             stdout=bytes(self.stdout),

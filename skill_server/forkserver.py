@@ -135,6 +135,10 @@ One message: the child has its stdio from the fork, with no second receive
 AGAIN = b"again\n"
 """What a reused process says on its channel after a run it reports over
 when it waits for the next (see ``_child``)."""
+STARTED = b"run\n"
+"""What a reused process says on its channel when a next run's script
+begins: a run that ends before it (an exit of something the last run
+left, between the two runs) is no result of its script."""
 RUN = b"R"
 """A run to fork here (a Python entry point: from the preloaded interpreter)."""
 EXEC = b"E"
@@ -393,18 +397,23 @@ _RLIMITS = tuple(
     if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"
 )  # fmt: skip
 _STATUS_KEPT = (
-    b"Uid", b"Gid", b"Groups", b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb",
-    b"NoNewPrivs", b"Seccomp", b"Seccomp_filters",
+    b"Umask", b"Uid", b"Gid", b"Groups", b"SigBlk", b"SigIgn", b"SigCgt",
+    b"CapInh", b"CapPrm", b"CapEff", b"CapBnd", b"CapAmb", b"NoNewPrivs", b"Seccomp",
+    b"Seccomp_filters", b"Cpus_allowed_list", b"Mems_allowed_list", b"VmLck", b"THP_enabled",
 )  # fmt: skip
 """What of ``/proc/self/status`` a run must leave as it found it: the
-process's credentials, capabilities and syscall filters."""
+process's umask, credentials, signal dispositions and mask as the kernel
+has them (set outside Python too), capabilities, syscall filters, CPU and
+memory-node affinity, locked memory, transparent huge pages."""
+_PROC_KEPT = ("/proc/self/oom_score_adj", "/proc/self/timerslack_ns", "/proc/self/cgroup")
 
 
 def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
     """Who and where this process is, as a reused process's next run would
     inherit it: credentials and capabilities, its ``namespaces`` (names in
     ``/proc/self/ns``), its root directory and its parent-death signal (see
-    :meth:`_Reuse.reusable`). About 75 µs of CPU here, once per reused run."""
+    :meth:`_Reuse.reusable`), its OOM score, timer slack, cgroup, personality
+    and scheduling policy. About 100 µs of CPU here, once per reused run."""
     fd = os.open("/proc/self/status", os.O_RDONLY)
     try:
         status = os.read(fd, 64 * 1024)
@@ -412,10 +421,19 @@ def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
         os.close(fd)
     kept = tuple(line for line in status.splitlines() if line.split(b":", 1)[0] in _STATUS_KEPT)
     links = tuple(os.readlink("/proc/self/ns/" + name) for name in namespaces)
+    files = []
+    for path in _PROC_KEPT:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            files.append(os.read(fd, 4096))
+        finally:
+            os.close(fd)
     death = ctypes.c_int(-1)
     if _PRCTL is not None:
         _PRCTL(_PR_GET_PDEATHSIG, ctypes.addressof(death), 0, 0, 0)
-    return kept, links, _fd_id("/proc/self/root"), death.value
+    personality = _LIBC.personality(0xFFFFFFFF) if _LIBC is not None else None
+    scheduler = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    return kept, links, tuple(files), _fd_id("/proc/self/root"), death.value, personality, scheduler
 
 
 class _Reuse:
@@ -443,6 +461,9 @@ class _Reuse:
         except OSError:
             self.namespaces, self.identity = [], None  # no /proc: reusable() says no
         self.environ, self.environb = os.environ, os.environb
+        self.environ_data: dict[bytes, bytes] = {}
+        self.stdio = _stdio_ids()
+        self.timers = os.path.exists("/proc/self/timers")
         self.main = sys.modules.get("__main__")
         self.argv, self.path = list(sys.argv), list(sys.path)
         self.gc = (gc.isenabled(), gc.get_threshold(), list(gc.callbacks))
@@ -469,6 +490,8 @@ class _Reuse:
                 return False
             if self._fds_in_the_way(report) or _identity(self.namespaces) != self.identity:
                 return False
+            if _stdio_ids() != self.stdio or (self.timers and self._posix_timers()):
+                return False
             with open("/proc/self/statm", "rb") as fh:
                 size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError):
@@ -491,6 +514,13 @@ class _Reuse:
         return (cpu == infinity or usage.ru_utime + usage.ru_stime < cpu / 2) and (
             memory == infinity or size < memory / 2
         )
+
+    @staticmethod
+    def _posix_timers() -> bool:
+        # timer_create's timers (not setitimer's) outlive a run: one would
+        # fire in a later run, another caller's.
+        with open("/proc/self/timers", "rb") as fh:
+            return bool(fh.read(1))
 
     def _siblings_in_session(self) -> bool:
         # A process of the run's that left this process's tree for the fork
@@ -528,22 +558,44 @@ class _Reuse:
 
     def reset(self) -> None:
         """Set back what a fresh process starts with and the run may have
-        changed: its std streams, ``__main__``, ``sys.argv`` and
-        ``sys.path``, exit handlers, weakref finalizers' shutdown flag,
-        timers, signal handlers and mask, umask, environment (the C one
-        too), trace and profile functions, the collector's settings.
+        changed: its std streams (stdin always new, the last one closed),
+        ``__main__``, ``sys.argv`` and ``sys.path``, exit handlers, weakref
+        finalizers' shutdown flag, timers, signal handlers, wakeup fd and
+        mask, umask, environment (the C one too), trace and profile
+        functions, the collector's settings.
 
         Called at the run's end, before its last flush and its report: what
         this drops (a handler, an exit function, a stream the script put in
         ``sys``) is finalized now, into this run's output or its exit,
-        never into the next run's, which may be another caller's.
+        never into the next run's, which may be another caller's. A
+        finalizer may change some of it again: :meth:`clean` tells.
         """
-        stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
+        old = (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
+        stdout, stderr = sys.stdout, sys.stderr
         if not (_intact(stdout, 1) and _intact(stderr, 2)):
-            stdin, stdout, stderr = child_stdio()
-        elif not _intact(stdin, 0):
-            stdin = child_stdio()[0]
-        _use_stdio((stdin, stdout, stderr))
+            _unused, stdout, stderr = child_stdio()
+        # A new stdin each run: what buffered the last one's unread input
+        # is closed, so a module that kept it fails, never reads it later.
+        stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        streams = (stdin, stdout, stderr)
+        for stream in old:
+            if stream is None or any(stream is new for new in streams):
+                continue
+            try:
+                if type(stream) is io.TextIOWrapper and stream.buffer in (
+                    stdout.buffer,
+                    stderr.buffer,
+                ):
+                    # (``sys.stdout = io.TextIOWrapper(sys.stdout.buffer)``:
+                    # closing the old wrapper would close the new one's buffer.)
+                    stream.detach()
+                elif stream is old[0] or stream is old[3]:
+                    stream.close()
+            except Exception:  # noqa: S110 - the script's own stream: dropped all the same
+                pass
+        _use_stdio(streams)
+        self.streams = streams
+        del old, stream
         sys.modules["__main__"] = self.main  # type: ignore[assignment]
         sys.argv, sys.path = list(self.argv), list(self.path)
         with contextlib.suppress(Exception):  # a script's replacement of atexit: nothing to clear
@@ -553,12 +605,14 @@ class _Reuse:
         weakref.finalize._shutdown = False  # type: ignore[attr-defined]
         weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]
         _csignal.alarm(0)
-        for timer in (_csignal.ITIMER_REAL, _csignal.ITIMER_VIRTUAL, _csignal.ITIMER_PROF):
+        for timer in _ITIMERS:
             _csignal.setitimer(timer, 0)
         for signum, handler in self.handlers.items():
             if _csignal.getsignal(signum) is not handler:
                 with contextlib.suppress(OSError, ValueError, TypeError):
                     _csignal.signal(signum, handler)
+        with contextlib.suppress(ValueError):
+            _csignal.set_wakeup_fd(-1)
         _csignal.pthread_sigmask(_csignal.SIG_SETMASK, self.mask)
         os.umask(self.umask)
         # os.environ may have been replaced, and os.putenv changes only the C
@@ -569,15 +623,74 @@ class _Reuse:
             _LIBC.clearenv()
         else:  # pragma: no cover - non-glibc platforms
             self.environ.clear()
-        data: dict[bytes, bytes] = {}
+        self.environ_data = {}
         for mapping in (self.environ, self.environb):
-            object.__setattr__(mapping, "_data", data)
+            object.__setattr__(mapping, "_data", self.environ_data)
         sys.settrace(self.trace[0])
         sys.setprofile(self.trace[1])
         enabled, threshold, callbacks = self.gc
         gc.callbacks[:] = callbacks
         gc.set_threshold(*threshold)
         (gc.enable if enabled else gc.disable)()
+
+    def clean(self) -> bool:
+        """Whether what :meth:`reset` set back is still as it left it (a
+        finalizer run since, by the collector, may have changed it again:
+        then this process takes no next run)."""
+        try:
+            return (
+                (sys.stdin, sys.stdout, sys.stderr) == self.streams
+                and (sys.__stdin__, sys.__stdout__, sys.__stderr__) == self.streams
+                and sys.modules.get("__main__") is self.main
+                and type(sys.argv) is list
+                and sys.argv == self.argv
+                and type(sys.path) is list
+                and sys.path == self.path
+                and atexit._ncallbacks() == 0
+                and not weakref.finalize._shutdown  # type: ignore[attr-defined]
+                and all(_csignal.getitimer(timer) == (0.0, 0.0) for timer in _ITIMERS)
+                and all(_csignal.getsignal(n) is h for n, h in self.handlers.items())
+                and _csignal.pthread_sigmask(_csignal.SIG_BLOCK, ()) == self.mask
+                and os.environ is self.environ
+                and os.environb is self.environb
+                and vars(self.environ).get("_data") is self.environ_data
+                and not self.environ_data
+                and (_LIBC is None or ctypes.c_void_p.in_dll(_LIBC, "environ").value is None)
+                and (sys.gettrace(), sys.getprofile()) == self.trace
+                and (gc.isenabled(), gc.get_threshold(), gc.callbacks) == self.gc
+            )
+        except Exception:
+            return False
+
+
+def _stdio_ids() -> tuple[tuple[int, int] | None, ...]:
+    return _fd_id(0), _fd_id(1), _fd_id(2)
+
+
+_ITIMERS = (_csignal.ITIMER_REAL, _csignal.ITIMER_VIRTUAL, _csignal.ITIMER_PROF)
+_WRITERS = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)
+
+
+def _flush_writers() -> None:
+    """Flush every writer over fd 1 or 2 that the run made and left open (a
+    module's cached ``open(1, "w", closefd=False)``): python flushes them
+    at its exit, into that run's output; a fork's ``os._exit`` would drop
+    what they hold, and in a reused process the next run would flush it
+    into another caller's output. Only objects made since the fork
+    server's ``gc.freeze()`` are seen: some 60-90 of them, 20-60 µs."""
+    try:
+        found = [obj for obj in gc.get_objects() if type(obj) in _WRITERS]
+    except Exception:  # (a failed allocation) the output is what it is
+        return
+    # Text wrappers first: their flush writes into a buffered writer.
+    for text in (True, False):
+        for obj in found:
+            if (type(obj) is io.TextIOWrapper) is text:
+                try:
+                    if not obj.closed and obj.fileno() in (1, 2):
+                        obj.flush()
+                except Exception:  # noqa: S110 - a broken writer of the script's
+                    pass
 
 
 _HEADER_SIZE = struct.Struct("!I")
@@ -875,9 +988,10 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 os._exit(127)
         run_pid = os.getpid()
         reuse = None if channel is None else _Reuse(channel)
+        begun: socket.socket | None = None  # a first run's begin needs no word
         while True:
-            code, flushed = _run_script(header["script"], compiled, reuse)
-            again = reuse is not None and flushed and reuse.reusable(report)
+            code, clean = _run_script(header["script"], compiled, reuse, begun)
+            again = reuse is not None and clean and reuse.reusable(report)
             if again:
                 assert channel is not None
                 # Before the report, so the skill server has it when it sees the run over.
@@ -899,16 +1013,22 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 break  # the skill server let this process go (or sent no run)
             header, compiled, report = following
             reported_to = _fd_id(report)
+            reuse.stdio = _stdio_ids()
+            begun = reuse.channel
             os.chdir(header["cwd"])
             os.environ.update(header["env"])
     finally:
         os._exit(code & 0xFF)
 
 
-def _run_script(script: str, compiled: bytes | None, reuse: _Reuse | None) -> tuple[int, bool]:
+def _run_script(
+    script: str, compiled: bytes | None, reuse: _Reuse | None, begun: socket.socket | None = None
+) -> tuple[int, bool]:
     """Run ``script`` as ``__main__`` (``sys.argv``, ``sys.path[0]`` and all);
     its exit code once its exit handlers ran and its output is flushed, and
-    whether that flush worked (else output may be left in a buffer).
+    whether that flush worked (else output may be left in a buffer) and, in
+    a reused process, what the run changed was set back and stayed so.
+    ``begun``: a reused process's channel, told when a next run's script begins.
 
     As python's own shutdown does, ``__main__``'s globals are cleared before
     the flush, so what only they held (a buffered writer over fd 1 the
@@ -923,6 +1043,11 @@ def _run_script(script: str, compiled: bytes | None, reuse: _Reuse | None) -> tu
     # The dict the script runs in, held here: the script may replace its
     # module in sys.modules or change the module's class.
     namespace = _main_module(script).__dict__
+    if begun is not None:
+        try:
+            begun.sendall(STARTED)  # (see STARTED) the last step before the script
+        except OSError:
+            os._exit(1)  # the skill server let go of this process: no run to answer
     try:
         _run_main(script, compiled, sys.modules["__main__"])
         code = 0
@@ -945,22 +1070,24 @@ def _run_script(script: str, compiled: bytes | None, reuse: _Reuse | None) -> tu
         sys.stderr.flush()
     except BaseException:  # noqa: S110 - a closed or broken stream: checked below
         pass
+    clean = True
     try:
         namespace.clear()
         if reuse is not None:
             reuse.reset()
             gc.collect()
-    except BaseException:  # noqa: S110 - a finalizer's error: the output is what it is
-        pass
-    flushed = True
+            clean = reuse.clean()
+        _flush_writers()
+    except BaseException:  # a finalizer's error: the output is what it is
+        clean = False
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # a closed or broken stream: the output is what it is
-            flushed = False
+            clean = False
     if stamps.ON:
         stamps.stamp("child.ran")
-    return code, flushed
+    return code, clean
 
 
 def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes | None, int] | None:
@@ -1010,8 +1137,14 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
 
 
 def _intact(stream: object, fd: int) -> bool:
-    """Whether ``stream`` is still a text stream of ours over ``fd``, open."""
-    if type(stream) is not io.TextIOWrapper or stream.closed:
+    """Whether ``stream`` is still a text stream over ``fd``, open, made of
+    the io module's own classes only (so that nothing here runs a script's
+    code: the buffer's ``closed`` and ``fileno`` could be Python)."""
+    if type(stream) is not io.TextIOWrapper:
+        return False
+    buffer = stream.buffer
+    raw = buffer.raw if type(buffer) in (io.BufferedReader, io.BufferedWriter) else buffer
+    if type(raw) is not io.FileIO or stream.closed:
         return False
     try:
         return stream.fileno() == fd

@@ -63,7 +63,7 @@ from skillscale.skill_server.executor import (
     scrubbed_env,
     sweep_orphans,
 )
-from skillscale.skill_server.forkserver import AGAIN, EXEC, RUN, encode_header
+from skillscale.skill_server.forkserver import AGAIN, EXEC, RUN, STARTED, encode_header
 
 log = logging.getLogger(__name__)
 
@@ -376,12 +376,26 @@ class WarmProcess:
         channel = self.channel
         if channel is None or self.waiter.done() or channel.fileno() < 0:
             return False
+        expected = AGAIN if self.runs == 1 else STARTED + AGAIN
         try:
             # Said before the report, which is read already: it is here.
-            said = channel.recv(len(AGAIN) + 1)
+            said = channel.recv(len(expected) + 1)
         except OSError:
             said = b""
-        return said == AGAIN
+        return said == expected
+
+    def began(self) -> bool:
+        """Whether the script of its run began: a first run's always did; a
+        reused process's next run did if it said so (``forkserver.STARTED``)
+        before it ended."""
+        channel = self.channel
+        if self.runs <= 1 or channel is None:
+            return True
+        try:
+            # Said before the script ran, so before any end of it: it is here.
+            return channel.recv(len(STARTED), socket.MSG_PEEK) == STARTED
+        except OSError:
+            return False
 
     def release(self, kept: bool) -> None:
         """A run of this process ended (its fds are closed); ``kept``: see :meth:`keep`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -613,6 +614,219 @@ print(os.getpid(), sys.gettrace() is None, sys.getprofile() is None, len(gc.call
     first = (await run(warm, skill, "plain")).stdout.split()
     await run(warm, skill, "hook")
     assert (await run(warm, skill, "plain")).stdout.split() == first
+
+
+# Third review: what a run leaves, seen by the next caller's run. Each case:
+# the script, the inputs of its runs in turn, and what the last run must get
+# (its own output, ok) and whether it may share the process of the one before.
+LEFT_BEHIND: dict[str, tuple[str, list[str], bytes, bool]] = {
+    # A cycle whose finalizer, run by the collector after the reset, changes
+    # the environment and registers an exit function again.
+    "finalizer-after-reset": (
+        """\
+import atexit, os, sys
+data = sys.stdin.read()
+class Cycle:
+    def __init__(self, environ, register, write):
+        self.me, self.environ, self.register, self.write = self, environ, register, write
+    def __del__(self):
+        self.environ["LEAKED"] = "alice"
+        self.register(self.write, "exit function of alice\\n")
+if data == "alice":
+    keep = Cycle(os.environ, atexit.register, sys.stdout.write)
+print("for", data, os.environ.get("LEAKED", "-"))
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob -\n",
+        False,
+    ),
+    # An object hung on the run's sys.stdin, finalized when it is dropped.
+    "stdin-finalizer-prints": (
+        """\
+import sys
+data = sys.stdin.read()
+class Late:
+    def __init__(self, write):
+        self.write = write
+    def __del__(self):
+        self.write("alice's, finalized late\\n")
+if data == "alice":
+    sys.stdin.late = Late(sys.stdout.write)
+print("for", data)
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob\n",
+        True,
+    ),
+    # An audit hook (it cannot be removed) that exits on the next run's chdir,
+    # before its script begins: that run is tried again in a new process.
+    "audit-hook-exits": (
+        """\
+import os, sys
+data = sys.stdin.read()
+if data == "alice":
+    def hook(event, args, _exit=os._exit):
+        if event == "os.chdir":
+            _exit(0)
+    sys.addaudithook(hook)
+print("for", data)
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob\n",
+        False,
+    ),
+    # A module's cached writer over fd 1, never flushed by the script.
+    "module-writer": (
+        """\
+import sys
+import colorsys
+if not hasattr(colorsys, "out"):
+    colorsys.out = open(sys.stdout.fileno(), "w", closefd=False)
+colorsys.out.write(("for " + sys.stdin.read() + "\\n") * 400)
+""",
+        ["alice", "bob"],
+        b"for bob\n" * 400,
+        True,
+    ),
+    # A module's cached sys.stdin that read ahead of the line it returned.
+    "module-stdin": (
+        """\
+import sys
+import colorsys
+if not hasattr(colorsys, "inp"):
+    colorsys.inp = sys.stdin
+try:
+    line = colorsys.inp.readline().strip()
+except ValueError:
+    line = sys.stdin.readline().strip()
+print("first line", line)
+""",
+        ["alice-1\nalice-secret\n", "bob-1\n"],
+        b"first line bob-1\n",
+        True,
+    ),
+    # Signals ignored below Python (libc's signal, as a C extension would).
+    "libc-sigaction": (
+        """\
+import ctypes, signal, sys
+if sys.stdin.read() == "alice":
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal(int(signal.SIGTERM), ctypes.c_void_p(1))
+with open("/proc/self/status") as fh:
+    ignored = int([line.split()[1] for line in fh if line.startswith("SigIgn")][0], 16)
+print("SIGTERM ignored", bool(ignored & (1 << (signal.SIGTERM - 1))))
+""",
+        ["warmup", "alice", "bob"],
+        b"SIGTERM ignored False\n",
+        False,
+    ),
+    # A POSIX timer (timer_create), which fires SIGALRM in 0.3 s.
+    "posix-timer": (
+        """\
+import ctypes, sys, time
+if sys.stdin.read() == "alice":
+    libc = ctypes.CDLL(None)
+    class Spec(ctypes.Structure):
+        _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+    class Timer(ctypes.Structure):
+        _fields_ = [("interval", Spec), ("value", Spec)]
+    timer = ctypes.c_void_p()
+    assert libc.timer_create(1, None, ctypes.byref(timer)) == 0
+    soon = Timer(Spec(0, 0), Spec(0, 300_000_000))
+    assert libc.timer_settime(timer, 0, ctypes.byref(soon), None) == 0
+else:
+    time.sleep(0.6)
+print("done")
+""",
+        ["warmup", "alice", "bob"],
+        b"done\n",
+        False,
+    ),
+    # Scheduling, OOM score, timer slack, CPU affinity.
+    "scheduling": (
+        """\
+import ctypes, os, sys
+if sys.stdin.read() == "alice":
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    with open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")
+    ctypes.CDLL(None).prctl(29, 50_000_000, 0, 0, 0)  # PR_SET_TIMERSLACK
+with open("/proc/self/oom_score_adj") as fh, open("/proc/self/timerslack_ns") as slack:
+    print(len(os.sched_getaffinity(0)) == os.cpu_count(), os.sched_getscheduler(0),
+          fh.read().strip(), slack.read().strip())
+""",
+        ["warmup", "alice", "bob"],
+        b"",  # (compared with the warm-up's below)
+        False,
+    ),
+    # fd 1 closed by the script (open(fileno) closes it) and taken by a log file.
+    "fd1-taken-over": (
+        """\
+import os, sys
+import colorsys
+who = sys.stdin.read()
+if who == "alice":
+    with open(sys.stdout.fileno(), "w") as out:
+        out.write("for alice\\n")
+    colorsys.log = open(os.environ["SKILLSCALE_SKILL_DIR"] + "/audit.log", "a")
+    colorsys.log.write("audit: alice asked something private\\n")
+else:
+    if hasattr(colorsys, "log"):
+        colorsys.log.write("audit: " + who + "\\n")
+        colorsys.log.flush()
+    print("for", who)
+""",
+        ["alice", "bob"],
+        b"for bob\n",
+        False,
+    ),
+    # The usual re-wrapping of stdout: the process stays reusable.
+    "rewrapped-stdout": (
+        """\
+import io, sys
+sys.stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace")
+print("for", sys.stdin.read())
+""",
+        ["a", "b", "bob"],
+        b"for bob\n",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEFT_BEHIND))
+async def test_what_a_run_leaves_never_reaches_the_next_callers_run(
+    warm: WarmExecutor, tmp_path: Path, case: str
+) -> None:
+    body, inputs, expected, shared = LEFT_BEHIND[case]
+    # The pid goes to stderr: the cases compare stdout whole.
+    pid = "import os, sys\nprint(os.getpid(), file=sys.stderr)\n"
+    skill = make_skill(tmp_path, case, pid + body, REUSED)
+    results = [await run(warm, skill, data) for data in inputs]
+    last, before = results[-1], results[-2]
+    assert last.ok, last
+    if case == "scheduling":
+        assert last.stdout == results[0].stdout, (results[0], last)
+    else:
+        assert last.stdout == expected, last
+    assert (last.stderr.split()[:1] == before.stderr.split()[:1]) is shared, (before, last)
+
+
+async def test_a_kept_process_that_dies_between_runs_costs_no_run(
+    warm: WarmExecutor, tmp_path: Path
+) -> None:
+    skill = make_skill(tmp_path, "dies", "import os, sys\nprint(os.getpid(), sys.stdin.read())\n",
+                       REUSED)  # fmt: skip
+    for _attempt in range(3):
+        pid = int((await run(warm, skill, "a")).stdout.split()[0])
+        await _until(lambda: warm.reused_waiting == 1)
+        os.kill(pid, signal.SIGKILL)  # waiting for its next run, and that run comes at once
+        result = await run(warm, skill, "bob")
+        assert result.ok and result.stdout.split()[1] == b"bob", result
+        assert int(result.stdout.split()[0]) != pid
+        assert wait_pid_gone(pid, 10)
 
 
 async def test_a_server_runs_a_reused_skill_in_one_process_over_the_bus(
