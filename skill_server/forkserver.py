@@ -578,8 +578,8 @@ class _Reuse:
         # is closed, so a module that kept it fails, never reads it later.
         stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
         streams = (stdin, stdout, stderr)
-        for stream in old:
-            if stream is None or any(stream is new for new in streams):
+        for stream in [kept for kept in old if kept is not None]:
+            if any(stream is new for new in streams):
                 continue
             try:
                 if type(stream) is io.TextIOWrapper and stream.buffer in (
@@ -589,7 +589,7 @@ class _Reuse:
                     # (``sys.stdout = io.TextIOWrapper(sys.stdout.buffer)``:
                     # closing the old wrapper would close the new one's buffer.)
                     stream.detach()
-                elif stream is old[0] or stream is old[3]:
+                elif any(stream is last for last in (old[0], old[3])):
                     stream.close()
             except Exception:  # noqa: S110 - the script's own stream: dropped all the same
                 pass
