@@ -59,7 +59,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -322,6 +322,13 @@ class SubprocessExecutor:
             result = await run.complete(data)
             if not run.not_begun or again:
                 break
+            forget: Callable[[Skill], None] | None = getattr(self, "forget_reused", None)
+            if forget is not None:
+                forget(skill)  # the second try in a new process
+            left = limits.timeout - (time.monotonic() - started)
+            if left <= 0:
+                break
+            limits = replace(limits, timeout=left)
         return result
 
     @staticmethod

@@ -408,6 +408,19 @@ memory-node affinity, locked memory, transparent huge pages."""
 _PROC_KEPT = ("/proc/self/oom_score_adj", "/proc/self/timerslack_ns", "/proc/self/cgroup")
 
 
+_LIBC_SIGNALS = sum(1 << (signum - 1) for signum in range(32, int(signal.SIGRTMIN)))
+"""Signals 32 to SIGRTMIN-1, glibc's own: its first thread installs their
+handlers (SIGCANCEL, SIGSETXID), which a fresh process of the skill would
+install too as soon as it made a thread."""
+
+
+def _status_line(line: bytes) -> bytes:
+    name, _, value = line.partition(b":")
+    if name in (b"SigCgt", b"SigIgn"):
+        return name + b":%x" % (int(value, 16) & ~_LIBC_SIGNALS)
+    return line
+
+
 def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
     """Who and where this process is, as a reused process's next run would
     inherit it: credentials and capabilities, its ``namespaces`` (names in
@@ -419,7 +432,8 @@ def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
         status = os.read(fd, 64 * 1024)
     finally:
         os.close(fd)
-    kept = tuple(line for line in status.splitlines() if line.split(b":", 1)[0] in _STATUS_KEPT)
+    kept = tuple(_status_line(line) for line in status.splitlines()
+                 if line.split(b":", 1)[0] in _STATUS_KEPT)  # fmt: skip
     links = tuple(os.readlink("/proc/self/ns/" + name) for name in namespaces)
     files = []
     for path in _PROC_KEPT:
@@ -468,6 +482,15 @@ class _Reuse:
         self.argv, self.path = list(sys.argv), list(sys.path)
         self.gc = (gc.isenabled(), gc.get_threshold(), list(gc.callbacks))
         self.trace = (sys.gettrace(), sys.getprofile())
+        self.hooked = False
+        """A run added an audit hook: it cannot be removed, and it runs in the
+        code between two runs too (where an exit of its would pass for the
+        next run's result), so this process takes no next run."""
+        sys.addaudithook(self._on_audit)
+
+    def _on_audit(self, event: str, _args: tuple[object, ...]) -> None:
+        if event == "sys.addaudithook":
+            self.hooked = True
 
     def reusable(self, report: int) -> bool:
         """Whether this process may take its skill's next run: it is the run's
@@ -480,13 +503,14 @@ class _Reuse:
         one runs come on, and the runs so far left each kernel limit counted
         per process (CPU seconds, address space) half its room."""
         if (
-            os.getpid() != self.pid
+            self.hooked
+            or os.getpid() != self.pid
             or _has_children()
             or _fd_id(self.channel.fileno()) != self.channel_id
         ):
             return False
         try:
-            if len(os.listdir("/proc/self/task")) != 1 or self._siblings_in_session():
+            if not _one_thread() or self._siblings_in_session():
                 return False
             if self._fds_in_the_way(report) or _identity(self.namespaces) != self.identity:
                 return False
@@ -663,6 +687,17 @@ class _Reuse:
             return False
 
 
+def _one_thread() -> bool:
+    """Whether this process has one thread. A thread Python joined may not
+    have exited yet (the join waits for its Python code, not for the OS
+    thread's end): a few ms for it to go, only when a run made one."""
+    for _ in range(25):
+        if len(os.listdir("/proc/self/task")) == 1:
+            return True
+        time.sleep(0.0002)
+    return False
+
+
 def _stdio_ids() -> tuple[tuple[int, int] | None, ...]:
     return _fd_id(0), _fd_id(1), _fd_id(2)
 
@@ -671,17 +706,37 @@ _ITIMERS = (_csignal.ITIMER_REAL, _csignal.ITIMER_VIRTUAL, _csignal.ITIMER_PROF)
 _WRITERS = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)
 
 
-def _flush_writers() -> None:
+def _pure(stream: object) -> bool:
+    """Whether ``stream`` is made of the io module's own classes down to a
+    FileIO: its methods then run no Python code of anyone's."""
+    if type(stream) is io.TextIOWrapper:
+        stream = stream.buffer
+    if type(stream) in (io.BufferedReader, io.BufferedWriter, io.BufferedRandom):
+        stream = stream.raw  # type: ignore[attr-defined]
+    return type(stream) is io.FileIO
+
+
+_ORIGINAL_STDIO = (sys.__stdout__, sys.__stderr__)
+"""The fork server's own stdout and stderr (frozen, so unseen by gc.get_objects)."""
+
+
+def _flush_writers(*, ours_only: bool = False) -> None:
     """Flush every writer over fd 1 or 2 that the run made and left open (a
     module's cached ``open(1, "w", closefd=False)``): python flushes them
     at its exit, into that run's output; a fork's ``os._exit`` would drop
     what they hold, and in a reused process the next run would flush it
     into another caller's output. Only objects made since the fork
-    server's ``gc.freeze()`` are seen: some 60-90 of them, 20-60 µs."""
+    server's ``gc.freeze()`` are seen (some 60-90 of them, 20-60 µs), and
+    the fork server's premade and own std streams, which are frozen.
+    ``ours_only``: only writers made of the io module's own classes, so
+    that no code of the script's runs (after a reused run's reset)."""
     try:
         found = [obj for obj in gc.get_objects() if type(obj) in _WRITERS]
     except Exception:  # (a failed allocation) the output is what it is
         return
+    found += [*(_CHILD_STDIO or ())[1:], *_ORIGINAL_STDIO]
+    if ours_only:
+        found = [obj for obj in found if _pure(obj)]
     # Text wrappers first: their flush writes into a buffered writer.
     for text in (True, False):
         for obj in found:
@@ -1073,11 +1128,14 @@ def _run_script(
     clean = True
     try:
         namespace.clear()
+        _flush_writers()
         if reuse is not None:
             reuse.reset()
             gc.collect()
+            # What the reset's and the collector's finalizers wrote, with no
+            # code of the script's run after the check below.
+            _flush_writers(ours_only=True)
             clean = reuse.clean()
-        _flush_writers()
     except BaseException:  # a finalizer's error: the output is what it is
         clean = False
     for stream in (sys.stdout, sys.stderr):
@@ -1140,11 +1198,11 @@ def _intact(stream: object, fd: int) -> bool:
     """Whether ``stream`` is still a text stream over ``fd``, open, made of
     the io module's own classes only (so that nothing here runs a script's
     code: the buffer's ``closed`` and ``fileno`` could be Python)."""
-    if type(stream) is not io.TextIOWrapper:
+    if type(stream) is not io.TextIOWrapper or not _pure(stream) or stream.closed:
         return False
-    buffer = stream.buffer
-    raw = buffer.raw if type(buffer) in (io.BufferedReader, io.BufferedWriter) else buffer
-    if type(raw) is not io.FileIO or stream.closed:
+    # As child_stdio makes them: a reconfigure() (say, to ASCII) would carry over.
+    settings = (stream.encoding, stream.errors, stream.line_buffering, stream.write_through)
+    if settings != ("utf-8", "backslashreplace" if fd == 2 else "strict", fd == 2, False):
         return False
     try:
         return stream.fileno() == fd

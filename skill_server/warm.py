@@ -228,6 +228,8 @@ class WarmProcess:
         there, and it says there that it waits for one (``forkserver.AGAIN``).
         The script can write to it too: it is read at a run's end only, for
         exactly that word, and anything else lets the process go."""
+        self._began: bool | None = None
+        """:meth:`began`, as read when the process's connection closed."""
         self.on_free: Callable[[WarmProcess], None] | None = None
         """Called with this process once a run of it ended and it waits for another."""
         self.ready: asyncio.Future[int | None] = self._loop.create_future()
@@ -320,6 +322,9 @@ class WarmProcess:
             self._loop.remove_reader(fd)
         self._sock.close()
         if self.channel is not None:
+            # Whether its last run began is read before the channel goes:
+            # the exit's status may come before the run's end is handled.
+            self._began = self._said_started()
             self.channel.close()
         if not self.ready.done():
             self.ready.set_result(None)
@@ -387,15 +392,27 @@ class WarmProcess:
     def began(self) -> bool:
         """Whether the script of its run began: a first run's always did; a
         reused process's next run did if it said so (``forkserver.STARTED``)
-        before it ended."""
+        before it ended. In doubt, it did: a run tried twice could run twice."""
+        if self.runs <= 1 or self.channel is None:
+            return True
+        if self._began is not None:
+            return self._began
+        return self._said_started()
+
+    def _said_started(self) -> bool:
         channel = self.channel
         if self.runs <= 1 or channel is None:
             return True
         try:
             # Said before the script ran, so before any end of it: it is here.
-            return channel.recv(len(STARTED), socket.MSG_PEEK) == STARTED
-        except OSError:
+            said = channel.recv(len(STARTED), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, ConnectionResetError):
+            # Nothing said, or (a reset) it ended with our request unread:
+            # it ended before the script.
             return False
+        except OSError:
+            return True
+        return said == STARTED
 
     def release(self, kept: bool) -> None:
         """A run of this process ended (its fds are closed); ``kept``: see :meth:`keep`."""
@@ -742,6 +759,15 @@ class WarmExecutor(SubprocessExecutor):
                     return child
                 child.discard()  # it ended waiting: look on
         return None
+
+    def forget_reused(self, skill: Skill) -> None:
+        """Let go every process that waits for a next run of ``skill``: one
+        ended between two runs, and the others may be left the same way."""
+        shared = (str(skill.entrypoint), str(skill.path))
+        for child in list(self._reused):
+            if child.reuse is not None and child.reuse[:2] == shared:
+                del self._reused[child]
+                child.discard()
 
     def _free_reused(self, child: WarmProcess) -> None:
         """A reused process's run ended and it waits for the next: keep it, within bounds."""

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -782,6 +783,90 @@ else:
         b"for bob\n",
         False,
     ),
+    # Fourth review. The run's own sys.stdout (made once, in the fork server),
+    # kept by a module and written to unflushed, sys.stdout then replaced.
+    "kept-premade-stdout": (
+        """\
+import codecs, sys
+import colorsys
+who = sys.stdin.read()
+if not hasattr(colorsys, "out"):
+    colorsys.out = sys.stdout
+colorsys.out.write("for " + who + ";")
+if who == "alice":
+    sys.stdout = codecs.getwriter("utf-8")(sys.stdout.buffer)
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob;",
+        True,
+    ),
+    # A text wrapper over a Python buffer, whose fileno() changes the
+    # environment: it must run before the reset, never after its check.
+    "python-buffer": (
+        """\
+import io, os, sys
+who = sys.stdin.read()
+print("for", who, os.environ.get("LEAKED", "-"))
+class Tee(io.BufferedIOBase):
+    def __init__(self, who):
+        self.who = who
+    def writable(self):
+        return True
+    def write(self, b):
+        return len(b)
+    def fileno(self, os=os):
+        os.environ["LEAKED"] = self.who
+        return 1
+if who == "alice":
+    import colorsys
+    colorsys.tee = io.TextIOWrapper(Tee(who))
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob -\n",
+        True,
+    ),
+    # An audit hook that exits at the next run's exec (after it began).
+    "audit-hook-at-exec": (
+        """\
+import os, sys
+data = sys.stdin.read()
+if data == "alice":
+    def hook(event, args, _exit=os._exit):
+        if event == "exec":
+            _exit(0)
+    sys.addaudithook(hook)
+print("for", data)
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob\n",
+        False,
+    ),
+    # A thread, started and joined: glibc's own signal handlers appear.
+    "joined-thread": (
+        """\
+import sys, threading
+thread = threading.Thread(target=sys.stdin.read)
+thread.start()
+thread.join()
+print("joined")
+""",
+        ["a", "b", "bob"],
+        b"joined\n",
+        True,
+    ),
+    # stdout reconfigured to ASCII.
+    "reconfigured-stdout": (
+        """\
+import sys
+who = sys.stdin.read()
+if who == "alice":
+    sys.stdout.reconfigure(encoding="ascii")
+print("for", who, sys.stdout.encoding, "\u00e9")
+""",
+        ["warmup", "alice", "bob"],
+        "for bob utf-8 \u00e9\n".encode(),
+        True,
+    ),
     # The usual re-wrapping of stdout: the process stays reusable.
     "rewrapped-stdout": (
         """\
@@ -812,6 +897,38 @@ async def test_what_a_run_leaves_never_reaches_the_next_callers_run(
     else:
         assert last.stdout == expected, last
     assert (last.stderr.split()[:1] == before.stderr.split()[:1]) is shared, (before, last)
+
+
+async def test_a_run_that_began_is_never_tried_again(warm: WarmExecutor, tmp_path: Path) -> None:
+    # It ends without a report (os._exit) while the loop is busy: the fork
+    # server's status and the exit come together, and the run is one run.
+    log = tmp_path / "runs.log"
+    body = f"""\
+import os, sys
+data = sys.stdin.read()
+with open({str(log)!r}, "a") as fh:
+    fh.write(data + "\\n")
+print("for", data, flush=True)
+if data.startswith("bob"):
+    os._exit(3)
+"""
+    skill = make_skill(tmp_path, "once", body, REUSED)
+    assert (await run(warm, skill, "alice")).ok
+    loop = asyncio.get_running_loop()
+    for i in range(3):
+        busy = loop.call_later(0.002, time.sleep, 0.3)  # the loop, busy as the run exits
+        try:
+            result = await run(warm, skill, f"bob{i}")
+        finally:
+            busy.cancel()
+        assert result.exit_code == 3 and result.stdout == f"for bob{i}\n".encode(), result
+        assert (await run(warm, skill, "alice")).ok
+    assert log.read_text().split().count("bob0") == 1
+    assert [line for line in log.read_text().split() if line.startswith("bob")] == [
+        "bob0",
+        "bob1",
+        "bob2",
+    ]
 
 
 async def test_a_kept_process_that_dies_between_runs_costs_no_run(
