@@ -1000,7 +1000,12 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 low = keep + 1
             os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
             # Python's view of fds 0-2 needs nothing of the request either.
-            _use_stdio(_CHILD_STDIO or child_stdio())
+            # (sys.__stdin__ and the rest stay the fork server's: in a fresh
+            # run they are over the run's fds 0-2 too, and serve one run; a
+            # reused process's are set at its first run's end, see
+            # _Reuse.reset. Setting them here cost each run some 12
+            # copy-on-write faults.)
+            sys.stdin, sys.stdout, sys.stderr = _CHILD_STDIO or child_stdio()
             # The fork server's environment goes now, not once the header is
             # here: the clear writes to (and so copies) the pages of every
             # variable, some 150 µs of the request's time otherwise.
