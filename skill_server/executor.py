@@ -320,7 +320,11 @@ class SubprocessExecutor:
             cold = _COLD_ROOTS.get(proc.pid) is proc
             run = _Run(proc, limits, started, sweep=cold)
             result = await run.complete(data)
-            if not run.not_begun or again:
+            if not run.not_begun:
+                break
+            if again:
+                why = f"{result.start_error}, and so did a second try"
+                result = replace(result, start_error=why)
                 break
             forget: Callable[[Skill], None] | None = getattr(self, "forget_reused", None)
             if forget is not None:
@@ -572,8 +576,8 @@ class _Run:
                 if began is not None and not began():
                     self.not_begun = True
                     not_begun = (
-                        "its reused process ended before the run began (its last run "
-                        "left it so), and so did a second try"
+                        "its reused process ended before the run began "
+                        "(something its last run left ended it)"
                     )
             if reported is None and proc.returncode is None:
                 # A reported run left nothing; its reap is not waited for.

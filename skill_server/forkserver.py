@@ -486,11 +486,16 @@ class _Reuse:
         """A run added an audit hook: it cannot be removed, and it runs in the
         code between two runs too (where an exit of its would pass for the
         next run's result), so this process takes no next run."""
-        sys.addaudithook(self._on_audit)
+        # sys.addaudithook wrapped, not an audit hook of ours: that would be
+        # a Python call on every audited event (every open, every frame
+        # lookup of logging's), which made a logging-heavy run 1.8 times
+        # slower. (A hook added through the C API is not seen.)
+        self.add_audit_hook = sys.addaudithook
+        vars(sys)["addaudithook"] = self._add_audit_hook
 
-    def _on_audit(self, event: str, _args: tuple[object, ...]) -> None:
-        if event == "sys.addaudithook":
-            self.hooked = True
+    def _add_audit_hook(self, hook: Callable[[str, tuple[Any, ...]], object]) -> None:
+        self.hooked = True
+        self.add_audit_hook(hook)
 
     def reusable(self, report: int) -> bool:
         """Whether this process may take its skill's next run: it is the run's
@@ -504,6 +509,7 @@ class _Reuse:
         per process (CPU seconds, address space) half its room."""
         if (
             self.hooked
+            or vars(sys).get("addaudithook") != self._add_audit_hook
             or os.getpid() != self.pid
             or _has_children()
             or _fd_id(self.channel.fileno()) != self.channel_id
@@ -1000,11 +1006,8 @@ def _child(conn: socket.socket, server_pid: int, fds: list[int]) -> None:
                 low = keep + 1
             os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
             # Python's view of fds 0-2 needs nothing of the request either.
-            # (sys.__stdin__ and the rest stay the fork server's: in a fresh
-            # run they are over the run's fds 0-2 too, and serve one run; a
-            # reused process's are set at its first run's end, see
-            # _Reuse.reset. Setting them here cost each run some 12
-            # copy-on-write faults.)
+            # (sys.__stdin__ and the rest are these already, see main:
+            # setting them here cost each run some 12 copy-on-write faults.)
             sys.stdin, sys.stdout, sys.stderr = _CHILD_STDIO or child_stdio()
             # The fork server's environment goes now, not once the header is
             # here: the clear writes to (and so copies) the pages of every
@@ -1500,6 +1503,11 @@ def main(argv: list[str]) -> int:
     failed = preload(modules)
     global _CHILD_STDIO
     _CHILD_STDIO = premade_stdio()
+    if _CHILD_STDIO is not None:
+        # A run's sys.__stdout__ is its sys.stdout, as python starts a
+        # script (an idiom restores sys.stdout from it), at no cost per run.
+        stdin, stdout, stderr = _CHILD_STDIO
+        vars(sys).update(__stdin__=stdin, __stdout__=stdout, __stderr__=stderr)
     # What was imported is never collected: kept out of the collector's reach,
     # a child's collections do not touch (and so copy) those pages.
     gc.freeze()

@@ -321,10 +321,12 @@ class WarmProcess:
         if fd >= 0:
             self._loop.remove_reader(fd)
         self._sock.close()
-        if self.channel is not None:
-            # Whether its last run began is read before the channel goes:
-            # the exit's status may come before the run's end is handled.
-            self._began = self._said_started()
+        if self.channel is not None and self.channel.fileno() >= 0:
+            # Whether its last run began is read before the channel goes
+            # (once: this runs again from the waiter's callback): the exit's
+            # status may come before the run's end is handled.
+            if self._began is None:
+                self._began = self._said_started()
             self.channel.close()
         if not self.ready.done():
             self.ready.set_result(None)

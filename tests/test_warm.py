@@ -617,6 +617,24 @@ async def test_a_report_and_an_exit_seen_together_end_the_run_with_the_report() 
         os.close(write)
 
 
+async def test_a_runs_original_streams_are_its_streams(warm: WarmExecutor, tmp_path: Path) -> None:
+    # As python starts a script: sys.__stdout__ is sys.stdout, and the idiom
+    # that restores sys.stdout from it keeps the output in order.
+    body = (
+        "import io, sys\nprint(sys.stdout is sys.__stdout__, sys.stderr is sys.__stderr__,"
+        " sys.stdin is sys.__stdin__)\nprint('one')\nsys.stdout = io.StringIO()\n"
+        "print('hidden')\nsys.stdout = sys.__stdout__\nsys.__stdout__.write('two\\n')\n"
+        "print('three')\n"
+    )
+    skill = make_skill(tmp_path, "originals", body)
+    result = await warm.run(skill, b"", ExecutionLimits(10))
+    assert result.stdout == b"True True True\none\ntwo\nthree\n", result
+    cold = await asyncio.create_subprocess_exec(
+        sys.executable, str(skill.path / "scripts" / "run.py"), stdout=asyncio.subprocess.PIPE
+    )
+    assert (await cold.communicate())[0] == result.stdout
+
+
 STDIO_VIEW = """\
 import sys
 
