@@ -722,7 +722,11 @@ def _pure(stream: object) -> bool:
     return type(stream) is io.FileIO
 
 
-_ORIGINAL_STDIO = (sys.__stdout__, sys.__stderr__)
+_ORIGINALS = (sys.__stdin__, sys.__stdout__, sys.__stderr__)
+"""The fork server's own std streams, held here: with ``sys.__stdin__`` and
+the rest a run's (see main), a child that replaced ``sys.stdin`` would free
+them, which writes to (and so copies) their pages: some 9 faults a run."""
+_ORIGINAL_STDIO = _ORIGINALS[1:]
 """The fork server's own stdout and stderr (frozen, so unseen by gc.get_objects)."""
 
 
