@@ -406,6 +406,8 @@ process's umask, credentials, signal dispositions and mask as the kernel
 has them (set outside Python too), capabilities, syscall filters, CPU and
 memory-node affinity, locked memory, transparent huge pages."""
 _PROC_KEPT = ("/proc/self/oom_score_adj", "/proc/self/timerslack_ns", "/proc/self/cgroup")
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}.get(os.uname().machine)
+"""``ioprio_get``'s syscall number here (None: the I/O priority is not compared)."""
 
 
 _LIBC_SIGNALS = sum(1 << (signum - 1) for signum in range(32, int(signal.SIGRTMIN)))
@@ -447,7 +449,10 @@ def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
         _PRCTL(_PR_GET_PDEATHSIG, ctypes.addressof(death), 0, 0, 0)
     personality = _LIBC.personality(0xFFFFFFFF) if _LIBC is not None else None
     scheduler = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
-    return kept, links, tuple(files), _fd_id("/proc/self/root"), death.value, personality, scheduler
+    # ioprio_get(IOPRIO_WHO_PROCESS, this process): no libc wrapper, a syscall.
+    ioprio = _LIBC.syscall(_IOPRIO_GET, 1, 0) if _LIBC is not None and _IOPRIO_GET else None
+    return (kept, links, tuple(files), _fd_id("/proc/self/root"), death.value, personality,
+            scheduler, ioprio)  # fmt: skip
 
 
 class _Reuse:
