@@ -491,16 +491,17 @@ class _Reuse:
         """A run added an audit hook: it cannot be removed, and it runs in the
         code between two runs too (where an exit of its would pass for the
         next run's result), so this process takes no next run."""
-        # sys.addaudithook wrapped, not an audit hook of ours: that would be
-        # a Python call on every audited event (every open, every frame
-        # lookup of logging's), which made a logging-heavy run 1.8 times
-        # slower. (A hook added through the C API is not seen.)
-        self.add_audit_hook = sys.addaudithook
-        vars(sys)["addaudithook"] = self._add_audit_hook
-
-    def _add_audit_hook(self, hook: Callable[[str, tuple[Any, ...]], object]) -> None:
-        self.hooked = True
-        self.add_audit_hook(hook)
+        # Every hook's addition (sys.addaudithook, or the C API's) is itself
+        # an audit event, which this records. A C function as the hook: one
+        # in Python, called on every audited event (every open, every frame
+        # lookup of logging's), made a logging-heavy run 1.8 times slower;
+        # a wrapper of sys.addaudithook was reachable past (its __self__).
+        self.events: dict[str, object] = {}
+        sys.addaudithook(self.events.setdefault)
+        self.builtins = dict(vars(builtins))
+        """The builtins a fresh process has: the code between two runs calls
+        them (exec, open, len), so a run that replaced one would run its code
+        there."""
 
     def reusable(self, report: int) -> bool:
         """Whether this process may take its skill's next run: it is the run's
@@ -514,7 +515,8 @@ class _Reuse:
         per process (CPU seconds, address space) half its room."""
         if (
             self.hooked
-            or vars(sys).get("addaudithook") != self._add_audit_hook
+            or _ADDED_HOOK in self.events
+            or not self._builtins_kept()
             or os.getpid() != self.pid
             or _has_children()
             or _fd_id(self.channel.fileno()) != self.channel_id
@@ -548,6 +550,12 @@ class _Reuse:
         infinity = resource.RLIM_INFINITY
         return (cpu == infinity or usage.ru_utime + usage.ru_stime < cpu / 2) and (
             memory == infinity or size < memory / 2
+        )
+
+    def _builtins_kept(self) -> bool:
+        now = vars(builtins)
+        return len(now) == len(self.builtins) and all(
+            now.get(name, self) is value for name, value in self.builtins.items()
         )
 
     @staticmethod
@@ -605,6 +613,10 @@ class _Reuse:
         never into the next run's, which may be another caller's. A
         finalizer may change some of it again: :meth:`clean` tells.
         """
+        # What the run's audited events left recorded (their first arguments
+        # too) goes, once its hooks are noted.
+        self.hooked = self.hooked or _ADDED_HOOK in self.events
+        self.events.clear()
         old = (sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__)
         stdout, stderr = sys.stdout, sys.stderr
         if not (_intact(stdout, 1) and _intact(stderr, 2)):
@@ -696,6 +708,9 @@ class _Reuse:
             )
         except Exception:
             return False
+
+
+_ADDED_HOOK = "sys.addaudithook"
 
 
 def _one_thread() -> bool:

@@ -855,6 +855,40 @@ print("for", data)
         b"for bob\n",
         False,
     ),
+    # Fifth review. A builtin the code between two runs calls, replaced.
+    "builtin-replaced": (
+        """\
+import builtins, sys
+data = sys.stdin.read()
+if data == "alice":
+    builtins.exec = lambda *args, **kwargs: None
+print("for", data)
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob\n",
+        False,
+    ),
+    # An audit hook added through the C API, which exits at the next exec.
+    "audit-hook-through-c": (
+        """\
+import ctypes, os, sys
+data = sys.stdin.read()
+if data == "alice":
+    import colorsys
+    HOOK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.py_object, ctypes.c_void_p)
+    def hook(event, args, data, _exit=os._exit):
+        if event == b"exec":
+            _exit(0)
+        return 0
+    colorsys.hook = HOOK(hook)
+    ctypes.pythonapi.PySys_AddAuditHook.argtypes = (HOOK, ctypes.c_void_p)
+    ctypes.pythonapi.PySys_AddAuditHook(colorsys.hook, None)
+print("for", data)
+""",
+        ["warmup", "alice", "bob"],
+        b"for bob\n",
+        False,
+    ),
     # A thread, started and joined: glibc's own signal handlers appear.
     "joined-thread": (
         """\
