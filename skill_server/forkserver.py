@@ -623,7 +623,7 @@ class _Reuse:
             _unused, stdout, stderr = child_stdio()
         # A new stdin each run: what buffered the last one's unread input
         # is closed, so a module that kept it fails, never reads it later.
-        stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        stdin = new_stdin()
         streams = (stdin, stdout, stderr)
         for stream in [kept for kept in old if kept is not None]:
             if any(stream is new for new in streams):
@@ -932,13 +932,17 @@ def _main_module(script: str) -> types.ModuleType:
 Stdio = tuple[io.TextIOWrapper, io.TextIOWrapper, io.TextIOWrapper]
 
 
+def new_stdin() -> io.TextIOWrapper:
+    """A new ``sys.stdin`` over fd 0, with nothing buffered."""
+    return io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+
+
 def child_stdio() -> Stdio:
     """New ``sys.stdin``, ``stdout`` and ``stderr`` over fds 0-2, which need
     nothing of the fork server's own wrappers (their buffers, their fds' past)."""
-    stdin, stdout, stderr = (io.FileIO(fd, mode, closefd=False)
-                             for fd, mode in ((0, "r"), (1, "w"), (2, "w")))  # fmt: skip
+    stdout, stderr = (io.FileIO(fd, "w", closefd=False) for fd in (1, 2))
     return (
-        io.TextIOWrapper(stdin, encoding="utf-8"),
+        new_stdin(),
         io.TextIOWrapper(stdout, encoding="utf-8", line_buffering=False),
         io.TextIOWrapper(stderr, encoding="utf-8", errors="backslashreplace", line_buffering=True),
     )
@@ -1219,7 +1223,7 @@ def _next_run(conn: socket.socket, report: int) -> tuple[dict[str, Any], bytes |
     # Flushed at the last run's end too, they hold nothing of it. stdin is
     # always new: its buffer may hold what the last run did not read.
     if _intact(sys.stdout, 1) and _intact(sys.stderr, 2):
-        stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+        stdin = new_stdin()
         _use_stdio((stdin, sys.stdout, sys.stderr))
     else:
         _use_stdio(child_stdio())

@@ -617,6 +617,20 @@ print(os.getpid(), sys.gettrace() is None, sys.getprofile() is None, len(gc.call
     assert (await run(warm, skill, "plain")).stdout.split() == first
 
 
+def _audit_hook_exiting_at(event: str) -> str:
+    """A script whose run for "alice" adds an audit hook that exits 0 at ``event``."""
+    return f"""\
+import os, sys
+data = sys.stdin.read()
+if data == "alice":
+    def hook(event, args, _exit=os._exit):
+        if event == "{event}":
+            _exit(0)
+    sys.addaudithook(hook)
+print("for", data)
+"""
+
+
 # Third review: what a run leaves, seen by the next caller's run. Each case:
 # the script, the inputs of its runs in turn, and what the last run must get
 # (its own output, ok) and whether it may share the process of the one before.
@@ -662,16 +676,7 @@ print("for", data)
     # An audit hook (it cannot be removed) that exits on the next run's chdir,
     # before its script begins: that run is tried again in a new process.
     "audit-hook-exits": (
-        """\
-import os, sys
-data = sys.stdin.read()
-if data == "alice":
-    def hook(event, args, _exit=os._exit):
-        if event == "os.chdir":
-            _exit(0)
-    sys.addaudithook(hook)
-print("for", data)
-""",
+        _audit_hook_exiting_at("os.chdir"),
         ["warmup", "alice", "bob"],
         b"for bob\n",
         False,
@@ -841,16 +846,7 @@ if who == "alice":
     ),
     # An audit hook that exits at the next run's exec (after it began).
     "audit-hook-at-exec": (
-        """\
-import os, sys
-data = sys.stdin.read()
-if data == "alice":
-    def hook(event, args, _exit=os._exit):
-        if event == "exec":
-            _exit(0)
-    sys.addaudithook(hook)
-print("for", data)
-""",
+        _audit_hook_exiting_at("exec"),
         ["warmup", "alice", "bob"],
         b"for bob\n",
         False,
