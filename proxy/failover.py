@@ -15,7 +15,8 @@ primary     peer is active           passive (the backup took over: no failback)
 primary     client vote              active, if the peer has been silent for
                                      ``2 * heartbeat`` (else the vote is refused)
 backup      peer is active           passive
-backup      client vote              refused (a backup never starts active)
+backup      client vote              refused if the peer was never heard (a
+                                     backup never starts active); else as passive
 active      peer is active           conflict: the backup yields (the guide aborts)
 passive     peer is primary/backup   active (the peer restarted: it goes passive)
 passive     peer is passive          conflict, counted (nobody serves until a vote)
@@ -133,6 +134,15 @@ class BinaryStar:
         if self.state is State.ACTIVE:
             return True
         if self.state in (State.PRIMARY, State.PASSIVE) and now >= self.peer_expiry:
+            self.state = State.ACTIVE
+            return True
+        if self.state is State.BACKUP and self.peer_expiry and now >= self.peer_expiry:
+            # The primary was up (we heard it), went active on hearing us, and
+            # died before its next state message reached us: the guide's
+            # backup would refuse every vote from now on, leaving the pair
+            # with no server although its clients had one. Once it was heard,
+            # a silent peer is what passive takes over from, with the same
+            # guard (a client must come to us), so it is the same decision.
             self.state = State.ACTIVE
             return True
         self.refused_votes += 1

@@ -76,6 +76,18 @@ def test_a_backup_alone_never_serves_and_a_primary_alone_does() -> None:
     assert primary.on_vote(100.0) and primary.active
 
 
+def test_a_backup_that_heard_its_primary_takes_over_once_the_primary_is_silent() -> None:
+    # The primary went active on hearing us and died before its next state
+    # message: the backup never saw "active", so it is still a backup.
+    primary, backup = BinaryStar(True, HB), BinaryStar(False, HB)
+    backup.on_peer(primary.wire_state(), 10.0)
+    assert backup.state is State.BACKUP
+    assert primary.on_peer(backup.wire_state(), 10.0) and primary.active
+    assert not backup.on_vote(11.9)  # the primary may still speak
+    assert backup.state is State.BACKUP and backup.refused_votes == 1
+    assert backup.on_vote(12.0) and backup.active
+
+
 def test_no_failback_a_restarted_primary_goes_passive() -> None:
     primary = BinaryStar(True, HB)
     assert primary.on_peer(b"active", 0.0)  # the backup took over meanwhile
