@@ -22,6 +22,10 @@ class Script:
 
     answers: deque[tuple[str, Any]] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    stray: list[dict[str, Any]] = field(default_factory=list)
+    """POSTs that were no chat completion (no JSON object with ``messages``):
+    path, headers, peer and body head. Answered 400, as OpenAI does, and kept
+    out of ``requests`` (any local process may reach a loopback port)."""
     times: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,7 +52,27 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                seen = {"path": self.path, "headers": headers,
+                        "peer": self.client_address, "body": raw[:200]}  # fmt: skip
+                with script.lock:
+                    script.stray.append(seen)
+                error = {"message": "'messages' is a required property",
+                         "type": "invalid_request_error"}  # fmt: skip
+                payload = json.dumps({"error": error}).encode()
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(payload)
+                return
             with script.lock:
                 script.requests.append(body)
                 script.times.append(time.monotonic())

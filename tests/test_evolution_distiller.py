@@ -379,6 +379,8 @@ async def test_the_judge_rejects_a_candidate_that_exits_0_with_wrong_answers(
     prompts = [asked(b) for b in script.requests]
     assert prompts and all("hunter2" not in p for p in prompts)
     assert any("[REDACTED" in p and "WRONG" in p for p in prompts)
+    # A POST from elsewhere on the machine is not ours; one from the judge is a defect.
+    assert not [s for s in script.stray if "openai" in s["headers"].get("user-agent", "").lower()]
     traced = [t for t in events.traces if t.get("task")]
     assert traced and all(len(t["task"]) <= MAX_PAYLOAD_CHARS for t in traced)
     assert all(t["payload_truncated"] is True and "hunter2" not in t["task"] for t in traced)
