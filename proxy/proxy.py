@@ -413,6 +413,7 @@ class Proxy(AsyncRole):
         self._peer_sub: SocketPair | None = None
         self.peer_endpoint: str | None = None
         self._epoch = secrets.token_hex(4).encode()
+        self._epoch_text = self._epoch.decode()
         self.failover_changed = asyncio.Event()
         """Set whenever this proxy's failover state changes (clear it to wait again)."""
 
@@ -615,6 +616,11 @@ class Proxy(AsyncRole):
         self.metrics.serving.set(1 if self.bstar.active else 0)
         self.failover_changed.set()
         if self.bstar.active and not was_active:
+            # A new epoch for the take-over: a server's heartbeat that echoes
+            # it was sent after the server heard of it, so its holding list
+            # covers everything the dead proxy gave it (see _unsettled).
+            self._epoch = secrets.token_hex(4).encode()
+            self._epoch_text = self._epoch.decode()
             now = time.monotonic()
             self.recovery.begin(now)
             self.groups.prefer = self.recovery.holder
@@ -1052,7 +1058,7 @@ class Proxy(AsyncRole):
                     self.recovery.note_holding(identity, state.holding, serving=not passive)
                     if groups.defer is not None and state.holding and not passive:
                         groups.pump_all(now)  # retransmissions waiting for this holder
-                if self.groups.settling:
+                if self.groups.settling and state.epoch == self._epoch_text:
                     self._unsettled.discard(identity)
                     if not self._unsettled:
                         self._settle(now)

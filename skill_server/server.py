@@ -108,6 +108,7 @@ from skillscale.skill_server.registry import SkillRegistry
 from skillscale.skill_server.warm import WAITING_CHILDREN, ForkServerUnavailable, WarmExecutor
 
 log = logging.getLogger(__name__)
+_EPOCH = re.compile(rb"[0-9a-f]{1,32}")
 
 MAX_REQ_FRAMES = REQ_GROUP * MAX_BATCH
 """The most frames after ``REQ`` a batched dispatch may have."""
@@ -556,8 +557,9 @@ class SkillServer(AsyncRole):
         self._accepting = False
         self.health.set_crashed(self.crash_reason or "a task died")
 
-    def _state(self, holding: list[str] | None = None) -> ServerState:
+    def _state(self, holding: list[str] | None = None, link: int | None = None) -> ServerState:
         names = self.registry.names
+        epoch = self._links.epochs[link] if link is not None else None
         return ServerState(
             server_id=self.config.server_id,
             topics=self.config.topics,
@@ -570,6 +572,8 @@ class SkillServer(AsyncRole):
             draining=not self._accepting,
             skills=names[:MAX_SKILLS_PER_SERVER],
             holding=holding or [],
+            # The proxy's bytes, untrusted: echoed only in the form proxies send.
+            epoch=epoch.decode() if epoch is not None and _EPOCH.fullmatch(epoch) else "",
         )
 
     async def _watch_skills(self) -> None:
@@ -605,15 +609,16 @@ class SkillServer(AsyncRole):
     async def _send_heartbeats(self) -> None:
         """One heartbeat to each proxy; a passive one also hears what we hold."""
         now = time.monotonic()
-        plain = self._state().to_bytes()
-        held: bytes | None = None
+        held: list[str] | None = None
         for link in range(len(self._dealers)):
+            # Per link: each carries the epoch that proxy last told us.
             if self._links.passive(link, now):
                 if held is None:
-                    held = self._state(self._window.holding(now)).to_bytes()
-                await self._send_group([VERSION, HB, held], block=False, link=link)
+                    held = self._window.holding(now)
+                state = self._state(held, link)
             else:
-                await self._send_group([VERSION, HB, plain], block=False, link=link)
+                state = self._state(link=link)
+            await self._send_group([VERSION, HB, state.to_bytes()], block=False, link=link)
 
     async def _receive_group(self, link: int = 0) -> None:
         dealer = self._dealers[link]
@@ -628,7 +633,7 @@ class SkillServer(AsyncRole):
                 if self._links.on_heartbeat(link, args, self._proxy_seen):
                     # A take-over or a restart: tell that proxy what we hold,
                     # so retransmissions go to us (proxy/failover.py).
-                    held = self._state(self._window.holding(self._proxy_seen))
+                    held = self._state(self._window.holding(self._proxy_seen), link)
                     await self._send_group([VERSION, HB, held.to_bytes()], block=False, link=link)
                 self._proxy_ready.set()
             elif command == REQ and 4 <= len(args) <= REQ_GROUP:

@@ -527,3 +527,124 @@ async def test_a_passive_half_exports_no_load_even_what_it_kept_after_yielding()
         proxy.bstar.state = State.PASSIVE  # the backup yielded after a dual-active split
         assert proxy.groups.queue_depth(b"TOPIC_X") == 1  # still kept inside...
         assert load() == (0, 0)  # ...but not exported
+
+
+async def test_a_take_over_settles_only_on_heartbeats_sent_after_it() -> None:
+    """A server's heartbeat sent before it heard of the take-over (in flight,
+    or queued at the router) holds an old list: the dead proxy may have
+    given it more since. Settling on it sent those retransmissions to
+    another replica, which ran them a second time (a CI failure of
+    ``test_sigkill_of_the_active_proxy...[pair-failover]``)."""
+    import zmq.asyncio
+
+    from skillscale.core.protocol import PROBE_TOPIC_PREFIX
+    from skillscale.core.replica_protocol import HB, VERSION
+    from skillscale.proxy import Proxy, ProxyConfig
+    from skillscale.proxy.failover import FailoverConfig
+    from tests.helpers import free_port
+
+    ports = free_port(), free_port()
+
+    def config(primary: bool) -> ProxyConfig:
+        mine, theirs = ports if primary else ports[::-1]
+        return ProxyConfig(
+            xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+            router_bind="tcp://127.0.0.1:0", metrics_port=None,
+            failover=FailoverConfig(primary, f"tcp://127.0.0.1:{mine}",
+                                    f"tcp://127.0.0.1:{theirs}", heartbeat=0.1),
+        )  # fmt: skip
+
+    ctx = zmq.asyncio.Context()
+    dealer, pub = ctx.socket(zmq.DEALER), ctx.socket(zmq.PUB)
+    for sock in (dealer, pub):
+        sock.setsockopt(zmq.LINGER, 0)
+
+    async def heartbeat(epoch: str) -> list[bytes]:
+        state = ServerState(server_id="srv-a", topics=["T"], slots=1, epoch=epoch)
+        await dealer.send_multipart([VERSION, HB, state.to_bytes()])
+        return await asyncio.wait_for(dealer.recv_multipart(), 5)  # it answers each one
+
+    try:
+        backup = Proxy(config(False))
+        async with backup:
+            async with Proxy(config(True)) as primary:
+                await wait_state(primary, State.ACTIVE)
+                await wait_state(backup, State.PASSIVE)
+                dealer.connect(backup.router_endpoint)
+                before = await heartbeat("")
+                assert before[2] == ROLE_PASSIVE
+                old_epoch = before[3].decode()
+                await heartbeat(old_epoch)
+            # The primary is gone; a client's probe votes for the backup.
+            pub.connect(backup.xsub_endpoint)
+            deadline = time.monotonic() + 10
+            while not (backup.bstar is not None and backup.bstar.active):
+                assert time.monotonic() < deadline, "the backup never took over"
+                await pub.send_multipart([f"{PROBE_TOPIC_PREFIX}x".encode(), b"probe"])
+                with contextlib.suppress(asyncio.TimeoutError):
+                    backup.failover_changed.clear()
+                    await asyncio.wait_for(backup.failover_changed.wait(), 0.05)
+            told = await asyncio.wait_for(dealer.recv_multipart(), 5)  # the take-over's HB
+            assert told[2] == ROLE_ACTIVE and told[3].decode() != old_epoch
+            assert backup.groups.settling
+            await heartbeat(old_epoch)  # sent before we heard: not an answer
+            assert backup.groups.settling
+            await heartbeat(told[3].decode())
+            assert not backup.groups.settling
+    finally:
+        dealer.close(0)
+        pub.close(0)
+        ctx.term()
+
+
+async def test_a_server_echoes_the_epoch_each_proxy_told_it_and_never_garbage() -> None:
+    """The other half of the settling rule, against a real server process:
+    a fake proxy answers each heartbeat, telling it an epoch."""
+    import zmq.asyncio
+
+    from skillscale.core.replica_protocol import HB, VERSION
+    from tests.helpers import RoleProcess, free_port
+
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    unused = f"tcp://127.0.0.1:{free_port()}"
+    told: list[bytes] = []  # the epoch frame the fake proxy sends (none while empty)
+    seen: asyncio.Queue[ServerState] = asyncio.Queue(maxsize=1000)
+
+    async def fake_proxy() -> None:
+        while True:
+            frames = await router.recv_multipart()
+            if frames[2] == HB:
+                seen.put_nowait(ServerState.from_bytes(frames[3]))
+                await router.send_multipart([frames[0], VERSION, HB, ROLE_ACTIVE, *told[-1:]])
+
+    async def echoed(epoch: str) -> None:
+        async def until() -> None:
+            while (await seen.get()).epoch != epoch:
+                pass
+
+        await asyncio.wait_for(until(), 10)
+
+    answering = asyncio.ensure_future(fake_proxy())
+    server: RoleProcess | None = None
+    try:
+        args = ["server", "--skills-dir", str(FIXTURE_SKILLS / "failover"), "--topic", "T",
+                "--proxy-xsub", unused, "--proxy-xpub", unused,
+                "--proxy-router", f"tcp://127.0.0.1:{port}"]  # fmt: skip
+        server = await asyncio.get_running_loop().run_in_executor(None, RoleProcess, *args)
+        assert (await asyncio.wait_for(seen.get(), 10)).epoch == ""  # none heard yet
+        for epoch, echo in ((b"0badc0de", "0badc0de"), (b"\xff" * 40, ""), (b"cafe", "cafe")):
+            told.append(epoch)
+            # Told on the next answer; a new epoch is a restart, answered at once.
+            await echoed(echo)
+        assert server.proc.poll() is None
+    finally:
+        answering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await answering
+        if server is not None:
+            server.close()
+        router.close(0)
+        ctx.term()

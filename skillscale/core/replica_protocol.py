@@ -168,6 +168,12 @@ class ServerState(BaseModel):
     )
     """:func:`request_key` of requests running here or answered lately (sent
     to a passive proxy only, so that it can route retransmissions here)."""
+    epoch: str = Field(default="", max_length=32, pattern=r"^[0-9a-f]*$")
+    """The epoch of the proxy this heartbeat goes to, as the server last heard
+    it ("" before it heard one). A proxy that has just taken over counts
+    only heartbeats that echo its new epoch as having said what they hold:
+    one sent before the server heard of the take-over may lack requests the
+    dead proxy dispatched since, and settling on it ran those twice."""
 
     def to_bytes(self) -> bytes:
         """The JSON frame."""
