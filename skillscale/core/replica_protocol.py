@@ -23,7 +23,7 @@ proxy→      ``id, topic, payload,``    ``REQ``: run this request (``attempt`` 
                                        ``mode``: empty, or ``lane`` for a dispatch
                                        beyond the worker slots)
 proxy→      ``role, epoch``            ``HB``: the proxy is alive, ``active`` or
-            [``batches``               ``passive``, and which start of it this is;
+            [``batches``               ``passive``, and which start (or take-over) of it this is;
             [``traces``]]              ``batches``: the ``REPLY`` groups it takes
                                        in one message (ASCII digits); ``traces``:
                                        ``1`` if anyone subscribes to trace events,
@@ -35,6 +35,9 @@ replies to the one that says ``active``. To the passive one its heartbeat
 also lists ``holding``: hashes (:func:`request_key`) of the requests it is
 running or answered lately, so that after a take-over a retransmitted
 request goes to the replica that already has it (see ``proxy/failover.py``).
+Each heartbeat also echoes, as ``epoch``, the epoch that proxy last sent,
+so a proxy that has just taken over knows which lists were made after the
+server heard of it.
 
 Because every heartbeat carries the whole announcement, a restarted proxy
 learns its servers back from their next heartbeat, with no handshake.
