@@ -15,8 +15,9 @@ primary     peer is active           passive (the backup took over: no failback)
 primary     client vote              active, if the peer has been silent for
                                      ``2 * heartbeat`` (else the vote is refused)
 backup      peer is active           passive
-backup      client vote              refused if the peer was never heard (a
-                                     backup never starts active); else as passive
+backup      client vote              refused unless it heard its peer as a
+                                     primary (a backup never starts active);
+                                     then as passive
 active      peer is active           conflict: the backup yields (the guide aborts)
 passive     peer is primary/backup   active (the peer restarted: it goes passive)
 passive     peer is passive          conflict, counted (nobody serves until a vote)
@@ -88,6 +89,10 @@ class BinaryStar:
         self.conflicts = 0
         """Dual actives or dual passives seen (each one is logged)."""
         self.refused_votes = 0
+        self.heard_primary = False
+        """A backup heard its peer as a primary (or active, or passive): a second
+        backup does not count, so a pair of two backups by mistake still never
+        serves."""
 
     @property
     def active(self) -> bool:
@@ -106,6 +111,8 @@ class BinaryStar:
             log.warning("ignoring a malformed state from the peer proxy")
             return False
         self.peer_expiry = now + 2 * self.heartbeat
+        if peer is not State.BACKUP:
+            self.heard_primary = True
         before = self.state
         if self.state is State.PRIMARY:
             if peer is State.BACKUP:
@@ -136,7 +143,7 @@ class BinaryStar:
         if self.state in (State.PRIMARY, State.PASSIVE) and now >= self.peer_expiry:
             self.state = State.ACTIVE
             return True
-        if self.state is State.BACKUP and self.peer_expiry and now >= self.peer_expiry:
+        if self.state is State.BACKUP and self.heard_primary and now >= self.peer_expiry:
             # The primary was up (we heard it), went active on hearing us, and
             # died before its next state message reached us: the guide's
             # backup would refuse every vote from now on, leaving the pair

@@ -638,7 +638,8 @@ class Proxy(AsyncRole):
 
     def _role_frames(self) -> list[bytes]:
         """``HB``'s extra frames: active or passive (a lone proxy is active), and
-        this start's epoch (a server seeing a new one tells us what it holds)."""
+        this start's or take-over's epoch (a server seeing a new one tells us
+        what it holds, echoing it)."""
         active = self.bstar is None or self.bstar.active
         traces = TRACES_WANTED if self._traces_wanted else TRACES_UNWANTED
         return [ROLE_ACTIVE if active else ROLE_PASSIVE, self._epoch, _BATCHES, traces]

@@ -32,7 +32,8 @@ class ProxyLinks:
         self.roles: list[bytes | None] = [None] * count
         self.seen: list[float] = [0.0] * count
         self.epochs: list[bytes | None] = [None] * count
-        """Each proxy's start epoch, when it sends one: a new one is a new start."""
+        """Each proxy's epoch, when it sends one: a new one is a new start or a
+        take-over (either way, it wants to hear what we hold)."""
         self.batches: list[int] = [1] * count
         """``REPLY`` groups each proxy takes in one message (1: it takes no batches)."""
         self.traces: list[bool] = [True] * count

@@ -609,16 +609,21 @@ class SkillServer(AsyncRole):
     async def _send_heartbeats(self) -> None:
         """One heartbeat to each proxy; a passive one also hears what we hold."""
         now = time.monotonic()
+        plain: bytes | None = None
         held: list[str] | None = None
         for link in range(len(self._dealers)):
-            # Per link: each carries the epoch that proxy last told us.
             if self._links.passive(link, now):
                 if held is None:
                     held = self._window.holding(now)
-                state = self._state(held, link)
+                # Per link: the list comes with the epoch that proxy told us.
+                frame = self._state(held, link).to_bytes()
             else:
-                state = self._state(link=link)
-            await self._send_group([VERSION, HB, state.to_bytes()], block=False, link=link)
+                # No list, so no epoch: a proxy settling a take-over must not
+                # take this for the list it asked for (see ServerState.epoch).
+                if plain is None:
+                    plain = self._state().to_bytes()
+                frame = plain
+            await self._send_group([VERSION, HB, frame], block=False, link=link)
 
     async def _receive_group(self, link: int = 0) -> None:
         dealer = self._dealers[link]

@@ -88,6 +88,12 @@ def test_a_backup_that_heard_its_primary_takes_over_once_the_primary_is_silent()
     assert backup.on_vote(12.0) and backup.active
 
 
+def test_two_backups_by_mistake_still_never_serve() -> None:
+    one, other = BinaryStar(False, HB), BinaryStar(False, HB)
+    one.on_peer(other.wire_state(), 0.0)
+    assert not one.on_vote(100.0) and one.state is State.BACKUP
+
+
 def test_no_failback_a_restarted_primary_goes_passive() -> None:
     primary = BinaryStar(True, HB)
     assert primary.on_peer(b"active", 0.0)  # the backup took over meanwhile
@@ -597,54 +603,72 @@ async def test_a_take_over_settles_only_on_heartbeats_sent_after_it() -> None:
         ctx.term()
 
 
-async def test_a_server_echoes_the_epoch_each_proxy_told_it_and_never_garbage() -> None:
-    """The other half of the settling rule, against a real server process:
-    a fake proxy answers each heartbeat, telling it an epoch."""
+async def test_a_server_echoes_each_proxys_epoch_with_its_holding_list_only() -> None:
+    """The other half of the settling rule, against a real server process
+    given two fake proxies, one passive and one active, that answer each
+    heartbeat with the epoch the test sets."""
     import zmq.asyncio
 
     from skillscale.core.replica_protocol import HB, VERSION
     from tests.helpers import RoleProcess, free_port
 
     ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    unused = f"tcp://127.0.0.1:{free_port()}"
-    told: list[bytes] = []  # the epoch frame the fake proxy sends (none while empty)
-    seen: asyncio.Queue[ServerState] = asyncio.Queue(maxsize=1000)
+    routers = [ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)]
+    ports = []
+    for router in routers:
+        router.setsockopt(zmq.LINGER, 0)
+        ports.append(router.bind_to_random_port("tcp://127.0.0.1"))
+    roles = [ROLE_PASSIVE, ROLE_ACTIVE]
+    told: list[list[bytes]] = [[], []]  # the epoch frame each sends (none while empty)
+    seen: list[asyncio.Queue[ServerState]] = [asyncio.Queue(1000), asyncio.Queue(1000)]
 
-    async def fake_proxy() -> None:
+    async def fake_proxy(link: int) -> None:
         while True:
-            frames = await router.recv_multipart()
+            frames = await routers[link].recv_multipart()
             if frames[2] == HB:
-                seen.put_nowait(ServerState.from_bytes(frames[3]))
-                await router.send_multipart([frames[0], VERSION, HB, ROLE_ACTIVE, *told[-1:]])
+                seen[link].put_nowait(ServerState.from_bytes(frames[3]))
+                answer = [frames[0], VERSION, HB, roles[link], *told[link][-1:]]
+                await routers[link].send_multipart(answer)
 
-    async def echoed(epoch: str) -> None:
+    async def heard(link: int, epoch: str) -> None:
         async def until() -> None:
-            while (await seen.get()).epoch != epoch:
+            while (await seen[link].get()).epoch != epoch:
                 pass
 
         await asyncio.wait_for(until(), 10)
 
-    answering = asyncio.ensure_future(fake_proxy())
+    answering = [asyncio.ensure_future(fake_proxy(link)) for link in (0, 1)]
     server: RoleProcess | None = None
     try:
+        unused = ",".join(f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
         args = ["server", "--skills-dir", str(FIXTURE_SKILLS / "failover"), "--topic", "T",
                 "--proxy-xsub", unused, "--proxy-xpub", unused,
-                "--proxy-router", f"tcp://127.0.0.1:{port}"]  # fmt: skip
+                "--proxy-router", ",".join(f"tcp://127.0.0.1:{p}" for p in ports)]  # fmt: skip
         server = await asyncio.get_running_loop().run_in_executor(None, RoleProcess, *args)
-        assert (await asyncio.wait_for(seen.get(), 10)).epoch == ""  # none heard yet
-        for epoch, echo in ((b"0badc0de", "0badc0de"), (b"\xff" * 40, ""), (b"cafe", "cafe")):
-            told.append(epoch)
-            # Told on the next answer; a new epoch is a restart, answered at once.
-            await echoed(echo)
+        told[0].append(b"0badc0de")
+        told[1].append(b"cafe")
+        # Both are new epochs, so both are answered at once with the list (and
+        # the epoch); the server holds nothing here, so the list is empty.
+        await heard(0, "0badc0de")
+        await heard(1, "cafe")
+        # After that the passive one hears the list, and its epoch, each
+        # heartbeat; the active one neither (a plain heartbeat echoes nothing).
+        for link in (0, 1):
+            while not seen[link].empty():
+                seen[link].get_nowait()
+        await heard(0, "0badc0de")
+        await heard(1, "")
+        told[0].append(b"\xff" * 40)  # not an epoch: never echoed, never a crash
+        await heard(0, "")
+        told[0].append(b"feed")
+        await heard(0, "feed")
         assert server.proc.poll() is None
     finally:
-        answering.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await answering
+        for task in answering:
+            task.cancel()
+        await asyncio.gather(*answering, return_exceptions=True)
         if server is not None:
             server.close()
-        router.close(0)
+        for router in routers:
+            router.close(0)
         ctx.term()

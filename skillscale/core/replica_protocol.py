@@ -35,9 +35,9 @@ replies to the one that says ``active``. To the passive one its heartbeat
 also lists ``holding``: hashes (:func:`request_key`) of the requests it is
 running or answered lately, so that after a take-over a retransmitted
 request goes to the replica that already has it (see ``proxy/failover.py``).
-Each heartbeat also echoes, as ``epoch``, the epoch that proxy last sent,
-so a proxy that has just taken over knows which lists were made after the
-server heard of it.
+A heartbeat with a list also echoes, as ``epoch``, the epoch that proxy last
+sent, so a proxy that has just taken over knows which lists were made
+after the server heard of it.
 
 Because every heartbeat carries the whole announcement, a restarted proxy
 learns its servers back from their next heartbeat, with no handshake.
@@ -172,11 +172,13 @@ class ServerState(BaseModel):
     """:func:`request_key` of requests running here or answered lately (sent
     to a passive proxy only, so that it can route retransmissions here)."""
     epoch: str = Field(default="", max_length=32, pattern=r"^[0-9a-f]*$")
-    """The epoch of the proxy this heartbeat goes to, as the server last heard
-    it ("" before it heard one). A proxy that has just taken over counts
-    only heartbeats that echo its new epoch as having said what they hold:
-    one sent before the server heard of the take-over may lack requests the
-    dead proxy dispatched since, and settling on it ran those twice."""
+    """In a heartbeat that carries ``holding`` (to a passive proxy, and the
+    answer to a take-over or a start), the epoch of the proxy it goes to, as
+    the server last heard it; "" otherwise. A proxy that has just taken over
+    counts only heartbeats that echo its new epoch as having said what they
+    hold: one sent before the server heard of the take-over may lack
+    requests the dead proxy dispatched since (settling on it ran those
+    twice), and one without a list says nothing about them."""
 
     def to_bytes(self) -> bytes:
         """The JSON frame."""
