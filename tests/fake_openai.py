@@ -51,6 +51,16 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
+        def answer(self, status: int, payload: bytes, *extra: tuple[str, str]) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            for name, value in extra:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(payload)
+
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
@@ -65,13 +75,7 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
                     script.stray.append(seen)
                 error = {"message": "'messages' is a required property",
                          "type": "invalid_request_error"}  # fmt: skip
-                payload = json.dumps({"error": error}).encode()
-                self.send_response(400)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(payload)
+                self.answer(400, json.dumps({"error": error}).encode())
                 return
             with script.lock:
                 script.requests.append(body)
@@ -83,23 +87,13 @@ def make_handler(script: Script) -> type[BaseHTTPRequestHandler]:
                 time.sleep(value)
                 kind, value = "text", "too late"
             if kind == "status":
-                payload = json.dumps({"error": {"message": f"scripted {value}"}}).encode()
-                self.send_response(value)
-                self.send_header("Content-Type", "application/json")
-                if value == 429:
-                    self.send_header("retry-after-ms", "50")
+                error = {"message": f"scripted {value}"}
+                retry = [("retry-after-ms", "50")] if value == 429 else []
+                self.answer(value, json.dumps({"error": error}).encode(), *retry)
             elif kind == "garbage":
-                payload = value
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                self.answer(200, value)
             else:
-                payload = completion(value, body.get("model", "m"))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(payload)
+                self.answer(200, completion(value, body.get("model", "m")))
 
     return Handler
 
