@@ -326,9 +326,7 @@ class SubprocessExecutor:
                 why = f"{result.start_error}, and so did a second try"
                 result = replace(result, start_error=why)
                 break
-            forget: Callable[[Skill], None] | None = getattr(self, "forget_reused", None)
-            if forget is not None:
-                forget(skill)  # the second try in a new process
+            self.forget_reused(skill)  # the second try in a new process
             left = limits.timeout - (time.monotonic() - started)
             if left <= 0:
                 break
@@ -347,6 +345,10 @@ class SubprocessExecutor:
         else:
             extra["SKILLSCALE_INTENT_ON_STDIN_ONLY"] = "1"
         return extra
+
+    def forget_reused(self, skill: Skill) -> None:
+        """Let go the processes kept for ``skill``'s next runs (the cold path
+        keeps none; see ``WarmExecutor``)."""
 
     async def spawn(
         self, skill: Skill, env: dict[str, str], limits: ExecutionLimits

@@ -423,27 +423,27 @@ def _status_line(line: bytes) -> bytes:
     return line
 
 
+def _read_proc(path: str, size: int) -> bytes:
+    """Up to ``size`` bytes of a ``/proc`` file, in one read (no file object:
+    this runs once per reused run)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
     """Who and where this process is, as a reused process's next run would
     inherit it: credentials and capabilities, its ``namespaces`` (names in
     ``/proc/self/ns``), its root directory and its parent-death signal (see
     :meth:`_Reuse.reusable`), its OOM score, timer slack, cgroup, personality
     and scheduling policy. About 100 µs of CPU here, once per reused run."""
-    fd = os.open("/proc/self/status", os.O_RDONLY)
-    try:
-        status = os.read(fd, 64 * 1024)
-    finally:
-        os.close(fd)
+    status = _read_proc("/proc/self/status", 64 * 1024)
     kept = tuple(_status_line(line) for line in status.splitlines()
                  if line.split(b":", 1)[0] in _STATUS_KEPT)  # fmt: skip
     links = tuple(os.readlink("/proc/self/ns/" + name) for name in namespaces)
-    files = []
-    for path in _PROC_KEPT:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            files.append(os.read(fd, 4096))
-        finally:
-            os.close(fd)
+    files = tuple(_read_proc(path, 4096) for path in _PROC_KEPT)
     death = ctypes.c_int(-1)
     if _PRCTL is not None:
         _PRCTL(_PR_GET_PDEATHSIG, ctypes.addressof(death), 0, 0, 0)
@@ -451,7 +451,7 @@ def _identity(namespaces: Iterable[str]) -> tuple[object, ...]:
     scheduler = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
     # ioprio_get(IOPRIO_WHO_PROCESS, this process): no libc wrapper, a syscall.
     ioprio = _LIBC.syscall(_IOPRIO_GET, 1, 0) if _LIBC is not None and _IOPRIO_GET else None
-    return (kept, links, tuple(files), _fd_id("/proc/self/root"), death.value, personality,
+    return (kept, links, files, _fd_id("/proc/self/root"), death.value, personality,
             scheduler, ioprio)  # fmt: skip
 
 
@@ -562,8 +562,7 @@ class _Reuse:
     def _posix_timers() -> bool:
         # timer_create's timers (not setitimer's) outlive a run: one would
         # fire in a later run, another caller's.
-        with open("/proc/self/timers", "rb") as fh:
-            return bool(fh.read(1))
+        return bool(_read_proc("/proc/self/timers", 1))
 
     def _siblings_in_session(self) -> bool:
         # A process of the run's that left this process's tree for the fork

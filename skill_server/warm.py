@@ -395,8 +395,6 @@ class WarmProcess:
         """Whether the script of its run began: a first run's always did; a
         reused process's next run did if it said so (``forkserver.STARTED``)
         before it ended. In doubt, it did: a run tried twice could run twice."""
-        if self.runs <= 1 or self.channel is None:
-            return True
         if self._began is not None:
             return self._began
         return self._said_started()
