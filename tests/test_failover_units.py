@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,6 +35,10 @@ from skillscale.skill_server.dedupe import DedupeConfig, DedupeWindow, mark_dedu
 from skillscale.skill_server.proxies import ProxyLinks
 from skillscale.skill_server.server import ServerConfig, SkillServer
 from tests.helpers import FIXTURE_SKILLS
+
+if TYPE_CHECKING:
+    from skillscale.core.security import ProxyCurve
+    from skillscale.proxy import ProxyConfig
 
 HB = 1.0
 
@@ -417,6 +422,22 @@ async def wait_state(proxy: object, state: State, timeout: float = 10.0) -> None
             await asyncio.wait_for(proxy.failover_changed.wait(), remaining)
 
 
+def pair_config(
+    ports: tuple[int, int], primary: bool, curve: ProxyCurve | None = None
+) -> ProxyConfig:
+    """One half of an in-process pair on loopback, peer ``ports`` (primary's first)."""
+    from skillscale.proxy import ProxyConfig
+    from skillscale.proxy.failover import FailoverConfig
+
+    mine, theirs = ports if primary else ports[::-1]
+    return ProxyConfig(
+        xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
+        router_bind="tcp://127.0.0.1:0", metrics_port=None, curve=curve,
+        failover=FailoverConfig(primary, f"tcp://127.0.0.1:{mine}",
+                                f"tcp://127.0.0.1:{theirs}", heartbeat=0.1),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("admitted", [True, False])
 async def test_a_curve_pair_settles_only_with_its_key_admitted(
     tmp_path: Path, admitted: bool
@@ -424,8 +445,7 @@ async def test_a_curve_pair_settles_only_with_its_key_admitted(
     import shutil
 
     from skillscale.core.security import ProxyCurve, generate_keypair
-    from skillscale.proxy import Proxy, ProxyConfig
-    from skillscale.proxy.failover import FailoverConfig
+    from skillscale.proxy import Proxy
     from tests.helpers import free_port
 
     public, secret = generate_keypair(tmp_path / "keys", "proxy")
@@ -436,16 +456,10 @@ async def test_a_curve_pair_settles_only_with_its_key_admitted(
     curve = ProxyCurve(secret, tmp_path / "clients", tmp_path / "servers")
     ports = free_port(), free_port()
 
-    def config(primary: bool) -> ProxyConfig:
-        mine, theirs = ports if primary else ports[::-1]
-        return ProxyConfig(
-            xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
-            router_bind="tcp://127.0.0.1:0", metrics_port=None, curve=curve,
-            failover=FailoverConfig(primary, f"tcp://127.0.0.1:{mine}",
-                                    f"tcp://127.0.0.1:{theirs}", heartbeat=0.1),
-        )  # fmt: skip
-
-    async with Proxy(config(True)) as primary, Proxy(config(False)) as backup:
+    async with (
+        Proxy(pair_config(ports, True, curve)) as primary,
+        Proxy(pair_config(ports, False, curve)) as backup,
+    ):
         if admitted:
             await wait_state(primary, State.ACTIVE)
             await wait_state(backup, State.PASSIVE)
@@ -545,20 +559,10 @@ async def test_a_take_over_settles_only_on_heartbeats_sent_after_it() -> None:
 
     from skillscale.core.protocol import PROBE_TOPIC_PREFIX
     from skillscale.core.replica_protocol import HB, VERSION
-    from skillscale.proxy import Proxy, ProxyConfig
-    from skillscale.proxy.failover import FailoverConfig
+    from skillscale.proxy import Proxy
     from tests.helpers import free_port
 
     ports = free_port(), free_port()
-
-    def config(primary: bool) -> ProxyConfig:
-        mine, theirs = ports if primary else ports[::-1]
-        return ProxyConfig(
-            xsub_bind="tcp://127.0.0.1:0", xpub_bind="tcp://127.0.0.1:0",
-            router_bind="tcp://127.0.0.1:0", metrics_port=None,
-            failover=FailoverConfig(primary, f"tcp://127.0.0.1:{mine}",
-                                    f"tcp://127.0.0.1:{theirs}", heartbeat=0.1),
-        )  # fmt: skip
 
     ctx = zmq.asyncio.Context()
     dealer, pub = ctx.socket(zmq.DEALER), ctx.socket(zmq.PUB)
@@ -571,9 +575,9 @@ async def test_a_take_over_settles_only_on_heartbeats_sent_after_it() -> None:
         return await asyncio.wait_for(dealer.recv_multipart(), 5)  # it answers each one
 
     try:
-        backup = Proxy(config(False))
+        backup = Proxy(pair_config(ports, False))
         async with backup:
-            async with Proxy(config(True)) as primary:
+            async with Proxy(pair_config(ports, True)) as primary:
                 await wait_state(primary, State.ACTIVE)
                 await wait_state(backup, State.PASSIVE)
                 dealer.connect(backup.router_endpoint)
