@@ -413,7 +413,6 @@ class Proxy(AsyncRole):
         self._peer_sub: SocketPair | None = None
         self.peer_endpoint: str | None = None
         self._epoch = secrets.token_hex(4).encode()
-        self._epoch_text = self._epoch.decode()
         self.failover_changed = asyncio.Event()
         """Set whenever this proxy's failover state changes (clear it to wait again)."""
 
@@ -620,7 +619,6 @@ class Proxy(AsyncRole):
             # it was sent after the server heard of it, so its holding list
             # covers everything the dead proxy gave it (see _unsettled).
             self._epoch = secrets.token_hex(4).encode()
-            self._epoch_text = self._epoch.decode()
             now = time.monotonic()
             self.recovery.begin(now)
             self.groups.prefer = self.recovery.holder
@@ -1059,7 +1057,7 @@ class Proxy(AsyncRole):
                     self.recovery.note_holding(identity, state.holding, serving=not passive)
                     if groups.defer is not None and state.holding and not passive:
                         groups.pump_all(now)  # retransmissions waiting for this holder
-                if self.groups.settling and state.epoch == self._epoch_text:
+                if self.groups.settling and state.epoch.encode() == self._epoch:
                     self._unsettled.discard(identity)
                     if not self._unsettled:
                         self._settle(now)
